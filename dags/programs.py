@@ -1,0 +1,7 @@
+"""Airflow DAGs: one per lifecycle program file in config/programs/ (see lifecycle.factory)."""
+
+from __future__ import annotations
+
+from lifecycle.factory import build_all
+
+globals().update(build_all())

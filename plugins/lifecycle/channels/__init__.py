@@ -1,0 +1,1 @@
+"""Channel transports: how a rendered message leaves the engine."""

@@ -1,0 +1,209 @@
+"""SendGridHook: the ``sendgrid_default`` connection plus the official SendGrid client."""
+
+from __future__ import annotations
+
+import http.client
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+from urllib.error import URLError
+
+from airflow.sdk import BaseHook
+from python_http_client.exceptions import HTTPError
+from sendgrid import SendGridAPIClient
+from sendgrid.helpers.mail import (
+    Asm,
+    Category,
+    CustomArg,
+    From,
+    Header,
+    HtmlContent,
+    Mail,
+    MailSettings,
+    Personalization,
+    PlainTextContent,
+    ReplyTo,
+    SandBoxMode,
+    To,
+)
+
+from lifecycle.channels.retry import (
+    OutcomeUnknown,
+    ProviderError,
+    Retryable,
+    RetryPolicy,
+    error_for_status,
+    redact,
+)
+
+DEFAULT_API_URL = "https://api.sendgrid.com"
+MAX_PERSONALIZATIONS = 1000
+
+
+@dataclass(frozen=True)
+class Recipient:
+    """One personalization of a Mail Send request: who receives it, with its own args and headers."""
+
+    email: str
+    name: str | None = None
+    custom_args: Mapping[str, str] = field(default_factory=dict)
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+class SendGridHook(BaseHook):
+    """Sends email through SendGrid's v3 Mail Send API.
+
+    Connection: password = API key; host = API base URL override (the local sandbox); extra:
+    ``from_email``, ``from_name``, ``reply_to``, ``asm_group_id`` (unsubscribe group),
+    ``categories`` and ``webhook_public_key`` (for the Event Webhook receiver). Arguments given
+    to the hook override the connection's extras.
+
+    :param sendgrid_conn_id: Airflow connection id.
+    :param timeout: seconds to wait for SendGrid to answer one request.
+    :param retry_policy: backoff for 429 and 5xx answers.
+    """
+
+    conn_name_attr = "sendgrid_conn_id"
+    default_conn_name = "sendgrid_default"
+    conn_type = "sendgrid"
+    hook_name = "SendGrid"
+
+    def __init__(
+        self,
+        sendgrid_conn_id: str = default_conn_name,
+        *,
+        from_email: str | None = None,
+        from_name: str | None = None,
+        reply_to: str | None = None,
+        asm_group_id: int | None = None,
+        categories: Sequence[str] | None = None,
+        timeout: float = 30.0,
+        retry_policy: RetryPolicy | None = None,
+    ) -> None:
+        super().__init__()
+        self.sendgrid_conn_id = sendgrid_conn_id
+        self._overrides = {
+            "from_email": from_email,
+            "from_name": from_name,
+            "reply_to": reply_to,
+            "asm_group_id": asm_group_id,
+            "categories": list(categories) if categories is not None else None,
+        }
+        self.timeout = timeout
+        self.retry_policy = retry_policy or RetryPolicy()
+
+    @classmethod
+    def get_ui_field_behaviour(cls) -> dict[str, Any]:
+        """How the Airflow UI shows a SendGrid connection."""
+        return {
+            "hidden_fields": ["schema", "port", "login"],
+            "relabeling": {"host": "API base URL (optional)", "password": "API key"},
+        }
+
+    @cached_property
+    def settings(self) -> dict[str, Any]:
+        """The connection's extras with the hook's arguments laid over them."""
+        extra = dict(self.get_connection(self.sendgrid_conn_id).extra_dejson)
+        extra.update({key: value for key, value in self._overrides.items() if value is not None})
+        return extra
+
+    @cached_property
+    def client(self) -> SendGridAPIClient:
+        """The SendGrid API client, built on first use from the connection."""
+        conn = self.get_connection(self.sendgrid_conn_id)
+        if not conn.password:
+            raise ValueError(f"Connection {self.sendgrid_conn_id!r} has no API key in its password field")
+        client = SendGridAPIClient(api_key=conn.password, host=(conn.host or DEFAULT_API_URL).rstrip("/"))
+        client.client.timeout = self.timeout
+        return client
+
+    def build_mail(
+        self,
+        *,
+        subject: str,
+        html: str,
+        text: str,
+        recipients: Sequence[Recipient],
+        categories: Sequence[str] = (),
+    ) -> Mail:
+        """One Mail Send request: the same content to every recipient, one personalization each.
+
+        Sender, reply-to, unsubscribe group and default categories come from the connection.
+        """
+        if not 1 <= len(recipients) <= MAX_PERSONALIZATIONS:
+            raise ValueError(f"A Mail Send request takes 1 to {MAX_PERSONALIZATIONS} recipients")
+        settings = self.settings
+        if not settings.get("from_email"):
+            raise ValueError(f"Connection {self.sendgrid_conn_id!r} needs extra.from_email")
+        mail = Mail(
+            from_email=From(settings["from_email"], settings.get("from_name")),
+            subject=subject,
+            plain_text_content=PlainTextContent(text),
+            html_content=HtmlContent(html),
+        )
+        if settings.get("reply_to"):
+            mail.reply_to = ReplyTo(settings["reply_to"])
+        if settings.get("asm_group_id"):
+            mail.asm = Asm(int(settings["asm_group_id"]))
+        all_categories = dict.fromkeys([*settings.get("categories", []), *categories])
+        if all_categories:
+            mail.category = [Category(name) for name in all_categories]
+        for recipient in recipients:
+            personalization = Personalization()
+            personalization.add_to(To(recipient.email, recipient.name))
+            for key, value in recipient.custom_args.items():
+                personalization.add_custom_arg(CustomArg(key, value))
+            for key, value in recipient.headers.items():
+                personalization.add_header(Header(key, value))
+            mail.add_personalization(personalization, index=len(mail.personalizations))
+        return mail
+
+    def send(self, mail: Mail) -> str | None:
+        """Send one Mail Send request and return SendGrid's ``X-Message-Id``.
+
+        429 and 5xx answers are retried with backoff. Raises :class:`Rejected` when SendGrid
+        refuses the request, :class:`Retryable` when retries ran out, :class:`OutcomeUnknown`
+        when the request went out and no answer came back.
+        """
+        body = mail.get()
+        response = self.retry_policy.call(lambda: self._post(body))
+        return response.headers.get("X-Message-Id")
+
+    def _post(self, body: dict[str, Any]):
+        try:
+            return self.client.send(body)
+        except HTTPError as exc:
+            raise _error_from_response(exc) from None
+        except URLError as exc:
+            raise Retryable(f"sendgrid unreachable: {exc.reason}", may_have_reached=False) from None
+        except (TimeoutError, ConnectionError, http.client.HTTPException) as exc:
+            raise OutcomeUnknown(f"sendgrid sent no answer ({type(exc).__name__})") from None
+
+    def test_connection(self) -> tuple[bool, str]:
+        """Check the API key and sender with a sandbox-mode Mail Send (SendGrid sends nothing)."""
+        mail = self.build_mail(
+            subject="Lifecycle connection test",
+            html="<p>Connection test</p>",
+            text="Connection test",
+            recipients=[Recipient(self.settings.get("from_email", ""))],
+        )
+        mail.mail_settings = MailSettings(sandbox_mode=SandBoxMode(True))
+        try:
+            self.send(mail)
+        except ProviderError as exc:
+            return False, exc.reason
+        return True, "SendGrid accepted the API key and sender"
+
+
+def _error_from_response(exc: HTTPError) -> ProviderError:
+    """A SendGrid error answer as a Rejected/Retryable error, naming SendGrid's first complaint."""
+    message, field_name = "", None
+    try:
+        first = json.loads(exc.body or b"{}").get("errors", [{}])[0]
+        message, field_name = first.get("message") or "", first.get("field")
+    except (ValueError, AttributeError, IndexError, TypeError):
+        pass
+    reason = f"sendgrid {exc.status_code} {redact(message or str(exc.reason))}".strip()
+    return error_for_status(exc.status_code, reason, exc.headers, field_name)

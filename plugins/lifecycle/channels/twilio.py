@@ -1,0 +1,261 @@
+"""TwilioHook: the ``twilio_default`` connection plus the official Twilio client."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from functools import cached_property
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import requests
+from airflow.sdk import BaseHook
+from twilio.base.exceptions import TwilioException, TwilioRestException, TwilioServiceException
+from twilio.http.http_client import TwilioHttpClient
+from twilio.http.response import Response
+from twilio.rest import Client
+from twilio.rest.api.v2010.account.message import MessageInstance
+from urllib3.exceptions import ConnectTimeoutError
+
+from lifecycle.channels.dry_run import _sms_segments
+from lifecycle.channels.retry import (
+    OutcomeUnknown,
+    ProviderError,
+    Retryable,
+    RetryPolicy,
+    error_for_status,
+    redact,
+)
+
+TWILIO_API_URL = "https://api.twilio.com"
+T = TypeVar("T")
+
+
+class BaseUrlHttpClient(TwilioHttpClient):
+    """Twilio's HTTP client aimed at another API base URL (the local sandbox, or a proxy).
+
+    The Twilio client always builds ``https://api.twilio.com/...`` URLs; this client swaps that
+    base for its own. It keeps the last answer's headers (for ``Retry-After``) and logs requests
+    by method and path only: query strings carry phone numbers.
+    """
+
+    def __init__(self, base_url: str = TWILIO_API_URL, timeout: float | None = None) -> None:
+        super().__init__(timeout=timeout)
+        self.base_url = base_url.rstrip("/")
+        self.last_headers: Mapping[str, str] = {}
+
+    def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> Response:
+        """Send the request to ``base_url`` instead of Twilio's public API host."""
+        if url.startswith(TWILIO_API_URL):
+            url = self.base_url + url[len(TWILIO_API_URL) :]
+        self.last_headers = {}
+        response = super().request(method, url, *args, **kwargs)
+        self.last_headers = response.headers or {}
+        return response
+
+    def log_request(self, kwargs: dict[str, Any]) -> None:
+        """Log the method and path, never the query string or the body."""
+        self.logger.info("Twilio request: %s %s", kwargs["method"], urlsplit(kwargs["url"]).path)
+
+
+@dataclass(frozen=True)
+class SmsReceipt:
+    """What Twilio says about one message: its SID, status, segment count and any error."""
+
+    sid: str
+    status: str
+    segments: int | None
+    error_code: int | None
+    created_at: datetime | None
+    body: str | None
+
+    @classmethod
+    def from_instance(cls, message: MessageInstance) -> SmsReceipt:
+        """The receipt for a Twilio ``MessageInstance``."""
+        segments = int(message.num_segments or 0)
+        if not segments and message.body:
+            segments = _sms_segments(message.body)
+        return cls(
+            sid=message.sid,
+            status=str(message.status),
+            segments=segments or None,
+            error_code=message.error_code,
+            created_at=message.date_created,
+            body=message.body,
+        )
+
+
+class TwilioHook(BaseHook):
+    """Sends and looks up SMS through Twilio's Messages API.
+
+    Connection: login = Account SID, password = Auth Token, host = API base URL override (the
+    local sandbox); extra: ``messaging_service_sid`` or ``from_number``, ``status_callback_url``.
+    Arguments given to the hook override the connection's extras.
+
+    :param twilio_conn_id: Airflow connection id.
+    :param timeout: seconds to wait for Twilio to answer one request.
+    :param retry_policy: backoff for 429 and 5xx answers.
+    """
+
+    conn_name_attr = "twilio_conn_id"
+    default_conn_name = "twilio_default"
+    conn_type = "twilio"
+    hook_name = "Twilio"
+
+    def __init__(
+        self,
+        twilio_conn_id: str = default_conn_name,
+        *,
+        messaging_service_sid: str | None = None,
+        from_number: str | None = None,
+        status_callback_url: str | None = None,
+        timeout: float = 30.0,
+        retry_policy: RetryPolicy | None = None,
+    ) -> None:
+        super().__init__()
+        self.twilio_conn_id = twilio_conn_id
+        self._overrides = {
+            "messaging_service_sid": messaging_service_sid,
+            "from_number": from_number,
+            "status_callback_url": status_callback_url,
+        }
+        self.timeout = timeout
+        self.retry_policy = retry_policy or RetryPolicy()
+
+    @classmethod
+    def get_ui_field_behaviour(cls) -> dict[str, Any]:
+        """How the Airflow UI shows a Twilio connection."""
+        return {
+            "hidden_fields": ["schema", "port"],
+            "relabeling": {
+                "host": "API base URL (optional)",
+                "login": "Account SID",
+                "password": "Auth Token",
+            },
+        }
+
+    @cached_property
+    def settings(self) -> dict[str, Any]:
+        """The connection's extras with the hook's arguments laid over them."""
+        extra = dict(self.get_connection(self.twilio_conn_id).extra_dejson)
+        extra.update({key: value for key, value in self._overrides.items() if value is not None})
+        return extra
+
+    @property
+    def status_callback_url(self) -> str | None:
+        """Where Twilio should post delivery status callbacks, when configured."""
+        return self.settings.get("status_callback_url")
+
+    @cached_property
+    def http_client(self) -> BaseUrlHttpClient:
+        """The HTTP client the Twilio client sends through, aimed at the connection's host."""
+        conn = self.get_connection(self.twilio_conn_id)
+        return BaseUrlHttpClient(conn.host or TWILIO_API_URL, timeout=self.timeout)
+
+    @cached_property
+    def client(self) -> Client:
+        """The Twilio REST client, built on first use from the connection."""
+        conn = self.get_connection(self.twilio_conn_id)
+        if not conn.login or not conn.password:
+            raise ValueError(f"Connection {self.twilio_conn_id!r} needs the Account SID and Auth Token")
+        return Client(conn.login, conn.password, http_client=self.http_client)
+
+    def send_sms(self, to: str, body: str, status_callback: str | None = None) -> SmsReceipt:
+        """Create one message to ``to`` (E.164) from the messaging service or sender number.
+
+        429 and 5xx answers are retried with backoff. Raises :class:`Rejected` when Twilio
+        refuses the message, :class:`Retryable` when retries ran out, :class:`OutcomeUnknown`
+        when the request went out and no answer came back.
+        """
+        sender: dict[str, str] = {}
+        if self.settings.get("messaging_service_sid"):
+            sender["messaging_service_sid"] = self.settings["messaging_service_sid"]
+        elif self.settings.get("from_number"):
+            sender["from_"] = self.settings["from_number"]
+        else:
+            raise ValueError(
+                f"Connection {self.twilio_conn_id!r} needs extra.messaging_service_sid or from_number"
+            )
+        callback = status_callback or self.status_callback_url
+        message = self._call(
+            lambda: self.client.messages.create(to=to, body=body, status_callback=callback, **sender),
+            idempotent=False,
+        )
+        return SmsReceipt.from_instance(message)
+
+    def fetch_message(self, sid: str) -> SmsReceipt:
+        """Twilio's current record of one message."""
+        return SmsReceipt.from_instance(
+            self._call(lambda: self.client.messages(sid).fetch(), idempotent=True)
+        )
+
+    def recent_messages(self, to: str, limit: int = 20) -> list[SmsReceipt]:
+        """The newest messages sent to ``to``, newest first (for reconciling unknown outcomes)."""
+        found = self._call(
+            lambda: self.client.messages.list(to=to, limit=limit, page_size=limit), idempotent=True
+        )
+        return [SmsReceipt.from_instance(message) for message in found]
+
+    def test_connection(self) -> tuple[bool, str]:
+        """Check the Account SID and Auth Token by listing one message."""
+        try:
+            self._call(lambda: self.client.messages.list(limit=1, page_size=1), idempotent=True)
+        except ProviderError as exc:
+            return False, exc.reason
+        return True, "Twilio accepted the Account SID and Auth Token"
+
+    def _call(self, fn: Callable[[], T], *, idempotent: bool) -> T:
+        """Run one Twilio call under the retry policy, with errors translated for it.
+
+        A lookup (``idempotent``) is retried when the answer is lost; a send never is.
+        """
+
+        def attempt() -> T:
+            try:
+                return fn()
+            except TwilioException as exc:
+                raise _translate(exc, self.http_client.last_headers) from None
+            except requests.RequestException as exc:
+                if _never_connected(exc):
+                    raise Retryable(
+                        f"twilio unreachable ({type(exc).__name__})", may_have_reached=False
+                    ) from None
+                reason = f"twilio sent no answer ({type(exc).__name__})"
+                if idempotent:
+                    raise Retryable(reason, may_have_reached=True) from None
+                raise OutcomeUnknown(reason) from None
+
+        return self.retry_policy.call(attempt)
+
+
+def _translate(exc: TwilioException, headers: Mapping[str, str]) -> ProviderError:
+    """A Twilio SDK error as a Rejected/Retryable error reading ``twilio <code> <message>``."""
+    if isinstance(exc, TwilioRestException):
+        status, code, message = exc.status, exc.code, exc.msg
+    elif isinstance(exc, TwilioServiceException):
+        status, code, message = exc.status, exc.code, exc.detail or exc.title
+    else:
+        response = exc.args[1] if len(exc.args) > 1 else None
+        status, code, message = (
+            getattr(response, "status_code", 0),
+            None,
+            str(exc.args[0] if exc.args else exc),
+        )
+        try:
+            body = json.loads(response.text)
+            code, message = body.get("code"), body.get("message") or message
+        except (AttributeError, TypeError, ValueError):
+            pass
+    if message.startswith("Unable to") and ": " in message:
+        message = message.split(": ", 1)[1]
+    return error_for_status(status, f"twilio {code or status} {redact(message)}".strip(), headers)
+
+
+def _never_connected(exc: requests.RequestException) -> bool:
+    """True when the connection never opened, so Twilio cannot have seen the request."""
+    if isinstance(exc, requests.ConnectTimeout):
+        return True
+    cause = exc.args[0] if exc.args else None
+    return isinstance(getattr(cause, "reason", None), ConnectTimeoutError)

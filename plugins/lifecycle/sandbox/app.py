@@ -1,0 +1,266 @@
+"""The sandbox application: provider endpoints (with injected faults) and the ``/_sandbox/`` control API.
+
+Provider endpoints:
+
+- ``POST /v3/mail/send`` (SendGrid, Bearer API key)
+- ``POST /2010-04-01/Accounts/{AccountSid}/Messages.json`` (Twilio create, Basic SID/token)
+- ``GET /2010-04-01/Accounts/{AccountSid}/Messages.json`` (list: ``To``, ``From``, ``DateSent[<>]``)
+- ``GET /2010-04-01/Accounts/{AccountSid}/Messages/{Sid}.json`` (fetch)
+
+Control endpoints (JSON, no auth): ``GET /_sandbox/health``, ``GET /_sandbox/sendgrid/messages``
+and ``GET /_sandbox/twilio/messages`` (optional ``?to=``), ``GET /_sandbox/sendgrid/public_key``,
+``POST /_sandbox/sendgrid/events``, ``POST /_sandbox/twilio/inbound``, ``GET|POST /_sandbox/faults``,
+``GET /_sandbox/stats``, ``GET /_sandbox/webhooks`` (optional ``?provider=``), ``POST /_sandbox/flush``
+and ``POST /_sandbox/reset``. Faults apply to the two send endpoints only.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+import threading
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import parse_qs
+
+from lifecycle.sandbox.faults import FaultPlan, FaultRequestError, Target, parse_fault_request
+from lifecycle.sandbox.records import Recorder
+from lifecycle.sandbox.sendgrid_api import SendGridApi, errors_reply
+from lifecycle.sandbox.sendgrid_events import BOUNCE_TYPES, EVENT_TYPES
+from lifecycle.sandbox.sendgrid_rules import FieldError
+from lifecycle.sandbox.signing import EventWebhookSigner
+from lifecycle.sandbox.twilio_api import TwilioApi
+from lifecycle.sandbox.twilio_api import error_reply as twilio_error_reply
+from lifecycle.sandbox.twilio_rules import TwilioError
+from lifecycle.sandbox.webhooks import WebhookDispatcher
+from lifecycle.sandbox.wire import Hangup, Reply, Request, json_reply
+
+MAIL_SEND = "/v3/mail/send"
+TWILIO_MESSAGES = re.compile(r"^/2010-04-01/Accounts/([^/]+)/Messages\.json$")
+TWILIO_MESSAGE = re.compile(r"^/2010-04-01/Accounts/([^/]+)/Messages/([^/]+)\.json$")
+CONTROL_PREFIX = "/_sandbox/"
+DEFAULT_FLUSH_TIMEOUT = 30.0
+
+
+class ControlError(ValueError):
+    """A control API request the sandbox cannot act on; ``status`` is the HTTP status to answer."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class SandboxApp:
+    """Everything behind the HTTP server: both providers, the fault plan, records and webhooks."""
+
+    def __init__(
+        self,
+        *,
+        sendgrid_api_key: str,
+        twilio_account_sid: str,
+        twilio_auth_token: str,
+        sendgrid_webhook_url: str | None,
+        twilio_inbound_url: str | None,
+    ) -> None:
+        self.recorder = Recorder()
+        self.faults = FaultPlan()
+        self.signer = EventWebhookSigner()
+        self.dispatcher = WebhookDispatcher(self.signer, twilio_auth_token)
+        self.sendgrid = SendGridApi(sendgrid_api_key, self.recorder, self.dispatcher, sendgrid_webhook_url)
+        self.twilio = TwilioApi(
+            twilio_account_sid, twilio_auth_token, self.recorder, self.dispatcher, twilio_inbound_url
+        )
+        self._stopping = threading.Event()
+        self._control_routes: dict[tuple[str, str], Callable[[Request], Any]] = {
+            ("GET", "health"): lambda request: {"status": "ok"},
+            ("GET", "sendgrid/messages"): lambda request: {
+                "messages": self.recorder.emails(_query(request, "to"))
+            },
+            ("GET", "sendgrid/public_key"): lambda request: {"public_key": self.signer.public_key},
+            ("POST", "sendgrid/events"): self._post_sendgrid_event,
+            ("GET", "twilio/messages"): self._twilio_messages,
+            ("POST", "twilio/inbound"): self._post_inbound,
+            ("GET", "faults"): lambda request: {"pending": self.faults.pending()},
+            ("POST", "faults"): lambda request: self.add_fault(_json_body(request)),
+            ("GET", "stats"): lambda request: self.stats(),
+            ("GET", "webhooks"): lambda request: {
+                "webhooks": self.dispatcher.entries(_query(request, "provider"))
+            },
+            ("POST", "flush"): self._post_flush,
+            ("POST", "reset"): lambda request: self.reset(),
+        }
+
+    def start(self) -> None:
+        """Start posting webhooks."""
+        self._stopping.clear()
+        self.dispatcher.start()
+
+    def stop(self) -> None:
+        """Interrupt delayed requests and stop posting webhooks."""
+        self._stopping.set()
+        self.dispatcher.stop()
+
+    def handle(self, request: Request) -> Reply | Hangup:
+        """Answer one request, or tell the server to hang up."""
+        if request.path.startswith(CONTROL_PREFIX):
+            return self._control(request)
+        if request.path == MAIL_SEND:
+            if request.method != "POST":
+                return errors_reply(405, [FieldError("method not allowed", None)])
+            return self._send("sendgrid", "sendgrid.mail_send", request, self._mail_send)
+        if (route := _twilio_route(request.path)) is not None:
+            return self._twilio(request, *route)
+        return json_reply(404, {"error": f"no sandbox endpoint for {request.method} {request.path}"})
+
+    def _twilio(self, request: Request, account_sid: str, message_sid: str | None) -> Reply | Hangup:
+        if message_sid is None and request.method == "POST":
+            create = functools.partial(self._create_message, account_sid=account_sid)
+            return self._send("twilio", "twilio.create_message", request, create)
+        if request.method != "GET":
+            return twilio_error_reply(TwilioError(405, 20004, "Method not allowed"))
+        denied = self.twilio.authenticate(request.headers, request.path, account_sid)
+        if message_sid is None:
+            return self._count(
+                "twilio.list_messages", denied or self.twilio.list_messages(request.path, request.query)
+            )
+        return self._count(
+            "twilio.fetch_message", denied or self.twilio.fetch_message(request.path, message_sid)
+        )
+
+    def _create_message(self, request: Request, account_sid: str) -> Reply:
+        denied = self.twilio.authenticate(request.headers, request.path, account_sid)
+        return denied or self.twilio.create_message(request.body)
+
+    def _mail_send(self, request: Request) -> Reply:
+        return self.sendgrid.authenticate(request.headers) or self.sendgrid.mail_send(
+            request.headers, request.body
+        )
+
+    def _count(self, endpoint: str, reply: Reply) -> Reply:
+        self.recorder.count(endpoint, "requests")
+        self.recorder.count(endpoint, f"responses.{reply.status}")
+        return reply
+
+    def _send(
+        self, target: Target, endpoint: str, request: Request, process: Callable[[Request], Reply]
+    ) -> Reply | Hangup:
+        fault = self.faults.take(target)
+        if fault is None:
+            return self._count(endpoint, process(request))
+        self.recorder.count(endpoint, f"faults.{fault.kind}")
+        api = self.sendgrid if target == "sendgrid" else self.twilio
+        if fault.status is not None:
+            return self._count(endpoint, api.fault_reply(fault.status, fault.retry_after))
+        if fault.kind in ("slow", "timeout"):
+            self._stopping.wait(fault.delay)
+        if fault.kind in ("drop", "timeout"):
+            self.recorder.count(endpoint, "requests")
+            return Hangup()
+        reply = self._count(endpoint, process(request))
+        return Hangup() if fault.kind == "drop_after_accept" and reply.accepted else reply
+
+    def _control(self, request: Request) -> Reply:
+        route = self._control_routes.get(
+            (request.method, request.path.removeprefix(CONTROL_PREFIX).strip("/"))
+        )
+        if route is None:
+            return json_reply(404, {"error": f"no control endpoint {request.method} {request.path}"})
+        try:
+            return json_reply(200, route(request))
+        except ControlError as error:
+            return json_reply(error.status, {"error": str(error)})
+
+    def stats(self) -> dict[str, Any]:
+        """Request counters per endpoint (responses by status, faults by kind) and webhook counts."""
+        return {"endpoints": self.recorder.stats(), "webhooks": self.dispatcher.counts()}
+
+    def reset(self) -> dict[str, bool]:
+        """Forget records, pending faults, opt-outs, stats and the webhook log."""
+        self.recorder.reset()
+        self.faults.clear()
+        self.dispatcher.clear_log()
+        return {"reset": True}
+
+    def sendgrid_event(
+        self,
+        event: str,
+        sg_message_id: str | None = None,
+        x_message_id: str | None = None,
+        bounce_type: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Emit one Event Webhook event for a recorded email (or every email of one ``x_message_id``)."""
+        if event not in EVENT_TYPES:
+            raise ControlError(f"event must be one of {', '.join(EVENT_TYPES)}")
+        if bounce_type not in (None, *BOUNCE_TYPES):
+            raise ControlError(f"type must be one of {', '.join(BOUNCE_TYPES)}")
+        if not (sg_message_id or x_message_id):
+            raise ControlError("give sg_message_id or x_message_id")
+        emails = self.recorder.find_emails(sg_message_id=sg_message_id, x_message_id=x_message_id)
+        if not emails:
+            raise ControlError("no recorded email has that id", 404)
+        return [payload for email in emails for payload in self.sendgrid.emit(email, ((event, bounce_type),))]
+
+    def _post_sendgrid_event(self, request: Request) -> dict[str, Any]:
+        payload = _json_body(request)
+        events = self.sendgrid_event(
+            str(payload.get("event", "")),
+            sg_message_id=payload.get("sg_message_id"),
+            x_message_id=payload.get("x_message_id"),
+            bounce_type=payload.get("type"),
+        )
+        return {"events": events}
+
+    def _twilio_messages(self, request: Request) -> dict[str, Any]:
+        to = _query(request, "to")
+        return {"messages": [message for message in self.recorder.sms_list() if to in (None, message["to"])]}
+
+    def inbound_sms(self, sender: str, body: str, to: str | None = None) -> dict[str, Any]:
+        """Receive an SMS from ``sender`` (STOP and its synonyms opt the number out, START back in)."""
+        try:
+            return self.twilio.inbound(sender, body, to)
+        except ValueError as error:
+            raise ControlError(str(error)) from None
+
+    def _post_inbound(self, request: Request) -> dict[str, Any]:
+        payload = _json_body(request)
+        return self.inbound_sms(str(payload.get("from", "")), str(payload.get("body", "")), payload.get("to"))
+
+    def add_fault(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Queue the fault a ``POST /_sandbox/faults`` body describes; returns the pending faults."""
+        try:
+            targets, fault, count = parse_fault_request(request)
+        except FaultRequestError as error:
+            raise ControlError(str(error)) from None
+        self.faults.add(targets, fault, count)
+        return {"pending": self.faults.pending()}
+
+    def _post_flush(self, request: Request) -> dict[str, int]:
+        timeout = _json_body(request).get("timeout", DEFAULT_FLUSH_TIMEOUT)
+        return self.dispatcher.flush(float(timeout))
+
+
+def _twilio_route(path: str) -> tuple[str, str | None] | None:
+    """The (account SID, message SID or None) a Twilio Messages path names, or None for other paths."""
+    if match := TWILIO_MESSAGES.match(path):
+        return match[1], None
+    if match := TWILIO_MESSAGE.match(path):
+        return match[1], match[2]
+    return None
+
+
+def _query(request: Request, name: str) -> str | None:
+    values = parse_qs(request.query).get(name)
+    return values[0] if values else None
+
+
+def _json_body(request: Request) -> dict[str, Any]:
+    if not request.body.strip():
+        return {}
+    try:
+        payload = json.loads(request.body)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise ControlError("the body must be a JSON object") from None
+    if not isinstance(payload, dict):
+        raise ControlError("the body must be a JSON object")
+    return payload

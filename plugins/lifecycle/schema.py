@@ -1,0 +1,307 @@
+"""Table definitions: the canonical CRM input model and the engine's own ``lifecycle_*`` tables.
+
+All timestamps are naive UTC (``DateTime`` without time zone) so SQLite and PostgreSQL compare
+them the same way. The CRM tables are the user's: the engine only reads them (the synthetic
+generator creates them for the demo). The engine tables are created by Alembic migrations.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+crm_metadata = MetaData()
+engine_metadata = MetaData()
+
+LIFECYCLE_STAGES = ("subscriber", "lead", "trial", "customer", "churned")
+CHURN_REASONS = ("price", "fit", "complexity", "other")
+CHANNELS = ("email", "sms")
+CONSENT_PURPOSES = ("marketing", "transactional")
+CONSENT_STATUSES = ("granted", "withdrawn", "denied")
+SUBSCRIPTION_STATUSES = ("trialing", "active", "past_due", "cancelled")
+BILLING_STATUSES = ("ok", "card_expiring", "failed")
+OPPORTUNITY_STAGES = (
+    "prospecting",
+    "qualification",
+    "proposal",
+    "negotiation",
+    "closed_won",
+    "closed_lost",
+)
+TICKET_STATUSES = ("open", "pending", "solved")
+
+# --- CRM input model ------------------------------------------------------------------------
+
+contacts = Table(
+    "contacts",
+    crm_metadata,
+    Column("contact_id", String(64), primary_key=True),
+    Column("account_id", String(64)),
+    Column("email", String(320)),
+    Column("phone", String(64)),
+    Column("first_name", String(200)),
+    Column("last_name", String(200)),
+    Column("country", String(2)),
+    Column("region", String(100)),
+    Column("timezone", String(64)),
+    Column("locale", String(16)),
+    Column("role", String(100)),
+    Column("industry", String(100)),
+    Column("lifecycle_stage", String(20)),
+    Column("plan", String(50)),
+    Column("mrr", Float),
+    Column("ltv", Float),
+    Column("created_at", DateTime),
+    Column("last_active_at", DateTime),
+    Column("churned_at", DateTime),
+    Column("churn_reason", String(20)),
+    Column("owner", String(100)),
+    Index("ix_contacts_stage", "lifecycle_stage"),
+    Index("ix_contacts_created", "created_at"),
+    Index("ix_contacts_last_active", "last_active_at"),
+)
+
+accounts = Table(
+    "accounts",
+    crm_metadata,
+    Column("account_id", String(64), primary_key=True),
+    Column("name", String(200)),
+    Column("industry", String(100)),
+    Column("employees", Integer),
+    Column("tier", String(20)),
+)
+
+consents = Table(
+    "consents",
+    crm_metadata,
+    Column("contact_id", String(64), nullable=False),
+    Column("channel", String(10), nullable=False),
+    Column("purpose", String(20), nullable=False),
+    Column("status", String(10), nullable=False),
+    Column("source", String(50)),
+    Column("captured_at", DateTime, nullable=False),
+    Column("proof", Text),
+    Index("ix_consents_lookup", "contact_id", "channel", "purpose", "captured_at"),
+)
+
+events = Table(
+    "events",
+    crm_metadata,
+    Column("event_id", String(64), primary_key=True),
+    Column("contact_id", String(64), nullable=False),
+    Column("event_type", String(50), nullable=False),
+    Column("occurred_at", DateTime, nullable=False),
+    Column("properties", JSON),
+    Index("ix_events_contact_type_time", "contact_id", "event_type", "occurred_at"),
+    Index("ix_events_type_time", "event_type", "occurred_at"),
+)
+
+subscriptions = Table(
+    "subscriptions",
+    crm_metadata,
+    Column("subscription_id", String(64), primary_key=True),
+    Column("contact_id", String(64)),
+    Column("account_id", String(64)),
+    Column("plan", String(50)),
+    Column("status", String(20)),
+    Column("renews_at", DateTime),
+    Column("billing_status", String(20)),
+    Column("mrr", Float),
+    Index("ix_subscriptions_contact", "contact_id"),
+    Index("ix_subscriptions_renews", "renews_at"),
+)
+
+opportunities = Table(
+    "opportunities",
+    crm_metadata,
+    Column("opportunity_id", String(64), primary_key=True),
+    Column("account_id", String(64)),
+    Column("contact_id", String(64)),
+    Column("stage", String(20)),
+    Column("amount", Float),
+    Column("updated_at", DateTime),
+    Index("ix_opportunities_contact", "contact_id", "stage"),
+)
+
+tickets = Table(
+    "tickets",
+    crm_metadata,
+    Column("ticket_id", String(64), primary_key=True),
+    Column("contact_id", String(64)),
+    Column("status", String(10)),
+    Column("opened_at", DateTime),
+    Column("closed_at", DateTime),
+    Index("ix_tickets_contact_status", "contact_id", "status"),
+)
+
+CRM_TABLES = {
+    "contacts": contacts,
+    "accounts": accounts,
+    "consents": consents,
+    "events": events,
+    "subscriptions": subscriptions,
+    "opportunities": opportunities,
+    "tickets": tickets,
+}
+
+# --- Engine tables ------------------------------------------------------------------------
+
+audience = Table(
+    "lifecycle_audience",
+    engine_metadata,
+    Column("program", String(64), primary_key=True),
+    Column("run_id", String(250), primary_key=True),
+    Column("contact_id", String(64), primary_key=True),
+)
+
+enrollments = Table(
+    "lifecycle_enrollments",
+    engine_metadata,
+    Column("enrollment_id", Integer, primary_key=True, autoincrement=True),
+    Column("program", String(64), nullable=False),
+    Column("contact_id", String(64), nullable=False),
+    Column("entry", Integer, nullable=False),
+    Column("state", String(20), nullable=False),  # active | completed | exited
+    Column("exit_reason", String(64)),
+    Column("enrolled_at", DateTime, nullable=False),
+    Column("exited_at", DateTime),
+    Column("next_step", Integer, nullable=False, default=0),
+    Column("last_step_at", DateTime),
+    Column("anchor_at", DateTime),
+    Column("group", String(16), nullable=False),  # treatment | holdout | control
+    Column("variant", String(32)),
+    Column("trigger", JSON),
+    Column("run_id", String(250)),
+    UniqueConstraint("program", "contact_id", "entry", name="uq_enrollment_entry"),
+    Index("ix_enrollments_program_state", "program", "state", "contact_id"),
+    Index("ix_enrollments_contact", "contact_id", "state"),
+)
+
+messages = Table(
+    "lifecycle_messages",
+    engine_metadata,
+    Column("message_id", Integer, primary_key=True, autoincrement=True),
+    Column("idempotency_key", String(200), nullable=False, unique=True),
+    Column("program", String(64), nullable=False),
+    Column("priority", Integer, nullable=False, default=0),
+    Column("enrollment_id", Integer, nullable=False),
+    Column("entry", Integer, nullable=False),
+    Column("step", String(64), nullable=False),
+    Column("step_index", Integer, nullable=False),
+    Column("contact_id", String(64), nullable=False),
+    Column("channel", String(10), nullable=False),
+    Column("fallback_channel", String(10)),
+    Column("planned_channel", String(10), nullable=False),
+    Column("template", String(200), nullable=False),
+    Column("variant", String(32)),
+    Column("group", String(16), nullable=False, default="treatment"),
+    Column("status", String(20), nullable=False),
+    Column("reason", String(200)),
+    Column("due_at", DateTime, nullable=False),
+    Column("send_after", DateTime),
+    Column("send_run_id", String(250)),
+    Column("batch", Integer),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("claimed_at", DateTime),
+    Column("claim_token", String(64)),
+    Column("provider_message_id", String(128)),
+    Column("segments", Integer),
+    Column("run_id", String(250), nullable=False),
+    Column("planned_at", DateTime, nullable=False),
+    Column("sent_at", DateTime),
+    Column("updated_at", DateTime),
+    Index("ix_messages_program_run_status", "program", "run_id", "status"),
+    Index("ix_messages_contact_due", "contact_id", "due_at", "status"),
+    Index("ix_messages_program_status", "program", "status", "send_after"),
+    Index("ix_messages_send_batch", "send_run_id", "batch", "status"),
+    Index("ix_messages_provider_id", "provider_message_id"),
+)
+
+provider_events = Table(
+    "lifecycle_provider_events",
+    engine_metadata,
+    Column("event_pk", Integer, primary_key=True, autoincrement=True),
+    Column("provider", String(20), nullable=False),
+    Column("event_id", String(200), nullable=False),
+    Column("event_type", String(40), nullable=False),
+    Column("message_id", Integer),
+    Column("provider_message_id", String(128)),
+    Column("contact_id", String(64)),
+    Column("occurred_at", DateTime, nullable=False),
+    Column("received_at", DateTime, nullable=False),
+    Column("payload", JSON),
+    UniqueConstraint("provider", "event_id", name="uq_provider_event"),
+    Index("ix_provider_events_message", "message_id"),
+)
+
+suppressions = Table(
+    "lifecycle_suppressions",
+    engine_metadata,
+    Column("suppression_id", Integer, primary_key=True, autoincrement=True),
+    Column("contact_id", String(64), nullable=False),
+    Column("channel", String(10), nullable=False),  # email | sms
+    Column("reason", String(40), nullable=False),
+    Column("source", String(64), nullable=False),
+    Column("proof", Text),
+    Column("created_at", DateTime, nullable=False),
+    UniqueConstraint("contact_id", "channel", "reason", name="uq_suppression"),
+    Index("ix_suppressions_contact", "contact_id", "channel"),
+)
+
+kpis = Table(
+    "lifecycle_kpis",
+    engine_metadata,
+    Column("kpi_id", Integer, primary_key=True, autoincrement=True),
+    Column("program", String(64), nullable=False),
+    Column("run_id", String(250), nullable=False),
+    Column("as_of", DateTime, nullable=False),
+    Column("metric", String(64), nullable=False),
+    Column("dimension", String(64), nullable=False, default=""),
+    Column("value", Float, nullable=False),
+    UniqueConstraint("program", "run_id", "metric", "dimension", name="uq_kpi"),
+    Index("ix_kpis_program_asof", "program", "as_of"),
+)
+
+# --- Data hygiene (written by the data_hygiene DAG; never the CRM's own rows) ----------------
+
+contact_quality = Table(
+    "lifecycle_contact_quality",
+    engine_metadata,
+    Column("contact_id", String(64), primary_key=True),
+    Column("email_normalized", String(320)),
+    Column("email_valid", Boolean),  # NULL: no email
+    Column("email_problem", String(200)),
+    Column("phone_e164", String(20)),
+    Column("phone_valid", Boolean),  # NULL: no phone
+    Column("phone_problem", String(100)),
+    Column("missing_fields", String(200)),  # comma list; NULL: every required field filled
+    Column("survivor_id", String(64)),  # the contact this one duplicates; NULL: it survives
+    Column("duplicate_key", String(400)),
+    Column("run_id", String(250), nullable=False),
+    Column("checked_at", DateTime, nullable=False),
+    Index("ix_contact_quality_email", "email_normalized"),
+    Index("ix_contact_quality_phone", "phone_e164"),
+    Index("ix_contact_quality_survivor", "survivor_id"),
+)
+
+data_quality = Table(
+    "lifecycle_data_quality",
+    engine_metadata,
+    Column("run_id", String(250), primary_key=True),
+    Column("as_of", DateTime, nullable=False),
+    Column("metric", String(64), primary_key=True),
+    Column("value", Float, nullable=False),
+    Index("ix_data_quality_metric_asof", "metric", "as_of"),
+)

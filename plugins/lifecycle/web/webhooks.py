@@ -1,0 +1,221 @@
+"""Provider webhooks and the unsubscribe page.
+
+- ``POST /webhooks/sendgrid``: SendGrid Event Webhook batches, ECDSA-verified with the public key
+  in ``sendgrid_default`` extra ``webhook_public_key``; signatures older than ten minutes are stale.
+- ``POST /webhooks/twilio/status`` and ``/webhooks/twilio/inbound``: Twilio status callbacks and
+  inbound messages, verified with the ``twilio_default`` Auth Token against the public URL
+  (``lifecycle_default`` host + path, else the URL the request arrived on).
+- ``GET /unsubscribe?token=...`` shows a confirmation; ``POST`` is the RFC 8058 one-click.
+
+A request that fails verification gets 403 and changes nothing. Every accepted event goes
+through :mod:`lifecycle.feedback` in one transaction per request.
+"""
+
+from __future__ import annotations
+
+import binascii
+import html
+import json
+import logging
+from datetime import UTC, datetime, timedelta
+from urllib.parse import parse_qsl, urlencode
+
+from airflow.sdk import BaseHook
+from airflow.sdk.exceptions import AirflowNotFoundException
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from sendgrid.helpers.eventwebhook import EventWebhook
+from sendgrid.helpers.eventwebhook.eventwebhook_header import EventWebhookHeader
+from starlette.concurrency import run_in_threadpool
+from twilio.request_validator import RequestValidator
+from twilio.twiml.messaging_response import MessagingResponse
+
+from lifecycle.channels.sendgrid import SendGridHook
+from lifecycle.channels.twilio import TwilioHook
+from lifecycle.db import crm_url, get_engine
+from lifecycle.feedback import (
+    FeedbackEvent,
+    apply_events,
+    sendgrid_events,
+    twilio_inbound_event,
+    twilio_status_event,
+    unsubscribe_event,
+)
+from lifecycle.links import (
+    MESSAGE_ID_PARAM,
+    SENDGRID_EVENTS_PATH,
+    TWILIO_INBOUND_PATH,
+    TWILIO_STATUS_PATH,
+    UNSUBSCRIBE_PATH,
+    InvalidToken,
+    PublicLinks,
+    UnsubscribeToken,
+    verify_unsubscribe_token,
+)
+
+log = logging.getLogger(__name__)
+router = APIRouter()
+
+SIGNATURE_MAX_AGE = timedelta(minutes=10)
+
+
+def _forbidden(why: str) -> JSONResponse:
+    log.warning("Rejected webhook: %s", why)
+    return JSONResponse({"detail": why}, status_code=403)
+
+
+def _record(events: list[FeedbackEvent], received_at: datetime) -> int:
+    with get_engine(crm_url()).begin() as conn:
+        return apply_events(conn, events, received_at)
+
+
+def _receive_sendgrid(body: str, signature: str | None, timestamp: str | None) -> Response:
+    now = datetime.now(UTC)
+    if not signature or not timestamp:
+        return _forbidden("sendgrid signature headers missing")
+    try:
+        signed_at = datetime.fromtimestamp(int(timestamp), UTC)
+    except (ValueError, OverflowError):
+        return _forbidden("sendgrid timestamp malformed")
+    if abs(now - signed_at) > SIGNATURE_MAX_AGE:
+        return _forbidden("sendgrid signature is stale")
+    public_key = BaseHook.get_connection(SendGridHook.default_conn_name).extra_dejson.get(
+        "webhook_public_key"
+    )
+    if not public_key:
+        return JSONResponse({"detail": "sendgrid_default has no webhook_public_key"}, status_code=503)
+    try:
+        valid = EventWebhook(public_key).verify_signature(body, signature, timestamp)
+    except (ValueError, binascii.Error):
+        valid = False
+    if not valid:
+        return _forbidden("sendgrid signature does not match")
+    try:
+        batch = json.loads(body)
+    except ValueError:
+        return JSONResponse({"detail": "body is not JSON"}, status_code=400)
+    if not isinstance(batch, list) or not all(isinstance(event, dict) for event in batch):
+        return JSONResponse({"detail": "body is not a list of events"}, status_code=400)
+    new = _record(sendgrid_events(batch), now)
+    log.info("SendGrid webhook: %d events, %d new", len(batch), new)
+    return JSONResponse({"received": len(batch), "new": new})
+
+
+@router.post(SENDGRID_EVENTS_PATH)
+async def sendgrid_webhook(request: Request) -> Response:
+    """SendGrid Event Webhook: verify the signature, then record the batch."""
+    body = (await request.body()).decode("utf-8", errors="replace")
+    return await run_in_threadpool(
+        _receive_sendgrid,
+        body,
+        request.headers.get(EventWebhookHeader.SIGNATURE),
+        request.headers.get(EventWebhookHeader.TIMESTAMP),
+    )
+
+
+def _public_url(path: str, query: str, request_url: str) -> str:
+    """The URL Twilio signed: the app's public base URL + path, else the URL as received."""
+    try:
+        links = PublicLinks.load()
+    except (AirflowNotFoundException, ValueError):
+        return request_url
+    return links.url(path) + (f"?{query}" if query else "")
+
+
+def _twilio_verified(path: str, request_url: str, query: str, params: dict[str, str], signature: str) -> bool:
+    token = BaseHook.get_connection(TwilioHook.default_conn_name).password or ""
+    url = _public_url(path, query, request_url)
+    return bool(signature and token) and RequestValidator(token).validate(url, params, signature)
+
+
+async def _twilio_request(request: Request) -> tuple[str, str, dict[str, str], str]:
+    body = (await request.body()).decode("utf-8", errors="replace")
+    params = dict(parse_qsl(body, keep_blank_values=True))
+    return str(request.url), request.url.query, params, request.headers.get("X-Twilio-Signature", "")
+
+
+def _receive_twilio_status(request_url: str, query: str, params: dict[str, str], signature: str) -> Response:
+    now = datetime.now(UTC)
+    if not _twilio_verified(TWILIO_STATUS_PATH, request_url, query, params, signature):
+        return _forbidden("twilio signature does not match")
+    message_id = dict(parse_qsl(query)).get(MESSAGE_ID_PARAM)
+    event = twilio_status_event(params, now, int(message_id) if message_id and message_id.isdigit() else None)
+    _record([event], now)
+    return Response(status_code=204)
+
+
+@router.post(TWILIO_STATUS_PATH)
+async def twilio_status(request: Request) -> Response:
+    """Twilio status callback: verify the signature, then move the message's status forward."""
+    return await run_in_threadpool(_receive_twilio_status, *await _twilio_request(request))
+
+
+def _receive_twilio_inbound(request_url: str, query: str, params: dict[str, str], signature: str) -> Response:
+    now = datetime.now(UTC)
+    if not _twilio_verified(TWILIO_INBOUND_PATH, request_url, query, params, signature):
+        return _forbidden("twilio signature does not match")
+    event = twilio_inbound_event(params, now)
+    _record([event], now)
+    log.info("Twilio inbound message %s: %s", event.event_id, event.event_type)
+    return Response(str(MessagingResponse()), media_type="application/xml")
+
+
+@router.post(TWILIO_INBOUND_PATH)
+async def twilio_inbound(request: Request) -> Response:
+    """Twilio inbound message: STOP opts the sender out of SMS, START back in."""
+    return await run_in_threadpool(_receive_twilio_inbound, *await _twilio_request(request))
+
+
+_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width">
+<title>{title}</title></head>
+<body style="font-family:sans-serif;max-width:32rem;margin:3rem auto;padding:0 1rem">
+<h1>{title}</h1>{body}</body></html>"""
+
+
+def _page(title: str, body_html: str, status_code: int = 200) -> HTMLResponse:
+    return HTMLResponse(_PAGE.format(title=html.escape(title), body=body_html), status_code=status_code)
+
+
+def _verify_token(token: str) -> UnsubscribeToken | HTMLResponse:
+    """The token's contents, or the error page for a link that is not ours."""
+    secret = PublicLinks.load().secret
+    try:
+        return verify_unsubscribe_token(secret, token)
+    except InvalidToken:
+        return _page(
+            "Link not valid", "<p>This unsubscribe link is not valid. Use the link from the message.</p>", 400
+        )
+
+
+@router.get(UNSUBSCRIBE_PATH, response_class=HTMLResponse)
+def unsubscribe_page(token: str = "") -> HTMLResponse:
+    """The confirmation page an unsubscribe link opens; nothing changes until the button is pressed."""
+    parsed = _verify_token(token)
+    if isinstance(parsed, HTMLResponse):
+        return parsed
+    action = html.escape("?" + urlencode({"token": token}))
+    return _page(
+        "Unsubscribe",
+        f"<p>Stop receiving marketing {html.escape(parsed.channel)} messages from us?</p>"
+        f'<form method="post" action="{action}">'
+        '<input type="hidden" name="List-Unsubscribe" value="One-Click">'
+        '<button type="submit">Unsubscribe</button></form>',
+    )
+
+
+@router.post(UNSUBSCRIBE_PATH, response_class=HTMLResponse)
+def unsubscribe_one_click(token: str = "") -> HTMLResponse:
+    """One-click unsubscribe (RFC 8058 ``List-Unsubscribe=One-Click``, or the page's button)."""
+    parsed = _verify_token(token)
+    if isinstance(parsed, HTMLResponse):
+        return parsed
+    now = datetime.now(UTC)
+    _record([unsubscribe_event(parsed, now)], now)
+    log.info(
+        "Unsubscribed contact %s from %s (message %s)", parsed.contact_id, parsed.channel, parsed.message_id
+    )
+    return _page(
+        "You are unsubscribed",
+        f"<p>You will get no more marketing {html.escape(parsed.channel)} messages.</p>",
+    )

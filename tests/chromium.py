@@ -1,0 +1,85 @@
+"""Headless Chromium for tests: screenshots and the rendered DOM of a page (a URL or an HTML file).
+
+Install on Debian: ``apt-get update && apt-get install -y chromium chromium-driver``. Without
+``/usr/bin/chromium`` the tests that need it skip and say so, except under ``CI=true``, where
+they fail.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import subprocess
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = Path(os.environ.get("LIFECYCLE_CHROMIUM", "/usr/bin/chromium"))
+INSTALL = "apt-get update && apt-get install -y chromium chromium-driver"
+TIMEOUT_SECONDS = 90
+FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--hide-scrollbars",
+)
+
+
+def require_chromium() -> None:
+    """Skip when Chromium is not installed; under CI it must be, so fail instead."""
+    if CHROMIUM.exists():
+        return
+    message = f"{CHROMIUM} is not installed; install it with '{INSTALL}'"
+    if os.environ.get("CI") == "true":
+        pytest.fail(message + " — CI=true, so the browser tests must run")
+    pytest.skip(message)
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    with tempfile.TemporaryDirectory(prefix="chromium-profile-") as profile:
+        completed = subprocess.run(
+            [str(CHROMIUM), *FLAGS, f"--user-data-dir={profile}", *args],
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT_SECONDS,
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
+    if completed.returncode != 0:
+        raise AssertionError(f"chromium exited with {completed.returncode}: {completed.stderr[-2000:]}")
+    return completed
+
+
+def screenshot(url: str, png: Path, size: tuple[int, int] = (1200, 2000)) -> Path:
+    """Render ``url`` and save a PNG of the window; returns the PNG's path."""
+    _run(f"--screenshot={png}", f"--window-size={size[0]},{size[1]}", "--virtual-time-budget=5000", url)
+    if not png.exists() or png.stat().st_size == 0:
+        raise AssertionError(f"chromium wrote no screenshot of {url}")
+    return png
+
+
+def dump_dom(url: str) -> str:
+    """The page's DOM after it loaded and ran, serialized as HTML."""
+    return _run("--dump-dom", "--virtual-time-budget=5000", url).stdout
+
+
+def inline_cid_images(html: str, images: Mapping[str, bytes], mime: str = "image/png") -> str:
+    """``html`` with every ``cid:<id>`` image source replaced by a data: URI of its bytes, so a
+    browser shows an email's inline images; an unknown content id raises."""
+
+    def data_uri(match: re.Match[str]) -> str:
+        content_id = match.group(1)
+        if content_id not in images:
+            raise AssertionError(f"the HTML references cid:{content_id}, which is not attached")
+        return f'src="data:{mime};base64,{base64.b64encode(images[content_id]).decode()}"'
+
+    return re.sub(r'src="cid:([^"]+)"', data_uri, html)

@@ -1,0 +1,106 @@
+"""Shared fixtures: databases (SQLite always, PostgreSQL where reachable), Airflow settings."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from lifecycle import local
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "tests" / "fixtures"
+AIRFLOW_WORK = Path(tempfile.mkdtemp(prefix="lifecycle-tests-"))
+# Airflow reads its settings once, at import: point it at a throwaway home before any test imports it.
+local.apply(local.airflow_env(AIRFLOW_WORK, AIRFLOW_WORK / "crm.db") | {"AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING"})
+PG_ADMIN_URL = os.environ.get("LIFECYCLE_TEST_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
+AS_OF = datetime(2026, 11, 16, 15, 0)
+
+
+def _postgres_reachable() -> str | None:
+    try:
+        engine = create_engine(PG_ADMIN_URL, connect_args={"connect_timeout": 3})
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        engine.dispose()
+        return None
+    except Exception as exc:  # noqa: BLE001 - any failure means "not reachable"
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
+
+
+def require_postgres() -> None:
+    """Skip with the reason when PostgreSQL is down; under CI it must be up, so fail instead."""
+    problem = _postgres_reachable()
+    if problem is None:
+        return
+    message = (f"PostgreSQL is not reachable at {PG_ADMIN_URL} ({problem}); start it with "
+               "'pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start'")
+    if os.environ.get("CI") == "true":
+        pytest.fail(message + " — CI=true, so PostgreSQL tests must run")
+    pytest.skip(message)
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for one test, dropped afterwards."""
+    require_postgres()
+    name = f"lifecycle_t_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    yield url
+    from lifecycle.db import get_engine
+
+    get_engine(url).dispose()
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'crm.db'}"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request, tmp_path: Path) -> str:
+    """Each test using this runs on SQLite and on PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'crm.db'}"
+    return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture
+def crm(db_url: str):
+    """An empty CRM with the engine tables migrated; yields (engine, CrmBuilder)."""
+    from lifecycle import schema
+    from lifecycle.db import get_engine, migrate
+    from tests.crm_builder import CrmBuilder
+
+    engine = get_engine(db_url)
+    schema.crm_metadata.create_all(engine)
+    migrate(engine)
+    return engine, CrmBuilder(engine, AS_OF)
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> None:
+    """Airflow's metadata database, created once per test session."""
+    from airflow.utils.db import initdb
+
+    initdb()
+
+
+@pytest.fixture
+def test_config(monkeypatch) -> Path:
+    """Use the small test programs and templates under tests/fixtures."""
+    monkeypatch.setenv("LIFECYCLE_CONFIG_DIR", str(FIXTURES / "config"))
+    monkeypatch.setenv("LIFECYCLE_TEMPLATES_DIR", str(FIXTURES / "templates"))
+    return FIXTURES / "config"

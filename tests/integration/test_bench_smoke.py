@@ -1,0 +1,46 @@
+"""The benchmark's smoke run: a few hundred contacts on SQLite, every figure reported, and the naive
+per-contact baseline making exactly the engine's decisions (no timing is asserted)."""
+
+from __future__ import annotations
+
+import json
+
+from lifecycle import bench
+
+
+def test_quick_bench_reports_every_figure_and_the_naive_baseline_matches_the_engine(tmp_path, capsys):
+    report_file = tmp_path / "bench.json"
+
+    status = bench.main(
+        ["--quick", "--db", "sqlite", "--contacts", "300", "--naive-subset", "120", "--scale-check",
+         "--work-dir", str(tmp_path / "work"), "--json", str(report_file)]
+    )
+
+    printed = capsys.readouterr().out
+    report = json.loads(report_file.read_text())
+    assert status == 0
+    (db,) = report["databases"]
+    naive = db["naive"]
+    assert naive["equal"] and naive["only_naive"] == [] and naive["only_engine"] == []
+    assert naive["messages"] > 0 and naive["contacts"] == 120
+    run = db["run"]
+    assert run["contacts"] == 300 and set(run["stages"]) == set(bench.STAGES)
+    assert run["statuses"]["sent"] > 0 and run["peak_rss"] > 0
+    assert run["requests"][bench.MAIL_SEND] > 0
+    floors = db["floors"]
+    assert floors["renders"] == sum(group["count"] for group in run["renders"]) > 0
+    assert floors["requests"] == sum(run["requests"].values())
+    assert {"contacts", "events", "consents"} <= set(floors["columns"])
+    assert db["small"]["contacts"] == 30
+    names = {t["name"] for t in report["targets"]}
+    assert names == {
+        "engine time / sum of floors",
+        "naive (extrapolated) / engine decisions",
+        "peak memory of the engine process",
+        "time(N) / time(N/10)",
+        "all DAG files parse",
+    }
+    assert report["dag_parse"]["dags"] >= 8 and report["dag_parse"]["errors"] == 0
+    for target in report["targets"]:
+        assert f"{target['name']}" in printed and ("PASS" if target["passed"] else "MISS") in printed
+    assert "same messages on the subset: yes" in printed

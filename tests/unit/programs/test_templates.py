@@ -1,0 +1,114 @@
+"""Every template of every shipped program renders for a contact with every optional field empty
+and for one with every field filled, on every channel a step can use and for every A/B variant
+and trigger: no error, no "None", escaped CRM values, a text part that carries the HTML's links,
+and SMS that fit one GSM-7 segment and end with the opt-out line."""
+
+from __future__ import annotations
+
+import html
+import re
+from collections.abc import Iterator
+
+import pytest
+
+from lifecycle import config
+from lifecycle.rendering import CONTACT_FIELDS, Rendered
+from lifecycle.schema import CHURN_REASONS
+from tests.unit.programs.support import STOP, UNSUBSCRIBE, render_step
+
+TRIGGER_PROPERTIES = {
+    "signed_up": {"source": "webinar"},
+    "content_engaged": {"topic": "best_practices"},
+    "cart_abandoned": {"cart_id": "cart-0001234-01", "product": "Analytics Add-on", "value": 158.0},
+    "quote_sent": {"quote_id": "q-0001234-0", "product": "Enterprise plan (annual)", "value": 96_000.0},
+    "feature_used": {"feature": "team_inbox"},
+    "page_viewed": {"path": "/docs/getting-started"},
+    "plan_limit_reached": {"limit": "api_calls"},
+    "purchase": {"order_id": "ord-0001234-00", "product": "Training Session", "amount": 249.0},
+}
+FILLED = {
+    "contact_id": "c-filled", "first_name": "Alexandra", "last_name": "Fitzgerald", "country": "GB",
+    "region": "England", "timezone": "Europe/London", "locale": "en-GB", "role": "Customer Success Manager",
+    "industry": "Professional Services", "lifecycle_stage": "customer", "plan": "growth", "mrr": 1_470.0,
+    "ltv": 24_500.0, "owner": "priya.shah", "churn_reason": "price", "created_at": None, "last_active_at": None,
+}
+ACCOUNT = {"name": "Meridian Partners", "industry": "Professional Services", "tier": "mid"}
+HOSTILE = {"first_name": "<script>x</script>", "role": "<b>CTO</b>", "industry": "R&D <labs>", "plan": "<pro>"}
+ALLOWED_TAGS = {"!doctype", "html", "head", "meta", "title", "body", "table", "tr", "td", "a", "p", "strong", "ol",
+                "ul", "li", "br"}
+GSM7 = set(
+    "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿"
+    "abcdefghijklmnopqrstuvwxyzäöñüà"
+)
+
+
+PROGRAM_IDS = sorted(path.stem for path in (config.PROJECT_ROOT / "config" / "programs").glob("*.yml"))
+
+
+def _program(program_id: str) -> config.Program:
+    return config.load_program(config.config_dir() / "programs" / f"{program_id}.yml")
+
+
+def _cases(program: config.Program, contact: dict, account: dict | None, triggers: list[dict]) -> Iterator[tuple]:
+    variants = [None] + [v.name for v in program.ab_test.variants] if program.ab_test else [None]
+    for step in program.steps:
+        for channel in filter(None, (step.channel, step.fallback)):
+            for variant in variants:
+                for trigger in triggers:
+                    rendered = render_step(program.id, step.id, contact, channel=channel, trigger=trigger,
+                                           variant=variant, account=account)
+                    yield f"{program.id}/{step.id}.{channel} variant={variant} trigger={trigger}", channel, rendered
+
+
+def _check(label: str, channel: str, rendered: Rendered, support_url: str) -> None:
+    parts = [rendered.text] + ([rendered.subject, rendered.html] if channel == "email" else [])
+    for part in parts:
+        assert part and part.strip(), f"{label}: an empty part"
+        assert "None" not in part, f"{label}: 'None' in {part!r}"
+        assert "@" not in part, f"{label}: an address-like '@' in {part!r}"
+    if channel == "sms":
+        assert rendered.text.endswith(STOP), f"{label}: {rendered.text!r}"
+        return
+    assert "\n" not in rendered.subject and len(rendered.subject) <= 100, f"{label}: subject {rendered.subject!r}"
+    assert UNSUBSCRIBE in rendered.html and UNSUBSCRIBE in rendered.text, label
+    links = {html.unescape(href) for href in re.findall(r'href="([^"]+)"', rendered.html)} - {support_url}
+    missing = {link for link in links if link not in rendered.text}
+    assert not missing, f"{label}: the text part lacks the HTML's links {missing}"
+
+
+@pytest.mark.parametrize("program_id", PROGRAM_IDS)
+def test_every_template_renders_for_a_contact_with_every_optional_field_empty(program_id, shipped_config):
+    program, support_url = _program(program_id), config.load_policy().brand.support_url
+    nulls = [{k: None for k in TRIGGER_PROPERTIES[t]} for t in program.audience.trigger_event]
+    for label, channel, rendered in _cases(program, {"contact_id": "c-empty"}, None, [{}, *nulls]):
+        _check(label, channel, rendered, support_url)
+        assert rendered.text.startswith("Northwind Cloud: Hi," if channel == "sms" else "Hi there,"), label
+
+
+@pytest.mark.parametrize("program_id", PROGRAM_IDS)
+@pytest.mark.parametrize("churn_reason", CHURN_REASONS)
+def test_every_template_renders_for_a_contact_with_every_field_filled(program_id, churn_reason, shipped_config):
+    program, support_url = _program(program_id), config.load_policy().brand.support_url
+    assert set(FILLED) == set(CONTACT_FIELDS)
+    contact = FILLED | {"churn_reason": churn_reason}
+    triggers = [TRIGGER_PROPERTIES[t] for t in program.audience.trigger_event] or [{}]
+    for label, channel, rendered in _cases(program, contact, ACCOUNT, triggers):
+        _check(label, channel, rendered, support_url)
+        assert "Alexandra" in rendered.text, label
+        if channel == "sms":
+            assert len(rendered.text) <= 160 and set(rendered.text) <= GSM7, f"{label}: {rendered.text!r}"
+
+
+@pytest.mark.parametrize("program_id", PROGRAM_IDS)
+def test_crm_values_are_escaped_in_html(program_id, shipped_config):
+    program = _program(program_id)
+    contact = FILLED | HOSTILE
+    account = {"name": "<i>A&B</i>", "industry": "R&D <labs>", "tier": "smb"}
+    triggers = [
+        {k: "<img src=x>" if k in ("product", "topic", "limit") else v for k, v in TRIGGER_PROPERTIES[t].items()}
+        for t in program.audience.trigger_event
+    ] or [{}]
+    for label, channel, rendered in _cases(program, contact, account, triggers):
+        if channel == "email":
+            tags = {t.lower() for t in re.findall(r"<\s*/?\s*([!a-zA-Z0-9]+)", rendered.html)}
+            assert tags <= ALLOWED_TAGS, f"{label}: unescaped markup {tags - ALLOWED_TAGS}"

@@ -1,0 +1,352 @@
+"""Every field of a program and a policy file set wrong in turn, generated from the pydantic models.
+
+For each field of :class:`config.Program` and :class:`config.Policy` (nested models, list items and
+mapping entries included) the file gets, in turn, a value of the wrong type, the field left out,
+and an unknown key beside it. Every mistake must be a :class:`config.ConfigError` that starts with
+the file and names the field's path (``steps[0].channel``); leaving out an optional field must
+load. A model field that the complete examples below do not set fails the test, so a new field
+is covered the day it is added. Mistakes the models cannot see by type (durations too large,
+files that are not UTF-8, unknown columns and property names) follow.
+"""
+
+from __future__ import annotations
+
+import copy
+import types
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import time
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+
+import pytest
+import yaml
+from pydantic import BaseModel
+
+from lifecycle import config
+from tests.conftest import FIXTURES
+
+pytestmark = pytest.mark.usefixtures("test_config")
+
+Path_ = tuple[str | int, ...]
+UNKNOWN_KEY = "colour"
+
+FULL_PROGRAM: dict[str, Any] = {
+    "id": "demo",
+    "name": "Every field set",
+    "description": "A program that sets every field of the schema.",
+    "owner": "tests",
+    "priority": 50,
+    "schedule": "@daily",
+    "tags": ["onboarding"],
+    "classes": ["promotional"],
+    "consent_purpose": "marketing",
+    "audience": {
+        "segment": {"segment": "leads"},
+        "trigger_event": ["signed_up"],
+        "anchor": {"table": "subscriptions", "column": "renews_at", "pick": "next"},
+    },
+    "re_entry": {"allowed": True, "cooldown": "30d"},
+    "exit": {
+        "goal": {"event": "purchase", "since": "enrollment"},
+        "rules": [{"reason": "churned", "segment": {"attribute": "lifecycle_stage", "eq": "churned"}}],
+        "on_segment_leave": True,
+    },
+    "steps": [
+        {
+            "id": "hello",
+            "channel": "email",
+            "fallback": "sms",
+            "delay": "1d",
+            "relative_to": "enrollment",
+            "template": "simple/hello",
+            "when": {"not": {"event": "purchase", "since": "enrollment"}},
+        }
+    ],
+    "holdout_percent": 10,
+    "holdout_salt": "demo-2026",
+    "ab_test": {
+        "name": "subject_line",
+        "variable": "subject",
+        "variants": [{"name": "A", "weight": 1}, {"name": "B", "weight": 1}],
+        "salt": "demo-ab",
+    },
+    "kpi": {
+        "primary": "conversion",
+        "label": "Conversion",
+        "conversion": {"event": "purchase", "since": "enrollment"},
+        "attribution_window": "14d",
+        "value_property": "amount",
+    },
+}
+
+FULL_POLICY: dict[str, Any] = yaml.safe_load((FIXTURES / "config" / "policy.yml").read_text()) | {
+    "quiet_hours": {
+        "sms": {"start": "21:00", "end": "08:00", "default_timezone": "UTC"},
+        "email": {"start": "23:00", "end": "06:00", "default_timezone": "Europe/London"},
+    },
+    "suppressions": {
+        "open_ticket": {"applies_to": ["promotional"], "within": "30d"},
+        "sales_negotiation": {"applies_to": ["generic_promo"], "within": "90d"},
+        "recent_purchase": {"applies_to": ["promotional"], "within": "3d"},
+    },
+    "stakeholders": [{"name": "Growth", "email": "growth@example.com"}],
+    "owners": {"tests": "owners@example.com"},
+    "brand": {
+        "name": "Northwind",
+        "app_url": "https://app.example.com",
+        "support_url": "https://app.example.com/help",
+        "postal_address": "1 Harbour Street",
+    },
+}
+
+
+@dataclass(frozen=True)
+class Spot:
+    """A place in a file where a value goes: a model field, or an item of a list or mapping of models."""
+
+    path: Path_
+    annotation: Any
+    required: bool
+    is_field: bool
+
+
+def display(path: Path_) -> str:
+    """A path as ConfigError writes it: ``steps[0].channel``."""
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def _members(annotation: Any) -> list[Any]:
+    """The non-None members of an optional or union annotation, else the annotation itself."""
+    if get_origin(annotation) in (Union, types.UnionType):
+        return [a for a in get_args(annotation) if a is not type(None)]
+    return [annotation]
+
+
+def _is_model(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel) and annotation is not config.SegmentExpr
+
+
+def spots(model: type[BaseModel], data: Mapping[str, Any], path: Path_ = ()) -> Iterator[Spot]:
+    """Every field of ``model`` and, recursively, of the models inside the example ``data``."""
+    for name, info in model.model_fields.items():
+        here = (*path, name)
+        yield Spot(here, info.annotation, info.is_required(), True)
+        value = data.get(name)
+        for member in _members(info.annotation):
+            origin, args = get_origin(member), get_args(member)
+            if _is_model(member) and isinstance(value, Mapping):
+                yield from spots(member, value, here)
+            elif origin is list and args and _is_model(args[0]) and isinstance(value, list):
+                for index, item in enumerate(value):
+                    yield Spot((*here, index), args[0], False, False)
+                    yield from spots(args[0], item, (*here, index))
+            elif origin is dict and _is_model(args[1]) and isinstance(value, Mapping):
+                for key, item in value.items():
+                    yield Spot((*here, key), args[1], False, False)
+                    yield from spots(args[1], item, (*here, key))
+
+
+def wrong_value(annotation: Any) -> Any:
+    """A value of the wrong type for a field: text where a number belongs, a list where text does..."""
+    member = _members(annotation)[0]
+    origin = get_origin(member)
+    if member is bool:
+        return "perhaps"
+    if member in (int, float):
+        return "lots"
+    if member is time:
+        return "teatime"
+    if member is str or origin is Literal or member in (config.Duration, config.SegmentExpr):
+        return ["not", "this"]
+    if origin in (list, dict) or _is_model(member):
+        return 12345 if origin is list else "text instead of a mapping"
+    raise AssertionError(f"no wrong value known for {annotation!r}: teach wrong_value() this type")
+
+
+def _get(data: Any, path: Path_) -> Any:
+    for part in path:
+        data = data[part]
+    return data
+
+
+def _set(data: dict, path: Path_, value: Any) -> dict:
+    changed = copy.deepcopy(data)
+    _get(changed, path[:-1])[path[-1]] = value
+    return changed
+
+
+def _remove(data: dict, path: Path_) -> dict:
+    changed = copy.deepcopy(data)
+    del _get(changed, path[:-1])[path[-1]]
+    return changed
+
+
+def _add_unknown(data: dict, path: Path_) -> dict:
+    changed = copy.deepcopy(data)
+    _get(changed, path)[UNKNOWN_KEY] = "blue"
+    return changed
+
+
+@dataclass(frozen=True)
+class Case:
+    """One broken file: its content and the field path its error must name (None: it must load)."""
+
+    id: str
+    data: dict
+    names: str | None
+
+
+def cases(model: type[BaseModel], full: dict, loader_fills: frozenset[Path_] = frozenset()) -> list[Case]:
+    """Wrong type, left out and unknown key beside it, for every spot of ``model`` in ``full``."""
+    found = [Case("unknown-key:(top level)", _add_unknown(full, ()), UNKNOWN_KEY)]
+    for spot in spots(model, full):
+        where = display(spot.path)
+        found.append(Case(f"wrong-type:{where}", _set(full, spot.path, wrong_value(spot.annotation)), where))
+        if spot.is_field:
+            must_fail = spot.required and spot.path not in loader_fills
+            found.append(Case(f"left-out:{where}", _remove(full, spot.path), where if must_fail else None))
+        if _is_model(_members(spot.annotation)[0]) and isinstance(_get(full, spot.path), Mapping):
+            unknown = f"{where}.{UNKNOWN_KEY}"
+            found.append(Case(f"unknown-key:{where}", _add_unknown(full, spot.path), unknown))
+        args = get_args(spot.annotation)
+        if get_origin(spot.annotation) is dict and args and get_origin(args[0]) is Literal:
+            found.append(Case(f"unknown-entry:{where}", _set(full, (*spot.path, "weekly"), {}), f"{where}.weekly"))
+    return found
+
+
+PROGRAM_CASES = cases(config.Program, FULL_PROGRAM, loader_fills=frozenset({("id",)}))
+POLICY_CASES = cases(config.Policy, FULL_POLICY)
+
+
+def write(tmp_path: Path, data: Any, name: str = "demo.yml") -> Path:
+    path = tmp_path / name
+    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data, allow_unicode=True))
+    return path
+
+
+def load_program(path: Path) -> config.Program:
+    return config.load_program(path, config.load_segments())
+
+
+def assert_names(error: config.ConfigError, path: Path, field: str) -> None:
+    """The error starts with the file and one of its problems starts with the field path."""
+    assert str(error).startswith(f"{path}: "), str(error)
+    assert error.file == str(path)
+    assert any(problem.startswith(field) for problem in error.problems), (field, error.problems)
+
+
+def _every_field_is_set(model: type[BaseModel], full: dict) -> list[str]:
+    return [display(s.path) for s in spots(model, full) if s.is_field and s.path[-1] not in _get(full, s.path[:-1])]
+
+
+def test_the_complete_examples_load_and_set_every_field(tmp_path):
+    assert load_program(write(tmp_path, FULL_PROGRAM)).ab_test is not None
+    assert config.load_policy(write(tmp_path, FULL_POLICY, "policy.yml")).brand.name == "Northwind"
+    assert _every_field_is_set(config.Program, FULL_PROGRAM) == []
+    assert _every_field_is_set(config.Policy, FULL_POLICY) == []
+
+
+def test_the_generated_corpus_covers_every_kind_of_mistake():
+    kinds = {"wrong-type", "left-out", "unknown-key"}
+    assert {case.id.split(":")[0] for case in PROGRAM_CASES} == kinds
+    assert {case.id.split(":")[0] for case in POLICY_CASES} == kinds | {"unknown-entry"}
+
+
+@pytest.mark.parametrize("case", PROGRAM_CASES, ids=lambda c: c.id)
+def test_each_program_mistake_names_the_file_and_field(tmp_path, case):
+    path = write(tmp_path, case.data)
+    if case.names is None:
+        load_program(path)
+        return
+    with pytest.raises(config.ConfigError) as err:
+        load_program(path)
+    assert_names(err.value, path, case.names)
+
+
+@pytest.mark.parametrize("case", POLICY_CASES, ids=lambda c: c.id)
+def test_each_policy_mistake_names_the_file_and_field(tmp_path, case):
+    path = write(tmp_path, case.data, "policy.yml")
+    if case.names is None:
+        config.load_policy(path)
+        return
+    with pytest.raises(config.ConfigError) as err:
+        config.load_policy(path)
+    assert_names(err.value, path, case.names)
+
+
+def _step(**fields: Any) -> dict:
+    return {"steps": [{"id": "hello", "channel": "email", "template": "simple/hello"} | fields]}
+
+
+def _segment(expr: dict) -> dict:
+    return {"audience": {"segment": expr}}
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "expected"),
+    [
+        (_step(delay="99999999999d"), "steps[0].delay", "is not a duration"),
+        (_step(delay={"days": 10**12}), "steps[0].delay", "is not a duration"),
+        ({"re_entry": {"allowed": True, "cooldown": "-99999999999999m"}}, "re_entry.cooldown", "is not a duration"),
+        (_segment({"event": "signed_up", "within_last": "99999999999d"}), "audience.segment", "within_last"),
+        (_segment({"event": "purchase", "where": {"product": {"in": "Pro"}}}), "audience.segment", "non-empty list"),
+        (_segment({"event": "purchase", "where": {"product": {"not_in": []}}}), "audience.segment", "non-empty list"),
+        (_segment({"event": "purchase", "where": {"gift": {"is_null": "yes"}}}), "audience.segment", "true or false"),
+        (_segment({"event": "purchase", "where": {'a"); DROP TABLE contacts;--': 1}}), "audience.segment",
+         "property name"),
+        (_segment({"event": "purchase", "where": {"": 1}}), "audience.segment", "property name"),
+        ({"audience": {"segment": {"segment": "leads"},
+                       "anchor": {"table": "subscriptions", "column": "renews_at; DROP TABLE x"}}},
+         "audience.anchor.column", "unknown column"),
+        ({"audience": {"segment": {"segment": "leads"}, "anchor": {"table": "contacts", "column": "email"}}},
+         "audience.anchor.column", "not a timestamp"),
+    ],
+)
+def test_values_the_types_allow_but_the_engine_cannot_use(tmp_path, change, field, expected):
+    path = write(tmp_path, copy.deepcopy(FULL_PROGRAM) | change)
+    with pytest.raises(config.ConfigError) as err:
+        load_program(path)
+    assert_names(err.value, path, field)
+    assert expected in str(err.value)
+
+
+@pytest.mark.parametrize("loader", ["program", "policy"])
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("name: caf\xe9\n".encode("latin-1"), "not UTF-8 text"),
+        (b"\xff\xfe\x00n\x00a\x00m\x00e", "not UTF-8 text"),
+        (b"- a\n- list\n", "must hold a mapping"),
+        (b"just text", "must hold a mapping"),
+        (b"", "must hold a mapping"),
+        (b"name: [unclosed\n", "not valid YAML"),
+    ],
+)
+def test_unreadable_files_are_config_errors(tmp_path, loader, raw, expected):
+    path = tmp_path / ("demo.yml" if loader == "program" else "policy.yml")
+    path.write_bytes(raw)
+    with pytest.raises(config.ConfigError, match=expected) as err:
+        load_program(path) if loader == "program" else config.load_policy(path)
+    assert err.value.file == str(path)
+
+
+def test_one_unreadable_program_file_breaks_only_its_own_dag(tmp_path, monkeypatch):
+    programs = tmp_path / "config" / "programs"
+    programs.mkdir(parents=True)
+    for name in ("segments.yml", "policy.yml"):
+        (tmp_path / "config" / name).write_text((FIXTURES / "config" / name).read_text())
+    (programs / "alpha.yml").write_text((FIXTURES / "config" / "programs" / "alpha.yml").read_text())
+    (programs / "broken.yml").write_bytes("name: caf\xe9\n".encode("latin-1"))
+    huge = {key: value for key, value in FULL_PROGRAM.items() if key != "id"} | _step(delay="99999999999d")
+    (programs / "huge.yml").write_text(yaml.safe_dump(huge))
+    monkeypatch.setenv("LIFECYCLE_CONFIG_DIR", str(tmp_path / "config"))
+
+    loaded, errors = config.load_all_programs()
+
+    assert list(loaded) == ["alpha"]
+    assert sorted(errors) == ["broken", "huge"]
+    assert "not UTF-8 text" in str(errors["broken"]) and "steps[0].delay" in str(errors["huge"])
