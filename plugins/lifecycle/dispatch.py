@@ -270,7 +270,7 @@ def recover_stale_claims(
     if retry:
         with engine.begin() as conn:
             conn.execute(update(M).where(M.c.message_id.in_(retry), M.c.status == "sending").values(status="ready"))
-    counts = _record(engine, results, dry_run=False)
+    counts = record_results(engine, results, dry_run=False)
     counts["requeued"] += len(retry)
     return counts
 
@@ -313,7 +313,8 @@ def _outbound(item: Claimed, links: Mapping[str, str], brand: Mapping[str, Any])
     )
 
 
-def _record(engine: Engine, results: Sequence[SendResult], *, dry_run: bool) -> Counter:
+def record_results(engine: Engine, results: Sequence[SendResult], *, dry_run: bool) -> Counter:
+    """Write send outcomes to the ledger; a message no longer ``sending`` (a webhook moved it on) keeps its status."""
     now = _now()
     rows, counts = [], Counter()
     for r in results:
@@ -397,5 +398,5 @@ def send_batch(
             results += transport.send_email(emails)
         if sms:
             results += transport.send_sms(sms)
-        counts.update(_record(engine, results, dry_run=dry_run))
+        counts.update(record_results(engine, results, dry_run=dry_run))
     return {k: v for k, v in counts.items() if v}
