@@ -86,8 +86,8 @@ class DyingTransport(ProviderTransport):
         super().send_email(batch[: self.survivors])
         raise WorkerDied
 
-    def send_sms(self, batch: Sequence[OutboundSms]) -> list[SendResult]:
-        super().send_sms(batch[: self.survivors])
+    def send_sms(self, batch: Sequence[OutboundSms], still_claimed=None) -> list[SendResult]:
+        super().send_sms(batch[: self.survivors], still_claimed)
         raise WorkerDied
 
 

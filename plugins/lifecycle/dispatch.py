@@ -5,6 +5,12 @@ transaction before any provider call, and its outcome is written right after. A 
 still ``sending`` by a later attempt may or may not have reached the provider, so it becomes
 ``unknown`` and is never resent blindly. If the attempt that claimed it was in fact still alive
 (two send tasks on one batch), the answer it records replaces that guess.
+
+Only the SMS channel can look a message up at the provider, so only an SMS can go back to
+``ready`` (Twilio does not hold it, and the claim is older than :data:`CLAIM_LEASE`). An attempt
+that is still alive renews the claim before every provider attempt at an SMS and gives the
+message up when the claim is gone, so a slow live worker and the attempt that took its messages
+for stale never both send one.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from sqlalchemy import DateTime, Engine, Text, and_, bindparam, func, literal, o
 from lifecycle import schema
 from lifecycle.addresses import email_address, phone_number
 from lifecycle.channels.base import NOT_FOUND_AT_PROVIDER, OutboundEmail, OutboundSms, SendResult, Transport
+from lifecycle.channels.retry import CLAIM_LOST
 from lifecycle.rendering import RenderError, message_context, render
 from lifecycle.suppression import list_reasons
 
@@ -40,6 +47,8 @@ STALE_CLAIM = "outcome unknown: a previous attempt stopped while sending; not re
 CLAIM_LEASE = timedelta(seconds=60)
 # Our clock and the provider's differ a little, and Twilio dates have whole seconds.
 CLOCK_SKEW = timedelta(minutes=1)
+# A claimed message whose outcome its claimer may still record.
+_STILL_CLAIMED = or_(M.c.status == "sending", and_(M.c.status == "unknown", M.c.reason == STALE_CLAIM))
 
 
 def _now() -> datetime:
@@ -90,6 +99,7 @@ class Claimed:
     account: Mapping[str, Any] | None
     trigger: Mapping[str, Any] | None
     claimed_at: datetime | None = None
+    claim_token: str | None = None
     problem: str | None = None
 
 
@@ -142,6 +152,7 @@ def load_messages(conn, where) -> list[Claimed]:
             M.c.template,
             M.c.variant,
             M.c.claimed_at,
+            M.c.claim_token,
             *(
                 (type_coerce(c, Text) if c.name in _TIMESTAMPS else c).label(f"contact__{c.name}")
                 for c in C.c
@@ -181,6 +192,7 @@ def load_messages(conn, where) -> list[Claimed]:
             account={"name": r["account_name"], "industry": r["account_industry"], "tier": r["account_tier"]},
             trigger=trigger,
             claimed_at=r["claimed_at"],
+            claim_token=r["claim_token"],
             problem=f"{UNREADABLE}: {'; '.join(problems)}" if problems else None,
         )
     return list(claimed.values())
@@ -267,12 +279,32 @@ def recover_stale_claims(
                     results.append(found)
                     continue
         results.append(SendResult(item.message_id, "unknown", reason=STALE_CLAIM))
+    requeued = 0
     if retry:
         with engine.begin() as conn:
-            conn.execute(update(M).where(M.c.message_id.in_(retry), M.c.status == "sending").values(status="ready"))
-    counts = record_results(engine, results, dry_run=False)
-    counts["requeued"] += len(retry)
+            # A claim renewed since it was read belongs to a live attempt: it stays with that attempt.
+            requeued = conn.execute(
+                update(M)
+                .where(M.c.message_id.in_(retry), M.c.status == "sending", M.c.claimed_at < lease_over)
+                .values(status="ready", claim_token=None)
+            ).rowcount
+    tokens = {item.message_id: item.claim_token for item in stale}
+    counts = record_results(engine, results, dry_run=False, tokens=tokens)
+    counts["requeued"] += requeued
     return counts
+
+
+def renew_claim(engine: Engine, message_id: int, token: str | None) -> bool:
+    """Whether ``token`` still holds the message's claim; if so the claim's lease starts again.
+
+    A claim another attempt marked ``unknown`` is still held: that attempt will not resend it."""
+    with engine.begin() as conn:
+        held = conn.execute(
+            update(M)
+            .where(M.c.message_id == message_id, M.c.claim_token == token, _STILL_CLAIMED)
+            .values(claimed_at=_now())
+        ).rowcount
+    return held == 1
 
 
 def render_context(item: Claimed, links: Mapping[str, str], brand: Mapping[str, Any]) -> dict[str, Any]:
@@ -313,11 +345,18 @@ def _outbound(item: Claimed, links: Mapping[str, str], brand: Mapping[str, Any])
     )
 
 
-def record_results(engine: Engine, results: Sequence[SendResult], *, dry_run: bool) -> Counter:
-    """Write send outcomes to the ledger; a message no longer ``sending`` (a webhook moved it on) keeps its status."""
+def record_results(
+    engine: Engine, results: Sequence[SendResult], *, dry_run: bool, tokens: Mapping[int, str | None] | None = None
+) -> Counter:
+    """Write send outcomes to the ledger. A message no longer ``sending`` (a webhook moved it on)
+    keeps its status; with ``tokens`` (message id -> claim token), so does a message whose claim
+    has passed to another attempt. Results reporting a lost claim are not written."""
     now = _now()
     rows, counts = [], Counter()
     for r in results:
+        if r.reason == CLAIM_LOST:
+            counts["claim_lost"] += 1
+            continue
         status = "dry_run" if dry_run and r.status == "sent" else r.status
         counts[status] += 1
         rows.append(
@@ -329,6 +368,7 @@ def record_results(engine: Engine, results: Sequence[SendResult], *, dry_run: bo
                 "seg": r.segments,
                 "sent": now if r.status == "sent" else None,
                 "now": now,
+                "tok": None if tokens is None else tokens.get(r.message_id),
             }
         )
     if rows:
@@ -337,7 +377,8 @@ def record_results(engine: Engine, results: Sequence[SendResult], *, dry_run: bo
                 update(M)
                 .where(
                     M.c.message_id == bindparam("mid"),
-                    or_(M.c.status == "sending", and_(M.c.status == "unknown", M.c.reason == STALE_CLAIM)),
+                    _STILL_CLAIMED,
+                    *(() if tokens is None else (M.c.claim_token == bindparam("tok"),)),
                 )
                 .values(
                     status=bindparam("st"),
@@ -375,6 +416,7 @@ def send_batch(
 
     counts = recover_stale_claims(engine, run_id, batch, transport, build)
     for chunk in _chunks(engine, run_id, batch, claim_size):
+        tokens = {item.message_id: item.claim_token for item in chunk}
         failures: list[SendResult] = []
         emails: list[OutboundEmail] = []
         sms: list[OutboundSms] = []
@@ -397,6 +439,8 @@ def send_batch(
         if emails:
             results += transport.send_email(emails)
         if sms:
-            results += transport.send_sms(sms)
-        counts.update(record_results(engine, results, dry_run=dry_run))
+            results += transport.send_sms(
+                sms, still_claimed=lambda message_id, held=tokens: renew_claim(engine, message_id, held[message_id])
+            )
+        counts.update(record_results(engine, results, dry_run=dry_run, tokens=tokens))
     return {k: v for k, v in counts.items() if v}

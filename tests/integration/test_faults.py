@@ -74,12 +74,12 @@ def send(engine: Engine, run_id: str, claim_size: int = 3, timeout: float = CLIE
     )
 
 
-def _send_in_child(url: str, run_id: str, start=None) -> None:
+def _send_in_child(url: str, run_id: str, start=None, claim_size: int = 3) -> None:
     engine = get_engine(url)
     engine.dispose(close=False)
     if start is not None:
         start.wait()
-    send(engine, run_id)
+    send(engine, run_id, claim_size=claim_size)
 
 
 @pytest.fixture
@@ -316,6 +316,30 @@ def test_two_send_tasks_on_one_batch_at_once_claim_each_message_once(crm, db_url
     # Both tasks were alive and heard every answer, so the ledger knows every outcome.
     assert assert_outbox_invariants(engine, sandbox) == {"sent": 16}
     assert sorted(deliveries(sandbox).values()) == [1] * 16
+
+
+def test_a_live_send_task_slower_than_the_lease_never_shares_an_sms_with_its_retry(
+    crm, db_url, sandbox, monkeypatch
+):
+    """A worker still sending a long chunk of SMS when its claims pass the lease (it was taken for
+    dead, say, and the task retried): the retry requeues and sends what the worker has not reached,
+    and the worker, asking before every attempt, gives those up. Each SMS goes out once."""
+    engine, crm_rows = crm
+    _contacts(crm_rows, "texts", 8)
+    stage_run(engine, "texts", "slow_worker", AS_OF, batch_size=1000)
+    monkeypatch.setattr(dispatch, "CLAIM_LEASE", LEASE)
+    sandbox.add_fault("all", "slow", count=10_000, delay=0.15)
+    slow = FORK.Process(target=_send_in_child, args=(str(engine.url), "slow_worker", None, 8))
+    slow.start()
+    _wait_for(lambda: stale_claims(engine), "the slow send task never claimed its chunk")
+    time.sleep(LEASE.total_seconds() + 0.1)
+    retried = send(engine, "slow_worker")
+    slow.join(60)
+    assert slow.exitcode == 0
+
+    assert retried["requeued"] > 0, "the retry found SMS the slow task had not reached yet"
+    assert assert_outbox_invariants(engine, sandbox) == {"sent": 8}
+    assert sorted(deliveries(sandbox).values()) == [1] * 8
 
 
 def _wait_for(condition: Callable[[], object], failure: str) -> None:

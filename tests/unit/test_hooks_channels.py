@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from lifecycle.channels.retry import OutcomeUnknown, Rejected, Retryable, RetryPolicy
+from lifecycle.channels.retry import ClaimLost, OutcomeUnknown, Rejected, Retryable, RetryPolicy
 from lifecycle.channels.sendgrid import Recipient, SendGridHook
 from lifecycle.channels.twilio import TwilioHook
 from lifecycle.local import connection_json
@@ -225,6 +225,22 @@ def test_twilio_retries_429_and_5xx(sandbox):
     TwilioHook(retry_policy=FAST).send_sms("+14155550123", "hi")
     assert len(sandbox.twilio_messages()) == 1
     assert sandbox.stats()["endpoints"]["twilio.create_message"]["requests"] == 4
+
+
+def test_twilio_asks_before_every_attempt_and_stops_when_the_claim_is_gone(sandbox):
+    sandbox.add_fault("twilio", "503", count=2)
+    answers = iter([True, True, False])
+    asked = []
+
+    def still_claimed() -> bool:
+        asked.append(True)
+        return next(answers)
+
+    with pytest.raises(ClaimLost):
+        TwilioHook(retry_policy=FAST).send_sms("+14155550123", "hi", before_attempt=still_claimed)
+    assert len(asked) == 3, "asked before the first attempt and before each retry"
+    assert sandbox.twilio_messages() == []
+    assert sandbox.stats()["endpoints"]["twilio.create_message"]["requests"] == 2
 
 
 def test_twilio_lost_answer_is_unknown_and_not_resent(sandbox):

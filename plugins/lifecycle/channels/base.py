@@ -8,7 +8,7 @@ will say no again) or ``unknown`` (the request may have reached the provider) fo
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -62,4 +62,11 @@ class Transport(Protocol):
 
     def send_email(self, batch: Sequence[OutboundEmail]) -> list[SendResult]: ...
 
-    def send_sms(self, batch: Sequence[OutboundSms]) -> list[SendResult]: ...
+    def send_sms(
+        self, batch: Sequence[OutboundSms], still_claimed: Callable[[int], bool] | None = None
+    ) -> list[SendResult]:
+        """Send each SMS. A transport that sends them one request at a time asks
+        ``still_claimed(message_id)`` before every attempt and sends nothing when it says no
+        (reporting ``unknown`` with :data:`~lifecycle.channels.retry.CLAIM_LOST`); the answer also
+        renews the claim, so a long run of SMS is never taken for a dead worker's."""
+        ...

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from lifecycle.channels.base import OutboundEmail, OutboundSms, SendResult
 
@@ -27,7 +27,9 @@ class DryRunTransport:
     def send_email(self, batch: Sequence[OutboundEmail]) -> list[SendResult]:
         return [SendResult(m.message_id, "sent", f"dry-run-{m.idempotency_key}") for m in batch]
 
-    def send_sms(self, batch: Sequence[OutboundSms]) -> list[SendResult]:
+    def send_sms(
+        self, batch: Sequence[OutboundSms], still_claimed: Callable[[int], bool] | None = None
+    ) -> list[SendResult]:
         return [
             SendResult(m.message_id, "sent", f"dry-run-{m.idempotency_key}", segments=_sms_segments(m.body))
             for m in batch

@@ -24,7 +24,7 @@ from urllib.parse import urlencode
 from email_validator import EmailNotValidError, validate_email
 
 from lifecycle.channels.base import NOT_FOUND_AT_PROVIDER, OutboundEmail, OutboundSms, SendResult
-from lifecycle.channels.retry import OutcomeUnknown, ProviderError, Rejected, Retryable
+from lifecycle.channels.retry import ClaimLost, OutcomeUnknown, ProviderError, Rejected, Retryable
 from lifecycle.channels.sendgrid import MAX_PERSONALIZATIONS, Recipient, SendGridHook
 from lifecycle.channels.twilio import SmsReceipt, TwilioHook
 from lifecycle.db import utc_naive
@@ -39,7 +39,7 @@ _TWILIO_FAILED = {"failed", "undelivered", "canceled"}
 
 def _outcome(message_ids: Sequence[int], error: ProviderError) -> list[SendResult]:
     """The results for messages whose request ended in ``error``."""
-    unknown = isinstance(error, OutcomeUnknown) or (isinstance(error, Retryable) and error.may_have_reached)
+    unknown = isinstance(error, OutcomeUnknown | ClaimLost) or (isinstance(error, Retryable) and error.may_have_reached)
     status = "unknown" if unknown else "failed"
     return [SendResult(message_id, status, reason=error.reason[:REASON_LIMIT]) for message_id in message_ids]
 
@@ -157,15 +157,24 @@ class ProviderTransport:
         separator = "&" if "?" in base else "?"
         return f"{base}{separator}{urlencode({MESSAGE_ID_PARAM: message_id})}"
 
-    def send_sms(self, batch: Sequence[OutboundSms]) -> list[SendResult]:
-        """Send each SMS, with a status callback URL that names its message id."""
-        return [self._send_one_sms(message) for message in batch]
+    def send_sms(
+        self, batch: Sequence[OutboundSms], still_claimed: Callable[[int], bool] | None = None
+    ) -> list[SendResult]:
+        """Send each SMS, with a status callback URL that names its message id.
 
-    def _send_one_sms(self, message: OutboundSms) -> SendResult:
+        ``still_claimed(message_id)`` is asked before every attempt at a message (see
+        :class:`~lifecycle.channels.base.Transport`); a message no longer claimed is not sent.
+        """
+        return [self._send_one_sms(message, still_claimed) for message in batch]
+
+    def _send_one_sms(self, message: OutboundSms, still_claimed: Callable[[int], bool] | None = None) -> SendResult:
         if to_e164(message.to_phone) != message.to_phone:
             return SendResult(message.message_id, "failed", reason="phone number is not in E.164 form")
+        before = None if still_claimed is None else (lambda: still_claimed(message.message_id))
         try:
-            receipt = self.twilio.send_sms(message.to_phone, message.body, self._status_callback(message.message_id))
+            receipt = self.twilio.send_sms(
+                message.to_phone, message.body, self._status_callback(message.message_id), before_attempt=before
+            )
         except ProviderError as exc:
             log.warning("Twilio request for message %s ended: %s", message.message_id, exc.reason)
             return _outcome([message.message_id], exc)[0]

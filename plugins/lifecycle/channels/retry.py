@@ -68,6 +68,17 @@ class OutcomeUnknown(ProviderError):
     """The request was sent but no answer came back: the provider may or may not have acted."""
 
 
+class ClaimLost(ProviderError):
+    """Before an attempt, the message turned out to be no longer this worker's to send (another
+    attempt settled or took its claim): nothing was sent, and the other attempt records it."""
+
+    def __init__(self) -> None:
+        super().__init__(CLAIM_LOST)
+
+
+CLAIM_LOST = "claim passed to another attempt; not sent by this one"
+
+
 def error_for_status(
     status: int, reason: str, headers: Mapping[str, str] | None = None, field: str | None = None
 ) -> ProviderError:

@@ -21,6 +21,7 @@ from urllib3.exceptions import ConnectTimeoutError
 
 from lifecycle.channels.dry_run import _sms_segments
 from lifecycle.channels.retry import (
+    ClaimLost,
     OutcomeUnknown,
     ProviderError,
     Retryable,
@@ -162,12 +163,20 @@ class TwilioHook(BaseHook):
             raise ValueError(f"Connection {self.twilio_conn_id!r} needs the Account SID and Auth Token")
         return Client(conn.login, conn.password, http_client=self.http_client)
 
-    def send_sms(self, to: str, body: str, status_callback: str | None = None) -> SmsReceipt:
+    def send_sms(
+        self,
+        to: str,
+        body: str,
+        status_callback: str | None = None,
+        before_attempt: Callable[[], bool] | None = None,
+    ) -> SmsReceipt:
         """Create one message to ``to`` (E.164) from the messaging service or sender number.
 
         429 and 5xx answers are retried with backoff. Raises :class:`Rejected` when Twilio
         refuses the message, :class:`Retryable` when retries ran out, :class:`OutcomeUnknown`
-        when the request went out and no answer came back.
+        when the request went out and no answer came back. ``before_attempt`` runs before every
+        attempt (the first and each retry); when it returns false, :class:`ClaimLost` is raised
+        and nothing more is sent.
         """
         sender: dict[str, str] = {}
         if self.settings.get("messaging_service_sid"):
@@ -182,6 +191,7 @@ class TwilioHook(BaseHook):
         message = self._call(
             lambda: self.client.messages.create(to=to, body=body, status_callback=callback, **sender),
             idempotent=False,
+            before_attempt=before_attempt,
         )
         return SmsReceipt.from_instance(message)
 
@@ -206,13 +216,15 @@ class TwilioHook(BaseHook):
             return False, exc.reason
         return True, "Twilio accepted the Account SID and Auth Token"
 
-    def _call(self, fn: Callable[[], T], *, idempotent: bool) -> T:
+    def _call(self, fn: Callable[[], T], *, idempotent: bool, before_attempt: Callable[[], bool] | None = None) -> T:
         """Run one Twilio call under the retry policy, with errors translated for it.
 
         A lookup (``idempotent``) is retried when the answer is lost; a send never is.
         """
 
         def attempt() -> T:
+            if before_attempt is not None and not before_attempt():
+                raise ClaimLost
             try:
                 return fn()
             except TwilioException as exc:
