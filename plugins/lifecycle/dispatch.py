@@ -221,6 +221,9 @@ def claim(engine: Engine, run_id: str, batch: int, size: int) -> list[Claimed]:
             .where(_in_batch(run_id, batch), M.c.status == "ready")
             .order_by(M.c.message_id)
             .limit(size)
+            # PostgreSQL: a concurrent claimer takes the next rows instead of queueing behind these
+            # and finding them gone (SQLite, which locks the whole file, renders no clause).
+            .with_for_update(skip_locked=True)
             .scalar_subquery()
         )
         conn.execute(

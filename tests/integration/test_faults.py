@@ -342,6 +342,26 @@ def test_a_live_send_task_slower_than_the_lease_never_shares_an_sms_with_its_ret
     assert sorted(deliveries(sandbox).values()) == [1] * 8
 
 
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+def test_a_claim_takes_the_next_messages_while_another_claim_holds_the_first(crm, db_url):
+    engine, crm_rows = crm
+    _contacts(crm_rows, "alpha", 6)
+    stage_run(engine, "alpha", "skip", AS_OF, batch_size=1000)
+    with engine.connect() as holder, ThreadPoolExecutor(1) as pool:
+        held = (
+            holder.execute(select(M.c.message_id).order_by(M.c.message_id).limit(3).with_for_update())
+            .scalars()
+            .all()
+        )
+        claiming = pool.submit(dispatch.claim, engine, "skip", 0, 3)
+        try:
+            claimed = claiming.result(timeout=10)
+        finally:
+            holder.rollback()
+    assert len(held) == 3 and len(claimed) == 3
+    assert not {item.message_id for item in claimed} & set(held), "the locked messages are left to their claimer"
+
+
 def _wait_for(condition: Callable[[], object], failure: str) -> None:
     deadline = time.monotonic() + 30
     while not condition():
