@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+import re
+import string
+from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import cache
@@ -11,6 +14,8 @@ from typing import Any
 
 from jinja2 import FileSystemLoader, StrictUndefined, select_autoescape
 from jinja2.exceptions import SecurityError
+from jinja2.filters import do_center, do_format, do_indent, do_replace, sync_do_slice
+from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment, safe_range
 
 from lifecycle.config import templates_dir
@@ -36,6 +41,11 @@ CONTACT_FIELDS = (
 )
 ACCOUNT_FIELDS = ("name", "industry", "tier")
 MAX_LOOP = 100_000
+# Limits on what one template expression may build, so a template cannot exhaust the worker's
+# memory or time: repeated strings and lists, integer powers, padding widths and replacements.
+MAX_SIZE = 1_000_000
+MAX_WIDTH = 10_000
+MAX_POWER_BITS = 4_096
 _loop_budget: ContextVar[int | None] = ContextVar("lifecycle_template_loop_budget", default=None)
 
 
@@ -68,10 +78,110 @@ def _money(value: Any, currency: str = "$") -> str:
         return ""
 
 
+def _too_big(what: str, limit: int) -> SecurityError:
+    return SecurityError(f"{what} may be at most {limit:,} in a template")
+
+
+def _check_repeat(left: Any, right: Any) -> None:
+    for seq, times in ((left, right), (right, left)):
+        if isinstance(seq, str | list | tuple) and isinstance(times, int) and len(seq) * times > MAX_SIZE:
+            raise _too_big("a repeated string or list's length", MAX_SIZE)
+
+
+def _check_power(base: Any, exponent: Any) -> None:
+    numbers = isinstance(base, int) and isinstance(exponent, int) and abs(base) > 1 and exponent > 0
+    if numbers and exponent * math.log2(abs(base)) > MAX_POWER_BITS:
+        raise _too_big("an integer power's size in bits", MAX_POWER_BITS)
+
+
+_PRINTF_WIDTHS = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(\*|\d+)?(?:\.(\*|\d+))?")
+
+
+def _check_printf(template: Any) -> None:
+    """A ``%`` format string's widths and precisions: numbers up to MAX_WIDTH, never ``*``."""
+    if isinstance(template, str):
+        for match in _PRINTF_WIDTHS.finditer(template):
+            if any(part == "*" or (part and int(part) > MAX_WIDTH) for part in match.groups()):
+                raise _too_big("a format width", MAX_WIDTH)
+
+
+def _check_format_spec(template: str) -> None:
+    """A ``str.format`` string's specs: widths up to MAX_WIDTH, no nested replacement fields."""
+    for _literal, field, spec, _conversion in string.Formatter().parse(template):
+        if field is None or not spec:
+            continue
+        if "{" in spec or any(int(number) > MAX_WIDTH for number in re.findall(r"\d+", spec)):
+            raise _too_big("a format width", MAX_WIDTH)
+
+
+def _check_widths(args: tuple, kwargs: Mapping[str, Any]) -> None:
+    if any(isinstance(v, int) and v > MAX_WIDTH for v in (*args, *kwargs.values())):
+        raise _too_big("a width or count", MAX_WIDTH)
+
+
+def _check_replace(text: Any, old: Any, new: Any) -> None:
+    text, old, new = str(text), str(old), str(new)
+    grows = (text.count(old) if old else len(text) + 1) * max(len(new) - len(old), 0)
+    if len(text) + grows > MAX_SIZE:
+        raise _too_big("a replacement's result length", MAX_SIZE)
+
+
+def _checked_filter(check: Callable[..., None], original: Callable[..., Any], eval_context: bool = False):
+    """``original`` with ``check`` run first on its arguments (after the evaluation context)."""
+    if eval_context:
+
+        def with_context(ctx, *args: Any, **kwargs: Any) -> Any:
+            check(*args, **kwargs)
+            return original(ctx, *args, **kwargs)
+
+        with_context.jinja_pass_arg = original.jinja_pass_arg  # type: ignore[attr-defined]
+        return with_context
+
+    def plain(*args: Any, **kwargs: Any) -> Any:
+        check(*args, **kwargs)
+        return original(*args, **kwargs)
+
+    return plain
+
+
+_STR_METHODS_WITH_WIDTH = frozenset({"center", "ljust", "rjust", "zfill", "expandtabs"})
+
+
+class _BoundedSandbox(ImmutableSandboxedEnvironment):
+    """The immutable sandbox plus bounds on what one expression may allocate."""
+
+    intercepted_binops = frozenset({"*", "**", "%"})
+
+    def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
+        if operator == "*":
+            _check_repeat(left, right)
+        elif operator == "**":
+            _check_power(left, right)
+        elif operator == "%":
+            _check_printf(left)
+        return super().call_binop(context, operator, left, right)
+
+    def call(__self, __context: Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
+        if isinstance(getattr(__obj, "__self__", None), str):
+            name = getattr(__obj, "__name__", "")
+            if name in _STR_METHODS_WITH_WIDTH:
+                _check_widths(args, kwargs)
+            elif name == "replace" and len(args) >= 2:
+                _check_replace(__obj.__self__, args[0], args[1])
+        return super().call(__context, __obj, *args, **kwargs)
+
+    def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
+        wrapped = super().wrap_str_format(value)
+        if wrapped is not None:
+            _check_format_spec(value.__self__)
+        return wrapped
+
+
 @cache
 def environment(root: str) -> ImmutableSandboxedEnvironment:
-    """One sandboxed environment per templates folder: no attribute escapes, no mutation."""
-    env = ImmutableSandboxedEnvironment(
+    """One sandboxed environment per templates folder: no attribute escapes, no mutation, and
+    bounds on what an expression may allocate (see :class:`_BoundedSandbox`)."""
+    env = _BoundedSandbox(
         loader=FileSystemLoader(root),
         undefined=StrictUndefined,
         autoescape=select_autoescape(enabled_extensions=("html", "html.j2"), default_for_string=False),
@@ -81,6 +191,16 @@ def environment(root: str) -> ImmutableSandboxedEnvironment:
         keep_trailing_newline=False,
     )
     env.filters["money"] = _money
+    env.filters["center"] = _checked_filter(lambda value, width=80: _check_widths((width,), {}), do_center)
+    env.filters["indent"] = _checked_filter(
+        lambda value, width=4, *args, **kwargs: _check_widths((width,) if isinstance(width, int) else (), {}),
+        do_indent,
+    )
+    env.filters["slice"] = _checked_filter(lambda value, slices, *args: _check_widths((slices,), {}), sync_do_slice)
+    env.filters["format"] = _checked_filter(lambda value, *args, **kwargs: _check_printf(value), do_format)
+    env.filters["replace"] = _checked_filter(
+        lambda text, old, new, count=None: _check_replace(text, old, new), do_replace, eval_context=True
+    )
     env.globals["range"] = _bounded_range
     return env
 

@@ -380,6 +380,13 @@ FAILING_TEMPLATES = {
     "nested-loops": ("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
                      "SecurityError: range() loops may run at most 100,000 times"),
     "recursion": ("{% macro again() %}{{ again() }}{% endmacro %}{{ again() }}", "RecursionError"),
+    "string-repeat": ("{{ contact.role * 10 ** 9 }}", "SecurityError: a repeated string or list's length may be"),
+    "int-power": ("{{ 7 ** 100000000 }}", "SecurityError: an integer power's size in bits may be at most 4,096"),
+    "format-width": ("{{ '{:>999999999}'.format(contact.role) }}", "SecurityError: a format width may be at most"),
+    "printf-width": ("{{ '%999999999s' % contact.role }}", "SecurityError: a format width may be at most 10,000"),
+    "padding": ("{{ contact.role|center(999999999) }}", "SecurityError: a width or count may be at most 10,000"),
+    "replace-blowup": ("{{ ('x' * 100000)|replace('x', contact.role * 1000) }}",
+                       "SecurityError: a replacement's result length may be at most 1,000,000"),
 }
 
 
