@@ -260,7 +260,9 @@ _ADVANCE = (
         status=bindparam("b_status"),
         updated_at=bindparam("b_received_at", type_=DateTime()),
         provider_message_id=func.coalesce(messages.c.provider_message_id, bindparam("b_provider_message_id")),
-        reason=func.coalesce(bindparam("b_reason"), messages.c.reason),
+        # The event's own reason (a bounce's, a failure's) or none: a reason the message carried
+        # before ("no answer from the provider" on an ``unknown``) no longer holds once it moves on.
+        reason=bindparam("b_reason"),
         sent_at=func.coalesce(messages.c.sent_at, bindparam("b_sent_at", type_=DateTime())),
     )
 )
