@@ -152,3 +152,32 @@ def test_the_digest_and_the_campaigns_page_show_the_planted_uplift(report, simul
     for shown in (digest.html, digest.text, page):
         assert lift in shown and interval in shown
     assert "No program shows a significant lift yet" not in digest.html
+
+
+def test_chromium_shows_the_planted_uplift_in_the_digest_and_on_the_campaigns_page(report, simulated_url, tmp_path):
+    """The same figures as a person sees them: both pages rendered by headless Chromium."""
+    from lifecycle import measurement
+    from lifecycle.db import get_engine
+    from lifecycle.digest import build_digest
+    from lifecycle.web.campaigns import campaigns_page
+    from tests.chromium import dump_dom, inline_cid_images, require_chromium, screenshot
+    from tests.kpi_crm import shown_interval, shown_points
+
+    require_chromium()
+    engine = get_engine(simulated_url)
+    programs, _errors = config.load_all_programs()
+    measured_at = START + timedelta(days=report.days)
+    welcome = measurement.program_kpis(engine, programs, measured_at).set_index("program").loc["welcome"]
+    digest = build_digest(engine, programs, config.load_policy(), measured_at)
+    pages = {
+        "digest": inline_cid_images(digest.html, {image.content_id: image.data for image in digest.images}),
+        "campaigns": campaigns_page(engine),
+    }
+    for name, html in pages.items():
+        path = tmp_path / f"{name}.html"
+        path.write_text(html)
+        screenshot(path.as_uri(), tmp_path / f"{name}.png")
+        dom = dump_dom(path.as_uri())
+        assert shown_points(welcome["lift_vs_holdout"]) in dom, name
+        assert shown_interval(welcome["lift_vs_holdout_ci_low"], welcome["lift_vs_holdout_ci_high"]) in dom, name
+        assert 'src="data:image/png;base64,' in dom, f"{name} shows its charts"
