@@ -41,7 +41,13 @@ def _print_table(engine) -> None:
             if not metric.startswith("kpi_"):
                 figures.setdefault(program, {})[metric] = value
     header = f"{'program':<16}" + "".join(f"{c:>11}" for c in FUNNEL_COLUMNS)
-    print("\nFunnel per program (summed over the demo's runs)\n" + header + "\n" + "-" * len(header))
+    print(
+        "\nFunnel per program, summed over the simulated days (their messages are rendered and recorded"
+        " as dry_run) and the DAG runs (theirs go through the SDKs to the sandbox: sent)\n"
+        + header
+        + "\n"
+        + "-" * len(header)
+    )
     for program in sorted(figures):
         row = figures[program]
         print(f"{program:<16}" + "".join(f"{int(row.get(c, 0)):>11}" for c in FUNNEL_COLUMNS))
