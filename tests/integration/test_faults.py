@@ -328,7 +328,8 @@ def test_a_live_send_task_slower_than_the_lease_never_shares_an_sms_with_its_ret
     _contacts(crm_rows, "texts", 8)
     stage_run(engine, "texts", "slow_worker", AS_OF, batch_size=1000)
     monkeypatch.setattr(dispatch, "CLAIM_LEASE", LEASE)
-    sandbox.add_fault("all", "slow", count=10_000, delay=0.15)
+    # 8 SMS at 0.3 s each: the slow task is still at it well after the retry has taken over.
+    sandbox.add_fault("all", "slow", count=10_000, delay=0.3)
     slow = FORK.Process(target=_send_in_child, args=(str(engine.url), "slow_worker", None, 8))
     slow.start()
     _wait_for(lambda: stale_claims(engine), "the slow send task never claimed its chunk")
