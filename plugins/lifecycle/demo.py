@@ -43,9 +43,7 @@ def _print_table(engine) -> None:
     header = f"{'program':<16}" + "".join(f"{c:>11}" for c in FUNNEL_COLUMNS)
     print(
         "\nFunnel per program, summed over the simulated days (their messages are rendered and recorded"
-        " as dry_run) and the DAG runs (theirs go through the SDKs to the sandbox: sent)\n"
-        + header
-        + "\n"
+        f" as dry_run) and the DAG runs (theirs go through the SDKs to the sandbox: sent)\n{header}\n"
         + "-" * len(header)
     )
     for program in sorted(figures):

@@ -12,7 +12,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from jinja2 import FileSystemLoader, StrictUndefined, select_autoescape
+from jinja2 import FileSystemLoader, StrictUndefined, pass_eval_context, select_autoescape
 from jinja2.exceptions import SecurityError
 from jinja2.filters import do_center, do_format, do_indent, do_replace, sync_do_slice
 from jinja2.runtime import Context
@@ -114,8 +114,8 @@ def _check_format_spec(template: str) -> None:
             raise _too_big("a format width", MAX_WIDTH)
 
 
-def _check_widths(args: tuple, kwargs: Mapping[str, Any]) -> None:
-    if any(isinstance(v, int) and v > MAX_WIDTH for v in (*args, *kwargs.values())):
+def _check_widths(*values: Any) -> None:
+    if any(isinstance(v, int) and v > MAX_WIDTH for v in values):
         raise _too_big("a width or count", MAX_WIDTH)
 
 
@@ -126,22 +126,31 @@ def _check_replace(text: Any, old: Any, new: Any) -> None:
         raise _too_big("a replacement's result length", MAX_SIZE)
 
 
-def _checked_filter(check: Callable[..., None], original: Callable[..., Any], eval_context: bool = False):
-    """``original`` with ``check`` run first on its arguments (after the evaluation context)."""
-    if eval_context:
+# The built-in filters that take a width, a count or a format string, checked first.
+def _center(value: Any, width: int = 80) -> str:
+    _check_widths(width)
+    return do_center(value, width)
 
-        def with_context(ctx, *args: Any, **kwargs: Any) -> Any:
-            check(*args, **kwargs)
-            return original(ctx, *args, **kwargs)
 
-        with_context.jinja_pass_arg = original.jinja_pass_arg  # type: ignore[attr-defined]
-        return with_context
+def _indent(value: Any, width: Any = 4, *args: Any, **kwargs: Any) -> str:
+    _check_widths(width)
+    return do_indent(value, width, *args, **kwargs)
 
-    def plain(*args: Any, **kwargs: Any) -> Any:
-        check(*args, **kwargs)
-        return original(*args, **kwargs)
 
-    return plain
+def _slice(value: Any, slices: int, fill_with: Any = None) -> Any:
+    _check_widths(slices)
+    return sync_do_slice(value, slices, fill_with)
+
+
+def _format(value: Any, *args: Any, **kwargs: Any) -> str:
+    _check_printf(value)
+    return do_format(value, *args, **kwargs)
+
+
+@pass_eval_context
+def _replace(eval_ctx: Any, text: Any, old: str, new: str, count: int | None = None) -> str:
+    _check_replace(text, old, new)
+    return do_replace(eval_ctx, text, old, new, count)
 
 
 _STR_METHODS_WITH_WIDTH = frozenset({"center", "ljust", "rjust", "zfill", "expandtabs"})
@@ -165,7 +174,7 @@ class _BoundedSandbox(ImmutableSandboxedEnvironment):
         if isinstance(getattr(__obj, "__self__", None), str):
             name = getattr(__obj, "__name__", "")
             if name in _STR_METHODS_WITH_WIDTH:
-                _check_widths(args, kwargs)
+                _check_widths(*args, *kwargs.values())
             elif name == "replace" and len(args) >= 2:
                 _check_replace(__obj.__self__, args[0], args[1])
         return super().call(__context, __obj, *args, **kwargs)
@@ -191,16 +200,7 @@ def environment(root: str) -> ImmutableSandboxedEnvironment:
         keep_trailing_newline=False,
     )
     env.filters["money"] = _money
-    env.filters["center"] = _checked_filter(lambda value, width=80: _check_widths((width,), {}), do_center)
-    env.filters["indent"] = _checked_filter(
-        lambda value, width=4, *args, **kwargs: _check_widths((width,) if isinstance(width, int) else (), {}),
-        do_indent,
-    )
-    env.filters["slice"] = _checked_filter(lambda value, slices, *args: _check_widths((slices,), {}), sync_do_slice)
-    env.filters["format"] = _checked_filter(lambda value, *args, **kwargs: _check_printf(value), do_format)
-    env.filters["replace"] = _checked_filter(
-        lambda text, old, new, count=None: _check_replace(text, old, new), do_replace, eval_context=True
-    )
+    env.filters.update(center=_center, indent=_indent, slice=_slice, format=_format, replace=_replace)
     env.globals["range"] = _bounded_range
     return env
 
