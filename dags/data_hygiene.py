@@ -1,7 +1,7 @@
 """The ``data_hygiene`` Airflow DAG: daily validation, de-duplication and data-quality figures.
 
-A thin DAG file: the steps are :mod:`lifecycle.hygiene` functions run by the operators in
-:mod:`lifecycle.hygiene_operators`; the DAG's docs are that module's docstring.
+A thin DAG file: the steps are :mod:`lifecycle.engine.hygiene` functions run by the operators in
+:mod:`lifecycle.airflow.hygiene_operators`; the DAG's docs are that module's docstring.
 """
 
 from __future__ import annotations
@@ -10,14 +10,14 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import DAG
 
-from lifecycle import hygiene
-from lifecycle.hygiene_operators import (
+from lifecycle.airflow.hygiene_operators import (
     ComputeFiguresOperator,
     FlagSuppressionsOperator,
     NormaliseAndValidateOperator,
     ResolveDuplicatesOperator,
 )
-from lifecycle.notifications import OwnerAlert
+from lifecycle.airflow.notifications import OwnerAlert
+from lifecycle.engine import hygiene
 
 with DAG(
     dag_id="data_hygiene",

@@ -13,7 +13,7 @@ Every Monday at 08:00 UTC, one email to the stakeholders listed in `config/polic
 
 The digest's as-of time is the run's data interval end, so re-running a past week rebuilds that
 week's digest. A send whose outcome is unknown fails without a retry rather than risk a double
-email. Code: `lifecycle.digest` (figures and rendering), `lifecycle.digest_operators` (sending);
+email. Code: `lifecycle.reporting.digest` (figures and rendering), `lifecycle.airflow.digest_operators` (sending);
 templates: `include/templates/_digest/`.
 """
 
@@ -23,8 +23,8 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import DAG
 
-from lifecycle.digest_operators import SendKpiDigestOperator
-from lifecycle.notifications import OwnerAlert
+from lifecycle.airflow.digest_operators import SendKpiDigestOperator
+from lifecycle.airflow.notifications import OwnerAlert
 
 with DAG(
     dag_id="kpi_digest",

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
-from lifecycle import local
+from lifecycle.devtools import local
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -56,7 +56,7 @@ def postgres_url() -> Iterator[str]:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
     url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
     yield url
-    from lifecycle.db import get_engine
+    from lifecycle.model.db import get_engine
 
     get_engine(url).dispose()
     with admin.connect() as conn:
@@ -80,8 +80,8 @@ def db_url(request, tmp_path: Path) -> str:
 @pytest.fixture
 def crm(db_url: str):
     """An empty CRM with the engine tables migrated; yields (engine, CrmBuilder)."""
-    from lifecycle import schema
-    from lifecycle.db import get_engine, migrate
+    from lifecycle.model import schema
+    from lifecycle.model.db import get_engine, migrate
     from tests.crm_builder import CrmBuilder
 
     engine = get_engine(db_url)

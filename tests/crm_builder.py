@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy import Engine, insert
 
-from lifecycle import schema
+from lifecycle.model import schema
 
 _ids = itertools.count(1)
 

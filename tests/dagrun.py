@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from lifecycle.config import PROJECT_ROOT
+from lifecycle.paths import PROJECT_ROOT
 from tests.local_crm import use_crm
 
 

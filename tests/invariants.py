@@ -29,11 +29,12 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 from sqlalchemy import Engine, select
 
-from lifecycle import dispatch, pipeline, schema
 from lifecycle.channels.base import OutboundEmail, OutboundSms, SendResult
 from lifecycle.channels.providers import ProviderTransport
-from lifecycle.feedback import to_e164
-from lifecycle.links import MESSAGE_ID_PARAM
+from lifecycle.engine import dispatch, pipeline
+from lifecycle.engine.feedback import to_e164
+from lifecycle.messages.links import MESSAGE_ID_PARAM
+from lifecycle.model import schema
 
 M = schema.messages
 GONE_OUT = ("sent", "delivered", "opened", "clicked", "bounced")

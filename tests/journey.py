@@ -6,8 +6,10 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import select
 
-from lifecycle import pipeline, schema
+from lifecycle import paths
 from lifecycle.channels.dry_run import DryRunTransport
+from lifecycle.engine import pipeline
+from lifecycle.model import schema
 
 
 def _links(message_id: int, contact_id: str, channel: str) -> dict[str, str]:
@@ -42,9 +44,9 @@ _used: set[str] = set()
 def treatment_contact(crm_rows, program_id: str, **fields) -> str:
     """A contact id the program's holdout and the global control group both leave in treatment."""
     from lifecycle import config
-    from lifecycle.db import bucket_of
+    from lifecycle.model.db import bucket_of
 
-    program = config.load_program(config.config_dir() / "programs" / f"{program_id}.yml")
+    program = config.load_program(paths.config_dir() / "programs" / f"{program_id}.yml")
     control = config.load_policy().control_group
     for i in range(100_000):
         cid = f"{program_id[:3]}{i:05d}"

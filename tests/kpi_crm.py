@@ -15,8 +15,8 @@ def seed_with_runs(url: str, as_of: datetime, contacts: int = 2000, weeks: int =
     """Seed ``contacts`` as of ``as_of``, migrate the engine tables, then run every shipped program
     (dry run) once a week for ``weeks`` weeks ending at ``as_of``; returns the engine."""
     from lifecycle import config
-    from lifecycle.db import get_engine, migrate
-    from lifecycle.seed import seed_crm
+    from lifecycle.devtools.seed import seed_crm
+    from lifecycle.model.db import get_engine, migrate
     from tests.journey import run_program
 
     seed_crm(url, contacts, as_of)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lifecycle.local import connection_json
+from lifecycle.devtools.local import connection_json
 
 
 def crm_connection(crm_url: str) -> str:

@@ -23,8 +23,8 @@ from typing import Any, TypeVar
 import httpx
 from sqlalchemy.engine import URL
 
-from lifecycle.config import PROJECT_ROOT
-from lifecycle.local import airflow_env, connection_json
+from lifecycle.devtools.local import airflow_env, connection_json
+from lifecycle.paths import PROJECT_ROOT
 
 T = TypeVar("T")
 BIN = Path(sys.executable).parent
@@ -262,7 +262,7 @@ def airflow_argv(*args: str) -> list[str]:
 
 def start_sandbox(env: Mapping[str, str], logs: Path, public_url: str) -> Service:
     """Start ``python -m lifecycle.sandbox`` on a free port, posting webhooks to the web app."""
-    from lifecycle.links import SENDGRID_EVENTS_PATH, TWILIO_INBOUND_PATH
+    from lifecycle.messages.links import SENDGRID_EVENTS_PATH, TWILIO_INBOUND_PATH
 
     argv = [
         sys.executable,

@@ -22,7 +22,7 @@ from cryptography.fernet import Fernet
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from lifecycle.config import PROJECT_ROOT
+from lifecycle.paths import PROJECT_ROOT
 from tests.conftest import AS_OF, FIXTURES, PG_ADMIN_URL, require_postgres
 from tests.e2e.cluster import (
     ApiClient,
@@ -111,8 +111,8 @@ def _drop_databases(names: list[str]) -> None:
 
 def _prepare_crm(url: str) -> None:
     """Seed the CRM as of the runs' logical date and create the engine tables (``lifecycle migrate``)."""
-    from lifecycle.db import get_engine, migrate
-    from lifecycle.seed import seed_crm
+    from lifecycle.devtools.seed import seed_crm
+    from lifecycle.model.db import get_engine, migrate
 
     seed_crm(url, contacts=SEED_CONTACTS, as_of=AS_OF)
     engine = get_engine(url)

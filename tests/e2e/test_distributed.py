@@ -17,8 +17,8 @@ import pytest
 from sqlalchemy import create_engine, select
 from sqlalchemy.pool import NullPool
 
-from lifecycle import schema
-from lifecycle.links import MESSAGE_ID_PARAM
+from lifecycle.messages.links import MESSAGE_ID_PARAM
+from lifecycle.model import schema
 from tests.conftest import AS_OF
 from tests.e2e.cluster import ClusterError, wait_for
 from tests.e2e.conftest import PROGRAMS, Cluster

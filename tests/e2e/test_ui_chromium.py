@@ -22,10 +22,11 @@ import pytest
 from PIL import Image
 from sqlalchemy import Engine
 
-from lifecycle import config, measurement
-from lifecycle.config import PROJECT_ROOT
-from lifecycle.digest import build_digest
-from lifecycle.local import airflow_env
+from lifecycle import config
+from lifecycle.devtools.local import airflow_env
+from lifecycle.paths import PROJECT_ROOT
+from lifecycle.reporting import measurement
+from lifecycle.reporting.digest import build_digest
 from tests.chromium import dump_dom, inline_cid_images, require_chromium, screenshot
 from tests.conftest import AS_OF
 from tests.e2e.cluster import BIN, ClusterError, Service, airflow_argv, free_port, stop_all, wait_for

@@ -20,10 +20,11 @@ import pytest
 import yaml
 from sqlalchemy import text
 
-from lifecycle import pipeline, schema
 from lifecycle.channels.providers import ProviderTransport, links_from_connection
-from lifecycle.funnel import WENT_OUT
-from lifecycle.local import WebApp, provider_connections
+from lifecycle.devtools.local import WebApp, provider_connections
+from lifecycle.engine import pipeline
+from lifecycle.engine.funnel import WENT_OUT
+from lifecycle.model import schema
 from lifecycle.sandbox import SandboxServer
 from tests.conftest import AS_OF, FIXTURES
 from tests.crm_builder import CrmBuilder
@@ -75,7 +76,7 @@ def email_program(segment: dict, template: str = "simple/hello", **fields) -> di
 @pytest.fixture
 def sqlite_crm(sqlite_url):
     """An empty SQLite CRM, for the inputs only SQLite can hold."""
-    from lifecycle.db import get_engine, migrate
+    from lifecycle.model.db import get_engine, migrate
 
     engine = get_engine(sqlite_url)
     schema.crm_metadata.create_all(engine)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from lifecycle import bench
+from lifecycle.devtools import bench
 
 
 def test_quick_bench_reports_every_figure_and_the_naive_baseline_matches_the_engine(tmp_path, capsys):

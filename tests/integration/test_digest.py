@@ -10,11 +10,13 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import insert, select, update
 
-from lifecycle import config, measurement, schema
+from lifecycle import config, paths
+from lifecycle.airflow.digest_operators import digest_mail
 from lifecycle.channels.sendgrid import SendGridHook
-from lifecycle.digest import Digest, build_digest
-from lifecycle.digest_operators import digest_mail
-from lifecycle.local import connection_json
+from lifecycle.devtools.local import connection_json
+from lifecycle.model import schema
+from lifecycle.reporting import measurement
+from lifecycle.reporting.digest import Digest, build_digest
 from lifecycle.sandbox import DEFAULT_SENDGRID_KEY, SandboxServer
 from tests.conftest import AS_OF
 from tests.dagrun import run_dag
@@ -188,7 +190,7 @@ def test_data_quality_is_the_newest_hygiene_run_before_the_as_of_time(digest):
 def test_config_and_crm_strings_are_escaped(crm, shipped, tmp_path, monkeypatch):
     _url, engine = crm
     copy = tmp_path / "config"
-    shutil.copytree(config.PROJECT_ROOT / "config", copy)
+    shutil.copytree(paths.PROJECT_ROOT / "config", copy)
     welcome = copy / "programs" / "welcome.yml"
     welcome.write_text(
         welcome.read_text()
@@ -241,10 +243,10 @@ def test_kpi_digest_dag_sends_as_of_its_data_interval_end(crm, shipped, sandbox,
 def test_no_stakeholders_means_the_digest_task_is_skipped(tmp_path, monkeypatch, sandbox):
     from airflow.sdk.exceptions import AirflowSkipException
 
-    from lifecycle.digest_operators import SendKpiDigestOperator
+    from lifecycle.airflow.digest_operators import SendKpiDigestOperator
 
     copy = tmp_path / "config"
-    shutil.copytree(config.PROJECT_ROOT / "config", copy)
+    shutil.copytree(paths.PROJECT_ROOT / "config", copy)
     policy_file = copy / "policy.yml"
     policy_file.write_text(
         re.sub(r"stakeholders:\n(  - .*\n)+", "stakeholders: []\n", policy_file.read_text())

@@ -25,13 +25,15 @@ import pytest
 from sqlalchemy import Engine, func, select, text
 from sqlalchemy.exc import DBAPIError
 
-from lifecycle import config, dispatch, pipeline, schema
+from lifecycle import config
 from lifecycle.channels.providers import ProviderTransport, links_from_connection
 from lifecycle.channels.retry import RetryPolicy
 from lifecycle.channels.sendgrid import SendGridHook
 from lifecycle.channels.twilio import TwilioHook
-from lifecycle.db import get_engine
-from lifecycle.local import WebApp, provider_connections
+from lifecycle.devtools.local import WebApp, provider_connections
+from lifecycle.engine import dispatch, pipeline
+from lifecycle.model import schema
+from lifecycle.model.db import get_engine
 from lifecycle.sandbox import DEFAULT_TWILIO_TOKEN, SandboxServer
 from lifecycle.sandbox.signing import TWILIO_SIGNATURE_HEADER, twilio_signature
 from tests.conftest import AS_OF

@@ -8,10 +8,11 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select
 
-from lifecycle import pipeline, schema
 from lifecycle.channels.providers import ProviderTransport, links_from_connection
-from lifecycle.funnel import WENT_OUT
-from lifecycle.local import WebApp, provider_connections
+from lifecycle.devtools.local import WebApp, provider_connections
+from lifecycle.engine import pipeline
+from lifecycle.engine.funnel import WENT_OUT
+from lifecycle.model import schema
 from lifecycle.sandbox import SandboxServer
 from tests.conftest import AS_OF
 from tests.local_crm import use_crm

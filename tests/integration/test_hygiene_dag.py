@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import func, select
 
-from lifecycle import schema, seed
-from lifecycle.db import get_engine, migrate
+from lifecycle.devtools import seed
+from lifecycle.model import schema
+from lifecycle.model.db import get_engine, migrate
 from tests.conftest import AS_OF
 from tests.dagrun import run_dag
 

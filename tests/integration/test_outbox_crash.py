@@ -15,9 +15,10 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select
 
-from lifecycle import dispatch, pipeline, schema
 from lifecycle.channels.providers import ProviderTransport, links_from_connection
-from lifecycle.local import provider_connections
+from lifecycle.devtools.local import provider_connections
+from lifecycle.engine import dispatch, pipeline
+from lifecycle.model import schema
 from lifecycle.sandbox import SandboxServer
 from tests.conftest import AS_OF, ROOT
 
@@ -26,9 +27,9 @@ M = schema.messages
 CHILD = textwrap.dedent(
     """
     import sys
-    from lifecycle import dispatch, pipeline
+    from lifecycle.engine import dispatch, pipeline
     from lifecycle.channels.providers import ProviderTransport, links_from_connection
-    from lifecycle.db import get_engine
+    from lifecycle.model.db import get_engine
     url, program, run_id, as_of = sys.argv[1:5]
     from datetime import datetime
     scope, _ = pipeline.load_scope(program, run_id, datetime.fromisoformat(as_of))

@@ -35,10 +35,11 @@ from hypothesis.stateful import (
 )
 from sqlalchemy import func, select
 
-from lifecycle import dispatch, pipeline, schema
 from lifecycle.channels.providers import ProviderTransport, links_from_connection
-from lifecycle.db import get_engine, migrate
-from lifecycle.local import WebApp, provider_connections
+from lifecycle.devtools.local import WebApp, provider_connections
+from lifecycle.engine import dispatch, pipeline
+from lifecycle.model import schema
+from lifecycle.model.db import get_engine, migrate
 from lifecycle.sandbox import SandboxServer
 from tests.conftest import AS_OF
 from tests.crm_builder import CrmBuilder

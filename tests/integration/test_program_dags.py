@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 import pytest
 from sqlalchemy import func, select
 
-from lifecycle import schema
+from lifecycle.model import schema
 from tests.conftest import AS_OF
 from tests.dagrun import run_dag
 from tests.journey import emails_already_sent
@@ -89,7 +89,7 @@ def test_sms_due_at_23_local_is_deferred_to_the_morning(crm, db_url, monkeypatch
 
 
 def test_manual_dry_run_with_a_test_recipient_sends_nothing_to_real_contacts(crm, db_url, monkeypatch):
-    from lifecycle.local import provider_connections
+    from lifecycle.devtools.local import provider_connections
     from lifecycle.sandbox import SandboxServer
 
     engine, crm_rows = crm

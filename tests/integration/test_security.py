@@ -1,7 +1,7 @@
 """Security: forged and replayed webhooks, tampered unsubscribe links, SQL injection through program
 files and CRM data, template sandbox escapes, and what a program run writes to its task logs.
 
-Webhooks and unsubscribe links go over HTTP to the real app on loopback (``lifecycle.local.WebApp``).
+Webhooks and unsubscribe links go over HTTP to the real app on loopback (``lifecycle.devtools.local.WebApp``).
 The task-log check runs the shipped welcome program through real Airflow on a seeded CRM, sending
 through the provider sandbox, with Airflow's own task-log pipeline (JSON, secrets masker) writing
 to a file under ``$AIRFLOW_HOME/logs``: ``dag.test()`` runs tasks in-process and writes no per-task
@@ -28,15 +28,17 @@ from markupsafe import escape
 from sqlalchemy import func, inspect, select
 from twilio.request_validator import RequestValidator
 
-from lifecycle import config, pipeline, schema
+from lifecycle import config, paths
 from lifecycle.channels.providers import ProviderTransport, links_from_connection
-from lifecycle.db import get_engine, migrate
-from lifecycle.digest import build_digest
-from lifecycle.feedback import to_e164
-from lifecycle.links import make_unsubscribe_token
-from lifecycle.local import WebApp, connection_json
+from lifecycle.devtools.local import WebApp, connection_json
+from lifecycle.devtools.seed import seed_crm
+from lifecycle.engine import pipeline
+from lifecycle.engine.feedback import to_e164
+from lifecycle.messages.links import make_unsubscribe_token
+from lifecycle.model import schema
+from lifecycle.model.db import get_engine, migrate
+from lifecycle.reporting.digest import build_digest
 from lifecycle.sandbox import DEFAULT_SENDGRID_KEY, DEFAULT_TWILIO_TOKEN
-from lifecycle.seed import seed_crm
 from lifecycle.web.campaigns import campaigns_page
 from tests.conftest import AS_OF, FIXTURES
 from tests.dagrun import run_dag
@@ -337,7 +339,7 @@ def test_campaigns_page_and_digest_escape_what_they_show(crm, tmp_path, monkeypa
     shutil.copytree(FIXTURES / "config", config_dir)
     shutil.copytree(FIXTURES / "templates", templates)
     for pages in ("_web", "_digest"):
-        shutil.copytree(config.PROJECT_ROOT / "include" / "templates" / pages, templates / pages)
+        shutil.copytree(paths.PROJECT_ROOT / "include" / "templates" / pages, templates / pages)
     alpha = yaml.safe_load((config_dir / "programs" / "alpha.yml").read_text())
     alpha |= {"name": "Alpha <script>alert(1)</script>", "owner": "<img src=x onerror=alert(2)>"}
     alpha["kpi"]["label"] = "Rate <iframe src=//evil>"

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, func, inspect, select
 
-from lifecycle import schema
-from lifecycle.seed import seed_crm
+from lifecycle.devtools.seed import seed_crm
+from lifecycle.model import schema
 
 pytestmark = pytest.mark.postgres
 

@@ -8,7 +8,8 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from lifecycle import config, simulation
+from lifecycle import config, paths
+from lifecycle.devtools import simulation
 
 START = datetime(2026, 11, 16, 15, 0)
 PLANTED = {"welcome": 0.35, "reactivation": 0.25}
@@ -82,7 +83,7 @@ def test_the_command_prints_the_report(tmp_path, capsys):
 
 
 def _program_with_conversion(conversion: dict) -> config.Program:
-    program = config.load_program(config.config_dir() / "programs" / "welcome.yml")
+    program = config.load_program(paths.config_dir() / "programs" / "welcome.yml")
     kpi = config.Kpi(primary="x", label="x", conversion=conversion)
     return program.model_copy(update={"kpi": kpi})
 
@@ -133,9 +134,9 @@ def test_uplift_arguments_accept_one_value_or_per_program_values():
 
 
 def test_the_digest_and_the_campaigns_page_show_the_planted_uplift(report, simulated_url):
-    from lifecycle import measurement
-    from lifecycle.db import get_engine
-    from lifecycle.digest import build_digest
+    from lifecycle.model.db import get_engine
+    from lifecycle.reporting import measurement
+    from lifecycle.reporting.digest import build_digest
     from lifecycle.web.campaigns import campaigns_page
     from tests.kpi_crm import shown_interval, shown_points
 
@@ -156,9 +157,9 @@ def test_the_digest_and_the_campaigns_page_show_the_planted_uplift(report, simul
 
 def test_chromium_shows_the_planted_uplift_in_the_digest_and_on_the_campaigns_page(report, simulated_url, tmp_path):
     """The same figures as a person sees them: both pages rendered by headless Chromium."""
-    from lifecycle import measurement
-    from lifecycle.db import get_engine
-    from lifecycle.digest import build_digest
+    from lifecycle.model.db import get_engine
+    from lifecycle.reporting import measurement
+    from lifecycle.reporting.digest import build_digest
     from lifecycle.web.campaigns import campaigns_page
     from tests.chromium import dump_dom, inline_cid_images, require_chromium, screenshot
     from tests.kpi_crm import shown_interval, shown_points

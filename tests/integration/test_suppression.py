@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import insert
 
-from lifecycle import schema
+from lifecycle.model import schema
 from tests.conftest import AS_OF
 from tests.journey import messages, run_program
 
@@ -72,7 +72,7 @@ def test_converted_between_plan_and_send_is_suppressed_and_sms_fallback_is_used(
     run_program(engine, "promo", AS_OF)
     _suppress(engine, stops_email, "email", "unsubscribed")
     c.event(converts, "purchase", AS_OF + timedelta(hours=23, minutes=59), amount=10)
-    from lifecycle import pipeline
+    from lifecycle.engine import pipeline
 
     scope, _programs = pipeline.load_scope("promo", "next", AS_OF + timedelta(days=1))
     pipeline.evaluate(engine, scope)
@@ -92,7 +92,7 @@ def test_formatted_but_valid_addresses_are_cleaned_not_suppressed(crm):
     got = {m["contact_id"]: (m["status"], m["reason"]) for m in messages(engine, "texts")}
     assert got[formatted] == ("dry_run", None)
     assert got[national] == ("suppressed", "invalid_address")
-    from lifecycle.dispatch import load_messages
+    from lifecycle.engine.dispatch import load_messages
 
     with engine.connect() as conn:
         (loaded,) = load_messages(conn, schema.messages.c.contact_id == formatted)

@@ -14,7 +14,7 @@ from lifecycle.channels.providers import ProviderTransport, links_from_connectio
 from lifecycle.channels.retry import RetryPolicy
 from lifecycle.channels.sendgrid import SendGridHook
 from lifecycle.channels.twilio import TwilioHook
-from lifecycle.links import UnsubscribeToken, verify_unsubscribe_token
+from lifecycle.messages.links import UnsubscribeToken, verify_unsubscribe_token
 from lifecycle.sandbox import SandboxServer
 from tests.unit.test_hooks_channels import FAST, LINK_SECRET, connect_to_sandbox
 

@@ -1,6 +1,6 @@
 """The SendGrid Event Webhook endpoint under a sustained burst: nothing lost, nothing twice.
 
-The real app (``lifecycle.local.WebApp``: FastAPI under uvicorn on loopback) with a SQLite CRM
+The real app (``lifecycle.devtools.local.WebApp``: FastAPI under uvicorn on loopback) with a SQLite CRM
 receives signed batches from a few keep-alive client threads paced to ``TARGET_RATE`` events a
 second for ``LIFECYCLE_LOAD_SECONDS`` (20 s here; set 60 to run the full minute locally). One
 request in ten is sent twice, as SendGrid does when it retries. Every event must end in
@@ -21,8 +21,8 @@ import httpx
 import pytest
 from sqlalchemy import func, insert, select
 
-from lifecycle import schema
-from lifecycle.local import WebApp, connection_json
+from lifecycle.devtools.local import WebApp, connection_json
+from lifecycle.model import schema
 from tests.conftest import AS_OF
 from tests.integration.test_webhooks_receiver import EventSigner
 
@@ -47,7 +47,7 @@ class Client:
 @pytest.fixture
 def receiver(sqlite_url, monkeypatch):
     """(engine, signer, webhook URL): the web app on loopback, a ledger of sent emails, a signing key."""
-    from lifecycle.db import get_engine, migrate
+    from lifecycle.model.db import get_engine, migrate
 
     engine = get_engine(sqlite_url)
     schema.crm_metadata.create_all(engine)

@@ -24,15 +24,15 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, insert, select
 from twilio.request_validator import RequestValidator
 
-from lifecycle import schema
 from lifecycle.channels.base import OutboundEmail, OutboundSms
 from lifecycle.channels.providers import ProviderTransport
 from lifecycle.channels.sendgrid import SendGridHook
 from lifecycle.channels.twilio import TwilioHook
-from lifecycle.dispatch import record_results
-from lifecycle.feedback import sms_keyword, to_e164
-from lifecycle.links import make_unsubscribe_url
-from lifecycle.local import connection_json
+from lifecycle.devtools.local import connection_json
+from lifecycle.engine.dispatch import record_results
+from lifecycle.engine.feedback import sms_keyword, to_e164
+from lifecycle.messages.links import make_unsubscribe_url
+from lifecycle.model import schema
 from lifecycle.sandbox import DEFAULT_TWILIO_TOKEN, SandboxServer
 from lifecycle.web import create_app
 from tests.conftest import AS_OF

@@ -19,12 +19,12 @@ import yaml
 from lifecycle_plugin import URL_PREFIX
 from packaging.specifiers import SpecifierSet
 
-from lifecycle import local
 from lifecycle.channels.sendgrid import SendGridHook
 from lifecycle.channels.twilio import TwilioHook
-from lifecycle.config import PROJECT_ROOT
-from lifecycle.db import CRM_CONN_ID, url_from_connection
-from lifecycle.links import LIFECYCLE_CONN_ID, SENDGRID_EVENTS_PATH, TWILIO_INBOUND_PATH
+from lifecycle.devtools import local
+from lifecycle.messages.links import LIFECYCLE_CONN_ID, SENDGRID_EVENTS_PATH, TWILIO_INBOUND_PATH
+from lifecycle.model.db import CRM_CONN_ID, url_from_connection
+from lifecycle.paths import PROJECT_ROOT
 from lifecycle.sandbox import DEFAULT_SENDGRID_KEY, DEFAULT_TWILIO_SID, DEFAULT_TWILIO_TOKEN
 from lifecycle.sandbox.cli import build_parser
 
@@ -176,7 +176,7 @@ def test_every_local_airflow_setting_has_a_compose_counterpart(tmp_path):
         settings
     )
     missing = set(settings) - set(compose_env)
-    assert not missing, f"set by lifecycle.local.airflow_env but not in docker-compose.yml: {missing}"
+    assert not missing, f"set by lifecycle.devtools.local.airflow_env but not in docker-compose.yml: {missing}"
     differs_by_design = {"AIRFLOW__CORE__EXECUTOR", "AIRFLOW_CONN_CRM_DEFAULT"}
     for key in settings.keys() - differs_by_design:
         assert compose_env[key].lower() == settings[key].lower(), key

@@ -11,7 +11,7 @@ import pytest
 from lifecycle.channels.retry import ClaimLost, OutcomeUnknown, Rejected, Retryable, RetryPolicy
 from lifecycle.channels.sendgrid import Recipient, SendGridHook
 from lifecycle.channels.twilio import TwilioHook
-from lifecycle.local import connection_json
+from lifecycle.devtools.local import connection_json
 from lifecycle.sandbox import DEFAULT_SENDGRID_KEY, DEFAULT_TWILIO_SID, DEFAULT_TWILIO_TOKEN, SandboxServer
 
 FAST = RetryPolicy(attempts=4, base_delay=0.01, max_delay=0.05)

@@ -8,7 +8,8 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import insert, select, update
 
-from lifecycle import hygiene, schema
+from lifecycle.engine import hygiene
+from lifecycle.model import schema
 from tests.conftest import AS_OF
 
 RUN = "manual__hygiene"
@@ -374,8 +375,9 @@ def test_no_contacts_and_no_messages_give_zero_rates(crm):
 def test_a_text_timestamp_in_the_crm_is_an_unknown_date_not_a_crash(tmp_path):
     from sqlalchemy import text
 
-    from lifecycle import hygiene, schema
-    from lifecycle.db import get_engine, migrate
+    from lifecycle.engine import hygiene
+    from lifecycle.model import schema
+    from lifecycle.model.db import get_engine, migrate
     from tests.crm_builder import CrmBuilder
 
     engine = get_engine(f"sqlite:///{tmp_path / 'crm.db'}")

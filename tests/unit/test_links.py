@@ -6,7 +6,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from lifecycle.links import (
+from lifecycle.messages.links import (
     InvalidToken,
     PublicLinks,
     UnsubscribeToken,

@@ -10,8 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lifecycle import measurement
-from lifecycle.measurement import ab_verdict, lift
+from lifecycle import paths
+from lifecycle.reporting import measurement
+from lifecycle.reporting.measurement import ab_verdict, lift
 from tests.conftest import AS_OF
 from tests.journey import run_program
 
@@ -146,8 +147,8 @@ def test_deliverability_rates_count_only_messages_that_reached_a_provider():
 
 @pytest.fixture
 def sqlite_crm(sqlite_url):
-    from lifecycle import schema
-    from lifecycle.db import get_engine, migrate
+    from lifecycle.model import schema
+    from lifecycle.model.db import get_engine, migrate
     from tests.crm_builder import CrmBuilder
 
     engine = get_engine(sqlite_url)
@@ -159,7 +160,7 @@ def sqlite_crm(sqlite_url):
 def _program(program_id: str, **kpi):
     from lifecycle import config
 
-    program = config.load_program(config.config_dir() / "programs" / f"{program_id}.yml")
+    program = config.load_program(paths.config_dir() / "programs" / f"{program_id}.yml")
     fields = {
         "primary": program.kpi.primary,
         "label": program.kpi.label,
@@ -220,7 +221,7 @@ def test_program_outcomes_read_a_conversion_that_is_not_an_event(sqlite_crm, tes
 
 
 def _in_group(program, policy, group: str, count: int) -> list[str]:
-    from lifecycle.db import bucket_of
+    from lifecycle.model.db import bucket_of
 
     found = []
     for i in range(100_000):

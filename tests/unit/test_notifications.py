@@ -9,9 +9,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from lifecycle.config import PROJECT_ROOT
-from lifecycle.local import connection_json
-from lifecycle.notifications import Failure, OwnerAlert
+from lifecycle.airflow.notifications import Failure, OwnerAlert
+from lifecycle.devtools.local import connection_json
+from lifecycle.paths import PROJECT_ROOT
 from lifecycle.sandbox import DEFAULT_SENDGRID_KEY, SandboxServer
 
 ONCALL = "growth-oncall@example.com"
@@ -62,7 +62,7 @@ def _task_context(owner: str, error: Exception) -> dict:
 @pytest.mark.usefixtures("policy_with_owners")
 def test_failure_is_logged_and_emailed_to_the_mapped_owner(sandbox, caplog):
     error = RuntimeError("sendgrid 400 for contact c42 at jane@example.org")
-    with caplog.at_level(logging.INFO, logger="lifecycle.notifications"):
+    with caplog.at_level(logging.INFO, logger="lifecycle.airflow.notifications"):
         OwnerAlert()(_task_context("growth", error))
     [email] = sandbox.sendgrid_messages()
     assert email["to"] == ONCALL and email["subject"] == "[Lifecycle] welcome.send failed"
@@ -76,7 +76,7 @@ def test_failure_is_logged_and_emailed_to_the_mapped_owner(sandbox, caplog):
 
 @pytest.mark.usefixtures("policy_with_owners")
 def test_owner_without_an_address_is_only_logged(sandbox, caplog):
-    with caplog.at_level(logging.INFO, logger="lifecycle.notifications"):
+    with caplog.at_level(logging.INFO, logger="lifecycle.airflow.notifications"):
         OwnerAlert()(_task_context("retention", ValueError("boom")))
     assert sandbox.sendgrid_messages() == []
     assert any(r.levelno == logging.ERROR and "welcome.send" in r.getMessage() for r in caplog.records)
@@ -86,7 +86,7 @@ def test_owner_without_an_address_is_only_logged(sandbox, caplog):
 @pytest.mark.usefixtures("policy_with_owners")
 def test_a_failing_alert_never_raises(sandbox, caplog, monkeypatch):
     sandbox.add_fault("sendgrid", "500", count=3)
-    with caplog.at_level(logging.ERROR, logger="lifecycle.notifications"):
+    with caplog.at_level(logging.ERROR, logger="lifecycle.airflow.notifications"):
         OwnerAlert().notify(_task_context("growth", RuntimeError("boom")))
     assert sandbox.sendgrid_messages() == []
     assert "could not be completed: Retryable" in caplog.text

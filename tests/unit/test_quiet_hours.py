@@ -6,8 +6,8 @@ from datetime import datetime, time
 
 import pytest
 
-from lifecycle.capping import quiet_until
 from lifecycle.config import QuietHours
+from lifecycle.engine.capping import quiet_until
 
 WINDOW = QuietHours(start=time(21), end=time(8), default_timezone="Europe/London")
 

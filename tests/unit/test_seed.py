@@ -16,9 +16,8 @@ import phonenumbers
 import pytest
 from sqlalchemy import create_engine, inspect, select
 
-from lifecycle import schema
-from lifecycle import seed as seed_module
-from lifecycle.seed import (
+from lifecycle.devtools import seed as seed_module
+from lifecycle.devtools.seed import (
     B2B_SHARE,
     CONSENT_MIX,
     CONSENT_OUTCOMES,
@@ -36,6 +35,7 @@ from lifecycle.seed import (
     main,
     seed_crm,
 )
+from lifecycle.model import schema
 
 AS_OF = datetime(2026, 11, 16, 15, 0)
 CONTACTS = 2_000

@@ -7,13 +7,14 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select
 
-from lifecycle import schema, segments
+from lifecycle.config import segments
+from lifecycle.model import schema
 from tests.conftest import AS_OF
 
 
 @pytest.fixture
 def crm_sqlite(sqlite_url):
-    from lifecycle.db import get_engine
+    from lifecycle.model.db import get_engine
     from tests.crm_builder import CrmBuilder
 
     engine = get_engine(sqlite_url)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lifecycle.rendering import RenderError, environment, render
+from lifecycle.messages.rendering import RenderError, environment, render
 
 ORDINARY = {
     "{{ '-' * 3 }}": "---",

@@ -12,8 +12,8 @@ from tests.journey import enrollments, messages, run_program, treatment_contact
 
 @pytest.fixture
 def sqlite_crm(sqlite_url, monkeypatch):
-    from lifecycle import schema
-    from lifecycle.db import get_engine, migrate
+    from lifecycle.model import schema
+    from lifecycle.model.db import get_engine, migrate
     from tests.crm_builder import CrmBuilder
 
     monkeypatch.delenv("LIFECYCLE_CONFIG_DIR", raising=False)

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 from lifecycle.channels.base import Transport
 from lifecycle.channels.dry_run import DryRunTransport
-from lifecycle.dispatch import LinkBuilder
+from lifecycle.engine.dispatch import LinkBuilder
 
 LIFECYCLE_CONN_ID = "lifecycle_default"
 

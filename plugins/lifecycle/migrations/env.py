@@ -1,10 +1,10 @@
-"""Alembic environment: runs on the connection handed over by ``lifecycle.db.migrate``."""
+"""Alembic environment: runs on the connection handed over by ``lifecycle.model.db.migrate``."""
 
 from __future__ import annotations
 
 from alembic import context
 
-from lifecycle.schema import engine_metadata
+from lifecycle.model.schema import engine_metadata
 
 connection = context.config.attributes["connection"]
 context.configure(

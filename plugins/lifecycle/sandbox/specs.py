@@ -11,12 +11,12 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
-from pathlib import Path
 from typing import Any
 
+from lifecycle.paths import INCLUDE_DIR
 from lifecycle.sandbox.validation import resolve_ref
 
-SPEC_DIR = Path(__file__).resolve().parents[3] / "include" / "provider_specs"
+SPEC_DIR = INCLUDE_DIR / "provider_specs"
 SENDGRID_SPEC = "sendgrid_mail_v3.openapi.json"
 TWILIO_SPEC = "twilio_api_v2010_messages.openapi.json"
 MAIL_SEND_PATH = "/v3/mail/send"

@@ -2,7 +2,7 @@
 
 The journey catalog (every program's name, priority, schedule, channels, steps, owner, holdout
 and A/B test, with the policy's caps) next to each program's live KPIs from
-:func:`lifecycle.measurement.program_kpis` and its funnel over time from ``lifecycle_kpis``, as
+:func:`lifecycle.reporting.measurement.program_kpis` and its funnel over time from ``lifecycle_kpis``, as
 small server-rendered PNG charts: no script, nothing loaded from elsewhere. Figures are as of
 the newest logged program run. Every string from the config or the CRM is escaped by the
 sandboxed, autoescaping template environment. Only a signed-in Airflow user sees the page.
@@ -21,10 +21,12 @@ from fastapi.responses import HTMLResponse
 from sqlalchemy import Engine, func, inspect, select
 from starlette.concurrency import run_in_threadpool
 
-from lifecycle import charts, config, digest, measurement, schema
+from lifecycle import config, paths
 from lifecycle.config import Policy, Program, Step
-from lifecycle.db import crm_url, get_engine, utc_naive
-from lifecycle.rendering import environment
+from lifecycle.messages.rendering import environment
+from lifecycle.model import schema
+from lifecycle.model.db import crm_url, get_engine, utc_naive
+from lifecycle.reporting import charts, digest, measurement
 
 CAMPAIGNS_PATH = "/campaigns"
 TREND_WEEKS = 12
@@ -133,7 +135,7 @@ def campaigns_page(engine: Engine, as_of: datetime | None = None) -> str:
             )
     else:
         views = [digest.program_facts(p) | catalog_view(p) for p in programs.values()]
-    env = environment(str(config.templates_dir() / "_web"))
+    env = environment(str(paths.templates_dir() / "_web"))
     return env.get_template("campaigns.html.j2").render(
         {
             "as_of": measured_at,

@@ -8,7 +8,7 @@
 - ``GET /unsubscribe?token=...`` shows a confirmation; ``POST`` is the RFC 8058 one-click.
 
 A request that fails verification gets 403 and changes nothing. Every accepted event goes
-through :mod:`lifecycle.feedback` in one transaction per request.
+through :mod:`lifecycle.engine.feedback` in one transaction per request.
 """
 
 from __future__ import annotations
@@ -32,8 +32,7 @@ from twilio.twiml.messaging_response import MessagingResponse
 
 from lifecycle.channels.sendgrid import SendGridHook
 from lifecycle.channels.twilio import TwilioHook
-from lifecycle.db import crm_url, get_engine
-from lifecycle.feedback import (
+from lifecycle.engine.feedback import (
     FeedbackEvent,
     apply_events,
     sendgrid_events,
@@ -41,7 +40,7 @@ from lifecycle.feedback import (
     twilio_status_event,
     unsubscribe_event,
 )
-from lifecycle.links import (
+from lifecycle.messages.links import (
     MESSAGE_ID_PARAM,
     SENDGRID_EVENTS_PATH,
     TWILIO_INBOUND_PATH,
@@ -52,6 +51,7 @@ from lifecycle.links import (
     UnsubscribeToken,
     verify_unsubscribe_token,
 )
+from lifecycle.model.db import crm_url, get_engine
 
 log = logging.getLogger(__name__)
 router = APIRouter()

@@ -17,8 +17,8 @@ def shipped_config(monkeypatch) -> None:
 @pytest.fixture
 def shipped_crm(sqlite_url, shipped_config):
     """An empty SQLite CRM with the engine tables migrated; yields (engine, CrmBuilder)."""
-    from lifecycle import schema
-    from lifecycle.db import get_engine, migrate
+    from lifecycle.model import schema
+    from lifecycle.model.db import get_engine, migrate
     from tests.crm_builder import CrmBuilder
 
     engine = get_engine(sqlite_url)

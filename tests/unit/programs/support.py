@@ -10,8 +10,9 @@ from typing import Any
 
 from sqlalchemy import Engine, select, update
 
-from lifecycle import config, schema
-from lifecycle.rendering import Rendered, message_context, render
+from lifecycle import config, paths
+from lifecycle.messages.rendering import Rendered, message_context, render
+from lifecycle.model import schema
 from tests.conftest import AS_OF
 from tests.journey import messages, run_program
 
@@ -58,7 +59,7 @@ def steps_for(schedule: Mapping[timedelta, Mapping[str, list[tuple]]], contact_i
 
 @cache
 def _shipped(config_dir: str, program_id: str) -> tuple[config.Program, dict[str, Any]]:
-    program = config.load_program(config.config_dir() / "programs" / f"{program_id}.yml")
+    program = config.load_program(paths.config_dir() / "programs" / f"{program_id}.yml")
     return program, config.load_policy().brand.model_dump()
 
 
@@ -77,7 +78,7 @@ def render_step(
     account: Mapping[str, Any] | None = None,
 ) -> Rendered:
     """Render a step of a shipped program for a hand-made contact (on its own channel by default)."""
-    program, brand = _shipped(str(config.config_dir()), program_id)
+    program, brand = _shipped(str(paths.config_dir()), program_id)
     step = next(s for s in program.steps if s.id == step_id)
     context = message_context(
         contact, program=program_id, step=step_id, variant=variant, trigger=trigger, account=account,

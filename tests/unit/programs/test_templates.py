@@ -11,9 +11,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from lifecycle import config
-from lifecycle.rendering import CONTACT_FIELDS, Rendered
-from lifecycle.schema import CHURN_REASONS
+from lifecycle import config, paths
+from lifecycle.messages.rendering import CONTACT_FIELDS, Rendered
+from lifecycle.model.schema import CHURN_REASONS
 from tests.unit.programs.support import STOP, UNSUBSCRIBE, render_step
 
 TRIGGER_PROPERTIES = {
@@ -42,11 +42,11 @@ GSM7 = set(
 )
 
 
-PROGRAM_IDS = sorted(path.stem for path in (config.PROJECT_ROOT / "config" / "programs").glob("*.yml"))
+PROGRAM_IDS = sorted(path.stem for path in (paths.PROJECT_ROOT / "config" / "programs").glob("*.yml"))
 
 
 def _program(program_id: str) -> config.Program:
-    return config.load_program(config.config_dir() / "programs" / f"{program_id}.yml")
+    return config.load_program(paths.config_dir() / "programs" / f"{program_id}.yml")
 
 
 def _cases(program: config.Program, contact: dict, account: dict | None, triggers: list[dict]) -> Iterator[tuple]:

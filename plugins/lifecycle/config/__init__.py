@@ -1,0 +1,421 @@
+"""Program, policy and named-segment files: schema, loading, and errors a person can act on.
+
+``config/programs/<id>.yml`` describes one program (one DAG); ``config/policy.yml`` holds the
+rules every program shares; ``config/segments.yml`` the named core segments programs reuse.
+A wrong file raises :class:`ConfigError` naming the file, the field and the fix.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from datetime import datetime, time, timedelta
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from lifecycle.config import segments
+from lifecycle.config.durations import parse_duration
+from lifecycle.model import schema
+from lifecycle.paths import config_dir, templates_dir
+
+Channel = Literal["email", "sms"]
+PROGRAM_ID = re.compile(r"^[a-z][a-z0-9_]{1,62}$")
+
+
+
+class ConfigError(ValueError):
+    """A configuration file is wrong: the message names the file, the field and the fix."""
+
+    def __init__(self, file: Path | str, problems: list[str]) -> None:
+        self.file = str(file)
+        self.problems = problems
+        super().__init__(f"{file}: " + "; ".join(problems))
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Duration(timedelta):
+    """A timedelta field that accepts the program-file duration forms."""
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, _source, _handler):
+        from pydantic_core import core_schema
+
+        return core_schema.no_info_plain_validator_function(parse_duration)
+
+
+class SegmentExpr(BaseModel):
+    """A segment expression kept as written, checked by the segment parser."""
+
+    model_config = ConfigDict(frozen=True)
+    raw: dict[str, Any]
+
+    @cached_property
+    def parsed(self) -> segments.Segment:
+        return segments.parse(self.raw)
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source, handler):
+        from pydantic_core import core_schema
+
+        def validate(value: Any) -> SegmentExpr:
+            if isinstance(value, SegmentExpr):
+                return value
+            try:
+                segments.parse(value)
+            except segments.SegmentError as exc:
+                raise ValueError(str(exc)) from None
+            return cls.model_construct(raw=dict(value))
+
+        return core_schema.no_info_plain_validator_function(validate)
+
+
+class Step(_Strict):
+    """One message of a journey."""
+
+    id: str = Field(pattern=r"^[a-z][a-z0-9_]{0,62}$")
+    channel: Channel
+    fallback: Channel | None = None
+    delay: Duration = Field(default_factory=lambda: Duration(0))
+    relative_to: Literal["enrollment", "previous", "anchor"] = "previous"
+    template: str
+    when: SegmentExpr | None = None
+
+    @model_validator(mode="after")
+    def _fallback_differs(self) -> Step:
+        if self.fallback == self.channel:
+            raise ValueError(f"fallback must be the other channel than {self.channel!r}, or left out")
+        return self
+
+
+class Anchor(_Strict):
+    """A date each enrollment remembers, for steps timed around it (e.g. a renewal date)."""
+
+    table: Literal["subscriptions", "contacts"]
+    column: str
+    pick: Literal["next", "last"] = "next"
+
+    @field_validator("column")
+    @classmethod
+    def _timestamp_column(cls, column: str, info: ValidationInfo) -> str:
+        table = schema.CRM_TABLES.get(info.data.get("table", ""))
+        if table is None:
+            return column
+        dates = sorted(c.name for c in table.columns if c.type.python_type is datetime)
+        if column not in table.c:
+            raise ValueError(f"unknown column {column!r} of {table.name}; use one of {dates}")
+        if column not in dates:
+            raise ValueError(f"{column!r} is not a timestamp column of {table.name}; use one of {dates}")
+        return column
+
+
+class Audience(_Strict):
+    """Who enters: the entry segment, the trigger event to remember and the anchor date."""
+
+    segment: SegmentExpr
+    trigger_event: list[str] = Field(default_factory=list)
+    anchor: Anchor | None = None
+
+    @field_validator("trigger_event", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+
+class ReEntry(_Strict):
+    allowed: bool = False
+    cooldown: Duration = Field(default_factory=lambda: Duration(days=30))
+
+
+class ExitRule(_Strict):
+    reason: str = Field(pattern=r"^[a-z][a-z0-9_]{0,40}$")
+    segment: SegmentExpr
+
+
+class Exit(_Strict):
+    goal: SegmentExpr | None = None
+    rules: list[ExitRule] = Field(default_factory=list)
+    on_segment_leave: bool = False
+
+
+class Variant(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_]{1,32}$")
+    weight: int = Field(gt=0)
+
+
+class ABTest(_Strict):
+    """One variable tested, variants assigned deterministically per enrollment."""
+
+    name: str
+    variable: Literal["subject", "offer", "channel", "content"]
+    variants: list[Variant] = Field(min_length=2)
+    salt: str = ""
+
+
+class Kpi(_Strict):
+    """The program's primary KPI: a conversion measured over an attribution window."""
+
+    primary: str
+    label: str
+    conversion: SegmentExpr
+    attribution_window: Duration = Field(default_factory=lambda: Duration(days=14))
+    value_property: str | None = None
+
+
+class Program(_Strict):
+    """One lifecycle program: a DAG with a journey."""
+
+    id: str
+    name: str
+    description: str = ""
+    owner: str
+    priority: int = Field(ge=0, le=1000)
+    schedule: str | None = "@daily"
+    tags: list[str] = Field(default_factory=list)
+    classes: list[Literal["promotional", "generic_promo", "transactional"]] = Field(default_factory=list)
+    consent_purpose: Literal["marketing", "transactional"] = "marketing"
+    audience: Audience
+    re_entry: ReEntry = Field(default_factory=ReEntry)
+    exit: Exit = Field(default_factory=Exit)
+    steps: list[Step] = Field(min_length=1)
+    holdout_percent: float = Field(default=10.0, ge=0, le=50)
+    holdout_salt: str = ""
+    ab_test: ABTest | None = None
+    kpi: Kpi
+
+    @model_validator(mode="after")
+    def _steps_consistent(self) -> Program:
+        ids = [s.id for s in self.steps]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"step ids must be unique; found {ids}")
+        if any(s.relative_to == "anchor" for s in self.steps) and self.audience.anchor is None:
+            raise ValueError("a step is relative_to: anchor, so set audience.anchor (table and column)")
+        return self
+
+    @property
+    def salt(self) -> str:
+        return self.holdout_salt or self.id
+
+
+class Cap(_Strict):
+    max: int = Field(ge=0)
+    per: Duration
+
+
+class QuietHours(_Strict):
+    """SMS quiet hours in the recipient's local time: messages then wait for ``end``."""
+
+    start: time
+    end: time
+    default_timezone: str = "UTC"
+
+
+class ControlGroup(_Strict):
+    percent: float = Field(ge=0, le=50)
+    salt: str
+
+
+class SuppressionRule(_Strict):
+    applies_to: list[Literal["promotional", "generic_promo", "all"]]
+    within: Duration | None = None
+
+
+class Stakeholder(_Strict):
+    name: str
+    email: str
+
+
+class Brand(_Strict):
+    """How messages sign off and where their links lead."""
+
+    name: str = "Lifecycle"
+    app_url: str = "https://app.example.com"
+    support_url: str = "https://app.example.com/support"
+    postal_address: str = ""
+
+
+class Policy(_Strict):
+    """Rules every program shares."""
+
+    caps: dict[Literal["email", "sms", "all"], Cap]
+    quiet_hours: dict[Literal["sms", "email"], QuietHours] = Field(default_factory=dict)
+    control_group: ControlGroup
+    suppressions: dict[Literal["open_ticket", "sales_negotiation", "recent_purchase"], SuppressionRule] = Field(
+        default_factory=dict
+    )
+    send_batch_size: int = Field(default=500, ge=1, le=10_000)
+    stakeholders: list[Stakeholder] = Field(default_factory=list)
+    owners: dict[str, str] = Field(
+        default_factory=dict, description="DAG owner -> address that gets its failure alerts"
+    )
+    brand: Brand = Field(default_factory=Brand)
+
+
+class SegmentDef(_Strict):
+    axis: Literal["stage", "value", "intent"]
+    description: str
+    definition: SegmentExpr
+
+
+class SegmentCatalog(_Strict):
+    segments: dict[str, SegmentDef]
+
+    @cached_property
+    def parsed(self) -> dict[str, segments.Segment]:
+        return {name: d.definition.parsed for name, d in self.segments.items()}
+
+
+_FIXES = {
+    "missing": "add this field",
+    "extra_forbidden": "remove it or fix its spelling",
+    "literal_error": "use one of the values listed",
+    "int_parsing": "write a whole number",
+    "float_parsing": "write a number",
+    "bool_parsing": "write true or false",
+    "string_type": "write text",
+    "list_type": "write a list",
+    "time_parsing": "write a time like '21:00'",
+    "string_pattern_mismatch": "use lowercase letters, digits and underscores",
+    "too_short": "add at least one item",
+}
+
+
+def _describe(error: Mapping[str, Any]) -> str:
+    loc = ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in error["loc"]).replace(".[", "[")
+    fix = _FIXES.get(error["type"])
+    message = error["msg"].removeprefix("Value error, ")
+    return f"{loc or '(top level)'}: {message}" + (f" — fix: {fix}" if fix else "")
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(path, [f"cannot read the file ({exc.strerror}); check it exists"]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(path, [f"not UTF-8 text (byte {exc.start}); save the file as UTF-8"]) from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "somewhere"
+        raise ConfigError(path, [f"not valid YAML at {where}: {getattr(exc, 'problem', exc)}"]) from None
+
+
+def _validate(model: type[BaseModel], data: Any, path: Path) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(path, ["the file must hold a mapping of fields (key: value lines)"])
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(path, [_describe(e) for e in exc.errors()]) from None
+
+
+def load_segments(path: Path | None = None) -> SegmentCatalog:
+    """Load the named core segments; a missing file means none."""
+    path = path or config_dir() / "segments.yml"
+    if not path.exists():
+        return SegmentCatalog(segments={})
+    catalog: SegmentCatalog = _validate(SegmentCatalog, _read_yaml(path), path)
+    problems = []
+    for name, definition in catalog.segments.items():
+        for ref in segments.references(definition.definition.parsed):
+            if ref not in catalog.segments:
+                problems.append(f"segments.{name}: uses unknown segment {ref!r} — fix: define it here")
+            elif ref == name or name in _closure(catalog, ref):
+                problems.append(f"segments.{name}: refers to itself through {ref!r} — fix: break the cycle")
+    if problems:
+        raise ConfigError(path, problems)
+    return catalog
+
+
+def _closure(catalog: SegmentCatalog, name: str, seen: set[str] | None = None) -> set[str]:
+    seen = seen if seen is not None else set()
+    for ref in segments.references(catalog.segments[name].definition.parsed):
+        if ref in catalog.segments and ref not in seen:
+            seen.add(ref)
+            _closure(catalog, ref, seen)
+    return seen
+
+
+def load_policy(path: Path | None = None) -> Policy:
+    path = path or config_dir() / "policy.yml"
+    return _validate(Policy, _read_yaml(path), path)
+
+
+def _program_segments(program: Program) -> list[tuple[str, SegmentExpr]]:
+    found = [("audience.segment", program.audience.segment), ("kpi.conversion", program.kpi.conversion)]
+    if program.exit.goal:
+        found.append(("exit.goal", program.exit.goal))
+    found += [(f"exit.rules[{i}].segment", r.segment) for i, r in enumerate(program.exit.rules)]
+    found += [(f"steps[{i}].when", s.when) for i, s in enumerate(program.steps) if s.when]
+    return found
+
+
+def load_program(path: Path, catalog: SegmentCatalog | None = None) -> Program:
+    """Load and check one program file; its id is the file name."""
+    data = _read_yaml(path)
+    program_id = path.stem
+    if not PROGRAM_ID.match(program_id):
+        raise ConfigError(path, [f"file name {program_id!r} is not a valid program id — fix: rename to snake_case"])
+    if isinstance(data, dict) and data.setdefault("id", program_id) != program_id:
+        raise ConfigError(path, [f"id: {data['id']!r} differs from the file name — fix: use {program_id!r}"])
+    program: Program = _validate(Program, data, path)
+    catalog = catalog if catalog is not None else load_segments()
+    problems = []
+    for where, expr in _program_segments(program):
+        for ref in segments.references(expr.parsed):
+            if ref not in catalog.segments:
+                problems.append(
+                    f"{where}: unknown named segment {ref!r} — fix: use one of {sorted(catalog.segments)} "
+                    "or define it in config/segments.yml"
+                )
+        journey = where.startswith(("exit.goal", "steps", "kpi"))
+        if not journey and segments.uses_journey(expr.parsed, catalog.parsed):
+            problems.append(f"{where}: 'since/after/before enrollment' only works in exit.goal, steps and kpi")
+    templates = templates_dir()
+    for i, step in enumerate(program.steps):
+        for part in _template_parts(step.channel) + (_template_parts(step.fallback) if step.fallback else []):
+            if not (templates / f"{step.template}.{part}").exists():
+                problems.append(
+                    f"steps[{i}].template: {step.template}.{part} not found in {templates} — fix: create it"
+                )
+    if problems:
+        raise ConfigError(path, problems)
+    return program
+
+
+def _template_parts(channel: str) -> list[str]:
+    return ["subject.txt", "html.j2", "txt.j2"] if channel == "email" else ["sms.j2"]
+
+
+def program_files(directory: Path | None = None) -> list[Path]:
+    """Program files in a stable order."""
+    return sorted((directory or config_dir() / "programs").glob("*.yml"))
+
+
+def load_all_programs() -> tuple[dict[str, Program], dict[str, ConfigError]]:
+    """Every program that loads, and the error of every one that does not."""
+    catalog = load_segments()
+    programs: dict[str, Program] = {}
+    errors: dict[str, ConfigError] = {}
+    for path in program_files():
+        try:
+            programs[path.stem] = load_program(path, catalog)
+        except ConfigError as exc:
+            errors[path.stem] = exc
+    return programs, errors

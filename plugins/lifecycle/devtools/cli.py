@@ -1,0 +1,146 @@
+"""The ``lifecycle`` command: validate, migrate, seed, preview, sandbox, demo, simulate, bench."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+
+def _validate(_args: argparse.Namespace) -> int:
+    from lifecycle import config, paths
+
+    problems = 0
+    try:
+        config.load_policy()
+        print(f"ok      {paths.config_dir() / 'policy.yml'}")
+    except config.ConfigError as exc:
+        problems += 1
+        print(f"INVALID {exc}")
+    try:
+        config.load_segments()
+        print(f"ok      {paths.config_dir() / 'segments.yml'}")
+    except config.ConfigError as exc:
+        problems += 1
+        print(f"INVALID {exc}")
+    programs, errors = config.load_all_programs()
+    for pid, program in programs.items():
+        print(f"ok      {pid}: {program.name} ({len(program.steps)} steps, priority {program.priority})")
+    for pid, error in errors.items():
+        problems += 1
+        print(f"INVALID {pid}:")
+        for problem in error.problems:
+            print(f"          {problem}")
+    print(f"{len(programs)} programs valid, {problems} file(s) with problems")
+    return 1 if problems else 0
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from lifecycle.model.db import crm_url, get_engine, migrate
+
+    migrate(get_engine(args.url or crm_url()))
+    print("engine tables are up to date")
+    return 0
+
+
+def _as_of(text: str) -> datetime:
+    value = datetime.fromisoformat(text)
+    return value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo else value
+
+
+def _seed(args: argparse.Namespace) -> int:
+    from lifecycle.devtools.seed import seed_crm
+
+    report = seed_crm(args.url, args.contacts, _as_of(args.as_of), seed=args.seed)
+    for key, value in report.to_dict().items():
+        print(f"{key}: {value}")
+    return 0
+
+
+def _preview(args: argparse.Namespace) -> int:
+    from lifecycle.messages.preview import preview
+
+    print(preview(args.url, args.program, args.contact, step=args.step, as_of=_as_of(args.as_of)))
+    return 0
+
+
+def _sandbox(args: argparse.Namespace) -> int:
+    from lifecycle.sandbox import main as sandbox_main
+
+    return sandbox_main(args.rest) or 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from lifecycle.devtools.demo import run_demo
+
+    return run_demo(contacts=args.contacts, days=args.days, as_of=_as_of(args.as_of), sim_days=args.sim_days)
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from lifecycle.devtools.simulation import main as simulate_main
+
+    return simulate_main(args.rest) or 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from lifecycle.devtools.bench import main as bench_main
+
+    return bench_main(args.rest) or 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lifecycle", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("validate", help="check config/programs/*.yml, policy.yml and segments.yml").set_defaults(
+        func=_validate
+    )
+    p = sub.add_parser("migrate", help="create or upgrade the lifecycle_* engine tables")
+    p.add_argument("--url", help="SQLAlchemy URL (default: LIFECYCLE_CRM_URL or the crm_default connection)")
+    p.set_defaults(func=_migrate)
+
+    p = sub.add_parser("seed", help="write a synthetic CRM")
+    p.add_argument("--url", required=True, help="SQLAlchemy URL of the CRM database to (re)create")
+    p.add_argument("--contacts", type=int, default=10_000)
+    p.add_argument("--as-of", default=datetime.now(UTC).date().isoformat())
+    p.add_argument("--seed", type=int, default=7)
+    p.set_defaults(func=_seed)
+
+    p = sub.add_parser("preview", help="render a program's step for one contact")
+    p.add_argument("program")
+    p.add_argument("contact")
+    p.add_argument("--step", help="step id (default: the first)")
+    p.add_argument("--url", help="CRM URL (default: LIFECYCLE_CRM_URL or crm_default)")
+    p.add_argument("--as-of", default=datetime.now(UTC).isoformat())
+    p.set_defaults(func=_preview)
+
+    p = sub.add_parser("demo", help="seed a CRM and run every program DAG through Airflow on SQLite")
+    p.add_argument("--contacts", type=int, default=20_000)
+    p.add_argument("--days", type=int, default=2)
+    p.add_argument("--sim-days", type=int, default=6, help="days simulated before the Airflow runs")
+    p.add_argument("--as-of", default="2026-11-16T15:00:00")
+    p.set_defaults(func=_demo)
+
+    for name, text in (
+        ("sandbox", "run the local SendGrid/Twilio provider sandbox (see: lifecycle sandbox --help)"),
+        ("simulate", "play N days with planted uplift and measure it (see: lifecycle simulate --help)"),
+        ("bench", "the scale benchmark (see: lifecycle bench --help)"),
+    ):
+        sub.add_parser(name, help=text, add_help=False)
+    return parser
+
+
+PASS_THROUGH = {"sandbox": _sandbox, "simulate": _simulate, "bench": _bench}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in PASS_THROUGH:
+        return PASS_THROUGH[argv[0]](argparse.Namespace(rest=argv[1:]))
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""The embedded local setup: Airflow settings for SQLite + LocalExecutor in a work folder.
+
+Used by the demo and the tests. It must run before Airflow is imported, since Airflow reads
+its configuration once at import.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from lifecycle.paths import PROJECT_ROOT
+
+
+def connection_json(conn_type: str, **fields) -> str:
+    """An Airflow connection in the JSON form accepted by ``AIRFLOW_CONN_<ID>``."""
+    return json.dumps({"conn_type": conn_type, **{k: v for k, v in fields.items() if v is not None}})
+
+
+def airflow_env(work: Path, crm_db: Path) -> dict[str, str]:
+    """Environment for an Airflow home under ``work`` with the CRM in SQLite at ``crm_db``."""
+    home = work / "airflow"
+    return {
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT_ROOT / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+        "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
+        "AIRFLOW_CONN_CRM_DEFAULT": connection_json("sqlite", host=str(crm_db)),
+    }
+
+
+def apply(env: dict[str, str]) -> None:
+    """Export ``env`` into this process (before Airflow is imported) and create the folders."""
+    os.environ.update(env)
+    if "AIRFLOW_HOME" in env:
+        Path(env["AIRFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
+
+
+def provider_connections(sandbox, public_base_url: str, link_secret: str) -> dict[str, str]:
+    """``AIRFLOW_CONN_*`` values pointing SendGrid and Twilio at a provider sandbox, and the
+    public links (unsubscribe, status callbacks) at ``public_base_url``."""
+    from lifecycle.sandbox import DEFAULT_SENDGRID_KEY, DEFAULT_TWILIO_SID, DEFAULT_TWILIO_TOKEN
+
+    return {
+        "AIRFLOW_CONN_SENDGRID_DEFAULT": connection_json(
+            "generic",
+            password=DEFAULT_SENDGRID_KEY,
+            host=sandbox.url,
+            extra={
+                "from_email": "hello@northwind.example",
+                "from_name": "Northwind Cloud",
+                "reply_to": "support@northwind.example",
+                "webhook_public_key": sandbox.public_key,
+            },
+        ),
+        "AIRFLOW_CONN_TWILIO_DEFAULT": connection_json(
+            "generic",
+            login=DEFAULT_TWILIO_SID,
+            password=DEFAULT_TWILIO_TOKEN,
+            host=sandbox.url,
+            extra={"from_number": "+15005550006"},
+        ),
+        "AIRFLOW_CONN_LIFECYCLE_DEFAULT": connection_json("generic", host=public_base_url, password=link_secret),
+    }
+
+
+class WebApp:
+    """The plugin's FastAPI app (webhooks, unsubscribe) served on loopback in a thread, mounted
+    at ``/lifecycle`` as in Airflow's api-server, for the demo and tests that run no api-server."""
+
+    def __init__(self, port: int = 0) -> None:
+        import socket
+
+        if port == 0:
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", 0))
+                port = probe.getsockname()[1]
+        self.port = port
+        self.base_url = f"http://127.0.0.1:{port}/lifecycle"
+        self._server = None
+        self._thread = None
+
+    def start(self) -> WebApp:
+        import threading
+        import time
+
+        import uvicorn
+        from fastapi import FastAPI
+
+        from lifecycle.web import create_app
+
+        outer = FastAPI()
+        outer.mount("/lifecycle", create_app())
+        self._server = uvicorn.Server(uvicorn.Config(outer, host="127.0.0.1", port=self.port, log_level="warning"))
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 15
+        while not self._server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the web app did not start on port {self.port}")
+            time.sleep(0.05)
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+            self._thread.join(timeout=10)

@@ -1,0 +1,449 @@
+"""Sending from the outbox: batch assignment, atomic claims, rendering, and recording outcomes.
+
+The ledger is the outbox. A message is claimed (``ready`` -> ``sending``) in a committed
+transaction before any provider call, and its outcome is written right after. A message found
+still ``sending`` by a later attempt may or may not have reached the provider, so it becomes
+``unknown`` and is never resent blindly. If the attempt that claimed it was in fact still alive
+(two send tasks on one batch), the answer it records replaces that guess.
+
+Only the SMS channel can look a message up at the provider, so only an SMS can go back to
+``ready`` (Twilio does not hold it, and the claim is older than :data:`CLAIM_LEASE`). An attempt
+that is still alive renews the claim before every provider attempt at an SMS and gives the
+message up when the claim is gone, so a slow live worker and the attempt that took its messages
+for stale never both send one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import DateTime, Engine, Text, and_, bindparam, func, literal, or_, select, type_coerce, update
+
+from lifecycle.channels.base import NOT_FOUND_AT_PROVIDER, OutboundEmail, OutboundSms, SendResult, Transport
+from lifecycle.channels.retry import CLAIM_LOST
+from lifecycle.engine.suppression import list_reasons
+from lifecycle.messages.rendering import RenderError, message_context, render
+from lifecycle.model import schema
+from lifecycle.model.addresses import email_address, phone_number
+
+log = logging.getLogger(__name__)
+
+M = schema.messages
+C = schema.contacts
+A = schema.accounts
+E = schema.enrollments
+
+LinkBuilder = Callable[[int, str, str], Mapping[str, str]]
+STALE_CLAIM = "outcome unknown: a previous attempt stopped while sending; not resent"
+# A request in flight when a worker died can still land at the provider until its timeout (30 s in
+# the hooks) has passed, so "not found" only proves "never sent" once the claim is older than this.
+CLAIM_LEASE = timedelta(seconds=60)
+# Our clock and the provider's differ a little, and Twilio dates have whole seconds.
+CLOCK_SKEW = timedelta(minutes=1)
+# A claimed message whose outcome its claimer may still record.
+_STILL_CLAIMED = or_(M.c.status == "sending", and_(M.c.status == "unknown", M.c.reason == STALE_CLAIM))
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def prepare_batches(engine: Engine, program: str, run_id: str, batch_size: int, limit: int | None = None) -> list[int]:
+    """Assign this run's ready messages to numbered batches; returns the batch numbers.
+
+    Idempotent: messages already assigned to this run keep their batch, new ones are appended.
+    ``limit`` caps how many messages a (manual) run takes; the rest wait for the next run.
+    """
+    with engine.begin() as conn:
+        taken = conn.execute(select(M.c.batch).where(M.c.send_run_id == run_id).distinct()).scalars().all()
+        already = conn.execute(select(M.c.message_id).where(M.c.send_run_id == run_id)).scalars().all()
+        room = None if limit is None else max(limit - len(already), 0)
+        order = (M.c.priority.desc(), M.c.message_id)
+        ready = (
+            select(M.c.message_id, func.row_number().over(order_by=order).label("position"))
+            .where(M.c.program == program, M.c.status == "ready", M.c.send_run_id.is_(None))
+            .order_by(*order)
+        )
+        if room is not None:
+            ready = ready.limit(room)
+        ready = ready.subquery()
+        start = max(taken, default=-1) + 1
+        # One statement numbers them all (position p goes to batch start + (p - 1) / size, integer
+        # division): a row-by-row update costs a round trip per message on PostgreSQL.
+        batch = literal(start) + (ready.c.position - 1).op("/", precedence=8)(batch_size)
+        assigned = conn.execute(
+            update(M).where(M.c.message_id == ready.c.message_id).values(send_run_id=run_id, batch=batch)
+        ).rowcount
+        return sorted(set(taken) | set(range(start, start + -(-assigned // batch_size))))
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A claimed message with what rendering and addressing need."""
+
+    message_id: int
+    idempotency_key: str
+    program: str
+    step: str
+    channel: str
+    template: str
+    variant: str | None
+    contact: Mapping[str, Any]
+    account: Mapping[str, Any] | None
+    trigger: Mapping[str, Any] | None
+    claimed_at: datetime | None = None
+    claim_token: str | None = None
+    problem: str | None = None
+
+
+def _in_batch(run_id: str, batch: int):
+    return and_(M.c.send_run_id == run_id, M.c.batch == batch)
+
+
+UNREADABLE = "unreadable CRM data"
+_TIMESTAMPS = frozenset(c.name for c in C.c if isinstance(c.type, DateTime))
+
+
+def _json_object(value: Any) -> Mapping[str, Any] | None:
+    """A JSON column's value as a mapping or None; ValueError for broken JSON or any other value."""
+    parsed = json.loads(value) if isinstance(value, str) else value
+    if not isinstance(parsed, Mapping | None):
+        raise ValueError("not a JSON object")
+    return parsed
+
+
+def _read_crm(row: Mapping[str, Any]) -> tuple[dict[str, Any], Mapping[str, Any] | None, list[str]]:
+    """The contact and trigger of a loaded row, read one row at a time (SQLite keeps whatever a CRM
+    writes: text in a timestamp column, broken JSON), and what could not be read."""
+    contact, problems = {}, []
+    for column in C.c:
+        value = row[f"contact__{column.name}"]
+        if column.name in _TIMESTAMPS and isinstance(value, str):
+            try:
+                value = datetime.fromisoformat(value)
+            except ValueError:
+                value = None
+                problems.append(f"contacts.{column.name} is not a timestamp")
+        contact[column.name] = value
+    try:
+        trigger = _json_object(row["trigger"])
+    except ValueError:
+        trigger = None
+        problems.append("the trigger event's properties are not a JSON object")
+    return contact, trigger, problems
+
+
+def load_messages(conn, where) -> list[Claimed]:
+    """The ledger messages matching ``where`` with what rendering and addressing need."""
+    rows = conn.execute(
+        select(
+            M.c.message_id,
+            M.c.idempotency_key,
+            M.c.program,
+            M.c.step,
+            M.c.channel,
+            M.c.template,
+            M.c.variant,
+            M.c.claimed_at,
+            M.c.claim_token,
+            *(
+                (type_coerce(c, Text) if c.name in _TIMESTAMPS else c).label(f"contact__{c.name}")
+                for c in C.c
+                if c.name not in ("email", "phone")
+            ),
+            email_address(C).label("contact__email"),
+            phone_number(C).label("contact__phone"),
+            A.c.name.label("account_name"),
+            A.c.industry.label("account_industry"),
+            A.c.tier.label("account_tier"),
+            type_coerce(E.c.trigger, Text).label("trigger"),
+        )
+        .select_from(
+            M.outerjoin(C, C.c.contact_id == M.c.contact_id)
+            .outerjoin(A, A.c.account_id == C.c.account_id)
+            .outerjoin(E, E.c.enrollment_id == M.c.enrollment_id)
+        )
+        .where(where)
+        .order_by(M.c.message_id)
+    ).mappings()
+    claimed: dict[int, Claimed] = {}
+    for r in rows:
+        if r["message_id"] in claimed:
+            problem = "ambiguous CRM data: the contact id is on more than one row of contacts"
+            claimed[r["message_id"]] = replace(claimed[r["message_id"]], problem=problem)
+            continue
+        contact, trigger, problems = _read_crm(r)
+        claimed[r["message_id"]] = Claimed(
+            message_id=r["message_id"],
+            idempotency_key=r["idempotency_key"],
+            program=r["program"],
+            step=r["step"],
+            channel=r["channel"],
+            template=r["template"],
+            variant=r["variant"],
+            contact=contact,
+            account={"name": r["account_name"], "industry": r["account_industry"], "tier": r["account_tier"]},
+            trigger=trigger,
+            claimed_at=r["claimed_at"],
+            claim_token=r["claim_token"],
+            problem=f"{UNREADABLE}: {'; '.join(problems)}" if problems else None,
+        )
+    return list(claimed.values())
+
+
+def _withhold_listed(conn, where) -> None:
+    """Ready messages whose contact joined a suppression list for their channel since planning
+    (an opt-out or a bounce that came in between) are suppressed with that reason, not claimed."""
+    for channel in schema.CHANNELS:
+        for reason in list_reasons(channel):
+            conn.execute(
+                update(M)
+                .where(where, M.c.status == "ready", M.c.channel == channel, reason.predicate(M.c.contact_id))
+                .values(status="suppressed", reason=reason.name, updated_at=_now())
+            )
+
+
+def claim(engine: Engine, run_id: str, batch: int, size: int) -> list[Claimed]:
+    """Atomically move up to ``size`` ready messages of the batch to ``sending`` and load them
+    (after withholding those whose contact is now on a suppression list)."""
+    token = uuid.uuid4().hex
+    with engine.begin() as conn:
+        _withhold_listed(conn, _in_batch(run_id, batch))
+        chosen = (
+            select(M.c.message_id)
+            .where(_in_batch(run_id, batch), M.c.status == "ready")
+            .order_by(M.c.message_id)
+            .limit(size)
+            # PostgreSQL: a concurrent claimer takes the next rows instead of queueing behind these
+            # and finding them gone (SQLite, which locks the whole file, renders no clause).
+            .with_for_update(skip_locked=True)
+            .scalar_subquery()
+        )
+        conn.execute(
+            update(M)
+            .where(M.c.message_id.in_(chosen), M.c.status == "ready")
+            .values(status="sending", claim_token=token, claimed_at=_now(), attempts=M.c.attempts + 1)
+        )
+        # The batch's index finds the claimed rows; the token alone has none and would scan the ledger.
+        return load_messages(conn, and_(_in_batch(run_id, batch), M.c.status == "sending", M.c.claim_token == token))
+
+
+def _held_sms_ids(engine: Engine, stale: Sequence[Claimed]) -> set[str]:
+    """Provider ids the ledger holds for SMS sent since the oldest stale claim (give or take the
+    clock skew): reconciliation must not take another message's SMS for a stale one."""
+    oldest = min(item.claimed_at for item in stale) - CLOCK_SKEW
+    with engine.connect() as conn:
+        held = select(M.c.provider_message_id).where(
+            M.c.channel == "sms", M.c.sent_at >= oldest, M.c.provider_message_id.is_not(None)
+        )
+        return set(conn.execute(held).scalars())
+
+
+def recover_stale_claims(
+    engine: Engine, run_id: str, batch: int, transport: Transport, build: Callable[[Claimed], Any]
+) -> Counter:
+    """Settle messages an earlier attempt left ``sending``: their outcome is unknown.
+
+    SMS are looked up at the provider when the transport can (``reconcile_sms``): found means
+    sent; not found after the claim lease means the provider never took it, so it goes back to
+    ``ready``. A provider message the ledger already holds for another message is never taken
+    for a stale one. Everything else becomes ``unknown`` with the reason, and is never resent blindly.
+    """
+    with engine.connect() as conn:
+        stale = load_messages(conn, and_(_in_batch(run_id, batch), M.c.status == "sending"))
+    if not stale:
+        return Counter()
+    reconcile = getattr(transport, "reconcile_sms", None)
+    taken = _held_sms_ids(engine, stale) if reconcile is not None else set()
+    results: list[SendResult] = []
+    retry: list[int] = []
+    lease_over = _now() - CLAIM_LEASE
+    for item in stale:
+        if item.channel == "sms" and reconcile is not None and item.contact["contact_id"] is not None:
+            try:
+                outbound = build(item)
+            except RenderError:
+                outbound = None
+            if outbound is not None:
+                (found,) = reconcile([outbound], since=item.claimed_at, exclude=taken)
+                if found.provider_message_id:
+                    taken.add(found.provider_message_id)
+                if found.status == "failed" and found.reason == NOT_FOUND_AT_PROVIDER and item.claimed_at < lease_over:
+                    retry.append(item.message_id)
+                    continue
+                if found.status != "failed" or found.reason != NOT_FOUND_AT_PROVIDER:
+                    results.append(found)
+                    continue
+        results.append(SendResult(item.message_id, "unknown", reason=STALE_CLAIM))
+    requeued = 0
+    if retry:
+        with engine.begin() as conn:
+            # A claim renewed since it was read belongs to a live attempt: it stays with that attempt.
+            requeued = conn.execute(
+                update(M)
+                .where(M.c.message_id.in_(retry), M.c.status == "sending", M.c.claimed_at < lease_over)
+                .values(status="ready", claim_token=None)
+            ).rowcount
+    tokens = {item.message_id: item.claim_token for item in stale}
+    counts = record_results(engine, results, dry_run=False, tokens=tokens)
+    counts["requeued"] += requeued
+    return counts
+
+
+def renew_claim(engine: Engine, message_id: int, token: str | None) -> bool:
+    """Whether ``token`` still holds the message's claim; if so the claim's lease starts again.
+
+    A claim another attempt marked ``unknown`` is still held: that attempt will not resend it."""
+    with engine.begin() as conn:
+        held = conn.execute(
+            update(M)
+            .where(M.c.message_id == message_id, M.c.claim_token == token, _STILL_CLAIMED)
+            .values(claimed_at=_now())
+        ).rowcount
+    return held == 1
+
+
+def render_context(item: Claimed, links: Mapping[str, str], brand: Mapping[str, Any]) -> dict[str, Any]:
+    """The variables the message's templates see: contact, account, trigger, variant, links, brand."""
+    context = message_context(
+        item.contact,
+        program=item.program,
+        step=item.step,
+        variant=item.variant,
+        trigger=item.trigger,
+        account=item.account,
+        links=links,
+    )
+    context["brand"] = dict(brand)
+    return context
+
+
+def _outbound(item: Claimed, links: Mapping[str, str], brand: Mapping[str, Any]) -> OutboundEmail | OutboundSms:
+    rendered = render(item.template, item.channel, render_context(item, links, brand))
+    contact = item.contact
+    if item.channel == "sms":
+        return OutboundSms(
+            item.message_id, item.idempotency_key, contact["contact_id"], contact["phone"], rendered.text
+        )
+    name = " ".join(p for p in (contact.get("first_name"), contact.get("last_name")) if p) or None
+    return OutboundEmail(
+        message_id=item.message_id,
+        idempotency_key=item.idempotency_key,
+        contact_id=contact["contact_id"],
+        to_email=contact["email"],
+        to_name=name,
+        subject=rendered.subject or "",
+        html=rendered.html or "",
+        text=rendered.text,
+        categories=(item.program, item.step),
+        unsubscribe_url=links.get("unsubscribe"),
+        custom_args={"lifecycle_message_id": str(item.message_id)},
+    )
+
+
+def record_results(
+    engine: Engine, results: Sequence[SendResult], *, dry_run: bool, tokens: Mapping[int, str | None] | None = None
+) -> Counter:
+    """Write send outcomes to the ledger. A message no longer ``sending`` (a webhook moved it on)
+    keeps its status; with ``tokens`` (message id -> claim token), so does a message whose claim
+    has passed to another attempt. Results reporting a lost claim are not written."""
+    now = _now()
+    rows, counts = [], Counter()
+    for r in results:
+        if r.reason == CLAIM_LOST:
+            counts["claim_lost"] += 1
+            continue
+        status = "dry_run" if dry_run and r.status == "sent" else r.status
+        counts[status] += 1
+        rows.append(
+            {
+                "mid": r.message_id,
+                "st": status,
+                "rs": r.reason,
+                "pid": r.provider_message_id,
+                "seg": r.segments,
+                "sent": now if r.status == "sent" else None,
+                "now": now,
+                "tok": None if tokens is None else tokens.get(r.message_id),
+            }
+        )
+    if rows:
+        with engine.begin() as conn:
+            conn.execute(
+                update(M)
+                .where(
+                    M.c.message_id == bindparam("mid"),
+                    _STILL_CLAIMED,
+                    *(() if tokens is None else (M.c.claim_token == bindparam("tok"),)),
+                )
+                .values(
+                    status=bindparam("st"),
+                    reason=bindparam("rs"),
+                    provider_message_id=bindparam("pid"),
+                    segments=bindparam("seg"),
+                    sent_at=bindparam("sent"),
+                    updated_at=bindparam("now"),
+                ),
+                rows,
+            )
+    return counts
+
+
+def _chunks(engine: Engine, run_id: str, batch: int, size: int) -> Iterator[list[Claimed]]:
+    while claimed := claim(engine, run_id, batch, size):
+        yield claimed
+
+
+def send_batch(
+    engine: Engine,
+    run_id: str,
+    batch: int,
+    transport: Transport,
+    *,
+    links: LinkBuilder,
+    brand: Mapping[str, Any],
+    dry_run: bool = False,
+    claim_size: int = 100,
+) -> dict[str, int]:
+    """Send one batch: settle stale claims, then claim, render, send and record chunk by chunk."""
+
+    def build(item: Claimed) -> OutboundEmail | OutboundSms:
+        return _outbound(item, links(item.message_id, item.contact["contact_id"], item.channel), brand)
+
+    counts = recover_stale_claims(engine, run_id, batch, transport, build)
+    for chunk in _chunks(engine, run_id, batch, claim_size):
+        tokens = {item.message_id: item.claim_token for item in chunk}
+        failures: list[SendResult] = []
+        emails: list[OutboundEmail] = []
+        sms: list[OutboundSms] = []
+        for item in chunk:
+            if item.contact["contact_id"] is None:
+                failures.append(SendResult(item.message_id, "failed", reason="contact no longer in the CRM"))
+                continue
+            problem = item.problem
+            if problem is None:
+                try:
+                    out = build(item)
+                except RenderError as exc:
+                    problem = str(exc)
+            if problem is not None:
+                log.error("message %s (contact %s): %s", item.message_id, item.contact["contact_id"], problem)
+                failures.append(SendResult(item.message_id, "failed", reason=problem[:200]))
+                continue
+            (sms if isinstance(out, OutboundSms) else emails).append(out)
+        results = failures
+        if emails:
+            results += transport.send_email(emails)
+        if sms:
+            results += transport.send_sms(
+                sms, still_claimed=lambda message_id, held=tokens: renew_claim(engine, message_id, held[message_id])
+            )
+        counts.update(record_results(engine, results, dry_run=dry_run, tokens=tokens))
+    return {k: v for k, v in counts.items() if v}

@@ -1,0 +1,98 @@
+"""A run's funnel and its primary-KPI counts, written to ``lifecycle_kpis``.
+
+Every figure is read back from the engine tables, so re-running ``log_kpis`` for a run writes
+the same rows again (replacing the old ones) and the funnel always matches the ledger.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from sqlalchemy import Connection, delete, func, insert, select
+
+from lifecycle.engine.journeys import RunScope
+from lifecycle.model import schema
+
+M = schema.messages
+E = schema.enrollments
+K = schema.kpis
+WENT_OUT = ("sent", "delivered", "opened", "clicked", "bounced")
+
+
+def run_funnel(conn: Connection, run: RunScope) -> dict[tuple[str, str], float]:
+    """``{(metric, dimension): value}`` for one program run."""
+    program, run_id = run.program.id, run.run_id
+    a = schema.audience
+    figures: dict[tuple[str, str], float] = {
+        ("audience", ""): conn.execute(
+            select(func.count()).where(a.c.program == program, a.c.run_id == run_id)
+        ).scalar_one(),
+        ("enrolled", ""): conn.execute(
+            select(func.count()).where(E.c.program == program, E.c.run_id == run_id, E.c.enrolled_at == run.as_of)
+        ).scalar_one(),
+    }
+    for reason, n in conn.execute(
+        select(E.c.exit_reason, func.count())
+        .where(E.c.program == program, E.c.exited_at == run.as_of, E.c.state == "exited")
+        .group_by(E.c.exit_reason)
+    ):
+        figures[("exited", reason)] = n
+    figures[("planned", "")] = conn.execute(
+        select(func.count()).where(M.c.program == program, M.c.run_id == run_id)
+    ).scalar_one()
+    for status, reason, n in conn.execute(
+        select(M.c.status, M.c.reason, func.count())
+        .where(
+            M.c.program == program,
+            M.c.run_id == run_id,
+            M.c.status.in_(("suppressed", "capped", "deferred", "held_out", "skipped")),
+        )
+        .group_by(M.c.status, M.c.reason)
+    ):
+        key = (status, reason or "")
+        figures[key] = figures.get(key, 0) + n
+    for status, channel, n in conn.execute(
+        select(M.c.status, M.c.channel, func.count())
+        .where(M.c.program == program, M.c.send_run_id == run_id)
+        .group_by(M.c.status, M.c.channel)
+    ):
+        metric = "sent" if status in WENT_OUT else status
+        figures[(metric, channel)] = figures.get((metric, channel), 0) + n
+    for group, converted, n in conn.execute(
+        select(E.c.group, E.c.exit_reason == "converted", func.count())
+        .where(E.c.program == program, E.c.enrolled_at <= run.as_of)
+        .group_by(E.c.group, E.c.exit_reason == "converted")
+    ):
+        figures[("kpi_enrolled", group)] = figures.get(("kpi_enrolled", group), 0) + n
+        if converted:
+            figures[("kpi_converted", group)] = n
+    return figures
+
+
+def log_funnel(conn: Connection, run: RunScope) -> dict[tuple[str, str], float]:
+    """Replace this run's rows in ``lifecycle_kpis`` with its funnel."""
+    figures = run_funnel(conn, run)
+    conn.execute(delete(K).where(K.c.program == run.program.id, K.c.run_id == run.run_id))
+    conn.execute(
+        insert(K),
+        [
+            {
+                "program": run.program.id,
+                "run_id": run.run_id,
+                "as_of": run.as_of,
+                "metric": m,
+                "dimension": d,
+                "value": float(v),
+            }
+            for (m, d), v in figures.items()
+        ],
+    )
+    return figures
+
+
+def summarize(figures: Mapping[tuple[str, str], float]) -> dict[str, float]:
+    """Totals per metric (dimensions summed), for logs and the demo table."""
+    totals: dict[str, float] = {}
+    for (metric, _dimension), value in figures.items():
+        totals[metric] = totals.get(metric, 0) + value
+    return totals

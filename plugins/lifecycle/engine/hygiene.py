@@ -1,0 +1,488 @@
+"""### Data hygiene
+
+Validates and normalises every contact's email and phone, resolves duplicate identities, puts
+unusable and duplicate contacts on the suppression list and measures data quality. It never
+changes a CRM row: its results live in the engine's own tables. Each step is one transaction and
+idempotent for its run; the run's as-of time is its data interval end.
+
+1. **normalise_and_validate** streams `contacts` in chunks into `lifecycle_contact_quality`
+   (one row per contact, replaced every run): the email trimmed and lowercased and checked for
+   syntax by `email-validator` (no DNS lookup); the phone parsed by `phonenumbers` with the
+   contact's country as the default region and written in E.164 when it is a valid number; the
+   required fields left empty (`email_or_phone` when both are missing, `country`, `timezone`,
+   `lifecycle_stage`, `created_at`).
+2. **resolve_duplicates**: contacts that share a valid normalised email or a valid E.164 phone
+   are one person (transitively: A shares an email with B, B a phone with C, so A, B and C are
+   one). The **survivor** of each group is, in this order: the one with a granted marketing
+   consent in force (email or SMS), then the most recent `last_active_at`, then the earliest
+   `created_at` (unknown dates lose), then the smallest `contact_id`. The others get
+   `survivor_id`; every member gets `duplicate_key` (`email:...`, or `phone:...` when it shares
+   no email).
+3. **flag_suppressions** keeps `lifecycle_suppressions` (source `data_hygiene`) in step with the
+   snapshot: `invalid_address` for an email or phone that is present but invalid (proof: the
+   problem), `duplicate_contact` on both channels for every non-survivor, so one person is not
+   messaged twice. A flag whose cause is gone (address fixed, survivor changed) is lifted.
+4. **compute_figures** writes `lifecycle_data_quality` (run, as-of, metric, value). Every rate
+   is a share of all contacts: `required_fields_filled_rate`, `duplicate_rate`
+   (non-survivors), `invalid_email_rate` and `invalid_phone_rate` (present but invalid),
+   `consent_coverage_email` / `consent_coverage_sms` (newest marketing consent row per contact
+   and channel as of the run is `granted`; on a tie the non-granted row wins), and
+   `bounce_rate` (bounced / messages that went out by the as-of time, 0 when none), each with
+   its count (`missing_<field>`, `invalid_email`, `duplicate_contacts`, `duplicate_groups`,
+   `consent_granted_<channel>`, `messages_out`, `bounced`...).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    Connection,
+    DateTime,
+    Engine,
+    Text,
+    and_,
+    bindparam,
+    case,
+    delete,
+    exists,
+    func,
+    insert,
+    literal,
+    select,
+    text,
+    type_coerce,
+    update,
+)
+from sqlalchemy.sql.expression import ColumnElement, Subquery
+
+from lifecycle.engine.funnel import WENT_OUT
+from lifecycle.model import schema
+from lifecycle.model.db import concat, insert_ignore
+
+C = schema.contacts
+Q = schema.contact_quality
+S = schema.suppressions
+CHUNK = 5_000
+SOURCE = "data_hygiene"
+REQUIRED_FIELDS = ("email_or_phone", "country", "timezone", "lifecycle_stage", "created_at")
+
+
+@dataclass(frozen=True)
+class AddressCheck:
+    """One email or phone after normalising: its normal form, whether it is usable, and why not.
+
+    ``valid`` is None when there is no address to check."""
+
+    value: str | None
+    valid: bool | None
+    problem: str | None = None
+
+
+NO_ADDRESS = AddressCheck(None, None)
+
+
+def _blank(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+def check_email(raw: str | None) -> AddressCheck:
+    """Trim and lowercase; valid when ``email-validator`` accepts the syntax (deliverability is
+    not checked: no network). An invalid email keeps its trimmed, lowercased form."""
+    if _blank(raw):
+        return NO_ADDRESS
+    from email_validator import EmailNotValidError, validate_email
+
+    normalized = raw.strip().lower()[: Q.c.email_normalized.type.length]
+    try:
+        validate_email(normalized, check_deliverability=False)
+    except EmailNotValidError as exc:
+        return AddressCheck(normalized, False, str(exc)[: Q.c.email_problem.type.length])
+    return AddressCheck(normalized, True)
+
+
+def _parse_problem(error_type: int) -> str:
+    from phonenumbers import NumberParseException as Error
+
+    return {
+        Error.INVALID_COUNTRY_CODE: "no valid country code, and no usable contact country",
+        Error.TOO_SHORT_AFTER_IDD: "too short",
+        Error.TOO_SHORT_NSN: "too short",
+        Error.TOO_LONG: "too long",
+    }.get(error_type, "not a phone number")
+
+
+def _invalid_number_problem(number) -> str:
+    from phonenumbers import ValidationResult, is_possible_number_with_reason
+
+    return {
+        ValidationResult.INVALID_COUNTRY_CODE: "unknown country code",
+        ValidationResult.TOO_SHORT: "too short",
+        ValidationResult.TOO_LONG: "too long",
+        ValidationResult.INVALID_LENGTH: "wrong length for its country",
+        ValidationResult.IS_POSSIBLE_LOCAL_ONLY: "local number without its area code",
+    }.get(is_possible_number_with_reason(number), "not a number in its country's numbering plan")
+
+
+def check_phone(raw: str | None, country: str | None) -> AddressCheck:
+    """Parse with the contact's country (ISO alpha-2) as the default region; valid when
+    ``phonenumbers`` says it is a valid number, and then written in E.164."""
+    if _blank(raw):
+        return NO_ADDRESS
+    import phonenumbers
+
+    region = None if _blank(country) else country.strip().upper()
+    try:
+        number = phonenumbers.parse(raw, region)
+    except phonenumbers.NumberParseException as exc:
+        return AddressCheck(None, False, _parse_problem(exc.error_type))
+    if not phonenumbers.is_valid_number(number):
+        return AddressCheck(None, False, _invalid_number_problem(number))
+    return AddressCheck(phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164), True)
+
+
+def missing_fields(contact: Mapping[str, Any]) -> list[str]:
+    """The required fields a contact leaves empty, in ``REQUIRED_FIELDS`` order."""
+    empty = {name: _blank(contact[name]) for name in ("email", "phone", *REQUIRED_FIELDS[1:])}
+    empty["email_or_phone"] = empty["email"] and empty["phone"]
+    return [name for name in REQUIRED_FIELDS if empty[name]]
+
+
+def quality_row(contact: Mapping[str, Any], run_id: str, checked_at: datetime) -> dict[str, Any]:
+    """The ``lifecycle_contact_quality`` row of one CRM contact, before duplicates are resolved."""
+    email = check_email(contact["email"])
+    phone = check_phone(contact["phone"], contact["country"])
+    return {
+        "contact_id": contact["contact_id"],
+        "email_normalized": email.value,
+        "email_valid": email.valid,
+        "email_problem": email.problem,
+        "phone_e164": phone.value,
+        "phone_valid": phone.valid,
+        "phone_problem": phone.problem,
+        "missing_fields": ",".join(missing_fields(contact)) or None,
+        "survivor_id": None,
+        "duplicate_key": None,
+        "run_id": run_id,
+        "checked_at": checked_at,
+    }
+
+
+def _as_text(column):
+    """Read a CRM timestamp as the text it holds: a CRM may store anything there (SQLite does)."""
+    return type_coerce(column, Text).label(column.name) if isinstance(column.type, DateTime) else column
+
+
+def _timestamp(value: Any) -> datetime | None:
+    """A CRM timestamp, or None when it is empty or not a timestamp (unknown dates lose)."""
+    if value is None or isinstance(value, datetime):
+        return value
+    try:
+        return datetime.fromisoformat(str(value))
+    except ValueError:
+        return None
+
+
+def normalise_and_validate(
+    engine: Engine, run_id: str, as_of: datetime, chunk: int = CHUNK
+) -> dict[str, int]:
+    """Refresh the quality snapshot: one row per contact, streaming the CRM ``chunk`` rows at a time
+    (a server-side cursor on PostgreSQL); returns counts.
+
+    Each chunk commits on its own, so the run never holds the database's one write lock (SQLite)
+    for long; rows of contacts no longer in the CRM are removed at the end, and the table's planner
+    statistics refreshed."""
+    counts: Counter[str] = Counter()
+    source = select(
+        C.c.contact_id, C.c.email, C.c.phone, *(_as_text(C.c[name]) for name in REQUIRED_FIELDS[1:])
+    )
+    with engine.connect() as reader:
+        streamed = reader.execute(source.execution_options(yield_per=chunk))
+        for contacts in streamed.mappings().partitions():
+            rows = [quality_row(contact, run_id, as_of) for contact in contacts]
+            with engine.begin() as conn:
+                conn.execute(delete(Q).where(Q.c.contact_id.in_([row["contact_id"] for row in rows])))
+                conn.execute(insert(Q), rows)
+            counts["contacts"] += len(rows)
+            counts["invalid_email"] += sum(row["email_valid"] is False for row in rows)
+            counts["invalid_phone"] += sum(row["phone_valid"] is False for row in rows)
+            counts["incomplete"] += sum(row["missing_fields"] is not None for row in rows)
+    with engine.begin() as conn:
+        counts["removed"] = conn.execute(
+            delete(Q).where(~exists().where(C.c.contact_id == Q.c.contact_id))
+        ).rowcount
+        conn.execute(text(f"ANALYZE {Q.name}"))
+    return dict(counts)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A contact that shares a key with another, with what decides whether it survives."""
+
+    contact_id: str
+    granted: bool
+    last_active_at: datetime | None
+    created_at: datetime | None
+
+
+def survivor_rank(candidate: Candidate) -> tuple:
+    """Sort key whose smallest value is the survivor: granted marketing consent, then latest
+    ``last_active_at``, then earliest ``created_at`` (unknown dates last), then ``contact_id``."""
+    return (
+        not candidate.granted,
+        candidate.last_active_at is None,
+        datetime.max - (candidate.last_active_at or datetime.max),
+        candidate.created_at is None,
+        candidate.created_at or datetime.min,
+        candidate.contact_id,
+    )
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """Where one member of a duplicate group ends up (``survivor_id`` None: it survives)."""
+
+    contact_id: str
+    survivor_id: str | None
+    duplicate_key: str
+
+
+def resolve_identities(members: Iterable[tuple[str, Candidate]]) -> list[Resolution]:
+    """Group contacts linked by shared keys, transitively, and pick each group's survivor.
+
+    ``members`` pairs a key (``email:...`` or ``phone:...``) with a contact holding it; each
+    member's ``duplicate_key`` is its email key when it shares one, else its phone key."""
+    parent: dict[str, str] = {}
+    candidates: dict[str, Candidate] = {}
+    keys: dict[str, list[str]] = {}
+    first_holder: dict[str, str] = {}
+
+    def root(contact_id: str) -> str:
+        while parent[contact_id] != contact_id:
+            parent[contact_id] = parent[parent[contact_id]]
+            contact_id = parent[contact_id]
+        return contact_id
+
+    for key, candidate in members:
+        contact_id = candidate.contact_id
+        candidates[contact_id] = candidate
+        parent.setdefault(contact_id, contact_id)
+        keys.setdefault(contact_id, []).append(key)
+        parent[root(contact_id)] = root(first_holder.setdefault(key, contact_id))
+    groups: dict[str, list[Candidate]] = {}
+    for contact_id, candidate in candidates.items():
+        groups.setdefault(root(contact_id), []).append(candidate)
+    resolutions = []
+    for group in groups.values():
+        survivor = min(group, key=survivor_rank).contact_id
+        resolutions += [
+            Resolution(c.contact_id, None if c.contact_id == survivor else survivor, min(keys[c.contact_id]))
+            for c in group
+        ]
+    return sorted(resolutions, key=lambda r: r.contact_id)
+
+
+def consent_in_force(as_of: datetime, purpose: str = "marketing") -> Subquery:
+    """(contact_id, channel, status): the newest consent row per contact and channel for
+    ``purpose`` captured by ``as_of``; on a tie the non-granted row wins."""
+    k = schema.consents
+    newest = func.row_number().over(
+        partition_by=(k.c.contact_id, k.c.channel),
+        order_by=(k.c.captured_at.desc(), case((k.c.status == "granted", 1), else_=0)),
+    )
+    ranked = (
+        select(k.c.contact_id, k.c.channel, k.c.status, newest.label("newest"))
+        .where(k.c.purpose == purpose, k.c.captured_at <= as_of)
+        .subquery("ranked_consents")
+    )
+    return (
+        select(ranked.c.contact_id, ranked.c.channel, ranked.c.status)
+        .where(ranked.c.newest == 1)
+        .subquery("consent_in_force")
+    )
+
+
+def _shared_key_members(conn: Connection, as_of: datetime):
+    """Every (key, Candidate) whose valid email or phone at least one other contact also has."""
+    in_force = consent_in_force(as_of)
+    granted = (
+        select(in_force.c.contact_id).where(in_force.c.status == "granted").distinct().subquery("granted")
+    )
+    for kind, value, valid in (
+        ("email", Q.c.email_normalized, Q.c.email_valid),
+        ("phone", Q.c.phone_e164, Q.c.phone_valid),
+    ):
+        shared = select(value).where(valid.is_(True)).group_by(value).having(func.count() > 1)
+        query = (
+            select(
+                value,
+                Q.c.contact_id,
+                granted.c.contact_id.is_not(None),
+                _as_text(C.c.last_active_at),
+                _as_text(C.c.created_at),
+            )
+            .select_from(
+                Q.join(C, C.c.contact_id == Q.c.contact_id).outerjoin(
+                    granted, granted.c.contact_id == Q.c.contact_id
+                )
+            )
+            .where(valid.is_(True), value.in_(shared))
+        )
+        for key, contact_id, has_consent, last_active_at, created_at in conn.execute(query):
+            yield (
+                f"{kind}:{key}",
+                Candidate(contact_id, bool(has_consent), _timestamp(last_active_at), _timestamp(created_at)),
+            )
+
+
+def resolve_duplicates(engine: Engine, run_id: str, as_of: datetime, chunk: int = CHUNK) -> dict[str, int]:
+    """Mark every duplicate group in the snapshot with its survivor; returns counts. Memory grows
+    with the contacts that share a key, not with the CRM."""
+    with engine.begin() as conn:
+        resolutions = resolve_identities(_shared_key_members(conn, as_of))
+        conn.execute(
+            update(Q)
+            .where(Q.c.survivor_id.is_not(None) | Q.c.duplicate_key.is_not(None))
+            .values(survivor_id=None, duplicate_key=None)
+        )
+        mark = (
+            update(Q)
+            .where(Q.c.contact_id == bindparam("b_contact"))
+            .values(survivor_id=bindparam("b_survivor"), duplicate_key=bindparam("b_key"))
+        )
+        for start in range(0, len(resolutions), chunk):
+            conn.execute(
+                mark,
+                [
+                    {"b_contact": r.contact_id, "b_survivor": r.survivor_id, "b_key": r.duplicate_key}
+                    for r in resolutions[start : start + chunk]
+                ],
+            )
+    duplicates = sum(r.survivor_id is not None for r in resolutions)
+    return {"duplicate_groups": len(resolutions) - duplicates, "duplicate_contacts": duplicates}
+
+
+def _flags() -> list[tuple[str, str, ColumnElement, ColumnElement]]:
+    """(channel, reason, which snapshot rows, proof) of every suppression hygiene maintains."""
+    duplicate, duplicate_proof = Q.c.survivor_id.is_not(None), concat("duplicate of ", Q.c.survivor_id)
+    return [
+        ("email", "invalid_address", Q.c.email_valid.is_(False), Q.c.email_problem),
+        ("sms", "invalid_address", Q.c.phone_valid.is_(False), Q.c.phone_problem),
+        ("email", "duplicate_contact", duplicate, duplicate_proof),
+        ("sms", "duplicate_contact", duplicate, duplicate_proof),
+    ]
+
+
+def flag_suppressions(engine: Engine, run_id: str, as_of: datetime) -> dict[str, int]:
+    """Add the snapshot's invalid-address and duplicate-contact suppressions (existing rows are
+    kept as they are) and lift hygiene's own flags whose cause is gone; returns counts."""
+    counts: dict[str, int] = {"lifted": 0}
+    with engine.begin() as conn:
+        for channel, reason, flagged, proof in _flags():
+            ours = and_(S.c.source == SOURCE, S.c.channel == channel, S.c.reason == reason)
+            counts["lifted"] += conn.execute(
+                delete(S).where(ours, ~exists().where(Q.c.contact_id == S.c.contact_id, flagged))
+            ).rowcount
+            rows = select(
+                Q.c.contact_id,
+                literal(channel),
+                literal(reason),
+                literal(SOURCE),
+                proof,
+                literal(as_of, DateTime()),
+            ).where(flagged)
+            counts[f"{reason}_{channel}"] = conn.execute(
+                insert_ignore(conn, S).from_select(
+                    ["contact_id", "channel", "reason", "source", "proof", "created_at"], rows
+                )
+            ).rowcount
+    return counts
+
+
+def _count_if(condition: ColumnElement) -> ColumnElement:
+    return func.coalesce(func.sum(case((condition, 1), else_=0)), 0)
+
+
+def _snapshot_counts(conn: Connection) -> dict[str, int]:
+    lacks = {name: concat(",", Q.c.missing_fields, ",").like(f"%,{name},%") for name in REQUIRED_FIELDS}
+    row = (
+        conn.execute(
+            select(
+                func.count().label("contacts"),
+                _count_if(Q.c.missing_fields.is_(None)).label("required_fields_filled"),
+                _count_if(Q.c.email_valid.is_(None)).label("missing_email"),
+                _count_if(Q.c.phone_valid.is_(None)).label("missing_phone"),
+                *(_count_if(condition).label(f"missing_{name}") for name, condition in lacks.items()),
+                _count_if(Q.c.email_valid.is_(False)).label("invalid_email"),
+                _count_if(Q.c.phone_valid.is_(False)).label("invalid_phone"),
+                _count_if(Q.c.survivor_id.is_not(None)).label("duplicate_contacts"),
+                func.count(func.distinct(Q.c.survivor_id)).label("duplicate_groups"),
+            )
+        )
+        .mappings()
+        .one()
+    )
+    return {name: int(value) for name, value in row.items()}
+
+
+def _consent_counts(conn: Connection, as_of: datetime) -> dict[str, int]:
+    in_force = consent_in_force(as_of)
+    granted = dict.fromkeys(schema.CHANNELS, 0) | dict(
+        conn.execute(
+            select(in_force.c.channel, func.count())
+            .select_from(in_force.join(Q, Q.c.contact_id == in_force.c.contact_id))
+            .where(in_force.c.status == "granted", in_force.c.channel.in_(schema.CHANNELS))
+            .group_by(in_force.c.channel)
+        ).all()
+    )
+    return {f"consent_granted_{channel}": n for channel, n in granted.items()}
+
+
+def _delivery_counts(conn: Connection, as_of: datetime) -> dict[str, int]:
+    m = schema.messages
+    out, bounced = conn.execute(
+        select(func.count(), _count_if(m.c.status == "bounced")).where(
+            m.c.status.in_(WENT_OUT), m.c.sent_at <= as_of
+        )
+    ).one()
+    return {"messages_out": int(out), "bounced": int(bounced)}
+
+
+def _share(part: float, whole: float) -> float:
+    return part / whole if whole else 0.0
+
+
+def figures(counts: Mapping[str, int]) -> dict[str, float]:
+    """Every count plus the rates derived from them (see the module docstring)."""
+    contacts = counts["contacts"]
+    rates = {
+        "required_fields_filled_rate": _share(counts["required_fields_filled"], contacts),
+        "duplicate_rate": _share(counts["duplicate_contacts"], contacts),
+        "invalid_email_rate": _share(counts["invalid_email"], contacts),
+        "invalid_phone_rate": _share(counts["invalid_phone"], contacts),
+        "bounce_rate": _share(counts["bounced"], counts["messages_out"]),
+    }
+    rates |= {
+        f"consent_coverage_{c}": _share(counts[f"consent_granted_{c}"], contacts) for c in schema.CHANNELS
+    }
+    return {name: float(value) for name, value in sorted({**counts, **rates}.items())}
+
+
+def compute_figures(engine: Engine, run_id: str, as_of: datetime) -> dict[str, float]:
+    """Measure the snapshot, consents and deliveries as of the run and (re)write the run's rows of
+    ``lifecycle_data_quality``; returns the figures."""
+    dq = schema.data_quality
+    with engine.begin() as conn:
+        result = figures(
+            _snapshot_counts(conn) | _consent_counts(conn, as_of) | _delivery_counts(conn, as_of)
+        )
+        conn.execute(delete(dq).where(dq.c.run_id == run_id))
+        conn.execute(
+            insert(dq),
+            [{"run_id": run_id, "as_of": as_of, "metric": k, "value": v} for k, v in result.items()],
+        )
+    return result

@@ -1,0 +1,364 @@
+"""Journey state: audience snapshots, enrollment with re-entry, exits, and due-step planning.
+
+Every function takes an open SQLAlchemy connection (the caller owns the transaction) and a
+:class:`RunScope`, runs set-based statements, and returns counts. Each is idempotent for its
+run: running it again for the same program, run and as-of time changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import (
+    Connection,
+    String,
+    Table,
+    and_,
+    case,
+    cast,
+    delete,
+    exists,
+    func,
+    insert,
+    literal,
+    not_,
+    or_,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.sql.expression import ColumnElement
+
+from lifecycle.config import Policy, Program, Step, segments
+from lifecycle.model import schema
+from lifecycle.model.db import bucket, concat, insert_ignore
+
+E = schema.enrollments
+M = schema.messages
+
+
+@dataclass(frozen=True)
+class RunScope:
+    """One program run: its program, the policy, named segments, run id and as-of time."""
+
+    program: Program
+    policy: Policy
+    catalog: Mapping[str, segments.Segment]
+    run_id: str
+    as_of: datetime  # naive UTC
+
+    def segment_context(self, contact_id: ColumnElement, *, journey: bool = False) -> segments.Context:
+        """A compile context for a segment correlated to ``contact_id``."""
+        return segments.Context(
+            as_of=self.as_of,
+            contact_id=contact_id,
+            contacts_in_scope=False,
+            catalog=self.catalog,
+            enrolled_at=E.c.enrolled_at if journey else None,
+            anchor_at=E.c.anchor_at if journey else None,
+        )
+
+
+# --- audience --------------------------------------------------------------------------------
+
+
+def evaluate_segment(conn: Connection, run: RunScope) -> int:
+    """Snapshot the entry segment's members for this run into ``lifecycle_audience``."""
+    program = run.program
+    conn.execute(
+        delete(schema.audience).where(schema.audience.c.program == program.id, schema.audience.c.run_id == run.run_id)
+    )
+    members = segments.audience_query(program.audience.segment.parsed, run.as_of, run.catalog).subquery()
+    conn.execute(
+        insert(schema.audience).from_select(
+            ["program", "run_id", "contact_id"],
+            select(literal(program.id), literal(run.run_id), members.c.contact_id),
+        )
+    )
+    refresh_statistics(conn, schema.audience)
+    return _audience_size(conn, run)
+
+
+def refresh_statistics(conn: Connection, table: Table) -> None:
+    """Let PostgreSQL's planner see the rows a stage just wrote. Stale statistics (autovacuum lags,
+    or is off) make a table look empty, and the next stage's anti-join over it turns quadratic."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text(f"ANALYZE {table.name}"))
+
+
+def _audience_size(conn: Connection, run: RunScope) -> int:
+    a = schema.audience
+    return conn.execute(
+        select(func.count()).where(a.c.program == run.program.id, a.c.run_id == run.run_id)
+    ).scalar_one()
+
+
+# --- groups and variants ---------------------------------------------------------------------
+
+
+def group_expr(program: Program, policy: Policy, contact_id: ColumnElement) -> ColumnElement:
+    """``control`` (global control group), ``holdout`` (program holdout) or ``treatment``.
+
+    Both are deterministic hashes of the contact id with a salt, so a contact stays in its group
+    across runs and re-entries, and the global control group is the same for every program.
+    Transactional programs (service messages such as renewal notices) are exempt from the global
+    control group: it measures marketing, and a customer must not miss a billing notice for it.
+    """
+    control = policy.control_group
+    holdout = (
+        bucket(concat(program.salt, ":", program.id, ":", contact_id)) < int(program.holdout_percent * 100),
+        "holdout",
+    )
+    if "transactional" in program.classes:
+        return case(holdout, else_="treatment")
+    return case(
+        (bucket(concat(control.salt, ":", contact_id)) < int(control.percent * 100), "control"),
+        holdout,
+        else_="treatment",
+    )
+
+
+def variant_expr(program: Program, contact_id: ColumnElement, entry: ColumnElement) -> ColumnElement:
+    """The A/B variant by weighted deterministic hash, or NULL when the program tests nothing."""
+    test = program.ab_test
+    if test is None:
+        return literal(None)
+    total = sum(v.weight for v in test.variants)
+    key = bucket(concat(test.salt or f"{program.id}:{test.name}", ":", contact_id, ":", entry))
+    whens, upper = [], 0
+    for v in test.variants[:-1]:
+        upper += v.weight
+        whens.append((key < (upper * 10_000) // total, v.name))
+    return case(*whens, else_=test.variants[-1].name)
+
+
+# --- exits and enrollment -------------------------------------------------------------------
+
+
+def _active(program_id: str):
+    return and_(E.c.program == program_id, E.c.state == "active")
+
+
+def exit_enrollments(conn: Connection, run: RunScope) -> dict[str, int]:
+    """Exit active enrollments that met the goal (``converted``) or an exit rule."""
+    program, as_of = run.program, run.as_of
+    ctx = run.segment_context(E.c.contact_id, journey=True)
+    rules: list[tuple[str, ColumnElement]] = []
+    if program.exit.goal:
+        rules.append(("converted", segments.compile_segment(program.exit.goal.parsed, ctx)))
+    rules += [(r.reason, segments.compile_segment(r.segment.parsed, ctx)) for r in program.exit.rules]
+    if program.exit.on_segment_leave:
+        a = schema.audience
+        rules.append(
+            (
+                "left_segment",
+                not_(
+                    exists().where(
+                        a.c.program == program.id, a.c.run_id == run.run_id, a.c.contact_id == E.c.contact_id
+                    )
+                ),
+            )
+        )
+    exited = {}
+    for reason, clause in rules:
+        result = conn.execute(
+            update(E)
+            .where(_active(program.id), E.c.enrolled_at <= as_of, clause)
+            .values(state="exited", exit_reason=reason, exited_at=as_of)
+        )
+        exited[reason] = result.rowcount
+    return exited
+
+
+def _anchor_expr(program: Program, contact_id: ColumnElement, as_of: datetime) -> ColumnElement:
+    anchor = program.audience.anchor
+    if anchor is None:
+        return literal(None)
+    table = schema.CRM_TABLES[anchor.table].alias("anchor_src")
+    column = table.c[anchor.column]
+    if anchor.pick == "next":
+        chosen, bound = func.min(column), column >= as_of
+    else:
+        chosen, bound = func.max(column), column <= as_of
+    return select(chosen).where(table.c.contact_id == contact_id, bound).scalar_subquery()
+
+
+def _trigger_expr(program: Program, contact_id: ColumnElement, as_of: datetime) -> ColumnElement:
+    types = program.audience.trigger_event
+    if not types:
+        return literal(None)
+    ev = schema.events.alias("trigger_ev")
+    return (
+        select(ev.c.properties)
+        .where(ev.c.contact_id == contact_id, ev.c.event_type.in_(types), ev.c.occurred_at <= as_of)
+        .order_by(ev.c.occurred_at.desc(), ev.c.event_id.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
+
+
+def entry_eligible(program: Program, contact_id: ColumnElement, as_of: datetime) -> ColumnElement:
+    """No active enrollment, and either never enrolled or re-entry allowed after the cooldown."""
+    prior = E.alias("prior")
+    mine = and_(prior.c.program == program.id, prior.c.contact_id == contact_id)
+    no_active = not_(exists().where(mine, prior.c.state == "active"))
+    never = not_(exists().where(mine))
+    if not program.re_entry.allowed:
+        return and_(no_active, never)
+    cutoff = as_of - program.re_entry.cooldown
+    recent = exists().where(mine, func.coalesce(prior.c.exited_at, prior.c.last_step_at, prior.c.enrolled_at) > cutoff)
+    return and_(no_active, not_(recent))
+
+
+def enroll(conn: Connection, run: RunScope) -> int:
+    """Enroll this run's audience members that may (re-)enter; returns how many entered."""
+    program, as_of = run.program, run.as_of
+    a = schema.audience
+    prior = E.alias("entries")
+    next_entry = (
+        select(func.coalesce(func.max(prior.c.entry), 0) + 1)
+        .where(prior.c.program == program.id, prior.c.contact_id == a.c.contact_id)
+        .scalar_subquery()
+    )
+    source = select(
+        literal(program.id),
+        a.c.contact_id,
+        next_entry,
+        literal("active"),
+        literal(as_of),
+        literal(0),
+        _anchor_expr(program, a.c.contact_id, as_of),
+        group_expr(program, run.policy, a.c.contact_id),
+        variant_expr(program, a.c.contact_id, next_entry),
+        _trigger_expr(program, a.c.contact_id, as_of),
+        literal(run.run_id),
+    ).where(
+        a.c.program == program.id,
+        a.c.run_id == run.run_id,
+        entry_eligible(program, a.c.contact_id, as_of),
+    )
+    if program.audience.anchor is not None:
+        source = source.where(_anchor_expr(program, a.c.contact_id, as_of).is_not(None))
+    columns = [
+        "program",
+        "contact_id",
+        "entry",
+        "state",
+        "enrolled_at",
+        "next_step",
+        "anchor_at",
+        "group",
+        "variant",
+        "trigger",
+        "run_id",
+    ]
+    result = conn.execute(insert_ignore(conn, E).from_select(columns, source))
+    refresh_statistics(conn, E)
+    return result.rowcount
+
+
+# --- planning --------------------------------------------------------------------------------
+
+
+def step_due(program: Program, index: int, as_of: datetime) -> ColumnElement:
+    """Active enrollments whose step ``index`` is due at ``as_of`` and that have not stepped yet
+    in this run (one step per enrollment per run, so a re-run plans nothing new)."""
+    step = program.steps[index]
+    base = {
+        "enrollment": E.c.enrolled_at,
+        "previous": func.coalesce(E.c.last_step_at, E.c.enrolled_at),
+        "anchor": E.c.anchor_at,
+    }[step.relative_to]
+    return and_(
+        _active(program.id),
+        E.c.next_step == index,
+        base <= as_of - step.delay,
+        or_(E.c.last_step_at.is_(None), E.c.last_step_at < as_of),
+    )
+
+
+def _idempotency_key(program: Program, step: Step) -> ColumnElement:
+    return concat(program.id, ":", E.c.contact_id, ":", cast(E.c.entry, String), ":", step.id)
+
+
+def plan_due_steps(conn: Connection, run: RunScope) -> int:
+    """Write one ledger row per (enrollment, due step); advance the enrollments. Returns rows added."""
+    program, as_of = run.program, run.as_of
+    added = 0
+    last = len(program.steps) - 1
+    for index, step in enumerate(program.steps):
+        due = step_due(program, index, as_of)
+        if step.when is not None:
+            condition = segments.compile_segment(step.when.parsed, run.segment_context(E.c.contact_id, journey=True))
+        else:
+            condition = literal(True)
+        status = case(
+            (E.c.group == "control", "held_out"),
+            (E.c.group == "holdout", "held_out"),
+            (not_(condition), "skipped"),
+            else_="planned",
+        )
+        reason = case(
+            (E.c.group == "control", "global_control"),
+            (E.c.group == "holdout", "program_holdout"),
+            (not_(condition), "step_condition_not_met"),
+            else_=literal(None),
+        )
+        source = select(
+            _idempotency_key(program, step),
+            literal(program.id),
+            literal(program.priority),
+            E.c.enrollment_id,
+            E.c.entry,
+            literal(step.id),
+            literal(index),
+            E.c.contact_id,
+            literal(step.channel),
+            literal(step.fallback),
+            literal(step.channel),
+            literal(step.template),
+            E.c.variant,
+            E.c.group,
+            status,
+            reason,
+            literal(as_of),
+            literal(run.run_id),
+            literal(as_of),
+        ).where(due)
+        columns = [
+            "idempotency_key",
+            "program",
+            "priority",
+            "enrollment_id",
+            "entry",
+            "step",
+            "step_index",
+            "contact_id",
+            "channel",
+            "fallback_channel",
+            "planned_channel",
+            "template",
+            "variant",
+            "group",
+            "status",
+            "reason",
+            "due_at",
+            "run_id",
+            "planned_at",
+        ]
+        added += conn.execute(insert_ignore(conn, M).from_select(columns, source)).rowcount
+        values = {"next_step": index + 1, "last_step_at": as_of}
+        if index == last:
+            values |= {"state": "completed", "exit_reason": "completed", "exited_at": as_of}
+        conn.execute(update(E).where(due).values(**values))
+    refresh_statistics(conn, M)
+    return added
+
+
+def run_enrollment(conn: Connection, run: RunScope) -> dict[str, int]:
+    """Exits first, then entries: the ``enroll_and_exit`` task."""
+    exited = exit_enrollments(conn, run)
+    enrolled = enroll(conn, run)
+    return {"enrolled": enrolled, **{f"exited_{k}": v for k, v in exited.items()}}

@@ -1,0 +1,100 @@
+"""The stages of one program run over a database, without Airflow.
+
+The DAG's operators, the simulation and the benchmark all call these, so every path runs the
+same code. Each stage is one transaction (sending commits per claimed chunk) and is idempotent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine
+
+from lifecycle import config, paths
+from lifecycle.channels.base import Transport
+from lifecycle.engine import capping, dispatch, funnel, journeys, suppression
+from lifecycle.engine.journeys import RunScope
+from lifecycle.model.db import utc_naive
+
+
+def load_scope(program_id: str, run_id: str, as_of: datetime) -> tuple[RunScope, dict[str, config.Program]]:
+    """Read the program, the policy and named segments; returns the run scope and every valid
+    program (capping needs the others' priorities and journeys)."""
+    catalog = config.load_segments()
+    programs, _errors = config.load_all_programs()
+    program = programs.get(program_id) or config.load_program(
+        paths.config_dir() / "programs" / f"{program_id}.yml", catalog
+    )
+    scope = RunScope(
+        program=program, policy=config.load_policy(), catalog=catalog.parsed, run_id=run_id, as_of=utc_naive(as_of)
+    )
+    return scope, programs
+
+
+def evaluate(engine: Engine, run: RunScope) -> int:
+    with engine.begin() as conn:
+        return journeys.evaluate_segment(conn, run)
+
+
+def enroll_and_exit(engine: Engine, run: RunScope) -> dict[str, int]:
+    with engine.begin() as conn:
+        return journeys.run_enrollment(conn, run)
+
+
+def plan(engine: Engine, run: RunScope) -> int:
+    with engine.begin() as conn:
+        return journeys.plan_due_steps(conn, run)
+
+
+def suppress(engine: Engine, run: RunScope) -> dict[str, int]:
+    with engine.begin() as conn:
+        return suppression.suppress(conn, run)
+
+
+def cap(engine: Engine, run: RunScope, programs: Mapping[str, config.Program]) -> dict[str, int]:
+    with engine.begin() as conn:
+        return capping.cap(conn, run, programs)
+
+
+def prepare(engine: Engine, run: RunScope, limit: int | None = None) -> list[int]:
+    return dispatch.prepare_batches(engine, run.program.id, run.run_id, run.policy.send_batch_size, limit)
+
+
+def send(
+    engine: Engine,
+    run: RunScope,
+    batch: int,
+    transport: Transport,
+    *,
+    links: dispatch.LinkBuilder,
+    dry_run: bool = False,
+) -> dict[str, int]:
+    brand = run.policy.brand.model_dump()
+    return dispatch.send_batch(engine, run.run_id, batch, transport, links=links, brand=brand, dry_run=dry_run)
+
+
+def log_kpis(engine: Engine, run: RunScope) -> dict[str, float]:
+    with engine.begin() as conn:
+        return funnel.summarize(funnel.log_funnel(conn, run))
+
+
+def run_program(
+    engine: Engine,
+    run: RunScope,
+    programs: Mapping[str, config.Program],
+    transport: Transport,
+    *,
+    links: dispatch.LinkBuilder,
+    dry_run: bool = False,
+) -> dict[str, Any]:
+    """Every stage of one run in order, in-process (simulation, benchmark, previews)."""
+    evaluate(engine, run)
+    enroll_and_exit(engine, run)
+    plan(engine, run)
+    suppress(engine, run)
+    cap(engine, run, programs)
+    for batch in prepare(engine, run):
+        send(engine, run, batch, transport, links=links, dry_run=dry_run)
+    return log_kpis(engine, run)

@@ -1,0 +1,208 @@
+"""Suppression: planned messages that must not go out, each marked with its reason.
+
+Reasons come in two kinds. Channel reasons (no address, no consent, unsubscribed, bounced,
+STOP...) block one channel, so a step that allows the other channel is re-planned there first.
+Contact reasons (open ticket, in negotiation, recent purchase, already converted) block every
+channel. Reasons are checked in a fixed order and the first that applies is recorded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, and_, exists, not_, or_, select, update
+from sqlalchemy.sql.expression import ColumnElement
+
+from lifecycle.config import segments
+from lifecycle.engine.journeys import RunScope
+from lifecycle.model import schema
+from lifecycle.model.addresses import address
+from lifecycle.model.db import valid_e164, valid_email
+
+M = schema.messages
+C = schema.contacts
+
+LIST_REASONS = {
+    "email": ("unsubscribed", "hard_bounce", "spam_report", "invalid_address", "duplicate_contact"),
+    "sms": ("sms_stop", "unsubscribed", "invalid_address", "duplicate_contact"),
+}
+
+
+@dataclass(frozen=True)
+class Reason:
+    """A named rule: a SQL predicate over a contact id that is true when the message must not go."""
+
+    name: str
+    predicate: Callable[[ColumnElement], ColumnElement]
+
+
+def _contact_has(contact_id: ColumnElement, condition: Callable[[type], ColumnElement]) -> ColumnElement:
+    # An alias, so the rule stays tied to ``contact_id`` even when the outer query reads contacts itself.
+    holder = C.alias("address_holder")
+    return exists().where(holder.c.contact_id == contact_id, condition(holder))
+
+
+def _consent_status(contact_id: ColumnElement, channel: str, purpose: str, run: RunScope) -> ColumnElement:
+    """The newest consent row's status; of rows captured at the same moment, a non-granted one wins."""
+    k = schema.consents.alias("consent_now")
+    return (
+        select(k.c.status)
+        .where(
+            k.c.contact_id == contact_id, k.c.channel == channel, k.c.purpose == purpose, k.c.captured_at <= run.as_of
+        )
+        .order_by(k.c.captured_at.desc(), k.c.status == "granted")
+        .limit(1)
+        .scalar_subquery()
+    )
+
+
+def _on_list(contact_id: ColumnElement, channel: str, reason: str) -> ColumnElement:
+    s = schema.suppressions
+    return exists().where(s.c.contact_id == contact_id, s.c.channel == channel, s.c.reason == reason)
+
+
+def list_reasons(channel: str) -> list[Reason]:
+    """The suppression-list rules for ``channel`` (opt-outs, bounces, bad or duplicate addresses).
+
+    They hold whatever the as-of, so the outbox checks them again when it claims a message.
+    """
+    return [Reason(name, lambda cid, name=name: _on_list(cid, channel, name)) for name in LIST_REASONS[channel]]
+
+
+def channel_reasons(channel: str, run: RunScope) -> list[Reason]:
+    """Rules that stop ``channel`` for a contact, in the order they are reported."""
+    check = valid_email if channel == "email" else valid_e164
+    purpose = run.program.consent_purpose
+    rules = [
+        Reason("missing_address", lambda cid: not_(_contact_has(cid, lambda c: address(channel, c).is_not(None)))),
+        Reason(
+            "invalid_address",
+            lambda cid: _contact_has(
+                cid, lambda c: and_(address(channel, c).is_not(None), not_(check(address(channel, c))))
+            ),
+        ),
+    ]
+    rules += list_reasons(channel)
+    rules += [
+        Reason("consent_withdrawn", lambda cid: _consent_status(cid, channel, purpose, run) == "withdrawn"),
+        Reason(
+            "no_consent",
+            lambda cid: or_(
+                _consent_status(cid, channel, purpose, run).is_(None),
+                _consent_status(cid, channel, purpose, run) != "granted",
+            ),
+        ),
+    ]
+    return rules
+
+
+def channel_blocked(channel: str, run: RunScope, contact_id: ColumnElement) -> ColumnElement:
+    """True when any channel rule stops ``channel`` for the contact."""
+    return or_(*(r.predicate(contact_id) for r in channel_reasons(channel, run)))
+
+
+def _applies(rule_name: str, run: RunScope) -> bool:
+    rule = run.policy.suppressions.get(rule_name)
+    if rule is None:
+        return False
+    return "all" in rule.applies_to or bool(set(rule.applies_to) & set(run.program.classes))
+
+
+def contact_reasons(run: RunScope) -> list[Reason]:
+    """Rules that stop every channel for a contact in this program."""
+    rules: list[Reason] = []
+    goal = run.program.exit.goal
+    if goal is not None:
+        e = schema.enrollments
+        rules.append(
+            Reason(
+                "already_converted",
+                lambda cid: exists().where(
+                    e.c.enrollment_id == M.c.enrollment_id,
+                    segments.compile_segment(goal.parsed, run.segment_context(e.c.contact_id, journey=True)),
+                ),
+            )
+        )
+    if _applies("open_ticket", run):
+        t = schema.tickets
+        rules.append(
+            Reason(
+                "open_support_ticket",
+                lambda cid: exists().where(
+                    t.c.contact_id == cid, t.c.status.in_(("open", "pending")), t.c.opened_at <= run.as_of
+                ),
+            )
+        )
+    if _applies("sales_negotiation", run):
+        o = schema.opportunities
+
+        def negotiating(cid: ColumnElement) -> ColumnElement:
+            # Two probes instead of one OR: the contact's own deals by index, and its account against
+            # the negotiating accounts, a subquery the database evaluates once per statement.
+            person = C.alias("negotiator")
+            accounts = select(o.c.account_id).where(o.c.stage == "negotiation", o.c.account_id.is_not(None))
+            return exists().where(
+                person.c.contact_id == cid,
+                or_(
+                    exists().where(o.c.contact_id == person.c.contact_id, o.c.stage == "negotiation"),
+                    person.c.account_id.in_(accounts),
+                ),
+            )
+
+        rules.append(Reason("in_sales_negotiation", negotiating))
+    if _applies("recent_purchase", run):
+        node = segments.Event(("purchase",), within_last=run.policy.suppressions["recent_purchase"].within)
+        rules.append(Reason("recent_purchase", lambda cid: segments.compile_segment(node, run.segment_context(cid))))
+    return rules
+
+
+def _pending(run: RunScope):
+    return and_(M.c.program == run.program.id, M.c.status == "planned")
+
+
+def release_deferred(conn: Connection, run: RunScope) -> int:
+    """Deferred messages whose wait is over go back to ``planned`` to be checked again."""
+    return conn.execute(
+        update(M)
+        .where(M.c.program == run.program.id, M.c.status == "deferred", M.c.send_after <= run.as_of)
+        .values(status="planned", reason=None)
+    ).rowcount
+
+
+def apply_fallbacks(conn: Connection, run: RunScope) -> int:
+    """Move messages whose channel is blocked to their step's fallback channel when it is open."""
+    moved = 0
+    for primary, fallback in (("email", "sms"), ("sms", "email")):
+        moved += conn.execute(
+            update(M)
+            .where(
+                _pending(run),
+                M.c.channel == primary,
+                M.c.fallback_channel == fallback,
+                channel_blocked(primary, run, M.c.contact_id),
+                not_(channel_blocked(fallback, run, M.c.contact_id)),
+            )
+            .values(channel=fallback)
+        ).rowcount
+    return moved
+
+
+def suppress(conn: Connection, run: RunScope) -> dict[str, int]:
+    """Release due deferrals, apply fallbacks, then mark every suppressed message with its reason."""
+    counts = {"released": release_deferred(conn, run), "fallback": apply_fallbacks(conn, run)}
+    for reason in contact_reasons(run):
+        counts[reason.name] = conn.execute(
+            update(M)
+            .where(_pending(run), reason.predicate(M.c.contact_id))
+            .values(status="suppressed", reason=reason.name)
+        ).rowcount
+    for channel in ("email", "sms"):
+        for reason in channel_reasons(channel, run):
+            n = conn.execute(
+                update(M)
+                .where(_pending(run), M.c.channel == channel, reason.predicate(M.c.contact_id))
+                .values(status="suppressed", reason=reason.name)
+            ).rowcount
+            counts[reason.name] = counts.get(reason.name, 0) + n
+    return counts

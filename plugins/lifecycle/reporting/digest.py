@@ -1,0 +1,511 @@
+"""The weekly KPI digest: what every program did, as one email for people who never open Airflow.
+
+For each program: its primary KPI for treatment, holdout and global control, the lift with its
+95% confidence interval, the A/B verdict, this week's funnel and deliverability, and the
+week-over-week trend as a chart. Then business outcomes, the newest data-quality figures, and
+a short "what changed" list generated from the numbers (biggest movers, significant lifts, A/B
+tests without a winner, deliverability alerts).
+
+Figures come from :mod:`lifecycle.reporting.measurement` (KPIs, lift, funnel history, business metrics)
+and ``lifecycle_data_quality``; the as-of time is the run's data interval end, never the clock.
+The HTML and text parts are rendered by the sandboxed, autoescaping Jinja2 environment from
+``include/templates/_digest/``; charts are PNGs referenced as ``cid:`` inline images. Sending is
+:mod:`lifecycle.airflow.digest_operators`' job. The view helpers here also feed the Campaigns page.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import pandas as pd
+from sqlalchemy import Engine, inspect, select
+
+from lifecycle import paths
+from lifecycle.config import Policy, Program
+from lifecycle.messages.rendering import environment
+from lifecycle.model import schema
+from lifecycle.model.db import utc_naive
+from lifecycle.reporting import charts, measurement
+
+WEEK = timedelta(days=7)
+TREND_WEEKS = 8
+CHART_SIZE = (552, 170)
+OVERVIEW_SIZE = (552, 210)
+MOVERS = 3
+DELIVERABILITY_LIMITS = {"bounce_rate": 0.02, "spam_report_rate": 0.001, "unsubscribe_rate": 0.01}
+DELIVERABILITY_LABELS = {
+    "bounce_rate": "bounce rate",
+    "spam_report_rate": "spam-report rate",
+    "unsubscribe_rate": "unsubscribe rate",
+}
+FUNNEL_STEPS = (
+    ("enrolled", "Enrolled"),
+    ("exited", "Exited"),
+    ("planned", "Planned"),
+    ("held_out", "Held out"),
+    ("suppressed", "Suppressed"),
+    ("capped", "Capped"),
+    ("deferred", "Deferred"),
+    ("sent", "Sent"),
+    ("dry_run", "Dry run"),
+    ("failed", "Failed"),
+)
+LAST_OF_PERIOD = ("audience", "kpi_rate_treatment", "kpi_rate_holdout", "kpi_rate_control")
+QUALITY_RATES = {
+    "required_fields_filled_rate": "Required fields filled",
+    "duplicate_rate": "Duplicate contacts",
+    "invalid_email_rate": "Invalid email addresses",
+    "invalid_phone_rate": "Invalid phone numbers",
+    "consent_coverage_email": "Email marketing consent",
+    "consent_coverage_sms": "SMS marketing consent",
+    "bounce_rate": "Bounce rate",
+}
+BUSINESS = (
+    ("repeat_purchase_rate", "Repeat purchase rate", "percent"),
+    ("first_to_second_conversion", "First-to-second purchase within 90 days", "percent"),
+    ("median_days_to_second_purchase", "Median days to second purchase", "number"),
+    ("new_contacts_4w", "New contacts, last 4 weeks", "count"),
+    ("contact_growth_4w", "Contact growth, last 4 weeks", "percent"),
+    ("net_revenue_retention", "Net revenue retention, 12 months", "percent"),
+)
+DASH = "–"
+
+
+# --- formatting --------------------------------------------------------------------------------
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _present(value: Any) -> Any:
+    """``value``, or None where a DataFrame left NaN for "nothing" (a program without an A/B test)."""
+    return None if _missing(value) else value
+
+
+def percent(value: float | None, digits: int = 1) -> str:
+    """``0.1234`` as ``12.3%``; a dash when undefined."""
+    return DASH if _missing(value) else f"{value * 100:.{digits}f}%"
+
+
+def points(value: float | None) -> str:
+    """A difference of proportions in percentage points, signed: ``+4.2 pts``."""
+    return DASH if _missing(value) else f"{value * 100:+.1f} pts"
+
+
+def interval(low: float | None, high: float | None) -> str:
+    """A confidence interval of a difference, in points: ``-1.0 to +7.4 pts``."""
+    if _missing(low) or _missing(high):
+        return DASH
+    return f"{low * 100:+.1f} to {high * 100:+.1f} pts"
+
+
+def count(value: float | None) -> str:
+    """A whole number with thousands separators."""
+    return DASH if _missing(value) else f"{round(value):,}"
+
+
+def number(value: float | None) -> str:
+    """A figure with one decimal."""
+    return DASH if _missing(value) else f"{value:,.1f}"
+
+
+def change(now: float, before: float) -> str:
+    """How a count moved: ``+118%``, ``new`` from zero, ``0%`` when flat."""
+    if before == 0:
+        return "new" if now else "0%"
+    return f"{(now - before) / before * 100:+.0f}%"
+
+
+FORMATS = {"percent": percent, "count": count, "number": number}
+
+
+# --- figures -----------------------------------------------------------------------------------
+
+
+def period_trend(
+    history: pd.DataFrame,
+    programs: Iterable[str],
+    as_of: datetime,
+    periods: int = TREND_WEEKS,
+    length: timedelta = WEEK,
+) -> pd.DataFrame:
+    """One row per (program, period) for ``programs`` and the ``periods`` periods ending at
+    ``as_of``, oldest first; ``history`` is :func:`measurement.funnel_history`.
+
+    Period ``k`` back covers ``(as_of - (k+1)*length, as_of - k*length]`` and is labelled by its
+    end (``period_end``). Funnel counts are summed over the period's runs (every metric of
+    :data:`FUNNEL_STEPS` is there, 0 when never logged); the audience and the logged KPI rates
+    are the period's last run's (NaN when it had no run); ``messages`` is ``sent + dry_run``.
+    """
+    as_of = utc_naive(as_of)
+    ends = [as_of - length * k for k in range(periods - 1, -1, -1)]
+    programs = list(programs)
+    grid = pd.MultiIndex.from_product([programs, ends], names=["program", "period_end"])
+    if history.empty:
+        history = pd.DataFrame({"program": [], "run_id": [], "as_of": pd.Series(dtype="datetime64[us]")})
+    runs = history[
+        history["program"].isin(programs)
+        & (history["as_of"] <= as_of)
+        & (history["as_of"] > as_of - length * periods)
+    ]
+    back = ((as_of - runs["as_of"]) // length).astype(int)
+    runs = runs.assign(period_end=as_of - back * length).sort_values("as_of")
+    counted = [
+        c for c in runs.columns if c not in ("program", "run_id", "as_of", "period_end", *LAST_OF_PERIOD)
+    ]
+    grouped = runs.groupby(["program", "period_end"])
+    table = grouped[counted].sum().join(grouped[[c for c in LAST_OF_PERIOD if c in runs.columns]].last())
+    table = table.reindex(grid)
+    table[counted] = table[counted].fillna(0.0)
+    for column in [metric for metric, _label in FUNNEL_STEPS] + list(LAST_OF_PERIOD):
+        if column not in table.columns:
+            table[column] = math.nan if column in LAST_OF_PERIOD else 0.0
+    table["messages"] = table["sent"] + table["dry_run"]
+    return table.reset_index()
+
+
+def data_quality(engine: Engine, as_of: datetime) -> list[dict[str, Any]]:
+    """The newest data-hygiene figures at or before ``as_of``, labelled rates first, each with its
+    change since the hygiene run before; empty when the hygiene job has not run yet."""
+    dq = schema.data_quality
+    if not inspect(engine).has_table(dq.name):
+        return []
+    as_of = utc_naive(as_of)
+    with engine.connect() as conn:
+        runs = conn.execute(
+            select(dq.c.run_id, dq.c.as_of)
+            .where(dq.c.as_of <= as_of)
+            .group_by(dq.c.run_id, dq.c.as_of)
+            .order_by(dq.c.as_of.desc())
+            .limit(2)
+        ).all()
+        if not runs:
+            return []
+        values = {
+            run_id: dict(conn.execute(select(dq.c.metric, dq.c.value).where(dq.c.run_id == run_id)).all())
+            for run_id, _ in runs
+        }
+    latest, previous = values[runs[0].run_id], values[runs[1].run_id] if len(runs) > 1 else {}
+    order = [m for m in QUALITY_RATES if m in latest] + sorted(m for m in latest if m not in QUALITY_RATES)
+    figures = []
+    for metric in order:
+        rate = metric in QUALITY_RATES or metric.endswith("_rate")
+        moved = latest[metric] - previous[metric] if metric in previous else None
+        figures.append(
+            {
+                "metric": metric,
+                "label": QUALITY_RATES.get(metric, metric.replace("_", " ")),
+                "value": (percent if rate else count)(latest[metric]),
+                "change": points(moved) if rate else (DASH if moved is None else f"{moved:+,.0f}"),
+                "headline": rate,
+                "checked_at": runs[0].as_of,
+            }
+        )
+    return figures
+
+
+def business_figures(engine: Engine, as_of: datetime) -> list[dict[str, str]]:
+    """The business outcomes of :func:`measurement.business_metrics`, now and a week before."""
+    now = measurement.business_metrics(engine, as_of)
+    before = measurement.business_metrics(engine, utc_naive(as_of) - WEEK)
+    return [
+        {"label": label, "value": FORMATS[kind](now.get(key)), "week_before": FORMATS[kind](before.get(key))}
+        for key, label, kind in BUSINESS
+    ]
+
+
+# --- views -------------------------------------------------------------------------------------
+
+
+def _lift_view(row: Mapping[str, Any], other: str) -> dict[str, Any]:
+    prefix = f"lift_vs_{other}"
+    significant = bool(row[f"{prefix}_significant"])
+    verdict = "significant" if significant else "not significant yet"
+    if row[f"{prefix}_insufficient_data"]:
+        verdict = f"not enough data yet (under {measurement.MIN_SAMPLE} per group)"
+    return {
+        "against": other,
+        "value": points(row[prefix]),
+        "ci": interval(row[f"{prefix}_ci_low"], row[f"{prefix}_ci_high"]),
+        "significant": significant,
+        "verdict": verdict,
+    }
+
+
+def program_facts(program: Program) -> dict[str, Any]:
+    """Who and what a program is: id, name, owner, priority, schedule, channels, KPI and A/B test."""
+    return {
+        "id": program.id,
+        "name": program.name,
+        "owner": program.owner,
+        "priority": program.priority,
+        "schedule": program.schedule or "manual",
+        "channels": sorted(
+            {s.channel for s in program.steps} | {s.fallback for s in program.steps if s.fallback}
+        ),
+        "kpi_label": program.kpi.label,
+        "ab_test": program.ab_test.name if program.ab_test else None,
+    }
+
+
+def program_view(program: Program, row: Mapping[str, Any], trend: pd.DataFrame) -> dict[str, Any]:
+    """Everything shown about one program, as display strings: its facts, KPI per group, lifts,
+    A/B verdict, this week's funnel and deliverability, and the week-over-week movement."""
+    weeks = program_weeks(trend, program.id)
+    this_week = weeks.iloc[-1] if len(weeks) else pd.Series(dtype=float)
+    last_week = weeks.iloc[-2] if len(weeks) > 1 else pd.Series(dtype=float)
+    messages_now = float(this_week.get("messages", 0.0))
+    messages_before = float(last_week.get("messages", 0.0))
+    variants = [
+        {"name": name, "rate": percent(v["rate"]), "n": count(v["n"]), "conversions": count(v["conversions"])}
+        for name, v in (_present(row.get("variants")) or {}).items()
+    ]
+    sent = row.get("sent", 0)
+    return program_facts(program) | {
+        "groups": [
+            {
+                "group": group,
+                "rate": percent(row[f"{group}_rate"]),
+                "n": count(row[f"{group}_n"]),
+                "conversions": count(row[f"{group}_conversions"]),
+            }
+            for group in measurement.GROUPS
+        ],
+        "treatment_rate": percent(row["treatment_rate"]),
+        "lifts": [_lift_view(row, "holdout"), _lift_view(row, "control")],
+        "verdict": _present(row.get("verdict")),
+        "variants": variants,
+        "value": count(row["treatment_value"]) if program.kpi.value_property else None,
+        "funnel": [
+            {"label": label, "value": count(this_week.get(metric, 0.0))} for metric, label in FUNNEL_STEPS
+        ],
+        "messages_week": count(messages_now),
+        "messages_change": change(messages_now, messages_before),
+        "sent": count(sent),
+        "deliverability": []
+        if not sent
+        else [
+            {"label": "Delivered", "value": percent(row.get("delivered_rate"))},
+            {"label": "Bounced", "value": percent(row.get("bounce_rate"))},
+            {"label": "Unsubscribed", "value": percent(row.get("unsubscribe_rate"))},
+            {"label": "Spam reports", "value": percent(row.get("spam_report_rate"), 2)},
+            {"label": "Opens (directional)", "value": percent(row.get("open_rate_directional"))},
+            {"label": "Clicks (directional)", "value": percent(row.get("click_rate_directional"))},
+        ],
+    }
+
+
+def _item(kind: str, text: str) -> dict[str, str]:
+    return {"kind": kind, "text": text}
+
+
+def _deliverability_alerts(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
+    return [
+        _item(
+            "alert",
+            f"{row['program']}: {DELIVERABILITY_LABELS[metric]} {percent(row[metric], 2)} "
+            f"is above {percent(limit)}",
+        )
+        for row in rows
+        for metric, limit in DELIVERABILITY_LIMITS.items()
+        if row.get("sent", 0) and not _missing(row.get(metric)) and row[metric] > limit
+    ]
+
+
+def _lifts(programs: Mapping[str, Program], rows: list[dict[str, Any]]) -> list[dict[str, str]]:
+    items = []
+    for row in rows:
+        for other in ("holdout", "control"):
+            lift = f"lift_vs_{other}"
+            if row[f"{lift}_significant"]:
+                verb = "lifts" if row[lift] > 0 else "lowers"
+                ci = interval(row[f"{lift}_ci_low"], row[f"{lift}_ci_high"])
+                label = programs[row["program"]].kpi.label
+                items.append(
+                    _item(
+                        "lift",
+                        f"{row['program']} {verb} {label} by {points(row[lift])} vs {other} (95% CI {ci})",
+                    )
+                )
+    if rows and not items:
+        items.append(_item("lift", "No program shows a significant lift yet: every 95% CI includes zero."))
+    return items
+
+
+def _ab_tests(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
+    items = []
+    for row in rows:
+        if _present(row.get("verdict")):
+            rates = ", ".join(
+                f"{name} {percent(v['rate'])} (n={count(v['n'])})" for name, v in row["variants"].items()
+            )
+            items.append(
+                _item("ab", f"A/B test {row['ab_test']} ({row['program']}): {row['verdict']} — {rates}")
+            )
+    return items
+
+
+def _movers(programs: Mapping[str, Program], trend: pd.DataFrame) -> list[dict[str, str]]:
+    """The biggest week-over-week moves: message volume (relative change) and KPI rate (points)."""
+    found: list[tuple[float, str]] = []
+    for program_id in programs:
+        weeks = program_weeks(trend, program_id)
+        if len(weeks) < 2:
+            continue
+        now, before = weeks.iloc[-1], weeks.iloc[-2]
+        if now["messages"] != before["messages"]:
+            size = abs(now["messages"] - before["messages"]) / max(before["messages"], 1.0)
+            found.append(
+                (
+                    size,
+                    f"{program_id}: {count(now['messages'])} messages this week, "
+                    f"{count(before['messages'])} the week before "
+                    f"({change(now['messages'], before['messages'])})",
+                )
+            )
+        moved = now["kpi_rate_treatment"] - before["kpi_rate_treatment"]
+        if not _missing(moved) and abs(moved) >= 0.005:
+            found.append(
+                (
+                    abs(moved) * 10,
+                    f"{program_id}: {programs[program_id].kpi.label} "
+                    f"{percent(now['kpi_rate_treatment'])} ({points(moved)} week over week)",
+                )
+            )
+    return [_item("mover", text) for _size, text in sorted(found, key=lambda item: -item[0])[:MOVERS]]
+
+
+def what_changed(
+    programs: Mapping[str, Program],
+    kpis: pd.DataFrame,
+    trend: pd.DataFrame,
+    errors: Mapping[str, Any] | None = None,
+) -> list[dict[str, str]]:
+    """The week in a few lines, generated from the numbers: ``{"kind", "text"}`` items where kind
+    is ``alert`` (an invalid program file, deliverability above its limit), ``lift`` (a
+    significant lift, or the note that there is none), ``ab`` (A/B verdicts) or ``mover``."""
+    rows = [r for r in kpis.to_dict("records") if r["program"] in programs]
+    invalid = [
+        _item("alert", f"{pid}: the program file is invalid, so it did not run ({error})")
+        for pid, error in sorted((errors or {}).items())
+    ]
+    return (
+        invalid
+        + _deliverability_alerts(rows)
+        + _lifts(programs, rows)
+        + _ab_tests(rows)
+        + _movers(programs, trend)
+    )
+
+
+def program_weeks(trend: pd.DataFrame, program_id: str) -> pd.DataFrame:
+    """One program's rows of :func:`period_trend`, oldest first."""
+    return trend[trend["program"] == program_id].sort_values("period_end")
+
+
+def week_labels(weeks: pd.DataFrame) -> list[str]:
+    """Chart labels for period ends: ``16 Nov``."""
+    return [f"{end:%d %b}" for end in weeks["period_end"]]
+
+
+def kpi_panel(weeks: pd.DataFrame) -> charts.Panel:
+    """The logged KPI rate per period, treatment against holdout."""
+    return charts.Panel(
+        "KPI rate",
+        [
+            charts.Series("treatment", list(weeks["kpi_rate_treatment"])),
+            charts.Series("holdout", list(weeks["kpi_rate_holdout"]), dashed=True),
+        ],
+        percent=True,
+    )
+
+
+def trend_chart(program_id: str, trend: pd.DataFrame) -> bytes:
+    """One program's weeks for the digest: messages per week, and its KPI rate vs holdout."""
+    weeks = program_weeks(trend, program_id)
+    messages = charts.Panel("Messages per week", [charts.Series("messages", list(weeks["messages"]), "bar")])
+    return charts.render(week_labels(weeks), [messages, kpi_panel(weeks)], CHART_SIZE)
+
+
+def overview_chart(program_ids: Sequence[str], trend: pd.DataFrame) -> bytes:
+    """Messages per week, stacked by program."""
+    series = [charts.Series(pid, list(program_weeks(trend, pid)["messages"]), "bar") for pid in program_ids]
+    return charts.render(
+        week_labels(program_weeks(trend, program_ids[0])),
+        [charts.Panel("Messages per week, all programs", series)],
+        OVERVIEW_SIZE,
+    )
+
+
+# --- the digest --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class InlineImage:
+    """A PNG shown in the HTML part as ``<img src="cid:{content_id}">``."""
+
+    content_id: str
+    filename: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Digest:
+    """A rendered digest: subject, HTML and text parts, and the inline images the HTML references."""
+
+    as_of: datetime
+    subject: str
+    html: str
+    text: str
+    images: tuple[InlineImage, ...]
+    programs: tuple[str, ...]
+
+
+def ordered(programs: Mapping[str, Program] | Iterable[Program]) -> dict[str, Program]:
+    """Programs by priority, highest first (the order the digest and the Campaigns page use)."""
+    chosen = programs.values() if isinstance(programs, Mapping) else programs
+    return {p.id: p for p in sorted(chosen, key=lambda p: (-p.priority, p.id))}
+
+
+def build_digest(
+    engine: Engine,
+    programs: Mapping[str, Program],
+    policy: Policy,
+    as_of: datetime,
+    errors: Mapping[str, Any] | None = None,
+) -> Digest:
+    """Measure every program as of ``as_of`` and render the digest email."""
+    as_of = utc_naive(as_of)
+    programs = ordered(programs)
+    kpis = measurement.program_kpis(engine, programs, as_of)
+    trend = period_trend(measurement.funnel_history(engine), programs, as_of)
+    rows = {r["program"]: r for r in kpis.to_dict("records")}
+    views = [program_view(p, rows[pid], trend) | {"chart": f"trend-{pid}"} for pid, p in programs.items()]
+    images = (
+        [InlineImage("overview", "overview.png", overview_chart(list(programs), trend))] if programs else []
+    )
+    images += [InlineImage(f"trend-{pid}", f"trend-{pid}.png", trend_chart(pid, trend)) for pid in programs]
+    context = {
+        "brand": policy.brand.model_dump(),
+        "as_of": as_of,
+        "week_start": as_of - WEEK,
+        "programs": views,
+        "changes": what_changed(programs, kpis, trend, errors),
+        "quality": data_quality(engine, as_of),
+        "business": business_figures(engine, as_of),
+        "limits": {DELIVERABILITY_LABELS[k]: percent(v, 1) for k, v in DELIVERABILITY_LIMITS.items()},
+    }
+    env = environment(str(paths.templates_dir() / "_digest"))
+    return Digest(
+        as_of=as_of,
+        subject=f"{policy.brand.name} lifecycle KPIs: week to {as_of:%d %b %Y}",
+        html=env.get_template("digest.html.j2").render(context),
+        text=env.get_template("digest.txt.j2").render(context),
+        images=tuple(images),
+        programs=tuple(programs),
+    )
