@@ -39,8 +39,10 @@ def require_postgres() -> None:
     problem = _postgres_reachable()
     if problem is None:
         return
-    message = (f"PostgreSQL is not reachable at {PG_ADMIN_URL} ({problem}); start it with "
-               "'pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start'")
+    message = (
+        f"PostgreSQL is not reachable at {PG_ADMIN_URL} ({problem}); start it with "
+        "'pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start'"
+    )
     if os.environ.get("CI") == "true":
         pytest.fail(message + " — CI=true, so PostgreSQL tests must run")
     pytest.skip(message)

@@ -57,18 +57,37 @@ class CrmBuilder:
             self.event(contact_id, "signed_up", created)
         return contact_id
 
-    def consent(self, contact_id: str, channel: str, status: str, *, at: datetime | None = None,
-                purpose: str = "marketing") -> None:
-        self._insert(schema.consents, [{
-            "contact_id": contact_id, "channel": channel, "purpose": purpose, "status": status,
-            "source": "test", "captured_at": at or self.as_of - timedelta(days=30), "proof": "test fixture",
-        }])
+    def consent(
+        self, contact_id: str, channel: str, status: str, *, at: datetime | None = None, purpose: str = "marketing"
+    ) -> None:
+        self._insert(
+            schema.consents,
+            [
+                {
+                    "contact_id": contact_id,
+                    "channel": channel,
+                    "purpose": purpose,
+                    "status": status,
+                    "source": "test",
+                    "captured_at": at or self.as_of - timedelta(days=30),
+                    "proof": "test fixture",
+                }
+            ],
+        )
 
     def event(self, contact_id: str, event_type: str, at: datetime, **properties: Any) -> None:
-        self._insert(schema.events, [{
-            "event_id": f"e{next(_ids):08d}", "contact_id": contact_id, "event_type": event_type,
-            "occurred_at": at, "properties": properties,
-        }])
+        self._insert(
+            schema.events,
+            [
+                {
+                    "event_id": f"e{next(_ids):08d}",
+                    "contact_id": contact_id,
+                    "event_type": event_type,
+                    "occurred_at": at,
+                    "properties": properties,
+                }
+            ],
+        )
 
     def row(self, table_name: str, **fields: Any) -> None:
         self._insert(schema.CRM_TABLES[table_name], [fields])

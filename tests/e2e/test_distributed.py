@@ -103,21 +103,15 @@ def test_program_runs_succeed_on_celery(cluster: Cluster, runs):
     if failed:
         details = []
         for dag_id, (run_id, state) in failed.items():
-            tasks = [
-                (t["task_id"], t["map_index"], t["state"]) for t in _task_instances(cluster, dag_id, run_id)
-            ]
-            details.append(
-                f"{dag_id} {run_id}: {state}; tasks {tasks}\n{_task_log_tails(cluster, dag_id, run_id)}"
-            )
+            tasks = [(t["task_id"], t["map_index"], t["state"]) for t in _task_instances(cluster, dag_id, run_id)]
+            details.append(f"{dag_id} {run_id}: {state}; tasks {tasks}\n{_task_log_tails(cluster, dag_id, run_id)}")
         pytest.fail("\n".join(details) + "\n" + cluster.logs())
 
 
 def test_send_tasks_ran_on_the_celery_worker(cluster: Cluster, runs):
     _require_success(runs)
     executed = [
-        line
-        for line in cluster.services["celery-worker"].text().splitlines()
-        if "Executing workload in Celery" in line
+        line for line in cluster.services["celery-worker"].text().splitlines() if "Executing workload in Celery" in line
     ]
     for dag_id, (run_id, _state) in runs.items():
         sends = [t for t in _task_instances(cluster, dag_id, run_id) if t["task_id"] == "send"]
@@ -141,9 +135,7 @@ def test_every_email_the_ledger_sent_reached_sendgrid_exactly_once(cluster: Clus
 def test_every_sms_the_ledger_sent_reached_twilio_exactly_once(cluster: Cluster, runs, ledger):
     _require_success(runs)
     messages = cluster.api.http.get(f"{cluster.sandbox_url}/_sandbox/twilio/messages").json()["messages"]
-    received = Counter(
-        int(parse_qs(urlsplit(sms["status_callback"]).query)[MESSAGE_ID_PARAM][0]) for sms in messages
-    )
+    received = Counter(int(parse_qs(urlsplit(sms["status_callback"]).query)[MESSAGE_ID_PARAM][0]) for sms in messages)
     sent = _sent_ids(ledger, "sms")
     assert sent, "the texts run sent no SMS: the seeded CRM should have trial contacts with SMS consent"
     assert [mid for mid, n in received.items() if n > 1] == []

@@ -96,9 +96,7 @@ def ui(tmp_path_factory) -> Iterator[UiServer]:
         stdin=subprocess.DEVNULL,
         check=False,
     )
-    assert migrated.returncode == 0, (
-        f"airflow db migrate failed:\n{migrated.stdout[-3000:]}{migrated.stderr[-3000:]}"
-    )
+    assert migrated.returncode == 0, f"airflow db migrate failed:\n{migrated.stdout[-3000:]}{migrated.stderr[-3000:]}"
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     server = Service.start(
@@ -106,9 +104,7 @@ def ui(tmp_path_factory) -> Iterator[UiServer]:
     )
     try:
         try:
-            wait_for(
-                "the api-server's health endpoint", lambda: _metadata_healthy(url), STARTUP_TIMEOUT, [server]
-            )
+            wait_for("the api-server's health endpoint", lambda: _metadata_healthy(url), STARTUP_TIMEOUT, [server])
         except ClusterError as exc:
             pytest.fail(f"{exc}\n{server.tail()}")
         yield UiServer(url, engine, server)
@@ -210,9 +206,7 @@ def test_digest_renders_in_chromium(ui, artifacts):
     png = screenshot(page.as_uri(), artifacts / "digest.png", (1200, 2000))
     assert not _mostly_blank(png)
     dom = dump_dom(page.as_uri())
-    assert (
-        len(re.findall(r'<img src="data:image/png;base64,', dom)) == len(digest.images) == len(programs) + 1
-    )
+    assert len(re.findall(r'<img src="data:image/png;base64,', dom)) == len(digest.images) == len(programs) + 1
     kpis = measurement.program_kpis(ui.engine, programs, AS_OF)
     for row in kpis.to_dict("records"):
         card = _block(dom, 'id="program-', row["program"])

@@ -32,8 +32,11 @@ from tests.journey import enrollments, messages, run_program
 from tests.local_crm import use_crm
 
 pytestmark = pytest.mark.usefixtures("test_config")
-SIMPLE_KPI = {"primary": "conversion", "label": "Conversion",
-              "conversion": {"event": "purchase", "since": "enrollment"}}
+SIMPLE_KPI = {
+    "primary": "conversion",
+    "label": "Conversion",
+    "conversion": {"event": "purchase", "since": "enrollment"},
+}
 
 
 def outcomes(engine, program: str) -> dict[str, tuple[str, str | None]]:
@@ -68,9 +71,16 @@ def with_programs(tmp_path: Path, monkeypatch, programs: dict[str, dict], templa
 
 def email_program(segment: dict, template: str = "simple/hello", **fields) -> dict:
     """A one-step email program for ``segment``."""
-    return {"name": "Probe", "owner": "tests", "priority": 30, "schedule": None, "audience": {"segment": segment},
-            "steps": [{"id": "hello", "channel": "email", "template": template}], "holdout_percent": 0,
-            "kpi": SIMPLE_KPI} | fields
+    return {
+        "name": "Probe",
+        "owner": "tests",
+        "priority": 30,
+        "schedule": None,
+        "audience": {"segment": segment},
+        "steps": [{"id": "hello", "channel": "email", "template": template}],
+        "holdout_percent": 0,
+        "kpi": SIMPLE_KPI,
+    } | fields
 
 
 @pytest.fixture
@@ -96,8 +106,10 @@ def test_a_contacts_view_with_repeated_and_missing_ids(crm):
     raw(engine, "CREATE VIEW contacts AS SELECT * FROM contacts_base UNION ALL SELECT * FROM contacts_extra")
     raw(engine, "INSERT INTO contacts_extra SELECT * FROM contacts_base WHERE contact_id = :id", id=twin)
     raw(engine, "UPDATE contacts_extra SET email = 'someone.else@example.com'")
-    raw(engine, "INSERT INTO contacts_extra (contact_id, email, lifecycle_stage) "
-                "VALUES (NULL, 'no.id@example.com', 'lead')")
+    raw(
+        engine,
+        "INSERT INTO contacts_extra (contact_id, email, lifecycle_stage) VALUES (NULL, 'no.id@example.com', 'lead')",
+    )
 
     run_program(engine, "alpha", AS_OF)
 
@@ -110,10 +122,16 @@ def test_a_contacts_view_with_repeated_and_missing_ids(crm):
 def test_null_contact_ids_in_related_tables_block_nobody(crm):
     engine, crm_rows = crm
     customer = crm_rows.contact(lifecycle_stage="customer")
-    raw(engine, "INSERT INTO tickets (ticket_id, contact_id, status, opened_at) VALUES ('t1', NULL, 'open', :at)",
-        at=AS_OF - timedelta(days=1))
-    raw(engine, "INSERT INTO opportunities (opportunity_id, contact_id, account_id, stage) "
-                "VALUES ('o1', NULL, NULL, 'negotiation')")
+    raw(
+        engine,
+        "INSERT INTO tickets (ticket_id, contact_id, status, opened_at) VALUES ('t1', NULL, 'open', :at)",
+        at=AS_OF - timedelta(days=1),
+    )
+    raw(
+        engine,
+        "INSERT INTO opportunities (opportunity_id, contact_id, account_id, stage) "
+        "VALUES ('o1', NULL, NULL, 'negotiation')",
+    )
     raw(engine, "INSERT INTO subscriptions (subscription_id, contact_id, status) VALUES ('s1', NULL, 'active')")
     run_program(engine, "promo", AS_OF)
     assert outcomes(engine, "promo") == {customer: ("dry_run", None)}
@@ -141,20 +159,30 @@ def test_consent_rows_recorded_at_the_same_moment_never_favour_sending(crm):
 def test_text_in_timestamp_columns_fails_only_that_contacts_message(sqlite_crm):
     engine, crm_rows = sqlite_crm
     before, garbled, after = crm_rows.contact(), crm_rows.contact(), crm_rows.contact()
-    raw(engine, "UPDATE contacts SET created_at = 'not a date', last_active_at = '2026-13-45 99:99:99', "
-                "churned_at = 'yesterday' WHERE contact_id = :id", id=garbled)
+    raw(
+        engine,
+        "UPDATE contacts SET created_at = 'not a date', last_active_at = '2026-13-45 99:99:99', "
+        "churned_at = 'yesterday' WHERE contact_id = :id",
+        id=garbled,
+    )
     undated_consent = crm_rows.contact(consent={})
-    raw(engine, "INSERT INTO consents VALUES (:id, 'email', 'marketing', 'granted', 'import', 'last spring', NULL)",
-        id=undated_consent)
+    raw(
+        engine,
+        "INSERT INTO consents VALUES (:id, 'email', 'marketing', 'granted', 'import', 'last spring', NULL)",
+        id=undated_consent,
+    )
     raw(engine, "INSERT INTO events VALUES ('e-when', :id, 'purchase', 'some day', '{}')", id=before)
 
     run_program(engine, "alpha", AS_OF)
 
     result = outcomes(engine, "alpha")
     assert result[before] == result[after] == ("dry_run", None)
-    assert result[garbled] == ("failed", "unreadable CRM data: contacts.created_at is not a timestamp; "
-                                         "contacts.last_active_at is not a timestamp; "
-                                         "contacts.churned_at is not a timestamp")
+    assert result[garbled] == (
+        "failed",
+        "unreadable CRM data: contacts.created_at is not a timestamp; "
+        "contacts.last_active_at is not a timestamp; "
+        "contacts.churned_at is not a timestamp",
+    )
     assert result[undated_consent] == ("suppressed", "no_consent")
 
 
@@ -165,8 +193,14 @@ def _buyers(tmp_path, monkeypatch) -> None:
 
 
 def _purchase(engine, contact: str, properties: str, hours_ago: float) -> None:
-    raw(engine, "INSERT INTO events VALUES (:eid, :id, 'purchase', :at, :props)", eid=f"e-{contact}-{hours_ago}",
-        id=contact, at=AS_OF - timedelta(hours=hours_ago), props=properties)
+    raw(
+        engine,
+        "INSERT INTO events VALUES (:eid, :id, 'purchase', :at, :props)",
+        eid=f"e-{contact}-{hours_ago}",
+        id=contact,
+        at=AS_OF - timedelta(hours=hours_ago),
+        props=properties,
+    )
 
 
 def test_broken_json_properties_neither_stop_segments_nor_reach_templates(sqlite_crm, tmp_path, monkeypatch):
@@ -231,9 +265,19 @@ def test_unknown_lifecycle_stages_enter_nothing(crm):
 
 
 BAD_EMAILS = [
-    "plainaddress", "@example.com", "ada@", "ada@example", "ada@@example.com", "ada lovelace@example.com",
-    "ada@example..com", "ada@.example.com", "ada\t@example.com", "ada@example.com\r\nBcc: eve@example.org",
-    "ada@example.com\nX-Injected: 1", "ada@exa\u00a0mple.com ", " ",
+    "plainaddress",
+    "@example.com",
+    "ada@",
+    "ada@example",
+    "ada@@example.com",
+    "ada lovelace@example.com",
+    "ada@example..com",
+    "ada@.example.com",
+    "ada\t@example.com",
+    "ada@example.com\r\nBcc: eve@example.org",
+    "ada@example.com\nX-Injected: 1",
+    "ada@exa\u00a0mple.com ",
+    " ",
 ]
 
 
@@ -241,15 +285,29 @@ def test_whitespace_inside_an_email_is_invalid_on_every_database(crm):
     """Tabs and line breaks (header injection) are caught by the SQL check on SQLite as on
     PostgreSQL, so even a dry run reports them."""
     engine, crm_rows = crm
-    broken = [crm_rows.contact(email=value) for value in
-              ("ada\t@example.com", "ada@example.com\nBcc:eve@example.org", "ada@exam\rple.com", "ada@\x0bexample.com")]
+    broken = [
+        crm_rows.contact(email=value)
+        for value in (
+            "ada\t@example.com",
+            "ada@example.com\nBcc:eve@example.org",
+            "ada@exam\rple.com",
+            "ada@\x0bexample.com",
+        )
+    ]
     run_program(engine, "alpha", AS_OF)
     assert outcomes(engine, "alpha") == dict.fromkeys(broken, ("suppressed", "invalid_address"))
 
 
 BAD_PHONES = [
-    "12345", "415-555-0100", "+0 415 555 0100", "+14155550100123456", "phone", "+1415555O100",
-    "+14155550100\n", "+", "tel:+14155550100",
+    "12345",
+    "415-555-0100",
+    "+0 415 555 0100",
+    "+14155550100123456",
+    "phone",
+    "+1415555O100",
+    "+14155550100\n",
+    "+",
+    "tel:+14155550100",
 ]
 
 
@@ -259,8 +317,16 @@ def test_unknown_time_zones_fall_back_to_the_policy_zone(crm):
     engine, crm_rows = crm
     night = datetime(2026, 11, 16, 23, 0)
     sqlite = engine.dialect.name == "sqlite"
-    zones = ["Mars/Olympus", "", "../../../etc/passwd", "Europe/London ", "utc+1", None,
-             "a" * (10_000 if sqlite else 64), *(["UTC\x00"] if sqlite else [])]
+    zones = [
+        "Mars/Olympus",
+        "",
+        "../../../etc/passwd",
+        "Europe/London ",
+        "utc+1",
+        None,
+        "a" * (10_000 if sqlite else 64),
+        *(["UTC\x00"] if sqlite else []),
+    ]
     unknown = [crm_rows.contact(lifecycle_stage="trial", timezone=zone) for zone in zones]
     tokyo = crm_rows.contact(lifecycle_stage="trial", timezone="Asia/Tokyo")
     run_program(engine, "texts", night)
@@ -268,7 +334,8 @@ def test_unknown_time_zones_fall_back_to_the_policy_zone(crm):
     assert result.pop(tokyo) == ("dry_run", None)
     assert result == dict.fromkeys(unknown, ("deferred", "quiet_hours"))
     assert {m["send_after"] for m in messages(engine, "texts") if m["contact_id"] != tokyo} == {
-        datetime(2026, 11, 17, 8, 0)}
+        datetime(2026, 11, 17, 8, 0)
+    }
 
 
 # --- long, emoji and right-to-left text, through the provider sandbox ------------------------
@@ -323,8 +390,10 @@ def test_long_emoji_and_right_to_left_names_are_sent_intact(sandbox):
     engine, crm_rows, server = sandbox
     longest = 10_000 if engine.dialect.name == "sqlite" else 200  # PostgreSQL: first_name is varchar(200)
     names = {"long": "A" * longest, "emoji": "Zoë 👩🏽‍💻🚀", "rtl": "\u202eمرحبا שלום", "plain": "Ada"}
-    ids = {kind: [crm_rows.contact(first_name=name, lifecycle_stage=stage, timezone="UTC")
-                  for stage in ("lead", "trial")] for kind, name in names.items()}
+    ids = {
+        kind: [crm_rows.contact(first_name=name, lifecycle_stage=stage, timezone="UTC") for stage in ("lead", "trial")]
+        for kind, name in names.items()
+    }
     emails, sms = _send(engine, "alpha"), _send(engine, "texts")
     assert set(emails) == {lead for lead, _trial in ids.values()}
     assert all(status in WENT_OUT for status, _reason in emails.values())
@@ -335,8 +404,10 @@ def test_long_emoji_and_right_to_left_names_are_sent_intact(sandbox):
     for kind, (_lead, trial) in ids.items():
         body = f"Lifecycle: hi {names[kind]}. Reply STOP to opt out."
         if len(body) > 1600:
-            assert sms[trial] == ("failed", "twilio 21617 The concatenated message body exceeds the 1600 "
-                                            "character limit.")
+            assert sms[trial] == (
+                "failed",
+                "twilio 21617 The concatenated message body exceeds the 1600 character limit.",
+            )
             assert body not in bodies
         else:
             assert sms[trial][0] in WENT_OUT and body in bodies
@@ -345,8 +416,9 @@ def test_long_emoji_and_right_to_left_names_are_sent_intact(sandbox):
 # --- templates ------------------------------------------------------------------------------
 
 
-def run_probes(tmp_path, monkeypatch, engine, crm_rows, bodies: dict[str, str],
-               extra: dict[str, str] | None = None) -> dict[str, tuple[str, str | None]]:
+def run_probes(
+    tmp_path, monkeypatch, engine, crm_rows, bodies: dict[str, str], extra: dict[str, str] | None = None
+) -> dict[str, tuple[str, str | None]]:
     """Run one program whose HTML part runs ``bodies[case]`` for the contact whose role is
     ``case``; each such contact shares its send batch (of two) with an ordinary contact, who must
     get the message. Returns each case's (status, reason)."""
@@ -356,8 +428,9 @@ def run_probes(tmp_path, monkeypatch, engine, crm_rows, bodies: dict[str, str],
         "probe/t.html.j2": "Hello {{ contact.first_name }}{% if false %}" + branches + "{% endif %}",
         "probe/t.txt.j2": "Hello {{ contact.first_name }}",
     }
-    with_programs(tmp_path, monkeypatch, {"probe": email_program({"segment": "leads"}, "probe/t")},
-                  templates | (extra or {}))
+    with_programs(
+        tmp_path, monkeypatch, {"probe": email_program({"segment": "leads"}, "probe/t")}, templates | (extra or {})
+    )
     ordinary, probes = [], {}
     for case in bodies:
         ordinary.append(crm_rows.contact())
@@ -378,16 +451,20 @@ FAILING_TEMPLATES = {
     "type": ("{{ contact.first_name + 1 }}", "TypeError: can only concatenate str"),
     "float-overflow": ("{{ 10.0 ** 400 }}", "OverflowError"),
     "huge-range": ("{% for i in range(10 ** 9) %}x{% endfor %}", "OverflowError: Range too big"),
-    "nested-loops": ("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
-                     "SecurityError: range() loops may run at most 100,000 times"),
+    "nested-loops": (
+        "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+        "SecurityError: range() loops may run at most 100,000 times",
+    ),
     "recursion": ("{% macro again() %}{{ again() }}{% endmacro %}{{ again() }}", "RecursionError"),
     "string-repeat": ("{{ contact.role * 10 ** 9 }}", "SecurityError: a repeated string or list's length may be"),
     "int-power": ("{{ 7 ** 100000000 }}", "SecurityError: an integer power's size in bits may be at most 4,096"),
     "format-width": ("{{ '{:>999999999}'.format(contact.role) }}", "SecurityError: a format width may be at most"),
     "printf-width": ("{{ '%999999999s' % contact.role }}", "SecurityError: a format width may be at most 10,000"),
     "padding": ("{{ contact.role|center(999999999) }}", "SecurityError: a width or count may be at most 10,000"),
-    "replace-blowup": ("{{ ('x' * 100000)|replace('x', contact.role * 1000) }}",
-                       "SecurityError: a replacement's result length may be at most 1,000,000"),
+    "replace-blowup": (
+        "{{ ('x' * 100000)|replace('x', contact.role * 1000) }}",
+        "SecurityError: a replacement's result length may be at most 1,000,000",
+    ),
 }
 
 

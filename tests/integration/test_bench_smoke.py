@@ -12,8 +12,20 @@ def test_quick_bench_reports_every_figure_and_the_naive_baseline_matches_the_eng
     report_file = tmp_path / "bench.json"
 
     status = bench.main(
-        ["--quick", "--db", "sqlite", "--contacts", "300", "--naive-subset", "120", "--scale-check",
-         "--work-dir", str(tmp_path / "work"), "--json", str(report_file)]
+        [
+            "--quick",
+            "--db",
+            "sqlite",
+            "--contacts",
+            "300",
+            "--naive-subset",
+            "120",
+            "--scale-check",
+            "--work-dir",
+            str(tmp_path / "work"),
+            "--json",
+            str(report_file),
+        ]
     )
 
     printed = capsys.readouterr().out

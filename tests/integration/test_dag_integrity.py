@@ -11,8 +11,23 @@ import pytest
 from tests.conftest import FIXTURES
 from tests.dagrun import load_dags
 
-ALLOWED_TAGS = {"lifecycle", "program", "invalid", "onboarding", "nurture", "ecommerce", "retention", "renewal",
-                "expansion", "education", "winback", "reporting", "data-quality", "sms", "email"}
+ALLOWED_TAGS = {
+    "lifecycle",
+    "program",
+    "invalid",
+    "onboarding",
+    "nurture",
+    "ecommerce",
+    "retention",
+    "renewal",
+    "expansion",
+    "education",
+    "winback",
+    "reporting",
+    "data-quality",
+    "sms",
+    "email",
+}
 
 
 @pytest.fixture

@@ -41,9 +41,7 @@ def crm(tmp_path_factory) -> tuple[str, object]:
     with engine.begin() as conn:
         ids = (
             conn.execute(
-                select(m.c.message_id)
-                .where(m.c.program == "welcome", m.c.status == "dry_run")
-                .order_by(m.c.message_id)
+                select(m.c.message_id).where(m.c.program == "welcome", m.c.status == "dry_run").order_by(m.c.message_id)
             )
             .scalars()
             .all()[: DELIVERED + BOUNCED]
@@ -199,9 +197,7 @@ def test_config_and_crm_strings_are_escaped(crm, shipped, tmp_path, monkeypatch)
         .replace("name: welcome_subject", "name: 'subject_<b>bold</b>'")
     )
     policy_file = copy / "policy.yml"
-    policy_file.write_text(
-        policy_file.read_text().replace("name: Northwind Cloud", f"name: 'Northwind {PLANTED}'")
-    )
+    policy_file.write_text(policy_file.read_text().replace("name: Northwind Cloud", f"name: 'Northwind {PLANTED}'"))
     monkeypatch.setenv("LIFECYCLE_CONFIG_DIR", str(copy))
     programs, errors = config.load_all_programs()
     digest = build_digest(engine, programs, config.load_policy(), AS_OF, errors)
@@ -248,9 +244,7 @@ def test_no_stakeholders_means_the_digest_task_is_skipped(tmp_path, monkeypatch,
     copy = tmp_path / "config"
     shutil.copytree(paths.PROJECT_ROOT / "config", copy)
     policy_file = copy / "policy.yml"
-    policy_file.write_text(
-        re.sub(r"stakeholders:\n(  - .*\n)+", "stakeholders: []\n", policy_file.read_text())
-    )
+    policy_file.write_text(re.sub(r"stakeholders:\n(  - .*\n)+", "stakeholders: []\n", policy_file.read_text()))
     monkeypatch.setenv("LIFECYCLE_CONFIG_DIR", str(copy))
     _use_sandbox(monkeypatch, sandbox)
     sandbox.reset()

@@ -320,9 +320,7 @@ def test_two_send_tasks_on_one_batch_at_once_claim_each_message_once(crm, db_url
     assert sorted(deliveries(sandbox).values()) == [1] * 16
 
 
-def test_a_live_send_task_slower_than_the_lease_never_shares_an_sms_with_its_retry(
-    crm, db_url, sandbox, monkeypatch
-):
+def test_a_live_send_task_slower_than_the_lease_never_shares_an_sms_with_its_retry(crm, db_url, sandbox, monkeypatch):
     """A worker still sending a long chunk of SMS when its claims pass the lease (it was taken for
     dead, say, and the task retried): the retry requeues and sends what the worker has not reached,
     and the worker, asking before every attempt, gives those up. Each SMS goes out once."""
@@ -352,9 +350,7 @@ def test_a_claim_takes_the_next_messages_while_another_claim_holds_the_first(crm
     stage_run(engine, "alpha", "skip", AS_OF, batch_size=1000)
     with engine.connect() as holder, ThreadPoolExecutor(1) as pool:
         held = (
-            holder.execute(select(M.c.message_id).order_by(M.c.message_id).limit(3).with_for_update())
-            .scalars()
-            .all()
+            holder.execute(select(M.c.message_id).order_by(M.c.message_id).limit(3).with_for_update()).scalars().all()
         )
         claiming = pool.submit(dispatch.claim, engine, "skip", 0, 3)
         try:

@@ -26,8 +26,10 @@ def loop(crm, db_url, monkeypatch):
     """The CRM, the webhook app on loopback, and the sandbox posting signed webhooks to it."""
     use_crm(monkeypatch, db_url)
     web = WebApp().start()
-    with SandboxServer(sendgrid_webhook_url=f"{web.base_url}/webhooks/sendgrid",
-                       twilio_inbound_url=f"{web.base_url}/webhooks/twilio/inbound") as sandbox:
+    with SandboxServer(
+        sendgrid_webhook_url=f"{web.base_url}/webhooks/sendgrid",
+        twilio_inbound_url=f"{web.base_url}/webhooks/twilio/inbound",
+    ) as sandbox:
         for key, value in provider_connections(sandbox, web.base_url, "loop-secret").items():
             monkeypatch.setenv(key, value)
         yield crm[0], crm[1], sandbox
@@ -41,8 +43,9 @@ def _run(engine, program: str, as_of) -> None:
 
 def _outcomes(engine, program: str, step: str) -> dict[str, tuple[str, str | None]]:
     with engine.connect() as conn:
-        rows = conn.execute(select(M.c.contact_id, M.c.status, M.c.reason).where(M.c.program == program,
-                                                                                M.c.step == step))
+        rows = conn.execute(
+            select(M.c.contact_id, M.c.status, M.c.reason).where(M.c.program == program, M.c.step == step)
+        )
         return {r.contact_id: (r.status, r.reason) for r in rows}
 
 
@@ -52,7 +55,9 @@ def test_stop_reply_suppresses_sms_on_the_next_run(loop):
     stayer = crm_rows.contact(lifecycle_stage="trial", phone="+14155550143")
     _run(engine, "texts", AS_OF)
     assert {c: s in WENT_OUT for c, (s, _r) in _outcomes(engine, "texts", "ping").items()} == {
-        stopper: True, stayer: True}
+        stopper: True,
+        stayer: True,
+    }
     sandbox.inbound_sms("+14155550142", "STOP")
     sandbox.flush()
     _run(engine, "texts", AS_OF + timedelta(days=1))
@@ -62,9 +67,12 @@ def test_stop_reply_suppresses_sms_on_the_next_run(loop):
     assert [m["to"] for m in sandbox.twilio_messages()].count("+14155550142") == 1
     consent = schema.consents
     with engine.connect() as conn:
-        newest = conn.execute(select(consent.c.status, consent.c.source).where(
-            consent.c.contact_id == stopper, consent.c.channel == "sms").order_by(
-            consent.c.captured_at.desc()).limit(1)).one()
+        newest = conn.execute(
+            select(consent.c.status, consent.c.source)
+            .where(consent.c.contact_id == stopper, consent.c.channel == "sms")
+            .order_by(consent.c.captured_at.desc())
+            .limit(1)
+        ).one()
     assert newest.status == "withdrawn" and newest.source
 
 
@@ -81,6 +89,7 @@ def test_bounce_suppresses_email_on_the_next_run(loop):
     assert reminder[fine][0] in WENT_OUT
     # Email is impossible after the hard bounce, so the step falls back to SMS.
     with engine.connect() as conn:
-        channel = conn.execute(select(M.c.channel).where(M.c.contact_id == bouncer,
-                                                         M.c.step == "reminder")).scalar_one()
+        channel = conn.execute(
+            select(M.c.channel).where(M.c.contact_id == bouncer, M.c.step == "reminder")
+        ).scalar_one()
     assert channel == "sms" and reminder[bouncer][0] in WENT_OUT

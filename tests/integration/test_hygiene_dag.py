@@ -88,9 +88,7 @@ def test_figures_match_the_planted_dirty_data(seeded, db_url, monkeypatch):
             select(func.count()).where(Q.c.survivor_id.is_not(None), Q.c.duplicate_key.like("email:%"))
         ).scalar()
         flags = dict(
-            conn.execute(
-                select(S.c.reason + ":" + S.c.channel, func.count()).group_by(S.c.reason, S.c.channel)
-            ).all()
+            conn.execute(select(S.c.reason + ":" + S.c.channel, func.count()).group_by(S.c.reason, S.c.channel)).all()
         )
     assert figures["required_fields_filled"] == filled
     assert by_email == planted["duplicate_email_variants"]

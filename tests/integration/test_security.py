@@ -61,8 +61,10 @@ DROP = "'); DROP TABLE contacts;--"
 def counts(engine) -> dict[str, int]:
     """Rows per table, CRM and engine: what an attack must not change."""
     with engine.connect() as conn:
-        return {t.name: conn.execute(select(func.count()).select_from(t)).scalar_one()
-                for t in (*schema.crm_metadata.sorted_tables, *schema.engine_metadata.sorted_tables)}
+        return {
+            t.name: conn.execute(select(func.count()).select_from(t)).scalar_one()
+            for t in (*schema.crm_metadata.sorted_tables, *schema.engine_metadata.sorted_tables)
+        }
 
 
 def ledger(engine) -> list[tuple]:
@@ -77,8 +79,9 @@ def app(crm, db_url, monkeypatch) -> Iterator[tuple]:
     web = WebApp().start()
     monkeypatch.setenv("LIFECYCLE_CRM_URL", db_url)
     connections = {
-        "SENDGRID_DEFAULT": connection_json("generic", password="SG.security",
-                                            extra={"webhook_public_key": signer.public_key}),
+        "SENDGRID_DEFAULT": connection_json(
+            "generic", password="SG.security", extra={"webhook_public_key": signer.public_key}
+        ),
         "TWILIO_DEFAULT": connection_json("generic", login="ACsecurity", password=DEFAULT_TWILIO_TOKEN),
         "LIFECYCLE_DEFAULT": connection_json("generic", host=web.base_url, password=LINK_SECRET),
     }
@@ -89,12 +92,21 @@ def app(crm, db_url, monkeypatch) -> Iterator[tuple]:
     web.stop()
 
 
-def twilio_request(base_url: str, path: str, params: dict[str, str], token: str = DEFAULT_TWILIO_TOKEN,
-                   signed_url: str | None = None, signed_params: dict[str, str] | None = None) -> dict:
+def twilio_request(
+    base_url: str,
+    path: str,
+    params: dict[str, str],
+    token: str = DEFAULT_TWILIO_TOKEN,
+    signed_url: str | None = None,
+    signed_params: dict[str, str] | None = None,
+) -> dict:
     """Keyword arguments for ``http.post``: a form signed the way Twilio signs it (or forged)."""
     signature = RequestValidator(token).compute_signature(signed_url or base_url + path, signed_params or params)
-    return {"url": path, "content": urlencode(params),
-            "headers": {"X-Twilio-Signature": signature, "Content-Type": "application/x-www-form-urlencoded"}}
+    return {
+        "url": path,
+        "content": urlencode(params),
+        "headers": {"X-Twilio-Signature": signature, "Content-Type": "application/x-www-form-urlencoded"},
+    }
 
 
 # --- webhooks -------------------------------------------------------------------------------
@@ -128,10 +140,15 @@ def test_forged_tampered_and_stale_webhooks_change_nothing(app):
     twilio = {
         "wrong token": twilio_request(base_url, "/webhooks/twilio/inbound", stop, token="guessed"),
         "tampered": twilio_request(base_url, "/webhooks/twilio/inbound", stop, signed_params=stop | {"Body": "hi"}),
-        "other url": twilio_request(base_url, "/webhooks/twilio/inbound", stop,
-                                    signed_url=base_url + "/webhooks/twilio/status"),
-        "status forged": twilio_request(base_url, f"/webhooks/twilio/status?lifecycle_message_id={message}",
-                                        {"MessageSid": "SM1", "MessageStatus": "failed"}, token="guessed"),
+        "other url": twilio_request(
+            base_url, "/webhooks/twilio/inbound", stop, signed_url=base_url + "/webhooks/twilio/status"
+        ),
+        "status forged": twilio_request(
+            base_url,
+            f"/webhooks/twilio/status?lifecycle_message_id={message}",
+            {"MessageSid": "SM1", "MessageStatus": "failed"},
+            token="guessed",
+        ),
     }
     for attack, request in twilio.items():
         assert http.post(**request).status_code == 403, attack
@@ -143,11 +160,18 @@ def test_a_replayed_signed_batch_is_recorded_once(app):
     ada, bob, cy = crm_rows.contact(), crm_rows.contact(), crm_rows.contact(phone="+14155550143")
     first, second = add_message(engine, ada), add_message(engine, bob)
     now = int(time.time())
-    body = json.dumps([sg_event(first, "delivered", now), sg_event(first, "open", now + 1),
-                       sg_event(second, "bounce", now, type="bounce"), sg_event(second, "unsubscribe", now + 2)])
+    body = json.dumps(
+        [
+            sg_event(first, "delivered", now),
+            sg_event(first, "open", now + 1),
+            sg_event(second, "bounce", now, type="bounce"),
+            sg_event(second, "unsubscribe", now + 2),
+        ]
+    )
     headers = signer.headers(body)
-    stop = twilio_request(base_url, "/webhooks/twilio/inbound", {"MessageSid": "SMstop", "From": "+14155550143",
-                                                                 "Body": "STOP"})
+    stop = twilio_request(
+        base_url, "/webhooks/twilio/inbound", {"MessageSid": "SMstop", "From": "+14155550143", "Body": "STOP"}
+    )
     answers = [http.post("/webhooks/sendgrid", content=body, headers=headers).json() for _ in range(3)]
     stops = [http.post(**stop).status_code for _ in range(3)]
     assert [a["new"] for a in answers] == [4, 0, 0] and stops == [200, 200, 200]
@@ -159,8 +183,11 @@ def test_a_replayed_signed_batch_is_recorded_once(app):
     with engine.connect() as conn:
         recorded = conn.execute(select(events.c.event_id, func.count()).group_by(events.c.event_id)).all()
         suppressed = conn.execute(select(schema.suppressions.c.contact_id, schema.suppressions.c.reason)).all()
-        withdrawn = conn.execute(select(schema.consents.c.contact_id).where(
-            schema.consents.c.status == "withdrawn")).scalars().all()
+        withdrawn = (
+            conn.execute(select(schema.consents.c.contact_id).where(schema.consents.c.status == "withdrawn"))
+            .scalars()
+            .all()
+        )
     assert sorted(n for _id, n in recorded) == [1] * 5
     assert sorted(suppressed) == sorted([(bob, "hard_bounce"), (bob, "unsubscribed"), (cy, "sms_stop")])
     assert sorted(withdrawn) == sorted([bob, cy])
@@ -184,14 +211,23 @@ def test_tampered_unsubscribe_tokens_are_refused_and_record_nothing(app):
     message = add_message(engine, ada)
     token = make_unsubscribe_token(LINK_SECRET, message, ada, "email")
     alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
-    flipped = [token[:i] + alphabet[(alphabet.index(c) + 1) % 64] + token[i + 1:]
-               for i, c in enumerate(token) if c != "."]
+    flipped = [
+        token[:i] + alphabet[(alphabet.index(c) + 1) % 64] + token[i + 1 :] for i, c in enumerate(token) if c != "."
+    ]
     forged = [
         *flipped,
-        _swap(token, c=bob), _swap(token, ch="sms"), _swap(token, m=message + 1),
+        _swap(token, c=bob),
+        _swap(token, ch="sms"),
+        _swap(token, m=message + 1),
         make_unsubscribe_token("guessed-secret", message, ada, "email"),
         make_unsubscribe_token(LINK_SECRET + " ", message, ada, "email"),
-        token + "=", token + "!!", token[:-1], token.replace(".", ".."), "", "null", "%00",
+        token + "=",
+        token + "!!",
+        token[:-1],
+        token.replace(".", ".."),
+        "",
+        "null",
+        "%00",
     ]
     before = counts(engine), ledger(engine)
     for bad in forged:
@@ -222,8 +258,12 @@ def test_injection_through_program_values_is_plain_data(crm, tmp_path, monkeypat
         "by_ticket": email_program({"related": "tickets", "where": {"status": INJECTED[3]}}),
     }
     programs["by_product"]["audience"]["trigger_event"] = INJECTED
-    programs["by_name"]["ab_test"] = {"name": "t", "variable": "subject", "salt": DROP,
-                                      "variants": [{"name": "A", "weight": 1}, {"name": "B", "weight": 1}]}
+    programs["by_name"]["ab_test"] = {
+        "name": "t",
+        "variable": "subject",
+        "salt": DROP,
+        "variants": [{"name": "A", "weight": 1}, {"name": "B", "weight": 1}],
+    }
     with_programs(tmp_path, monkeypatch, programs)
     named = crm_rows.contact(first_name=DROP)
     crm_rows.contact(lifecycle_stage="lead")
@@ -239,7 +279,11 @@ def test_injection_through_program_values_is_plain_data(crm, tmp_path, monkeypat
         run_program(engine, program, AS_OF)
 
     assert {p: set(outcomes(engine, p)) for p in programs} == {
-        "by_name": {named}, "by_stage": set(), "by_product": {buyer}, "by_ticket": {ticketed}}
+        "by_name": {named},
+        "by_stage": set(),
+        "by_product": {buyer},
+        "by_ticket": {ticketed},
+    }
     after = counts(engine)
     assert {t: after[t] for t in schema.crm_metadata.tables} == {t: before[t] for t in schema.crm_metadata.tables}
     assert set(inspect(engine).get_table_names()) >= set(schema.crm_metadata.tables)
@@ -267,8 +311,12 @@ def test_crm_data_full_of_payloads_is_sent_as_text(sandbox_crm):
     """A contact named like an SQL injection, with markup and template syntax around it, gets the
     message with the name as written (escaped in HTML), and every table is intact."""
     engine, crm_rows, server = sandbox_crm
-    names = {"sql": DROP, "html": "<script>alert('x')</script>", "template": "{{ 7 * 7 }}{% raw %}",
-             "quote": 'Ada "the" O\'Neil'}
+    names = {
+        "sql": DROP,
+        "html": "<script>alert('x')</script>",
+        "template": "{{ 7 * 7 }}{% raw %}",
+        "quote": 'Ada "the" O\'Neil',
+    }
     ids = {kind: crm_rows.contact(first_name=name, account_id=f"acct-{kind}") for kind, name in names.items()}
     for kind in names:
         crm_rows.row("accounts", account_id=f"acct-{kind}", name=DROP, industry="<b>x</b>", tier="{{ 1 }}")
@@ -285,7 +333,8 @@ def test_crm_data_full_of_payloads_is_sent_as_text(sandbox_crm):
         assert f"<p>Hello {escape(name)}</p>" in email["html"]
     assert "<p>Hello &#39;); DROP TABLE contacts;--</p>" in received[f"{ids['sql']}@example.com"]["html"]
     assert {t: n for t, n in counts(engine).items() if t in schema.crm_metadata.tables} == {
-        t: n for t, n in before.items() if t in schema.crm_metadata.tables}
+        t: n for t, n in before.items() if t in schema.crm_metadata.tables
+    }
 
 
 @pytest.fixture
@@ -409,8 +458,9 @@ def test_task_logs_hold_no_address_and_no_secret(sqlite_url, monkeypatch, task_l
         assert run_dag(monkeypatch, sqlite_url, "welcome", datetime(2026, 11, 16, 15, tzinfo=UTC)) == "success"
         sent = [m["to"] for m in server.sendgrid_messages()] + [m["to"] for m in server.twilio_messages()]
 
-    logs = {p: p.read_text(errors="replace") for p in (Path(os.environ["AIRFLOW_HOME"]) / "logs").rglob("*")
-            if p.is_file()}
+    logs = {
+        p: p.read_text(errors="replace") for p in (Path(os.environ["AIRFLOW_HOME"]) / "logs").rglob("*") if p.is_file()
+    }
     text = "\n".join(logs.values()).lower()
     assert sent and task_log in logs
     for task in ("evaluate_segment", "enroll_and_exit", "plan_due_steps", "suppress", "cap", "send", "log_kpis"):

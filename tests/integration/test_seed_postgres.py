@@ -59,11 +59,7 @@ def test_postgres_crm_is_indexed_queryable_and_reseedable(postgres_url: str):
         carts = conn.execute(
             select(func.count()).where(events.c.properties["cart_id"].as_string().is_not(None))
         ).scalar()
-        assert (
-            carts
-            == conn.execute(select(func.count()).where(events.c.event_type == "cart_abandoned")).scalar()
-            > 0
-        )
+        assert carts == conn.execute(select(func.count()).where(events.c.event_type == "cart_abandoned")).scalar() > 0
         padded = conn.execute(
             select(func.count()).where(schema.contacts.c.email != func.btrim(schema.contacts.c.email))
         ).scalar()

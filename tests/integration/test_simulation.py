@@ -59,10 +59,7 @@ def test_every_program_is_measured_or_skipped_with_a_reason(report):
 
 
 def test_the_simulation_is_deterministic_for_a_seed(tmp_path):
-    runs = [
-        simulation.simulate(f"sqlite:///{tmp_path / f'crm{i}.db'}", 1_000, 1, START, 0.2, seed=3)
-        for i in range(2)
-    ]
+    runs = [simulation.simulate(f"sqlite:///{tmp_path / f'crm{i}.db'}", 1_000, 1, START, 0.2, seed=3) for i in range(2)]
     first, second = (r.render().split("\n", 1)[1] for r in runs)
     assert first == second
     assert runs[0].results and all(r.planted_uplift == 0.2 for r in runs[0].results.values())

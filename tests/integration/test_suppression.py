@@ -16,8 +16,11 @@ pytestmark = pytest.mark.usefixtures("test_config")
 
 def _suppress(engine, contact_id: str, channel: str, reason: str) -> None:
     with engine.begin() as conn:
-        conn.execute(insert(schema.suppressions).values(
-            contact_id=contact_id, channel=channel, reason=reason, source="test", created_at=AS_OF))
+        conn.execute(
+            insert(schema.suppressions).values(
+                contact_id=contact_id, channel=channel, reason=reason, source="test", created_at=AS_OF
+            )
+        )
 
 
 def test_every_reason_is_recorded(crm):

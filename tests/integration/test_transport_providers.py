@@ -63,9 +63,7 @@ def test_1500_identical_emails_go_in_two_requests(sandbox, transport):
     by_request = Counter(r["x_message_id"] for r in records)
     assert sorted(by_request.values()) == [500, 1000]
     provider_ids = {r.message_id: r.provider_message_id for r in results}
-    assert all(
-        provider_ids[int(r["custom_args"]["lifecycle_message_id"])] == r["x_message_id"] for r in records
-    )
+    assert all(provider_ids[int(r["custom_args"]["lifecycle_message_id"])] == r["x_message_id"] for r in records)
 
 
 def test_each_personalization_gets_its_own_signed_list_unsubscribe(sandbox, transport):
@@ -78,9 +76,7 @@ def test_each_personalization_gets_its_own_signed_list_unsubscribe(sandbox, tran
         assert f"{url.scheme}://{url.netloc}{url.path}" == "http://lifecycle.test/lifecycle/unsubscribe"
         message_id = int(record["custom_args"]["lifecycle_message_id"])
         token = parse_qs(url.query)["token"][0]
-        assert verify_unsubscribe_token(LINK_SECRET, token) == UnsubscribeToken(
-            message_id, f"c{message_id}", "email"
-        )
+        assert verify_unsubscribe_token(LINK_SECRET, token) == UnsubscribeToken(message_id, f"c{message_id}", "email")
 
 
 def test_dispatch_unsubscribe_url_and_custom_args_are_kept(sandbox, transport):
@@ -91,9 +87,7 @@ def test_dispatch_unsubscribe_url_and_custom_args_are_kept(sandbox, transport):
 
 
 def test_different_content_goes_in_different_requests(sandbox, transport):
-    results = transport.send_email(
-        [email(1, "A"), email(2, "B"), email(3, "A"), email(4, "A", html="<p>x</p>")]
-    )
+    results = transport.send_email([email(1, "A"), email(2, "B"), email(3, "A"), email(4, "A", html="<p>x</p>")])
     assert mail_requests(sandbox) == 3
     by_id = {r.message_id: r.provider_message_id for r in results}
     assert by_id[1] == by_id[3] != by_id[2]
@@ -157,17 +151,12 @@ def test_sms_result_carries_sid_segments_and_a_callback_naming_the_message(sandb
     [result] = transport.send_sms([sms(7, body="x" * 161)])
     [record] = sandbox.twilio_messages()
     assert (result.status, result.provider_message_id, result.segments) == ("sent", record["sid"], 2)
-    assert (
-        record["status_callback"]
-        == "http://lifecycle.test/lifecycle/webhooks/twilio/status?lifecycle_message_id=7"
-    )
+    assert record["status_callback"] == "http://lifecycle.test/lifecycle/webhooks/twilio/status?lifecycle_message_id=7"
 
 
 def test_sms_refusals_fail_with_the_provider_reason(sandbox, transport):
     sandbox.inbound_sms("+14155550124", "STOP")
-    results = {
-        r.message_id: r for r in transport.send_sms([sms(1, "+14155550124"), sms(2, "(415) 555-0125")])
-    }
+    results = {r.message_id: r for r in transport.send_sms([sms(1, "+14155550124"), sms(2, "(415) 555-0125")])}
     assert (results[1].status, results[1].reason) == (
         "failed",
         "twilio 21610 Attempt to send to unsubscribed recipient",

@@ -52,18 +52,35 @@ def receiver(sqlite_url, monkeypatch):
     engine = get_engine(sqlite_url)
     schema.crm_metadata.create_all(engine)
     migrate(engine)
-    rows = [{"idempotency_key": f"load:{i}", "program": "welcome", "enrollment_id": i, "entry": 1, "step": "welcome",
-             "step_index": 0, "contact_id": f"c{i:05d}", "channel": "email", "planned_channel": "email",
-             "template": "welcome/welcome", "status": "sent", "due_at": AS_OF, "run_id": "load",
-             "planned_at": AS_OF} for i in range(LEDGER)]
+    rows = [
+        {
+            "idempotency_key": f"load:{i}",
+            "program": "welcome",
+            "enrollment_id": i,
+            "entry": 1,
+            "step": "welcome",
+            "step_index": 0,
+            "contact_id": f"c{i:05d}",
+            "channel": "email",
+            "planned_channel": "email",
+            "template": "welcome/welcome",
+            "status": "sent",
+            "due_at": AS_OF,
+            "run_id": "load",
+            "planned_at": AS_OF,
+        }
+        for i in range(LEDGER)
+    ]
     contacts = [{"contact_id": f"c{i:05d}", "email": f"c{i:05d}@example.com"} for i in range(LEDGER)]
     with engine.begin() as conn:
         conn.execute(insert(schema.contacts), contacts)
         conn.execute(insert(schema.messages), rows)
     signer = EventSigner()
     monkeypatch.setenv("LIFECYCLE_CRM_URL", sqlite_url)
-    monkeypatch.setenv("AIRFLOW_CONN_SENDGRID_DEFAULT",
-                       connection_json("generic", password="SG.load", extra={"webhook_public_key": signer.public_key}))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_SENDGRID_DEFAULT",
+        connection_json("generic", password="SG.load", extra={"webhook_public_key": signer.public_key}),
+    )
     web = WebApp().start()
     yield engine, signer, f"{web.base_url}/webhooks/sendgrid"
     web.stop()
@@ -75,9 +92,16 @@ def _batch(client: int, sequence: itertools.count, first_message: int) -> list[d
     for _ in range(BATCH):
         n = next(sequence)
         message = (first_message + n) % LEDGER + 1
-        events.append({"email": f"c{message - 1:05d}@example.com", "timestamp": now, "event": KINDS[n % len(KINDS)],
-                       "sg_event_id": f"load-{client}-{n}", "sg_message_id": f"x{message}.filter.0",
-                       "lifecycle_message_id": str(message)})
+        events.append(
+            {
+                "email": f"c{message - 1:05d}@example.com",
+                "timestamp": now,
+                "event": KINDS[n % len(KINDS)],
+                "sg_event_id": f"load-{client}-{n}",
+                "sg_message_id": f"x{message}.filter.0",
+                "lifecycle_message_id": str(message),
+            }
+        )
     return events
 
 
@@ -106,8 +130,10 @@ def test_a_sustained_burst_of_signed_events_loses_nothing(receiver):
     tallies = [Client() for _ in range(CLIENTS)]
     start = time.monotonic()
     stop = start + SECONDS
-    threads = [threading.Thread(target=_run_client, args=(i, url, signer, start, stop, t), daemon=True)
-               for i, t in enumerate(tallies)]
+    threads = [
+        threading.Thread(target=_run_client, args=(i, url, signer, start, stop, t), daemon=True)
+        for i, t in enumerate(tallies)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -117,17 +143,25 @@ def test_a_sustained_burst_of_signed_events_loses_nothing(receiver):
     sent = [event_id for t in tallies for event_id in t.sent]
     statuses = sum((t.statuses for t in tallies), Counter())
     rate = len(sent) / elapsed
-    print(f"\nwebhook load: {len(sent):,} events in {sum(t.requests for t in tallies):,} signed requests "
-          f"(+{sum(t.retries for t in tallies)} repeated) over {elapsed:.1f} s = {rate:,.0f} events/s "
-          f"(target {TARGET_RATE:,}/s); responses {dict(statuses)}")
+    print(
+        f"\nwebhook load: {len(sent):,} events in {sum(t.requests for t in tallies):,} signed requests "
+        f"(+{sum(t.retries for t in tallies)} repeated) over {elapsed:.1f} s = {rate:,.0f} events/s "
+        f"(target {TARGET_RATE:,}/s); responses {dict(statuses)}"
+    )
 
     assert not any(thread.is_alive() for thread in threads)
     assert set(statuses) == {200}
     events = schema.provider_events
     with engine.connect() as conn:
-        recorded = Counter(dict(conn.execute(
-            select(events.c.event_id, func.count()).where(events.c.provider == "sendgrid").group_by(events.c.event_id)
-        ).all()))
+        recorded = Counter(
+            dict(
+                conn.execute(
+                    select(events.c.event_id, func.count())
+                    .where(events.c.provider == "sendgrid")
+                    .group_by(events.c.event_id)
+                ).all()
+            )
+        )
     assert len(sent) == len(set(sent)) >= TARGET_RATE * SECONDS * 0.9
     assert set(recorded) == set(sent)
     assert max(recorded.values()) == 1

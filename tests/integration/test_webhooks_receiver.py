@@ -67,9 +67,7 @@ def add_message(engine, contact_id: str, channel: str = "email", status: str = "
 def status_of(engine, message_id: int) -> tuple[str, str | None]:
     with engine.connect() as conn:
         row = conn.execute(
-            select(schema.messages.c.status, schema.messages.c.reason).where(
-                schema.messages.c.message_id == message_id
-            )
+            select(schema.messages.c.status, schema.messages.c.reason).where(schema.messages.c.message_id == message_id)
         ).one()
     return row.status, row.reason
 
@@ -172,9 +170,7 @@ def test_signed_events_are_recorded_and_move_the_ledger(ledger, signer, client):
     message = add_message(engine, contact)
     now = int(time.time())
 
-    response = post_events(
-        client, signer, [sg_event(message, "delivered", now), sg_event(message, "open", now)]
-    )
+    response = post_events(client, signer, [sg_event(message, "delivered", now), sg_event(message, "open", now)])
 
     assert response.status_code == 200 and response.json() == {"received": 2, "new": 2}
     assert status_of(engine, message) == ("opened", None)
@@ -229,9 +225,7 @@ def test_an_older_event_arriving_late_never_moves_the_status_back(ledger, signer
     now = int(time.time())
 
     post_events(client, signer, [sg_event(message, "open", now)])
-    post_events(
-        client, signer, [sg_event(message, "delivered", now - 60), sg_event(message, "processed", now - 90)]
-    )
+    post_events(client, signer, [sg_event(message, "delivered", now - 60), sg_event(message, "processed", now - 90)])
     assert status_of(engine, message) == ("opened", None)
 
     post_events(client, signer, [sg_event(message, "click", now + 5)])
@@ -244,9 +238,7 @@ def test_bounce_is_final_and_suppresses_the_address(ledger, signer, client):
     message = add_message(engine, contact)
     now = int(time.time())
 
-    post_events(
-        client, signer, [sg_event(message, "bounce", now, type="bounce", reason="550 <ada@example.com>")]
-    )
+    post_events(client, signer, [sg_event(message, "bounce", now, type="bounce", reason="550 <ada@example.com>")])
     post_events(client, signer, [sg_event(message, "delivered", now + 1)])
 
     assert status_of(engine, message) == ("bounced", "hard bounce")
@@ -349,9 +341,7 @@ def test_unverified_twilio_requests_are_rejected_and_record_nothing(ledger, sign
     if attack == "wrong_token":
         response = twilio_post(client, "/webhooks/twilio/inbound", inbound, token="not-the-token")
     elif attack == "tampered":
-        response = twilio_post(
-            client, "/webhooks/twilio/inbound", inbound, signed_params={**inbound, "Body": "hello"}
-        )
+        response = twilio_post(client, "/webhooks/twilio/inbound", inbound, signed_params={**inbound, "Body": "hello"})
     else:
         params = {"MessageSid": "SM9", "MessageStatus": "failed"}
         url = f"{PUBLIC_BASE}/webhooks/twilio/status?lifecycle_message_id=999"
@@ -395,9 +385,7 @@ def test_stop_then_start_from_a_number(ledger, signer, client):
     [event] = rows(engine, schema.provider_events, event_id="SMa")
     assert "4155550142" not in json.dumps(event["payload"])
 
-    twilio_post(
-        client, "/webhooks/twilio/inbound", {"MessageSid": "SMb", "From": "+14155550142", "Body": "START"}
-    )
+    twilio_post(client, "/webhooks/twilio/inbound", {"MessageSid": "SMb", "From": "+14155550142", "Body": "START"})
     assert rows(engine, schema.suppressions, contact_id=contact) == []
     assert latest_consent(engine, contact, "sms")["status"] == "granted"
 
@@ -582,9 +570,7 @@ def test_list_unsubscribe_header_unsubscribes_the_right_contact(live):
     engine, crm, sandbox, transport = live
     ada, bob = crm.contact(), crm.contact()
     first, second = add_message(engine, ada), add_message(engine, bob)
-    transport.send_email(
-        [email_for(first, ada, "ada@example.com"), email_for(second, bob, "bob@example.com")]
-    )
+    transport.send_email([email_for(first, ada, "ada@example.com"), email_for(second, bob, "bob@example.com")])
 
     record = sandbox.sendgrid_messages(to="bob@example.com")[0]
     assert record["headers"]["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"

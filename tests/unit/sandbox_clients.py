@@ -33,9 +33,7 @@ class SandboxTwilioHttpClient(TwilioHttpClient):
         return super().request(method, url, *args, **kwargs)
 
 
-def twilio_client(
-    sandbox: SandboxServer, token: str = DEFAULT_TWILIO_TOKEN, timeout: float | None = 10
-) -> Client:
+def twilio_client(sandbox: SandboxServer, token: str = DEFAULT_TWILIO_TOKEN, timeout: float | None = 10) -> Client:
     """A real ``twilio.rest.Client`` talking to the sandbox."""
     return Client(DEFAULT_TWILIO_SID, token, http_client=SandboxTwilioHttpClient(sandbox.url, timeout))
 

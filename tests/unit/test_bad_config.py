@@ -296,14 +296,27 @@ def _segment(expr: dict) -> dict:
         (_segment({"event": "purchase", "where": {"product": {"in": "Pro"}}}), "audience.segment", "non-empty list"),
         (_segment({"event": "purchase", "where": {"product": {"not_in": []}}}), "audience.segment", "non-empty list"),
         (_segment({"event": "purchase", "where": {"gift": {"is_null": "yes"}}}), "audience.segment", "true or false"),
-        (_segment({"event": "purchase", "where": {'a"); DROP TABLE contacts;--': 1}}), "audience.segment",
-         "property name"),
+        (
+            _segment({"event": "purchase", "where": {'a"); DROP TABLE contacts;--': 1}}),
+            "audience.segment",
+            "property name",
+        ),
         (_segment({"event": "purchase", "where": {"": 1}}), "audience.segment", "property name"),
-        ({"audience": {"segment": {"segment": "leads"},
-                       "anchor": {"table": "subscriptions", "column": "renews_at; DROP TABLE x"}}},
-         "audience.anchor.column", "unknown column"),
-        ({"audience": {"segment": {"segment": "leads"}, "anchor": {"table": "contacts", "column": "email"}}},
-         "audience.anchor.column", "not a timestamp"),
+        (
+            {
+                "audience": {
+                    "segment": {"segment": "leads"},
+                    "anchor": {"table": "subscriptions", "column": "renews_at; DROP TABLE x"},
+                }
+            },
+            "audience.anchor.column",
+            "unknown column",
+        ),
+        (
+            {"audience": {"segment": {"segment": "leads"}, "anchor": {"table": "contacts", "column": "email"}}},
+            "audience.anchor.column",
+            "not a timestamp",
+        ),
     ],
 )
 def test_values_the_types_allow_but_the_engine_cannot_use(tmp_path, change, field, expected):

@@ -101,9 +101,7 @@ def test_airflow_services_share_one_image_environment_and_mounts():
         service = SERVICES[name]
         assert (service["image"], service["build"]) == (COMMON["image"], COMMON["build"]), name
         assert service["volumes"] == COMMON["volumes"], name
-        assert service["environment"].items() >= COMMON["environment"].items(), (
-            f"{name} overrides a common setting"
-        )
+        assert service["environment"].items() >= COMMON["environment"].items(), f"{name} overrides a common setting"
     assert SERVICES["provider-sandbox"]["image"] == COMMON["image"]
     assert COMMON["build"] == {"context": ".", "dockerfile": "Dockerfile"}
 
@@ -172,9 +170,7 @@ def test_every_local_airflow_setting_has_a_compose_counterpart(tmp_path):
         for key, value in local_env.items()
         if not value.startswith((str(tmp_path), str(PROJECT_ROOT), "sqlite:"))
     }
-    assert {"AIRFLOW__CORE__EXECUTOR", "AIRFLOW__CORE__LOAD_EXAMPLES", "AIRFLOW_CONN_CRM_DEFAULT"} <= set(
-        settings
-    )
+    assert {"AIRFLOW__CORE__EXECUTOR", "AIRFLOW__CORE__LOAD_EXAMPLES", "AIRFLOW_CONN_CRM_DEFAULT"} <= set(settings)
     missing = set(settings) - set(compose_env)
     assert not missing, f"set by lifecycle.devtools.local.airflow_env but not in docker-compose.yml: {missing}"
     differs_by_design = {"AIRFLOW__CORE__EXECUTOR", "AIRFLOW_CONN_CRM_DEFAULT"}
@@ -184,9 +180,7 @@ def test_every_local_airflow_setting_has_a_compose_counterpart(tmp_path):
 
 def test_connections_are_the_ones_lifecycle_reads():
     conn_ids = {
-        key.removeprefix("AIRFLOW_CONN_").lower()
-        for key in COMMON["environment"]
-        if key.startswith("AIRFLOW_CONN_")
+        key.removeprefix("AIRFLOW_CONN_").lower() for key in COMMON["environment"] if key.startswith("AIRFLOW_CONN_")
     }
     expected = {CRM_CONN_ID, SendGridHook.default_conn_name, TwilioHook.default_conn_name, LIFECYCLE_CONN_ID}
     assert conn_ids == expected == {"crm_default", "sendgrid_default", "twilio_default", "lifecycle_default"}
@@ -219,9 +213,7 @@ def test_provider_connections_point_at_the_sandbox_with_its_public_credentials()
         DEFAULT_TWILIO_TOKEN,
     )
     assert args.twilio_account_sid == twilio.login
-    assert sendgrid.extra_dejson["from_email"] and re.fullmatch(
-        r"\+[1-9]\d{6,14}", twilio.extra_dejson["from_number"]
-    )
+    assert sendgrid.extra_dejson["from_email"] and re.fullmatch(r"\+[1-9]\d{6,14}", twilio.extra_dejson["from_number"])
     assert "webhook_public_key" in sendgrid.extra_dejson
 
 
@@ -246,9 +238,7 @@ def test_long_running_services_have_healthchecks():
     for name, service in SERVICES.items():
         if name != "airflow-init":
             assert service.get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
-    assert (
-        "http://localhost:8080/api/v2/monitor/health" in SERVICES["airflow-apiserver"]["healthcheck"]["test"]
-    )
+    assert "http://localhost:8080/api/v2/monitor/health" in SERVICES["airflow-apiserver"]["healthcheck"]["test"]
 
 
 def test_depends_on_names_defined_services_in_states_they_can_reach():
@@ -265,14 +255,10 @@ def test_dockerfile_builds_the_pinned_airflow_with_the_project():
     dockerfile = (PROJECT_ROOT / "Dockerfile").read_text()
     base = re.search(r"^FROM apache/airflow:(?P<airflow>[\d.]+)-python(?P<python>[\d.]+)$", dockerfile, re.M)
     pins = dict(
-        line.split("==", 1)
-        for line in (PROJECT_ROOT / "requirements.txt").read_text().splitlines()
-        if "==" in line
+        line.split("==", 1) for line in (PROJECT_ROOT / "requirements.txt").read_text().splitlines() if "==" in line
     )
     assert base and base["airflow"] == pins["apache-airflow"] == pins["apache-airflow-core"]
-    requires_python = re.search(
-        r'requires-python = "([^"]+)"', (PROJECT_ROOT / "pyproject.toml").read_text()
-    )[1]
+    requires_python = re.search(r'requires-python = "([^"]+)"', (PROJECT_ROOT / "pyproject.toml").read_text())[1]
     assert SpecifierSet(requires_python).contains(base["python"])
     assert "pip install --no-cache-dir -r /opt/airflow/requirements.txt" in dockerfile
     assert f"pip install --no-cache-dir --no-deps -e {AIRFLOW_HOME}" in dockerfile

@@ -42,10 +42,11 @@ def test_good_program_loads(tmp_path):
         ({"colour": "blue"}, "colour: Extra inputs are not permitted — fix: remove it or fix its spelling"),
         ({"steps": []}, "steps: List should have at least 1 item"),
         ({"steps": [{"id": "a", "channel": "fax", "template": "simple/hello"}]}, "steps[0].channel"),
-        ({"steps": [{"id": "a", "channel": "email", "template": "simple/missing"}]},
-         "steps[0].template: simple/missing.subject.txt not found"),
-        ({"steps": [{"id": "a", "channel": "email", "template": "simple/hello", "delay": "soon"}]},
-         "steps[0].delay"),
+        (
+            {"steps": [{"id": "a", "channel": "email", "template": "simple/missing"}]},
+            "steps[0].template: simple/missing.subject.txt not found",
+        ),
+        ({"steps": [{"id": "a", "channel": "email", "template": "simple/hello", "delay": "soon"}]}, "steps[0].delay"),
         ({"audience": {"segment": {"segment": "nobody"}}}, "audience.segment: unknown named segment 'nobody'"),
         ({"audience": {"segment": {"attribute": "shoe_size", "eq": 9}}}, "unknown column 'shoe_size'"),
         ({"id": "other"}, "id: 'other' differs from the file name"),
@@ -78,10 +79,16 @@ def test_policy_errors_name_the_field(tmp_path):
 
 
 def test_segment_cycles_are_reported(tmp_path):
-    path = write(tmp_path, {"segments": {
-        "a": {"axis": "stage", "description": "a", "definition": {"segment": "b"}},
-        "b": {"axis": "stage", "description": "b", "definition": {"segment": "a"}},
-    }}, "segments.yml")
+    path = write(
+        tmp_path,
+        {
+            "segments": {
+                "a": {"axis": "stage", "description": "a", "definition": {"segment": "b"}},
+                "b": {"axis": "stage", "description": "b", "definition": {"segment": "a"}},
+            }
+        },
+        "segments.yml",
+    )
     with pytest.raises(config.ConfigError, match="refers to itself"):
         config.load_segments(path)
 

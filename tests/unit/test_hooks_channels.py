@@ -19,9 +19,7 @@ LINK_SECRET = "link-signing-secret-for-tests"
 SENDER = "+15005550006"
 
 
-def connect_to_sandbox(
-    monkeypatch, sandbox: SandboxServer, public_base_url: str = "http://127.0.0.1:9"
-) -> None:
+def connect_to_sandbox(monkeypatch, sandbox: SandboxServer, public_base_url: str = "http://127.0.0.1:9") -> None:
     """Point ``sendgrid_default``, ``twilio_default`` and ``lifecycle_default`` at the sandbox."""
     connections = {
         "SENDGRID_DEFAULT": connection_json(
@@ -67,12 +65,8 @@ def _mail(hook: SendGridHook, *recipients: Recipient):
 def test_sendgrid_sends_one_request_with_the_connection_settings(sandbox):
     hook = SendGridHook(retry_policy=FAST)
     recipients = [
-        Recipient(
-            "ada@example.com", "Ada", {"lifecycle_message_id": "1"}, {"List-Unsubscribe": "<http://u/1>"}
-        ),
-        Recipient(
-            "bob@example.com", None, {"lifecycle_message_id": "2"}, {"List-Unsubscribe": "<http://u/2>"}
-        ),
+        Recipient("ada@example.com", "Ada", {"lifecycle_message_id": "1"}, {"List-Unsubscribe": "<http://u/1>"}),
+        Recipient("bob@example.com", None, {"lifecycle_message_id": "2"}, {"List-Unsubscribe": "<http://u/2>"}),
     ]
     message_id = hook.send(
         hook.build_mail(
@@ -103,9 +97,7 @@ def test_sendgrid_sends_one_request_with_the_connection_settings(sandbox):
 
 
 def test_sendgrid_hook_arguments_override_the_connection(sandbox):
-    hook = SendGridHook(
-        from_email="promo@lifecycle.test", from_name="Promo", categories=[], retry_policy=FAST
-    )
+    hook = SendGridHook(from_email="promo@lifecycle.test", from_name="Promo", categories=[], retry_policy=FAST)
     hook.send(_mail(hook, Recipient("ada@example.com")))
     record = sandbox.sendgrid_messages()[0]
     assert (record["from"], record["from_name"]) == ("promo@lifecycle.test", "Promo")
@@ -121,9 +113,7 @@ def test_sendgrid_refuses_more_than_1000_recipients(sandbox):
 def test_sendgrid_bad_key_is_rejected_once_and_reported(sandbox, monkeypatch):
     monkeypatch.setenv(
         "AIRFLOW_CONN_SENDGRID_BAD",
-        connection_json(
-            "generic", password="SG.wrong", host=sandbox.url, extra={"from_email": "news@lifecycle.test"}
-        ),
+        connection_json("generic", password="SG.wrong", host=sandbox.url, extra={"from_email": "news@lifecycle.test"}),
     )
     hook = SendGridHook("sendgrid_bad", retry_policy=FAST)
     with pytest.raises(Rejected) as caught:
@@ -175,9 +165,7 @@ def test_sendgrid_lost_answer_is_unknown_and_not_retried(sandbox, kind):
 
 def test_twilio_sends_from_the_connection_sender_with_a_status_callback(sandbox):
     hook = TwilioHook(retry_policy=FAST)
-    receipt = hook.send_sms(
-        "+14155550123", "Your trial ends soon", "http://127.0.0.1:9/cb?lifecycle_message_id=3"
-    )
+    receipt = hook.send_sms("+14155550123", "Your trial ends soon", "http://127.0.0.1:9/cb?lifecycle_message_id=3")
     [record] = sandbox.twilio_messages()
     assert receipt.sid == record["sid"] and receipt.segments == 1
     assert (record["to"], record["from"], record["body"]) == ("+14155550123", SENDER, "Your trial ends soon")

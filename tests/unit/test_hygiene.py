@@ -32,17 +32,13 @@ def quality(engine) -> dict[str, dict]:
 
 def suppression_list(engine) -> set[tuple]:
     with engine.connect() as conn:
-        return {
-            tuple(r)
-            for r in conn.execute(select(S.c.contact_id, S.c.channel, S.c.reason, S.c.source, S.c.proof))
-        }
+        return {tuple(r) for r in conn.execute(select(S.c.contact_id, S.c.channel, S.c.reason, S.c.source, S.c.proof))}
 
 
 def crm_dump(engine) -> dict[str, list[tuple]]:
     with engine.connect() as conn:
         return {
-            name: sorted(map(tuple, conn.execute(select(table))), key=repr)
-            for name, table in schema.CRM_TABLES.items()
+            name: sorted(map(tuple, conn.execute(select(table))), key=repr) for name, table in schema.CRM_TABLES.items()
         }
 
 
@@ -231,9 +227,7 @@ def test_suppressions_follow_the_snapshot_and_crm_rows_never_change(crm):
     fine = c.contact("k1", email="ada@example.com", phone="+14155552671")
     bad_email = c.contact("k2", email="ada.example.com", phone="+14155552672")
     bad_phone = c.contact("k3", email="grace@example.com", phone="call office")
-    duplicate = c.contact(
-        "k4", email="ADA@example.com", phone=None, last_active_at=AS_OF - timedelta(days=40)
-    )
+    duplicate = c.contact("k4", email="ADA@example.com", phone=None, last_active_at=AS_OF - timedelta(days=40))
     other_source = c.contact("k5", email="alan@example.com", phone=None)
     with engine.begin() as conn:
         conn.execute(
@@ -267,14 +261,10 @@ def test_suppressions_follow_the_snapshot_and_crm_rows_never_change(crm):
     assert suppression_list(engine) == flagged
     with engine.begin() as conn:
         conn.execute(
-            update(schema.contacts)
-            .where(schema.contacts.c.contact_id == bad_email)
-            .values(email="ada@example.co.uk")
+            update(schema.contacts).where(schema.contacts.c.contact_id == bad_email).values(email="ada@example.co.uk")
         )
         conn.execute(
-            update(schema.contacts)
-            .where(schema.contacts.c.contact_id == duplicate)
-            .values(last_active_at=AS_OF)
+            update(schema.contacts).where(schema.contacts.c.contact_id == duplicate).values(last_active_at=AS_OF)
         )
     run_hygiene(engine, "manual__next", AS_OF + timedelta(days=1))
     assert suppression_list(engine) == {
@@ -387,8 +377,9 @@ def test_a_text_timestamp_in_the_crm_is_an_unknown_date_not_a_crash(tmp_path):
     crm.contact("keeps", email="same@example.com")
     crm.contact("broken", email="SAME@example.com")
     with engine.begin() as conn:
-        conn.execute(text("UPDATE contacts SET created_at = 'last tuesday', last_active_at = 'soon' "
-                          "WHERE contact_id = 'broken'"))
+        conn.execute(
+            text("UPDATE contacts SET created_at = 'last tuesday', last_active_at = 'soon' WHERE contact_id = 'broken'")
+        )
     hygiene.normalise_and_validate(engine, "r1", AS_OF)
     hygiene.resolve_duplicates(engine, "r1", AS_OF)
     with engine.connect() as conn:

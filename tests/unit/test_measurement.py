@@ -51,9 +51,7 @@ def test_the_95_percent_interval_covers_the_true_difference_about_95_percent_of_
     control = rng.binomial(n, 0.20, size=2000)
     covered = [
         (r.ci_low <= 0.10 <= r.ci_high)
-        for r in (
-            lift(int(t), n, int(c), n, min_n=1, method=method) for t, c in zip(treated, control, strict=True)
-        )
+        for r in (lift(int(t), n, int(c), n, min_n=1, method=method) for t, c in zip(treated, control, strict=True))
     ]
     assert 0.93 <= np.mean(covered) <= 0.975
 
@@ -136,9 +134,7 @@ def test_deliverability_rates_count_only_messages_that_reached_a_provider():
     assert (p["sent"], p["dry_run"]) == (10, 7)
     assert p["delivered_rate"] == pytest.approx(0.5) and p["bounce_rate"] == pytest.approx(0.1)
     assert p["unsubscribe_rate"] == pytest.approx(0.1) and p["spam_report_rate"] == pytest.approx(0.2)
-    assert p["open_rate_directional"] == pytest.approx(0.2) and p["click_rate_directional"] == pytest.approx(
-        0.1
-    )
+    assert p["open_rate_directional"] == pytest.approx(0.2) and p["click_rate_directional"] == pytest.approx(0.1)
     assert table.loc["q", "sent"] == 0 and math.isnan(table.loc["q", "delivered_rate"])
 
 
@@ -179,9 +175,7 @@ def test_program_outcomes_count_conversions_inside_the_attribution_window_only(c
     crm_rows.event(quick, "purchase", AS_OF + timedelta(days=3), amount=2.5)
     crm_rows.event(late, "purchase", AS_OF + timedelta(days=20), amount=70.0)
     program = _program("alpha", value_property="amount")
-    outcomes = measurement.program_outcomes(engine, program, AS_OF + timedelta(days=30)).set_index(
-        "contact_id"
-    )
+    outcomes = measurement.program_outcomes(engine, program, AS_OF + timedelta(days=30)).set_index("contact_id")
     assert sorted(outcomes.index) == sorted([quick, late, before, never])
     assert outcomes["converted"].to_dict() == {quick: True, late: False, before: False, never: False}
     assert outcomes.loc[quick, "time_to_convert"] == timedelta(days=1)
@@ -213,9 +207,7 @@ def test_program_outcomes_read_a_conversion_that_is_not_an_event(sqlite_crm, tes
         updated_at=AS_OF + timedelta(days=1),
     )
     program = _program("alpha", conversion={"related": "opportunities", "where": {"stage": "closed_won"}})
-    outcomes = measurement.program_outcomes(engine, program, AS_OF + timedelta(days=2)).set_index(
-        "contact_id"
-    )
+    outcomes = measurement.program_outcomes(engine, program, AS_OF + timedelta(days=2)).set_index("contact_id")
     assert outcomes["converted"].to_dict() == {won: True, lost: False}
     assert pd.isna(outcomes.loc[won, "converted_at"])
 
@@ -236,18 +228,14 @@ def _in_group(program, policy, group: str, count: int) -> list[str]:
     raise AssertionError(f"not enough {group} ids")
 
 
-def test_program_kpis_compare_treatment_with_holdout_and_control_on_the_welcome_program(
-    sqlite_crm, monkeypatch
-):
+def test_program_kpis_compare_treatment_with_holdout_and_control_on_the_welcome_program(sqlite_crm, monkeypatch):
     from lifecycle import config
 
     monkeypatch.delenv("LIFECYCLE_CONFIG_DIR", raising=False)
     monkeypatch.delenv("LIFECYCLE_TEMPLATES_DIR", raising=False)
     engine, crm_rows = sqlite_crm
     welcome, policy = _program("welcome"), config.load_policy()
-    groups = {
-        g: _in_group(welcome, policy, g, n) for g, n in (("treatment", 8), ("holdout", 4), ("control", 2))
-    }
+    groups = {g: _in_group(welcome, policy, g, n) for g, n in (("treatment", 8), ("holdout", 4), ("control", 2))}
     for ids in groups.values():
         for cid in ids:
             crm_rows.contact(cid, signed_up_ago=timedelta(hours=2))

@@ -40,9 +40,7 @@ def mail_send_schema() -> dict[str, Any]:
     return body["content"]["application/json"]["schema"]
 
 
-def required_paths(
-    schema: dict[str, Any], path: tuple[str | int, ...] = ()
-) -> Iterator[tuple[str | int, ...]]:
+def required_paths(schema: dict[str, Any], path: tuple[str | int, ...] = ()) -> Iterator[tuple[str | int, ...]]:
     """Every (path to a required field) in ``schema``, array items addressed as index 0."""
     schema = deref(SENDGRID, schema)
     for name in schema.get("required", ()):
@@ -164,9 +162,7 @@ def test_spec_lists_the_requirements_these_tests_cover() -> None:
 
 
 @pytest.mark.parametrize("path", SENDGRID_REQUIRED, ids=dotted)
-def test_every_required_mail_send_field_is_enforced(
-    sandbox: SandboxServer, path: tuple[str | int, ...]
-) -> None:
+def test_every_required_mail_send_field_is_enforced(sandbox: SandboxServer, path: tuple[str | int, ...]) -> None:
     complete = with_path(minimal_mail(), path[:-1])
     incomplete = copy.deepcopy(complete)
     parent: Any = incomplete

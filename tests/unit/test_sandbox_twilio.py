@@ -40,9 +40,7 @@ def raw_create(sandbox: SandboxServer, form: dict[str, str]) -> requests.Respons
 
 
 def test_accepted_message_is_queued_and_recorded(sandbox: SandboxServer) -> None:
-    message = twilio_client(sandbox).messages.create(
-        to="+15558675310", from_=SENDER, body="Your trial ends soon"
-    )
+    message = twilio_client(sandbox).messages.create(to="+15558675310", from_=SENDER, body="Your trial ends soon")
 
     assert re.fullmatch(r"SM[0-9a-f]{32}", message.sid)
     assert message.status == "queued"
@@ -58,9 +56,7 @@ def test_accepted_message_is_queued_and_recorded(sandbox: SandboxServer) -> None
 
 
 def test_messaging_service_sender(sandbox: SandboxServer) -> None:
-    message = twilio_client(sandbox).messages.create(
-        to="+15558675310", messaging_service_sid=SERVICE, body="Hi"
-    )
+    message = twilio_client(sandbox).messages.create(to="+15558675310", messaging_service_sid=SERVICE, body="Hi")
 
     assert message.messaging_service_sid == SERVICE
     assert message.from_ is None
@@ -114,9 +110,7 @@ def test_list_page_shape(sandbox: SandboxServer) -> None:
     assert page["uri"].startswith(f"/2010-04-01/Accounts/{DEFAULT_TWILIO_SID}/Messages.json?")
 
 
-@pytest.mark.parametrize(
-    "to", ["5558675310", "+0123456789", "+1555867531012345", "+1 555 867 5310", "whatsapp:+1"]
-)
+@pytest.mark.parametrize("to", ["5558675310", "+0123456789", "+1555867531012345", "+1 555 867 5310", "whatsapp:+1"])
 def test_invalid_to_number_is_21211(sandbox: SandboxServer, to: str) -> None:
     error = refusal(sandbox, to=to, from_=SENDER, body="Hi")
 

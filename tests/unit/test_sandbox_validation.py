@@ -85,9 +85,7 @@ def test_a_valid_instance_has_no_violations() -> None:
         ({"to": [{"email": "a@b"}], "note": 3}, [("note", "type")]),
     ],
 )
-def test_each_keyword_reports_the_offending_path(
-    instance: dict[str, Any], expected: list[tuple[str, str]]
-) -> None:
+def test_each_keyword_reports_the_offending_path(instance: dict[str, Any], expected: list[tuple[str, str]]) -> None:
     assert violations(instance) == expected
 
 

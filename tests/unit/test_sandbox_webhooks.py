@@ -47,9 +47,7 @@ def send_mail(sandbox: SandboxServer, *addresses: str) -> str:
 
 
 def sendgrid_events(received: list[Received]) -> list[dict[str, Any]]:
-    return [
-        event for post in received if post.path == "/webhooks/sendgrid" for event in json.loads(post.text)
-    ]
+    return [event for post in received if post.path == "/webhooks/sendgrid" for event in json.loads(post.text)]
 
 
 def verify_sendgrid(sandbox: SandboxServer, post: Received, payload: str | None = None) -> bool:
@@ -60,9 +58,7 @@ def verify_sendgrid(sandbox: SandboxServer, post: Received, payload: str | None 
     )
 
 
-def test_sendgrid_events_are_signed_as_sendgrid_signs(
-    sandbox: SandboxServer, receiver: WebhookReceiver
-) -> None:
+def test_sendgrid_events_are_signed_as_sendgrid_signs(sandbox: SandboxServer, receiver: WebhookReceiver) -> None:
     send_mail(sandbox, "ada@example.com")
     sandbox.flush()
 
@@ -112,9 +108,7 @@ def test_sendgrid_events_carry_sendgrid_fields(sandbox: SandboxServer, receiver:
     assert len({event["sg_event_id"] for event in events}) == 7
 
 
-def test_control_api_posts_an_event_for_a_recorded_email(
-    sandbox: SandboxServer, receiver: WebhookReceiver
-) -> None:
+def test_control_api_posts_an_event_for_a_recorded_email(sandbox: SandboxServer, receiver: WebhookReceiver) -> None:
     send_mail(sandbox, "ada@example.com")
     sandbox.flush()
     sg_message_id = sandbox.sendgrid_messages()[0]["sg_message_id"]
@@ -158,9 +152,7 @@ def test_twilio_status_callbacks_validate_with_request_validator(
     statuses = {(post.form["MessageSid"], post.form["MessageStatus"]): post.form for post in posts}
 
     assert all(validator.validate(callback, post.form, post.headers["X-Twilio-Signature"]) for post in posts)
-    assert not RequestValidator("other-token").validate(
-        callback, posts[0].form, posts[0].headers["X-Twilio-Signature"]
-    )
+    assert not RequestValidator("other-token").validate(callback, posts[0].form, posts[0].headers["X-Twilio-Signature"])
     assert [post.form["MessageStatus"] for post in posts if post.form["MessageSid"] == delivered.sid] == [
         "sent",
         "delivered",
@@ -171,15 +163,11 @@ def test_twilio_status_callbacks_validate_with_request_validator(
     assert (sent["To"], sent["From"], sent["AccountSid"]) == ("+15558675310", SENDER, delivered.account_sid)
 
 
-def test_inbound_stop_is_posted_signed_and_opts_out(
-    sandbox: SandboxServer, receiver: WebhookReceiver
-) -> None:
+def test_inbound_stop_is_posted_signed_and_opts_out(sandbox: SandboxServer, receiver: WebhookReceiver) -> None:
     response = requests.post(
         f"{sandbox.url}/_sandbox/twilio/inbound", json={"from": "+15558675310", "body": "STOP"}, timeout=10
     )
-    bad = requests.post(
-        f"{sandbox.url}/_sandbox/twilio/inbound", json={"from": "555", "body": "STOP"}, timeout=10
-    )
+    bad = requests.post(f"{sandbox.url}/_sandbox/twilio/inbound", json={"from": "555", "body": "STOP"}, timeout=10)
     sandbox.flush()
 
     post = receiver.wait_for(1)[0]
@@ -227,9 +215,7 @@ def test_without_urls_webhooks_are_logged_not_posted() -> None:
         send_mail(sandbox, "ada@example.com")
         twilio_client(sandbox).messages.create(to="+15558675310", from_=SENDER, body="Hi")
         counts = sandbox.flush()
-        log = requests.get(
-            f"{sandbox.url}/_sandbox/webhooks", params={"provider": "twilio"}, timeout=10
-        ).json()
+        log = requests.get(f"{sandbox.url}/_sandbox/webhooks", params={"provider": "twilio"}, timeout=10).json()
 
     assert counts["unposted"] == 4
     assert counts["posts"] == 0

@@ -120,9 +120,7 @@ def test_same_seed_gives_the_same_rows_whatever_the_chunk(tmp_path: Path, seeded
     monkeypatch.undo()
     seed_crm(other, CONTACTS, AS_OF, seed=12)
     before = table_digest(seeded[0])
-    assert {name for name, digest in table_digest(other).items() if before[name] != digest} == set(
-        schema.CRM_TABLES
-    )
+    assert {name for name, digest in table_digest(other).items() if before[name] != digest} == set(schema.CRM_TABLES)
 
 
 def test_planted_rates_follow_the_module_constants(planted):
@@ -279,9 +277,7 @@ def test_event_properties_are_json_objects_with_their_fields(crm):
     for row in events[events["event_type"] == "quote_accepted"].itertuples():
         assert sent[row.contact_id, row.properties["quote_id"]] <= row.occurred_at
     for kind, field in (("cart_abandoned", "cart_id"), ("purchase", "order_id"), ("quote_sent", "quote_id")):
-        ids = events.loc[events["event_type"] == kind, "properties"].map(
-            lambda value, field=field: value[field]
-        )
+        ids = events.loc[events["event_type"] == kind, "properties"].map(lambda value, field=field: value[field])
         assert ids.is_unique, kind
 
 
@@ -332,9 +328,7 @@ def test_contacts_are_consistent_people(crm):
     assert located.apply(lambda row: row["timezone"] in zones[row["country"]], axis=1).all()
     assert all(ZoneInfo(zone) for zone in set(present(contacts["timezone"])))
     assert set(present(contacts["country"])) == set(countries)
-    assert (
-        present(contacts["country"]) == contacts.loc[contacts["country"].notna(), "locale"].str[-2:]
-    ).all()
+    assert (present(contacts["country"]) == contacts.loc[contacts["country"].notna(), "locale"].str[-2:]).all()
     names = "".join(contacts["first_name"] + contacts["last_name"])
     for letters in ("é", "ü", "ñ", "佐"):
         assert any(letter in names for letter in letters), letters
@@ -352,9 +346,7 @@ def test_contacts_are_consistent_people(crm):
     assert (contacts["last_active_at"] >= contacts["created_at"]).all()
     assert set(contacts["lifecycle_stage"]) == set(schema.LIFECYCLE_STAGES)
     trials = crm["subscriptions"].merge(contacts[contacts["lifecycle_stage"] == "trial"], on="contact_id")
-    assert (trials["status"] == "trialing").all() and len(trials) == (
-        contacts["lifecycle_stage"] == "trial"
-    ).sum()
+    assert (trials["status"] == "trialing").all() and len(trials) == (contacts["lifecycle_stage"] == "trial").sum()
     assert set(crm["accounts"]["tier"]) == {"smb", "mid", "enterprise"}
 
 

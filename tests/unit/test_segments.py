@@ -58,26 +58,41 @@ def test_attributes_events_related_and_logic_select_the_right_contacts(crm_sqlit
     crm.event(rich, "purchase", AS_OF - timedelta(days=40), amount=90.0)
     crm.event(rich, "purchase", AS_OF - timedelta(days=10), amount=120.0)
     crm.event(rich, "purchase", AS_OF + timedelta(days=1), amount=5.0)  # after as-of: unknown yet
-    crm.row("subscriptions", subscription_id="s1", contact_id=rich, status="active",
-            renews_at=AS_OF + timedelta(days=6), billing_status="card_expiring", mrr=500)
+    crm.row(
+        "subscriptions",
+        subscription_id="s1",
+        contact_id=rich,
+        status="active",
+        renews_at=AS_OF + timedelta(days=6),
+        billing_status="card_expiring",
+        mrr=500,
+    )
     crm.row("tickets", ticket_id="t1", contact_id="poor", status="open", opened_at=AS_OF - timedelta(days=1))
 
     assert members(engine, {"attribute": "lifecycle_stage", "eq": "customer"}) == {"rich", "poor"}
     assert members(engine, {"attribute": "mrr", "gte": 100}) == {"rich"}
-    assert members(engine, {"event": "content_engaged", "within_last": "7d", "where": {"topic": "pricing"}}) == {
-        "lead"}
+    assert members(engine, {"event": "content_engaged", "within_last": "7d", "where": {"topic": "pricing"}}) == {"lead"}
     assert members(engine, {"event": "content_engaged", "where": {"topic": "security"}}) == set()
     assert members(engine, {"event": "purchase", "count": {"gte": 2}}) == {"rich"}
     assert members(engine, {"event": "purchase", "count": {"gte": 3}}) == set()
     assert members(engine, {"event": "purchase", "within_last": "30d", "where": {"amount": {"gt": 100}}}) == {"rich"}
-    assert members(engine, {"related": "subscriptions",
-                            "where": {"renews_at": {"within_next": "7d"}, "billing_status": "card_expiring"}}) == {
-        "rich"}
+    assert members(
+        engine,
+        {"related": "subscriptions", "where": {"renews_at": {"within_next": "7d"}, "billing_status": "card_expiring"}},
+    ) == {"rich"}
     assert members(engine, {"related": "tickets", "where": {"status": "open"}}) == {"poor"}
-    assert members(engine, {"all": [{"attribute": "lifecycle_stage", "eq": "customer"},
-                                    {"not": {"related": "tickets", "where": {"status": "open"}}}]}) == {"rich"}
-    assert members(engine, {"any": [{"attribute": "mrr", "gte": 100}, {"attribute": "lifecycle_stage", "eq": "lead"}]}
-                   ) == {"rich", "lead"}
+    assert members(
+        engine,
+        {
+            "all": [
+                {"attribute": "lifecycle_stage", "eq": "customer"},
+                {"not": {"related": "tickets", "where": {"status": "open"}}},
+            ]
+        },
+    ) == {"rich"}
+    assert members(
+        engine, {"any": [{"attribute": "mrr", "gte": 100}, {"attribute": "lifecycle_stage", "eq": "lead"}]}
+    ) == {"rich", "lead"}
     catalog = {"paying": {"attribute": "lifecycle_stage", "eq": "customer"}}
     assert members(engine, {"segment": "paying"}, catalog) == {"rich", "poor"}
 

@@ -87,9 +87,7 @@ class SendKpiDigestOperator(BaseOperator):
 
         policy = config.load_policy()
         if not policy.stakeholders:
-            raise AirflowSkipException(
-                "config/policy.yml lists no stakeholders: add some under 'stakeholders'"
-            )
+            raise AirflowSkipException("config/policy.yml lists no stakeholders: add some under 'stakeholders'")
         programs, errors = config.load_all_programs()
         engine = get_engine(crm_url(self.crm_conn_id))
         digest = build_digest(engine, programs, policy, as_of_from_context(context), errors)

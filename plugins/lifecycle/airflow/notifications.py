@@ -51,9 +51,7 @@ class Failure:
             run_id=getattr(ti, "run_id", None) or getattr(run, "run_id", None) or context.get("run_id"),
             try_number=getattr(ti, "try_number", None),
             owners=tuple(o.strip() for o in str(owner).split(",") if o.strip()),
-            error=redact(
-                f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else str(error)
-            ),
+            error=redact(f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else str(error)),
             log_url=getattr(ti, "log_url", None),
         )
 
@@ -106,9 +104,7 @@ class OwnerAlert(BaseNotifier):
             )
             self._email(failure)
         except Exception as exc:  # noqa: BLE001 - an alert must never mask the failure it reports
-            log.error(
-                "Lifecycle failure alert could not be completed: %s: %s", type(exc).__name__, redact(str(exc))
-            )
+            log.error("Lifecycle failure alert could not be completed: %s: %s", type(exc).__name__, redact(str(exc)))
 
     def _email(self, failure: Failure) -> None:
         from lifecycle.config import load_policy

@@ -184,9 +184,7 @@ class TwilioHook(BaseHook):
         elif self.settings.get("from_number"):
             sender["from_"] = self.settings["from_number"]
         else:
-            raise ValueError(
-                f"Connection {self.twilio_conn_id!r} needs extra.messaging_service_sid or from_number"
-            )
+            raise ValueError(f"Connection {self.twilio_conn_id!r} needs extra.messaging_service_sid or from_number")
         callback = status_callback or self.status_callback_url
         message = self._call(
             lambda: self.client.messages.create(to=to, body=body, status_callback=callback, **sender),
@@ -197,15 +195,11 @@ class TwilioHook(BaseHook):
 
     def fetch_message(self, sid: str) -> SmsReceipt:
         """Twilio's current record of one message."""
-        return SmsReceipt.from_instance(
-            self._call(lambda: self.client.messages(sid).fetch(), idempotent=True)
-        )
+        return SmsReceipt.from_instance(self._call(lambda: self.client.messages(sid).fetch(), idempotent=True))
 
     def recent_messages(self, to: str, limit: int = 20) -> list[SmsReceipt]:
         """The newest messages sent to ``to``, newest first (for reconciling unknown outcomes)."""
-        found = self._call(
-            lambda: self.client.messages.list(to=to, limit=limit, page_size=limit), idempotent=True
-        )
+        found = self._call(lambda: self.client.messages.list(to=to, limit=limit, page_size=limit), idempotent=True)
         return [SmsReceipt.from_instance(message) for message in found]
 
     def test_connection(self) -> tuple[bool, str]:
@@ -231,9 +225,7 @@ class TwilioHook(BaseHook):
                 raise _translate(exc, self.http_client.last_headers) from None
             except requests.RequestException as exc:
                 if _never_connected(exc):
-                    raise Retryable(
-                        f"twilio unreachable ({type(exc).__name__})", may_have_reached=False
-                    ) from None
+                    raise Retryable(f"twilio unreachable ({type(exc).__name__})", may_have_reached=False) from None
                 reason = f"twilio sent no answer ({type(exc).__name__})"
                 if idempotent:
                     raise Retryable(reason, may_have_reached=True) from None

@@ -34,7 +34,6 @@ Channel = Literal["email", "sms"]
 PROGRAM_ID = re.compile(r"^[a-z][a-z0-9_]{1,62}$")
 
 
-
 class ConfigError(ValueError):
     """A configuration file is wrong: the message names the file, the field and the fix."""
 

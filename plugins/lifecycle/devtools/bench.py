@@ -223,12 +223,21 @@ class Report:
             found += [
                 Target(db.name, "engine time / sum of floors", ratio, 2.0, f"{ratio:.2f}x", "<= 2x"),
                 Target(
-                    db.name, "naive (extrapolated) / engine decisions", speedup, 50.0, f"{speedup:,.0f}x", ">= 50x",
+                    db.name,
+                    "naive (extrapolated) / engine decisions",
+                    speedup,
+                    50.0,
+                    f"{speedup:,.0f}x",
+                    ">= 50x",
                     at_least=True,
                 ),
                 Target(
-                    db.name, "peak memory of the engine process", run.peak_rss / MIB, 1024.0,
-                    f"{run.peak_rss / MIB:,.0f} MiB", "< 1 GiB",
+                    db.name,
+                    "peak memory of the engine process",
+                    run.peak_rss / MIB,
+                    1024.0,
+                    f"{run.peak_rss / MIB:,.0f} MiB",
+                    "< 1 GiB",
                 ),
             ]
             if db.small is not None:
@@ -763,14 +772,13 @@ class NaiveEngine:
 
     @staticmethod
     def _enrollments(conn, program_id: str, cid: str) -> list:
-        return conn.execute(
-            select(E).where(E.c.program == program_id, E.c.contact_id == cid).order_by(E.c.entry)
-        ).all()
+        return conn.execute(select(E).where(E.c.program == program_id, E.c.contact_id == cid).order_by(E.c.entry)).all()
 
     @staticmethod
     def _messages(conn, program_id: str, cid: str, status: str) -> list:
         return conn.execute(
-            select(M).where(M.c.program == program_id, M.c.contact_id == cid, M.c.status == status)
+            select(M)
+            .where(M.c.program == program_id, M.c.contact_id == cid, M.c.status == status)
             .order_by(M.c.message_id)
         ).all()
 
@@ -813,8 +821,10 @@ class NaiveEngine:
             return None
         table = schema.CRM_TABLES[anchor.table]
         column = table.c[anchor.column]
-        chosen, bound = (func.min(column), column >= self.as_of) if anchor.pick == "next" else (
-            func.max(column), column <= self.as_of
+        chosen, bound = (
+            (func.min(column), column >= self.as_of)
+            if anchor.pick == "next"
+            else (func.max(column), column <= self.as_of)
         )
         return conn.execute(select(chosen).where(table.c.contact_id == cid, bound)).scalar()
 

@@ -20,8 +20,21 @@ from lifecycle.devtools import local
 from lifecycle.paths import PROJECT_ROOT
 
 WORK = PROJECT_ROOT / ".demo"
-FUNNEL_COLUMNS = ("audience", "enrolled", "exited", "planned", "held_out", "suppressed", "capped", "deferred",
-                  "skipped", "sent", "dry_run", "failed", "unknown")
+FUNNEL_COLUMNS = (
+    "audience",
+    "enrolled",
+    "exited",
+    "planned",
+    "held_out",
+    "suppressed",
+    "capped",
+    "deferred",
+    "skipped",
+    "sent",
+    "dry_run",
+    "failed",
+    "unknown",
+)
 
 
 def _airflow_bin() -> str:
@@ -44,7 +57,8 @@ def _print_table(engine) -> None:
     print(
         "\nFunnel per program, summed over the simulated days (their messages are rendered and recorded"
         f" as dry_run) and the DAG runs (theirs go through the SDKs to the sandbox: sent)\n{header}\n"
-        + "-" * len(header)
+        + "-"
+        * len(header)
     )
     for program in sorted(figures):
         row = figures[program]
@@ -73,8 +87,14 @@ def _print_reasons(engine) -> None:
             print(f"  {status:<10} {reason:<48} {n:>7}")
 
 
-PLANTED_UPLIFT = {"welcome": 0.35, "reactivation": 0.25, "education": 0.10, "winback": 0.10, "upsell": 0.08,
-                  "abandoned_cart": 0.10}
+PLANTED_UPLIFT = {
+    "welcome": 0.35,
+    "reactivation": 0.25,
+    "education": 0.10,
+    "winback": 0.10,
+    "upsell": 0.08,
+    "abandoned_cart": 0.10,
+}
 REPORT_DAGS = ("data_hygiene", "kpi_digest")
 
 
@@ -101,8 +121,10 @@ def run_demo(contacts: int, days: int, as_of: datetime, sim_days: int = 6) -> in
     from lifecycle.model.db import get_engine
 
     url = f"sqlite:///{crm_db}"
-    print(f"[demo] seeding {contacts:,} contacts as of {as_of:%Y-%m-%d %H:%M} and simulating the {sim_days} days "
-          "before it with a planted uplift ...")
+    print(
+        f"[demo] seeding {contacts:,} contacts as of {as_of:%Y-%m-%d %H:%M} and simulating the {sim_days} days "
+        "before it with a planted uplift ..."
+    )
     report = simulate(url, contacts, sim_days, as_of - timedelta(days=sim_days), PLANTED_UPLIFT, crm_as_of=as_of)
     print(report.render())
     engine = get_engine(url)
@@ -120,8 +142,10 @@ def run_demo(contacts: int, days: int, as_of: datetime, sim_days: int = 6) -> in
         failures = _run_dags(as_of, days)
         flushed = sandbox.flush()
         print(f"[demo] provider webhooks delivered back into the ledger: {flushed}")
-        print(f"[demo] sandbox accepted {len(sandbox.sendgrid_messages())} emails and "
-              f"{len(sandbox.twilio_messages())} SMS")
+        print(
+            f"[demo] sandbox accepted {len(sandbox.sendgrid_messages())} emails and "
+            f"{len(sandbox.twilio_messages())} SMS"
+        )
     finally:
         sandbox.stop()
         web.stop()
@@ -162,9 +186,11 @@ def _write_digest(engine, as_of: datetime) -> None:
     kpis = measurement.program_kpis(engine, programs, as_of)
     print("\nPrimary KPI per program (treatment vs program holdout, 95% CI)")
     for row in kpis.itertuples():
-        print(f"  {row.program:<16} treatment {row.treatment_rate:7.1%} (n={row.treatment_n:<5}) "
-              f"holdout {row.holdout_rate:7.1%} (n={row.holdout_n:<4}) lift {row.lift_vs_holdout * 100:+6.1f} pts "
-              f"[{row.lift_vs_holdout_ci_low * 100:+.1f}, {row.lift_vs_holdout_ci_high * 100:+.1f}]")
+        print(
+            f"  {row.program:<16} treatment {row.treatment_rate:7.1%} (n={row.treatment_n:<5}) "
+            f"holdout {row.holdout_rate:7.1%} (n={row.holdout_n:<4}) lift {row.lift_vs_holdout * 100:+6.1f} pts "
+            f"[{row.lift_vs_holdout_ci_low * 100:+.1f}, {row.lift_vs_holdout_ci_high * 100:+.1f}]"
+        )
     digest = build_digest(engine, programs, config.load_policy(), as_of)
     html = digest.html
     for image in digest.images:

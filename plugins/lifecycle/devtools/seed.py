@@ -256,9 +256,7 @@ def _cumcount(sorted_keys: np.ndarray) -> np.ndarray:
     return np.arange(len(sorted_keys)) - np.searchsorted(sorted_keys, sorted_keys, side="left")
 
 
-def _between(
-    rng: np.random.Generator, low: np.ndarray | int, high: np.ndarray | int, size: int
-) -> np.ndarray:
+def _between(rng: np.random.Generator, low: np.ndarray | int, high: np.ndarray | int, size: int) -> np.ndarray:
     """Uniform whole seconds in [low, high]."""
     low = np.asarray(low, dtype=np.int64)
     high = np.asarray(high, dtype=np.int64)
@@ -289,8 +287,7 @@ def _rows(*columns: np.ndarray | list) -> list[tuple]:
 def _child_ids(prefix: str, numbers: np.ndarray, sequence: np.ndarray, width: int) -> list[str]:
     """Ids of rows that belong to a contact: prefix, contact number, then the row's number for it."""
     return [
-        f"{prefix}{number:07d}-{seq:0{width}d}"
-        for number, seq in zip(numbers.tolist(), sequence.tolist(), strict=True)
+        f"{prefix}{number:07d}-{seq:0{width}d}" for number, seq in zip(numbers.tolist(), sequence.tolist(), strict=True)
     ]
 
 
@@ -451,13 +448,9 @@ class _Block:
         self.created = now - age
         churned = stage == _STAGE["churned"]
         self.churned_at = np.full(n, -1, dtype=np.int64)
-        self.churned_at[churned] = _between(
-            rng, self.created[churned] + 30 * _DAY, now - _DAY, int(churned.sum())
-        )
+        self.churned_at[churned] = _between(rng, self.created[churned] + 30 * _DAY, now - _DAY, int(churned.sum()))
         self.churn_reason = np.full(n, -1)
-        self.churn_reason[churned] = _quota(
-            rng, int(churned.sum()), [CHURN_REASON_MIX[r] for r in CHURN_REASONS]
-        )
+        self.churn_reason[churned] = _quota(rng, int(churned.sum()), [CHURN_REASON_MIX[r] for r in CHURN_REASONS])
         activity = _quota(rng, n, [0.70, 0.20, 0.10])  # active, dormant 30-120 days, lapsed 120-365 days
         quiet = np.minimum(rng.exponential(2.5 * _DAY, size=n).astype(np.int64), age)
         last = np.select(
@@ -607,8 +600,7 @@ class _Block:
             prefixes = ref.region_prefixes[region]
             rest = subscriber % 10 ** (digits - 1)
             national = (
-                f"{prefixes[int(pick[i] * len(prefixes))]}{lead[subscriber // 10 ** (digits - 1)]}"
-                f"{rest:0{digits - 1}d}"
+                f"{prefixes[int(pick[i] * len(prefixes))]}{lead[subscriber // 10 ** (digits - 1)]}{rest:0{digits - 1}d}"
             )
             national_numbers.append(national)
             phone = f"+{dial}{national}"
@@ -674,9 +666,7 @@ class _Block:
                 attested = "opt-in attested by list owner" if code == _GRANTED else "no opt-in on file"
                 proofs.append(f"import batch {number}: {attested}")
             elif source == 3:
-                proofs.append(
-                    f"preference_center ip=198.51.100.{number}: {channel} {purpose} set to {outcome}"
-                )
+                proofs.append(f"preference_center ip=198.51.100.{number}: {channel} {purpose} set to {outcome}")
             else:
                 box = "ticked" if code == _GRANTED else "left unticked"
                 proofs.append(f'{names[source]} ip=203.0.113.{number}: box {box}: "{text}"')
@@ -786,9 +776,7 @@ class _Block:
         opened = _between(rng, np.maximum(self.created[contacts], now - 120 * _DAY), now, m)
         draw = rng.random(m)
         recent = now - opened < 7 * _DAY
-        status = np.where(
-            draw < np.where(recent, 0.5, 0.05), 0, np.where(draw < np.where(recent, 0.8, 0.1), 1, 2)
-        )
+        status = np.where(draw < np.where(recent, 0.5, 0.05), 0, np.where(draw < np.where(recent, 0.8, 0.1), 1, 2))
         took = np.minimum(rng.exponential(1.5 * _DAY, size=m).astype(np.int64), now - opened)
         closed = np.where(status == 2, opened + took, -1)
         self.rows["tickets"] = _rows(
@@ -880,9 +868,7 @@ class _Block:
             properties[rows] = values[rng.integers(0, len(values), size=len(rows))]
         rows = np.flatnonzero(kinds == _EVENT["feature_used"])
         owner = contacts[rows]
-        feature = self.feature_offset[owner] + (rng.random(len(rows)) * self.feature_breadth[owner]).astype(
-            np.int64
-        )
+        feature = self.feature_offset[owner] + (rng.random(len(rows)) * self.feature_breadth[owner]).astype(np.int64)
         features = ref.json_values("features", "feature")
         properties[rows] = features[feature % len(features)]
         return contacts, times, kinds, properties
@@ -985,20 +971,13 @@ class _Block:
         created = self.created[contacts]
         demo_at = np.maximum(updated - _between(rng, 2 * _DAY, 20 * _DAY, len(contacts)), created)
         demo = np.flatnonzero(
-            (stage >= _OPP["qualification"])
-            & (stage <= _OPP["closed_won"])
-            & (demo_at >= window)
-            & (self.opp_seq == 0)
+            (stage >= _OPP["qualification"]) & (stage <= _OPP["closed_won"]) & (demo_at >= window) & (self.opp_seq == 0)
         )
-        browsing = np.flatnonzero(
-            self.b2b & live & (self.stage == _STAGE["lead"]) & (rng.random(self.n) < 0.1)
-        )
+        browsing = np.flatnonzero(self.b2b & live & (self.stage == _STAGE["lead"]) & (rng.random(self.n) < 0.1))
         won = stage == _OPP["closed_won"]
         sent_at = np.maximum(
             updated
-            - np.where(
-                won, _between(rng, _DAY, 10 * _DAY, len(contacts)), _between(rng, 0, 5 * _DAY, len(contacts))
-            ),
+            - np.where(won, _between(rng, _DAY, 10 * _DAY, len(contacts)), _between(rng, 0, 5 * _DAY, len(contacts))),
             created,
         )
         quoted = np.flatnonzero(
@@ -1166,10 +1145,7 @@ class _PostgresLoader(_Loader):
 
 def _block_plan(contacts: int, chunk: int) -> list[list[tuple[int, int, int]]]:
     """(block number, first contact, size) of every block, grouped into write batches of ~chunk contacts."""
-    blocks = [
-        (number, start, min(BLOCK, contacts - start))
-        for number, start in enumerate(range(0, contacts, BLOCK))
-    ]
+    blocks = [(number, start, min(BLOCK, contacts - start)) for number, start in enumerate(range(0, contacts, BLOCK))]
     per_batch = max(1, chunk // BLOCK)
     return [blocks[i : i + per_batch] for i in range(0, len(blocks), per_batch)]
 
@@ -1224,9 +1200,7 @@ def seed_crm(url: str, contacts: int, as_of: datetime, seed: int = 7, chunk: int
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: ``python -m lifecycle.devtools.seed --url URL --contacts N --as-of YYYY-MM-DD --seed S``."""
-    parser = argparse.ArgumentParser(
-        prog="lifecycle seed", description="Fill a CRM database with synthetic data."
-    )
+    parser = argparse.ArgumentParser(prog="lifecycle seed", description="Fill a CRM database with synthetic data.")
     parser.add_argument(
         "--url",
         default=os.environ.get("LIFECYCLE_CRM_URL"),

@@ -92,8 +92,7 @@ class SimulationReport:
         lines = [
             f"Simulation: {self.contacts:,} contacts, {self.days} days from {self.start:%Y-%m-%d %H:%M}, "
             f"seed {self.seed}, {self.elapsed_seconds:.1f}s",
-            "lift = treatment vs program holdout (points, 95% CI); on messaged = lift / exposure, "
-            "the quantity planted",
+            "lift = treatment vs program holdout (points, 95% CI); on messaged = lift / exposure, the quantity planted",
             "",
             f"{'program':<15}{'event':<19}{'p0':>5}{'planted':>8}{'treat':>7}{'hold':>6}{'expo':>6}"
             f"{'lift':>25}{'on messaged':>25}{'p':>9}  inside",
@@ -136,9 +135,7 @@ def conversion_for(program: config.Program, catalog: Mapping[str, segments.Segme
         elif cond.op == "in":
             properties[cond.column] = cond.value[0]
         else:
-            return (
-                f"kpi.conversion event property {cond.column!r} uses {cond.op!r}; only eq/in can be planted"
-            )
+            return f"kpi.conversion event property {cond.column!r} uses {cond.op!r}; only eq/in can be planted"
     count = 1
     if leaf.count is not None:
         op, n = leaf.count
@@ -203,15 +200,11 @@ class _Responder:
 
     def respond(self, engine: Engine, rng: np.random.Generator, run_id: str, as_of: datetime) -> None:
         """Decide the enrollments whose messages settled in this run; write their conversions."""
-        touched = [
-            row for row in _settled_today(engine, self.program.id, run_id) if row[0] not in self.converted
-        ]
+        touched = [row for row in _settled_today(engine, self.program.id, run_id) if row[0] not in self.converted]
         new = [e for e, _, _ in touched if e not in self.draws]
         self.draws.update(zip(new, rng.random(len(new)).tolist(), strict=True))
         self.messaged.update(e for e, _, m in touched if m)
-        winners = [
-            (e, c) for e, c, _ in touched if self.draws[e] < self.p0 + self.uplift * (e in self.messaged)
-        ]
+        winners = [(e, c) for e, c, _ in touched if self.draws[e] < self.p0 + self.uplift * (e in self.messaged)]
         offsets = rng.integers(_MINUTE, int(DAY.total_seconds()) - _MINUTE, size=len(winners)).tolist()
         values = rng.uniform(20, 400, size=len(winners)).round(2).tolist()
         rows = [
@@ -224,9 +217,7 @@ class _Responder:
                 conn.execute(insert(schema.events), rows)
         self.converted.update(e for e, _ in winners)
 
-    def _events(
-        self, enrollment_id: int, contact_id: str, at: datetime, value: float
-    ) -> list[dict[str, Any]]:
+    def _events(self, enrollment_id: int, contact_id: str, at: datetime, value: float) -> list[dict[str, Any]]:
         properties = dict(self.conversion.properties)
         if self.program.kpi.value_property:
             properties[self.program.kpi.value_property] = value
@@ -266,9 +257,7 @@ def _measure(engine: Engine, responder: _Responder, end: datetime) -> ProgramRes
     outcomes = measurement.program_outcomes(engine, responder.program, end)
     treated = outcomes[outcomes["group"] == "treatment"]
     held = outcomes[outcomes["group"] == "holdout"]
-    itt = measurement.lift(
-        int(treated["converted"].sum()), len(treated), int(held["converted"].sum()), len(held)
-    )
+    itt = measurement.lift(int(treated["converted"].sum()), len(treated), int(held["converted"].sum()), len(held))
     exposure = float(treated["messaged"].mean()) if len(treated) else 0.0
     return ProgramResult(
         program=responder.program.id,
@@ -306,8 +295,7 @@ def simulate(
     rng = np.random.default_rng(seed)
     responders, skipped = _responders(programs, planted_uplift, rng)
     skipped |= {
-        pid: f"invalid program file ({len(e.problems)} problem(s)), first: {e.problems[0]}"
-        for pid, e in errors.items()
+        pid: f"invalid program file ({len(e.problems)} problem(s)), first: {e.problems[0]}" for pid, e in errors.items()
     }
     scopes = [pipeline.load_scope(pid, "simulation", start)[0] for pid in sorted(programs)]
     transport = DryRunTransport()
@@ -349,8 +337,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--uplift",
         action="append",
         default=[],
-        help="planted uplift in proportion points: 0.08 for all programs or PROGRAM=0.15 "
-        "(repeatable; default 0.08)",
+        help="planted uplift in proportion points: 0.08 for all programs or PROGRAM=0.15 (repeatable; default 0.08)",
     )
     parser.add_argument(
         "--start",
@@ -359,9 +346,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="as-of time of the first day (UTC)",
     )
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument(
-        "--url", help="SQLAlchemy URL of a scratch database (recreated; default: a temp SQLite file)"
-    )
+    parser.add_argument("--url", help="SQLAlchemy URL of a scratch database (recreated; default: a temp SQLite file)")
     args = parser.parse_args(argv)
     url = args.url or f"sqlite:///{Path(tempfile.mkdtemp(prefix='lifecycle-sim-')) / 'crm.db'}"
     programs, _errors = config.load_all_programs()

@@ -26,7 +26,16 @@ M = schema.messages
 C = schema.contacts
 # A dry run does everything a real run does except call the provider, so its messages hold slots too.
 SLOT_HOLDING = (
-    "ready", "sending", "sent", "delivered", "opened", "clicked", "bounced", "unknown", "deferred", "dry_run",
+    "ready",
+    "sending",
+    "sent",
+    "delivered",
+    "opened",
+    "clicked",
+    "bounced",
+    "unknown",
+    "deferred",
+    "dry_run",
 )
 _CAP_LOCK_KEY = 7_412_001
 

@@ -43,9 +43,7 @@ STATUS_RANK = {
     "bounced": 5,
     "failed": 5,
 }
-STOP_KEYWORDS = frozenset(
-    {"STOP", "STOPALL", "STOP ALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "OPTOUT", "REVOKE"}
-)
+STOP_KEYWORDS = frozenset({"STOP", "STOPALL", "STOP ALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "OPTOUT", "REVOKE"})
 START_KEYWORDS = frozenset({"START", "YES", "UNSTOP"})
 CONSENT_PURPOSE = "marketing"
 
@@ -299,9 +297,7 @@ def contacts_for_phone(conn: Connection, phone: str) -> list[str]:
     digits = re.sub(r"\D", "", phone)[-4:]
     pattern = "%" + "%".join(digits) + "%"
     rows = conn.execute(
-        select(contacts.c.contact_id, contacts.c.phone, contacts.c.country).where(
-            contacts.c.phone.like(pattern)
-        )
+        select(contacts.c.contact_id, contacts.c.phone, contacts.c.country).where(contacts.c.phone.like(pattern))
     )
     return [contact_id for contact_id, raw, country in rows if to_e164(raw, country) == phone]
 

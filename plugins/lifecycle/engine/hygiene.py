@@ -187,9 +187,7 @@ def _timestamp(value: Any) -> datetime | None:
         return None
 
 
-def normalise_and_validate(
-    engine: Engine, run_id: str, as_of: datetime, chunk: int = CHUNK
-) -> dict[str, int]:
+def normalise_and_validate(engine: Engine, run_id: str, as_of: datetime, chunk: int = CHUNK) -> dict[str, int]:
     """Refresh the quality snapshot: one row per contact, streaming the CRM ``chunk`` rows at a time
     (a server-side cursor on PostgreSQL); returns counts.
 
@@ -197,9 +195,7 @@ def normalise_and_validate(
     for long; rows of contacts no longer in the CRM are removed at the end, and the table's planner
     statistics refreshed."""
     counts: Counter[str] = Counter()
-    source = select(
-        C.c.contact_id, C.c.email, C.c.phone, *(_as_text(C.c[name]) for name in REQUIRED_FIELDS[1:])
-    )
+    source = select(C.c.contact_id, C.c.email, C.c.phone, *(_as_text(C.c[name]) for name in REQUIRED_FIELDS[1:]))
     with engine.connect() as reader:
         streamed = reader.execute(source.execution_options(yield_per=chunk))
         for contacts in streamed.mappings().partitions():
@@ -212,9 +208,7 @@ def normalise_and_validate(
             counts["invalid_phone"] += sum(row["phone_valid"] is False for row in rows)
             counts["incomplete"] += sum(row["missing_fields"] is not None for row in rows)
     with engine.begin() as conn:
-        counts["removed"] = conn.execute(
-            delete(Q).where(~exists().where(C.c.contact_id == Q.c.contact_id))
-        ).rowcount
+        counts["removed"] = conn.execute(delete(Q).where(~exists().where(C.c.contact_id == Q.c.contact_id))).rowcount
         conn.execute(text(f"ANALYZE {Q.name}"))
     return dict(counts)
 
@@ -309,9 +303,7 @@ def consent_in_force(as_of: datetime, purpose: str = "marketing") -> Subquery:
 def _shared_key_members(conn: Connection, as_of: datetime):
     """Every (key, Candidate) whose valid email or phone at least one other contact also has."""
     in_force = consent_in_force(as_of)
-    granted = (
-        select(in_force.c.contact_id).where(in_force.c.status == "granted").distinct().subquery("granted")
-    )
+    granted = select(in_force.c.contact_id).where(in_force.c.status == "granted").distinct().subquery("granted")
     for kind, value, valid in (
         ("email", Q.c.email_normalized, Q.c.email_valid),
         ("phone", Q.c.phone_e164, Q.c.phone_valid),
@@ -326,9 +318,7 @@ def _shared_key_members(conn: Connection, as_of: datetime):
                 _as_text(C.c.created_at),
             )
             .select_from(
-                Q.join(C, C.c.contact_id == Q.c.contact_id).outerjoin(
-                    granted, granted.c.contact_id == Q.c.contact_id
-                )
+                Q.join(C, C.c.contact_id == Q.c.contact_id).outerjoin(granted, granted.c.contact_id == Q.c.contact_id)
             )
             .where(valid.is_(True), value.in_(shared))
         )
@@ -445,9 +435,7 @@ def _consent_counts(conn: Connection, as_of: datetime) -> dict[str, int]:
 def _delivery_counts(conn: Connection, as_of: datetime) -> dict[str, int]:
     m = schema.messages
     out, bounced = conn.execute(
-        select(func.count(), _count_if(m.c.status == "bounced")).where(
-            m.c.status.in_(WENT_OUT), m.c.sent_at <= as_of
-        )
+        select(func.count(), _count_if(m.c.status == "bounced")).where(m.c.status.in_(WENT_OUT), m.c.sent_at <= as_of)
     ).one()
     return {"messages_out": int(out), "bounced": int(bounced)}
 
@@ -466,9 +454,7 @@ def figures(counts: Mapping[str, int]) -> dict[str, float]:
         "invalid_phone_rate": _share(counts["invalid_phone"], contacts),
         "bounce_rate": _share(counts["bounced"], counts["messages_out"]),
     }
-    rates |= {
-        f"consent_coverage_{c}": _share(counts[f"consent_granted_{c}"], contacts) for c in schema.CHANNELS
-    }
+    rates |= {f"consent_coverage_{c}": _share(counts[f"consent_granted_{c}"], contacts) for c in schema.CHANNELS}
     return {name: float(value) for name, value in sorted({**counts, **rates}.items())}
 
 
@@ -477,9 +463,7 @@ def compute_figures(engine: Engine, run_id: str, as_of: datetime) -> dict[str, f
     ``lifecycle_data_quality``; returns the figures."""
     dq = schema.data_quality
     with engine.begin() as conn:
-        result = figures(
-            _snapshot_counts(conn) | _consent_counts(conn, as_of) | _delivery_counts(conn, as_of)
-        )
+        result = figures(_snapshot_counts(conn) | _consent_counts(conn, as_of) | _delivery_counts(conn, as_of))
         conn.execute(delete(dq).where(dq.c.run_id == run_id))
         conn.execute(
             insert(dq),

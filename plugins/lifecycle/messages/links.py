@@ -49,9 +49,7 @@ def _unb64(text: str) -> bytes:
 
 def _mac(secret: str, payload: bytes) -> bytes:
     if not secret:
-        raise ValueError(
-            f"The link-signing secret is empty: set the password of connection {LIFECYCLE_CONN_ID!r}"
-        )
+        raise ValueError(f"The link-signing secret is empty: set the password of connection {LIFECYCLE_CONN_ID!r}")
     return hmac.new(secret.encode(), payload, hashlib.sha256).digest()
 
 

@@ -130,9 +130,7 @@ def render(
             _draw(ax, labels, panel, colors, show_legend=len(panel.series) > 1)
         canvas = FigureCanvasAgg(figure)
         canvas.draw()
-        pixels = Image.frombuffer(
-            "RGBA", canvas.get_width_height(), canvas.buffer_rgba(), "raw", "RGBA", 0, 1
-        )
+        pixels = Image.frombuffer("RGBA", canvas.get_width_height(), canvas.buffer_rgba(), "raw", "RGBA", 0, 1)
     image = pixels.convert("RGB").quantize(colors=PNG_COLORS, method=Image.Quantize.MEDIANCUT)
     small = io.BytesIO()
     image.save(small, format="PNG", optimize=True)

@@ -149,15 +149,11 @@ def period_trend(
     if history.empty:
         history = pd.DataFrame({"program": [], "run_id": [], "as_of": pd.Series(dtype="datetime64[us]")})
     runs = history[
-        history["program"].isin(programs)
-        & (history["as_of"] <= as_of)
-        & (history["as_of"] > as_of - length * periods)
+        history["program"].isin(programs) & (history["as_of"] <= as_of) & (history["as_of"] > as_of - length * periods)
     ]
     back = ((as_of - runs["as_of"]) // length).astype(int)
     runs = runs.assign(period_end=as_of - back * length).sort_values("as_of")
-    counted = [
-        c for c in runs.columns if c not in ("program", "run_id", "as_of", "period_end", *LAST_OF_PERIOD)
-    ]
+    counted = [c for c in runs.columns if c not in ("program", "run_id", "as_of", "period_end", *LAST_OF_PERIOD)]
     grouped = runs.groupby(["program", "period_end"])
     table = grouped[counted].sum().join(grouped[[c for c in LAST_OF_PERIOD if c in runs.columns]].last())
     table = table.reindex(grid)
@@ -245,9 +241,7 @@ def program_facts(program: Program) -> dict[str, Any]:
         "owner": program.owner,
         "priority": program.priority,
         "schedule": program.schedule or "manual",
-        "channels": sorted(
-            {s.channel for s in program.steps} | {s.fallback for s in program.steps if s.fallback}
-        ),
+        "channels": sorted({s.channel for s in program.steps} | {s.fallback for s in program.steps if s.fallback}),
         "kpi_label": program.kpi.label,
         "ab_test": program.ab_test.name if program.ab_test else None,
     }
@@ -281,9 +275,7 @@ def program_view(program: Program, row: Mapping[str, Any], trend: pd.DataFrame) 
         "verdict": _present(row.get("verdict")),
         "variants": variants,
         "value": count(row["treatment_value"]) if program.kpi.value_property else None,
-        "funnel": [
-            {"label": label, "value": count(this_week.get(metric, 0.0))} for metric, label in FUNNEL_STEPS
-        ],
+        "funnel": [{"label": label, "value": count(this_week.get(metric, 0.0))} for metric, label in FUNNEL_STEPS],
         "messages_week": count(messages_now),
         "messages_change": change(messages_now, messages_before),
         "sent": count(sent),
@@ -308,8 +300,7 @@ def _deliverability_alerts(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
     return [
         _item(
             "alert",
-            f"{row['program']}: {DELIVERABILITY_LABELS[metric]} {percent(row[metric], 2)} "
-            f"is above {percent(limit)}",
+            f"{row['program']}: {DELIVERABILITY_LABELS[metric]} {percent(row[metric], 2)} is above {percent(limit)}",
         )
         for row in rows
         for metric, limit in DELIVERABILITY_LIMITS.items()
@@ -341,12 +332,8 @@ def _ab_tests(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
     items = []
     for row in rows:
         if _present(row.get("verdict")):
-            rates = ", ".join(
-                f"{name} {percent(v['rate'])} (n={count(v['n'])})" for name, v in row["variants"].items()
-            )
-            items.append(
-                _item("ab", f"A/B test {row['ab_test']} ({row['program']}): {row['verdict']} — {rates}")
-            )
+            rates = ", ".join(f"{name} {percent(v['rate'])} (n={count(v['n'])})" for name, v in row["variants"].items())
+            items.append(_item("ab", f"A/B test {row['ab_test']} ({row['program']}): {row['verdict']} — {rates}"))
     return items
 
 
@@ -394,13 +381,7 @@ def what_changed(
         _item("alert", f"{pid}: the program file is invalid, so it did not run ({error})")
         for pid, error in sorted((errors or {}).items())
     ]
-    return (
-        invalid
-        + _deliverability_alerts(rows)
-        + _lifts(programs, rows)
-        + _ab_tests(rows)
-        + _movers(programs, trend)
-    )
+    return invalid + _deliverability_alerts(rows) + _lifts(programs, rows) + _ab_tests(rows) + _movers(programs, trend)
 
 
 def program_weeks(trend: pd.DataFrame, program_id: str) -> pd.DataFrame:
@@ -486,9 +467,7 @@ def build_digest(
     trend = period_trend(measurement.funnel_history(engine), programs, as_of)
     rows = {r["program"]: r for r in kpis.to_dict("records")}
     views = [program_view(p, rows[pid], trend) | {"chart": f"trend-{pid}"} for pid, p in programs.items()]
-    images = (
-        [InlineImage("overview", "overview.png", overview_chart(list(programs), trend))] if programs else []
-    )
+    images = [InlineImage("overview", "overview.png", overview_chart(list(programs), trend))] if programs else []
     images += [InlineImage(f"trend-{pid}", f"trend-{pid}.png", trend_chart(pid, trend)) for pid in programs]
     context = {
         "brand": policy.brand.model_dump(),

@@ -84,9 +84,7 @@ class LiftResult:
         that was (Bloom's estimator): the comparison group is never messaged, so the
         intent-to-treat lift and its interval are divided by ``exposure``."""
         if not exposure > 0:
-            return replace(
-                self, absolute=_NAN, relative=_NAN, ci_low=_NAN, ci_high=_NAN, insufficient_data=True
-            )
+            return replace(self, absolute=_NAN, relative=_NAN, ci_low=_NAN, ci_high=_NAN, insufficient_data=True)
         scale = min(exposure, 1.0)
         return replace(
             self,
@@ -191,9 +189,7 @@ def ab_verdict(counts: Mapping[str, tuple[int, int]], confidence: float = 0.95) 
     """``"no winner yet"`` until the interval of the difference between the best variant and the
     runner-up excludes zero, then ``"<best> wins (+x pts)"``. ``counts`` maps variant to
     ``(conversions, n)``; variants without enrollments are ignored."""
-    rated = sorted(
-        ((c / n, name, c, n) for name, (c, n) in counts.items() if n > 0), key=lambda r: (-r[0], r[1])
-    )
+    rated = sorted(((c / n, name, c, n) for name, (c, n) in counts.items() if n > 0), key=lambda r: (-r[0], r[1]))
     if len(rated) < 2:
         return NO_WINNER
     (_, best, c1, n1), (_, _runner_up, c2, n2) = rated[0], rated[1]
@@ -224,9 +220,7 @@ def _event_leaves(node: segments.Segment, catalog: Mapping[str, segments.Segment
     return []
 
 
-def conversion_events(
-    program: Program, catalog: Mapping[str, segments.Segment] | None = None
-) -> list[segments.Event]:
+def conversion_events(program: Program, catalog: Mapping[str, segments.Segment] | None = None) -> list[segments.Event]:
     """The event conditions that can meet the program's ``kpi.conversion``, in the order written
     (named segments followed, negated parts left out); empty when the conversion is not about
     events (e.g. an opportunity stage)."""
@@ -444,9 +438,7 @@ def deliverability(statuses: pd.DataFrame, provider_events: pd.DataFrame) -> pd.
     delivered, bounce, unsubscribe and spam-report rates over ``sent``. Open and click rates are
     named ``*_directional``: privacy proxies and link scanners inflate them, so they show a
     direction, never a KPI. Rates are NaN when nothing was sent."""
-    by_status = statuses.pivot_table(
-        index="program", columns="status", values="messages", aggfunc="sum", fill_value=0
-    )
+    by_status = statuses.pivot_table(index="program", columns="status", values="messages", aggfunc="sum", fill_value=0)
     by_event = provider_events.pivot_table(
         index="program", columns="event_type", values="messages", aggfunc="sum", fill_value=0
     )
@@ -454,9 +446,7 @@ def deliverability(statuses: pd.DataFrame, provider_events: pd.DataFrame) -> pd.
 
     def total(table: pd.DataFrame, names: Iterable[str]) -> pd.Series:
         present = [n for n in names if n in table.columns]
-        return (
-            table[present].sum(axis=1).reindex(programs, fill_value=0) if present else pd.Series(0, programs)
-        )
+        return table[present].sum(axis=1).reindex(programs, fill_value=0) if present else pd.Series(0, programs)
 
     sent = total(by_status, PROVIDER_SENT)
     rate = sent.where(sent > 0)
@@ -493,9 +483,7 @@ def program_kpis(
     chosen = list(programs.values()) if isinstance(programs, Mapping) else list(programs)
     rows = [kpi_summary(p, program_outcomes(engine, p, as_of, catalog), confidence) for p in chosen]
     summary = pd.DataFrame(rows, columns=None if rows else ["program"])
-    diagnostics = deliverability(
-        _frame(engine, _status_query(as_of)), _frame(engine, _provider_event_query(as_of))
-    )
+    diagnostics = deliverability(_frame(engine, _status_query(as_of)), _frame(engine, _provider_event_query(as_of)))
     merged = summary.merge(diagnostics, on="program", how="left")
     counts = [c for c in ("sent", "dry_run", "failed") if c in merged.columns]
     merged[counts] = merged[counts].fillna(0).astype(int)
@@ -551,9 +539,7 @@ def purchase_metrics(buyers: pd.DataFrame, as_of: datetime) -> dict[str, float]:
         "buyers": len(buyers),
         "repeat_purchase_rate": float((buyers["purchases"] >= 2).mean()),
         "first_to_second_conversion": float(within[mature].mean()) if mature.any() else _NAN,
-        "median_days_to_second_purchase": float(gap.median() / pd.Timedelta(days=1))
-        if gap.notna().any()
-        else _NAN,
+        "median_days_to_second_purchase": float(gap.median() / pd.Timedelta(days=1)) if gap.notna().any() else _NAN,
     }
 
 
@@ -622,9 +608,7 @@ def revenue_retention(base: pd.DataFrame) -> dict[str, float]:
         .fillna(from_ltv)
         .fillna(0.0)
     )
-    retained = float(
-        pd.to_numeric(base.loc[base["cohort"] == "retained", "mrr"], errors="coerce").fillna(0).sum()
-    )
+    retained = float(pd.to_numeric(base.loc[base["cohort"] == "retained", "mrr"], errors="coerce").fillna(0).sum())
     churned_mrr = float(lost.sum())
     start = retained + churned_mrr
     return {
@@ -669,9 +653,7 @@ def funnel_table(rows: pd.DataFrame) -> pd.DataFrame:
     rows = rows.assign(as_of=_times(rows["as_of"]))
     kpi = rows["metric"].isin(("kpi_enrolled", "kpi_converted"))
     funnel = rows[~kpi].pivot_table(index=keys, columns="metric", values="value", aggfunc="sum", fill_value=0)
-    per_group = rows[kpi].pivot_table(
-        index=keys, columns=["metric", "dimension"], values="value", aggfunc="sum"
-    )
+    per_group = rows[kpi].pivot_table(index=keys, columns=["metric", "dimension"], values="value", aggfunc="sum")
     table = funnel.reindex(funnel.index.union(per_group.index), fill_value=0)
     for group in GROUPS:
         enrolled = per_group.get(("kpi_enrolled", group))

@@ -74,9 +74,7 @@ class SandboxApp:
         self._stopping = threading.Event()
         self._control_routes: dict[tuple[str, str], Callable[[Request], Any]] = {
             ("GET", "health"): lambda request: {"status": "ok"},
-            ("GET", "sendgrid/messages"): lambda request: {
-                "messages": self.recorder.emails(_query(request, "to"))
-            },
+            ("GET", "sendgrid/messages"): lambda request: {"messages": self.recorder.emails(_query(request, "to"))},
             ("GET", "sendgrid/public_key"): lambda request: {"public_key": self.signer.public_key},
             ("POST", "sendgrid/events"): self._post_sendgrid_event,
             ("GET", "twilio/messages"): self._twilio_messages,
@@ -84,9 +82,7 @@ class SandboxApp:
             ("GET", "faults"): lambda request: {"pending": self.faults.pending()},
             ("POST", "faults"): lambda request: self.add_fault(_json_body(request)),
             ("GET", "stats"): lambda request: self.stats(),
-            ("GET", "webhooks"): lambda request: {
-                "webhooks": self.dispatcher.entries(_query(request, "provider"))
-            },
+            ("GET", "webhooks"): lambda request: {"webhooks": self.dispatcher.entries(_query(request, "provider"))},
             ("POST", "flush"): self._post_flush,
             ("POST", "reset"): lambda request: self.reset(),
         }
@@ -121,21 +117,15 @@ class SandboxApp:
             return twilio_error_reply(TwilioError(405, 20004, "Method not allowed"))
         denied = self.twilio.authenticate(request.headers, request.path, account_sid)
         if message_sid is None:
-            return self._count(
-                "twilio.list_messages", denied or self.twilio.list_messages(request.path, request.query)
-            )
-        return self._count(
-            "twilio.fetch_message", denied or self.twilio.fetch_message(request.path, message_sid)
-        )
+            return self._count("twilio.list_messages", denied or self.twilio.list_messages(request.path, request.query))
+        return self._count("twilio.fetch_message", denied or self.twilio.fetch_message(request.path, message_sid))
 
     def _create_message(self, request: Request, account_sid: str) -> Reply:
         denied = self.twilio.authenticate(request.headers, request.path, account_sid)
         return denied or self.twilio.create_message(request.body)
 
     def _mail_send(self, request: Request) -> Reply:
-        return self.sendgrid.authenticate(request.headers) or self.sendgrid.mail_send(
-            request.headers, request.body
-        )
+        return self.sendgrid.authenticate(request.headers) or self.sendgrid.mail_send(request.headers, request.body)
 
     def _count(self, endpoint: str, reply: Reply) -> Reply:
         self.recorder.count(endpoint, "requests")
@@ -161,9 +151,7 @@ class SandboxApp:
         return Hangup() if fault.kind == "drop_after_accept" and reply.accepted else reply
 
     def _control(self, request: Request) -> Reply:
-        route = self._control_routes.get(
-            (request.method, request.path.removeprefix(CONTROL_PREFIX).strip("/"))
-        )
+        route = self._control_routes.get((request.method, request.path.removeprefix(CONTROL_PREFIX).strip("/")))
         if route is None:
             return json_reply(404, {"error": f"no control endpoint {request.method} {request.path}"})
         try:

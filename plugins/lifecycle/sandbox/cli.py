@@ -20,9 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Local SendGrid Mail Send + Twilio Messages sandbox: signed webhooks, fault injection.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: %(default)s)")
-    parser.add_argument(
-        "--port", type=int, default=DEFAULT_PORT, help="port to bind, 0 for any (default: %(default)s)"
-    )
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="port to bind, 0 for any (default: %(default)s)")
     parser.add_argument("--sendgrid-webhook-url", help="where SendGrid Event Webhook batches are posted")
     parser.add_argument("--twilio-inbound-url", help="where inbound SMS (STOP...) webhooks are posted")
     parser.add_argument(

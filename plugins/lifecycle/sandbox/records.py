@@ -38,21 +38,13 @@ class Recorder:
     def emails(self, to: str | None = None) -> list[dict[str, Any]]:
         """Accepted emails in order, optionally only those to one address (case-insensitive)."""
         with self._lock:
-            return [
-                _email_copy(email)
-                for email in self._emails
-                if to is None or email["to"].lower() == to.lower()
-            ]
+            return [_email_copy(email) for email in self._emails if to is None or email["to"].lower() == to.lower()]
 
-    def find_emails(
-        self, sg_message_id: str | None = None, x_message_id: str | None = None
-    ) -> list[dict[str, Any]]:
+    def find_emails(self, sg_message_id: str | None = None, x_message_id: str | None = None) -> list[dict[str, Any]]:
         """The emails with this ``sg_message_id``, or all emails of one request's ``x_message_id``."""
         with self._lock:
             if sg_message_id is not None:
-                found = (
-                    [self._emails_by_sg_id[sg_message_id]] if sg_message_id in self._emails_by_sg_id else []
-                )
+                found = [self._emails_by_sg_id[sg_message_id]] if sg_message_id in self._emails_by_sg_id else []
             else:
                 found = list(self._emails_by_x_id.get(x_message_id or "", ()))
             return [_email_copy(email) for email in found]

@@ -40,9 +40,7 @@ def new_message_id() -> str:
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode("ascii")
 
 
-def recipient_emails(
-    body: Mapping[str, Any], x_message_id: str, received_at: str
-) -> Iterator[dict[str, Any]]:
+def recipient_emails(body: Mapping[str, Any], x_message_id: str, received_at: str) -> Iterator[dict[str, Any]]:
     """One record per recipient of an accepted request, with its personalization applied."""
     content = {block["type"].lower(): block["value"] for block in body.get("content", [])}
     index = 0
@@ -129,9 +127,7 @@ class SendGridApi:
             self.emit(email, automatic_outcome(email["to"]))
         return Reply(202, headers={"X-Message-Id": x_message_id})
 
-    def emit(
-        self, email: Mapping[str, Any], events: tuple[tuple[str, str | None], ...]
-    ) -> list[dict[str, Any]]:
+    def emit(self, email: Mapping[str, Any], events: tuple[tuple[str, str | None], ...]) -> list[dict[str, Any]]:
         """Record and queue Event Webhook events, given as (event, bounce type) pairs, for one email."""
         timestamp = int(time.time())
         payloads = [build_event(email, event, timestamp, bounce_type) for event, bounce_type in events]

@@ -55,9 +55,7 @@ def new_sg_event_id() -> str:
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode("ascii")
 
 
-def build_event(
-    email: Mapping[str, Any], event: str, timestamp: int, bounce_type: str | None = None
-) -> dict[str, Any]:
+def build_event(email: Mapping[str, Any], event: str, timestamp: int, bounce_type: str | None = None) -> dict[str, Any]:
     """The Event Webhook object SendGrid posts for ``event`` on one recorded email."""
     payload: dict[str, Any] = dict(email["custom_args"])
     payload.update(

@@ -32,9 +32,7 @@ RESERVED_HEADERS = frozenset(
 )  # fmt: skip
 RECIPIENT_KINDS = ("to", "cc", "bcc")
 
-PERSONALIZATIONS_REQUIRED = (
-    "The personalizations field is required and must have at least one personalization."
-)
+PERSONALIZATIONS_REQUIRED = "The personalizations field is required and must have at least one personalization."
 PERSONALIZATIONS_LIMIT = (
     "The personalizations field is limited to 1000 personalizations per API request. You may either "
     "include fewer personalizations in your request or send multiple requests."
@@ -58,9 +56,7 @@ CONTENT_REQUIRED = (
     "but only one block is required."
 )
 CONTENT_VALUE = "The content value must be a string at least one character in length."
-CONTENT_ORDER = (
-    "The text/plain content type must be first, followed by text/html, followed by any other content."
-)
+CONTENT_ORDER = "The text/plain content type must be first, followed by text/html, followed by any other content."
 CONTENT_ONCE = "If present, text/plain and text/html may only be provided once."
 DUPLICATE_RECIPIENT = (
     "Each email address in the personalization block should be unique between to, cc, and bcc. "
@@ -137,9 +133,7 @@ def _live_api_rules(body: Mapping[str, Any], now: float) -> Iterator[FieldError]
     yield from _recipient_rules(personalizations)
     for index, personalization in enumerate(personalizations):
         field = f"personalizations.{index}"
-        yield from _custom_args_rules(
-            body.get("custom_args", {}), personalization.get("custom_args", {}), field
-        )
+        yield from _custom_args_rules(body.get("custom_args", {}), personalization.get("custom_args", {}), field)
         yield from _header_rules(personalization.get("headers", {}), f"{field}.headers")
         yield from _send_at_rules(personalization.get("send_at"), now, f"{field}.send_at")
     yield from _header_rules(body.get("headers", {}), "headers")
@@ -165,9 +159,7 @@ def _recipient_rules(personalizations: list[dict[str, Any]]) -> Iterator[FieldEr
                 address = recipient["email"].lower()
                 if address in seen and not duplicate_reported:
                     field = f"personalizations.{index}.{kind}"
-                    yield FieldError(
-                        DUPLICATE_RECIPIENT.format(address=recipient["email"], field=field), field
-                    )
+                    yield FieldError(DUPLICATE_RECIPIENT.format(address=recipient["email"], field=field), field)
                     duplicate_reported = True
                 seen.add(address)
     if total > MAX_RECIPIENTS:
@@ -193,9 +185,7 @@ def _header_rules(headers: Mapping[str, Any], field: str) -> Iterator[FieldError
         if name.lower() in RESERVED_HEADERS:
             yield FieldError(RESERVED_HEADER.format(name=name), f"{field}.{name}")
         elif not isinstance(value, str):
-            yield FieldError(
-                f"Invalid type. Expected: string, given: {json_type_name(value)}.", f"{field}.{name}"
-            )
+            yield FieldError(f"Invalid type. Expected: string, given: {json_type_name(value)}.", f"{field}.{name}")
 
 
 def _send_at_rules(send_at: int | None, now: float, field: str) -> Iterator[FieldError]:

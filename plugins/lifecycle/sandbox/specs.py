@@ -64,9 +64,7 @@ def operation(file_name: str, path: str, method: str) -> Operation:
     by_location: dict[str, dict[str, Mapping[str, Any]]] = {"path": {}, "query": {}}
     for parameter in parameters:
         by_location.setdefault(parameter["in"], {})[parameter["name"]] = parameter["schema"]
-    groups = tuple(
-        tuple(_pascal(name) for name in group) for group in spec.get("x-twilio", {}).get("conditional", ())
-    )
+    groups = tuple(tuple(_pascal(name) for name in group) for group in spec.get("x-twilio", {}).get("conditional", ()))
     return Operation(document, body_schema, by_location["path"], by_location["query"], groups)
 
 

@@ -182,9 +182,7 @@ class TwilioApi:
         for step in ({"status": "sent", "date_sent": now}, final):
             self.recorder.update_sms(message["sid"], **step, **{"from": sender, "date_updated": now})
             message = {**message, **step, "from": sender}
-            self.dispatcher.enqueue(
-                "twilio", "status", message["status_callback"], self._callback_params(message)
-            )
+            self.dispatcher.enqueue("twilio", "status", message["status_callback"], self._callback_params(message))
 
     def _callback_params(self, message: Mapping[str, Any]) -> dict[str, str]:
         params = {
@@ -213,9 +211,7 @@ class TwilioApi:
         operation = specs.twilio_list_messages()
         raw = {name: values[0] for name, values in parse_qs(query).items()}
         paging = {
-            name: int(raw[name]) if raw[name].isdigit() else raw[name]
-            for name in ("PageSize", "Page")
-            if name in raw
+            name: int(raw[name]) if raw[name].isdigit() else raw[name] for name in ("PageSize", "Page") if name in raw
         }
         validator = SchemaValidator(operation.document)
         for name, value in paging.items():
@@ -223,9 +219,7 @@ class TwilioApi:
                 return error_reply(invalid_parameter(name))
         try:
             bounds = {
-                name: _parse_date_filter(raw[name])
-                for name in ("DateSent", "DateSent<", "DateSent>")
-                if name in raw
+                name: _parse_date_filter(raw[name]) for name in ("DateSent", "DateSent<", "DateSent>") if name in raw
             }
         except (TypeError, ValueError):
             return error_reply(invalid_parameter("DateSent"))
@@ -238,9 +232,7 @@ class TwilioApi:
         ]
         size, page = paging.get("PageSize", DEFAULT_PAGE_SIZE), paging.get("Page", 0)
         start = page * size
-        filters = {
-            name: raw[name] for name in ("To", "From", "DateSent", "DateSent<", "DateSent>") if name in raw
-        }
+        filters = {name: raw[name] for name in ("To", "From", "DateSent", "DateSent<", "DateSent>") if name in raw}
 
         def page_uri(number: int) -> str:
             return f"{path}?{urlencode({**filters, 'PageSize': size, 'Page': number})}"

@@ -47,9 +47,7 @@ class TwilioError:
 TO_REQUIRED = TwilioError(400, 21604, "A 'To' phone number is required.")
 INVALID_TO = TwilioError(400, 21211, "Invalid 'To' Phone Number")
 INVALID_FROM = TwilioError(400, 21212, "Invalid 'From' Phone Number")
-SENDER_REQUIRED = TwilioError(
-    400, 21603, "A 'From' or 'MessagingServiceSid' parameter is required to send a message."
-)
+SENDER_REQUIRED = TwilioError(400, 21603, "A 'From' or 'MessagingServiceSid' parameter is required to send a message.")
 INVALID_SERVICE = TwilioError(400, 21705, "The Messaging Service Sid is invalid.")
 BODY_REQUIRED = TwilioError(400, 21602, "Message body is required.")
 BODY_TOO_LONG = TwilioError(400, 21617, "The concatenated message body exceeds the 1600 character limit.")
@@ -113,9 +111,7 @@ def coerce_form(
     for name, property_schema in schema.get("properties", {}).items():
         if name not in form:
             continue
-        resolved = (
-            resolve_ref(document, property_schema["$ref"]) if "$ref" in property_schema else property_schema
-        )
+        resolved = resolve_ref(document, property_schema["$ref"]) if "$ref" in property_schema else property_schema
         if resolved.get("type") == "array":
             item_type = resolved.get("items", {}).get("type")
             params[name] = [_coerce_one(value, item_type) for value in form[name]]

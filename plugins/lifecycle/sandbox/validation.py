@@ -97,18 +97,14 @@ class SchemaValidator:
         """Return every violation of ``schema`` by ``instance`` (an empty list when valid)."""
         return list(dict.fromkeys(self._check(instance, schema, ())))
 
-    def _check(
-        self, value: Any, schema: Mapping[str, Any], path: tuple[PathPart, ...]
-    ) -> Iterator[SchemaViolation]:
+    def _check(self, value: Any, schema: Mapping[str, Any], path: tuple[PathPart, ...]) -> Iterator[SchemaViolation]:
         if "$ref" in schema:
             yield from self._check(value, resolve_ref(self.root, schema["$ref"]), path)
         if value is None and schema.get("nullable"):
             return
         expected = schema.get("type")
         if expected is not None and not _is_type(value, expected):
-            yield SchemaViolation(
-                path, "type", f"Invalid type. Expected: {expected}, given: {json_type_name(value)}."
-            )
+            yield SchemaViolation(path, "type", f"Invalid type. Expected: {expected}, given: {json_type_name(value)}.")
             return
         if "enum" in schema and value not in schema["enum"]:
             allowed = ", ".join(json.dumps(item) for item in schema["enum"])
@@ -129,9 +125,7 @@ class SchemaValidator:
             if name not in value:
                 yield SchemaViolation((*path, name), "required", f"{name} is required.")
         if "maxProperties" in schema and len(value) > schema["maxProperties"]:
-            yield SchemaViolation(
-                path, "maxProperties", f"Must have at most {schema['maxProperties']} properties."
-            )
+            yield SchemaViolation(path, "maxProperties", f"Must have at most {schema['maxProperties']} properties.")
         properties = schema.get("properties", {})
         additional = schema.get("additionalProperties", True)
         for name, item in value.items():

@@ -149,9 +149,7 @@ class WebhookDispatcher:
                 break
         delivered = status is not None and 200 <= status < 300
         if not delivered:
-            log.warning(
-                "webhook post to %s failed after %d attempts (status %s, %s)", url, attempts, status, error
-            )
+            log.warning("webhook post to %s failed after %d attempts (status %s, %s)", url, attempts, status, error)
         with self._idle:
             self._counts["posts"] += attempts
             self._counts["delivered" if delivered else "failed"] += len(group)

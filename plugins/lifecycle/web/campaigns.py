@@ -89,9 +89,7 @@ def catalog_view(program: Program) -> dict[str, Any]:
             }
             for s in program.steps
         ],
-        "ab_variants": [f"{v.name} ({v.weight})" for v in program.ab_test.variants]
-        if program.ab_test
-        else [],
+        "ab_variants": [f"{v.name} ({v.weight})" for v in program.ab_test.variants] if program.ab_test else [],
         "ab_variable": program.ab_test.variable if program.ab_test else None,
         "attribution_window": duration(program.kpi.attribution_window),
     }
@@ -122,10 +120,7 @@ def campaigns_page(engine: Engine, as_of: datetime | None = None) -> str:
     measured_at = utc_naive(as_of) if as_of else latest_run(engine)
     views = []
     if measured_at is not None:
-        kpis = {
-            r["program"]: r
-            for r in measurement.program_kpis(engine, programs, measured_at).to_dict("records")
-        }
+        kpis = {r["program"]: r for r in measurement.program_kpis(engine, programs, measured_at).to_dict("records")}
         trend = digest.period_trend(measurement.funnel_history(engine), programs, measured_at, TREND_WEEKS)
         for pid, program in programs.items():
             views.append(

@@ -79,9 +79,7 @@ def _receive_sendgrid(body: str, signature: str | None, timestamp: str | None) -
         return _forbidden("sendgrid timestamp malformed")
     if abs(now - signed_at) > SIGNATURE_MAX_AGE:
         return _forbidden("sendgrid signature is stale")
-    public_key = BaseHook.get_connection(SendGridHook.default_conn_name).extra_dejson.get(
-        "webhook_public_key"
-    )
+    public_key = BaseHook.get_connection(SendGridHook.default_conn_name).extra_dejson.get("webhook_public_key")
     if not public_key:
         return JSONResponse({"detail": "sendgrid_default has no webhook_public_key"}, status_code=503)
     try:
@@ -183,9 +181,7 @@ def _verify_token(token: str) -> UnsubscribeToken | HTMLResponse:
     try:
         return verify_unsubscribe_token(secret, token)
     except InvalidToken:
-        return _page(
-            "Link not valid", "<p>This unsubscribe link is not valid. Use the link from the message.</p>", 400
-        )
+        return _page("Link not valid", "<p>This unsubscribe link is not valid. Use the link from the message.</p>", 400)
 
 
 @router.get(UNSUBSCRIBE_PATH, response_class=HTMLResponse)
@@ -212,9 +208,7 @@ def unsubscribe_one_click(token: str = "") -> HTMLResponse:
         return parsed
     now = datetime.now(UTC)
     _record([unsubscribe_event(parsed, now)], now)
-    log.info(
-        "Unsubscribed contact %s from %s (message %s)", parsed.contact_id, parsed.channel, parsed.message_id
-    )
+    log.info("Unsubscribed contact %s from %s (message %s)", parsed.contact_id, parsed.channel, parsed.message_id)
     return _page(
         "You are unsubscribed",
         f"<p>You will get no more marketing {html.escape(parsed.channel)} messages.</p>",

@@ -81,7 +81,12 @@ def render_step(
     program, brand = _shipped(str(paths.config_dir()), program_id)
     step = next(s for s in program.steps if s.id == step_id)
     context = message_context(
-        contact, program=program_id, step=step_id, variant=variant, trigger=trigger, account=account,
+        contact,
+        program=program_id,
+        step=step_id,
+        variant=variant,
+        trigger=trigger,
+        account=account,
         links={"unsubscribe": UNSUBSCRIBE},
     )
     context["brand"] = dict(brand)
@@ -95,12 +100,15 @@ def render_message(engine: Engine, message: Mapping[str, Any]) -> Rendered:
     with engine.connect() as conn:
         contact = conn.execute(select(c).where(c.c.contact_id == message["contact_id"])).mappings().one()
         account = conn.execute(select(a).where(a.c.account_id == contact["account_id"])).mappings().first()
-        trigger = conn.execute(
-            select(e.c.trigger).where(e.c.enrollment_id == message["enrollment_id"])
-        ).scalar_one()
+        trigger = conn.execute(select(e.c.trigger).where(e.c.enrollment_id == message["enrollment_id"])).scalar_one()
     context = message_context(
-        contact, program=message["program"], step=message["step"], variant=message["variant"], trigger=trigger,
-        account=account, links={"unsubscribe": UNSUBSCRIBE},
+        contact,
+        program=message["program"],
+        step=message["step"],
+        variant=message["variant"],
+        trigger=trigger,
+        account=account,
+        links={"unsubscribe": UNSUBSCRIBE},
     )
     context["brand"] = _brand()
     return render(message["template"], message["channel"], context)

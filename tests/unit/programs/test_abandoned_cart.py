@@ -13,8 +13,7 @@ PROGRAM = "abandoned_cart"
 HOUR = timedelta(hours=1)
 
 
-def _shopper(crm, *, product: str = "Template Pack", value: float = 87.0, ago: timedelta = 0.5 * HOUR,
-             **fields) -> str:
+def _shopper(crm, *, product: str = "Template Pack", value: float = 87.0, ago: timedelta = 0.5 * HOUR, **fields) -> str:
     cid = treatment_contact(crm, PROGRAM, **fields)
     crm.event(cid, "cart_abandoned", AS_OF - ago, cart_id=f"cart-{cid}", product=product, value=value)
     return cid

@@ -14,8 +14,12 @@ PROGRAM = "education"
 
 def _member(crm, joined_days_ago: int = 10, idle_days: int = 1, **fields) -> str:
     joined = AS_OF - timedelta(days=joined_days_ago)
-    defaults = {"lifecycle_stage": "customer", "plan": "growth", "created_at": joined,
-                "last_active_at": AS_OF - timedelta(days=idle_days)}
+    defaults = {
+        "lifecycle_stage": "customer",
+        "plan": "growth",
+        "created_at": joined,
+        "last_active_at": AS_OF - timedelta(days=idle_days),
+    }
     return treatment_contact(crm, PROGRAM, **(defaults | fields))
 
 
@@ -70,8 +74,9 @@ def test_three_emails_over_eight_days_until_the_first_report_is_shared(shipped_c
 def test_copy_adapts_to_trial_plan_and_industry_with_fallbacks(shipped_config):
     trial = render_step(PROGRAM, "setup_session", {"contact_id": "c1", "lifecycle_stage": "trial"})
     assert "build your first report\nwith you, well before your trial ends." in trial.text
-    walkthrough = render_step(PROGRAM, "template_walkthrough", {"contact_id": "c1", "plan": "pro"},
-                              account={"industry": "Nonprofit"})
+    walkthrough = render_step(
+        PROGRAM, "template_walkthrough", {"contact_id": "c1", "plan": "pro"}, account={"industry": "Nonprofit"}
+    )
     assert walkthrough.subject == "A ready-made report for nonprofit teams, already filled with your data"
     assert '"Nonprofit overview" template' in walkthrough.text and "included in your Pro plan" in walkthrough.text
     empty = render_step(PROGRAM, "template_walkthrough", {"contact_id": "c1"})

@@ -29,8 +29,13 @@ def _engaged_lead(crm, topic: str = "automation", ago: timedelta = timedelta(day
 
 def _opportunity(crm, contact_id: str | None, stage: str, account_id: str | None = None) -> None:
     crm.row(
-        "opportunities", opportunity_id=f"opp-{contact_id}-{stage}", contact_id=contact_id, account_id=account_id,
-        stage=stage, amount=12_000.0, updated_at=AS_OF - timedelta(hours=1),
+        "opportunities",
+        opportunity_id=f"opp-{contact_id}-{stage}",
+        contact_id=contact_id,
+        account_id=account_id,
+        stage=stage,
+        amount=12_000.0,
+        updated_at=AS_OF - timedelta(hours=1),
     )
 
 

@@ -22,8 +22,9 @@ PROGRAM = "reactivation"
 
 def _customer(crm, idle_days: int, **fields) -> str:
     last_seen = AS_OF - timedelta(days=idle_days)
-    cid = treatment_contact(crm, PROGRAM, **({"lifecycle_stage": "customer", "plan": "pro", "last_active_at": last_seen}
-                                            | fields))
+    cid = treatment_contact(
+        crm, PROGRAM, **({"lifecycle_stage": "customer", "plan": "pro", "last_active_at": last_seen} | fields)
+    )
     crm.event(cid, "feature_used", last_seen, feature="api")
     return cid
 
@@ -79,7 +80,9 @@ def test_withdrawn_email_consent_is_honoured_and_the_quick_win_goes_by_sms(shipp
     rows = {m["step"]: m for m in messages(engine, PROGRAM)}
     assert (rows["whats_new"]["status"], rows["whats_new"]["reason"]) == ("suppressed", "consent_withdrawn")
     assert (rows["quick_win"]["channel"], rows["quick_win"]["status"], rows["quick_win"]["segments"]) == (
-        "sms", "dry_run", 1,
+        "sms",
+        "dry_run",
+        1,
     )
     assert render_message(engine, rows["quick_win"]).text == (
         "Northwind Cloud: Noor, a 5-minute win: schedule your weekly report at "

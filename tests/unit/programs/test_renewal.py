@@ -26,8 +26,14 @@ def _subscriber(crm, renews_in: timedelta, *, billing: str = "ok", status: str =
     for channel in ("email", "sms"):
         crm.consent(cid, channel, "granted", purpose="transactional")
     crm.row(
-        "subscriptions", subscription_id=f"sub-{cid}", contact_id=cid, plan="growth", status=status,
-        renews_at=AS_OF + renews_in, billing_status=billing, mrr=490.0,
+        "subscriptions",
+        subscription_id=f"sub-{cid}",
+        contact_id=cid,
+        plan="growth",
+        status=status,
+        renews_at=AS_OF + renews_in,
+        billing_status=billing,
+        mrr=490.0,
     )
     return cid
 
@@ -96,8 +102,14 @@ def test_a_late_entry_skips_reminders_whose_moment_has_passed(shipped_crm):
 
 def test_billing_fix_goes_by_sms_on_transactional_consent_despite_tickets_and_marketing_opt_out(shipped_crm):
     engine, crm = shipped_crm
-    cid = _subscriber(crm, timedelta(days=10), billing="failed", email=None, first_name="Lea",
-                      consent={"email": "withdrawn", "sms": "withdrawn"})
+    cid = _subscriber(
+        crm,
+        timedelta(days=10),
+        billing="failed",
+        email=None,
+        first_name="Lea",
+        consent={"email": "withdrawn", "sms": "withdrawn"},
+    )
     crm.row("tickets", ticket_id="tk-1", contact_id=cid, status="open", opened_at=AS_OF - timedelta(days=1))
     run_schedule(engine, PROGRAM, days(0, 1))
     rows = {m["step"]: m for m in messages(engine, PROGRAM)}

@@ -27,15 +27,44 @@ TRIGGER_PROPERTIES = {
     "purchase": {"order_id": "ord-0001234-00", "product": "Training Session", "amount": 249.0},
 }
 FILLED = {
-    "contact_id": "c-filled", "first_name": "Alexandra", "last_name": "Fitzgerald", "country": "GB",
-    "region": "England", "timezone": "Europe/London", "locale": "en-GB", "role": "Customer Success Manager",
-    "industry": "Professional Services", "lifecycle_stage": "customer", "plan": "growth", "mrr": 1_470.0,
-    "ltv": 24_500.0, "owner": "priya.shah", "churn_reason": "price", "created_at": None, "last_active_at": None,
+    "contact_id": "c-filled",
+    "first_name": "Alexandra",
+    "last_name": "Fitzgerald",
+    "country": "GB",
+    "region": "England",
+    "timezone": "Europe/London",
+    "locale": "en-GB",
+    "role": "Customer Success Manager",
+    "industry": "Professional Services",
+    "lifecycle_stage": "customer",
+    "plan": "growth",
+    "mrr": 1_470.0,
+    "ltv": 24_500.0,
+    "owner": "priya.shah",
+    "churn_reason": "price",
+    "created_at": None,
+    "last_active_at": None,
 }
 ACCOUNT = {"name": "Meridian Partners", "industry": "Professional Services", "tier": "mid"}
 HOSTILE = {"first_name": "<script>x</script>", "role": "<b>CTO</b>", "industry": "R&D <labs>", "plan": "<pro>"}
-ALLOWED_TAGS = {"!doctype", "html", "head", "meta", "title", "body", "table", "tr", "td", "a", "p", "strong", "ol",
-                "ul", "li", "br"}
+ALLOWED_TAGS = {
+    "!doctype",
+    "html",
+    "head",
+    "meta",
+    "title",
+    "body",
+    "table",
+    "tr",
+    "td",
+    "a",
+    "p",
+    "strong",
+    "ol",
+    "ul",
+    "li",
+    "br",
+}
 GSM7 = set(
     "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿"
     "abcdefghijklmnopqrstuvwxyzäöñüà"
@@ -55,8 +84,9 @@ def _cases(program: config.Program, contact: dict, account: dict | None, trigger
         for channel in filter(None, (step.channel, step.fallback)):
             for variant in variants:
                 for trigger in triggers:
-                    rendered = render_step(program.id, step.id, contact, channel=channel, trigger=trigger,
-                                           variant=variant, account=account)
+                    rendered = render_step(
+                        program.id, step.id, contact, channel=channel, trigger=trigger, variant=variant, account=account
+                    )
                     yield f"{program.id}/{step.id}.{channel} variant={variant} trigger={trigger}", channel, rendered
 
 

@@ -16,8 +16,16 @@ PROGRAM = "upsell"
 
 def _customer(crm, *, subscription: str = "active", **fields) -> str:
     cid = treatment_contact(crm, PROGRAM, **({"lifecycle_stage": "customer", "plan": "growth"} | fields))
-    crm.row("subscriptions", subscription_id=f"sub-{cid}", contact_id=cid, plan="growth", status=subscription,
-            renews_at=AS_OF + timedelta(days=40), billing_status="ok", mrr=49.0)
+    crm.row(
+        "subscriptions",
+        subscription_id=f"sub-{cid}",
+        contact_id=cid,
+        plan="growth",
+        status=subscription,
+        renews_at=AS_OF + timedelta(days=40),
+        billing_status="ok",
+        mrr=49.0,
+    )
     return cid
 
 
@@ -86,8 +94,15 @@ def test_offer_then_reminder_after_four_days_unless_they_expand(shipped_crm):
     buys = _hits_limit(crm, _customer(crm))
     wins_deal = _hits_limit(crm, _customer(crm))
     crm.event(buys, "purchase", AS_OF + timedelta(days=2), order_id="o-up", product="Pro plan", amount=600.0)
-    crm.row("opportunities", opportunity_id="opp-x", contact_id=wins_deal, account_id=None, stage="closed_won",
-            amount=9_000.0, updated_at=AS_OF + timedelta(days=1))
+    crm.row(
+        "opportunities",
+        opportunity_id="opp-x",
+        contact_id=wins_deal,
+        account_id=None,
+        stage="closed_won",
+        amount=9_000.0,
+        updated_at=AS_OF + timedelta(days=1),
+    )
     schedule = run_schedule(engine, PROGRAM, days(*range(0, 6)))
 
     assert steps_for(schedule, waits) == {
@@ -95,8 +110,11 @@ def test_offer_then_reminder_after_four_days_unless_they_expand(shipped_crm):
         timedelta(days=4): [("offer_reminder", "dry_run")],
     }
     states = {e["contact_id"]: (e["state"], e["exit_reason"]) for e in enrollments(engine, PROGRAM)}
-    assert states == {waits: ("completed", "completed"), buys: ("exited", "converted"),
-                      wins_deal: ("exited", "converted")}
+    assert states == {
+        waits: ("completed", "completed"),
+        buys: ("exited", "converted"),
+        wins_deal: ("exited", "converted"),
+    }
 
 
 def test_the_offer_variant_is_assigned_per_enrollment_and_drives_the_copy(shipped_crm):
@@ -117,17 +135,23 @@ def test_the_offer_variant_is_assigned_per_enrollment_and_drives_the_copy(shippe
 
 @pytest.mark.parametrize(
     ("plan", "target"),
-    [("starter", "the Growth plan"), ("pro", "the Enterprise plan"), ("enterprise", "extra capacity"),
-     (None, "extra capacity")],
+    [
+        ("starter", "the Growth plan"),
+        ("pro", "the Enterprise plan"),
+        ("enterprise", "extra capacity"),
+        (None, "extra capacity"),
+    ],
 )
 def test_the_upgrade_target_follows_the_plan(plan, target, shipped_config):
-    email = render_step(PROGRAM, "offer_reminder", {"contact_id": "c1", "plan": plan}, trigger={"limit": "storage"},
-                        variant="discount")
+    email = render_step(
+        PROGRAM, "offer_reminder", {"contact_id": "c1", "plan": plan}, trigger={"limit": "storage"}, variant="discount"
+    )
     assert f"20% off {target} for your first three months" in email.text
 
 
 def test_empty_fields_fall_back(shipped_config):
     email = render_step(PROGRAM, "offer", {"contact_id": "c1"}, trigger={}, variant=None)
     assert email.subject == "Hi, you're outgrowing your plan: 20% off extra capacity for three months"
-    assert email.text.startswith("Hi there,\n\nYour team has been using Northwind Cloud a lot lately, "
-                                 "more than most teams on the same plan.")
+    assert email.text.startswith(
+        "Hi there,\n\nYour team has been using Northwind Cloud a lot lately, more than most teams on the same plan."
+    )

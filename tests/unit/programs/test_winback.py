@@ -24,8 +24,14 @@ PROGRAM = "winback"
 
 def _churned(crm, churned_days_ago: int = 30, **fields) -> str:
     churned_at = AS_OF - timedelta(days=churned_days_ago)
-    defaults = {"lifecycle_stage": "churned", "plan": "pro", "churned_at": churned_at, "churn_reason": "price",
-                "ltv": 800.0, "last_active_at": churned_at}
+    defaults = {
+        "lifecycle_stage": "churned",
+        "plan": "pro",
+        "churned_at": churned_at,
+        "churn_reason": "price",
+        "ltv": 800.0,
+        "last_active_at": churned_at,
+    }
     return treatment_contact(crm, PROGRAM, **(defaults | fields))
 
 
@@ -64,8 +70,11 @@ def test_offer_reminder_and_last_chance_a_week_apart_until_they_come_back(shippe
     for returner in (buys, resubscribes):
         assert steps_for(first | rest, returner) == steps_for(first, stays_gone)
     states = {e["contact_id"]: (e["state"], e["exit_reason"]) for e in enrollments(engine, PROGRAM)}
-    assert states == {stays_gone: ("completed", "completed"), buys: ("exited", "converted"),
-                      resubscribes: ("exited", "converted")}
+    assert states == {
+        stays_gone: ("completed", "completed"),
+        buys: ("exited", "converted"),
+        resubscribes: ("exited", "converted"),
+    }
 
 
 def test_last_chance_goes_by_sms_when_email_is_impossible(shipped_crm):
