@@ -60,7 +60,8 @@ from lifecycle.config import segments
 from lifecycle.devtools.local import provider_connections
 from lifecycle.devtools.seed import seed_crm
 from lifecycle.engine import capping, dispatch, journeys, pipeline, suppression
-from lifecycle.engine.journeys import RunScope
+from lifecycle.engine.scope import RunScope
+from lifecycle.messages.context import template_context
 from lifecycle.messages.rendering import render
 from lifecycle.model import schema
 from lifecycle.model.db import get_engine, insert_ignore, migrate, utc_naive
@@ -642,7 +643,7 @@ def render_floor(engine: Engine, groups: Sequence[RenderGroup], brand: Mapping[s
                 continue
             items = dispatch.load_messages(conn, M.c.message_id.in_(group.sample_ids))
             contexts = [
-                dispatch.render_context(item, links(item.message_id, item.contact["contact_id"], item.channel), brand)
+                template_context(item, links(item.message_id, item.contact["contact_id"], item.channel), brand)
                 for item in items
             ]
             work.append((group, contexts))

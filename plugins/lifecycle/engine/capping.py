@@ -18,7 +18,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from sqlalchemy import Connection, and_, bindparam, func, literal, not_, select, text, union_all, update
 
 from lifecycle.config import Cap, Program, QuietHours, segments
-from lifecycle.engine.journeys import E, RunScope, entry_eligible, group_expr, step_due
+from lifecycle.engine.journeys import E, entry_eligible, group_expr, step_due
+from lifecycle.engine.scope import RunScope
 from lifecycle.engine.suppression import channel_blocked
 from lifecycle.model import schema
 

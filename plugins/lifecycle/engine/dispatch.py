@@ -15,7 +15,6 @@ for stale never both send one.
 
 from __future__ import annotations
 
-import json
 import logging
 import uuid
 from collections import Counter
@@ -24,14 +23,14 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import DateTime, Engine, Text, and_, bindparam, func, literal, or_, select, type_coerce, update
+from sqlalchemy import Engine, and_, bindparam, func, literal, or_, select, update
 
 from lifecycle.channels.base import NOT_FOUND_AT_PROVIDER, OutboundEmail, OutboundSms, SendResult, Transport
 from lifecycle.channels.retry import CLAIM_LOST
 from lifecycle.engine.suppression import list_reasons
-from lifecycle.messages.rendering import RenderError, message_context, render
+from lifecycle.messages.context import MessageData, crm_columns, read_crm, template_context
+from lifecycle.messages.rendering import RenderError, render
 from lifecycle.model import schema
-from lifecycle.model.addresses import email_address, phone_number
 
 log = logging.getLogger(__name__)
 
@@ -85,19 +84,13 @@ def prepare_batches(engine: Engine, program: str, run_id: str, batch_size: int, 
 
 
 @dataclass(frozen=True)
-class Claimed:
-    """A claimed message with what rendering and addressing need."""
+class Claimed(MessageData):
+    """A claimed message: what its templates are rendered from, plus what addressing and the claim need."""
 
     message_id: int
     idempotency_key: str
-    program: str
-    step: str
     channel: str
     template: str
-    variant: str | None
-    contact: Mapping[str, Any]
-    account: Mapping[str, Any] | None
-    trigger: Mapping[str, Any] | None
     claimed_at: datetime | None = None
     claim_token: str | None = None
     problem: str | None = None
@@ -105,39 +98,6 @@ class Claimed:
 
 def _in_batch(run_id: str, batch: int):
     return and_(M.c.send_run_id == run_id, M.c.batch == batch)
-
-
-UNREADABLE = "unreadable CRM data"
-_TIMESTAMPS = frozenset(c.name for c in C.c if isinstance(c.type, DateTime))
-
-
-def _json_object(value: Any) -> Mapping[str, Any] | None:
-    """A JSON column's value as a mapping or None; ValueError for broken JSON or any other value."""
-    parsed = json.loads(value) if isinstance(value, str) else value
-    if not isinstance(parsed, Mapping | None):
-        raise ValueError("not a JSON object")
-    return parsed
-
-
-def _read_crm(row: Mapping[str, Any]) -> tuple[dict[str, Any], Mapping[str, Any] | None, list[str]]:
-    """The contact and trigger of a loaded row, read one row at a time (SQLite keeps whatever a CRM
-    writes: text in a timestamp column, broken JSON), and what could not be read."""
-    contact, problems = {}, []
-    for column in C.c:
-        value = row[f"contact__{column.name}"]
-        if column.name in _TIMESTAMPS and isinstance(value, str):
-            try:
-                value = datetime.fromisoformat(value)
-            except ValueError:
-                value = None
-                problems.append(f"contacts.{column.name} is not a timestamp")
-        contact[column.name] = value
-    try:
-        trigger = _json_object(row["trigger"])
-    except ValueError:
-        trigger = None
-        problems.append("the trigger event's properties are not a JSON object")
-    return contact, trigger, problems
 
 
 def load_messages(conn, where) -> list[Claimed]:
@@ -153,17 +113,7 @@ def load_messages(conn, where) -> list[Claimed]:
             M.c.variant,
             M.c.claimed_at,
             M.c.claim_token,
-            *(
-                (type_coerce(c, Text) if c.name in _TIMESTAMPS else c).label(f"contact__{c.name}")
-                for c in C.c
-                if c.name not in ("email", "phone")
-            ),
-            email_address(C).label("contact__email"),
-            phone_number(C).label("contact__phone"),
-            A.c.name.label("account_name"),
-            A.c.industry.label("account_industry"),
-            A.c.tier.label("account_tier"),
-            type_coerce(E.c.trigger, Text).label("trigger"),
+            *crm_columns(C, A, E.c.trigger),
         )
         .select_from(
             M.outerjoin(C, C.c.contact_id == M.c.contact_id)
@@ -179,7 +129,7 @@ def load_messages(conn, where) -> list[Claimed]:
             problem = "ambiguous CRM data: the contact id is on more than one row of contacts"
             claimed[r["message_id"]] = replace(claimed[r["message_id"]], problem=problem)
             continue
-        contact, trigger, problems = _read_crm(r)
+        contact, account, trigger, problem = read_crm(r)
         claimed[r["message_id"]] = Claimed(
             message_id=r["message_id"],
             idempotency_key=r["idempotency_key"],
@@ -189,11 +139,11 @@ def load_messages(conn, where) -> list[Claimed]:
             template=r["template"],
             variant=r["variant"],
             contact=contact,
-            account={"name": r["account_name"], "industry": r["account_industry"], "tier": r["account_tier"]},
+            account=account,
             trigger=trigger,
             claimed_at=r["claimed_at"],
             claim_token=r["claim_token"],
-            problem=f"{UNREADABLE}: {'; '.join(problems)}" if problems else None,
+            problem=problem,
         )
     return list(claimed.values())
 
@@ -310,23 +260,8 @@ def renew_claim(engine: Engine, message_id: int, token: str | None) -> bool:
     return held == 1
 
 
-def render_context(item: Claimed, links: Mapping[str, str], brand: Mapping[str, Any]) -> dict[str, Any]:
-    """The variables the message's templates see: contact, account, trigger, variant, links, brand."""
-    context = message_context(
-        item.contact,
-        program=item.program,
-        step=item.step,
-        variant=item.variant,
-        trigger=item.trigger,
-        account=item.account,
-        links=links,
-    )
-    context["brand"] = dict(brand)
-    return context
-
-
 def _outbound(item: Claimed, links: Mapping[str, str], brand: Mapping[str, Any]) -> OutboundEmail | OutboundSms:
-    rendered = render(item.template, item.channel, render_context(item, links, brand))
+    rendered = render(item.template, item.channel, template_context(item, links, brand))
     contact = item.contact
     if item.channel == "sms":
         return OutboundSms(

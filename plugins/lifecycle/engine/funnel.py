@@ -10,7 +10,7 @@ from collections.abc import Mapping
 
 from sqlalchemy import Connection, delete, func, insert, select
 
-from lifecycle.engine.journeys import RunScope
+from lifecycle.engine.scope import RunScope
 from lifecycle.model import schema
 
 M = schema.messages

@@ -7,8 +7,6 @@ run: running it again for the same program, run and as-of time changes nothing.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import (
@@ -32,33 +30,12 @@ from sqlalchemy import (
 from sqlalchemy.sql.expression import ColumnElement
 
 from lifecycle.config import Policy, Program, Step, segments
+from lifecycle.engine.scope import RunScope
 from lifecycle.model import schema
 from lifecycle.model.db import bucket, concat, insert_ignore
 
 E = schema.enrollments
 M = schema.messages
-
-
-@dataclass(frozen=True)
-class RunScope:
-    """One program run: its program, the policy, named segments, run id and as-of time."""
-
-    program: Program
-    policy: Policy
-    catalog: Mapping[str, segments.Segment]
-    run_id: str
-    as_of: datetime  # naive UTC
-
-    def segment_context(self, contact_id: ColumnElement, *, journey: bool = False) -> segments.Context:
-        """A compile context for a segment correlated to ``contact_id``."""
-        return segments.Context(
-            as_of=self.as_of,
-            contact_id=contact_id,
-            contacts_in_scope=False,
-            catalog=self.catalog,
-            enrolled_at=E.c.enrolled_at if journey else None,
-            anchor_at=E.c.anchor_at if journey else None,
-        )
 
 
 # --- audience --------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from sqlalchemy import Engine
 from lifecycle import config, paths
 from lifecycle.channels.base import Transport
 from lifecycle.engine import capping, dispatch, funnel, journeys, suppression
-from lifecycle.engine.journeys import RunScope
+from lifecycle.engine.scope import RunScope
 from lifecycle.model.db import utc_naive
 
 

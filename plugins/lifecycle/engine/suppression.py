@@ -15,7 +15,7 @@ from sqlalchemy import Connection, and_, exists, not_, or_, select, update
 from sqlalchemy.sql.expression import ColumnElement
 
 from lifecycle.config import segments
-from lifecycle.engine.journeys import RunScope
+from lifecycle.engine.scope import RunScope
 from lifecycle.model import schema
 from lifecycle.model.addresses import address
 from lifecycle.model.db import valid_e164, valid_email

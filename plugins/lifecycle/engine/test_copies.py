@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from sqlalchemy import Engine, select
 
 from lifecycle.channels.base import OutboundEmail, OutboundSms, SendResult, Transport
-from lifecycle.engine.journeys import RunScope
+from lifecycle.engine.scope import RunScope
 from lifecycle.messages.preview import render_step
 from lifecycle.model import schema
 

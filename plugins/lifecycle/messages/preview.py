@@ -7,10 +7,11 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, func, select
 
 from lifecycle import config, paths
-from lifecycle.messages.rendering import Rendered, message_context, render
+from lifecycle.messages.context import MessageData, crm_columns, read_crm, template_context
+from lifecycle.messages.rendering import Rendered, render
 from lifecycle.model import schema
 from lifecycle.model.db import crm_url, get_engine, utc_naive
 
@@ -25,37 +26,53 @@ def render_step(
     brand: Mapping[str, Any],
     links: Mapping[str, str],
 ) -> Rendered:
-    """Render ``step`` for ``contact_id`` with the context the send task would build."""
+    """Render ``step`` for ``contact_id`` from the same CRM reading and template context the send
+    task uses. The trigger is the contact's newest enrollment's (else its newest trigger event up to
+    ``as_of``), the variant that enrollment's (else the A/B test's first)."""
     c, a, e, en = schema.contacts, schema.accounts, schema.events, schema.enrollments
-    with engine.connect() as conn:
-        contact = conn.execute(select(c).where(c.c.contact_id == contact_id)).mappings().first()
-        if contact is None:
-            raise LookupError(f"contact {contact_id!r} is not in the CRM")
-        account = conn.execute(select(a).where(a.c.account_id == contact["account_id"])).mappings().first()
-        enrollment = conn.execute(
-            select(en.c.variant, en.c.trigger)
-            .where(en.c.program == program.id, en.c.contact_id == contact_id)
-            .order_by(en.c.entry.desc())
+    newest = en.c.program == program.id, en.c.contact_id == c.c.contact_id
+    enrolled_trigger = select(en.c.trigger).where(*newest).order_by(en.c.entry.desc()).limit(1).scalar_subquery()
+    variant = select(en.c.variant).where(*newest).order_by(en.c.entry.desc()).limit(1).scalar_subquery()
+    trigger: Any = enrolled_trigger
+    if program.audience.trigger_event:
+        last_event = (
+            select(e.c.properties)
+            .where(
+                e.c.contact_id == c.c.contact_id,
+                e.c.event_type.in_(program.audience.trigger_event),
+                e.c.occurred_at <= utc_naive(as_of),
+            )
+            .order_by(e.c.occurred_at.desc())
             .limit(1)
-        ).first()
-        trigger = enrollment.trigger if enrollment else None
-        if trigger is None and program.audience.trigger_event:
-            trigger = conn.execute(
-                select(e.c.properties)
-                .where(
-                    e.c.contact_id == contact_id,
-                    e.c.event_type.in_(program.audience.trigger_event),
-                    e.c.occurred_at <= utc_naive(as_of),
-                )
-                .order_by(e.c.occurred_at.desc())
+            .scalar_subquery()
+        )
+        trigger = func.coalesce(enrolled_trigger, last_event)
+    with engine.connect() as conn:
+        row = (
+            conn.execute(
+                select(*crm_columns(c, a, trigger), variant.label("variant"))
+                .select_from(c.outerjoin(a, a.c.account_id == c.c.account_id))
+                .where(c.c.contact_id == contact_id)
                 .limit(1)
-            ).scalar()
-    variant = enrollment.variant if enrollment else (program.ab_test.variants[0].name if program.ab_test else None)
-    context = message_context(
-        contact, program=program.id, step=step.id, variant=variant, trigger=trigger, account=account, links=links
+            )
+            .mappings()
+            .first()
+        )
+    if row is None:
+        raise LookupError(f"contact {contact_id!r} is not in the CRM")
+    contact, account, trigger_properties, problem = read_crm(row)
+    if problem is not None:
+        raise LookupError(f"contact {contact_id!r}: {problem}")
+    default_variant = program.ab_test.variants[0].name if program.ab_test else None
+    data = MessageData(
+        program=program.id,
+        step=step.id,
+        variant=row["variant"] or default_variant,
+        contact=contact,
+        account=account,
+        trigger=trigger_properties,
     )
-    context["brand"] = dict(brand)
-    return render(step.template, step.channel, context)
+    return render(step.template, step.channel, template_context(data, links, brand))
 
 
 def preview(url: str | None, program_id: str, contact_id: str, *, step: str | None, as_of: datetime) -> str:

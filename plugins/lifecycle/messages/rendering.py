@@ -20,26 +20,6 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment, safe_range
 
 from lifecycle.paths import templates_dir
 
-CONTACT_FIELDS = (
-    "contact_id",
-    "first_name",
-    "last_name",
-    "country",
-    "region",
-    "timezone",
-    "locale",
-    "role",
-    "industry",
-    "lifecycle_stage",
-    "plan",
-    "mrr",
-    "ltv",
-    "owner",
-    "churn_reason",
-    "created_at",
-    "last_active_at",
-)
-ACCOUNT_FIELDS = ("name", "industry", "tier")
 MAX_LOOP = 100_000
 # Limits on what one template expression may build, so a template cannot exhaust the worker's
 # memory or time: repeated strings and lists, integer powers, padding widths and replacements.
@@ -245,26 +225,3 @@ def render(template: str, channel: str, context: Mapping[str, Any], root: Path |
         html=_render(env, f"{template}.html.j2", context),
         text=_render(env, f"{template}.txt.j2", context).strip() + "\n",
     )
-
-
-def message_context(
-    contact: Mapping[str, Any],
-    *,
-    program: str,
-    step: str,
-    variant: str | None,
-    trigger: Mapping[str, Any] | None,
-    account: Mapping[str, Any] | None = None,
-    links: Mapping[str, str] | None = None,
-) -> dict[str, Any]:
-    """The variables a template sees: the contact's non-address fields, the account, the
-    trigger event's properties, the A/B variant and links. Addresses are not exposed."""
-    return {
-        "contact": {k: contact.get(k) for k in CONTACT_FIELDS},
-        "account": {k: (account or {}).get(k) for k in ACCOUNT_FIELDS},
-        "trigger": dict(trigger or {}),
-        "variant": variant,
-        "program": program,
-        "step": step,
-        "links": dict(links or {}),
-    }

@@ -8,10 +8,12 @@ from datetime import datetime, timedelta
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, update
 
 from lifecycle import config, paths
-from lifecycle.messages.rendering import Rendered, message_context, render
+from lifecycle.engine.dispatch import load_messages
+from lifecycle.messages.context import MessageData, template_context
+from lifecycle.messages.rendering import Rendered, render
 from lifecycle.model import schema
 from tests.conftest import AS_OF
 from tests.journey import messages, run_program
@@ -80,35 +82,14 @@ def render_step(
     """Render a step of a shipped program for a hand-made contact (on its own channel by default)."""
     program, brand = _shipped(str(paths.config_dir()), program_id)
     step = next(s for s in program.steps if s.id == step_id)
-    context = message_context(
-        contact,
-        program=program_id,
-        step=step_id,
-        variant=variant,
-        trigger=trigger,
-        account=account,
-        links={"unsubscribe": UNSUBSCRIBE},
-    )
-    context["brand"] = dict(brand)
+    data = MessageData(program_id, step_id, variant, contact, account, trigger)
+    context = template_context(data, {"unsubscribe": UNSUBSCRIBE}, brand)
     return render(step.template, channel or step.channel, context)
 
 
 def render_message(engine: Engine, message: Mapping[str, Any]) -> Rendered:
-    """Render a ledger message from what the database holds: the contact, its account, the
-    enrollment's trigger and the message's variant and channel."""
-    c, a, e = schema.contacts, schema.accounts, schema.enrollments
+    """Render a ledger message from what the database holds, through the send task's own loader
+    and template context."""
     with engine.connect() as conn:
-        contact = conn.execute(select(c).where(c.c.contact_id == message["contact_id"])).mappings().one()
-        account = conn.execute(select(a).where(a.c.account_id == contact["account_id"])).mappings().first()
-        trigger = conn.execute(select(e.c.trigger).where(e.c.enrollment_id == message["enrollment_id"])).scalar_one()
-    context = message_context(
-        contact,
-        program=message["program"],
-        step=message["step"],
-        variant=message["variant"],
-        trigger=trigger,
-        account=account,
-        links={"unsubscribe": UNSUBSCRIBE},
-    )
-    context["brand"] = _brand()
-    return render(message["template"], message["channel"], context)
+        (item,) = load_messages(conn, schema.messages.c.message_id == message["message_id"])
+    return render(item.template, item.channel, template_context(item, {"unsubscribe": UNSUBSCRIBE}, _brand()))

@@ -12,7 +12,8 @@ from collections.abc import Iterator
 import pytest
 
 from lifecycle import config, paths
-from lifecycle.messages.rendering import CONTACT_FIELDS, Rendered
+from lifecycle.messages.context import CONTACT_FIELDS
+from lifecycle.messages.rendering import Rendered
 from lifecycle.model.schema import CHURN_REASONS
 from tests.unit.programs.support import STOP, UNSUBSCRIBE, render_step
 
