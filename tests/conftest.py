@@ -106,3 +106,23 @@ def test_config(monkeypatch) -> Path:
     monkeypatch.setenv("LIFECYCLE_CONFIG_DIR", str(FIXTURES / "config"))
     monkeypatch.setenv("LIFECYCLE_TEMPLATES_DIR", str(FIXTURES / "templates"))
     return FIXTURES / "config"
+
+
+@pytest.fixture
+def shipped_config(monkeypatch) -> None:
+    """Read the project's own config/ and include/templates/, whatever the environment says."""
+    monkeypatch.delenv("LIFECYCLE_CONFIG_DIR", raising=False)
+    monkeypatch.delenv("LIFECYCLE_TEMPLATES_DIR", raising=False)
+
+
+@pytest.fixture
+def shipped_crm(sqlite_url, shipped_config):
+    """An empty SQLite CRM with the engine tables migrated; yields (engine, CrmBuilder)."""
+    from lifecycle.model import schema
+    from lifecycle.model.db import get_engine, migrate
+    from tests.crm_builder import CrmBuilder
+
+    engine = get_engine(sqlite_url)
+    schema.crm_metadata.create_all(engine)
+    migrate(engine)
+    return engine, CrmBuilder(engine, AS_OF)
