@@ -249,5 +249,5 @@ def test_no_stakeholders_means_the_digest_task_is_skipped(tmp_path, monkeypatch,
     _use_sandbox(monkeypatch, sandbox)
     sandbox.reset()
     with pytest.raises(AirflowSkipException, match="no stakeholders"):
-        SendKpiDigestOperator(task_id="send_digest").execute({"data_interval_end": AS_OF})
+        SendKpiDigestOperator(task_id="send_digest").execute({"data_interval_end": AS_OF, "run_id": "manual"})
     assert sandbox.sendgrid_messages() == []

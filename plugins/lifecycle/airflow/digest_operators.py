@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import base64
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseOperator
-
+from lifecycle.airflow.base import LifecycleOperator, TaskRun
 from lifecycle.channels.sendgrid import Recipient, SendGridHook
-from lifecycle.model.db import CRM_CONN_ID
 
 if TYPE_CHECKING:
     from sendgrid.helpers.mail import Mail
@@ -52,7 +50,7 @@ def digest_mail(hook: SendGridHook, digest: Digest, stakeholders: Sequence[Stake
     return mail
 
 
-class SendKpiDigestOperator(BaseOperator):
+class SendKpiDigestOperator(LifecycleOperator[dict[str, Any]]):
     """Measure every program as of the run's data interval end and email the digest.
 
     A send whose outcome is unknown (no answer from SendGrid) or that SendGrid rejects fails
@@ -65,32 +63,22 @@ class SendKpiDigestOperator(BaseOperator):
 
     template_fields = ("crm_conn_id", "sendgrid_conn_id")
 
-    def __init__(
-        self,
-        *,
-        crm_conn_id: str = CRM_CONN_ID,
-        sendgrid_conn_id: str = SendGridHook.default_conn_name,
-        **kwargs: Any,
-    ) -> None:
+    def __init__(self, *, sendgrid_conn_id: str = SendGridHook.default_conn_name, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.crm_conn_id = crm_conn_id
         self.sendgrid_conn_id = sendgrid_conn_id
 
-    def execute(self, context: Mapping[str, Any]) -> dict[str, Any]:
+    def run(self, run: TaskRun) -> dict[str, Any]:
         from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
         from lifecycle import config
-        from lifecycle.airflow.operators import as_of_from_context
         from lifecycle.channels.retry import OutcomeUnknown, Rejected
-        from lifecycle.model.db import crm_url, get_engine
         from lifecycle.reporting.digest import build_digest
 
         policy = config.load_policy()
         if not policy.stakeholders:
             raise AirflowSkipException("config/policy.yml lists no stakeholders: add some under 'stakeholders'")
         programs, errors = config.load_all_programs()
-        engine = get_engine(crm_url(self.crm_conn_id))
-        digest = build_digest(engine, programs, policy, as_of_from_context(context), errors)
+        digest = build_digest(run.engine, programs, policy, run.as_of, errors)
         hook = SendGridHook(self.sendgrid_conn_id)
         try:
             message_id = hook.send(digest_mail(hook, digest, policy.stakeholders))

@@ -6,57 +6,33 @@ never the clock) and returns the step's counts, which are small.
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable, Mapping
-from datetime import datetime
-from typing import Any, ClassVar
-
-from airflow.sdk import BaseOperator
-from sqlalchemy import Engine
-
-from lifecycle.airflow.operators import as_of_from_context
+from lifecycle.airflow.base import LifecycleOperator, TaskRun
 from lifecycle.engine import hygiene
-from lifecycle.model.db import CRM_CONN_ID, crm_url, get_engine, utc_naive
-
-log = logging.getLogger(__name__)
 
 
-class HygieneOperator(BaseOperator):
-    """Base for the data_hygiene steps: ``step(engine, run_id, as_of)`` on the CRM connection."""
-
-    template_fields = ("crm_conn_id",)
-    step: ClassVar[Callable[[Engine, str, datetime], Mapping[str, float]]]
-
-    def __init__(self, *, crm_conn_id: str = CRM_CONN_ID, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.crm_conn_id = crm_conn_id
-
-    def execute(self, context: Mapping[str, Any]) -> dict[str, float]:
-        as_of = utc_naive(as_of_from_context(context))
-        result = dict(self.step(get_engine(crm_url(self.crm_conn_id)), context["run_id"], as_of))
-        log.info("%s as of %s: %s", self.task_id, as_of.isoformat(), result)
-        return result
-
-
-class NormaliseAndValidateOperator(HygieneOperator):
+class NormaliseAndValidateOperator(LifecycleOperator[dict[str, int]]):
     """Write this run's quality snapshot: normalised, validated email and phone, missing fields."""
 
-    step = staticmethod(hygiene.normalise_and_validate)
+    def run(self, run: TaskRun) -> dict[str, int]:
+        return hygiene.normalise_and_validate(run.engine, run.run_id, run.as_of)
 
 
-class ResolveDuplicatesOperator(HygieneOperator):
+class ResolveDuplicatesOperator(LifecycleOperator[dict[str, int]]):
     """Group contacts that share an email or phone and pick each group's survivor."""
 
-    step = staticmethod(hygiene.resolve_duplicates)
+    def run(self, run: TaskRun) -> dict[str, int]:
+        return hygiene.resolve_duplicates(run.engine, run.run_id, run.as_of)
 
 
-class FlagSuppressionsOperator(HygieneOperator):
+class FlagSuppressionsOperator(LifecycleOperator[dict[str, int]]):
     """Keep the invalid-address and duplicate-contact suppressions in step with the snapshot."""
 
-    step = staticmethod(hygiene.flag_suppressions)
+    def run(self, run: TaskRun) -> dict[str, int]:
+        return hygiene.flag_suppressions(run.engine, run.run_id, run.as_of)
 
 
-class ComputeFiguresOperator(HygieneOperator):
+class ComputeFiguresOperator(LifecycleOperator[dict[str, float]]):
     """Write the run's data-quality figures to ``lifecycle_data_quality``."""
 
-    step = staticmethod(hygiene.compute_figures)
+    def run(self, run: TaskRun) -> dict[str, float]:
+        return hygiene.compute_figures(run.engine, run.run_id, run.as_of)

@@ -1,23 +1,20 @@
-"""Airflow operators: thin adapters from a task's context to the pipeline stages.
+"""Airflow operators for the stages of a program run: thin adapters over :mod:`lifecycle.engine.pipeline`.
 
-Each operator stores its arguments in ``__init__``, reads config and opens the database in
-``execute``, runs one stage for the run's as-of time (its data interval end / logical date,
-never the clock), and returns a small summary.
+Each follows :class:`~lifecycle.airflow.base.LifecycleOperator`: it stores its arguments, and its
+``run`` reads the run scope for the run's as-of time and calls one pipeline stage.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
-from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
-from airflow.sdk import BaseOperator
-
+from lifecycle import config
+from lifecycle.airflow.base import LifecycleOperator, TaskRun
 from lifecycle.engine import pipeline
-from lifecycle.model.db import CRM_CONN_ID, crm_url, get_engine
+from lifecycle.engine.scope import RunScope
 
-log = logging.getLogger(__name__)
+R = TypeVar("R")
 
 
 def is_dry_run(params: Mapping[str, Any]) -> bool:
@@ -25,83 +22,68 @@ def is_dry_run(params: Mapping[str, Any]) -> bool:
     return bool(params.get("dry_run") or params.get("test_recipients"))
 
 
-def as_of_from_context(context: Mapping[str, Any]) -> datetime:
-    """The run's as-of time: the data interval end, else the logical date, else when it ran."""
-    for key in ("data_interval_end", "logical_date"):
-        if context.get(key) is not None:
-            return context[key]
-    return context["dag_run"].run_after
+class ProgramOperator(LifecycleOperator[R]):
+    """Base for the stages of a program run.
 
+    :param program_id: the program (DAG id) whose stage this task runs.
+    """
 
-class ProgramOperator(BaseOperator):
-    """Base for the stages of a program run."""
+    template_fields = ("program_id", "crm_conn_id")
 
-    template_fields = ("program_id",)
-
-    def __init__(self, *, program_id: str, crm_conn_id: str = CRM_CONN_ID, **kwargs: Any) -> None:
+    def __init__(self, *, program_id: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.program_id = program_id
-        self.crm_conn_id = crm_conn_id
 
-    def prepare(self, context: Mapping[str, Any]):
-        """The run scope, every valid program, and the CRM engine."""
-        scope, programs = pipeline.load_scope(self.program_id, context["run_id"], as_of_from_context(context))
-        return scope, programs, get_engine(crm_url(self.crm_conn_id))
-
-    def execute(self, context: Mapping[str, Any]) -> Any:
-        scope, programs, engine = self.prepare(context)
-        result = self.run_stage(engine, scope, programs, context)
-        log.info("%s %s as of %s: %s", self.task_id, scope.program.id, scope.as_of.isoformat(), result)
-        return result
-
-    def run_stage(self, engine, scope, programs, context) -> Any:  # pragma: no cover - abstract
-        raise NotImplementedError
+    def scope(self, run: TaskRun) -> tuple[RunScope, dict[str, config.Program]]:
+        """The run scope and every valid program (capping needs the others)."""
+        return pipeline.load_scope(self.program_id, run.run_id, run.as_of)
 
 
-class EvaluateSegmentOperator(ProgramOperator):
+class EvaluateSegmentOperator(ProgramOperator[int]):
     """Snapshot the entry segment's members for this run; returns the audience size."""
 
-    def run_stage(self, engine, scope, programs, context) -> int:
-        return pipeline.evaluate(engine, scope)
+    def run(self, run: TaskRun) -> int:
+        return pipeline.evaluate(run.engine, self.scope(run)[0])
 
 
-class EnrollAndExitOperator(ProgramOperator):
+class EnrollAndExitOperator(ProgramOperator[dict[str, int]]):
     """Exit enrollments that converted or met an exit rule, then enroll new members."""
 
-    def run_stage(self, engine, scope, programs, context) -> dict[str, int]:
-        return pipeline.enroll_and_exit(engine, scope)
+    def run(self, run: TaskRun) -> dict[str, int]:
+        return pipeline.enroll_and_exit(run.engine, self.scope(run)[0])
 
 
-class PlanDueStepsOperator(ProgramOperator):
+class PlanDueStepsOperator(ProgramOperator[int]):
     """Write one planned message per due (enrollment, step), holdouts included."""
 
-    def run_stage(self, engine, scope, programs, context) -> int:
-        return pipeline.plan(engine, scope)
+    def run(self, run: TaskRun) -> int:
+        return pipeline.plan(run.engine, self.scope(run)[0])
 
 
-class SuppressOperator(ProgramOperator):
+class SuppressOperator(ProgramOperator[dict[str, int]]):
     """Mark messages that must not go out, with their reason; re-plan on the fallback channel."""
 
-    def run_stage(self, engine, scope, programs, context) -> dict[str, int]:
-        return pipeline.suppress(engine, scope)
+    def run(self, run: TaskRun) -> dict[str, int]:
+        return pipeline.suppress(run.engine, self.scope(run)[0])
 
 
-class CapOperator(ProgramOperator):
+class CapOperator(ProgramOperator[dict[str, int]]):
     """Apply frequency caps across programs (priority wins) and quiet hours."""
 
-    def run_stage(self, engine, scope, programs, context) -> dict[str, int]:
-        return pipeline.cap(engine, scope, programs)
+    def run(self, run: TaskRun) -> dict[str, int]:
+        scope, programs = self.scope(run)
+        return pipeline.cap(run.engine, scope, programs)
 
 
-class PrepareBatchesOperator(ProgramOperator):
+class PrepareBatchesOperator(ProgramOperator[list[int]]):
     """Number this run's ready messages into send batches; returns the batch numbers to map over."""
 
-    def run_stage(self, engine, scope, programs, context) -> list[int]:
-        limit = context["params"].get("limit")
-        return pipeline.prepare(engine, scope, int(limit) if limit else None)
+    def run(self, run: TaskRun) -> list[int]:
+        limit = run.params.get("limit")
+        return pipeline.prepare(run.engine, self.scope(run)[0], int(limit) if limit else None)
 
 
-class SendBatchOperator(ProgramOperator):
+class SendBatchOperator(ProgramOperator[dict[str, int]]):
     """Claim, render and send one batch through the channel transport."""
 
     template_fields = ("program_id", "batch")
@@ -110,19 +92,19 @@ class SendBatchOperator(ProgramOperator):
         super().__init__(**kwargs)
         self.batch = batch
 
-    def run_stage(self, engine, scope, programs, context) -> dict[str, int]:
+    def run(self, run: TaskRun) -> dict[str, int]:
         from lifecycle.channels.selection import transport_for_run
 
-        dry_run = is_dry_run(context["params"])
+        dry_run = is_dry_run(run.params)
         transport, links = transport_for_run(dry_run)
-        return pipeline.send(engine, scope, int(self.batch), transport, links=links, dry_run=dry_run)
+        return pipeline.send(run.engine, self.scope(run)[0], int(self.batch), transport, links=links, dry_run=dry_run)
 
 
-class SendTestCopiesOperator(ProgramOperator):
+class SendTestCopiesOperator(ProgramOperator[int]):
     """Send test recipients what the run's test contact would receive (no-op without recipients)."""
 
-    def run_stage(self, engine, scope, programs, context) -> int:
-        params = context["params"]
+    def run(self, run: TaskRun) -> int:
+        params = run.params
         recipients = params.get("test_recipients") or []
         if not recipients:
             return 0
@@ -132,28 +114,31 @@ class SendTestCopiesOperator(ProgramOperator):
         from lifecycle.engine.test_copies import send_test_copies
 
         transport, _links = transport_for_run(dry_run=False)
-        results = send_test_copies(engine, scope, params["test_contact"], recipients, transport)
+        results = send_test_copies(run.engine, self.scope(run)[0], params["test_contact"], recipients, transport)
         failed = [r.reason for r in results if r.status != "sent"]
         if failed:
             raise RuntimeError(f"{len(failed)} test cop(ies) not sent: {failed[:3]}")
         return len(results)
 
 
-class LogKpisOperator(ProgramOperator):
+class LogKpisOperator(ProgramOperator[dict[str, float]]):
     """Write the run's funnel and primary-KPI counts to ``lifecycle_kpis``."""
 
-    def run_stage(self, engine, scope, programs, context) -> dict[str, float]:
-        return pipeline.log_kpis(engine, scope)
+    def run(self, run: TaskRun) -> dict[str, float]:
+        return pipeline.log_kpis(run.engine, self.scope(run)[0])
 
 
-class InvalidProgramOperator(BaseOperator):
-    """Stands in for a program whose file is wrong: fails with the file's error, sends nothing."""
+class InvalidProgramOperator(LifecycleOperator[None]):
+    """Stands in for a program whose file is wrong: fails with the file's error, sends nothing.
+
+    :param error: the file's validation error (file, field and fix).
+    """
 
     def __init__(self, *, error: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.error = error
 
-    def execute(self, context: Mapping[str, Any]) -> None:
+    def execute(self, context: Any) -> None:
         from airflow.sdk.exceptions import AirflowFailException
 
         raise AirflowFailException(self.error)
