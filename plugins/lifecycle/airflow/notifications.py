@@ -2,7 +2,7 @@
 DAG owner's address when ``config/policy.yml`` maps the owner to one (``owners``).
 
 An alert never raises: a failing alert must not hide the failure it reports. Addresses are
-never logged; error texts are passed through :func:`lifecycle.channels.retry.redact`.
+never logged; error texts are passed through :func:`lifecycle.model.privacy.redact`.
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ from typing import Any
 
 from airflow.sdk import BaseNotifier
 
-from lifecycle.channels.retry import RetryPolicy, redact
+from lifecycle.channels.retry import RetryPolicy
 from lifecycle.channels.sendgrid import Recipient, SendGridHook
+from lifecycle.model.privacy import redact
 
 log = logging.getLogger(__name__)
 MAX_ERROR_CHARS = 1000

@@ -13,7 +13,6 @@ calls through :meth:`RetryPolicy.call`. The policy only retries what is safe to 
 from __future__ import annotations
 
 import random
-import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -150,12 +149,3 @@ class RetryPolicy:
                 if failures >= self.attempts:
                     raise
                 sleep(self.delay(failures - 1, exc.retry_after))
-
-
-_EMAIL = re.compile(r"[^\s@'\"<>]+@[^\s@'\"<>]+")
-_PHONE = re.compile(r"\+?\d[\d\s().-]{5,}\d")
-
-
-def redact(text: str) -> str:
-    """A provider's error message with any email address or phone number blanked out."""
-    return _PHONE.sub("<number>", _EMAIL.sub("<email>", text))

@@ -35,8 +35,8 @@ from lifecycle.channels.retry import (
     Retryable,
     RetryPolicy,
     error_for_status,
-    redact,
 )
+from lifecycle.model.privacy import redact
 
 DEFAULT_API_URL = "https://api.sendgrid.com"
 MAX_PERSONALIZATIONS = 1000

@@ -27,8 +27,8 @@ from lifecycle.channels.retry import (
     Retryable,
     RetryPolicy,
     error_for_status,
-    redact,
 )
+from lifecycle.model.privacy import redact
 
 TWILIO_API_URL = "https://api.twilio.com"
 T = TypeVar("T")

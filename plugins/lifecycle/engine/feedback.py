@@ -28,9 +28,9 @@ from typing import Any
 import phonenumbers
 from sqlalchemy import Connection, DateTime, bindparam, case, delete, func, select, update
 
-from lifecycle.channels.retry import redact
 from lifecycle.messages.links import MESSAGE_ID_PARAM, UnsubscribeToken
 from lifecycle.model.db import insert_ignore, utc_naive
+from lifecycle.model.privacy import redact
 from lifecycle.model.schema import consents, contacts, messages, provider_events, suppressions
 
 STATUS_RANK = {
