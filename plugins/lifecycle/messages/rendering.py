@@ -180,9 +180,27 @@ def environment(root: str) -> ImmutableSandboxedEnvironment:
         keep_trailing_newline=False,
     )
     env.filters["money"] = _money
+    env.filters["with_article"] = with_article
     env.filters.update(center=_center, indent=_indent, slice=_slice, format=_format, replace=_replace)
     env.globals["range"] = _bounded_range
     return env
+
+
+def with_article(noun: str, lower: bool = False) -> str:
+    """``"an engineer"``, ``"a CRM manager"``: the noun with its indefinite article, chosen by how
+    its first word is said (acronyms by their first letter: ``"an SDR"``, ``"a CTO"``). With
+    ``lower``, words that are not acronyms are lowercased, for a title in the middle of a sentence."""
+    words = str(noun).split()
+    if not words:
+        return ""
+    if lower:
+        words = [w if w.isupper() and len(w) > 1 else w.lower() for w in words]
+    first = words[0]
+    if first.isupper() and len(first) > 1:
+        vowel_sound = first[0] in "AEFHILMNORSX"
+    else:
+        vowel_sound = first[0].lower() in "aeiou" and not first.lower().startswith(("uni", "use", "usu", "one"))
+    return f"{'an' if vowel_sound else 'a'} {' '.join(words)}"
 
 
 def _bounded_range(*args: int) -> range:

@@ -6,6 +6,7 @@ and SMS that fit one GSM-7 segment and end with the opt-out line."""
 from __future__ import annotations
 
 import html
+import json
 import re
 from collections.abc import Iterator
 
@@ -15,6 +16,7 @@ from lifecycle import config, paths
 from lifecycle.messages.context import CONTACT_FIELDS
 from lifecycle.messages.rendering import Rendered
 from lifecycle.model.schema import CHURN_REASONS
+from tests.unit.programs.copy_checks import copy_problems, glued, visible_html
 from tests.unit.programs.support import STOP, UNSUBSCRIBE, render_step
 
 TRIGGER_PROPERTIES = {
@@ -143,3 +145,91 @@ def test_crm_values_are_escaped_in_html(program_id, shipped_config):
         if channel == "email":
             tags = {t.lower() for t in re.findall(r"<\s*/?\s*([!a-zA-Z0-9]+)", rendered.html)}
             assert tags <= ALLOWED_TAGS, f"{label}: unescaped markup {tags - ALLOWED_TAGS}"
+
+
+def _catalog_values(key: str) -> list[str]:
+    catalog = json.loads((paths.INCLUDE_DIR / "crm_reference" / "catalog.json").read_text(encoding="utf-8"))
+    return [entry[0] if isinstance(entry, list) else entry for entry in catalog[key]]
+
+
+def _spread() -> list[tuple[dict, dict | None]]:
+    """Synthetic contacts that between them take every role, industry, plan and churn reason, some
+    with empty names and no account, plus one with every optional field empty."""
+    roles, industries, plans = _catalog_values("roles"), _catalog_values("industries"), _catalog_values("plans")
+    reasons = [*CHURN_REASONS, None]
+    contacts: list[tuple[dict, dict | None]] = [({"contact_id": "c-empty"}, None)]
+    for i in range(max(len(roles), len(industries))):
+        contact = FILLED | {
+            "contact_id": f"c-{i}",
+            "first_name": None if i % 4 == 3 else FILLED["first_name"],
+            "role": roles[i % len(roles)],
+            "industry": industries[i % len(industries)],
+            "plan": plans[i % len(plans)],
+            "churn_reason": reasons[i % len(reasons)],
+        }
+        contacts.append((contact, None if i % 3 == 2 else ACCOUNT | {"industry": industries[i % len(industries)]}))
+    return contacts
+
+
+def _visible_parts(channel: str, rendered: Rendered) -> list[str]:
+    if channel == "sms":
+        return [rendered.text]
+    return [rendered.subject or "", rendered.text, visible_html(rendered.html or "")]
+
+
+@pytest.mark.parametrize("program_id", PROGRAM_IDS)
+def test_every_template_reads_well_for_every_role_industry_plan_and_churn_reason(program_id, shipped_config):
+    program = _program(program_id)
+    triggers = [TRIGGER_PROPERTIES[t] for t in program.audience.trigger_event] or [{}]
+    problems = []
+    for contact, account in _spread():
+        for label, channel, rendered in _cases(program, contact, account, triggers):
+            problems += [
+                f"{label} {contact['contact_id']}: {p}"
+                for part in _visible_parts(channel, rendered)
+                for p in copy_problems(part)
+            ]
+    assert not problems, "\n".join(problems[:20])
+
+
+SENTINELS = {"first_name": "Firstqx", "role": "Roleqx", "industry": "Industryqx", "plan": "planqx"}
+
+
+@pytest.mark.parametrize("program_id", PROGRAM_IDS)
+def test_no_field_value_runs_into_the_next_word(program_id, shipped_config):
+    program = _program(program_id)
+    contact = FILLED | SENTINELS
+    account = ACCOUNT | {"name": "Accountqx", "industry": "Industryqx"}
+    triggers = [
+        {k: f"{k}qx" if k in ("product", "topic") else v for k, v in TRIGGER_PROPERTIES[t].items()}
+        for t in program.audience.trigger_event
+    ] or [{}]
+    values = [*SENTINELS.values(), "Accountqx", "productqx", "topicqx"]
+    problems = []
+    for label, channel, rendered in _cases(program, contact, account, triggers):
+        problems += [f"{label}: {p}" for part in _visible_parts(channel, rendered) for p in glued(part, values)]
+    assert not problems, "\n".join(problems[:20])
+
+
+@pytest.mark.parametrize(
+    ("text", "found"),
+    [
+        ("What Northwind can do for a engineeris to finish one thing.", ["'a' before a vowel"]),
+        ("Hi  Ada, welcome.", ["doubled space"]),
+        ("Welcome , Ada.", ["space before punctuation"]),
+        ("Your plan is ready..", ["doubled punctuation"]),
+        ("We built this for a .", ["empty sentence"]),
+        ("It takes an minute.", ["'an' before a consonant"]),
+    ],
+)
+def test_the_copy_checks_catch_what_a_reader_would(text, found):
+    problems = copy_problems(text)
+    for what in found:
+        assert any(what in p for p in problems), (what, problems)
+
+
+def test_the_copy_checks_pass_good_copy_and_catch_a_glued_value():
+    good = "Hi Ada, an hour a week is all it takes: a unique, one-time offer for an SMS user... Thanks!"
+    assert copy_problems(good) == []
+    assert glued("can do for an roleqxis to finish", ["roleqx"]) and not glued("for a roleqx, is", ["roleqx"])
+    assert visible_html("<p>Hi <strong>Ada</strong>,</p><p>Next</p>") == "Hi Ada,\nNext"
