@@ -7,7 +7,7 @@ never the clock) and returns the step's counts, which are small.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, ClassVar
 
@@ -25,7 +25,7 @@ class HygieneOperator(BaseOperator):
     """Base for the data_hygiene steps: ``step(engine, run_id, as_of)`` on the CRM connection."""
 
     template_fields = ("crm_conn_id",)
-    step: ClassVar[Callable[[Engine, str, datetime], Mapping[str, float]]]
+    step: ClassVar[staticmethod[[Engine, str, datetime], Mapping[str, float]]]
 
     def __init__(self, *, crm_conn_id: str = CRM_CONN_ID, **kwargs: Any) -> None:
         super().__init__(**kwargs)

@@ -8,16 +8,21 @@ never the clock), and returns a small summary.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 from airflow.sdk import BaseOperator
+from sqlalchemy import Engine
 
+from lifecycle.config import Program
 from lifecycle.engine import pipeline
+from lifecycle.engine.pipeline import RunScope
 from lifecycle.model.db import CRM_CONN_ID, crm_url, get_engine
 
 log = logging.getLogger(__name__)
+Context = Mapping[str, Any]
+Programs = Mapping[str, Program]
 
 
 def is_dry_run(params: Mapping[str, Any]) -> bool:
@@ -36,14 +41,14 @@ def as_of_from_context(context: Mapping[str, Any]) -> datetime:
 class ProgramOperator(BaseOperator):
     """Base for the stages of a program run."""
 
-    template_fields = ("program_id",)
+    template_fields: Sequence[str] = ("program_id",)
 
     def __init__(self, *, program_id: str, crm_conn_id: str = CRM_CONN_ID, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.program_id = program_id
         self.crm_conn_id = crm_conn_id
 
-    def prepare(self, context: Mapping[str, Any]):
+    def prepare(self, context: Context) -> tuple[RunScope, dict[str, Program], Engine]:
         """The run scope, every valid program, and the CRM engine."""
         scope, programs = pipeline.load_scope(self.program_id, context["run_id"], as_of_from_context(context))
         return scope, programs, get_engine(crm_url(self.crm_conn_id))
@@ -54,49 +59,49 @@ class ProgramOperator(BaseOperator):
         log.info("%s %s as of %s: %s", self.task_id, scope.program.id, scope.as_of.isoformat(), result)
         return result
 
-    def run_stage(self, engine, scope, programs, context) -> Any:  # pragma: no cover - abstract
-        raise NotImplementedError
+    def run_stage(self, engine: Engine, scope: RunScope, programs: Programs, context: Context) -> Any:
+        raise NotImplementedError  # pragma: no cover - abstract
 
 
 class EvaluateSegmentOperator(ProgramOperator):
     """Snapshot the entry segment's members for this run; returns the audience size."""
 
-    def run_stage(self, engine, scope, programs, context) -> int:
+    def run_stage(self, engine: Engine, scope: RunScope, programs: Programs, context: Context) -> int:
         return pipeline.evaluate(engine, scope)
 
 
 class EnrollAndExitOperator(ProgramOperator):
     """Exit enrollments that converted or met an exit rule, then enroll new members."""
 
-    def run_stage(self, engine, scope, programs, context) -> dict[str, int]:
+    def run_stage(self, engine: Engine, scope: RunScope, programs: Programs, context: Context) -> dict[str, int]:
         return pipeline.enroll_and_exit(engine, scope)
 
 
 class PlanDueStepsOperator(ProgramOperator):
     """Write one planned message per due (enrollment, step), holdouts included."""
 
-    def run_stage(self, engine, scope, programs, context) -> int:
+    def run_stage(self, engine: Engine, scope: RunScope, programs: Programs, context: Context) -> int:
         return pipeline.plan(engine, scope)
 
 
 class SuppressOperator(ProgramOperator):
     """Mark messages that must not go out, with their reason; re-plan on the fallback channel."""
 
-    def run_stage(self, engine, scope, programs, context) -> dict[str, int]:
+    def run_stage(self, engine: Engine, scope: RunScope, programs: Programs, context: Context) -> dict[str, int]:
         return pipeline.suppress(engine, scope)
 
 
 class CapOperator(ProgramOperator):
     """Apply frequency caps across programs (priority wins) and quiet hours."""
 
-    def run_stage(self, engine, scope, programs, context) -> dict[str, int]:
+    def run_stage(self, engine: Engine, scope: RunScope, programs: Programs, context: Context) -> dict[str, int]:
         return pipeline.cap(engine, scope, programs)
 
 
 class PrepareBatchesOperator(ProgramOperator):
     """Number this run's ready messages into send batches; returns the batch numbers to map over."""
 
-    def run_stage(self, engine, scope, programs, context) -> list[int]:
+    def run_stage(self, engine: Engine, scope: RunScope, programs: Programs, context: Context) -> list[int]:
         limit = context["params"].get("limit")
         return pipeline.prepare(engine, scope, int(limit) if limit else None)
 
@@ -110,7 +115,7 @@ class SendBatchOperator(ProgramOperator):
         super().__init__(**kwargs)
         self.batch = batch
 
-    def run_stage(self, engine, scope, programs, context) -> dict[str, int]:
+    def run_stage(self, engine: Engine, scope: RunScope, programs: Programs, context: Context) -> dict[str, int]:
         from lifecycle.channels.selection import transport_for_run
 
         dry_run = is_dry_run(context["params"])
@@ -121,7 +126,7 @@ class SendBatchOperator(ProgramOperator):
 class SendTestCopiesOperator(ProgramOperator):
     """Send test recipients what the run's test contact would receive (no-op without recipients)."""
 
-    def run_stage(self, engine, scope, programs, context) -> int:
+    def run_stage(self, engine: Engine, scope: RunScope, programs: Programs, context: Context) -> int:
         params = context["params"]
         recipients = params.get("test_recipients") or []
         if not recipients:
@@ -142,7 +147,7 @@ class SendTestCopiesOperator(ProgramOperator):
 class LogKpisOperator(ProgramOperator):
     """Write the run's funnel and primary-KPI counts to ``lifecycle_kpis``."""
 
-    def run_stage(self, engine, scope, programs, context) -> dict[str, float]:
+    def run_stage(self, engine: Engine, scope: RunScope, programs: Programs, context: Context) -> dict[str, float]:
         return pipeline.log_kpis(engine, scope)
 
 
