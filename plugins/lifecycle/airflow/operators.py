@@ -17,7 +17,7 @@ from sqlalchemy import Engine
 
 from lifecycle.config import Program
 from lifecycle.engine import pipeline
-from lifecycle.engine.pipeline import RunScope
+from lifecycle.engine.journeys import RunScope
 from lifecycle.model.db import CRM_CONN_ID, crm_url, get_engine
 
 log = logging.getLogger(__name__)
