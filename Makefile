@@ -32,9 +32,12 @@ install-dev: $(DEV_STAMP)
 demo: install
 	$(BIN)/lifecycle demo
 
+# The type checker goes last: its report is the one left on screen when it fails.
 lint: install-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff check --select AIR3 .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 # Headless Chromium renders the Campaigns page and the digest as a person sees them.
 browser:
@@ -60,4 +63,4 @@ validate: install
 	$(BIN)/lifecycle validate
 
 clean:
-	rm -rf $(VENV) .demo .pytest_cache .ruff_cache
+	rm -rf $(VENV) .demo .pytest_cache .ruff_cache .mypy_cache
