@@ -2,9 +2,14 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# The runtime set (requirements.txt, what the image installs) and the dev tools on top of it
+# (requirements-dev.txt: pytest, hypothesis, ruff, mypy and its stubs) each have a stamp named by
+# a checksum of the files they come from, so editing either file reinstalls on the next make.
+# demo, bench, sandbox and validate need only the runtime set; lint, test, unit and e2e the dev one.
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt pyproject.toml | cksum | cut -d' ' -f1)
+DEV_STAMP := $(VENV)/.installed-dev-$(shell cat requirements.txt requirements-dev.txt pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install demo test lint browser unit e2e bench sandbox validate clean
+.PHONY: install install-dev demo test lint browser unit e2e bench sandbox validate clean
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,14 +19,25 @@ $(STAMP): requirements.txt pyproject.toml
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
+# A new runtime stamp removes every stamp, the dev one included: the dev tools are checked again.
+$(DEV_STAMP): $(STAMP) requirements-dev.txt
+	$(BIN)/pip install --quiet -r requirements-dev.txt
+	rm -f $(VENV)/.installed-dev-*
+	touch $(DEV_STAMP)
+
 install: $(STAMP)
+
+install-dev: $(DEV_STAMP)
 
 demo: install
 	$(BIN)/lifecycle demo
 
-lint: install
+# The type checker goes last: its report is the one left on screen when it fails.
+lint: install-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff check --select AIR3 .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 # Headless Chromium renders the Campaigns page and the digest as a person sees them.
 browser:
@@ -31,10 +47,10 @@ browser:
 test: lint browser
 	$(BIN)/pytest -q -p no:cacheprovider
 
-unit: install
+unit: install-dev
 	$(BIN)/pytest -q tests/unit
 
-e2e: install
+e2e: install-dev
 	$(BIN)/pytest -q -m e2e tests/e2e
 
 bench: install
@@ -47,4 +63,4 @@ validate: install
 	$(BIN)/lifecycle validate
 
 clean:
-	rm -rf $(VENV) .demo .pytest_cache .ruff_cache
+	rm -rf $(VENV) .demo .pytest_cache .ruff_cache .mypy_cache

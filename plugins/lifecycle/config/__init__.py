@@ -12,13 +12,14 @@ from collections.abc import Mapping
 from datetime import datetime, time, timedelta
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    GetCoreSchemaHandler,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -27,10 +28,15 @@ from pydantic import (
 
 from lifecycle.config import segments
 from lifecycle.config.durations import parse_duration
+from lifecycle.config.segments import Segment
 from lifecycle.model import schema
 from lifecycle.paths import config_dir, templates_dir
 
+if TYPE_CHECKING:
+    from pydantic_core import CoreSchema
+
 Channel = Literal["email", "sms"]
+_Model = TypeVar("_Model", bound=BaseModel)
 PROGRAM_ID = re.compile(r"^[a-z][a-z0-9_]{1,62}$")
 
 
@@ -51,7 +57,7 @@ class Duration(timedelta):
     """A timedelta field that accepts the program-file duration forms."""
 
     @classmethod
-    def __get_pydantic_core_schema__(cls, _source, _handler):
+    def __get_pydantic_core_schema__(cls, _source: Any, _handler: GetCoreSchemaHandler) -> CoreSchema:
         from pydantic_core import core_schema
 
         return core_schema.no_info_plain_validator_function(parse_duration)
@@ -68,7 +74,7 @@ class SegmentExpr(BaseModel):
         return segments.parse(self.raw)
 
     @classmethod
-    def __get_pydantic_core_schema__(cls, source, handler):
+    def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
         from pydantic_core import core_schema
 
         def validate(value: Any) -> SegmentExpr:
@@ -274,7 +280,7 @@ class SegmentCatalog(_Strict):
     segments: dict[str, SegmentDef]
 
     @cached_property
-    def parsed(self) -> dict[str, segments.Segment]:
+    def parsed(self) -> dict[str, Segment]:
         return {name: d.definition.parsed for name, d in self.segments.items()}
 
 
@@ -315,7 +321,7 @@ def _read_yaml(path: Path) -> Any:
         raise ConfigError(path, [f"not valid YAML at {where}: {getattr(exc, 'problem', exc)}"]) from None
 
 
-def _validate(model: type[BaseModel], data: Any, path: Path) -> Any:
+def _validate(model: type[_Model], data: Any, path: Path) -> _Model:
     if not isinstance(data, dict):
         raise ConfigError(path, ["the file must hold a mapping of fields (key: value lines)"])
     try:

@@ -17,12 +17,12 @@ parameter. :func:`parse` checks an expression and names the path of anything wro
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, exists, false, func, not_, or_, select, true
+from sqlalchemy import Select, and_, exists, false, func, not_, or_, select, true
 from sqlalchemy.sql.expression import ColumnElement
 
 from lifecycle.config.durations import parse_duration
@@ -148,7 +148,7 @@ def _parse_count(spec: Any, path: str) -> tuple[str, int]:
     return op, value
 
 
-def _parse_where_map(spec: Any, path: str, parse_one) -> tuple[Condition, ...]:
+def _parse_where_map(spec: Any, path: str, parse_one: Callable[[str, Any, str], Condition]) -> tuple[Condition, ...]:
     if not isinstance(spec, Mapping) or not spec:
         raise SegmentError(path, "give a mapping of field: value or field: {operator: value}")
     return tuple(parse_one(str(k), v, f"{path}.{k}") for k, v in spec.items())
@@ -230,7 +230,7 @@ def _parse_related(expr: Mapping, path: str) -> Related:
     table = expr["related"]
     if table not in RELATED_TABLES:
         raise SegmentError(f"{path}.related", f"unknown table {table!r}; use one of {list(RELATED_TABLES)}")
-    where = ()
+    where: tuple[Condition, ...] = ()
     if "where" in expr:
         where = _parse_where_map(
             expr["where"], f"{path}.where", lambda col, spec, p: _parse_condition(table, col, spec, p)
@@ -262,7 +262,7 @@ def uses_journey(segment: Segment, catalog: Mapping[str, Segment] | None = None)
         return any(uses_journey(c, catalog) for c in segment.children)
     if isinstance(segment, Not):
         return uses_journey(segment.child, catalog)
-    return bool(catalog) and segment.name in catalog and uses_journey(catalog[segment.name], catalog)
+    return catalog is not None and segment.name in catalog and uses_journey(catalog[segment.name], catalog)
 
 
 # --- compiling -------------------------------------------------------------------------------
@@ -286,7 +286,7 @@ class Context:
     anchor_at: ColumnElement | None = None
 
 
-_COUNT_OPS = {
+_COUNT_OPS: dict[str, Callable[[Any, Any], ColumnElement[bool]]] = {
     "eq": lambda a, b: a == b,
     "gt": lambda a, b: a > b,
     "gte": lambda a, b: a >= b,
@@ -314,19 +314,20 @@ def _compare(column: ColumnElement, cond: Condition, ctx: Context) -> ColumnElem
     if op == "within_next":
         return and_(column >= ctx.as_of, column <= ctx.as_of + value)
     if op == "older_than":
-        return column < ctx.as_of - value
+        cutoff: datetime = ctx.as_of - value
+        return column < cutoff
     reference = ctx.enrolled_at if value == "enrollment" else ctx.anchor_at
     if reference is None:
         raise SegmentError(cond.column, f"'{op}: {value}' only works inside a journey (exit goal or step)")
     return column > reference if op == "after" else column < reference
 
 
-def _count_clause(count_expr, count: tuple[str, int]) -> ColumnElement:
+def _count_clause(count_expr: ColumnElement[Any], count: tuple[str, int]) -> ColumnElement:
     op, n = count
     return _COUNT_OPS[op](count_expr, n)
 
 
-def _property(column, cond: Condition):
+def _property(column: ColumnElement[Any], cond: Condition) -> json_value:
     value = cond.value[0] if isinstance(cond.value, list) and cond.value else cond.value
     if isinstance(value, bool):
         return json_boolean(column, cond.column)
@@ -355,7 +356,9 @@ def _related_clause(node: Related, ctx: Context) -> ColumnElement:
     table = schema.CRM_TABLES[node.table].alias(f"rel_{node.table}")
     if node.table == "accounts":
         owner = schema.contacts.alias("acct_owner")
-        link = exists().where(owner.c.contact_id == ctx.contact_id, owner.c.account_id == table.c.account_id)
+        link: ColumnElement[bool] = exists().where(
+            owner.c.contact_id == ctx.contact_id, owner.c.account_id == table.c.account_id
+        )
     else:
         link = table.c.contact_id == ctx.contact_id
     filters = [link, *(_compare(table.c[c.column], c, ctx) for c in node.where)]
@@ -388,7 +391,7 @@ def compile_segment(node: Segment, ctx: Context) -> ColumnElement:
     )
 
 
-def audience_query(node: Segment, as_of: datetime, catalog: Mapping[str, Segment]):
+def audience_query(node: Segment, as_of: datetime, catalog: Mapping[str, Segment]) -> Select[Any]:
     """``SELECT DISTINCT contact_id FROM contacts WHERE <segment>``: the whole audience in one
     statement, each contact id once (a CRM view may repeat an id or lack one)."""
     ctx = Context(as_of=as_of, contact_id=schema.contacts.c.contact_id, catalog=catalog)

@@ -565,7 +565,7 @@ def run_engine(url: str, contacts: int, as_of: datetime, sandbox_url: str) -> En
             per_program[program_id] = sum(times.values()) - before
             sent_requests.update(_drain_sandbox(session, sandbox_url))
     with engine.connect() as conn:
-        statuses = dict(conn.execute(select(M.c.status, func.count()).group_by(M.c.status)).all())
+        statuses: dict[str, int] = dict(conn.execute(select(M.c.status, func.count()).group_by(M.c.status)).all())
     return EngineRun(
         contacts=contacts,
         stages=times,
@@ -605,9 +605,9 @@ def crm_columns(clauses: Sequence[Any]) -> dict[str, list[str]]:
     for clause in clauses:
         for element in visitors.iterate(clause):
             if isinstance(element, ColumnClause) and element.table is not None:
-                table = getattr(element.table, "original", element.table)
-                if getattr(table, "name", None) in schema.CRM_TABLES:
-                    found.setdefault(table.name, set()).add(element.name)
+                name = getattr(getattr(element.table, "original", element.table), "name", None)
+                if name in schema.CRM_TABLES:
+                    found.setdefault(name, set()).add(element.name)
     return {name: sorted(columns) for name, columns in sorted(found.items())}
 
 
@@ -626,7 +626,7 @@ def database_floor(engine: Engine, columns: Mapping[str, Sequence[str]]) -> tupl
     started = time.perf_counter()
     with engine.connect() as conn:
         for table_name, names in columns.items():
-            rows += conn.execute(_scan(table_name, names)).first()[0]
+            rows += conn.execute(_scan(table_name, names)).one()[0]
     return time.perf_counter() - started, rows
 
 

@@ -180,16 +180,17 @@ def _run_dags(as_of: datetime, days: int) -> list[tuple[str, datetime]]:
 def _write_digest(engine, as_of: datetime) -> None:
     from lifecycle import config
     from lifecycle.reporting import measurement
-    from lifecycle.reporting.digest import build_digest
+    from lifecycle.reporting.digest import build_digest, records
 
     programs, _errors = config.load_all_programs()
     kpis = measurement.program_kpis(engine, programs, as_of)
     print("\nPrimary KPI per program (treatment vs program holdout, 95% CI)")
-    for row in kpis.itertuples():
+    for row in records(kpis):
         print(
-            f"  {row.program:<16} treatment {row.treatment_rate:7.1%} (n={row.treatment_n:<5}) "
-            f"holdout {row.holdout_rate:7.1%} (n={row.holdout_n:<4}) lift {row.lift_vs_holdout * 100:+6.1f} pts "
-            f"[{row.lift_vs_holdout_ci_low * 100:+.1f}, {row.lift_vs_holdout_ci_high * 100:+.1f}]"
+            f"  {row['program']:<16} treatment {row['treatment_rate']:7.1%} (n={row['treatment_n']:<5}) "
+            f"holdout {row['holdout_rate']:7.1%} (n={row['holdout_n']:<4}) "
+            f"lift {row['lift_vs_holdout'] * 100:+6.1f} pts "
+            f"[{row['lift_vs_holdout_ci_low'] * 100:+.1f}, {row['lift_vs_holdout_ci_high'] * 100:+.1f}]"
         )
     digest = build_digest(engine, programs, config.load_policy(), as_of)
     html = digest.html

@@ -9,8 +9,14 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lifecycle.paths import PROJECT_ROOT
+
+if TYPE_CHECKING:
+    import threading
+
+    import uvicorn
 
 
 def connection_json(conn_type: str, **fields) -> str:
@@ -82,8 +88,8 @@ class WebApp:
                 port = probe.getsockname()[1]
         self.port = port
         self.base_url = f"http://127.0.0.1:{port}/lifecycle"
-        self._server = None
-        self._thread = None
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
 
     def start(self) -> WebApp:
         import threading
@@ -107,6 +113,6 @@ class WebApp:
         return self
 
     def stop(self) -> None:
-        if self._server is not None:
+        if self._server is not None and self._thread is not None:
             self._server.should_exit = True
             self._thread.join(timeout=10)

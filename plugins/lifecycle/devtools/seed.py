@@ -242,7 +242,7 @@ def _counts(n: int, weights: Sequence[float]) -> np.ndarray:
     return counts
 
 
-def _shuffled(rng: np.random.Generator, counts: Sequence[int]) -> np.ndarray:
+def _shuffled(rng: np.random.Generator, counts: Sequence[int] | np.ndarray) -> np.ndarray:
     return rng.permutation(np.repeat(np.arange(len(counts)), counts))
 
 
@@ -1014,7 +1014,9 @@ class _Block:
 
     def _contacts(self) -> None:
         ref = self.ref
-        country = np.append(ref.country_codes, None)[np.where(self.country_missing, -1, self.country)]
+        country = np.append(ref.country_codes, np.array([None], dtype=object))[
+            np.where(self.country_missing, -1, self.country)
+        ]
         churn_reasons = np.array((*CHURN_REASONS, None), dtype=object)
         self.rows["contacts"] = _rows(
             self.ids,
@@ -1047,7 +1049,9 @@ class _Loader:
     def __init__(self, engine: Engine) -> None:
         self.dialect = engine.dialect
         self.raw = engine.raw_connection()
-        self.dbapi = self.raw.driver_connection
+        dbapi = self.raw.driver_connection  # the driver's own connection: sqlite3 or psycopg2
+        assert dbapi is not None, "a checked-out connection has its driver connection"
+        self.dbapi = dbapi
         self.cursor = self.dbapi.cursor()
 
     @staticmethod
@@ -1071,7 +1075,7 @@ class _Loader:
     def create_indexes(self) -> None:
         """Build the secondary indexes schema.py declares, once the rows are in."""
         for table in CRM_TABLES.values():
-            for index in sorted(table.indexes, key=lambda index: index.name):
+            for index in sorted(table.indexes, key=lambda index: str(index.name)):
                 self._ddl(CreateIndex(index))
 
     def begin(self) -> None:

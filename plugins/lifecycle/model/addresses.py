@@ -8,7 +8,7 @@ the address that is used.
 from __future__ import annotations
 
 from sqlalchemy import func, select
-from sqlalchemy.sql.expression import ColumnElement
+from sqlalchemy.sql.expression import ColumnElement, FromClause
 
 from lifecycle.model import schema
 
@@ -21,7 +21,7 @@ def _clean_phone(column: ColumnElement) -> ColumnElement:
     return column
 
 
-def email_address(contacts) -> ColumnElement:
+def email_address(contacts: FromClause) -> ColumnElement:
     """The email to use for a row of ``contacts`` (a contacts table or alias)."""
     checked = (
         select(Q.c.email_normalized)
@@ -31,7 +31,7 @@ def email_address(contacts) -> ColumnElement:
     return func.coalesce(checked, func.lower(func.trim(contacts.c.email)))
 
 
-def phone_number(contacts) -> ColumnElement:
+def phone_number(contacts: FromClause) -> ColumnElement:
     """The phone number to use for a row of ``contacts`` (a contacts table or alias)."""
     checked = (
         select(Q.c.phone_e164)
@@ -41,6 +41,6 @@ def phone_number(contacts) -> ColumnElement:
     return func.coalesce(checked, _clean_phone(func.trim(contacts.c.phone)))
 
 
-def address(channel: str, contacts) -> ColumnElement:
+def address(channel: str, contacts: FromClause) -> ColumnElement:
     """The address for ``channel`` (email or sms)."""
     return email_address(contacts) if channel == "email" else phone_number(contacts)

@@ -4,24 +4,46 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sqlite3
 from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Boolean, Engine, Float, Integer, String, create_engine, event, literal, make_url
+from sqlalchemy import (
+    Boolean,
+    Connection,
+    Engine,
+    Float,
+    Insert,
+    Integer,
+    String,
+    Table,
+    create_engine,
+    event,
+    literal,
+    make_url,
+)
 from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.expression import ColumnElement
 from sqlalchemy.sql.functions import FunctionElement
+from sqlalchemy.types import TypeEngine
+
+if TYPE_CHECKING:
+    from airflow.sdk import Connection as AirflowConnection
 
 CRM_CONN_ID = "crm_default"
 BUCKETS = 10_000
 
 
-def url_from_connection(conn) -> str:
+def url_from_connection(conn: AirflowConnection) -> str:
     """Build a SQLAlchemy URL from an Airflow Connection (sqlite path or a server database)."""
     extra = conn.extra_dejson or {}
     if extra.get("sqlalchemy_url"):
-        return extra["sqlalchemy_url"]
+        url: str = extra["sqlalchemy_url"]
+        return url
     if conn.conn_type == "sqlite":
         return f"sqlite:///{conn.host}"
     if conn.conn_type in {"postgres", "postgresql"}:
@@ -62,7 +84,9 @@ def get_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"timeout": 60})
 
         @event.listens_for(engine, "connect")
-        def _on_connect(dbapi_conn, _record):  # pragma: no cover - driver callback
+        def _on_connect(  # pragma: no cover - driver callback
+            dbapi_conn: sqlite3.Connection, _record: ConnectionPoolEntry
+        ) -> None:
             dbapi_conn.create_function("lifecycle_bucket", 1, _sqlite_bucket, deterministic=True)
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
@@ -89,26 +113,28 @@ class bucket(FunctionElement):
 
 
 @compiles(bucket, "sqlite")
-def _bucket_sqlite(element, compiler, **kw):
+def _bucket_sqlite(element: bucket, compiler: SQLCompiler, **kw: Any) -> str:
     return f"lifecycle_bucket({compiler.process(element.clauses, **kw)})"
 
 
 @compiles(bucket, "postgresql")
-def _bucket_postgres(element, compiler, **kw):
+def _bucket_postgres(element: bucket, compiler: SQLCompiler, **kw: Any) -> str:
     arg = compiler.process(element.clauses, **kw)
     return f"mod(('x' || substr(md5({arg}), 1, 8))::bit(32)::bigint, {BUCKETS})"
 
 
-def insert_ignore(engine_or_conn, table):
+def insert_ignore(engine_or_conn: Engine | Connection, table: Table) -> Insert:
     """An INSERT that skips rows whose unique key already exists (idempotent writes)."""
     name = engine_or_conn.dialect.name
     if name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    elif name == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert
-    else:
-        raise ValueError(f"Unsupported database dialect {name!r}: use SQLite or PostgreSQL")
-    return insert(table).on_conflict_do_nothing()
+        from sqlalchemy.dialects import postgresql
+
+        return postgresql.insert(table).on_conflict_do_nothing()
+    if name == "sqlite":
+        from sqlalchemy.dialects import sqlite
+
+        return sqlite.insert(table).on_conflict_do_nothing()
+    raise ValueError(f"Unsupported database dialect {name!r}: use SQLite or PostgreSQL")
 
 
 def utc_naive(value: datetime) -> datetime:
@@ -119,7 +145,7 @@ def utc_naive(value: datetime) -> datetime:
     return datetime(value.year, value.month, value.day, value.hour, value.minute, value.second, value.microsecond)
 
 
-def concat(*parts) -> ColumnElement:
+def concat(*parts: ColumnElement[Any] | str) -> ColumnElement[Any]:
     """String concatenation that works on every dialect."""
     from sqlalchemy import literal
 
@@ -154,7 +180,7 @@ class json_value(FunctionElement):
 
     inherit_cache = True
     kind = "text"
-    type = String()
+    type: TypeEngine[Any] = String()
 
     def __init__(self, column: ColumnElement, key: str) -> None:
         super().__init__(column, literal(key, String()))
@@ -177,7 +203,7 @@ class json_boolean(json_value):
 
 
 @compiles(json_value, "sqlite")
-def _json_value_sqlite(element, compiler, **kw):
+def _json_value_sqlite(element: json_value, compiler: SQLCompiler, **kw: Any) -> str:
     column, key = (compiler.process(c, **kw) for c in element.clauses)
     path = f"('$.\"' || {key} || '\"')"
     value = f"json_extract({column}, {path})"
@@ -188,7 +214,7 @@ def _json_value_sqlite(element, compiler, **kw):
 
 
 @compiles(json_value, "postgresql")
-def _json_value_postgres(element, compiler, **kw):
+def _json_value_postgres(element: json_value, compiler: SQLCompiler, **kw: Any) -> str:
     column, key = (compiler.process(c, **kw) for c in element.clauses)
     if element.kind == "text":
         return f"({column} ->> {key})"
@@ -212,7 +238,7 @@ class valid_e164(FunctionElement):
 
 
 @compiles(valid_email, "sqlite")
-def _valid_email_sqlite(element, compiler, **kw):
+def _valid_email_sqlite(element: valid_email, compiler: SQLCompiler, **kw: Any) -> str:
     c = compiler.process(element.clauses, **kw)
     return (
         f"({c} LIKE '_%@_%._%' AND {c} NOT LIKE '% %' AND {c} NOT LIKE '%@%@%' "
@@ -221,18 +247,18 @@ def _valid_email_sqlite(element, compiler, **kw):
 
 
 @compiles(valid_email, "postgresql")
-def _valid_email_postgres(element, compiler, **kw):
+def _valid_email_postgres(element: valid_email, compiler: SQLCompiler, **kw: Any) -> str:
     c = compiler.process(element.clauses, **kw)
     return f"({c} ~ '^[^@\\s]+@[^@\\s.]+(\\.[^@\\s.]+)+$')"
 
 
 @compiles(valid_e164, "sqlite")
-def _valid_e164_sqlite(element, compiler, **kw):
+def _valid_e164_sqlite(element: valid_e164, compiler: SQLCompiler, **kw: Any) -> str:
     c = compiler.process(element.clauses, **kw)
     return f"({c} GLOB '+[1-9]*' AND length({c}) BETWEEN 8 AND 16 AND substr({c}, 2) NOT GLOB '*[^0-9]*')"
 
 
 @compiles(valid_e164, "postgresql")
-def _valid_e164_postgres(element, compiler, **kw):
+def _valid_e164_postgres(element: valid_e164, compiler: SQLCompiler, **kw: Any) -> str:
     c = compiler.process(element.clauses, **kw)
     return f"({c} ~ '^\\+[1-9][0-9]{{6,14}}$')"

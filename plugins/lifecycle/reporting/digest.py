@@ -19,7 +19,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import pandas as pd
 from sqlalchemy import Engine, inspect, select
@@ -73,6 +73,7 @@ BUSINESS = (
     ("net_revenue_retention", "Net revenue retention, 12 months", "percent"),
 )
 DASH = "–"
+_T = TypeVar("_T")
 
 
 # --- formatting --------------------------------------------------------------------------------
@@ -82,36 +83,41 @@ def _missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
-def _present(value: Any) -> Any:
+def _present(value: _T | None) -> _T | None:
     """``value``, or None where a DataFrame left NaN for "nothing" (a program without an A/B test)."""
     return None if _missing(value) else value
 
 
 def percent(value: float | None, digits: int = 1) -> str:
     """``0.1234`` as ``12.3%``; a dash when undefined."""
-    return DASH if _missing(value) else f"{value * 100:.{digits}f}%"
+    value = _present(value)
+    return DASH if value is None else f"{value * 100:.{digits}f}%"
 
 
 def points(value: float | None) -> str:
     """A difference of proportions in percentage points, signed: ``+4.2 pts``."""
-    return DASH if _missing(value) else f"{value * 100:+.1f} pts"
+    value = _present(value)
+    return DASH if value is None else f"{value * 100:+.1f} pts"
 
 
 def interval(low: float | None, high: float | None) -> str:
     """A confidence interval of a difference, in points: ``-1.0 to +7.4 pts``."""
-    if _missing(low) or _missing(high):
+    low, high = _present(low), _present(high)
+    if low is None or high is None:
         return DASH
     return f"{low * 100:+.1f} to {high * 100:+.1f} pts"
 
 
 def count(value: float | None) -> str:
     """A whole number with thousands separators."""
-    return DASH if _missing(value) else f"{round(value):,}"
+    value = _present(value)
+    return DASH if value is None else f"{round(value):,}"
 
 
 def number(value: float | None) -> str:
     """A figure with one decimal."""
-    return DASH if _missing(value) else f"{value:,.1f}"
+    value = _present(value)
+    return DASH if value is None else f"{value:,.1f}"
 
 
 def change(now: float, before: float) -> str:
@@ -122,6 +128,11 @@ def change(now: float, before: float) -> str:
 
 
 FORMATS = {"percent": percent, "count": count, "number": number}
+
+
+def records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """``frame``'s rows as dicts by column name (the frames here all have string column names)."""
+    return cast(list[dict[str, Any]], frame.to_dict("records"))
 
 
 # --- figures -----------------------------------------------------------------------------------
@@ -151,7 +162,8 @@ def period_trend(
     runs = history[
         history["program"].isin(programs) & (history["as_of"] <= as_of) & (history["as_of"] > as_of - length * periods)
     ]
-    back = ((as_of - runs["as_of"]) // length).astype(int)
+    run_times: pd.Series[pd.Timestamp] = runs["as_of"]
+    back = ((as_of - run_times) // length).astype(int)
     runs = runs.assign(period_end=as_of - back * length).sort_values("as_of")
     counted = [c for c in runs.columns if c not in ("program", "run_id", "as_of", "period_end", *LAST_OF_PERIOD)]
     grouped = runs.groupby(["program", "period_end"])
@@ -376,7 +388,7 @@ def what_changed(
     """The week in a few lines, generated from the numbers: ``{"kind", "text"}`` items where kind
     is ``alert`` (an invalid program file, deliverability above its limit), ``lift`` (a
     significant lift, or the note that there is none), ``ab`` (A/B verdicts) or ``mover``."""
-    rows = [r for r in kpis.to_dict("records") if r["program"] in programs]
+    rows = [r for r in records(kpis) if r["program"] in programs]
     invalid = [
         _item("alert", f"{pid}: the program file is invalid, so it did not run ({error})")
         for pid, error in sorted((errors or {}).items())
@@ -465,7 +477,7 @@ def build_digest(
     programs = ordered(programs)
     kpis = measurement.program_kpis(engine, programs, as_of)
     trend = period_trend(measurement.funnel_history(engine), programs, as_of)
-    rows = {r["program"]: r for r in kpis.to_dict("records")}
+    rows = {r["program"]: r for r in records(kpis)}
     views = [program_view(p, rows[pid], trend) | {"chart": f"trend-{pid}"} for pid, p in programs.items()]
     images = [InlineImage("overview", "overview.png", overview_chart(list(programs), trend))] if programs else []
     images += [InlineImage(f"trend-{pid}", f"trend-{pid}.png", trend_chart(pid, trend)) for pid in programs]

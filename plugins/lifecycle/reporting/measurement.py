@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timedelta
 from statistics import NormalDist
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import pandas as pd
 from sqlalchemy import Engine, and_, case, func, literal, select
@@ -206,7 +206,7 @@ def _frame(engine: Engine, query: Select) -> pd.DataFrame:
         return pd.DataFrame(result.all(), columns=list(result.keys()))
 
 
-def _times(column: pd.Series) -> pd.Series:
+def _times(column: pd.Series) -> pd.Series[pd.Timestamp]:
     return pd.to_datetime(column, errors="coerce")
 
 
@@ -397,7 +397,9 @@ def kpi_summary(program: Program, outcomes: pd.DataFrame, confidence: float = 0.
     converted = treated[treated["converted"].astype(bool)]
     row["treatment_value"] = float(converted["conversion_value"].sum())
     row["median_time_to_convert_hours"] = (
-        converted["time_to_convert"].median() / pd.Timedelta(hours=1) if len(converted) else _NAN
+        cast("pd.Series[pd.Timedelta]", converted["time_to_convert"]).median() / pd.Timedelta(hours=1)
+        if len(converted)
+        else _NAN
     )
     variants: dict[str, dict[str, float]] = {}
     if program.ab_test is not None:

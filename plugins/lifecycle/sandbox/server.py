@@ -17,7 +17,7 @@ import socketserver
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 from lifecycle.sandbox.app import SandboxApp
@@ -89,7 +89,7 @@ class _HTTPServer(ThreadingHTTPServer):
 
     def server_bind(self) -> None:
         socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = self.server_address[:2]
+        self.server_name, self.server_port = cast("tuple[str, int]", self.server_address[:2])
 
     def process_request(self, request: Any, client_address: Any) -> None:
         with self._connections_lock:

@@ -218,7 +218,7 @@ class TwilioApi:
             if validator.validate(value, operation.query_parameters[name]):
                 return error_reply(invalid_parameter(name))
         try:
-            bounds = {
+            bounds: dict[str, datetime | date] = {
                 name: _parse_date_filter(raw[name]) for name in ("DateSent", "DateSent<", "DateSent>") if name in raw
             }
         except (TypeError, ValueError):
@@ -230,9 +230,11 @@ class TwilioApi:
             and raw.get("From", message["from"]) == message["from"]
             and _sent_within(message["date_sent"], bounds)
         ]
-        size, page = paging.get("PageSize", DEFAULT_PAGE_SIZE), paging.get("Page", 0)
+        size, page = int(paging.get("PageSize", DEFAULT_PAGE_SIZE)), int(paging.get("Page", 0))
         start = page * size
-        filters = {name: raw[name] for name in ("To", "From", "DateSent", "DateSent<", "DateSent>") if name in raw}
+        filters: dict[str, str | int] = {
+            name: raw[name] for name in ("To", "From", "DateSent", "DateSent<", "DateSent>") if name in raw
+        }
 
         def page_uri(number: int) -> str:
             return f"{path}?{urlencode({**filters, 'PageSize': size, 'Page': number})}"

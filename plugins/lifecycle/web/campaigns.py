@@ -120,7 +120,7 @@ def campaigns_page(engine: Engine, as_of: datetime | None = None) -> str:
     measured_at = utc_naive(as_of) if as_of else latest_run(engine)
     views = []
     if measured_at is not None:
-        kpis = {r["program"]: r for r in measurement.program_kpis(engine, programs, measured_at).to_dict("records")}
+        kpis = {r["program"]: r for r in digest.records(measurement.program_kpis(engine, programs, measured_at))}
         trend = digest.period_trend(measurement.funnel_history(engine), programs, measured_at, TREND_WEEKS)
         for pid, program in programs.items():
             views.append(
