@@ -35,15 +35,17 @@ idempotent for its run; the run's as-of time is its data interval end.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import (
+    Column,
     Connection,
     DateTime,
     Engine,
+    String,
     Text,
     and_,
     bindparam,
@@ -62,7 +64,10 @@ from sqlalchemy.sql.expression import ColumnElement, Subquery
 
 from lifecycle.engine.funnel import WENT_OUT
 from lifecycle.model import schema
-from lifecycle.model.db import concat, insert_ignore
+from lifecycle.model.db import Record, concat, insert_ignore
+
+if TYPE_CHECKING:
+    from phonenumbers import PhoneNumber
 
 C = schema.contacts
 Q = schema.contact_quality
@@ -90,18 +95,25 @@ def _blank(value: Any) -> bool:
     return value is None or (isinstance(value, str) and not value.strip())
 
 
+def _length(column: Column[Any]) -> int:
+    """The declared length of a string column: values are cut to fit it."""
+    length = cast(String, column.type).length
+    assert length is not None, f"{column} has no length"
+    return length
+
+
 def check_email(raw: str | None) -> AddressCheck:
     """Trim and lowercase; valid when ``email-validator`` accepts the syntax (deliverability is
     not checked: no network). An invalid email keeps its trimmed, lowercased form."""
-    if _blank(raw):
+    if raw is None or _blank(raw):
         return NO_ADDRESS
     from email_validator import EmailNotValidError, validate_email
 
-    normalized = raw.strip().lower()[: Q.c.email_normalized.type.length]
+    normalized = raw.strip().lower()[: _length(Q.c.email_normalized)]
     try:
         validate_email(normalized, check_deliverability=False)
     except EmailNotValidError as exc:
-        return AddressCheck(normalized, False, str(exc)[: Q.c.email_problem.type.length])
+        return AddressCheck(normalized, False, str(exc)[: _length(Q.c.email_problem)])
     return AddressCheck(normalized, True)
 
 
@@ -116,7 +128,7 @@ def _parse_problem(error_type: int) -> str:
     }.get(error_type, "not a phone number")
 
 
-def _invalid_number_problem(number) -> str:
+def _invalid_number_problem(number: PhoneNumber) -> str:
     from phonenumbers import ValidationResult, is_possible_number_with_reason
 
     return {
@@ -131,11 +143,11 @@ def _invalid_number_problem(number) -> str:
 def check_phone(raw: str | None, country: str | None) -> AddressCheck:
     """Parse with the contact's country (ISO alpha-2) as the default region; valid when
     ``phonenumbers`` says it is a valid number, and then written in E.164."""
-    if _blank(raw):
+    if raw is None or _blank(raw):
         return NO_ADDRESS
     import phonenumbers
 
-    region = None if _blank(country) else country.strip().upper()
+    region = None if country is None or _blank(country) else country.strip().upper()
     try:
         number = phonenumbers.parse(raw, region)
     except phonenumbers.NumberParseException as exc:
@@ -145,14 +157,14 @@ def check_phone(raw: str | None, country: str | None) -> AddressCheck:
     return AddressCheck(phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164), True)
 
 
-def missing_fields(contact: Mapping[str, Any]) -> list[str]:
+def missing_fields(contact: Record) -> list[str]:
     """The required fields a contact leaves empty, in ``REQUIRED_FIELDS`` order."""
     empty = {name: _blank(contact[name]) for name in ("email", "phone", *REQUIRED_FIELDS[1:])}
     empty["email_or_phone"] = empty["email"] and empty["phone"]
     return [name for name in REQUIRED_FIELDS if empty[name]]
 
 
-def quality_row(contact: Mapping[str, Any], run_id: str, checked_at: datetime) -> dict[str, Any]:
+def quality_row(contact: Record, run_id: str, checked_at: datetime) -> dict[str, Any]:
     """The ``lifecycle_contact_quality`` row of one CRM contact, before duplicates are resolved."""
     email = check_email(contact["email"])
     phone = check_phone(contact["phone"], contact["country"])
@@ -172,7 +184,7 @@ def quality_row(contact: Mapping[str, Any], run_id: str, checked_at: datetime) -
     }
 
 
-def _as_text(column):
+def _as_text(column: Column[Any]) -> ColumnElement[Any]:
     """Read a CRM timestamp as the text it holds: a CRM may store anything there (SQLite does)."""
     return type_coerce(column, Text).label(column.name) if isinstance(column.type, DateTime) else column
 
@@ -300,7 +312,7 @@ def consent_in_force(as_of: datetime, purpose: str = "marketing") -> Subquery:
     )
 
 
-def _shared_key_members(conn: Connection, as_of: datetime):
+def _shared_key_members(conn: Connection, as_of: datetime) -> Iterator[tuple[str, Candidate]]:
     """Every (key, Candidate) whose valid email or phone at least one other contact also has."""
     in_force = consent_in_force(as_of)
     granted = select(in_force.c.contact_id).where(in_force.c.status == "granted").distinct().subquery("granted")

@@ -20,6 +20,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from lifecycle.model import schema
 from lifecycle.model.addresses import email_address, phone_number
+from lifecycle.model.db import Record
 
 CONTACT_FIELDS = (
     "contact_id",
@@ -82,7 +83,9 @@ def _json_object(value: Any) -> Mapping[str, Any] | None:
     return parsed
 
 
-def read_crm(row: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any], Mapping[str, Any] | None, str | None]:
+def read_crm(
+    row: Record,
+) -> tuple[dict[str, Any], dict[str, Any], Mapping[str, Any] | None, str | None]:
     """The contact, account and trigger of a row selected with :func:`crm_columns`, and what could
     not be read (None when all of it could)."""
     contact: dict[str, Any] = {}

@@ -5,10 +5,11 @@ from __future__ import annotations
 import hashlib
 import os
 import sqlite3
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from sqlalchemy import (
     Boolean,
@@ -24,6 +25,7 @@ from sqlalchemy import (
     literal,
     make_url,
 )
+from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.sql.compiler import SQLCompiler
@@ -35,6 +37,8 @@ if TYPE_CHECKING:
     from airflow.sdk import Connection as AirflowConnection
 
 CRM_CONN_ID = "crm_default"
+# A row as a stage reads it: a result row's mapping, or a plain dict built by hand (tests, previews).
+Record: TypeAlias = RowMapping | Mapping[str, Any]
 BUCKETS = 10_000
 
 
