@@ -84,7 +84,7 @@ def crm(db_url: str):
     """An empty CRM with the engine tables migrated; yields (engine, CrmBuilder)."""
     from lifecycle.model import schema
     from lifecycle.model.db import get_engine, migrate
-    from tests.crm_builder import CrmBuilder
+    from tests.support.crm_builder import CrmBuilder
 
     engine = get_engine(db_url)
     schema.crm_metadata.create_all(engine)

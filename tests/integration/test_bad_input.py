@@ -27,9 +27,9 @@ from lifecycle.engine.funnel import WENT_OUT
 from lifecycle.model import schema
 from lifecycle.sandbox import SandboxServer
 from tests.conftest import AS_OF, FIXTURES
-from tests.crm_builder import CrmBuilder
-from tests.journey import enrollments, messages, run_program
-from tests.local_crm import use_crm
+from tests.support.crm_builder import CrmBuilder
+from tests.support.journey import enrollments, messages, run_program
+from tests.support.local_crm import use_crm
 
 pytestmark = pytest.mark.usefixtures("test_config")
 SIMPLE_KPI = {

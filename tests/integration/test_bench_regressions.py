@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import AS_OF
-from tests.journey import emails_already_sent, messages, run_program
+from tests.support.journey import emails_already_sent, messages, run_program
 
 pytestmark = pytest.mark.usefixtures("test_config")
 

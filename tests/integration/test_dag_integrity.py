@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import FIXTURES
-from tests.dagrun import load_dags
+from tests.support.dagrun import load_dags
 
 ALLOWED_TAGS = {
     "lifecycle",

@@ -19,8 +19,8 @@ from lifecycle.reporting import measurement
 from lifecycle.reporting.digest import Digest, build_digest
 from lifecycle.sandbox import DEFAULT_SENDGRID_KEY, SandboxServer
 from tests.conftest import AS_OF
-from tests.dagrun import run_dag
-from tests.kpi_crm import seed_with_runs, shown_interval, shown_points, shown_rate
+from tests.support.dagrun import run_dag
+from tests.support.kpi_crm import seed_with_runs, shown_interval, shown_points, shown_rate
 
 PLANTED = '<script>alert("crm")</script>'
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

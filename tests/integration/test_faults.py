@@ -1,6 +1,6 @@
 """Fault injection through real runs: killed send tasks, lost database connections, provider
 errors, replayed and reordered webhooks, and two send tasks racing on one batch. After every
-fault the outbox invariants (tests/invariants.py) must hold: nothing sent twice, nothing lost,
+fault the outbox invariants (tests/support/invariants.py) must hold: nothing sent twice, nothing lost,
 ledger and suppressions consistent.
 
 Everything goes through the real SDKs to the provider sandbox, on SQLite and PostgreSQL. Send
@@ -37,7 +37,7 @@ from lifecycle.model.db import get_engine
 from lifecycle.sandbox import DEFAULT_TWILIO_TOKEN, SandboxServer
 from lifecycle.sandbox.signing import TWILIO_SIGNATURE_HEADER, twilio_signature
 from tests.conftest import AS_OF
-from tests.invariants import (
+from tests.support.invariants import (
     DyingTransport,
     WorkerDied,
     assert_outbox_invariants,
@@ -46,7 +46,7 @@ from tests.invariants import (
     stage_run,
     stale_claims,
 )
-from tests.local_crm import use_crm
+from tests.support.local_crm import use_crm
 
 pytestmark = pytest.mark.usefixtures("test_config")
 M = schema.messages

@@ -15,7 +15,7 @@ from lifecycle.engine.funnel import WENT_OUT
 from lifecycle.model import schema
 from lifecycle.sandbox import SandboxServer
 from tests.conftest import AS_OF
-from tests.local_crm import use_crm
+from tests.support.local_crm import use_crm
 
 pytestmark = pytest.mark.usefixtures("test_config")
 M = schema.messages

@@ -10,7 +10,7 @@ from lifecycle.devtools import seed
 from lifecycle.model import schema
 from lifecycle.model.db import get_engine, migrate
 from tests.conftest import AS_OF
-from tests.dagrun import run_dag
+from tests.support.dagrun import run_dag
 
 pytestmark = [pytest.mark.airflow, pytest.mark.usefixtures("airflow_db", "test_config")]
 Q = schema.contact_quality

@@ -1,5 +1,5 @@
 """Property-based: whatever the order of planning, sending, crashes, retries, webhooks, consent
-changes and clock moves, the outbox invariants hold after every step (tests/invariants.py), and
+changes and clock moves, the outbox invariants hold after every step (tests/support/invariants.py), and
 no message goes to a contact whose consent for its channel was not granted at its as-of.
 
 Hypothesis drives a state machine over a small CRM (leads for alpha/beta, trials for texts,
@@ -42,9 +42,15 @@ from lifecycle.model import schema
 from lifecycle.model.db import get_engine, migrate
 from lifecycle.sandbox import SandboxServer
 from tests.conftest import AS_OF
-from tests.crm_builder import CrmBuilder
-from tests.invariants import DyingTransport, WorkerDied, assert_outbox_invariants, post_sendgrid_events, stale_claims
-from tests.local_crm import crm_connection
+from tests.support.crm_builder import CrmBuilder
+from tests.support.invariants import (
+    DyingTransport,
+    WorkerDied,
+    assert_outbox_invariants,
+    post_sendgrid_events,
+    stale_claims,
+)
+from tests.support.local_crm import crm_connection
 
 PROGRAMS = ("alpha", "beta", "texts", "promo")
 STEPS = 20

@@ -9,8 +9,8 @@ from sqlalchemy import func, select
 
 from lifecycle.model import schema
 from tests.conftest import AS_OF
-from tests.dagrun import run_dag
-from tests.journey import emails_already_sent
+from tests.support.dagrun import run_dag
+from tests.support.journey import emails_already_sent
 
 pytestmark = [pytest.mark.airflow, pytest.mark.usefixtures("airflow_db", "test_config")]
 M = schema.messages

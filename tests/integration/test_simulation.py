@@ -135,7 +135,7 @@ def test_the_digest_and_the_campaigns_page_show_the_planted_uplift(report, simul
     from lifecycle.reporting import measurement
     from lifecycle.reporting.digest import build_digest
     from lifecycle.web.campaigns import campaigns_page
-    from tests.kpi_crm import shown_interval, shown_points
+    from tests.support.kpi_crm import shown_interval, shown_points
 
     engine = get_engine(simulated_url)
     programs, _errors = config.load_all_programs()
@@ -158,8 +158,8 @@ def test_chromium_shows_the_planted_uplift_in_the_digest_and_on_the_campaigns_pa
     from lifecycle.reporting import measurement
     from lifecycle.reporting.digest import build_digest
     from lifecycle.web.campaigns import campaigns_page
-    from tests.chromium import dump_dom, inline_cid_images, require_chromium, screenshot
-    from tests.kpi_crm import shown_interval, shown_points
+    from tests.support.chromium import dump_dom, inline_cid_images, require_chromium, screenshot
+    from tests.support.kpi_crm import shown_interval, shown_points
 
     require_chromium()
     engine = get_engine(simulated_url)

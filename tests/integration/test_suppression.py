@@ -9,7 +9,7 @@ from sqlalchemy import insert
 
 from lifecycle.model import schema
 from tests.conftest import AS_OF
-from tests.journey import messages, run_program
+from tests.support.journey import messages, run_program
 
 pytestmark = pytest.mark.usefixtures("test_config")
 

@@ -368,7 +368,7 @@ def test_a_text_timestamp_in_the_crm_is_an_unknown_date_not_a_crash(tmp_path):
     from lifecycle.engine import hygiene
     from lifecycle.model import schema
     from lifecycle.model.db import get_engine, migrate
-    from tests.crm_builder import CrmBuilder
+    from tests.support.crm_builder import CrmBuilder
 
     engine = get_engine(f"sqlite:///{tmp_path / 'crm.db'}")
     schema.crm_metadata.create_all(engine)

@@ -14,7 +14,7 @@ from lifecycle import paths
 from lifecycle.reporting import measurement
 from lifecycle.reporting.measurement import ab_verdict, lift
 from tests.conftest import AS_OF
-from tests.journey import run_program
+from tests.support.journey import run_program
 
 
 def test_lift_matches_hand_computed_values_for_30_of_100_vs_20_of_100():
@@ -145,7 +145,7 @@ def test_deliverability_rates_count_only_messages_that_reached_a_provider():
 def sqlite_crm(sqlite_url):
     from lifecycle.model import schema
     from lifecycle.model.db import get_engine, migrate
-    from tests.crm_builder import CrmBuilder
+    from tests.support.crm_builder import CrmBuilder
 
     engine = get_engine(sqlite_url)
     schema.crm_metadata.create_all(engine)

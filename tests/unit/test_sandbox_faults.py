@@ -13,7 +13,7 @@ from sendgrid.helpers.mail import Mail
 from twilio.base.exceptions import TwilioRestException
 
 from lifecycle.sandbox import SandboxServer
-from tests.unit.sandbox_clients import sendgrid_client, twilio_client
+from tests.support.sandbox_clients import sendgrid_client, twilio_client
 
 SENDER = "+15017122661"
 

@@ -26,7 +26,7 @@ from sendgrid.helpers.mail import (
 )
 
 from lifecycle.sandbox import DEFAULT_SENDGRID_KEY, SandboxServer
-from tests.unit.sandbox_clients import sendgrid_client
+from tests.support.sandbox_clients import sendgrid_client
 
 
 @pytest.fixture

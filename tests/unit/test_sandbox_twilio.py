@@ -12,7 +12,7 @@ from twilio.base.exceptions import TwilioRestException
 
 from lifecycle.sandbox import DEFAULT_TWILIO_SID, DEFAULT_TWILIO_TOKEN, SandboxServer
 from lifecycle.sandbox.sms_segments import count_segments
-from tests.unit.sandbox_clients import twilio_client
+from tests.support.sandbox_clients import twilio_client
 
 SENDER = "+15017122661"
 SERVICE = "MG" + "ab" * 16

@@ -14,7 +14,7 @@ from sendgrid.helpers.mail import Category, CustomArg, Mail, Personalization, To
 from twilio.request_validator import RequestValidator
 
 from lifecycle.sandbox import DEFAULT_TWILIO_TOKEN, SandboxServer
-from tests.unit.sandbox_clients import Received, WebhookReceiver, sendgrid_client, twilio_client
+from tests.support.sandbox_clients import Received, WebhookReceiver, sendgrid_client, twilio_client
 
 SENDER = "+15017122661"
 

@@ -15,7 +15,7 @@ from tests.conftest import AS_OF
 @pytest.fixture
 def crm_sqlite(sqlite_url):
     from lifecycle.model.db import get_engine
-    from tests.crm_builder import CrmBuilder
+    from tests.support.crm_builder import CrmBuilder
 
     engine = get_engine(sqlite_url)
     schema.crm_metadata.create_all(engine)

@@ -7,14 +7,14 @@ from datetime import timedelta
 import pytest
 
 from tests.conftest import AS_OF
-from tests.journey import enrollments, messages, run_program, treatment_contact
+from tests.support.journey import enrollments, messages, run_program, treatment_contact
 
 
 @pytest.fixture
 def sqlite_crm(sqlite_url, monkeypatch):
     from lifecycle.model import schema
     from lifecycle.model.db import get_engine, migrate
-    from tests.crm_builder import CrmBuilder
+    from tests.support.crm_builder import CrmBuilder
 
     monkeypatch.delenv("LIFECYCLE_CONFIG_DIR", raising=False)
     monkeypatch.delenv("LIFECYCLE_TEMPLATES_DIR", raising=False)

@@ -19,7 +19,7 @@ def shipped_crm(sqlite_url, shipped_config):
     """An empty SQLite CRM with the engine tables migrated; yields (engine, CrmBuilder)."""
     from lifecycle.model import schema
     from lifecycle.model.db import get_engine, migrate
-    from tests.crm_builder import CrmBuilder
+    from tests.support.crm_builder import CrmBuilder
 
     engine = get_engine(sqlite_url)
     schema.crm_metadata.create_all(engine)

@@ -6,8 +6,8 @@ from __future__ import annotations
 from datetime import timedelta
 
 from tests.conftest import AS_OF
-from tests.journey import enrollments, messages, run_program, treatment_contact
-from tests.unit.programs.support import days, render_message, render_step, run_schedule, steps_for
+from tests.support.journey import enrollments, messages, run_program, treatment_contact
+from tests.support.programs import days, render_message, render_step, run_schedule, steps_for
 
 PROGRAM = "education"
 

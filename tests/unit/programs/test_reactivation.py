@@ -6,8 +6,8 @@ from __future__ import annotations
 from datetime import timedelta
 
 from tests.conftest import AS_OF
-from tests.journey import enrollments, messages, run_program, treatment_contact
-from tests.unit.programs.support import (
+from tests.support.journey import enrollments, messages, run_program, treatment_contact
+from tests.support.programs import (
     STOP,
     days,
     render_message,

@@ -14,7 +14,7 @@ import pytest
 from lifecycle import config, paths
 from lifecycle.messages.rendering import CONTACT_FIELDS, Rendered
 from lifecycle.model.schema import CHURN_REASONS
-from tests.unit.programs.support import STOP, UNSUBSCRIBE, render_step
+from tests.support.programs import STOP, UNSUBSCRIBE, render_step
 
 TRIGGER_PROPERTIES = {
     "signed_up": {"source": "webinar"},

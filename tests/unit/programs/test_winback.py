@@ -8,8 +8,8 @@ from datetime import timedelta
 import pytest
 
 from tests.conftest import AS_OF
-from tests.journey import enrollments, messages, run_program, treatment_contact
-from tests.unit.programs.support import (
+from tests.support.journey import enrollments, messages, run_program, treatment_contact
+from tests.support.programs import (
     STOP,
     days,
     render_message,

@@ -14,7 +14,7 @@ from lifecycle import config, paths
 from lifecycle.messages.rendering import Rendered, message_context, render
 from lifecycle.model import schema
 from tests.conftest import AS_OF
-from tests.journey import messages, run_program
+from tests.support.journey import messages, run_program
 
 UNSUBSCRIBE = "https://example.invalid/unsubscribe/1"
 STOP = "Reply STOP to opt out."

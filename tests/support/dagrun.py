@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from lifecycle.paths import PROJECT_ROOT
-from tests.local_crm import use_crm
+from tests.support.local_crm import use_crm
 
 
 def load_dags():

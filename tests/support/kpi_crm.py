@@ -17,7 +17,7 @@ def seed_with_runs(url: str, as_of: datetime, contacts: int = 2000, weeks: int =
     from lifecycle import config
     from lifecycle.devtools.seed import seed_crm
     from lifecycle.model.db import get_engine, migrate
-    from tests.journey import run_program
+    from tests.support.journey import run_program
 
     seed_crm(url, contacts, as_of)
     engine = get_engine(url)
