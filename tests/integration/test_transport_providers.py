@@ -16,7 +16,7 @@ from lifecycle.channels.sendgrid import SendGridHook
 from lifecycle.channels.twilio import TwilioHook
 from lifecycle.messages.links import UnsubscribeToken, verify_unsubscribe_token
 from lifecycle.sandbox import SandboxServer
-from tests.unit.test_hooks_channels import FAST, LINK_SECRET, connect_to_sandbox
+from tests.unit.channels.test_hooks import FAST, LINK_SECRET, connect_to_sandbox
 
 
 @pytest.fixture

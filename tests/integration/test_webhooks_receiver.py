@@ -36,7 +36,7 @@ from lifecycle.model import schema
 from lifecycle.sandbox import DEFAULT_TWILIO_TOKEN, SandboxServer
 from lifecycle.web import create_app
 from tests.conftest import AS_OF
-from tests.unit.test_hooks_channels import FAST, LINK_SECRET, connect_to_sandbox
+from tests.unit.channels.test_hooks import FAST, LINK_SECRET, connect_to_sandbox
 
 PUBLIC_BASE = "http://lifecycle.test/lifecycle"
 _keys = itertools.count(1)

@@ -19,7 +19,7 @@ import requests
 from lifecycle.sandbox import DEFAULT_SENDGRID_KEY, DEFAULT_TWILIO_SID, DEFAULT_TWILIO_TOKEN, SandboxServer
 from lifecycle.sandbox.specs import SPEC_DIR
 
-REPO_SPECS = Path(__file__).resolve().parents[2] / "include" / "provider_specs"
+REPO_SPECS = Path(__file__).resolve().parents[3] / "include" / "provider_specs"
 SENDGRID = json.loads((REPO_SPECS / "sendgrid_mail_v3.openapi.json").read_text())
 TWILIO = json.loads((REPO_SPECS / "twilio_api_v2010_messages.openapi.json").read_text())
 MESSAGES = "/2010-04-01/Accounts/{AccountSid}/Messages.json"
