@@ -41,14 +41,14 @@ from lifecycle.reporting.digest import build_digest
 from lifecycle.sandbox import DEFAULT_SENDGRID_KEY, DEFAULT_TWILIO_TOKEN
 from lifecycle.web.campaigns import campaigns_page
 from tests.conftest import AS_OF, FIXTURES
-from tests.integration.test_bad_input import (
+from tests.integration.engine.test_pipeline_bad_input import (
     email_program,
     outcomes,
     provider_sandbox,
     run_probes,
     with_programs,
 )
-from tests.integration.test_webhooks_receiver import EventSigner, add_message, sg_event
+from tests.integration.web.test_webhooks import EventSigner, add_message, sg_event
 from tests.support.dagrun import run_dag
 from tests.support.journey import run_program
 

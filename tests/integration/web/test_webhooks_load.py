@@ -24,7 +24,7 @@ from sqlalchemy import func, insert, select
 from lifecycle.devtools.local import WebApp, connection_json
 from lifecycle.model import schema
 from tests.conftest import AS_OF
-from tests.integration.test_webhooks_receiver import EventSigner
+from tests.integration.web.test_webhooks import EventSigner
 
 SECONDS = float(os.environ.get("LIFECYCLE_LOAD_SECONDS", "20"))
 TARGET_RATE = 1_000
