@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from functools import cache
 
 from sqlalchemy import select
 
@@ -41,13 +42,20 @@ def enrollments(engine, program_id: str) -> list[dict]:
 _used: set[str] = set()
 
 
-def treatment_contact(crm_rows, program_id: str, **fields) -> str:
-    """A contact id the program's holdout and the global control group both leave in treatment."""
+@cache
+def _groups(config_dir: str, program_id: str):
+    """The program and the global control group, read once per config folder (not once per contact)."""
     from lifecycle import config
-    from lifecycle.model.db import bucket_of
 
     program = config.load_program(paths.config_dir() / "programs" / f"{program_id}.yml")
-    control = config.load_policy().control_group
+    return program, config.load_policy().control_group
+
+
+def treatment_contact(crm_rows, program_id: str, **fields) -> str:
+    """A contact id the program's holdout and the global control group both leave in treatment."""
+    from lifecycle.model.db import bucket_of
+
+    program, control = _groups(str(paths.config_dir()), program_id)
     for i in range(100_000):
         cid = f"{program_id[:3]}{i:05d}"
         if cid in _used:
