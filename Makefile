@@ -32,7 +32,7 @@ test: lint browser
 	$(BIN)/pytest -q -p no:cacheprovider
 
 unit: install
-	$(BIN)/pytest -q tests/unit
+	$(BIN)/pytest -q -p no:cacheprovider -m "not slow" tests/unit
 
 e2e: install
 	$(BIN)/pytest -q -m e2e tests/e2e

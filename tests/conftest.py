@@ -71,9 +71,9 @@ def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'crm.db'}"
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.slow)])
 def db_url(request, tmp_path: Path) -> str:
-    """Each test using this runs on SQLite and on PostgreSQL."""
+    """Each test using this runs on SQLite and on PostgreSQL (slow: a database created per test)."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'crm.db'}"
     return request.getfixturevalue("postgres_url")

@@ -83,6 +83,7 @@ def test_owner_without_an_address_is_only_logged(sandbox, caplog):
     assert "No address for owner retention" in caplog.text
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("policy_with_owners")
 def test_a_failing_alert_never_raises(sandbox, caplog, monkeypatch):
     sandbox.add_fault("sendgrid", "500", count=3)

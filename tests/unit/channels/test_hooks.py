@@ -125,6 +125,7 @@ def test_sendgrid_bad_key_is_rejected_once_and_reported(sandbox, monkeypatch):
     assert sandbox.sendgrid_messages() == []
 
 
+@pytest.mark.slow
 def test_sendgrid_honours_retry_after_up_to_the_cap(sandbox):
     sandbox.add_fault("sendgrid", "429", count=1, retry_after=1)
     hook = SendGridHook(retry_policy=RetryPolicy(attempts=3, base_delay=0.01, max_delay=5))
@@ -149,7 +150,7 @@ def test_sendgrid_5xx_until_retries_run_out_may_have_reached(sandbox):
     assert sandbox.stats()["endpoints"]["sendgrid.mail_send"]["requests"] == FAST.attempts
 
 
-@pytest.mark.parametrize("kind", ["drop_after_accept", "timeout"])
+@pytest.mark.parametrize("kind", ["drop_after_accept", pytest.param("timeout", marks=pytest.mark.slow)])
 def test_sendgrid_lost_answer_is_unknown_and_not_retried(sandbox, kind):
     sandbox.add_fault("sendgrid", kind, delay=1.0)
     hook = SendGridHook(timeout=0.3, retry_policy=FAST)

@@ -16,7 +16,6 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
-from lifecycle_plugin import URL_PREFIX
 from packaging.specifiers import SpecifierSet
 
 from lifecycle.channels.sendgrid import SendGridHook
@@ -217,7 +216,10 @@ def test_provider_connections_point_at_the_sandbox_with_its_public_credentials()
     assert "webhook_public_key" in sendgrid.extra_dejson
 
 
+@pytest.mark.slow
 def test_sandbox_posts_webhooks_to_the_lifecycle_web_app():
+    from lifecycle_plugin import URL_PREFIX  # builds the web app and Airflow's plugin manager: seconds
+
     args = build_parser().parse_args([resolve(arg) for arg in SERVICES["provider-sandbox"]["command"]])
     app = _connection("AIRFLOW_CONN_LIFECYCLE_DEFAULT")
     assert app.password and urlsplit(app.host).hostname == "airflow-apiserver"

@@ -102,6 +102,7 @@ def present(series: pd.Series) -> pd.Series:
     return series[series.notna()]
 
 
+@pytest.mark.slow
 def test_report_matches_the_tables(seeded, crm):
     report = seeded[1]
     assert report.contacts == CONTACTS and report.as_of == AS_OF and report.seed == 11
@@ -111,6 +112,7 @@ def test_report_matches_the_tables(seeded, crm):
     assert report.elapsed_seconds > 0
 
 
+@pytest.mark.slow
 def test_same_seed_gives_the_same_rows_whatever_the_chunk(tmp_path: Path, seeded, monkeypatch):
     monkeypatch.setattr(seed_module, "BLOCK", 400)
     first, second, other = (f"sqlite:///{tmp_path / name}" for name in ("a.db", "b.db", "c.db"))
@@ -123,6 +125,7 @@ def test_same_seed_gives_the_same_rows_whatever_the_chunk(tmp_path: Path, seeded
     assert {name for name, digest in table_digest(other).items() if before[name] != digest} == set(schema.CRM_TABLES)
 
 
+@pytest.mark.slow
 def test_planted_rates_follow_the_module_constants(planted):
     expected = {
         "duplicate_contacts": DUPLICATE_RATE,
@@ -139,6 +142,7 @@ def test_planted_rates_follow_the_module_constants(planted):
     assert planted["missing_location"] == round(MISSING_LOCATION_RATE * CONTACTS)
 
 
+@pytest.mark.slow
 def test_invalid_and_missing_emails_are_exactly_the_planted_ones(crm, planted):
     emails = crm["contacts"]["email"]
     syntax_ok = present(emails).map(lambda email: bool(EMAIL_SYNTAX.fullmatch(email.strip())))
@@ -147,6 +151,7 @@ def test_invalid_and_missing_emails_are_exactly_the_planted_ones(crm, planted):
     assert (present(emails).map(email_is_valid) == syntax_ok).all()
 
 
+@pytest.mark.slow
 def test_invalid_and_missing_phones_are_exactly_the_planted_ones(crm, planted):
     contacts = crm["contacts"]
     with_phone = contacts[contacts["phone"].notna()]
@@ -165,6 +170,7 @@ def test_invalid_and_missing_phones_are_exactly_the_planted_ones(crm, planted):
             )
 
 
+@pytest.mark.slow
 def test_duplicates_are_found_by_normalised_email_or_phone(crm, planted):
     contacts = crm["contacts"].reset_index(drop=True)
     parent = list(range(len(contacts)))
@@ -195,6 +201,7 @@ def test_duplicates_are_found_by_normalised_email_or_phone(crm, planted):
     assert all(len(set(variants)) == len(variants) for variants in email_variants)
 
 
+@pytest.mark.slow
 def test_missing_country_and_timezone_are_the_planted_ones(crm, planted):
     contacts = crm["contacts"]
     assert contacts["country"].isna().sum() == planted["missing_country"]
@@ -203,6 +210,7 @@ def test_missing_country_and_timezone_are_the_planted_ones(crm, planted):
     assert (contacts["country"].isna() & contacts["timezone"].isna()).sum() > 0
 
 
+@pytest.mark.slow
 def test_newest_consent_row_gives_the_planted_statuses(crm, planted):
     consents = crm["consents"].sort_values("captured_at")
     newest = consents.groupby(["contact_id", "channel", "purpose"]).tail(1)
@@ -227,6 +235,7 @@ def test_newest_consent_row_gives_the_planted_statuses(crm, planted):
     assert not ((sms["status"] == "granted") & sms["phone"].isna()).any()
 
 
+@pytest.mark.slow
 def test_every_reference_resolves(crm):
     contact_ids = set(crm["contacts"]["contact_id"])
     account_ids = set(crm["accounts"]["account_id"])
@@ -239,6 +248,7 @@ def test_every_reference_resolves(crm):
     assert crm["accounts"]["account_id"].str.fullmatch(r"a\d{6}").all()
 
 
+@pytest.mark.slow
 def test_events_stay_in_their_window_and_before_last_activity(crm):
     events = crm["events"].merge(crm["contacts"], on="contact_id")
     assert (events["occurred_at"] <= AS_OF).all()
@@ -253,6 +263,7 @@ def test_events_stay_in_their_window_and_before_last_activity(crm):
     assert set(events["event_type"]) == set(EVENT_TYPES)
 
 
+@pytest.mark.slow
 def test_event_properties_are_json_objects_with_their_fields(crm):
     required = {
         "feature_used": {"feature"},
@@ -281,6 +292,7 @@ def test_event_properties_are_json_objects_with_their_fields(crm):
         assert ids.is_unique, kind
 
 
+@pytest.mark.slow
 def test_every_program_finds_an_audience(crm):
     contacts, events = crm["contacts"], crm["events"]
     day = timedelta(days=1)
@@ -320,6 +332,7 @@ def test_every_program_finds_an_audience(crm):
     assert (crm["tickets"]["status"] == "open").sum() > 0
 
 
+@pytest.mark.slow
 def test_contacts_are_consistent_people(crm):
     contacts = crm["contacts"]
     countries = json.loads((REFERENCE_DIR / "countries.json").read_text(encoding="utf-8"))

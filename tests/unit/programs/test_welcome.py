@@ -24,6 +24,7 @@ def sqlite_crm(sqlite_url, monkeypatch):
     return engine, CrmBuilder(engine, AS_OF)
 
 
+@pytest.mark.slow
 def test_welcome_sends_at_once_nudges_after_two_days_and_exits_on_activation(sqlite_crm):
     engine, crm_rows = sqlite_crm
     fresh = treatment_contact(crm_rows, "welcome", signed_up_ago=timedelta(hours=2))
@@ -44,6 +45,7 @@ def test_welcome_sends_at_once_nudges_after_two_days_and_exits_on_activation(sql
     assert states[activates] == ("exited", "converted")
 
 
+@pytest.mark.slow
 def test_nudge_falls_back_to_sms_when_email_is_impossible(sqlite_crm):
     engine, crm_rows = sqlite_crm
     cid = treatment_contact(crm_rows, "welcome", signed_up_ago=timedelta(hours=2), email=None)

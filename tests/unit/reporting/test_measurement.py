@@ -255,6 +255,7 @@ def test_program_kpis_compare_treatment_with_holdout_and_control_on_the_welcome_
     assert (row["sent"], row["dry_run"]) == (0, 8) and math.isnan(row["delivered_rate"])
 
 
+@pytest.mark.slow
 def test_funnel_history_has_one_row_per_logged_run(sqlite_crm, test_config):
     engine, crm_rows = sqlite_crm
     crm_rows.contact("a"), crm_rows.contact("b")

@@ -197,6 +197,7 @@ def test_failed_posts_are_retried_until_the_receiver_answers() -> None:
         assert sandbox.webhooks("sendgrid")[0]["attempts"] == 3
 
 
+@pytest.mark.slow
 def test_unreachable_receiver_fails_after_retries_without_blocking_sends() -> None:
     with SandboxServer(sendgrid_webhook_url="http://127.0.0.1:9/nowhere") as sandbox:
         assert (
