@@ -2,7 +2,7 @@
 # requirements and the lifecycle package installed in editable mode from /opt/airflow/plugins.
 # The compose file bind-mounts dags/, plugins/, include/ and config/ over the copies baked in
 # here, so code and program changes need a restart, not a rebuild.
-# tests/unit/test_compose.py checks that this tag matches the apache-airflow pin in requirements.txt.
+# tests/unit/deploy/test_compose.py checks that this tag matches the apache-airflow pin in requirements.txt.
 FROM apache/airflow:3.3.2-python3.11
 
 COPY --chown=airflow:0 requirements.txt /opt/airflow/requirements.txt

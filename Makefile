@@ -48,7 +48,7 @@ test: lint browser
 	$(BIN)/pytest -q -p no:cacheprovider
 
 unit: install-dev
-	$(BIN)/pytest -q tests/unit
+	$(BIN)/pytest -q -p no:cacheprovider -m "not slow" tests/unit
 
 e2e: install-dev
 	$(BIN)/pytest -q -m e2e tests/e2e

@@ -71,9 +71,9 @@ def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'crm.db'}"
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.slow)])
 def db_url(request, tmp_path: Path) -> str:
-    """Each test using this runs on SQLite and on PostgreSQL."""
+    """Each test using this runs on SQLite and on PostgreSQL (slow: a database created per test)."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'crm.db'}"
     return request.getfixturevalue("postgres_url")
@@ -84,7 +84,7 @@ def crm(db_url: str):
     """An empty CRM with the engine tables migrated; yields (engine, CrmBuilder)."""
     from lifecycle.model import schema
     from lifecycle.model.db import get_engine, migrate
-    from tests.crm_builder import CrmBuilder
+    from tests.support.crm_builder import CrmBuilder
 
     engine = get_engine(db_url)
     schema.crm_metadata.create_all(engine)
@@ -120,7 +120,7 @@ def shipped_crm(sqlite_url, shipped_config):
     """An empty SQLite CRM with the engine tables migrated; yields (engine, CrmBuilder)."""
     from lifecycle.model import schema
     from lifecycle.model.db import get_engine, migrate
-    from tests.crm_builder import CrmBuilder
+    from tests.support.crm_builder import CrmBuilder
 
     engine = get_engine(sqlite_url)
     schema.crm_metadata.create_all(engine)

@@ -24,7 +24,7 @@ from sqlalchemy.engine import make_url
 
 from lifecycle.paths import PROJECT_ROOT
 from tests.conftest import AS_OF, FIXTURES, PG_ADMIN_URL, require_postgres
-from tests.e2e.cluster import (
+from tests.support.cluster import (
     ApiClient,
     ClusterError,
     Service,

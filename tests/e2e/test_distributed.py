@@ -20,8 +20,8 @@ from sqlalchemy.pool import NullPool
 from lifecycle.messages.links import MESSAGE_ID_PARAM
 from lifecycle.model import schema
 from tests.conftest import AS_OF
-from tests.e2e.cluster import ClusterError, wait_for
 from tests.e2e.conftest import PROGRAMS, Cluster
+from tests.support.cluster import ClusterError, wait_for
 
 pytestmark = pytest.mark.e2e
 

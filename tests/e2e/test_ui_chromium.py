@@ -27,10 +27,10 @@ from lifecycle.devtools.local import airflow_env
 from lifecycle.paths import PROJECT_ROOT
 from lifecycle.reporting import measurement
 from lifecycle.reporting.digest import build_digest
-from tests.chromium import dump_dom, inline_cid_images, require_chromium, screenshot
 from tests.conftest import AS_OF
-from tests.e2e.cluster import BIN, ClusterError, Service, airflow_argv, free_port, stop_all, wait_for
-from tests.kpi_crm import seed_with_runs, shown_points, shown_rate
+from tests.support.chromium import dump_dom, inline_cid_images, require_chromium, screenshot
+from tests.support.cluster import BIN, ClusterError, Service, airflow_argv, free_port, stop_all, wait_for
+from tests.support.kpi_crm import seed_with_runs, shown_points, shown_rate
 
 pytestmark = pytest.mark.e2e
 SEED_CONTACTS = 1000

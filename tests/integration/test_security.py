@@ -41,16 +41,16 @@ from lifecycle.reporting.digest import build_digest
 from lifecycle.sandbox import DEFAULT_SENDGRID_KEY, DEFAULT_TWILIO_TOKEN
 from lifecycle.web.campaigns import campaigns_page
 from tests.conftest import AS_OF, FIXTURES
-from tests.dagrun import run_dag
-from tests.integration.test_bad_input import (
+from tests.integration.engine.test_pipeline_bad_input import (
     email_program,
     outcomes,
     provider_sandbox,
     run_probes,
     with_programs,
 )
-from tests.integration.test_webhooks_receiver import EventSigner, add_message, sg_event
-from tests.journey import run_program
+from tests.integration.web.test_webhooks import EventSigner, add_message, sg_event
+from tests.support.dagrun import run_dag
+from tests.support.journey import run_program
 
 pytestmark = pytest.mark.usefixtures("test_config")
 SQLITE_ONLY = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)

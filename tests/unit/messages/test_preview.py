@@ -10,8 +10,8 @@ import pytest
 from lifecycle import config, paths
 from lifecycle.messages.preview import render_step
 from tests.conftest import AS_OF
-from tests.journey import messages, run_program, treatment_contact
-from tests.unit.programs.support import UNSUBSCRIBE, render_message
+from tests.support.journey import messages, run_program, treatment_contact
+from tests.support.programs import UNSUBSCRIBE, render_message
 
 HOUR = timedelta(hours=1)
 
@@ -20,6 +20,7 @@ def _program(program_id: str) -> config.Program:
     return config.load_program(paths.config_dir() / "programs" / f"{program_id}.yml")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "fields",
     [

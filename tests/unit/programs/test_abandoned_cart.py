@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
+
 from tests.conftest import AS_OF
-from tests.journey import enrollments, messages, run_program, treatment_contact
-from tests.unit.programs.support import STOP, render_message, render_step, run_schedule, steps_for
+from tests.support.journey import enrollments, messages, run_program, treatment_contact
+from tests.support.programs import STOP, render_message, render_step, run_schedule, steps_for
 
 PROGRAM = "abandoned_cart"
 HOUR = timedelta(hours=1)
@@ -19,6 +21,7 @@ def _shopper(crm, *, product: str = "Template Pack", value: float = 87.0, ago: t
     return cid
 
 
+@pytest.mark.slow
 def test_fresh_carts_and_quotes_enter_recovered_and_old_ones_do_not(shipped_crm):
     engine, crm = shipped_crm
     cart = _shopper(crm)
@@ -48,6 +51,7 @@ def test_fresh_carts_and_quotes_enter_recovered_and_old_ones_do_not(shipped_crm)
     assert "($15,000)" in quote_email.text and "/quotes/q-77" in quote_email.text
 
 
+@pytest.mark.slow
 def test_reminders_after_one_hour_one_day_and_three_days_until_purchase(shipped_crm):
     engine, crm = shipped_crm
     waits = _shopper(crm)
@@ -77,6 +81,7 @@ def test_reminders_after_one_hour_one_day_and_three_days_until_purchase(shipped_
     }
 
 
+@pytest.mark.slow
 def test_second_reminder_goes_by_sms_naming_product_and_value_when_email_is_impossible(shipped_crm):
     engine, crm = shipped_crm
     cid = _shopper(crm, product="Pro Bundle", value=298.0, email=None, first_name="Sam")
@@ -92,6 +97,7 @@ def test_second_reminder_goes_by_sms_naming_product_and_value_when_email_is_impo
     )
 
 
+@pytest.mark.slow
 def test_a_later_cart_starts_the_journey_again_after_the_cooldown(shipped_crm):
     engine, crm = shipped_crm
     cid = _shopper(crm)

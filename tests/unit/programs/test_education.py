@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
+
 from tests.conftest import AS_OF
-from tests.journey import enrollments, messages, run_program, treatment_contact
-from tests.unit.programs.support import days, render_message, render_step, run_schedule, steps_for
+from tests.support.journey import enrollments, messages, run_program, treatment_contact
+from tests.support.programs import days, render_message, render_step, run_schedule, steps_for
 
 PROGRAM = "education"
 
@@ -23,6 +25,7 @@ def _member(crm, joined_days_ago: int = 10, idle_days: int = 1, **fields) -> str
     return treatment_contact(crm, PROGRAM, **(defaults | fields))
 
 
+@pytest.mark.slow
 def test_members_without_a_shared_report_after_a_week_enter(shipped_crm):
     engine, crm = shipped_crm
     gap = _member(crm, industry="Education")
@@ -48,6 +51,7 @@ def test_members_without_a_shared_report_after_a_week_enter(shipped_crm):
     assert "there's one made for education teams" in email.text and "/reports/new" in email.html
 
 
+@pytest.mark.slow
 def test_three_emails_over_eight_days_until_the_first_report_is_shared(shipped_crm):
     engine, crm = shipped_crm
     stuck = _member(crm)

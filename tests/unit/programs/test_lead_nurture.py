@@ -8,8 +8,8 @@ from datetime import timedelta
 import pytest
 
 from tests.conftest import AS_OF
-from tests.journey import enrollments, messages, run_program, treatment_contact
-from tests.unit.programs.support import (
+from tests.support.journey import enrollments, messages, run_program, treatment_contact
+from tests.support.programs import (
     days,
     render_message,
     render_step,
@@ -39,6 +39,7 @@ def _opportunity(crm, contact_id: str | None, stage: str, account_id: str | None
     )
 
 
+@pytest.mark.slow
 def test_engaged_leads_enter_but_not_sales_owned_or_stale_ones(shipped_crm):
     engine, crm = shipped_crm
     engaged = _engaged_lead(crm, topic="security", industry="Healthcare", role="CTO")
@@ -65,6 +66,7 @@ def test_engaged_leads_enter_but_not_sales_owned_or_stale_ones(shipped_crm):
     assert "documented data model" in email.text
 
 
+@pytest.mark.slow
 def test_one_email_a_week_until_an_opportunity_is_qualified(shipped_crm):
     engine, crm = shipped_crm
     steady = _engaged_lead(crm)

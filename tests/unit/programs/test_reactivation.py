@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
+
 from tests.conftest import AS_OF
-from tests.journey import enrollments, messages, run_program, treatment_contact
-from tests.unit.programs.support import (
+from tests.support.journey import enrollments, messages, run_program, treatment_contact
+from tests.support.programs import (
     STOP,
     days,
     render_message,
@@ -29,6 +31,7 @@ def _customer(crm, idle_days: int, **fields) -> str:
     return cid
 
 
+@pytest.mark.slow
 def test_customers_idle_for_a_month_enter_and_hear_what_is_new(shipped_crm):
     engine, crm = shipped_crm
     dormant = _customer(crm, 45)
@@ -48,6 +51,7 @@ def test_customers_idle_for_a_month_enter_and_hear_what_is_new(shipped_crm):
     assert "included in your Pro plan" in email.html
 
 
+@pytest.mark.slow
 def test_three_steps_over_twelve_days_and_exit_on_return(shipped_crm):
     engine, crm = shipped_crm
     stays_away = _customer(crm, 40)
@@ -73,6 +77,7 @@ def test_three_steps_over_twelve_days_and_exit_on_return(shipped_crm):
     }
 
 
+@pytest.mark.slow
 def test_withdrawn_email_consent_is_honoured_and_the_quick_win_goes_by_sms(shipped_crm):
     engine, crm = shipped_crm
     _customer(crm, 50, consent={"email": "withdrawn", "sms": "granted"}, first_name="Noor")

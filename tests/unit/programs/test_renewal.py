@@ -6,9 +6,11 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
+
 from tests.conftest import AS_OF
-from tests.journey import enrollments, messages, run_program, treatment_contact
-from tests.unit.programs.support import (
+from tests.support.journey import enrollments, messages, run_program, treatment_contact
+from tests.support.programs import (
     STOP,
     days,
     render_message,
@@ -38,6 +40,7 @@ def _subscriber(crm, renews_in: timedelta, *, billing: str = "ok", status: str =
     return cid
 
 
+@pytest.mark.slow
 def test_active_subscriptions_renewing_within_30_days_enter(shipped_crm):
     engine, crm = shipped_crm
     due = _subscriber(crm, timedelta(days=29, hours=12), account_id="acct-1")
@@ -60,6 +63,7 @@ def test_active_subscriptions_renewing_within_30_days_enter(shipped_crm):
     assert "for Harbor Labs renews automatically in the coming weeks, at $490 a month." in email.text
 
 
+@pytest.mark.slow
 def test_reminders_30_7_and_1_days_before_with_billing_fix_and_exit_on_renewal(shipped_crm):
     engine, crm = shipped_crm
     renews_in = timedelta(days=29, hours=12)
@@ -86,6 +90,7 @@ def test_reminders_30_7_and_1_days_before_with_billing_fix_and_exit_on_renewal(s
     assert states[card_ok] == ("completed", "completed") and states[renews_early] == ("exited", "converted")
 
 
+@pytest.mark.slow
 def test_a_late_entry_skips_reminders_whose_moment_has_passed(shipped_crm):
     engine, crm = shipped_crm
     cid = _subscriber(crm, timedelta(days=5, hours=2))
@@ -100,6 +105,7 @@ def test_a_late_entry_skips_reminders_whose_moment_has_passed(shipped_crm):
     assert {m["reason"] for m in skipped} == {"step_condition_not_met"}
 
 
+@pytest.mark.slow
 def test_billing_fix_goes_by_sms_on_transactional_consent_despite_tickets_and_marketing_opt_out(shipped_crm):
     engine, crm = shipped_crm
     cid = _subscriber(

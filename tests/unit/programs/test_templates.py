@@ -16,8 +16,8 @@ from lifecycle import config, paths
 from lifecycle.messages.context import CONTACT_FIELDS
 from lifecycle.messages.rendering import Rendered
 from lifecycle.model.schema import CHURN_REASONS
-from tests.unit.programs.copy_checks import copy_problems, glued, visible_html
-from tests.unit.programs.support import STOP, UNSUBSCRIBE, render_step
+from tests.support.copy_checks import copy_problems, glued, visible_html
+from tests.support.programs import STOP, UNSUBSCRIBE, render_step
 
 TRIGGER_PROPERTIES = {
     "signed_up": {"source": "webinar"},

@@ -8,8 +8,8 @@ from datetime import timedelta
 import pytest
 
 from tests.conftest import AS_OF
-from tests.journey import enrollments, messages, run_program, treatment_contact
-from tests.unit.programs.support import days, render_message, render_step, run_schedule, steps_for
+from tests.support.journey import enrollments, messages, run_program, treatment_contact
+from tests.support.programs import days, render_message, render_step, run_schedule, steps_for
 
 PROGRAM = "upsell"
 
@@ -46,6 +46,7 @@ def _buys(crm, cid: str, *ago_days: int, product: str = "Pro Bundle") -> str:
     return cid
 
 
+@pytest.mark.slow
 def test_limits_heavy_use_and_repeat_purchases_enter(shipped_crm):
     engine, crm = shipped_crm
     at_limit = _hits_limit(crm, _customer(crm, account_id="acct-9"))
@@ -79,6 +80,7 @@ def test_limits_heavy_use_and_repeat_purchases_enter(shipped_crm):
     assert usage.subject.startswith("Ada, you're outgrowing your plan: ")
 
 
+@pytest.mark.slow
 def test_an_open_support_ticket_suppresses_the_offer(shipped_crm):
     engine, crm = shipped_crm
     cid = _hits_limit(crm, _customer(crm))
@@ -88,6 +90,7 @@ def test_an_open_support_ticket_suppresses_the_offer(shipped_crm):
     assert (offer["status"], offer["reason"]) == ("suppressed", "open_support_ticket")
 
 
+@pytest.mark.slow
 def test_offer_then_reminder_after_four_days_unless_they_expand(shipped_crm):
     engine, crm = shipped_crm
     waits = _hits_limit(crm, _customer(crm))
@@ -117,6 +120,7 @@ def test_offer_then_reminder_after_four_days_unless_they_expand(shipped_crm):
     }
 
 
+@pytest.mark.slow
 def test_the_offer_variant_is_assigned_per_enrollment_and_drives_the_copy(shipped_crm):
     engine, crm = shipped_crm
     for _ in range(12):

@@ -8,8 +8,8 @@ from datetime import timedelta
 import pytest
 
 from tests.conftest import AS_OF
-from tests.journey import enrollments, messages, run_program, treatment_contact
-from tests.unit.programs.support import (
+from tests.support.journey import enrollments, messages, run_program, treatment_contact
+from tests.support.programs import (
     STOP,
     days,
     render_message,
@@ -35,6 +35,7 @@ def _churned(crm, churned_days_ago: int = 30, **fields) -> str:
     return treatment_contact(crm, PROGRAM, **(defaults | fields))
 
 
+@pytest.mark.slow
 def test_customers_churned_two_weeks_to_six_months_ago_enter(shipped_crm):
     engine, crm = shipped_crm
     recent = _churned(crm, 30)
@@ -52,6 +53,7 @@ def test_customers_churned_two_weeks_to_six_months_ago_enter(shipped_crm):
     assert "Claim my discount" in email.html
 
 
+@pytest.mark.slow
 def test_offer_reminder_and_last_chance_a_week_apart_until_they_come_back(shipped_crm):
     engine, crm = shipped_crm
     stays_gone = _churned(crm)
@@ -77,6 +79,7 @@ def test_offer_reminder_and_last_chance_a_week_apart_until_they_come_back(shippe
     }
 
 
+@pytest.mark.slow
 def test_last_chance_goes_by_sms_when_email_is_impossible(shipped_crm):
     engine, crm = shipped_crm
     _churned(crm, email="not-an-address", first_name="Kai", churn_reason="complexity")
@@ -91,6 +94,7 @@ def test_last_chance_goes_by_sms_when_email_is_impossible(shipped_crm):
     )
 
 
+@pytest.mark.slow
 def test_the_subject_line_is_an_a_b_test(shipped_crm):
     engine, crm = shipped_crm
     for _ in range(12):

@@ -1,0 +1,77 @@
+"""DAG-folder policy: every DAG loads, is documented and owned, and a broken program file breaks
+only its own DAG, with an error that names the file, the field and the fix."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import FIXTURES
+from tests.support.dagrun import load_dags
+
+ALLOWED_TAGS = {
+    "lifecycle",
+    "program",
+    "invalid",
+    "onboarding",
+    "nurture",
+    "ecommerce",
+    "retention",
+    "renewal",
+    "expansion",
+    "education",
+    "winback",
+    "reporting",
+    "data-quality",
+    "sms",
+    "email",
+}
+
+
+@pytest.fixture
+def shipped_config(monkeypatch):
+    monkeypatch.delenv("LIFECYCLE_CONFIG_DIR", raising=False)
+    monkeypatch.delenv("LIFECYCLE_TEMPLATES_DIR", raising=False)
+
+
+def test_shipped_dags_load_documented_and_owned(shipped_config):
+    bag = load_dags()
+    assert bag.import_errors == {}
+    assert "welcome" in bag.dags
+    for dag_id, dag in bag.dags.items():
+        assert "invalid" not in dag.tags, f"{dag_id} comes from an invalid program file"
+        assert set(dag.tags) <= ALLOWED_TAGS, f"{dag_id} has tags outside the allowlist: {set(dag.tags) - ALLOWED_TAGS}"
+        assert dag.doc_md and dag.max_active_runs == 1
+        assert all(task.owner and task.owner != "airflow" for task in dag.tasks), dag_id
+
+
+def test_broken_program_file_breaks_only_its_own_dag(tmp_path: Path, monkeypatch):
+    config = tmp_path / "config"
+    shutil.copytree(FIXTURES / "config", config)
+    (config / "programs" / "broken.yml").write_text(
+        (config / "programs" / "alpha.yml").read_text().replace("priority: 10", "priority: high")
+    )
+    monkeypatch.setenv("LIFECYCLE_CONFIG_DIR", str(config))
+    monkeypatch.setenv("LIFECYCLE_TEMPLATES_DIR", str(FIXTURES / "templates"))
+    bag = load_dags()
+    assert bag.import_errors == {}
+    assert {"alpha", "beta", "texts"} <= set(bag.dags)
+    assert "invalid" not in bag.dags["alpha"].tags
+    broken = bag.dags["broken"]
+    assert "invalid" in broken.tags and [t.task_id for t in broken.tasks] == ["invalid_program_file"]
+    error = broken.tasks[0].error
+    assert "broken.yml" in error and "priority" in error and "fix: write a whole number" in error
+
+
+def test_unparseable_yaml_names_the_line(tmp_path: Path, monkeypatch):
+    config = tmp_path / "config"
+    shutil.copytree(FIXTURES / "config", config)
+    (config / "programs" / "garbled.yml").write_text("name: x\nsteps: [unclosed\n")
+    monkeypatch.setenv("LIFECYCLE_CONFIG_DIR", str(config))
+    monkeypatch.setenv("LIFECYCLE_TEMPLATES_DIR", str(FIXTURES / "templates"))
+    bag = load_dags()
+    error = bag.dags["garbled"].tasks[0].error
+    assert "garbled.yml" in error and "not valid YAML at line" in error
+    assert "invalid" not in bag.dags["beta"].tags

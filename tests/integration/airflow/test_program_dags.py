@@ -1,0 +1,107 @@
+"""Program DAGs run through real Airflow on SQLite and PostgreSQL: the engine's guarantees."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import pytest
+from sqlalchemy import func, select
+
+from lifecycle.model import schema
+from tests.conftest import AS_OF
+from tests.support.dagrun import run_dag
+from tests.support.journey import emails_already_sent
+
+pytestmark = [pytest.mark.airflow, pytest.mark.usefixtures("airflow_db", "test_config")]
+M = schema.messages
+
+
+def _messages(engine, **where):
+    query = select(M.c.program, M.c.contact_id, M.c.channel, M.c.status, M.c.reason)
+    for column, value in where.items():
+        query = query.where(M.c[column] == value)
+    with engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(query.order_by(M.c.message_id))]
+
+
+def test_rerunning_a_run_adds_no_message(crm, db_url, monkeypatch):
+    engine, crm_rows = crm
+    for _ in range(5):
+        crm_rows.contact()
+    assert run_dag(monkeypatch, db_url, "alpha", AS_OF, dry_run=True) == "success"
+    first = _messages(engine)
+    assert len(first) == 5 and {m[3] for m in first} == {"dry_run"}
+    assert run_dag(monkeypatch, db_url, "alpha", AS_OF, dry_run=True) == "success"
+    assert _messages(engine) == first
+
+
+def test_no_granted_marketing_consent_means_nothing_on_that_channel(crm, db_url, monkeypatch):
+    engine, crm_rows = crm
+    granted = crm_rows.contact(consent={"email": "granted"})
+    withdrawn = crm_rows.contact(consent={"email": "granted"})
+    crm_rows.consent(withdrawn, "email", "withdrawn", at=AS_OF - timedelta(days=1))
+    denied = crm_rows.contact(consent={"email": "denied"})
+    missing = crm_rows.contact(consent={})
+    transactional_only = crm_rows.contact(consent={})
+    crm_rows.consent(transactional_only, "email", "granted", purpose="transactional")
+    assert run_dag(monkeypatch, db_url, "alpha", AS_OF, dry_run=True) == "success"
+    outcome = {m[1]: (m[3], m[4]) for m in _messages(engine)}
+    assert outcome[granted] == ("dry_run", None)
+    assert outcome[withdrawn] == ("suppressed", "consent_withdrawn")
+    assert outcome[denied] == ("suppressed", "no_consent")
+    assert outcome[missing] == ("suppressed", "no_consent")
+    assert outcome[transactional_only] == ("suppressed", "no_consent")
+
+
+@pytest.mark.parametrize("order", [("alpha", "beta"), ("beta", "alpha")])
+def test_higher_priority_wins_the_last_capped_slot_in_either_order(crm, db_url, monkeypatch, order):
+    engine, crm_rows = crm
+    contested = crm_rows.contact()
+    emails_already_sent(engine, contested)
+    free = crm_rows.contact()
+    for dag_id in order:
+        assert run_dag(monkeypatch, db_url, dag_id, AS_OF, dry_run=True) == "success"
+    contested_out = {m[0]: (m[3], m[4]) for m in _messages(engine, contact_id=contested) if m[0] != "earlier"}
+    assert contested_out["beta"] == ("dry_run", None)
+    assert contested_out["alpha"] == ("capped", "frequency_cap_email: 3 per 7d")
+    free_out = {m[0]: m[3] for m in _messages(engine, contact_id=free)}
+    assert free_out == {"alpha": "dry_run", "beta": "dry_run"}
+
+
+def test_sms_due_at_23_local_is_deferred_to_the_morning(crm, db_url, monkeypatch):
+    engine, crm_rows = crm
+    # 04:00 UTC on 17 Nov is 23:00 on 16 Nov in New York (UTC-5): inside 21:00-08:00 quiet hours.
+    late = datetime(2026, 11, 17, 4, 0)
+    night = crm_rows.contact(lifecycle_stage="trial", timezone="America/New_York")
+    day = crm_rows.contact(lifecycle_stage="trial", timezone="Asia/Tokyo")  # 13:00 there
+    assert run_dag(monkeypatch, db_url, "texts", late, dry_run=True) == "success"
+    with engine.connect() as conn:
+        rows = {r.contact_id: r for r in conn.execute(select(M).where(M.c.program == "texts"))}
+    assert rows[night].status == "deferred" and rows[night].reason == "quiet_hours"
+    assert rows[night].send_after == datetime(2026, 11, 17, 13, 0)  # 08:00 in New York
+    assert rows[day].status == "dry_run"
+    # The next run after the morning sends it, once.
+    assert run_dag(monkeypatch, db_url, "texts", datetime(2026, 11, 17, 14, 0), dry_run=True) == "success"
+    with engine.connect() as conn:
+        after = conn.execute(select(M.c.status).where(M.c.contact_id == night)).scalars().all()
+        total = conn.execute(select(func.count()).select_from(M)).scalar_one()
+    assert after == ["dry_run"] and total == 2
+
+
+def test_manual_dry_run_with_a_test_recipient_sends_nothing_to_real_contacts(crm, db_url, monkeypatch):
+    from lifecycle.devtools.local import provider_connections
+    from lifecycle.sandbox import SandboxServer
+
+    engine, crm_rows = crm
+    shown = crm_rows.contact(first_name="Grace")
+    for _ in range(3):
+        crm_rows.contact()
+    with SandboxServer() as sandbox:
+        for key, value in provider_connections(sandbox, "http://127.0.0.1:9/lifecycle", "secret").items():
+            monkeypatch.setenv(key, value)
+        state = run_dag(monkeypatch, db_url, "alpha", AS_OF, test_recipients=["qa@example.com"], test_contact=shown)
+        accepted = sandbox.sendgrid_messages()
+    assert state == "success"
+    assert [m["to"] for m in accepted] == ["qa@example.com"]
+    assert accepted[0]["subject"] == "[TEST] Hello Grace from alpha"
+    assert {m[3] for m in _messages(engine)} == {"dry_run"} and len(_messages(engine)) == 4

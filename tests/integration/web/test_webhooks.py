@@ -1,0 +1,626 @@
+"""The webhook receiver and unsubscribe page: signatures, idempotency and what events change.
+
+Signature checks post through FastAPI's TestClient with a test key pair; the end-to-end tests
+run the receiver on a local port and let the provider sandbox post its own signed webhooks.
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from urllib.parse import urlencode, urlsplit
+
+import httpx
+import pytest
+import uvicorn
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from fastapi.testclient import TestClient
+from sqlalchemy import func, insert, select
+from twilio.request_validator import RequestValidator
+
+from lifecycle.channels.base import OutboundEmail, OutboundSms
+from lifecycle.channels.providers import ProviderTransport
+from lifecycle.channels.sendgrid import SendGridHook
+from lifecycle.channels.twilio import TwilioHook
+from lifecycle.devtools.local import connection_json
+from lifecycle.engine.dispatch import record_results
+from lifecycle.engine.feedback import sms_keyword, to_e164
+from lifecycle.messages.links import make_unsubscribe_url
+from lifecycle.model import schema
+from lifecycle.sandbox import DEFAULT_TWILIO_TOKEN, SandboxServer
+from lifecycle.web import create_app
+from tests.conftest import AS_OF
+from tests.unit.channels.test_hooks import FAST, LINK_SECRET, connect_to_sandbox
+
+PUBLIC_BASE = "http://lifecycle.test/lifecycle"
+_keys = itertools.count(1)
+
+
+def add_message(engine, contact_id: str, channel: str = "email", status: str = "sent", **fields) -> int:
+    """A ledger message as dispatch leaves it after handing it to a transport."""
+    row = {
+        "idempotency_key": f"k{next(_keys):08d}",
+        "program": "welcome",
+        "enrollment_id": 1,
+        "entry": 1,
+        "step": "hello",
+        "step_index": 0,
+        "contact_id": contact_id,
+        "channel": channel,
+        "planned_channel": channel,
+        "template": "welcome/hello",
+        "status": status,
+        "due_at": AS_OF,
+        "run_id": "manual__test",
+        "planned_at": AS_OF,
+    } | fields
+    with engine.begin() as conn:
+        return conn.execute(insert(schema.messages).values(row)).inserted_primary_key[0]
+
+
+def status_of(engine, message_id: int) -> tuple[str, str | None]:
+    with engine.connect() as conn:
+        row = conn.execute(
+            select(schema.messages.c.status, schema.messages.c.reason).where(schema.messages.c.message_id == message_id)
+        ).one()
+    return row.status, row.reason
+
+
+def rows(engine, table, **where) -> list:
+    query = select(table).where(*[table.c[name] == value for name, value in where.items()])
+    with engine.connect() as conn:
+        return list(conn.execute(query).mappings())
+
+
+def count(engine, table) -> int:
+    with engine.connect() as conn:
+        return conn.execute(select(func.count()).select_from(table)).scalar_one()
+
+
+def latest_consent(engine, contact_id: str, channel: str):
+    query = (
+        select(schema.consents)
+        .where(schema.consents.c.contact_id == contact_id, schema.consents.c.channel == channel)
+        .order_by(schema.consents.c.captured_at.desc())
+    )
+    with engine.connect() as conn:
+        return conn.execute(query).mappings().first()
+
+
+class EventSigner:
+    """Signs SendGrid Event Webhook bodies the way SendGrid does, with a test key pair."""
+
+    def __init__(self) -> None:
+        self.key = ec.generate_private_key(ec.SECP256R1())
+
+    @property
+    def public_key(self) -> str:
+        der = self.key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        return base64.b64encode(der).decode()
+
+    def headers(self, body: str, timestamp: int | None = None) -> dict[str, str]:
+        stamp = str(int(time.time()) if timestamp is None else timestamp)
+        signature = self.key.sign((stamp + body).encode(), ec.ECDSA(hashes.SHA256()))
+        return {
+            "X-Twilio-Email-Event-Webhook-Signature": base64.b64encode(signature).decode(),
+            "X-Twilio-Email-Event-Webhook-Timestamp": stamp,
+            "Content-Type": "application/json",
+        }
+
+
+@pytest.fixture
+def ledger(crm, db_url, monkeypatch):
+    """(engine, CrmBuilder) with the receiver reading that database."""
+    monkeypatch.setenv("LIFECYCLE_CRM_URL", db_url)
+    return crm
+
+
+@pytest.fixture
+def signer(monkeypatch) -> EventSigner:
+    signer = EventSigner()
+    connections = {
+        "SENDGRID_DEFAULT": connection_json(
+            "generic", password="SG.unused", extra={"webhook_public_key": signer.public_key}
+        ),
+        "TWILIO_DEFAULT": connection_json("generic", login="ACtest", password=DEFAULT_TWILIO_TOKEN),
+        "LIFECYCLE_DEFAULT": connection_json("generic", host=PUBLIC_BASE, password=LINK_SECRET),
+    }
+    for conn_id, value in connections.items():
+        monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id}", value)
+    return signer
+
+
+@pytest.fixture
+def client() -> Iterator[TestClient]:
+    with TestClient(create_app()) as test_client:
+        yield test_client
+
+
+def sg_event(message_id: int, event: str, at: int, **fields) -> dict:
+    return {
+        "email": "ada@example.com",
+        "timestamp": at,
+        "event": event,
+        "sg_event_id": f"ev-{message_id}-{event}-{at}",
+        "sg_message_id": "xmsg.filterdrecv.0",
+        "lifecycle_message_id": str(message_id),
+        **fields,
+    }
+
+
+def post_events(client: TestClient, signer: EventSigner, events: list[dict], timestamp: int | None = None):
+    body = json.dumps(events)
+    return client.post("/webhooks/sendgrid", content=body, headers=signer.headers(body, timestamp))
+
+
+# --- SendGrid signatures --------------------------------------------------------------------
+
+
+def test_signed_events_are_recorded_and_move_the_ledger(ledger, signer, client):
+    engine, crm = ledger
+    contact = crm.contact()
+    message = add_message(engine, contact)
+    now = int(time.time())
+
+    response = post_events(client, signer, [sg_event(message, "delivered", now), sg_event(message, "open", now)])
+
+    assert response.status_code == 200 and response.json() == {"received": 2, "new": 2}
+    assert status_of(engine, message) == ("opened", None)
+    [event, _] = rows(engine, schema.provider_events, message_id=message)
+    assert event["contact_id"] == contact and event["provider"] == "sendgrid"
+    assert "email" not in event["payload"]
+
+
+@pytest.mark.parametrize("attack", ["forged", "tampered", "stale", "unsigned"])
+def test_unverified_sendgrid_requests_are_rejected_and_record_nothing(ledger, signer, client, attack):
+    engine, crm = ledger
+    contact = crm.contact()
+    message = add_message(engine, contact)
+    body = json.dumps([sg_event(message, "unsubscribe", int(time.time()))])
+    headers = signer.headers(body)
+    if attack == "forged":
+        headers = EventSigner().headers(body)
+    elif attack == "tampered":
+        body = body.replace('"unsubscribe"', '"spamreport"')
+    elif attack == "stale":
+        headers = signer.headers(body, int(time.time()) - 11 * 60)
+    else:
+        headers = {"Content-Type": "application/json"}
+
+    response = client.post("/webhooks/sendgrid", content=body, headers=headers)
+
+    assert response.status_code == 403
+    assert count(engine, schema.provider_events) == 0
+    assert count(engine, schema.suppressions) == 0
+    assert latest_consent(engine, contact, "email")["status"] == "granted"
+    assert status_of(engine, message) == ("sent", None)
+
+
+def test_duplicate_events_change_nothing_the_second_time(ledger, signer, client):
+    engine, crm = ledger
+    contact = crm.contact()
+    message = add_message(engine, contact)
+    events = [sg_event(message, "unsubscribe", int(time.time()))]
+
+    first = post_events(client, signer, events)
+    again = post_events(client, signer, events)
+
+    assert first.json()["new"] == 1 and again.json()["new"] == 0
+    assert count(engine, schema.provider_events) == 1
+    assert len(rows(engine, schema.suppressions, contact_id=contact)) == 1
+    assert len(rows(engine, schema.consents, contact_id=contact, channel="email", status="withdrawn")) == 1
+
+
+def test_an_older_event_arriving_late_never_moves_the_status_back(ledger, signer, client):
+    engine, crm = ledger
+    message = add_message(engine, crm.contact())
+    now = int(time.time())
+
+    post_events(client, signer, [sg_event(message, "open", now)])
+    post_events(client, signer, [sg_event(message, "delivered", now - 60), sg_event(message, "processed", now - 90)])
+    assert status_of(engine, message) == ("opened", None)
+
+    post_events(client, signer, [sg_event(message, "click", now + 5)])
+    assert status_of(engine, message) == ("clicked", None)
+
+
+def test_bounce_is_final_and_suppresses_the_address(ledger, signer, client):
+    engine, crm = ledger
+    contact = crm.contact()
+    message = add_message(engine, contact)
+    now = int(time.time())
+
+    post_events(client, signer, [sg_event(message, "bounce", now, type="bounce", reason="550 <ada@example.com>")])
+    post_events(client, signer, [sg_event(message, "delivered", now + 1)])
+
+    assert status_of(engine, message) == ("bounced", "hard bounce")
+    [suppression] = rows(engine, schema.suppressions, contact_id=contact)
+    assert (suppression["channel"], suppression["reason"]) == ("email", "hard_bounce")
+    [event] = rows(engine, schema.provider_events, event_type="bounce")
+    assert "ada@example.com" not in json.dumps(event["payload"])
+    assert latest_consent(engine, contact, "email")["status"] == "granted"
+
+
+def test_blocked_bounce_does_not_suppress(ledger, signer, client):
+    engine, crm = ledger
+    message = add_message(engine, crm.contact())
+    post_events(client, signer, [sg_event(message, "bounce", int(time.time()), type="blocked")])
+    assert status_of(engine, message) == ("bounced", "blocked")
+    assert count(engine, schema.suppressions) == 0
+
+
+@pytest.mark.parametrize(
+    "event, reason, source",
+    [
+        ("spamreport", "spam_report", "sendgrid_spamreport"),
+        ("unsubscribe", "unsubscribed", "sendgrid_unsubscribe"),
+    ],
+)
+def test_opt_outs_suppress_and_withdraw_consent_with_proof(ledger, signer, client, event, reason, source):
+    engine, crm = ledger
+    contact = crm.contact()
+    message = add_message(engine, contact, status="delivered")
+    at = int(time.time())
+
+    post_events(client, signer, [sg_event(message, event, at)])
+
+    [suppression] = rows(engine, schema.suppressions, contact_id=contact)
+    assert (suppression["channel"], suppression["reason"], suppression["source"]) == ("email", reason, source)
+    consent = latest_consent(engine, contact, "email")
+    assert (consent["status"], consent["source"], consent["purpose"]) == ("withdrawn", source, "marketing")
+    assert consent["proof"] == f"sendgrid:ev-{message}-{event}-{at}"
+    assert consent["captured_at"] == datetime.fromtimestamp(at, UTC).replace(tzinfo=None)
+    assert status_of(engine, message) == ("delivered", None)
+
+
+def test_events_without_a_message_id_find_the_contact_by_address(ledger, signer, client):
+    engine, crm = ledger
+    contact = crm.contact(email="Grace@Example.com")
+    event = {
+        "email": "grace@example.com",
+        "timestamp": int(time.time()),
+        "event": "unsubscribe",
+        "sg_event_id": "e1",
+    }
+
+    post_events(client, signer, [event])
+
+    assert [s["reason"] for s in rows(engine, schema.suppressions, contact_id=contact)] == ["unsubscribed"]
+
+
+# --- Twilio signatures ----------------------------------------------------------------------
+
+
+def twilio_post(
+    client: TestClient,
+    path: str,
+    params: dict[str, str],
+    token: str = DEFAULT_TWILIO_TOKEN,
+    query: str = "",
+    signed_params: dict[str, str] | None = None,
+):
+    url = f"{PUBLIC_BASE}{path}" + (f"?{query}" if query else "")
+    signature = RequestValidator(token).compute_signature(url, signed_params or params)
+    return client.post(
+        path + (f"?{query}" if query else ""),
+        content=urlencode(params),
+        headers={"X-Twilio-Signature": signature, "Content-Type": "application/x-www-form-urlencoded"},
+    )
+
+
+def test_twilio_status_callback_moves_the_message(ledger, signer, client):
+    engine, crm = ledger
+    message = add_message(engine, crm.contact(), channel="sms", status="unknown")
+    params = {"MessageSid": "SM1", "MessageStatus": "delivered", "To": "+14155550100"}
+
+    response = twilio_post(client, "/webhooks/twilio/status", params, query=f"lifecycle_message_id={message}")
+
+    assert response.status_code == 204
+    assert status_of(engine, message) == ("delivered", None)
+    with engine.connect() as conn:
+        provider_id = conn.execute(
+            select(schema.messages.c.provider_message_id).where(schema.messages.c.message_id == message)
+        ).scalar_one()
+    assert provider_id == "SM1"
+
+
+@pytest.mark.parametrize("attack", ["wrong_token", "tampered", "other_message"])
+def test_unverified_twilio_requests_are_rejected_and_record_nothing(ledger, signer, client, attack):
+    engine, crm = ledger
+    contact = crm.contact(phone="+14155550142")
+    message = add_message(engine, contact, channel="sms")
+    inbound = {"MessageSid": "SM9", "From": "+14155550142", "Body": "STOP"}
+    if attack == "wrong_token":
+        response = twilio_post(client, "/webhooks/twilio/inbound", inbound, token="not-the-token")
+    elif attack == "tampered":
+        response = twilio_post(client, "/webhooks/twilio/inbound", inbound, signed_params={**inbound, "Body": "hello"})
+    else:
+        params = {"MessageSid": "SM9", "MessageStatus": "failed"}
+        url = f"{PUBLIC_BASE}/webhooks/twilio/status?lifecycle_message_id=999"
+        signature = RequestValidator(DEFAULT_TWILIO_TOKEN).compute_signature(url, params)
+        response = client.post(
+            f"/webhooks/twilio/status?lifecycle_message_id={message}",
+            content=urlencode(params),
+            headers={"X-Twilio-Signature": signature, "Content-Type": "application/x-www-form-urlencoded"},
+        )
+
+    assert response.status_code == 403
+    assert count(engine, schema.provider_events) == 0
+    assert count(engine, schema.suppressions) == 0
+    assert status_of(engine, message) == ("sent", None)
+
+
+def test_stop_then_start_from_a_number(ledger, signer, client):
+    engine, crm = ledger
+    contact = crm.contact(phone="(415) 555-0142", country="US")
+    other = crm.contact(phone="+14155550143")
+
+    stop = twilio_post(
+        client, "/webhooks/twilio/inbound", {"MessageSid": "SMa", "From": "+14155550142", "Body": " stop "}
+    )
+
+    assert stop.status_code == 200 and "<Response" in stop.text
+    [suppression] = rows(engine, schema.suppressions, contact_id=contact)
+    assert (suppression["channel"], suppression["reason"], suppression["source"]) == (
+        "sms",
+        "sms_stop",
+        "twilio_stop",
+    )
+    consent = latest_consent(engine, contact, "sms")
+    assert (consent["status"], consent["source"], consent["proof"]) == (
+        "withdrawn",
+        "twilio_stop",
+        "twilio:SMa",
+    )
+    assert latest_consent(engine, contact, "email")["status"] == "granted"
+    assert rows(engine, schema.suppressions, contact_id=other) == []
+    [event] = rows(engine, schema.provider_events, event_id="SMa")
+    assert "4155550142" not in json.dumps(event["payload"])
+
+    twilio_post(client, "/webhooks/twilio/inbound", {"MessageSid": "SMb", "From": "+14155550142", "Body": "START"})
+    assert rows(engine, schema.suppressions, contact_id=contact) == []
+    assert latest_consent(engine, contact, "sms")["status"] == "granted"
+
+
+# --- Unsubscribe page -----------------------------------------------------------------------
+
+
+def unsubscribe_path(message_id: int, contact_id: str, secret: str = LINK_SECRET) -> str:
+    parts = urlsplit(make_unsubscribe_url(PUBLIC_BASE, secret, message_id, contact_id, "email"))
+    return f"/unsubscribe?{parts.query}"
+
+
+def test_unsubscribe_page_confirms_before_changing_anything(ledger, signer, client):
+    engine, crm = ledger
+    contact = crm.contact()
+    path = unsubscribe_path(add_message(engine, contact), contact)
+
+    page = client.get(path)
+
+    assert page.status_code == 200
+    assert '<form method="post" action="?token=' in page.text
+    assert 'name="List-Unsubscribe" value="One-Click"' in page.text
+    assert count(engine, schema.suppressions) == 0
+
+
+def test_one_click_unsubscribe_suppresses_and_withdraws_once(ledger, signer, client):
+    engine, crm = ledger
+    contact = crm.contact()
+    message = add_message(engine, contact)
+    path = unsubscribe_path(message, contact)
+
+    first = client.post(
+        path,
+        content="List-Unsubscribe=One-Click",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    again = client.post(
+        path,
+        content="List-Unsubscribe=One-Click",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+
+    assert first.status_code == 200 and again.status_code == 200
+    [suppression] = rows(engine, schema.suppressions, contact_id=contact)
+    assert (suppression["channel"], suppression["reason"], suppression["source"]) == (
+        "email",
+        "unsubscribed",
+        "one_click_unsubscribe",
+    )
+    withdrawn = rows(engine, schema.consents, contact_id=contact, status="withdrawn")
+    assert len(withdrawn) == 1 and withdrawn[0]["channel"] == "email"
+    assert latest_consent(engine, contact, "email")["status"] == "withdrawn"
+
+
+@pytest.mark.parametrize("method", ["get", "post"])
+def test_tampered_unsubscribe_links_are_refused(ledger, signer, client, method):
+    engine, crm = ledger
+    contact = crm.contact()
+    forged = unsubscribe_path(add_message(engine, contact), contact, secret="guessed-secret")
+
+    for path in (forged, "/unsubscribe?token=%3Cscript%3Ealert(1)%3C/script%3E", "/unsubscribe"):
+        response = getattr(client, method)(path)
+        assert response.status_code == 400
+        assert "<script>" not in response.text
+    assert count(engine, schema.suppressions) == 0
+    assert count(engine, schema.provider_events) == 0
+
+
+# --- End to end with the sandbox's own signed webhooks -----------------------------------
+
+
+@pytest.fixture
+def receiver() -> Iterator[str]:
+    """The web app served on a local port, so the sandbox can post to it."""
+    server = uvicorn.Server(uvicorn.Config(create_app(), host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline, "receiver did not start"
+        time.sleep(0.02)
+    yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    server.should_exit = True
+    thread.join(5)
+
+
+@pytest.fixture
+def live(ledger, receiver, monkeypatch):
+    """(engine, CrmBuilder, sandbox, transport) with the sandbox posting webhooks to the receiver."""
+    with SandboxServer(
+        sendgrid_webhook_url=f"{receiver}/webhooks/sendgrid",
+        twilio_inbound_url=f"{receiver}/webhooks/twilio/inbound",
+    ) as sandbox:
+        connect_to_sandbox(monkeypatch, sandbox, public_base_url=receiver)
+        transport = ProviderTransport(SendGridHook(retry_policy=FAST), TwilioHook(retry_policy=FAST))
+        yield (*ledger, sandbox, transport)
+
+
+def email_for(message_id: int, contact_id: str, address: str) -> OutboundEmail:
+    return OutboundEmail(message_id, f"k{message_id}", contact_id, address, None, "Hi", "<p>Hi</p>", "Hi")
+
+
+def test_sandbox_email_events_reach_the_ledger(live):
+    engine, crm, sandbox, transport = live
+    ada, bob, cy = crm.contact(), crm.contact(), crm.contact()
+    delivered, bounced, spam = (add_message(engine, c, status="sending") for c in (ada, bob, cy))
+
+    results = transport.send_email(
+        [
+            email_for(delivered, ada, "ada@example.com"),
+            email_for(bounced, bob, "bob@bounce.test"),
+            email_for(spam, cy, "cy@spam.test"),
+        ]
+    )
+    assert {r.status for r in results} == {"sent"}
+    sandbox.flush()
+
+    assert status_of(engine, delivered) == ("delivered", None)
+    assert status_of(engine, bounced) == ("bounced", "hard bounce")
+    assert status_of(engine, spam)[0] == "delivered"
+    assert [s["reason"] for s in rows(engine, schema.suppressions, contact_id=bob)] == ["hard_bounce"]
+    assert [s["reason"] for s in rows(engine, schema.suppressions, contact_id=cy)] == ["spam_report"]
+    assert latest_consent(engine, cy, "email")["source"] == "sendgrid_spamreport"
+    assert rows(engine, schema.suppressions, contact_id=ada) == []
+    assert all(w["state"] == "delivered" for w in sandbox.webhooks("sendgrid"))
+
+
+def test_an_unknown_email_is_settled_by_its_events(live):
+    engine, crm, sandbox, transport = live
+    contact = crm.contact()
+    message = add_message(engine, contact, status="sending")
+    sandbox.add_fault("sendgrid", "drop_after_accept")
+
+    [result] = transport.send_email([email_for(message, contact, "ada@example.com")])
+    assert result.status == "unknown"
+    # The dispatcher records the outcome; the sandbox's events may already have moved the message
+    # on, and the recorded ``unknown`` must not overwrite them.
+    record_results(engine, [result], dry_run=False)
+    sandbox.flush()
+
+    assert status_of(engine, message) == ("delivered", None)
+    [record] = sandbox.sendgrid_messages()
+    with engine.connect() as conn:
+        provider_id = conn.execute(
+            select(schema.messages.c.provider_message_id).where(schema.messages.c.message_id == message)
+        ).scalar_one()
+    assert provider_id == record["x_message_id"]
+
+
+def test_sandbox_sms_callbacks_and_stop_reach_the_ledger(live):
+    engine, crm, sandbox, transport = live
+    ok_contact = crm.contact(phone="+1 (415) 555-0150", country="US")
+    dead_contact = crm.contact(phone="+14155550000")
+    ok, dead = (
+        add_message(engine, ok_contact, "sms", "sending"),
+        add_message(engine, dead_contact, "sms", "sending"),
+    )
+
+    results = transport.send_sms(
+        [
+            OutboundSms(ok, f"k{ok}", ok_contact, "+14155550150", "Your trial ends soon"),
+            OutboundSms(dead, f"k{dead}", dead_contact, "+14155550000", "Your trial ends soon"),
+        ]
+    )
+    assert [r.status for r in results] == ["sent", "sent"]
+    sandbox.flush()
+    assert status_of(engine, ok) == ("delivered", None)
+    assert status_of(engine, dead) == ("failed", "twilio 30003 undelivered")
+
+    sandbox.inbound_sms("+14155550150", "STOP")
+    sandbox.flush()
+    assert [s["reason"] for s in rows(engine, schema.suppressions, contact_id=ok_contact)] == ["sms_stop"]
+    assert latest_consent(engine, ok_contact, "sms")["status"] == "withdrawn"
+    [again] = transport.send_sms([OutboundSms(ok + 100, "k-again", ok_contact, "+14155550150", "Hello?")])
+    assert (again.status, again.reason) == (
+        "failed",
+        "twilio 21610 Attempt to send to unsubscribed recipient",
+    )
+
+
+def test_list_unsubscribe_header_unsubscribes_the_right_contact(live):
+    engine, crm, sandbox, transport = live
+    ada, bob = crm.contact(), crm.contact()
+    first, second = add_message(engine, ada), add_message(engine, bob)
+    transport.send_email([email_for(first, ada, "ada@example.com"), email_for(second, bob, "bob@example.com")])
+
+    record = sandbox.sendgrid_messages(to="bob@example.com")[0]
+    assert record["headers"]["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    url = record["headers"]["List-Unsubscribe"].strip("<>")
+    response = httpx.post(
+        url,
+        content="List-Unsubscribe=One-Click",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert response.status_code == 200
+    assert [s["reason"] for s in rows(engine, schema.suppressions, contact_id=bob)] == ["unsubscribed"]
+    assert rows(engine, schema.suppressions, contact_id=ada) == []
+
+
+def test_stale_limit_is_ten_minutes(ledger, signer, client):
+    engine, crm = ledger
+    message = add_message(engine, crm.contact())
+    fresh = int((datetime.now(UTC) - timedelta(minutes=9)).timestamp())
+    response = post_events(client, signer, [sg_event(message, "delivered", fresh)], timestamp=fresh)
+    assert response.status_code == 200
+    assert status_of(engine, message)[0] == "delivered"
+
+
+@pytest.mark.parametrize(
+    "body, opt_out_type, expected",
+    [
+        ("STOP", None, "STOP"),
+        ("  stop all ", None, "STOP"),
+        ("Unsubscribe", None, "STOP"),
+        ("start", None, "START"),
+        ("please stop texting", None, None),
+        ("hello", "STOP", "STOP"),
+        ("HELP", "HELP", None),
+        ("", None, None),
+    ],
+)
+def test_sms_keywords(body, opt_out_type, expected):
+    assert sms_keyword(body, opt_out_type) == expected
+
+
+@pytest.mark.parametrize(
+    "raw, country, expected",
+    [
+        ("+14155550142", None, "+14155550142"),
+        ("(415) 555-0142", "US", "+14155550142"),
+        ("06 12 34 56 78", "fr", "+33612345678"),
+        ("555-0142", None, None),
+        ("", "US", None),
+        ("12", "US", None),
+    ],
+)
+def test_phone_numbers_normalise_to_e164(raw, country, expected):
+    assert to_e164(raw, country) == expected

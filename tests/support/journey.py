@@ -1,0 +1,101 @@
+"""Run a shipped program's stages in-process on a test CRM (no Airflow): for program tests."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from functools import cache
+
+from sqlalchemy import select
+
+from lifecycle import paths
+from lifecycle.channels.dry_run import DryRunTransport
+from lifecycle.engine import pipeline
+from lifecycle.model import schema
+
+
+def _links(message_id: int, contact_id: str, channel: str) -> dict[str, str]:
+    return {"unsubscribe": f"https://example.invalid/unsubscribe/{message_id}"}
+
+
+def run_program(engine, program_id: str, as_of: datetime, run_id: str | None = None) -> dict:
+    """Every stage of ``program_id`` for ``as_of`` through the dry-run transport; returns the funnel."""
+    scope, programs = pipeline.load_scope(program_id, run_id or f"test__{as_of.isoformat()}", as_of)
+    return pipeline.run_program(engine, scope, programs, DryRunTransport(), links=_links, dry_run=True)
+
+
+def messages(engine, program_id: str) -> list[dict]:
+    """The program's ledger rows, oldest first, as dicts."""
+    m = schema.messages
+    with engine.connect() as conn:
+        rows = conn.execute(select(m).where(m.c.program == program_id).order_by(m.c.message_id)).mappings()
+        return [dict(r) for r in rows]
+
+
+def enrollments(engine, program_id: str) -> list[dict]:
+    """The program's enrollments as dicts."""
+    e = schema.enrollments
+    with engine.connect() as conn:
+        rows = conn.execute(select(e).where(e.c.program == program_id).order_by(e.c.enrollment_id)).mappings()
+        return [dict(r) for r in rows]
+
+
+_used: set[str] = set()
+
+
+@cache
+def _groups(config_dir: str, program_id: str):
+    """The program and the global control group, read once per config folder (not once per contact)."""
+    from lifecycle import config
+
+    program = config.load_program(paths.config_dir() / "programs" / f"{program_id}.yml")
+    return program, config.load_policy().control_group
+
+
+def treatment_contact(crm_rows, program_id: str, **fields) -> str:
+    """A contact id the program's holdout and the global control group both leave in treatment."""
+    from lifecycle.model.db import bucket_of
+
+    program, control = _groups(str(paths.config_dir()), program_id)
+    for i in range(100_000):
+        cid = f"{program_id[:3]}{i:05d}"
+        if cid in _used:
+            continue
+        if (
+            bucket_of(f"{control.salt}:{cid}") >= control.percent * 100
+            and bucket_of(f"{program.salt}:{program.id}:{cid}") >= program.holdout_percent * 100
+        ):
+            _used.add(cid)
+            return crm_rows.contact(cid, **fields)
+    raise AssertionError(f"no treatment contact id found for {program_id}")
+
+
+def emails_already_sent(engine, contact_id: str, count: int = 2) -> None:
+    """Ledger rows for ``count`` emails delivered to the contact in the days before AS_OF (from an
+    unrelated program), so the next email takes one of the cap's last slots."""
+    from sqlalchemy import insert
+
+    from tests.conftest import AS_OF
+
+    rows = [
+        {
+            "idempotency_key": f"earlier:{contact_id}:{i}",
+            "program": "earlier",
+            "priority": 0,
+            "enrollment_id": 0,
+            "entry": 1,
+            "step": "s",
+            "step_index": 0,
+            "contact_id": contact_id,
+            "channel": "email",
+            "planned_channel": "email",
+            "template": "t",
+            "group": "treatment",
+            "status": "delivered",
+            "due_at": AS_OF - timedelta(days=i + 1),
+            "run_id": "earlier",
+            "planned_at": AS_OF - timedelta(days=i + 1),
+        }
+        for i in range(count)
+    ]
+    with engine.begin() as conn:
+        conn.execute(insert(schema.messages), rows)
