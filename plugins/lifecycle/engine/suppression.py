@@ -19,6 +19,7 @@ from lifecycle.engine.scope import RunScope
 from lifecycle.model import schema
 from lifecycle.model.addresses import address
 from lifecycle.model.db import valid_e164, valid_email
+from lifecycle.model.ledger import SuppressionReason as R
 
 M = schema.messages
 C = schema.contacts
@@ -124,7 +125,7 @@ def contact_reasons(run: RunScope) -> list[Reason]:
                 ),
             )
         )
-    if _applies("open_ticket", run):
+    if _applies(R.OPEN_SUPPORT_TICKET, run):
         t = schema.tickets
         rules.append(
             Reason(
@@ -134,7 +135,7 @@ def contact_reasons(run: RunScope) -> list[Reason]:
                 ),
             )
         )
-    if _applies("sales_negotiation", run):
+    if _applies(R.IN_SALES_NEGOTIATION, run):
         o = schema.opportunities
 
         def negotiating(cid: ColumnElement) -> ColumnElement:
@@ -151,8 +152,8 @@ def contact_reasons(run: RunScope) -> list[Reason]:
             )
 
         rules.append(Reason("in_sales_negotiation", negotiating))
-    if _applies("recent_purchase", run):
-        node = segments.Event(("purchase",), within_last=run.policy.suppressions["recent_purchase"].within)
+    if _applies(R.RECENT_PURCHASE, run):
+        node = segments.Event(("purchase",), within_last=run.policy.suppressions[R.RECENT_PURCHASE].within)
         rules.append(Reason("recent_purchase", lambda cid: segments.compile_segment(node, run.segment_context(cid))))
     return rules
 

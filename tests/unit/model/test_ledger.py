@@ -14,12 +14,14 @@ import json
 from collections import Counter
 from enum import StrEnum
 from pathlib import Path
+from typing import get_args
 
 import pytest
 from sqlalchemy import Column, Integer, MetaData, String, Table, case, create_engine, insert, literal, select, update
 from sqlalchemy import bindparam as bind
 
 import lifecycle
+from lifecycle import config
 from lifecycle.model import ledger, schema
 from lifecycle.model.ledger import (
     DELIVERED_OR_LATER,
@@ -29,6 +31,7 @@ from lifecycle.model.ledger import (
     MESSAGED,
     NOT_GONE_OUT,
     OPENED_OR_LATER,
+    POLICY_RULES,
     PROGRESSION,
     SLOT_HOLDING,
     STILL_CLAIMED,
@@ -40,6 +43,7 @@ from lifecycle.model.ledger import (
     Status,
     SuppressionReason,
 )
+from lifecycle.paths import PROJECT_ROOT
 
 PACKAGE = Path(lifecycle.__file__).parent
 FAMILIES = [
@@ -67,6 +71,13 @@ def test_every_stored_value_fits_its_column():
     assert max(len(r) for family in FAMILIES if family not in (Status, EnrollmentState) for r in family) <= (
         m.reason.type.length
     )
+
+
+def test_the_policy_keys_are_the_reasons_they_record():
+    (key_type, _rule) = get_args(config.Policy.model_fields["suppressions"].annotation)
+    assert set(get_args(key_type)) == set(POLICY_RULES) <= set(SuppressionReason)
+    shipped = config.load_policy(PROJECT_ROOT / "config" / "policy.yml")
+    assert set(shipped.suppressions) == set(POLICY_RULES)
 
 
 # --- what the groups mean --------------------------------------------------------------------
