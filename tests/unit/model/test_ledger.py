@@ -22,6 +22,7 @@ from sqlalchemy import bindparam as bind
 
 import lifecycle
 from lifecycle import config
+from lifecycle.engine import feedback
 from lifecycle.model import ledger, schema
 from lifecycle.model.ledger import (
     DELIVERED_OR_LATER,
@@ -121,6 +122,13 @@ def test_provider_events_only_move_a_message_forward():
     assert all(FEEDBACK_RANK[s] < min(ranks) for s in STILL_CLAIMED), "an event settles a claimed message"
     untouched = {Status.PLANNED, Status.READY, Status.DRY_RUN, *WITHHELD}
     assert untouched.isdisjoint(FEEDBACK_RANK), "no event touches a message that was never sent"
+
+
+def test_every_status_a_provider_event_sets_is_ours_and_ranked():
+    targets = {*feedback._SENDGRID_STATUS.values(), *feedback._TWILIO_STATUS.values()}
+    assert all(isinstance(t, Status) for t in targets)
+    assert targets | set(FINAL) <= set(FEEDBACK_RANK)
+    assert set(FEEDBACK_RANK) - set(IN_FLIGHT) <= set(WENT_OUT) | set(FINAL)
 
 
 # --- why StrEnum ------------------------------------------------------------------------------
