@@ -16,6 +16,7 @@ from airflow.sdk import BaseOperator
 
 from lifecycle.engine import pipeline
 from lifecycle.model.db import CRM_CONN_ID, crm_url, get_engine
+from lifecycle.model.ledger import Status
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +134,7 @@ class SendTestCopiesOperator(ProgramOperator):
 
         transport, _links = transport_for_run(dry_run=False)
         results = send_test_copies(engine, scope, params["test_contact"], recipients, transport)
-        failed = [r.reason for r in results if r.status != "sent"]
+        failed = [r.reason for r in results if r.status != Status.SENT]
         if failed:
             raise RuntimeError(f"{len(failed)} test cop(ies) not sent: {failed[:3]}")
         return len(results)
