@@ -1,8 +1,11 @@
 """The ledger vocabulary (``lifecycle.model.ledger``): one home for every status and reason, and
 what its groups mean.
 
-Two kinds of test:
+Three kinds of test:
 
+- a guard: no runtime module spells a status or a reason name as a bare string; they use the
+  names. Provider, CRM and display vocabularies that happen to share a word are allowed, each
+  spot listed below with why;
 - the groups' meaning, as properties of the vocabulary rather than copies of its lists;
 - why the names are ``StrEnum`` members: they bind, compare and serialise as their values on
   SQLite and PostgreSQL, in JSON and in Airflow XCom.
@@ -10,6 +13,7 @@ Two kinds of test:
 
 from __future__ import annotations
 
+import ast
 import json
 from collections import Counter
 from enum import StrEnum
@@ -38,6 +42,7 @@ from lifecycle.model.ledger import (
     STILL_CLAIMED,
     WENT_OUT,
     WITHHELD,
+    CapReason,
     EnrollmentState,
     ExitReason,
     OutcomeReason,
@@ -54,7 +59,141 @@ FAMILIES = [
     if list(value)
 ]
 VOCABULARY = {member.value for family in FAMILIES for member in family}
+# Reasons recorded as ``<name>: <detail>`` or ``frequency_cap_<scope>: ...``: a string starting so spells one too.
+PREFIXES = (f"{OutcomeReason.UNREADABLE_CRM_DATA}:", f"{OutcomeReason.DROPPED}:", f"{CapReason.FREQUENCY_CAP}_")
+
+# (module, enclosing function / class / module-level name, string) -> why that string is not ours.
+ALLOWED = {
+    # Provider vocabularies: the words in SendGrid's and Twilio's payloads, mapped to ours right there.
+    ("engine/feedback.py", "_SENDGRID_STATUS", "delivered"): "SendGrid's event name",
+    ("engine/feedback.py", "_TWILIO_STATUS", "sent"): "Twilio's MessageStatus value",
+    ("engine/feedback.py", "_TWILIO_STATUS", "delivered"): "Twilio's MessageStatus value",
+    ("engine/feedback.py", "_TWILIO_STATUS", "failed"): "Twilio's MessageStatus value",
+    ("engine/feedback.py", "sendgrid_events", "blocked"): "SendGrid's bounce type",
+    ("engine/feedback.py", "sendgrid_events", "dropped"): "SendGrid's event name",
+    ("channels/providers.py", "_TWILIO_FAILED", "failed"): "Twilio's MessageStatus value",
+    # The CRM's own vocabulary (DESIGN.md's input model), not the ledger's.
+    ("model/schema.py", "SUBSCRIPTION_STATUSES", "active"): "subscriptions.status",
+    ("model/schema.py", "BILLING_STATUSES", "failed"): "subscriptions.billing_status",
+    ("reporting/measurement.py", "_revenue_query", "active"): "subscriptions.status",
+    ("devtools/seed.py", "_INVALID_PHONE_TEXT", "unknown"): "junk the synthetic CRM plants in phone columns",
+    # Other names that share a word with a status.
+    ("airflow/factory.py", "_params", "dry_run"): "the DAG param users set (a UI contract)",
+    ("airflow/operators.py", "is_dry_run", "dry_run"): "the DAG param users set (a UI contract)",
+    ("channels/dry_run.py", "DryRunTransport", "dry_run"): "the transport's name",
+    ("engine/dispatch.py", "record_results", "sent"): "the bind parameter for sent_at",
+    ("reporting/measurement.py", "outcomes_from_rows", "converted"): "the outcomes column (KPI met)",
+    ("reporting/measurement.py", "_group_counts", "converted"): "the outcomes column (KPI met)",
+    ("reporting/measurement.py", "kpi_summary", "converted"): "the outcomes column (KPI met)",
+    ("devtools/simulation.py", "_measure", "converted"): "the outcomes column (KPI met)",
+    ("reporting/digest.py", "program_view", "sent"): "the view field the digest templates read as p.sent",
+    ("web/campaigns.py", "policy_view", "quiet_hours"): "the view field named after the policy's quiet_hours",
+    ("web/campaigns.py", "funnel_chart", "planned"): "a chart legend's text",
+    ("airflow/notifications.py", "text", "unknown"): "alert text for a run id or try number Airflow did not give",
+    ("devtools/demo.py", "_run_dags", "unknown"): "printed when a DAG run has no state",
+}
+
+
+def runtime_modules() -> list[Path]:
+    """Every module of the package but the sandbox (a stand-in for the providers, with their
+    vocabulary) and the ledger itself."""
+    return sorted(
+        path
+        for path in PACKAGE.rglob("*.py")
+        if path.relative_to(PACKAGE).parts[0] != "sandbox" and path != PACKAGE / "model" / "ledger.py"
+    )
+
+
+class _Strings(ast.NodeVisitor):
+    """String constants in code (docstrings left out), each with its innermost def / class, or the
+    module-level name it is assigned to."""
+
+    def __init__(self) -> None:
+        self.scope: list[str] = []
+        self.found: list[tuple[str, str, int]] = []
+        self.docstrings: set[int] = set()
+
+    def _body(self, node: ast.AST) -> None:
+        body = getattr(node, "body", [])
+        if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+            self.docstrings.add(id(body[0].value))
+
+    def _scoped(self, name: str, node: ast.AST) -> None:
+        self._body(node)
+        self.scope.append(name)
+        self.generic_visit(node)
+        self.scope.pop()
+
+    def visit_Module(self, node: ast.Module) -> None:
+        self._body(node)
+        self.generic_visit(node)
+
+    def visit_FunctionDef(self, node: ast.FunctionDef) -> None:
+        self._scoped(node.name, node)
+
+    visit_AsyncFunctionDef = visit_FunctionDef  # type: ignore[assignment]
+
+    def visit_ClassDef(self, node: ast.ClassDef) -> None:
+        self._scoped(node.name, node)
+
+    def _assigned(self, node: ast.Assign | ast.AnnAssign, targets: list[ast.expr]) -> None:
+        names = [t.id for t in targets if isinstance(t, ast.Name)]
+        if self.scope or not names:
+            self.generic_visit(node)
+        else:
+            self._scoped(names[0], node)
+
+    def visit_Assign(self, node: ast.Assign) -> None:
+        self._assigned(node, node.targets)
+
+    def visit_AnnAssign(self, node: ast.AnnAssign) -> None:
+        self._assigned(node, [node.target])
+
+    def visit_Constant(self, node: ast.Constant) -> None:
+        if isinstance(node.value, str) and id(node) not in self.docstrings:
+            self.found.append((self.scope[-1] if self.scope else "<module>", node.value, node.lineno))
+
+
+def spelled_out(root: Path = PACKAGE) -> tuple[list[str], set[tuple[str, str, str]]]:
+    """Bare ledger strings in the runtime modules under ``root``: the ones not allowed (as
+    ``file:line``) and the allowed spots that were seen."""
+    problems, seen = [], set()
+    for path in runtime_modules() if root == PACKAGE else sorted(root.rglob("*.py")):
+        module = path.relative_to(root).as_posix()
+        visitor = _Strings()
+        visitor.visit(ast.parse(path.read_text(encoding="utf-8")))
+        for scope, value, line in visitor.found:
+            if value not in VOCABULARY and not value.startswith(PREFIXES):
+                continue
+            if (module, scope, value) in ALLOWED:
+                seen.add((module, scope, value))
+            else:
+                problems.append(f"{module}:{line} ({scope}): {value!r}")
+    return problems, seen
+
+
 # --- one home --------------------------------------------------------------------------------
+
+
+def test_no_runtime_module_spells_a_status_or_reason_as_a_bare_string():
+    problems, _seen = spelled_out()
+    assert problems == [], "use the names in lifecycle.model.ledger:\n" + "\n".join(problems)
+
+
+def test_every_allowed_spot_still_exists():
+    _problems, seen = spelled_out()
+    assert set(ALLOWED) - seen == set(), "remove allowlist entries the code no longer has"
+
+
+def test_the_guard_sees_strings_in_code_but_not_docstrings(tmp_path):
+    (tmp_path / "module.py").write_text(
+        '"""Messages end ``sent`` or ``failed``."""\n'
+        "def record(status):\n"
+        '    """Mark it sent."""\n'
+        '    return status == "sent" or f"dropped: {status}"\n'
+    )
+    problems, _seen = spelled_out(tmp_path)
+    assert problems == ["module.py:4 (record): 'sent'", "module.py:4 (record): 'dropped: '"]
 
 
 def test_every_family_is_covered_and_no_value_is_an_alias():
