@@ -152,7 +152,9 @@ FINAL: Final = (Status.BOUNCED, Status.FAILED)
 """A provider's last word: no later event moves a message on from these (feedback)."""
 
 WENT_OUT: Final = _in_order({*PROGRESSION, Status.BOUNCED})
-"""Reached a provider: the funnel's ``sent``, deliverability's denominator, hygiene's bounce rate."""
+"""Reached a provider, which did not refuse it: the funnel's ``sent``, deliverability's denominator,
+hygiene's bounce rate. (A message the provider took and then failed, such as Twilio's ``undelivered``,
+is ``failed``.)"""
 
 DELIVERED_OR_LATER: Final = PROGRESSION[PROGRESSION.index(Status.DELIVERED) :]
 """Delivered, whatever engagement followed: deliverability's delivered rate."""
@@ -179,7 +181,8 @@ WITHHELD: Final = (Status.SKIPPED, Status.HELD_OUT, Status.SUPPRESSED, Status.CA
 """Kept back before sending, each with its reason: the funnel counts them by reason."""
 
 NOT_GONE_OUT: Final = _in_order({*WITHHELD, Status.FAILED})
-"""Did not go out, so the ledger says why in ``reason`` (the README's contract)."""
+"""Did not go out, or did not get through (``failed``), so the ledger says why in ``reason`` (the
+README's contract)."""
 
 FEEDBACK_RANK: Final[Mapping[Status, int]] = MappingProxyType(
     {Status.SENDING: 0, Status.UNKNOWN: 0}
