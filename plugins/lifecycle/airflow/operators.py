@@ -13,6 +13,7 @@ from lifecycle import config
 from lifecycle.airflow.base import LifecycleOperator, TaskRun
 from lifecycle.engine import pipeline
 from lifecycle.engine.scope import RunScope
+from lifecycle.model.ledger import Status
 
 R = TypeVar("R")
 
@@ -115,7 +116,7 @@ class SendTestCopiesOperator(ProgramOperator[int]):
 
         transport, _links = transport_for_run(dry_run=False)
         results = send_test_copies(run.engine, self.scope(run)[0], params["test_contact"], recipients, transport)
-        failed = [r.reason for r in results if r.status != "sent"]
+        failed = [r.reason for r in results if r.status != Status.SENT]
         if failed:
             raise RuntimeError(f"{len(failed)} test cop(ies) not sent: {failed[:3]}")
         return len(results)

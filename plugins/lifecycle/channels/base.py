@@ -12,8 +12,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-SendStatus = Literal["sent", "failed", "unknown"]
-NOT_FOUND_AT_PROVIDER = "not found at twilio"  # reconciliation: the provider never took the message
+from lifecycle.model.ledger import Status
+
+SendStatus = Literal[Status.SENT, Status.FAILED, Status.UNKNOWN]
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,6 @@ class Transport(Protocol):
     ) -> list[SendResult]:
         """Send each SMS. A transport that sends them one request at a time asks
         ``still_claimed(message_id)`` before every attempt and sends nothing when it says no
-        (reporting ``unknown`` with :data:`~lifecycle.channels.retry.CLAIM_LOST`); the answer also
+        (reporting ``unknown`` with :attr:`~lifecycle.model.ledger.OutcomeReason.CLAIM_LOST`); the answer also
         renews the claim, so a long run of SMS is never taken for a dead worker's."""
         ...

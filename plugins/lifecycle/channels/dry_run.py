@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from lifecycle.channels.base import OutboundEmail, OutboundSms, SendResult
+from lifecycle.model.ledger import Status
 
 
 def _sms_segments(body: str) -> int:
@@ -25,12 +26,12 @@ class DryRunTransport:
     name = "dry_run"
 
     def send_email(self, batch: Sequence[OutboundEmail]) -> list[SendResult]:
-        return [SendResult(m.message_id, "sent", f"dry-run-{m.idempotency_key}") for m in batch]
+        return [SendResult(m.message_id, Status.SENT, f"dry-run-{m.idempotency_key}") for m in batch]
 
     def send_sms(
         self, batch: Sequence[OutboundSms], still_claimed: Callable[[int], bool] | None = None
     ) -> list[SendResult]:
         return [
-            SendResult(m.message_id, "sent", f"dry-run-{m.idempotency_key}", segments=_sms_segments(m.body))
+            SendResult(m.message_id, Status.SENT, f"dry-run-{m.idempotency_key}", segments=_sms_segments(m.body))
             for m in batch
         ]

@@ -23,24 +23,25 @@ from urllib.parse import urlencode
 
 from email_validator import EmailNotValidError, validate_email
 
-from lifecycle.channels.base import NOT_FOUND_AT_PROVIDER, OutboundEmail, OutboundSms, SendResult
+from lifecycle.channels.base import OutboundEmail, OutboundSms, SendResult
 from lifecycle.channels.retry import ClaimLost, OutcomeUnknown, ProviderError, Rejected, Retryable
 from lifecycle.channels.sendgrid import MAX_PERSONALIZATIONS, Recipient, SendGridHook
 from lifecycle.channels.twilio import SmsReceipt, TwilioHook
 from lifecycle.engine.feedback import to_e164, twilio_failure_reason
 from lifecycle.messages.links import LIFECYCLE_CONN_ID, MESSAGE_ID_PARAM, TWILIO_STATUS_PATH, PublicLinks
 from lifecycle.model.db import utc_naive
+from lifecycle.model.ledger import OutcomeReason, Status
 
 log = logging.getLogger(__name__)
 
 REASON_LIMIT = 200
-_TWILIO_FAILED = {"failed", "undelivered", "canceled"}
+_TWILIO_FAILED = {"failed", "undelivered", "canceled"}  # Twilio's message statuses that mean it gave up
 
 
 def _outcome(message_ids: Sequence[int], error: ProviderError) -> list[SendResult]:
     """The results for messages whose request ended in ``error``."""
     unknown = isinstance(error, OutcomeUnknown | ClaimLost) or (isinstance(error, Retryable) and error.may_have_reached)
-    status = "unknown" if unknown else "failed"
+    status = Status.UNKNOWN if unknown else Status.FAILED
     return [SendResult(message_id, status, reason=error.reason[:REASON_LIMIT]) for message_id in message_ids]
 
 
@@ -111,7 +112,7 @@ class ProviderTransport:
         repeats: Counter[tuple] = Counter()
         for message in batch:
             if not _valid_email(message.to_email):
-                results.append(SendResult(message.message_id, "failed", reason="invalid email address"))
+                results.append(SendResult(message.message_id, Status.FAILED, reason=OutcomeReason.INVALID_EMAIL))
                 continue
             content = (message.subject, message.html, message.text, message.categories)
             address = (content, message.to_email.lower())
@@ -150,7 +151,7 @@ class ProviderTransport:
                 return self._send_mail(group[:middle]) + self._send_mail(group[middle:])
             log.warning("SendGrid request for messages %s..%s ended: %s", ids[0], ids[-1], exc.reason)
             return _outcome(ids, exc)
-        return [SendResult(message_id, "sent", provider_id) for message_id in ids]
+        return [SendResult(message_id, Status.SENT, provider_id) for message_id in ids]
 
     def _status_callback(self, message_id: int) -> str:
         base = self.twilio.status_callback_url or self.links.url(TWILIO_STATUS_PATH)
@@ -169,7 +170,7 @@ class ProviderTransport:
 
     def _send_one_sms(self, message: OutboundSms, still_claimed: Callable[[int], bool] | None = None) -> SendResult:
         if to_e164(message.to_phone) != message.to_phone:
-            return SendResult(message.message_id, "failed", reason="phone number is not in E.164 form")
+            return SendResult(message.message_id, Status.FAILED, reason=OutcomeReason.PHONE_NOT_E164)
         before = None if still_claimed is None else (lambda: still_claimed(message.message_id))
         try:
             receipt = self.twilio.send_sms(
@@ -200,7 +201,7 @@ class ProviderTransport:
             try:
                 receipts = self.twilio.recent_messages(message.to_phone, limit=lookup_limit)
             except ProviderError as exc:
-                results.append(SendResult(message.message_id, "unknown", reason=exc.reason[:REASON_LIMIT]))
+                results.append(SendResult(message.message_id, Status.UNKNOWN, reason=exc.reason[:REASON_LIMIT]))
                 continue
             matches = [
                 r
@@ -212,7 +213,9 @@ class ProviderTransport:
                 taken.add(receipt.sid)
                 results.append(_sms_result(message.message_id, receipt))
             else:
-                results.append(SendResult(message.message_id, "failed", reason=NOT_FOUND_AT_PROVIDER))
+                results.append(
+                    SendResult(message.message_id, Status.FAILED, reason=OutcomeReason.NOT_FOUND_AT_PROVIDER)
+                )
         return results
 
 
@@ -220,5 +223,5 @@ def _sms_result(message_id: int, receipt: SmsReceipt) -> SendResult:
     """The result Twilio's record of a message calls for."""
     if receipt.status in _TWILIO_FAILED:
         reason = twilio_failure_reason(receipt.error_code, receipt.status)
-        return SendResult(message_id, "failed", receipt.sid, reason=reason, segments=receipt.segments)
-    return SendResult(message_id, "sent", receipt.sid, segments=receipt.segments)
+        return SendResult(message_id, Status.FAILED, receipt.sid, reason=reason, segments=receipt.segments)
+    return SendResult(message_id, Status.SENT, receipt.sid, segments=receipt.segments)

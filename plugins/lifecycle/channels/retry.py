@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import TypeVar
 
+from lifecycle.model.ledger import OutcomeReason
+
 T = TypeVar("T")
 
 
@@ -72,10 +74,7 @@ class ClaimLost(ProviderError):
     attempt settled or took its claim): nothing was sent, and the other attempt records it."""
 
     def __init__(self) -> None:
-        super().__init__(CLAIM_LOST)
-
-
-CLAIM_LOST = "claim passed to another attempt; not sent by this one"
+        super().__init__(OutcomeReason.CLAIM_LOST)
 
 
 def error_for_status(

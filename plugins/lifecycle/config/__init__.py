@@ -30,6 +30,7 @@ from lifecycle.config import segments
 from lifecycle.config.durations import parse_duration
 from lifecycle.config.segments import Segment
 from lifecycle.model import schema
+from lifecycle.model.ledger import PolicyRule, SuppressionReason
 from lifecycle.paths import config_dir, templates_dir
 
 if TYPE_CHECKING:
@@ -253,21 +254,36 @@ class Brand(_Strict):
     postal_address: str = ""
 
 
+# Policy suppression keys that were renamed to the reason they record.
+RENAMED_SUPPRESSIONS = {
+    "open_ticket": SuppressionReason.OPEN_SUPPORT_TICKET,
+    "sales_negotiation": SuppressionReason.IN_SALES_NEGOTIATION,
+}
+
+
 class Policy(_Strict):
     """Rules every program shares."""
 
     caps: dict[Literal["email", "sms", "all"], Cap]
     quiet_hours: dict[Literal["sms", "email"], QuietHours] = Field(default_factory=dict)
     control_group: ControlGroup
-    suppressions: dict[Literal["open_ticket", "sales_negotiation", "recent_purchase"], SuppressionRule] = Field(
-        default_factory=dict
-    )
+    suppressions: dict[PolicyRule, SuppressionRule] = Field(default_factory=dict)
     send_batch_size: int = Field(default=500, ge=1, le=10_000)
     stakeholders: list[Stakeholder] = Field(default_factory=list)
     owners: dict[str, str] = Field(
         default_factory=dict, description="DAG owner -> address that gets its failure alerts"
     )
     brand: Brand = Field(default_factory=Brand)
+
+    @field_validator("suppressions", mode="before")
+    @classmethod
+    def _renamed_keys(cls, value: Any) -> Any:
+        old = [key for key in value if key in RENAMED_SUPPRESSIONS] if isinstance(value, Mapping) else []
+        if old:
+            keys = f"old key{'s' * (len(old) > 1)} {', '.join(old)}"
+            fixes = ", ".join(f"{key} to {RENAMED_SUPPRESSIONS[key]}" for key in old)
+            raise ValueError(f"{keys} — fix: rename {fixes} (each key is the reason its rule records)")
+        return value
 
 
 class SegmentDef(_Strict):

@@ -65,6 +65,15 @@ from lifecycle.messages.context import template_context
 from lifecycle.messages.rendering import render
 from lifecycle.model import schema
 from lifecycle.model.db import get_engine, insert_ignore, migrate, utc_naive
+from lifecycle.model.ledger import (
+    SLOT_HOLDING,
+    CapReason,
+    EnrollmentState,
+    ExitReason,
+    HeldOutReason,
+    SkipReason,
+    Status,
+)
 from lifecycle.paths import PROJECT_ROOT
 from lifecycle.sandbox import DEFAULT_SENDGRID_KEY, DEFAULT_TWILIO_SID, DEFAULT_TWILIO_TOKEN, SandboxServer
 
@@ -128,7 +137,7 @@ class EngineRun:
     @property
     def sent(self) -> int:
         """Messages the providers accepted."""
-        return self.statuses.get("sent", 0)
+        return self.statuses.get(Status.SENT, 0)
 
 
 @dataclass
@@ -536,7 +545,7 @@ def _render_groups(engine: Engine) -> list[RenderGroup]:
                 tuple(
                     conn.execute(
                         select(M.c.message_id)
-                        .where(claimed, M.c.status == "sent", M.c.template == template, M.c.channel == channel)
+                        .where(claimed, M.c.status == Status.SENT, M.c.template == template, M.c.channel == channel)
                         .order_by(M.c.message_id)
                         .limit(RENDER_SAMPLES)
                     ).scalars()
@@ -799,21 +808,21 @@ class NaiveEngine:
 
     def _exit(self, conn, run: RunScope, cid: str, member: bool) -> None:
         program = run.program
-        rules = [("converted", program.exit.goal.parsed)] if program.exit.goal else []
+        rules = [(ExitReason.CONVERTED, program.exit.goal.parsed)] if program.exit.goal else []
         rules += [(r.reason, r.segment.parsed) for r in program.exit.rules]
         for enrollment in self._enrollments(conn, program.id, cid):
-            if enrollment.state != "active" or enrollment.enrolled_at > self.as_of:
+            if enrollment.state != EnrollmentState.ACTIVE or enrollment.enrolled_at > self.as_of:
                 continue
             reason = next(
                 (name for name, node in rules if self._holds(conn, self._journey(run, node, cid, enrollment))), None
             )
             if reason is None and program.exit.on_segment_leave and not member:
-                reason = "left_segment"
+                reason = ExitReason.LEFT_SEGMENT
             if reason is not None:
                 conn.execute(
                     update(E)
                     .where(E.c.enrollment_id == enrollment.enrollment_id)
-                    .values(state="exited", exit_reason=reason, exited_at=self.as_of)
+                    .values(state=EnrollmentState.EXITED, exit_reason=reason, exited_at=self.as_of)
                 )
 
     def _anchor(self, conn, program: config.Program, cid: str) -> datetime | None:
@@ -863,7 +872,7 @@ class NaiveEngine:
                 program=program.id,
                 contact_id=cid,
                 entry=entry,
-                state="active",
+                state=EnrollmentState.ACTIVE,
                 enrolled_at=self.as_of,
                 next_step=0,
                 anchor_at=anchor,
@@ -878,21 +887,23 @@ class NaiveEngine:
         program = run.program
         last = len(program.steps) - 1
         for enrollment in self._enrollments(conn, program.id, cid):
-            if enrollment.state != "active" or enrollment.next_step > last:
+            if enrollment.state != EnrollmentState.ACTIVE or enrollment.next_step > last:
                 continue
             index = enrollment.next_step
             step = program.steps[index]
             if not self._due(enrollment, step):
                 continue
             if enrollment.group in ("control", "holdout"):
-                status = "held_out"
-                reason = "global_control" if enrollment.group == "control" else "program_holdout"
+                status = Status.HELD_OUT
+                reason = (
+                    HeldOutReason.GLOBAL_CONTROL if enrollment.group == "control" else HeldOutReason.PROGRAM_HOLDOUT
+                )
             elif step.when is not None and self._holds(
                 conn, not_(self._journey(run, step.when.parsed, cid, enrollment))
             ):
-                status, reason = "skipped", "step_condition_not_met"
+                status, reason = Status.SKIPPED, SkipReason.STEP_CONDITION_NOT_MET
             else:
-                status, reason = "planned", None
+                status, reason = Status.PLANNED, None
             conn.execute(
                 insert_ignore(conn, M).values(
                     idempotency_key=f"{program.id}:{cid}:{enrollment.entry}:{step.id}",
@@ -918,7 +929,11 @@ class NaiveEngine:
             )
             values: dict[str, Any] = {"next_step": index + 1, "last_step_at": self.as_of}
             if index == last:
-                values |= {"state": "completed", "exit_reason": "completed", "exited_at": self.as_of}
+                values |= {
+                    "state": EnrollmentState.COMPLETED,
+                    "exit_reason": ExitReason.COMPLETED,
+                    "exited_at": self.as_of,
+                }
             conn.execute(update(E).where(E.c.enrollment_id == enrollment.enrollment_id).values(**values))
 
     # suppression and caps
@@ -928,12 +943,15 @@ class NaiveEngine:
         conn.execute(
             update(M)
             .where(
-                M.c.program == program.id, M.c.contact_id == cid, M.c.status == "deferred", M.c.send_after <= self.as_of
+                M.c.program == program.id,
+                M.c.contact_id == cid,
+                M.c.status == Status.DEFERRED,
+                M.c.send_after <= self.as_of,
             )
-            .values(status="planned", reason=None)
+            .values(status=Status.PLANNED, reason=None)
         )
         contact = literal(cid)
-        for message in self._messages(conn, program.id, cid, "planned"):
+        for message in self._messages(conn, program.id, cid, Status.PLANNED):
             channel, fallback = message.channel, message.fallback_channel
             if fallback and self._holds(
                 conn,
@@ -950,7 +968,7 @@ class NaiveEngine:
                 (r.name for r in rules if conn.execute(select(r.predicate(M.c.contact_id)).where(this)).scalar()), None
             )
             if reason is not None:
-                conn.execute(update(M).where(this).values(status="suppressed", reason=reason))
+                conn.execute(update(M).where(this).values(status=Status.SUPPRESSED, reason=reason))
 
     def _demand(self, conn, run: RunScope, cid: str) -> Counter:
         wanted: Counter = Counter()
@@ -959,9 +977,9 @@ class NaiveEngine:
             other = other_run.program
             if other.priority <= run.program.priority or other.id == run.program.id:
                 continue
-            channels = [m.channel for m in self._messages(conn, other.id, cid, "planned")]
+            channels = [m.channel for m in self._messages(conn, other.id, cid, Status.PLANNED)]
             for enrollment in self._enrollments(conn, other.id, cid):
-                if enrollment.state != "active" or enrollment.group != "treatment":
+                if enrollment.state != EnrollmentState.ACTIVE or enrollment.group != "treatment":
                     continue
                 if enrollment.next_step >= len(other.steps):
                     continue
@@ -996,11 +1014,11 @@ class NaiveEngine:
 
     def _cap(self, conn, run: RunScope, cid: str) -> None:
         program, caps = run.program, run.policy.caps
-        pending = self._messages(conn, program.id, cid, "planned")
+        pending = self._messages(conn, program.id, cid, Status.PLANNED)
         if pending:
             held = conn.execute(
                 select(M.c.message_id, M.c.channel, M.c.due_at).where(
-                    M.c.contact_id == cid, M.c.status.in_(capping.SLOT_HOLDING), M.c.due_at <= self.as_of
+                    M.c.contact_id == cid, M.c.status.in_(SLOT_HOLDING), M.c.due_at <= self.as_of
                 )
             ).all()
             wanted = self._demand(conn, run, cid)
@@ -1022,7 +1040,7 @@ class NaiveEngine:
                 conn.execute(
                     update(M)
                     .where(M.c.message_id == message.message_id)
-                    .values(status="capped" if reason else "ready", reason=reason)
+                    .values(status=Status.CAPPED if reason else Status.READY, reason=reason)
                 )
         for channel, window in run.policy.quiet_hours.items():
             ready = conn.execute(
@@ -1031,7 +1049,7 @@ class NaiveEngine:
                 .where(
                     M.c.program == program.id,
                     M.c.contact_id == cid,
-                    M.c.status == "ready",
+                    M.c.status == Status.READY,
                     M.c.channel == channel,
                     M.c.send_run_id.is_(None),
                 )
@@ -1042,7 +1060,7 @@ class NaiveEngine:
                     conn.execute(
                         update(M)
                         .where(M.c.message_id == message_id)
-                        .values(status="deferred", send_after=until, reason="quiet_hours")
+                        .values(status=Status.DEFERRED, send_after=until, reason=CapReason.QUIET_HOURS)
                     )
 
 

@@ -17,23 +17,24 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from lifecycle.devtools import local
+from lifecycle.model.ledger import EnrollmentState, Status
 from lifecycle.paths import PROJECT_ROOT
 
 WORK = PROJECT_ROOT / ".demo"
 FUNNEL_COLUMNS = (
     "audience",
     "enrolled",
-    "exited",
-    "planned",
-    "held_out",
-    "suppressed",
-    "capped",
-    "deferred",
-    "skipped",
-    "sent",
-    "dry_run",
-    "failed",
-    "unknown",
+    EnrollmentState.EXITED,
+    Status.PLANNED,
+    Status.HELD_OUT,
+    Status.SUPPRESSED,
+    Status.CAPPED,
+    Status.DEFERRED,
+    Status.SKIPPED,
+    Status.SENT,
+    Status.DRY_RUN,
+    Status.FAILED,
+    Status.UNKNOWN,
 )
 
 

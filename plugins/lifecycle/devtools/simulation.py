@@ -34,6 +34,7 @@ from lifecycle.devtools.seed import seed_crm
 from lifecycle.engine import pipeline
 from lifecycle.model import schema
 from lifecycle.model.db import get_engine, migrate, utc_naive
+from lifecycle.model.ledger import MESSAGED, Status
 from lifecycle.reporting import measurement
 from lifecycle.reporting.measurement import LiftResult
 
@@ -166,7 +167,7 @@ def _reset_engine_tables(engine: Engine) -> None:
 
 def _settled_today(engine: Engine, program_id: str, run_id: str) -> list[tuple[int, str, bool]]:
     """(enrollment, contact, messaged) for enrollments with a message that settled in this run."""
-    settled = or_(M.c.send_run_id == run_id, (M.c.run_id == run_id) & (M.c.status != "deferred"))
+    settled = or_(M.c.send_run_id == run_id, (M.c.run_id == run_id) & (M.c.status != Status.DEFERRED))
     query = (
         select(M.c.enrollment_id, M.c.contact_id, M.c.status)
         .where(M.c.program == program_id, settled)
@@ -176,7 +177,7 @@ def _settled_today(engine: Engine, program_id: str, run_id: str) -> list[tuple[i
     with engine.connect() as conn:
         for enrollment_id, contact_id, status in conn.execute(query):
             _, messaged = touched.get(enrollment_id, (contact_id, False))
-            touched[enrollment_id] = (contact_id, messaged or status in measurement.MESSAGED)
+            touched[enrollment_id] = (contact_id, messaged or status in MESSAGED)
     return [(e, c, m) for e, (c, m) in touched.items()]
 
 

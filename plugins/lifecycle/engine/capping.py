@@ -22,22 +22,10 @@ from lifecycle.engine.journeys import E, entry_eligible, group_expr, step_due
 from lifecycle.engine.scope import RunScope
 from lifecycle.engine.suppression import channel_blocked
 from lifecycle.model import schema
+from lifecycle.model.ledger import SLOT_HOLDING, CapReason, Status
 
 M = schema.messages
 C = schema.contacts
-# A dry run does everything a real run does except call the provider, so its messages hold slots too.
-SLOT_HOLDING = (
-    "ready",
-    "sending",
-    "sent",
-    "delivered",
-    "opened",
-    "clicked",
-    "bounced",
-    "unknown",
-    "deferred",
-    "dry_run",
-)
 _CAP_LOCK_KEY = 7_412_001
 
 
@@ -50,7 +38,7 @@ def lock_caps(conn: Connection) -> None:
 
 
 def _pending(run: RunScope):
-    return and_(M.c.program == run.program.id, M.c.status == "planned")
+    return and_(M.c.program == run.program.id, M.c.status == Status.PLANNED)
 
 
 def _used(scope: str, run: RunScope):
@@ -79,7 +67,7 @@ def higher_priority_demand(conn: Connection, run: RunScope, programs: Mapping[st
         scope = RunScope(other, run.policy, run.catalog, run.run_id, run.as_of)
         queries.append(
             select(M.c.contact_id, M.c.channel).where(
-                M.c.program == other.id, M.c.status == "planned", M.c.contact_id.in_(targets)
+                M.c.program == other.id, M.c.status == Status.PLANNED, M.c.contact_id.in_(targets)
             )
         )
         for index, step in enumerate(other.steps):
@@ -133,7 +121,7 @@ def cap(conn: Connection, run: RunScope, programs: Mapping[str, Program]) -> dic
             if scope in caps and getattr(row, scope) + wanted[scope] >= caps[scope].max:
                 reason = cap_reason(scope, caps[scope])
                 break
-        status = "capped" if reason else "ready"
+        status = Status.CAPPED if reason else Status.READY
         counts[status] += 1
         decisions.append({"mid": row.message_id, "st": status, "rs": reason})
     if decisions:
@@ -141,14 +129,14 @@ def cap(conn: Connection, run: RunScope, programs: Mapping[str, Program]) -> dic
             update(M).where(M.c.message_id == bindparam("mid")).values(status=bindparam("st"), reason=bindparam("rs")),
             decisions,
         )
-    counts["deferred"] = defer_quiet_hours(conn, run)
-    counts["ready"] -= counts["deferred"]
+    counts[Status.DEFERRED] = defer_quiet_hours(conn, run)
+    counts[Status.READY] -= counts[Status.DEFERRED]
     return dict(counts)
 
 
 def cap_reason(scope: str, limit: Cap) -> str:
     """The reason a capped message records, e.g. ``frequency_cap_email: 3 per 7d``."""
-    return f"frequency_cap_{scope}: {limit.max} per {_human(limit.per)}"
+    return f"{CapReason.FREQUENCY_CAP}_{scope}: {limit.max} per {_human(limit.per)}"
 
 
 def _human(delta: timedelta) -> str:
@@ -196,7 +184,10 @@ def defer_quiet_hours(conn: Connection, run: RunScope) -> int:
             select(M.c.message_id, C.c.timezone)
             .join(C, C.c.contact_id == M.c.contact_id, isouter=True)
             .where(
-                M.c.program == run.program.id, M.c.status == "ready", M.c.channel == channel, M.c.send_run_id.is_(None)
+                M.c.program == run.program.id,
+                M.c.status == Status.READY,
+                M.c.channel == channel,
+                M.c.send_run_id.is_(None),
             )
         ).all()
         updates = _deferrals(rows, run.as_of, window)
@@ -204,7 +195,7 @@ def defer_quiet_hours(conn: Connection, run: RunScope) -> int:
             conn.execute(
                 update(M)
                 .where(M.c.message_id == bindparam("mid"))
-                .values(status="deferred", send_after=bindparam("until"), reason="quiet_hours"),
+                .values(status=Status.DEFERRED, send_after=bindparam("until"), reason=CapReason.QUIET_HOURS),
                 updates,
             )
         deferred += len(updates)

@@ -23,14 +23,14 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, and_, bindparam, func, literal, or_, select, update
+from sqlalchemy import Engine, and_, bindparam, func, literal, or_, select, true, update
 
-from lifecycle.channels.base import NOT_FOUND_AT_PROVIDER, OutboundEmail, OutboundSms, SendResult, Transport
-from lifecycle.channels.retry import CLAIM_LOST
+from lifecycle.channels.base import OutboundEmail, OutboundSms, SendResult, Transport
 from lifecycle.engine.suppression import list_reasons
 from lifecycle.messages.context import MessageData, crm_columns, read_crm, template_context
 from lifecycle.messages.rendering import RenderError, render
 from lifecycle.model import schema
+from lifecycle.model.ledger import STILL_CLAIMED, OutcomeReason, Status
 
 log = logging.getLogger(__name__)
 
@@ -40,14 +40,13 @@ A = schema.accounts
 E = schema.enrollments
 
 LinkBuilder = Callable[[int, str, str], Mapping[str, str]]
-STALE_CLAIM = "outcome unknown: a previous attempt stopped while sending; not resent"
 # A request in flight when a worker died can still land at the provider until its timeout (30 s in
 # the hooks) has passed, so "not found" only proves "never sent" once the claim is older than this.
 CLAIM_LEASE = timedelta(seconds=60)
 # Our clock and the provider's differ a little, and Twilio dates have whole seconds.
 CLOCK_SKEW = timedelta(minutes=1)
 # A claimed message whose outcome its claimer may still record.
-_STILL_CLAIMED = or_(M.c.status == "sending", and_(M.c.status == "unknown", M.c.reason == STALE_CLAIM))
+_STILL_CLAIMED = or_(*(and_(M.c.status == s, M.c.reason == r if r else true()) for s, r in STILL_CLAIMED.items()))
 
 
 def _now() -> datetime:
@@ -67,7 +66,7 @@ def prepare_batches(engine: Engine, program: str, run_id: str, batch_size: int, 
         order = (M.c.priority.desc(), M.c.message_id)
         ready = (
             select(M.c.message_id, func.row_number().over(order_by=order).label("position"))
-            .where(M.c.program == program, M.c.status == "ready", M.c.send_run_id.is_(None))
+            .where(M.c.program == program, M.c.status == Status.READY, M.c.send_run_id.is_(None))
             .order_by(*order)
         )
         if room is not None:
@@ -126,8 +125,7 @@ def load_messages(conn, where) -> list[Claimed]:
     claimed: dict[int, Claimed] = {}
     for r in rows:
         if r["message_id"] in claimed:
-            problem = "ambiguous CRM data: the contact id is on more than one row of contacts"
-            claimed[r["message_id"]] = replace(claimed[r["message_id"]], problem=problem)
+            claimed[r["message_id"]] = replace(claimed[r["message_id"]], problem=OutcomeReason.AMBIGUOUS_CONTACT)
             continue
         contact, account, trigger, problem = read_crm(r)
         claimed[r["message_id"]] = Claimed(
@@ -155,8 +153,8 @@ def _withhold_listed(conn, where) -> None:
         for reason in list_reasons(channel):
             conn.execute(
                 update(M)
-                .where(where, M.c.status == "ready", M.c.channel == channel, reason.predicate(M.c.contact_id))
-                .values(status="suppressed", reason=reason.name, updated_at=_now())
+                .where(where, M.c.status == Status.READY, M.c.channel == channel, reason.predicate(M.c.contact_id))
+                .values(status=Status.SUPPRESSED, reason=reason.name, updated_at=_now())
             )
 
 
@@ -168,7 +166,7 @@ def claim(engine: Engine, run_id: str, batch: int, size: int) -> list[Claimed]:
         _withhold_listed(conn, _in_batch(run_id, batch))
         chosen = (
             select(M.c.message_id)
-            .where(_in_batch(run_id, batch), M.c.status == "ready")
+            .where(_in_batch(run_id, batch), M.c.status == Status.READY)
             .order_by(M.c.message_id)
             .limit(size)
             # PostgreSQL: a concurrent claimer takes the next rows instead of queueing behind these
@@ -178,11 +176,13 @@ def claim(engine: Engine, run_id: str, batch: int, size: int) -> list[Claimed]:
         )
         conn.execute(
             update(M)
-            .where(M.c.message_id.in_(chosen), M.c.status == "ready")
-            .values(status="sending", claim_token=token, claimed_at=_now(), attempts=M.c.attempts + 1)
+            .where(M.c.message_id.in_(chosen), M.c.status == Status.READY)
+            .values(status=Status.SENDING, claim_token=token, claimed_at=_now(), attempts=M.c.attempts + 1)
         )
         # The batch's index finds the claimed rows; the token alone has none and would scan the ledger.
-        return load_messages(conn, and_(_in_batch(run_id, batch), M.c.status == "sending", M.c.claim_token == token))
+        return load_messages(
+            conn, and_(_in_batch(run_id, batch), M.c.status == Status.SENDING, M.c.claim_token == token)
+        )
 
 
 def _held_sms_ids(engine: Engine, stale: Sequence[Claimed]) -> set[str]:
@@ -207,7 +207,7 @@ def recover_stale_claims(
     for a stale one. Everything else becomes ``unknown`` with the reason, and is never resent blindly.
     """
     with engine.connect() as conn:
-        stale = load_messages(conn, and_(_in_batch(run_id, batch), M.c.status == "sending"))
+        stale = load_messages(conn, and_(_in_batch(run_id, batch), M.c.status == Status.SENDING))
     if not stale:
         return Counter()
     reconcile = getattr(transport, "reconcile_sms", None)
@@ -225,21 +225,22 @@ def recover_stale_claims(
                 (found,) = reconcile([outbound], since=item.claimed_at, exclude=taken)
                 if found.provider_message_id:
                     taken.add(found.provider_message_id)
-                if found.status == "failed" and found.reason == NOT_FOUND_AT_PROVIDER and item.claimed_at < lease_over:
+                not_found = found.status == Status.FAILED and found.reason == OutcomeReason.NOT_FOUND_AT_PROVIDER
+                if not_found and item.claimed_at < lease_over:
                     retry.append(item.message_id)
                     continue
-                if found.status != "failed" or found.reason != NOT_FOUND_AT_PROVIDER:
+                if not not_found:
                     results.append(found)
                     continue
-        results.append(SendResult(item.message_id, "unknown", reason=STALE_CLAIM))
+        results.append(SendResult(item.message_id, Status.UNKNOWN, reason=OutcomeReason.STALE_CLAIM))
     requeued = 0
     if retry:
         with engine.begin() as conn:
             # A claim renewed since it was read belongs to a live attempt: it stays with that attempt.
             requeued = conn.execute(
                 update(M)
-                .where(M.c.message_id.in_(retry), M.c.status == "sending", M.c.claimed_at < lease_over)
-                .values(status="ready", claim_token=None)
+                .where(M.c.message_id.in_(retry), M.c.status == Status.SENDING, M.c.claimed_at < lease_over)
+                .values(status=Status.READY, claim_token=None)
             ).rowcount
     tokens = {item.message_id: item.claim_token for item in stale}
     counts = record_results(engine, results, dry_run=False, tokens=tokens)
@@ -292,10 +293,10 @@ def record_results(
     now = _now()
     rows, counts = [], Counter()
     for r in results:
-        if r.reason == CLAIM_LOST:
+        if r.reason == OutcomeReason.CLAIM_LOST:
             counts["claim_lost"] += 1
             continue
-        status = "dry_run" if dry_run and r.status == "sent" else r.status
+        status = Status.DRY_RUN if dry_run and r.status == Status.SENT else r.status
         counts[status] += 1
         rows.append(
             {
@@ -304,7 +305,7 @@ def record_results(
                 "rs": r.reason,
                 "pid": r.provider_message_id,
                 "seg": r.segments,
-                "sent": now if r.status == "sent" else None,
+                "sent": now if r.status == Status.SENT else None,
                 "now": now,
                 "tok": None if tokens is None else tokens.get(r.message_id),
             }
@@ -360,7 +361,7 @@ def send_batch(
         sms: list[OutboundSms] = []
         for item in chunk:
             if item.contact["contact_id"] is None:
-                failures.append(SendResult(item.message_id, "failed", reason="contact no longer in the CRM"))
+                failures.append(SendResult(item.message_id, Status.FAILED, reason=OutcomeReason.CONTACT_GONE))
                 continue
             problem = item.problem
             if problem is None:
@@ -370,7 +371,7 @@ def send_batch(
                     problem = str(exc)
             if problem is not None:
                 log.error("message %s (contact %s): %s", item.message_id, item.contact["contact_id"], problem)
-                failures.append(SendResult(item.message_id, "failed", reason=problem[:200]))
+                failures.append(SendResult(item.message_id, Status.FAILED, reason=problem[:200]))
                 continue
             (sms if isinstance(out, OutboundSms) else emails).append(out)
         results = failures

@@ -30,19 +30,11 @@ from sqlalchemy import Connection, DateTime, bindparam, case, delete, func, sele
 
 from lifecycle.messages.links import MESSAGE_ID_PARAM, UnsubscribeToken
 from lifecycle.model.db import insert_ignore, utc_naive
+from lifecycle.model.ledger import FEEDBACK_RANK, OutcomeReason, Status
+from lifecycle.model.ledger import SuppressionReason as R
 from lifecycle.model.privacy import redact
 from lifecycle.model.schema import consents, contacts, messages, provider_events, suppressions
 
-STATUS_RANK = {
-    "sending": 0,
-    "unknown": 0,
-    "sent": 1,
-    "delivered": 2,
-    "opened": 3,
-    "clicked": 4,
-    "bounced": 5,
-    "failed": 5,
-}
 STOP_KEYWORDS = frozenset({"STOP", "STOPALL", "STOP ALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "OPTOUT", "REVOKE"})
 START_KEYWORDS = frozenset({"START", "YES", "UNSTOP"})
 CONSENT_PURPOSE = "marketing"
@@ -59,13 +51,19 @@ _SENDGRID_KEPT = (
     "asm_group_id",
     MESSAGE_ID_PARAM,
 )
-_SENDGRID_STATUS = {"processed": "sent", "delivered": "delivered", "open": "opened", "click": "clicked"}
+# Provider event or status (keys: the provider's words) -> the ledger status it moves a message to.
+_SENDGRID_STATUS = {
+    "processed": Status.SENT,
+    "delivered": Status.DELIVERED,
+    "open": Status.OPENED,
+    "click": Status.CLICKED,
+}
 _TWILIO_STATUS = {
-    "sent": "sent",
-    "delivered": "delivered",
-    "read": "opened",
-    "undelivered": "failed",
-    "failed": "failed",
+    "sent": Status.SENT,
+    "delivered": Status.DELIVERED,
+    "read": Status.OPENED,
+    "undelivered": Status.FAILED,
+    "failed": Status.FAILED,
 }
 
 
@@ -132,18 +130,18 @@ def sendgrid_events(batch: Iterable[Mapping[str, Any]]) -> list[FeedbackEvent]:
         if kind == "bounce":
             hard = event.get("type") != "blocked"
             effects = {
-                "status": "bounced",
-                "reason": "hard bounce" if hard else "blocked",
-                "suppress": "hard_bounce" if hard else None,
+                "status": Status.BOUNCED,
+                "reason": OutcomeReason.HARD_BOUNCE if hard else OutcomeReason.BLOCKED,
+                "suppress": R.HARD_BOUNCE if hard else None,
             }
         elif kind == "dropped":
-            effects = {"status": "failed", "reason": redact(f"dropped: {event.get('reason', '')}")}
+            effects = {"status": Status.FAILED, "reason": redact(f"{OutcomeReason.DROPPED}: {event.get('reason', '')}")}
         elif kind == "spamreport":
-            effects = {"suppress": "spam_report", "consent": "withdrawn", "source": "sendgrid_spamreport"}
+            effects = {"suppress": R.SPAM_REPORT, "consent": "withdrawn", "source": "sendgrid_spamreport"}
         elif kind in {"unsubscribe", "group_unsubscribe"}:
-            effects = {"suppress": "unsubscribed", "consent": "withdrawn", "source": "sendgrid_unsubscribe"}
+            effects = {"suppress": R.UNSUBSCRIBED, "consent": "withdrawn", "source": "sendgrid_unsubscribe"}
         elif kind == "group_resubscribe":
-            effects = {"unsuppress": "unsubscribed", "consent": "granted", "source": "sendgrid_resubscribe"}
+            effects = {"unsuppress": R.UNSUBSCRIBED, "consent": "granted", "source": "sendgrid_resubscribe"}
         payload = {key: event[key] for key in _SENDGRID_KEPT if key in event}
         if "reason" in payload:
             payload["reason"] = redact(str(payload["reason"]))
@@ -185,7 +183,7 @@ def twilio_status_event(
         message_id=message_id,
         provider_message_id=sid or None,
         status=ledger_status,
-        reason=twilio_failure_reason(error, status) if ledger_status == "failed" else None,
+        reason=twilio_failure_reason(error, status) if ledger_status == Status.FAILED else None,
         payload={key: params[key] for key in ("MessageSid", "MessageStatus", "ErrorCode") if params.get(key)},
     )
 
@@ -207,9 +205,9 @@ def twilio_inbound_event(params: Mapping[str, str], received_at: datetime) -> Fe
     keyword = sms_keyword(params.get("Body"), params.get("OptOutType"))
     effects: dict[str, Any] = {}
     if keyword == "STOP":
-        effects = {"suppress": "sms_stop", "consent": "withdrawn", "source": "twilio_stop"}
+        effects = {"suppress": R.SMS_STOP, "consent": "withdrawn", "source": "twilio_stop"}
     elif keyword == "START":
-        effects = {"unsuppress": "sms_stop", "consent": "granted", "source": "twilio_start"}
+        effects = {"unsuppress": R.SMS_STOP, "consent": "granted", "source": "twilio_start"}
     return FeedbackEvent(
         provider="twilio",
         event_id=params.get("MessageSid", ""),
@@ -232,7 +230,7 @@ def unsubscribe_event(token: UnsubscribeToken, received_at: datetime) -> Feedbac
         channel=token.channel,
         message_id=token.message_id,
         contact_id=token.contact_id,
-        suppress="unsubscribed",
+        suppress=R.UNSUBSCRIBED,
         consent="withdrawn",
         source="one_click_unsubscribe",
         payload={"message_id": token.message_id},
@@ -248,8 +246,8 @@ _MESSAGE_BY_PROVIDER_ID = (
 )
 _CONTACTS_BY_EMAIL = select(contacts.c.contact_id).where(func.lower(contacts.c.email) == bindparam("b_email"))
 _current_rank = case(
-    *((messages.c.status == status, rank) for status, rank in STATUS_RANK.items()),
-    else_=max(STATUS_RANK.values()) + 1,
+    *((messages.c.status == status, rank) for status, rank in FEEDBACK_RANK.items()),
+    else_=max(FEEDBACK_RANK.values()) + 1,
 )
 _ADVANCE = (
     update(messages)
@@ -320,12 +318,12 @@ def _advance_status(conn: Connection, event: FeedbackEvent, message_id: int, rec
         _ADVANCE,
         {
             "b_message_id": message_id,
-            "b_rank": STATUS_RANK[event.status],
+            "b_rank": FEEDBACK_RANK[event.status],
             "b_status": event.status,
             "b_received_at": received_at,
             "b_provider_message_id": event.provider_message_id,
             "b_reason": event.reason or None,
-            "b_sent_at": None if event.status == "failed" else event.occurred_at,
+            "b_sent_at": None if event.status == Status.FAILED else event.occurred_at,
         },
     )
 

@@ -12,15 +12,16 @@ from sqlalchemy import Connection, delete, func, insert, select
 
 from lifecycle.engine.scope import RunScope
 from lifecycle.model import schema
+from lifecycle.model.ledger import WENT_OUT, WITHHELD, EnrollmentState, ExitReason, Status
 
 M = schema.messages
 E = schema.enrollments
 K = schema.kpis
-WENT_OUT = ("sent", "delivered", "opened", "clicked", "bounced")
 
 
 def run_funnel(conn: Connection, run: RunScope) -> dict[tuple[str, str], float]:
-    """``{(metric, dimension): value}`` for one program run."""
+    """``{(metric, dimension): value}`` for one program run. Metrics are named after the ledger's
+    statuses: ``planned`` counts every message the run planned, ``sent`` those that went out."""
     program, run_id = run.program.id, run.run_id
     a = schema.audience
     figures: dict[tuple[str, str], float] = {
@@ -33,11 +34,11 @@ def run_funnel(conn: Connection, run: RunScope) -> dict[tuple[str, str], float]:
     }
     for reason, n in conn.execute(
         select(E.c.exit_reason, func.count())
-        .where(E.c.program == program, E.c.exited_at == run.as_of, E.c.state == "exited")
+        .where(E.c.program == program, E.c.exited_at == run.as_of, E.c.state == EnrollmentState.EXITED)
         .group_by(E.c.exit_reason)
     ):
-        figures[("exited", reason)] = n
-    figures[("planned", "")] = conn.execute(
+        figures[(EnrollmentState.EXITED, reason)] = n
+    figures[(Status.PLANNED, "")] = conn.execute(
         select(func.count()).where(M.c.program == program, M.c.run_id == run_id)
     ).scalar_one()
     for status, reason, n in conn.execute(
@@ -45,7 +46,7 @@ def run_funnel(conn: Connection, run: RunScope) -> dict[tuple[str, str], float]:
         .where(
             M.c.program == program,
             M.c.run_id == run_id,
-            M.c.status.in_(("suppressed", "capped", "deferred", "held_out", "skipped")),
+            M.c.status.in_(WITHHELD),
         )
         .group_by(M.c.status, M.c.reason)
     ):
@@ -56,12 +57,12 @@ def run_funnel(conn: Connection, run: RunScope) -> dict[tuple[str, str], float]:
         .where(M.c.program == program, M.c.send_run_id == run_id)
         .group_by(M.c.status, M.c.channel)
     ):
-        metric = "sent" if status in WENT_OUT else status
+        metric = Status.SENT if status in WENT_OUT else status
         figures[(metric, channel)] = figures.get((metric, channel), 0) + n
     for group, converted, n in conn.execute(
-        select(E.c.group, E.c.exit_reason == "converted", func.count())
+        select(E.c.group, E.c.exit_reason == ExitReason.CONVERTED, func.count())
         .where(E.c.program == program, E.c.enrolled_at <= run.as_of)
-        .group_by(E.c.group, E.c.exit_reason == "converted")
+        .group_by(E.c.group, E.c.exit_reason == ExitReason.CONVERTED)
     ):
         figures[("kpi_enrolled", group)] = figures.get(("kpi_enrolled", group), 0) + n
         if converted:

@@ -62,9 +62,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.sql.expression import ColumnElement, Subquery
 
-from lifecycle.engine.funnel import WENT_OUT
 from lifecycle.model import schema
 from lifecycle.model.db import Record, concat, insert_ignore
+from lifecycle.model.ledger import WENT_OUT, Status
+from lifecycle.model.ledger import SuppressionReason as R
 
 if TYPE_CHECKING:
     from phonenumbers import PhoneNumber
@@ -372,10 +373,10 @@ def _flags() -> list[tuple[str, str, ColumnElement, ColumnElement]]:
     """(channel, reason, which snapshot rows, proof) of every suppression hygiene maintains."""
     duplicate, duplicate_proof = Q.c.survivor_id.is_not(None), concat("duplicate of ", Q.c.survivor_id)
     return [
-        ("email", "invalid_address", Q.c.email_valid.is_(False), Q.c.email_problem),
-        ("sms", "invalid_address", Q.c.phone_valid.is_(False), Q.c.phone_problem),
-        ("email", "duplicate_contact", duplicate, duplicate_proof),
-        ("sms", "duplicate_contact", duplicate, duplicate_proof),
+        ("email", R.INVALID_ADDRESS, Q.c.email_valid.is_(False), Q.c.email_problem),
+        ("sms", R.INVALID_ADDRESS, Q.c.phone_valid.is_(False), Q.c.phone_problem),
+        ("email", R.DUPLICATE_CONTACT, duplicate, duplicate_proof),
+        ("sms", R.DUPLICATE_CONTACT, duplicate, duplicate_proof),
     ]
 
 
@@ -447,9 +448,11 @@ def _consent_counts(conn: Connection, as_of: datetime) -> dict[str, int]:
 def _delivery_counts(conn: Connection, as_of: datetime) -> dict[str, int]:
     m = schema.messages
     out, bounced = conn.execute(
-        select(func.count(), _count_if(m.c.status == "bounced")).where(m.c.status.in_(WENT_OUT), m.c.sent_at <= as_of)
+        select(func.count(), _count_if(m.c.status == Status.BOUNCED)).where(
+            m.c.status.in_(WENT_OUT), m.c.sent_at <= as_of
+        )
     ).one()
-    return {"messages_out": int(out), "bounced": int(bounced)}
+    return {"messages_out": int(out), Status.BOUNCED: int(bounced)}
 
 
 def _share(part: float, whole: float) -> float:
@@ -464,7 +467,7 @@ def figures(counts: Mapping[str, int]) -> dict[str, float]:
         "duplicate_rate": _share(counts["duplicate_contacts"], contacts),
         "invalid_email_rate": _share(counts["invalid_email"], contacts),
         "invalid_phone_rate": _share(counts["invalid_phone"], contacts),
-        "bounce_rate": _share(counts["bounced"], counts["messages_out"]),
+        "bounce_rate": _share(counts[Status.BOUNCED], counts["messages_out"]),
     }
     rates |= {f"consent_coverage_{c}": _share(counts[f"consent_granted_{c}"], contacts) for c in schema.CHANNELS}
     return {name: float(value) for name, value in sorted({**counts, **rates}.items())}

@@ -33,6 +33,7 @@ from lifecycle.config import Policy, Program, Step, segments
 from lifecycle.engine.scope import RunScope
 from lifecycle.model import schema
 from lifecycle.model.db import bucket, concat, insert_ignore
+from lifecycle.model.ledger import EnrollmentState, ExitReason, HeldOutReason, SkipReason, Status
 
 E = schema.enrollments
 M = schema.messages
@@ -115,7 +116,7 @@ def variant_expr(program: Program, contact_id: ColumnElement, entry: ColumnEleme
 
 
 def _active(program_id: str):
-    return and_(E.c.program == program_id, E.c.state == "active")
+    return and_(E.c.program == program_id, E.c.state == EnrollmentState.ACTIVE)
 
 
 def exit_enrollments(conn: Connection, run: RunScope) -> dict[str, int]:
@@ -124,13 +125,13 @@ def exit_enrollments(conn: Connection, run: RunScope) -> dict[str, int]:
     ctx = run.segment_context(E.c.contact_id, journey=True)
     rules: list[tuple[str, ColumnElement]] = []
     if program.exit.goal:
-        rules.append(("converted", segments.compile_segment(program.exit.goal.parsed, ctx)))
+        rules.append((ExitReason.CONVERTED, segments.compile_segment(program.exit.goal.parsed, ctx)))
     rules += [(r.reason, segments.compile_segment(r.segment.parsed, ctx)) for r in program.exit.rules]
     if program.exit.on_segment_leave:
         a = schema.audience
         rules.append(
             (
-                "left_segment",
+                ExitReason.LEFT_SEGMENT,
                 not_(
                     exists().where(
                         a.c.program == program.id, a.c.run_id == run.run_id, a.c.contact_id == E.c.contact_id
@@ -143,7 +144,7 @@ def exit_enrollments(conn: Connection, run: RunScope) -> dict[str, int]:
         result = conn.execute(
             update(E)
             .where(_active(program.id), E.c.enrolled_at <= as_of, clause)
-            .values(state="exited", exit_reason=reason, exited_at=as_of)
+            .values(state=EnrollmentState.EXITED, exit_reason=reason, exited_at=as_of)
         )
         exited[reason] = result.rowcount
     return exited
@@ -180,7 +181,7 @@ def entry_eligible(program: Program, contact_id: ColumnElement, as_of: datetime)
     """No active enrollment, and either never enrolled or re-entry allowed after the cooldown."""
     prior = E.alias("prior")
     mine = and_(prior.c.program == program.id, prior.c.contact_id == contact_id)
-    no_active = not_(exists().where(mine, prior.c.state == "active"))
+    no_active = not_(exists().where(mine, prior.c.state == EnrollmentState.ACTIVE))
     never = not_(exists().where(mine))
     if not program.re_entry.allowed:
         return and_(no_active, never)
@@ -203,7 +204,7 @@ def enroll(conn: Connection, run: RunScope) -> int:
         literal(program.id),
         a.c.contact_id,
         next_entry,
-        literal("active"),
+        literal(EnrollmentState.ACTIVE),
         literal(as_of),
         literal(0),
         _anchor_expr(program, a.c.contact_id, as_of),
@@ -272,15 +273,15 @@ def plan_due_steps(conn: Connection, run: RunScope) -> int:
         else:
             condition = literal(True)
         status = case(
-            (E.c.group == "control", "held_out"),
-            (E.c.group == "holdout", "held_out"),
-            (not_(condition), "skipped"),
-            else_="planned",
+            (E.c.group == "control", Status.HELD_OUT),
+            (E.c.group == "holdout", Status.HELD_OUT),
+            (not_(condition), Status.SKIPPED),
+            else_=Status.PLANNED,
         )
         reason = case(
-            (E.c.group == "control", "global_control"),
-            (E.c.group == "holdout", "program_holdout"),
-            (not_(condition), "step_condition_not_met"),
+            (E.c.group == "control", HeldOutReason.GLOBAL_CONTROL),
+            (E.c.group == "holdout", HeldOutReason.PROGRAM_HOLDOUT),
+            (not_(condition), SkipReason.STEP_CONDITION_NOT_MET),
             else_=literal(None),
         )
         source = select(
@@ -328,7 +329,7 @@ def plan_due_steps(conn: Connection, run: RunScope) -> int:
         added += conn.execute(insert_ignore(conn, M).from_select(columns, source)).rowcount
         values = {"next_step": index + 1, "last_step_at": as_of}
         if index == last:
-            values |= {"state": "completed", "exit_reason": "completed", "exited_at": as_of}
+            values |= {"state": EnrollmentState.COMPLETED, "exit_reason": ExitReason.COMPLETED, "exited_at": as_of}
         conn.execute(update(E).where(due).values(**values))
     refresh_statistics(conn, M)
     return added

@@ -19,13 +19,15 @@ from lifecycle.engine.scope import RunScope
 from lifecycle.model import schema
 from lifecycle.model.addresses import address
 from lifecycle.model.db import valid_e164, valid_email
+from lifecycle.model.ledger import Status
+from lifecycle.model.ledger import SuppressionReason as R
 
 M = schema.messages
 C = schema.contacts
 
 LIST_REASONS = {
-    "email": ("unsubscribed", "hard_bounce", "spam_report", "invalid_address", "duplicate_contact"),
-    "sms": ("sms_stop", "unsubscribed", "invalid_address", "duplicate_contact"),
+    "email": (R.UNSUBSCRIBED, R.HARD_BOUNCE, R.SPAM_REPORT, R.INVALID_ADDRESS, R.DUPLICATE_CONTACT),
+    "sms": (R.SMS_STOP, R.UNSUBSCRIBED, R.INVALID_ADDRESS, R.DUPLICATE_CONTACT),
 }
 
 
@@ -75,9 +77,9 @@ def channel_reasons(channel: str, run: RunScope) -> list[Reason]:
     check = valid_email if channel == "email" else valid_e164
     purpose = run.program.consent_purpose
     rules = [
-        Reason("missing_address", lambda cid: not_(_contact_has(cid, lambda c: address(channel, c).is_not(None)))),
+        Reason(R.MISSING_ADDRESS, lambda cid: not_(_contact_has(cid, lambda c: address(channel, c).is_not(None)))),
         Reason(
-            "invalid_address",
+            R.INVALID_ADDRESS,
             lambda cid: _contact_has(
                 cid, lambda c: and_(address(channel, c).is_not(None), not_(check(address(channel, c))))
             ),
@@ -85,9 +87,9 @@ def channel_reasons(channel: str, run: RunScope) -> list[Reason]:
     ]
     rules += list_reasons(channel)
     rules += [
-        Reason("consent_withdrawn", lambda cid: _consent_status(cid, channel, purpose, run) == "withdrawn"),
+        Reason(R.CONSENT_WITHDRAWN, lambda cid: _consent_status(cid, channel, purpose, run) == "withdrawn"),
         Reason(
-            "no_consent",
+            R.NO_CONSENT,
             lambda cid: or_(
                 _consent_status(cid, channel, purpose, run).is_(None),
                 _consent_status(cid, channel, purpose, run) != "granted",
@@ -117,24 +119,24 @@ def contact_reasons(run: RunScope) -> list[Reason]:
         e = schema.enrollments
         rules.append(
             Reason(
-                "already_converted",
+                R.ALREADY_CONVERTED,
                 lambda cid: exists().where(
                     e.c.enrollment_id == M.c.enrollment_id,
                     segments.compile_segment(goal.parsed, run.segment_context(e.c.contact_id, journey=True)),
                 ),
             )
         )
-    if _applies("open_ticket", run):
+    if _applies(R.OPEN_SUPPORT_TICKET, run):
         t = schema.tickets
         rules.append(
             Reason(
-                "open_support_ticket",
+                R.OPEN_SUPPORT_TICKET,
                 lambda cid: exists().where(
                     t.c.contact_id == cid, t.c.status.in_(("open", "pending")), t.c.opened_at <= run.as_of
                 ),
             )
         )
-    if _applies("sales_negotiation", run):
+    if _applies(R.IN_SALES_NEGOTIATION, run):
         o = schema.opportunities
 
         def negotiating(cid: ColumnElement) -> ColumnElement:
@@ -150,23 +152,23 @@ def contact_reasons(run: RunScope) -> list[Reason]:
                 ),
             )
 
-        rules.append(Reason("in_sales_negotiation", negotiating))
-    if _applies("recent_purchase", run):
-        node = segments.Event(("purchase",), within_last=run.policy.suppressions["recent_purchase"].within)
-        rules.append(Reason("recent_purchase", lambda cid: segments.compile_segment(node, run.segment_context(cid))))
+        rules.append(Reason(R.IN_SALES_NEGOTIATION, negotiating))
+    if _applies(R.RECENT_PURCHASE, run):
+        node = segments.Event(("purchase",), within_last=run.policy.suppressions[R.RECENT_PURCHASE].within)
+        rules.append(Reason(R.RECENT_PURCHASE, lambda cid: segments.compile_segment(node, run.segment_context(cid))))
     return rules
 
 
 def _pending(run: RunScope):
-    return and_(M.c.program == run.program.id, M.c.status == "planned")
+    return and_(M.c.program == run.program.id, M.c.status == Status.PLANNED)
 
 
 def release_deferred(conn: Connection, run: RunScope) -> int:
     """Deferred messages whose wait is over go back to ``planned`` to be checked again."""
     return conn.execute(
         update(M)
-        .where(M.c.program == run.program.id, M.c.status == "deferred", M.c.send_after <= run.as_of)
-        .values(status="planned", reason=None)
+        .where(M.c.program == run.program.id, M.c.status == Status.DEFERRED, M.c.send_after <= run.as_of)
+        .values(status=Status.PLANNED, reason=None)
     ).rowcount
 
 
@@ -195,14 +197,14 @@ def suppress(conn: Connection, run: RunScope) -> dict[str, int]:
         counts[reason.name] = conn.execute(
             update(M)
             .where(_pending(run), reason.predicate(M.c.contact_id))
-            .values(status="suppressed", reason=reason.name)
+            .values(status=Status.SUPPRESSED, reason=reason.name)
         ).rowcount
     for channel in ("email", "sms"):
         for reason in channel_reasons(channel, run):
             n = conn.execute(
                 update(M)
                 .where(_pending(run), M.c.channel == channel, reason.predicate(M.c.contact_id))
-                .values(status="suppressed", reason=reason.name)
+                .values(status=Status.SUPPRESSED, reason=reason.name)
             ).rowcount
             counts[reason.name] = counts.get(reason.name, 0) + n
     return counts

@@ -21,6 +21,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from lifecycle.model import schema
 from lifecycle.model.addresses import email_address, phone_number
 from lifecycle.model.db import Record
+from lifecycle.model.ledger import OutcomeReason
 
 CONTACT_FIELDS = (
     "contact_id",
@@ -42,7 +43,6 @@ CONTACT_FIELDS = (
     "last_active_at",
 )
 ACCOUNT_FIELDS = ("name", "industry", "tier")
-UNREADABLE = "unreadable CRM data"
 _TIMESTAMPS = frozenset(c.name for c in schema.contacts.c if isinstance(c.type, DateTime))
 
 
@@ -105,7 +105,8 @@ def read_crm(
     except ValueError:
         trigger = None
         problems.append("the trigger event's properties are not a JSON object")
-    return contact, account, trigger, f"{UNREADABLE}: {'; '.join(problems)}" if problems else None
+    problem = f"{OutcomeReason.UNREADABLE_CRM_DATA}: {'; '.join(problems)}" if problems else None
+    return contact, account, trigger, problem
 
 
 def template_context(data: MessageData, links: Mapping[str, str], brand: Mapping[str, Any]) -> dict[str, Any]:

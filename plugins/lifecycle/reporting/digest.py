@@ -29,6 +29,7 @@ from lifecycle.config import Policy, Program
 from lifecycle.messages.rendering import environment
 from lifecycle.model import schema
 from lifecycle.model.db import utc_naive
+from lifecycle.model.ledger import EnrollmentState, Status
 from lifecycle.reporting import charts, measurement
 
 WEEK = timedelta(days=7)
@@ -44,15 +45,15 @@ DELIVERABILITY_LABELS = {
 }
 FUNNEL_STEPS = (
     ("enrolled", "Enrolled"),
-    ("exited", "Exited"),
-    ("planned", "Planned"),
-    ("held_out", "Held out"),
-    ("suppressed", "Suppressed"),
-    ("capped", "Capped"),
-    ("deferred", "Deferred"),
-    ("sent", "Sent"),
-    ("dry_run", "Dry run"),
-    ("failed", "Failed"),
+    (EnrollmentState.EXITED, "Exited"),
+    (Status.PLANNED, "Planned"),
+    (Status.HELD_OUT, "Held out"),
+    (Status.SUPPRESSED, "Suppressed"),
+    (Status.CAPPED, "Capped"),
+    (Status.DEFERRED, "Deferred"),
+    (Status.SENT, "Sent"),
+    (Status.DRY_RUN, "Dry run"),
+    (Status.FAILED, "Failed"),
 )
 LAST_OF_PERIOD = ("audience", "kpi_rate_treatment", "kpi_rate_holdout", "kpi_rate_control")
 QUALITY_RATES = {
@@ -173,7 +174,7 @@ def period_trend(
     for column in [metric for metric, _label in FUNNEL_STEPS] + list(LAST_OF_PERIOD):
         if column not in table.columns:
             table[column] = math.nan if column in LAST_OF_PERIOD else 0.0
-    table["messages"] = table["sent"] + table["dry_run"]
+    table["messages"] = table[Status.SENT] + table[Status.DRY_RUN]
     return table.reset_index()
 
 
@@ -271,7 +272,7 @@ def program_view(program: Program, row: Mapping[str, Any], trend: pd.DataFrame) 
         {"name": name, "rate": percent(v["rate"]), "n": count(v["n"]), "conversions": count(v["conversions"])}
         for name, v in (_present(row.get("variants")) or {}).items()
     ]
-    sent = row.get("sent", 0)
+    sent = row.get(Status.SENT, 0)
     return program_facts(program) | {
         "groups": [
             {
@@ -316,7 +317,7 @@ def _deliverability_alerts(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
         )
         for row in rows
         for metric, limit in DELIVERABILITY_LIMITS.items()
-        if row.get("sent", 0) and not _missing(row.get(metric)) and row[metric] > limit
+        if row.get(Status.SENT, 0) and not _missing(row.get(metric)) and row[metric] > limit
     ]
 
 

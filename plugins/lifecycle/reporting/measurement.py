@@ -27,15 +27,12 @@ from lifecycle import config
 from lifecycle.config import Program, segments
 from lifecycle.model import schema
 from lifecycle.model.db import utc_naive
+from lifecycle.model.ledger import DELIVERED_OR_LATER, MESSAGED, OPENED_OR_LATER, WENT_OUT, Status
 
 E = schema.enrollments
 M = schema.messages
 K = schema.kpis
 GROUPS = ("treatment", "holdout", "control")
-MESSAGED = ("sent", "delivered", "opened", "clicked", "bounced", "dry_run")
-PROVIDER_SENT = ("sent", "delivered", "opened", "clicked", "bounced")
-DELIVERED = ("delivered", "opened", "clicked")
-OPENED = ("opened", "clicked")
 UNSUBSCRIBE_EVENTS = ("unsubscribe", "group_unsubscribe")
 SPAM_EVENTS = ("spamreport",)
 MIN_SAMPLE = 30
@@ -450,19 +447,19 @@ def deliverability(statuses: pd.DataFrame, provider_events: pd.DataFrame) -> pd.
         present = [n for n in names if n in table.columns]
         return table[present].sum(axis=1).reindex(programs, fill_value=0) if present else pd.Series(0, programs)
 
-    sent = total(by_status, PROVIDER_SENT)
+    sent = total(by_status, WENT_OUT)
     rate = sent.where(sent > 0)
     frame = pd.DataFrame(
         {
-            "sent": sent.astype(int),
-            "dry_run": total(by_status, ("dry_run",)).astype(int),
-            "failed": total(by_status, ("failed",)).astype(int),
-            "delivered_rate": total(by_status, DELIVERED) / rate,
-            "bounce_rate": total(by_status, ("bounced",)) / rate,
+            Status.SENT: sent.astype(int),
+            Status.DRY_RUN: total(by_status, (Status.DRY_RUN,)).astype(int),
+            Status.FAILED: total(by_status, (Status.FAILED,)).astype(int),
+            "delivered_rate": total(by_status, DELIVERED_OR_LATER) / rate,
+            "bounce_rate": total(by_status, (Status.BOUNCED,)) / rate,
             "unsubscribe_rate": total(by_event, UNSUBSCRIBE_EVENTS) / rate,
             "spam_report_rate": total(by_event, SPAM_EVENTS) / rate,
-            "open_rate_directional": total(by_status, OPENED) / rate,
-            "click_rate_directional": total(by_status, ("clicked",)) / rate,
+            "open_rate_directional": total(by_status, OPENED_OR_LATER) / rate,
+            "click_rate_directional": total(by_status, (Status.CLICKED,)) / rate,
         },
         index=programs,
     )
@@ -487,7 +484,7 @@ def program_kpis(
     summary = pd.DataFrame(rows, columns=None if rows else ["program"])
     diagnostics = deliverability(_frame(engine, _status_query(as_of)), _frame(engine, _provider_event_query(as_of)))
     merged = summary.merge(diagnostics, on="program", how="left")
-    counts = [c for c in ("sent", "dry_run", "failed") if c in merged.columns]
+    counts = [c for c in (Status.SENT, Status.DRY_RUN, Status.FAILED) if c in merged.columns]
     merged[counts] = merged[counts].fillna(0).astype(int)
     merged.insert(1, "as_of", as_of)
     return merged

@@ -26,6 +26,7 @@ from lifecycle.config import Policy, Program, Step
 from lifecycle.messages.rendering import environment
 from lifecycle.model import schema
 from lifecycle.model.db import crm_url, get_engine, utc_naive
+from lifecycle.model.ledger import Status
 from lifecycle.reporting import charts, digest, measurement
 
 CAMPAIGNS_PATH = "/campaigns"
@@ -103,8 +104,8 @@ def funnel_chart(program_id: str, trend: pd.DataFrame) -> str:
         "Funnel per week",
         [
             charts.Series("enrolled", list(weeks["enrolled"])),
-            charts.Series("planned", list(weeks["planned"])),
-            charts.Series("suppressed or capped", list(weeks["suppressed"] + weeks["capped"]), dashed=True),
+            charts.Series("planned", list(weeks[Status.PLANNED])),
+            charts.Series("suppressed or capped", list(weeks[Status.SUPPRESSED] + weeks[Status.CAPPED]), dashed=True),
             charts.Series("messages", list(weeks["messages"])),
         ],
     )

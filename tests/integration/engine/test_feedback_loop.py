@@ -11,8 +11,8 @@ from sqlalchemy import select
 from lifecycle.channels.providers import ProviderTransport, links_from_connection
 from lifecycle.devtools.local import WebApp, provider_connections
 from lifecycle.engine import pipeline
-from lifecycle.engine.funnel import WENT_OUT
 from lifecycle.model import schema
+from lifecycle.model.ledger import WENT_OUT
 from lifecycle.sandbox import SandboxServer
 from tests.conftest import AS_OF
 from tests.support.local_crm import use_crm

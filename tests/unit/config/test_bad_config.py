@@ -12,6 +12,7 @@ files that are not UTF-8, unknown columns and property names) follow.
 from __future__ import annotations
 
 import copy
+import shutil
 import types
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -86,8 +87,8 @@ FULL_POLICY: dict[str, Any] = yaml.safe_load((FIXTURES / "config" / "policy.yml"
         "email": {"start": "23:00", "end": "06:00", "default_timezone": "Europe/London"},
     },
     "suppressions": {
-        "open_ticket": {"applies_to": ["promotional"], "within": "30d"},
-        "sales_negotiation": {"applies_to": ["generic_promo"], "within": "90d"},
+        "open_support_ticket": {"applies_to": ["promotional"], "within": "30d"},
+        "in_sales_negotiation": {"applies_to": ["generic_promo"], "within": "90d"},
         "recent_purchase": {"applies_to": ["promotional"], "within": "3d"},
     },
     "stakeholders": [{"name": "Growth", "email": "growth@example.com"}],
@@ -363,3 +364,25 @@ def test_one_unreadable_program_file_breaks_only_its_own_dag(tmp_path, monkeypat
     assert list(loaded) == ["alpha"]
     assert sorted(errors) == ["broken", "huge"]
     assert "not UTF-8 text" in str(errors["broken"]) and "steps[0].delay" in str(errors["huge"])
+
+
+@pytest.mark.parametrize(
+    ("old", "new"), [("open_ticket", "open_support_ticket"), ("sales_negotiation", "in_sales_negotiation")]
+)
+def test_a_renamed_policy_key_fails_validate_naming_the_file_and_the_new_key(tmp_path, monkeypatch, capsys, old, new):
+    from lifecycle.devtools.cli import main
+
+    configs = tmp_path / "config"
+    shutil.copytree(FIXTURES / "config", configs)
+    policy = yaml.safe_load((configs / "policy.yml").read_text())
+    policy["suppressions"][old] = policy["suppressions"].pop(new)
+    (configs / "policy.yml").write_text(yaml.safe_dump(policy))
+    monkeypatch.setenv("LIFECYCLE_CONFIG_DIR", str(configs))
+
+    with pytest.raises(config.ConfigError) as err:
+        config.load_policy()
+    assert_names(err.value, configs / "policy.yml", "suppressions")
+    assert main(["validate"]) == 1
+    invalid = [line for line in capsys.readouterr().out.splitlines() if line.startswith("INVALID")]
+    assert invalid == [f"INVALID {err.value}"]
+    assert str(configs / "policy.yml") in invalid[0] and f"rename {old} to {new}" in invalid[0]
