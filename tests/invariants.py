@@ -32,9 +32,9 @@ from sqlalchemy import Engine, select
 from lifecycle.channels.base import OutboundEmail, OutboundSms, SendResult
 from lifecycle.channels.providers import ProviderTransport
 from lifecycle.engine import dispatch, pipeline
-from lifecycle.engine.feedback import to_e164
 from lifecycle.messages.links import MESSAGE_ID_PARAM
 from lifecycle.model import schema
+from lifecycle.model.addresses import to_e164
 
 M = schema.messages
 GONE_OUT = ("sent", "delivered", "opened", "clicked", "bounced")

@@ -30,9 +30,10 @@ from lifecycle.channels.sendgrid import SendGridHook
 from lifecycle.channels.twilio import TwilioHook
 from lifecycle.devtools.local import connection_json
 from lifecycle.engine.dispatch import record_results
-from lifecycle.engine.feedback import sms_keyword, to_e164
+from lifecycle.engine.feedback import sms_keyword
 from lifecycle.messages.links import make_unsubscribe_url
 from lifecycle.model import schema
+from lifecycle.model.addresses import to_e164
 from lifecycle.sandbox import DEFAULT_TWILIO_TOKEN, SandboxServer
 from lifecycle.web import create_app
 from tests.conftest import AS_OF

@@ -26,9 +26,9 @@ from email_validator import EmailNotValidError, validate_email
 from lifecycle.channels.base import NOT_FOUND_AT_PROVIDER, OutboundEmail, OutboundSms, SendResult
 from lifecycle.channels.retry import ClaimLost, OutcomeUnknown, ProviderError, Rejected, Retryable
 from lifecycle.channels.sendgrid import MAX_PERSONALIZATIONS, Recipient, SendGridHook
-from lifecycle.channels.twilio import SmsReceipt, TwilioHook
-from lifecycle.engine.feedback import to_e164, twilio_failure_reason
+from lifecycle.channels.twilio import SmsReceipt, TwilioHook, twilio_failure_reason
 from lifecycle.messages.links import LIFECYCLE_CONN_ID, MESSAGE_ID_PARAM, TWILIO_STATUS_PATH, PublicLinks
+from lifecycle.model.addresses import to_e164
 from lifecycle.model.db import utc_naive
 
 log = logging.getLogger(__name__)

@@ -234,6 +234,11 @@ class TwilioHook(BaseHook):
         return self.retry_policy.call(attempt)
 
 
+def twilio_failure_reason(error_code: int | str | None, status: str) -> str:
+    """How a message Twilio failed reads in the ledger: ``twilio 30003 undelivered``."""
+    return " ".join(str(part) for part in ("twilio", error_code, status) if part)
+
+
 def _translate(exc: TwilioException, headers: Mapping[str, str]) -> ProviderError:
     """A Twilio SDK error as a Rejected/Retryable error reading ``twilio <code> <message>``."""
     if isinstance(exc, TwilioRestException):

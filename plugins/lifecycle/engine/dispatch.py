@@ -29,6 +29,7 @@ from lifecycle.channels.base import NOT_FOUND_AT_PROVIDER, OutboundEmail, Outbou
 from lifecycle.channels.retry import CLAIM_LOST
 from lifecycle.engine.suppression import list_reasons
 from lifecycle.messages.context import MessageData, crm_columns, read_crm, template_context
+from lifecycle.messages.links import LinkBuilder
 from lifecycle.messages.rendering import RenderError, render
 from lifecycle.model import schema
 
@@ -39,7 +40,6 @@ C = schema.contacts
 A = schema.accounts
 E = schema.enrollments
 
-LinkBuilder = Callable[[int, str, str], Mapping[str, str]]
 STALE_CLAIM = "outcome unknown: a previous attempt stopped while sending; not resent"
 # A request in flight when a worker died can still land at the provider until its timeout (30 s in
 # the hooks) has passed, so "not found" only proves "never sent" once the claim is older than this.

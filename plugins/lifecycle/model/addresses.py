@@ -7,6 +7,7 @@ the address that is used.
 
 from __future__ import annotations
 
+import phonenumbers
 from sqlalchemy import func, select
 from sqlalchemy.sql.expression import ColumnElement
 
@@ -44,3 +45,17 @@ def phone_number(contacts) -> ColumnElement:
 def address(channel: str, contacts) -> ColumnElement:
     """The address for ``channel`` (email or sms)."""
     return email_address(contacts) if channel == "email" else phone_number(contacts)
+
+
+def to_e164(raw: str | None, region: str | None = None) -> str | None:
+    """A phone number in E.164 form (``+14155550100``), read with the contact's country as the
+    default region; None when it cannot be a phone number."""
+    if not raw:
+        return None
+    try:
+        number = phonenumbers.parse(raw, (region or "").upper() or None)
+    except phonenumbers.NumberParseException:
+        return None
+    if not phonenumbers.is_possible_number(number):
+        return None
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
