@@ -1,4 +1,10 @@
-"""The transport contract between dispatch and a channel.
+"""The contract between the engine and a channel: the channel's descriptor and its transport.
+
+A :class:`Channel` describes one channel once: the address it sends to, the suppression lists
+that block it, the template parts it renders, whether quiet hours apply, whether a message whose
+outcome is unknown can be looked up at the provider and whether its claim is renewed before every
+attempt. Its module registers it (:mod:`lifecycle.channels.registry`); the engine reads it there
+and names no channel itself.
 
 Dispatch renders messages and hands a transport batches of :class:`OutboundEmail` or
 :class:`OutboundSms`; the transport returns one :class:`SendResult` per message, in any order.
@@ -8,9 +14,13 @@ will say no again) or ``unknown`` (the request may have reached the provider) fo
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
+
+from lifecycle.model.addresses import Address
+from lifecycle.model.channels import TemplatePart
 
 SendStatus = Literal["sent", "failed", "unknown"]
 NOT_FOUND_AT_PROVIDER = "not found at twilio"  # reconciliation: the provider never took the message
@@ -70,3 +80,28 @@ class Transport(Protocol):
         (reporting ``unknown`` with :data:`~lifecycle.channels.retry.CLAIM_LOST`); the answer also
         renews the claim, so a long run of SMS is never taken for a dead worker's."""
         ...
+
+
+class Channel(ABC):
+    """One channel's descriptor (see :class:`lifecycle.model.channels.ChannelFacts` for each fact).
+
+    :param name: its name in program files, the policy and the ledger (at most 10 characters).
+    :param address: the contact address it sends to (:data:`lifecycle.model.addresses.EMAIL`...).
+    :param list_reasons: the suppression lists that block it, in the order they are reported.
+    :param template_parts: the template files a message is rendered from.
+    :param quiet_hours: whether the policy may give it quiet hours.
+    :param reconcilable: whether an unknown outcome can be looked up at the provider.
+    :param renews_claim: whether the claim is renewed before every provider attempt.
+    """
+
+    name: str
+    address: Address
+    list_reasons: tuple[str, ...]
+    template_parts: tuple[TemplatePart, ...]
+    quiet_hours: bool
+    reconcilable: bool
+    renews_claim: bool
+
+    @abstractmethod
+    def describe(self, parts: Mapping[str, str]) -> str:
+        """A rendered message's parts as ``lifecycle preview`` prints them."""

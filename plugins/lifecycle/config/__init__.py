@@ -12,10 +12,11 @@ from collections.abc import Mapping
 from datetime import datetime, time, timedelta
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -27,11 +28,38 @@ from pydantic import (
 
 from lifecycle.config import segments
 from lifecycle.config.durations import parse_duration
-from lifecycle.model import schema
+from lifecycle.model import channels, schema
 from lifecycle.paths import config_dir, templates_dir
 
-Channel = Literal["email", "sms"]
 PROGRAM_ID = re.compile(r"^[a-z][a-z0-9_]{1,62}$")
+
+
+def _registered_channel(name: str | None) -> str | None:
+    """``name`` when it is a registered channel (or left out)."""
+    if name is not None and name not in channels.names():
+        raise ValueError(f"{name!r} is not a registered channel — fix: use one of {list(channels.names())}")
+    return name
+
+
+def _cap_scope(name: str) -> str:
+    """A cap's scope: a registered channel, or ``all`` for every channel together."""
+    if name != "all" and name not in channels.names():
+        raise ValueError(
+            f"{name!r} is not a registered channel or 'all' — fix: use one of {[*channels.names(), 'all']}"
+        )
+    return name
+
+
+def _quiet_channel(name: str) -> str:
+    """A channel that may have quiet hours."""
+    quiet = [c for c in channels.names() if channels.get(c).quiet_hours]
+    if name not in quiet:
+        raise ValueError(f"{name!r} is not a registered channel with quiet hours — fix: use one of {quiet}")
+    return name
+
+
+CapScope = Annotated[str, AfterValidator(_cap_scope)]
+QuietChannel = Annotated[str, AfterValidator(_quiet_channel)]
 
 
 class ConfigError(ValueError):
@@ -87,12 +115,14 @@ class Step(_Strict):
     """One message of a journey."""
 
     id: str = Field(pattern=r"^[a-z][a-z0-9_]{0,62}$")
-    channel: Channel
-    fallback: Channel | None = None
+    channel: str
+    fallback: str | None = None
     delay: Duration = Field(default_factory=lambda: Duration(0))
     relative_to: Literal["enrollment", "previous", "anchor"] = "previous"
     template: str
     when: SegmentExpr | None = None
+
+    _registered = field_validator("channel", "fallback")(_registered_channel)
 
     @model_validator(mode="after")
     def _fallback_differs(self) -> Step:
@@ -216,7 +246,7 @@ class Cap(_Strict):
 
 
 class QuietHours(_Strict):
-    """SMS quiet hours in the recipient's local time: messages then wait for ``end``."""
+    """A channel's quiet hours (SMS's, say) in the recipient's local time: messages then wait for ``end``."""
 
     start: time
     end: time
@@ -250,8 +280,8 @@ class Brand(_Strict):
 class Policy(_Strict):
     """Rules every program shares."""
 
-    caps: dict[Literal["email", "sms", "all"], Cap]
-    quiet_hours: dict[Literal["sms", "email"], QuietHours] = Field(default_factory=dict)
+    caps: dict[CapScope, Cap]
+    quiet_hours: dict[QuietChannel, QuietHours] = Field(default_factory=dict)
     control_group: ControlGroup
     suppressions: dict[Literal["open_ticket", "sales_negotiation", "recent_purchase"], SuppressionRule] = Field(
         default_factory=dict
@@ -399,7 +429,7 @@ def load_program(path: Path, catalog: SegmentCatalog | None = None) -> Program:
 
 
 def _template_parts(channel: str) -> list[str]:
-    return ["subject.txt", "html.j2", "txt.j2"] if channel == "email" else ["sms.j2"]
+    return [part.suffix for part in channels.get(channel).template_parts]
 
 
 def program_files(directory: Path | None = None) -> list[Path]:

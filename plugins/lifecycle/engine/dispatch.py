@@ -25,6 +25,7 @@ from typing import Any
 
 from sqlalchemy import Engine, and_, bindparam, func, literal, or_, select, update
 
+from lifecycle.channels import registry
 from lifecycle.channels.base import NOT_FOUND_AT_PROVIDER, OutboundEmail, OutboundSms, SendResult, Transport
 from lifecycle.channels.retry import CLAIM_LOST
 from lifecycle.engine.suppression import list_reasons
@@ -151,7 +152,7 @@ def load_messages(conn, where) -> list[Claimed]:
 def _withhold_listed(conn, where) -> None:
     """Ready messages whose contact joined a suppression list for their channel since planning
     (an opt-out or a bounce that came in between) are suppressed with that reason, not claimed."""
-    for channel in schema.CHANNELS:
+    for channel in registry.names():
         for reason in list_reasons(channel):
             conn.execute(
                 update(M)

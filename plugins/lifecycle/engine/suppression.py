@@ -10,23 +10,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import permutations
 
 from sqlalchemy import Connection, and_, exists, not_, or_, select, update
 from sqlalchemy.sql.expression import ColumnElement
 
+from lifecycle.channels import registry
 from lifecycle.config import segments
 from lifecycle.engine.scope import RunScope
 from lifecycle.model import schema
-from lifecycle.model.addresses import address
-from lifecycle.model.db import valid_e164, valid_email
 
 M = schema.messages
 C = schema.contacts
-
-LIST_REASONS = {
-    "email": ("unsubscribed", "hard_bounce", "spam_report", "invalid_address", "duplicate_contact"),
-    "sms": ("sms_stop", "unsubscribed", "invalid_address", "duplicate_contact"),
-}
 
 
 @dataclass(frozen=True)
@@ -67,19 +62,20 @@ def list_reasons(channel: str) -> list[Reason]:
 
     They hold whatever the as-of, so the outbox checks them again when it claims a message.
     """
-    return [Reason(name, lambda cid, name=name: _on_list(cid, channel, name)) for name in LIST_REASONS[channel]]
+    reasons = registry.get(channel).list_reasons
+    return [Reason(name, lambda cid, name=name: _on_list(cid, channel, name)) for name in reasons]
 
 
 def channel_reasons(channel: str, run: RunScope) -> list[Reason]:
     """Rules that stop ``channel`` for a contact, in the order they are reported."""
-    check = valid_email if channel == "email" else valid_e164
+    address = registry.get(channel).address
     purpose = run.program.consent_purpose
     rules = [
-        Reason("missing_address", lambda cid: not_(_contact_has(cid, lambda c: address(channel, c).is_not(None)))),
+        Reason("missing_address", lambda cid: not_(_contact_has(cid, lambda c: address.of(c).is_not(None)))),
         Reason(
             "invalid_address",
             lambda cid: _contact_has(
-                cid, lambda c: and_(address(channel, c).is_not(None), not_(check(address(channel, c))))
+                cid, lambda c: and_(address.of(c).is_not(None), not_(address.is_valid(address.of(c))))
             ),
         ),
     ]
@@ -173,7 +169,7 @@ def release_deferred(conn: Connection, run: RunScope) -> int:
 def apply_fallbacks(conn: Connection, run: RunScope) -> int:
     """Move messages whose channel is blocked to their step's fallback channel when it is open."""
     moved = 0
-    for primary, fallback in (("email", "sms"), ("sms", "email")):
+    for primary, fallback in permutations(registry.names(), 2):
         moved += conn.execute(
             update(M)
             .where(
@@ -197,7 +193,7 @@ def suppress(conn: Connection, run: RunScope) -> dict[str, int]:
             .where(_pending(run), reason.predicate(M.c.contact_id))
             .values(status="suppressed", reason=reason.name)
         ).rowcount
-    for channel in ("email", "sms"):
+    for channel in registry.names():
         for reason in channel_reasons(channel, run):
             n = conn.execute(
                 update(M)
