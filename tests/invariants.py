@@ -29,7 +29,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 from sqlalchemy import Engine, select
 
-from lifecycle.channels.base import OutboundEmail, OutboundSms, SendResult
+from lifecycle.channels.base import Outbound, SendResult
 from lifecycle.channels.providers import ProviderTransport
 from lifecycle.engine import dispatch, pipeline
 from lifecycle.messages.links import MESSAGE_ID_PARAM
@@ -83,12 +83,8 @@ class DyingTransport(ProviderTransport):
         super().__init__()
         self.survivors = survivors
 
-    def send_email(self, batch: Sequence[OutboundEmail]) -> list[SendResult]:
-        super().send_email(batch[: self.survivors])
-        raise WorkerDied
-
-    def send_sms(self, batch: Sequence[OutboundSms], still_claimed=None) -> list[SendResult]:
-        super().send_sms(batch[: self.survivors], still_claimed)
+    def send(self, channel: str, batch: Sequence[Outbound], still_claimed=None) -> list[SendResult]:
+        super().send(channel, batch[: self.survivors], still_claimed)
         raise WorkerDied
 
 

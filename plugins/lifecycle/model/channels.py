@@ -19,8 +19,8 @@ from typing import Literal, Protocol
 
 from lifecycle.model.addresses import Address
 
-BUILTIN = ("lifecycle.channels.email", "lifecycle.channels.sms")
-"""The modules of the channels that ship with Lifecycle, imported on the first lookup."""
+BUILTIN = {"email": "lifecycle.channels.email", "sms": "lifecycle.channels.sms"}
+"""The channels that ship with Lifecycle and their modules, imported on the first lookup."""
 NAME = re.compile(r"^[a-z][a-z0-9_]{0,9}$")
 """A channel name: what the ledger's ``channel`` columns (10 characters) can hold."""
 RESERVED = frozenset({"all"})
@@ -94,7 +94,7 @@ _builtin_loaded = False
 def _load_builtin() -> None:
     global _builtin_loaded
     if not _builtin_loaded:
-        for module in BUILTIN:
+        for module in BUILTIN.values():
             importlib.import_module(module)
         _builtin_loaded = True
 
@@ -117,9 +117,10 @@ def unregister(name: str) -> None:
 
 
 def names() -> tuple[str, ...]:
-    """Every registered channel's name, in the order they were registered (the built-in ones first)."""
+    """Every registered channel's name: the built-in ones first, then the others in the order they
+    were registered."""
     _load_builtin()
-    return tuple(_registered)
+    return (*(name for name in BUILTIN if name in _registered), *(name for name in _registered if name not in BUILTIN))
 
 
 def get(name: str) -> ChannelFacts:
@@ -128,4 +129,4 @@ def get(name: str) -> ChannelFacts:
     try:
         return _registered[name]
     except KeyError:
-        raise UnknownChannel(f"no channel {name!r} is registered; registered channels: {list(_registered)}") from None
+        raise UnknownChannel(f"no channel {name!r} is registered; registered channels: {list(names())}") from None

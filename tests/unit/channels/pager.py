@@ -1,22 +1,102 @@
 """A channel that exists only in tests: pages to a contact's phone, registered by the test that
 uses it (``with registered(): ...``) and gone afterwards. It is what a new channel is: one
-module, here with its stand-in provider."""
+descriptor plus its hook, here a stand-in provider that records what it was handed."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import itertools
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
 
 from lifecycle.channels import registry
-from lifecycle.channels.base import Channel
+from lifecycle.channels.base import (
+    NOT_FOUND_AT_PROVIDER,
+    TEST_MESSAGE_ID,
+    Addressed,
+    Channel,
+    ClaimCheck,
+    Providers,
+    SendResult,
+)
+from lifecycle.channels.retry import CLAIM_LOST
+from lifecycle.messages.rendering import Rendered
 from lifecycle.model.addresses import PHONE
 from lifecycle.model.channels import TemplatePart
 
 NAME = "pager"
 
 
-class PagerChannel(Channel):
-    """Pages: one line of text to the contact's phone; its own opt-out list, no quiet hours."""
+@dataclass(frozen=True)
+class Page:
+    """One rendered page, addressed to one contact's phone."""
+
+    message_id: int
+    idempotency_key: str
+    contact_id: str
+    number: str
+    text: str
+
+
+class WorkerDied(Exception):
+    """The send task's process died after the provider took a page, before its outcome was recorded."""
+
+
+@dataclass
+class PagerHook:
+    """The pager provider's stand-in: keeps every page it accepted, can be looked up by number, and
+    can be told to let the worker die right after accepting pages."""
+
+    accepted: list[tuple[str, Page]] = field(default_factory=list)
+    claim_checks: list[int] = field(default_factory=list)
+    die_after: int | None = None
+    _ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
+
+    def page(self, message: Page) -> str:
+        provider_id = f"PG{next(self._ids):04d}"
+        self.accepted.append((provider_id, message))
+        if self.die_after is not None and len(self.accepted) >= self.die_after:
+            raise WorkerDied
+        return provider_id
+
+    def pages_for(self, message_id: int) -> list[Page]:
+        return [page for _pid, page in self.accepted if page.message_id == message_id]
+
+
+class PagerSender:
+    """Pages one at a time, asking ``still_claimed`` before each; finds pages again by number and text."""
+
+    def __init__(self, hook: PagerHook) -> None:
+        self.hook = hook
+
+    def send(self, batch: Sequence[Page], still_claimed: ClaimCheck | None) -> list[SendResult]:
+        results = []
+        for message in batch:
+            if still_claimed is not None:
+                self.hook.claim_checks.append(message.message_id)
+                if not still_claimed(message.message_id):
+                    results.append(SendResult(message.message_id, "unknown", reason=CLAIM_LOST))
+                    continue
+            results.append(SendResult(message.message_id, "sent", self.hook.page(message)))
+        return results
+
+    def reconcile(self, batch: Sequence[Page], since: datetime, exclude: Collection[str]) -> list[SendResult]:
+        results = []
+        for message in batch:
+            found = [
+                pid
+                for pid, page in self.hook.accepted
+                if pid not in exclude and (page.number, page.text) == (message.number, message.text)
+            ]
+            status = SendResult(message.message_id, "sent", found[0]) if found else None
+            results.append(status or SendResult(message.message_id, "failed", reason=NOT_FOUND_AT_PROVIDER))
+        return results
+
+
+class PagerChannel(Channel[Page]):
+    """Pages: one line of text to the contact's phone; its own opt-out list, no quiet hours; the
+    provider can be asked about a page, and each claim is renewed before every attempt."""
 
     name = NAME
     address = PHONE
@@ -25,9 +105,29 @@ class PagerChannel(Channel):
     quiet_hours = False
     reconcilable = True
     renews_claim = True
+    test_recipients = "pager numbers (pager:+14155550100)"
+
+    def outbound(self, message: Addressed, rendered: Rendered, links: Mapping[str, str]) -> Page:
+        contact = message.contact
+        return Page(
+            message.message_id,
+            message.idempotency_key,
+            contact["contact_id"],
+            contact[self.address.column],
+            rendered.text,
+        )
+
+    def test_copy(self, key: str, contact_id: str, recipient: str, rendered: Rendered, program: str) -> Page:
+        return Page(TEST_MESSAGE_ID, key, contact_id, recipient.removeprefix("pager:"), f"[TEST] {rendered.text}")
+
+    def is_test_recipient(self, recipient: str) -> bool:
+        return recipient.strip().startswith("pager:")
 
     def describe(self, parts: Mapping[str, str]) -> str:
         return f"PAGE {parts['text']}"
+
+    def sender(self, providers: Providers) -> PagerSender:
+        return PagerSender(providers.hook(PagerHook))
 
 
 @contextmanager
