@@ -5,7 +5,7 @@ descriptor plus its hook, here a stand-in provider that records what it was hand
 from __future__ import annotations
 
 import itertools
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -24,6 +24,7 @@ from lifecycle.channels.retry import CLAIM_LOST
 from lifecycle.messages.rendering import Rendered
 from lifecycle.model.addresses import PHONE
 from lifecycle.model.channels import TemplatePart
+from tests.invariants import WorkerDied
 
 NAME = "pager"
 
@@ -39,21 +40,22 @@ class Page:
     text: str
 
 
-class WorkerDied(Exception):
-    """The send task's process died after the provider took a page, before its outcome was recorded."""
-
-
 @dataclass
 class PagerHook:
-    """The pager provider's stand-in: keeps every page it accepted, can be looked up by number, and
-    can be told to let the worker die right after accepting pages."""
+    """The pager provider's stand-in: keeps every page it accepted (and what ``observe`` saw at
+    that moment), can be looked up by number and text, and can let the worker die right after it
+    accepted its ``die_after``-th page."""
 
     accepted: list[tuple[str, Page]] = field(default_factory=list)
     claim_checks: list[int] = field(default_factory=list)
+    observed: list[object] = field(default_factory=list)
+    observe: Callable[[Page], object] | None = None
     die_after: int | None = None
     _ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
     def page(self, message: Page) -> str:
+        if self.observe is not None:
+            self.observed.append(self.observe(message))
         provider_id = f"PG{next(self._ids):04d}"
         self.accepted.append((provider_id, message))
         if self.die_after is not None and len(self.accepted) >= self.die_after:
