@@ -12,7 +12,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import phonenumbers
 from sqlalchemy import func, select
 from sqlalchemy.sql.expression import ColumnElement
 
@@ -68,6 +67,8 @@ PHONE = Address("phone", phone_number, valid_e164, Q.c.phone_valid, Q.c.phone_pr
 def to_e164(raw: str | None, region: str | None = None) -> str | None:
     """A phone number in E.164 form (``+14155550100``), read with the contact's country as the
     default region; None when it cannot be a phone number."""
+    import phonenumbers  # only where numbers are read: the program schema imports this module too
+
     if not raw:
         return None
     try:

@@ -10,6 +10,7 @@ import yaml
 
 from lifecycle import config
 from lifecycle.channels import registry
+from lifecycle.channels.base import Channel
 from lifecycle.messages.rendering import render
 from lifecycle.model.channels import UnknownChannel
 from tests.conftest import FIXTURES
@@ -63,6 +64,15 @@ def test_a_channel_name_must_fit_the_ledger(name):
     with pytest.raises(ValueError, match="channel name"):
         registry.register(odd)
     assert name not in registry.names()
+
+
+def test_a_channel_must_set_every_fact():
+    said = {fact: getattr(PagerChannel, fact) for fact in Channel.__annotations__ if fact != "quiet_hours"}
+    behaviour = {name: getattr(PagerChannel, name) for name in Channel.__abstractmethods__}
+    vague = type("Vague", (Channel,), said | behaviour)()
+    with pytest.raises(TypeError, match=r"does not set \['quiet_hours'\]"):
+        registry.register(vague)
+    assert "pager" not in registry.names()
 
 
 def test_a_name_is_registered_once(pager):
