@@ -30,13 +30,8 @@ from tests.unit.channels.pager import NAME, PagerChannel, PagerHook, registered
 
 M = schema.messages
 LINKS = PublicLinks("https://app.test/lifecycle", "test-secret")
+CAPS = {"email": {"max": 3, "per": "7d"}, "sms": {"max": 2, "per": "7d"}, "all": {"max": 3, "per": "7d"}}
 POLICY = {
-    "caps": {
-        "email": {"max": 3, "per": "7d"},
-        "sms": {"max": 2, "per": "7d"},
-        "pager": {"max": 1, "per": "7d"},
-        "all": {"max": 3, "per": "7d"},
-    },
     "quiet_hours": {"sms": {"start": "21:00", "end": "08:00"}},
     "control_group": {"percent": 0, "salt": "test-control"},
     "send_batch_size": 50,
@@ -47,14 +42,14 @@ PROGRAMS = {
         "name": "Pages (low priority)",
         "priority": 20,
         "audience": {"segment": {"segment": "leads"}},
-        "steps": [{"id": "hello", "channel": NAME, "template": "simple/hello"}],
+        "steps": [{"id": "hello", "template": "simple/hello"}],
         "holdout_percent": 30,
     },
     "urgent": {
         "name": "Urgent pages (high priority)",
         "priority": 90,
         "audience": {"segment": {"attribute": "industry", "eq": "Logistics"}},
-        "steps": [{"id": "alert", "channel": NAME, "template": "simple/hello"}],
+        "steps": [{"id": "alert", "template": "simple/hello"}],
         "holdout_percent": 0,
     },
 }
@@ -67,24 +62,32 @@ class NotReconcilable(PagerChannel):
     reconcilable = False
 
 
+class NamedLikeAColumn(PagerChannel):
+    """The pager channel under a name the ledger also gives a column."""
+
+    name = "channel"
+
+
 @pytest.fixture
 def pager(request):
     """The pager channel (or the variant a test parametrizes), registered for this test only."""
     with registered(getattr(request, "param", PagerChannel)()) as channel:
         yield channel
-    assert NAME not in registry.names()
+    assert registry.names() == ("email", "sms")
 
 
 @pytest.fixture
 def pager_config(tmp_path: Path, monkeypatch, pager) -> Path:
-    """A config folder whose programs page, and templates with a pager part."""
+    """A config folder whose programs page (a cap of 1 page a week), and templates with a pager part."""
     root = tmp_path / "config"
     (root / "programs").mkdir(parents=True)
     (root / "segments.yml").write_text((FIXTURES / "config" / "segments.yml").read_text())
-    (root / "policy.yml").write_text(yaml.safe_dump(POLICY))
+    caps = CAPS | {pager.name: {"max": 1, "per": "7d"}}
+    (root / "policy.yml").write_text(yaml.safe_dump(POLICY | {"caps": caps}))
     for program, fields in PROGRAMS.items():
+        steps = [step | {"channel": pager.name} for step in fields["steps"]]
         (root / "programs" / f"{program}.yml").write_text(
-            yaml.safe_dump({"owner": "tests", "schedule": None, "kpi": KPI} | fields)
+            yaml.safe_dump({"owner": "tests", "schedule": None, "kpi": KPI} | fields | {"steps": steps})
         )
     templates = tmp_path / "templates" / "simple"
     templates.mkdir(parents=True)
@@ -109,9 +112,9 @@ def _outcomes(engine, program: str) -> dict[str, tuple[str, str | None]]:
     return {m["contact_id"]: (m["status"], m["reason"]) for m in messages(engine, program)}
 
 
-def _pager_contact(c, program: str = "pages", **fields) -> str:
+def _pager_contact(c, program: str = "pages", channel: str = NAME, **fields) -> str:
     """A treatment contact of ``program`` with marketing consent for the pager (and email, SMS)."""
-    consent = {"email": "granted", "sms": "granted", NAME: "granted"}
+    consent = {"email": "granted", "sms": "granted", channel: "granted"}
     return treatment_contact(c, program, **({"consent": consent} | fields))
 
 
@@ -199,19 +202,20 @@ def test_pages_go_only_where_consent_lists_and_addresses_allow(crm, pager_config
     assert {sent[cid]["provider_message_id"] for cid in pages} == {pid for pid, _page in hook.accepted}
 
 
-def test_the_pager_cap_and_the_all_channels_cap_both_hold(crm, pager_config):
+@pytest.mark.parametrize("pager", [PagerChannel, NamedLikeAColumn], indirect=True, ids=["pager", "channel"])
+def test_the_pager_cap_and_the_all_channels_cap_both_hold(crm, pager_config, pager):
     engine, c = crm
-    paged_this_week = _pager_contact(c)
-    _earlier(engine, paged_this_week, NAME, 1)
-    busy = _pager_contact(c)
+    paged_this_week = _pager_contact(c, channel=pager.name)
+    _earlier(engine, paged_this_week, pager.name, 1)
+    busy = _pager_contact(c, channel=pager.name)
     _earlier(engine, busy, "email", 3)
-    texted = _pager_contact(c)
+    texted = _pager_contact(c, channel=pager.name)
     _earlier(engine, texted, "sms", 2)
 
     _run(engine, "pages", PagerHook())
 
     assert _outcomes(engine, "pages") == {
-        paged_this_week: ("capped", "frequency_cap_pager: 1 per 7d"),
+        paged_this_week: ("capped", f"frequency_cap_{pager.name}: 1 per 7d"),
         busy: ("capped", "frequency_cap_all: 3 per 7d"),
         texted: ("sent", None),
     }

@@ -121,7 +121,7 @@ def cap(conn: Connection, run: RunScope, programs: Mapping[str, Program]) -> dic
     caps = run.policy.caps
     scopes = [s for s in (*registry.names(), "all") if s in caps]
     rows = conn.execute(
-        select(M.c.message_id, M.c.contact_id, M.c.channel, *(_used(s, run).label(s) for s in scopes)).where(
+        select(M.c.message_id, M.c.contact_id, M.c.channel, *(_used(s, run).label(f"used_{s}") for s in scopes)).where(
             _pending(run)
         )
     ).all()
@@ -131,7 +131,7 @@ def cap(conn: Connection, run: RunScope, programs: Mapping[str, Program]) -> dic
         reason = None
         wanted = demand.get(row.contact_id, Counter())
         for scope in (row.channel, "all"):
-            if scope in caps and getattr(row, scope) + wanted[scope] >= caps[scope].max:
+            if scope in caps and getattr(row, f"used_{scope}") + wanted[scope] >= caps[scope].max:
                 reason = cap_reason(scope, caps[scope])
                 break
         status = "capped" if reason else "ready"
