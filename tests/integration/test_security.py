@@ -33,9 +33,9 @@ from lifecycle.channels.providers import ProviderTransport, links_from_connectio
 from lifecycle.devtools.local import WebApp, connection_json
 from lifecycle.devtools.seed import seed_crm
 from lifecycle.engine import pipeline
-from lifecycle.engine.feedback import to_e164
 from lifecycle.messages.links import make_unsubscribe_token
 from lifecycle.model import schema
+from lifecycle.model.addresses import to_e164
 from lifecycle.model.db import get_engine, migrate
 from lifecycle.reporting.digest import build_digest
 from lifecycle.sandbox import DEFAULT_SENDGRID_KEY, DEFAULT_TWILIO_TOKEN

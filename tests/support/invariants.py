@@ -29,12 +29,12 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 from sqlalchemy import Engine, select
 
-from lifecycle.channels.base import OutboundEmail, OutboundSms, SendResult
+from lifecycle.channels.base import Outbound, SendResult
 from lifecycle.channels.providers import ProviderTransport
 from lifecycle.engine import dispatch, pipeline
-from lifecycle.engine.feedback import to_e164
 from lifecycle.messages.links import MESSAGE_ID_PARAM
 from lifecycle.model import schema
+from lifecycle.model.addresses import to_e164
 
 M = schema.messages
 GONE_OUT = ("sent", "delivered", "opened", "clicked", "bounced")
@@ -83,12 +83,8 @@ class DyingTransport(ProviderTransport):
         super().__init__()
         self.survivors = survivors
 
-    def send_email(self, batch: Sequence[OutboundEmail]) -> list[SendResult]:
-        super().send_email(batch[: self.survivors])
-        raise WorkerDied
-
-    def send_sms(self, batch: Sequence[OutboundSms], still_claimed=None) -> list[SendResult]:
-        super().send_sms(batch[: self.survivors], still_claimed)
+    def send(self, channel: str, batch: Sequence[Outbound], still_claimed=None) -> list[SendResult]:
+        super().send(channel, batch[: self.survivors], still_claimed)
         raise WorkerDied
 
 

@@ -2,22 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
-from lifecycle.channels.base import OutboundEmail, OutboundSms, SendResult
+from lifecycle.channels import registry
+from lifecycle.channels.base import ClaimCheck, Outbound, SendResult
 from lifecycle.model.ledger import Status
-
-
-def _sms_segments(body: str) -> int:
-    """Count SMS segments: 160/153 GSM-7 characters, 70/67 for UCS-2 bodies."""
-    try:
-        body.encode("ascii")
-        single, multi = 160, 153
-    except UnicodeEncodeError:
-        single, multi = 70, 67
-    if len(body) <= single:
-        return 1
-    return -(-len(body) // multi)
 
 
 class DryRunTransport:
@@ -25,13 +14,11 @@ class DryRunTransport:
 
     name = "dry_run"
 
-    def send_email(self, batch: Sequence[OutboundEmail]) -> list[SendResult]:
-        return [SendResult(m.message_id, Status.SENT, f"dry-run-{m.idempotency_key}") for m in batch]
-
-    def send_sms(
-        self, batch: Sequence[OutboundSms], still_claimed: Callable[[int], bool] | None = None
+    def send(
+        self, channel: str, batch: Sequence[Outbound], still_claimed: ClaimCheck | None = None
     ) -> list[SendResult]:
+        counted = registry.get(channel)
         return [
-            SendResult(m.message_id, Status.SENT, f"dry-run-{m.idempotency_key}", segments=_sms_segments(m.body))
+            SendResult(m.message_id, Status.SENT, f"dry-run-{m.idempotency_key}", segments=counted.segments(m))
             for m in batch
         ]

@@ -6,9 +6,7 @@ from collections.abc import Mapping
 
 from lifecycle.channels.base import Transport
 from lifecycle.channels.dry_run import DryRunTransport
-from lifecycle.engine.dispatch import LinkBuilder
-
-LIFECYCLE_CONN_ID = "lifecycle_default"
+from lifecycle.messages.links import LIFECYCLE_CONN_ID, LinkBuilder
 
 
 def _dry_run_links(message_id: int, contact_id: str, channel: str) -> Mapping[str, str]:

@@ -1,14 +1,16 @@
-"""TwilioHook: the ``twilio_default`` connection plus the official Twilio client."""
+"""TwilioHook: the ``twilio_default`` connection plus the official Twilio client; and
+:class:`TwilioSender`, how the SMS channel's messages go out through it and are looked up again."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+import logging
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 import requests
 from airflow.sdk import BaseHook
@@ -19,7 +21,14 @@ from twilio.rest import Client
 from twilio.rest.api.v2010.account.message import MessageInstance
 from urllib3.exceptions import ConnectTimeoutError
 
-from lifecycle.channels.dry_run import _sms_segments
+from lifecycle.channels.base import (
+    REASON_LIMIT,
+    ClaimCheck,
+    OutboundSms,
+    Providers,
+    SendResult,
+    results_for_error,
+)
 from lifecycle.channels.retry import (
     ClaimLost,
     OutcomeUnknown,
@@ -28,10 +37,18 @@ from lifecycle.channels.retry import (
     RetryPolicy,
     error_for_status,
 )
+from lifecycle.channels.sms import sms_segments
+from lifecycle.messages.links import MESSAGE_ID_PARAM, TWILIO_STATUS_PATH
+from lifecycle.model.addresses import to_e164
+from lifecycle.model.db import utc_naive
+from lifecycle.model.ledger import OutcomeReason, Status
 from lifecycle.model.privacy import redact
+
+log = logging.getLogger(__name__)
 
 TWILIO_API_URL = "https://api.twilio.com"
 T = TypeVar("T")
+_TWILIO_FAILED = {"failed", "undelivered", "canceled"}  # Twilio's message statuses that mean it gave up
 
 
 class BaseUrlHttpClient(TwilioHttpClient):
@@ -77,7 +94,7 @@ class SmsReceipt:
         """The receipt for a Twilio ``MessageInstance``."""
         segments = int(message.num_segments or 0)
         if not segments and message.body:
-            segments = _sms_segments(message.body)
+            segments = sms_segments(message.body)
         return cls(
             sid=message.sid,
             status=str(message.status),
@@ -234,6 +251,11 @@ class TwilioHook(BaseHook):
         return self.retry_policy.call(attempt)
 
 
+def twilio_failure_reason(error_code: int | str | None, status: str) -> str:
+    """How a message Twilio failed reads in the ledger: ``twilio 30003 undelivered``."""
+    return " ".join(str(part) for part in ("twilio", error_code, status) if part)
+
+
 def _translate(exc: TwilioException, headers: Mapping[str, str]) -> ProviderError:
     """A Twilio SDK error as a Rejected/Retryable error reading ``twilio <code> <message>``."""
     if isinstance(exc, TwilioRestException):
@@ -263,3 +285,89 @@ def _never_connected(exc: requests.RequestException) -> bool:
         return True
     cause = exc.args[0] if exc.args else None
     return isinstance(getattr(cause, "reason", None), ConnectTimeoutError)
+
+
+class TwilioSender:
+    """Sends SMS through a :class:`TwilioHook`, one request each with a status callback URL that
+    names its message id, and looks up messages whose outcome is unknown.
+
+    :param hook: the Twilio hook.
+    :param providers: where the app's public links come from, for the default status callback URL.
+    :param lookup_limit: how many of a number's newest messages a lookup reads.
+    """
+
+    def __init__(self, hook: TwilioHook, providers: Providers, lookup_limit: int = 20) -> None:
+        self.hook = hook
+        self.providers = providers
+        self.lookup_limit = lookup_limit
+
+    def _status_callback(self, message_id: int) -> str:
+        base = self.hook.status_callback_url or self.providers.links.url(TWILIO_STATUS_PATH)
+        separator = "&" if "?" in base else "?"
+        return f"{base}{separator}{urlencode({MESSAGE_ID_PARAM: message_id})}"
+
+    def send(self, batch: Sequence[OutboundSms], still_claimed: ClaimCheck | None = None) -> list[SendResult]:
+        """Send each SMS, with a status callback URL that names its message id.
+
+        ``still_claimed(message_id)`` is asked before every attempt at a message (see
+        :class:`~lifecycle.channels.base.Transport`); a message no longer claimed is not sent.
+        """
+        return [self._send_one(message, still_claimed) for message in batch]
+
+    def _send_one(self, message: OutboundSms, still_claimed: ClaimCheck | None = None) -> SendResult:
+        if to_e164(message.to_phone) != message.to_phone:
+            return SendResult(message.message_id, Status.FAILED, reason=OutcomeReason.PHONE_NOT_E164)
+        before = None if still_claimed is None else (lambda: still_claimed(message.message_id))
+        try:
+            receipt = self.hook.send_sms(
+                message.to_phone, message.body, self._status_callback(message.message_id), before_attempt=before
+            )
+        except ProviderError as exc:
+            log.warning("Twilio request for message %s ended: %s", message.message_id, exc.reason)
+            return results_for_error([message.message_id], exc)[0]
+        return _sms_result(message.message_id, receipt)
+
+    def reconcile(
+        self, batch: Sequence[OutboundSms], since: datetime, exclude: Collection[str] = ()
+    ) -> list[SendResult]:
+        """Settle SMS whose outcome is unknown by asking Twilio what it holds.
+
+        A message is matched by recipient and body among the newest ``lookup_limit`` messages
+        to that number created at or after ``since`` (naive UTC or aware). Found: ``sent`` (or
+        ``failed`` if Twilio failed it) with its SID. Not found: ``failed`` with reason
+        ``not found at twilio``, meaning Twilio never took it, so sending again is safe.
+        When Twilio cannot be asked, the result stays ``unknown``. A SID in ``exclude`` (known to
+        be another message's) or already matched in this call is never matched again: the same
+        text can go to one number twice.
+        """
+        since = utc_naive(since).replace(microsecond=0)
+        taken = set(exclude)
+        results = []
+        for message in batch:
+            try:
+                receipts = self.hook.recent_messages(message.to_phone, limit=self.lookup_limit)
+            except ProviderError as exc:
+                results.append(SendResult(message.message_id, Status.UNKNOWN, reason=exc.reason[:REASON_LIMIT]))
+                continue
+            matches = [
+                r
+                for r in receipts
+                if r.sid not in taken and r.body == message.body and r.created_at and utc_naive(r.created_at) >= since
+            ]
+            if matches:
+                receipt = min(matches, key=lambda r: r.created_at)
+                taken.add(receipt.sid)
+                results.append(_sms_result(message.message_id, receipt))
+            else:
+                results.append(
+                    SendResult(message.message_id, Status.FAILED, reason=OutcomeReason.NOT_FOUND_AT_PROVIDER)
+                )
+        return results
+
+
+def _sms_result(message_id: int, receipt: SmsReceipt) -> SendResult:
+    """The result Twilio's record of a message calls for."""
+    if receipt.status in _TWILIO_FAILED:
+        reason = twilio_failure_reason(receipt.error_code, receipt.status)
+        return SendResult(message_id, Status.FAILED, receipt.sid, reason=reason, segments=receipt.segments)
+    return SendResult(message_id, Status.SENT, receipt.sid, segments=receipt.segments)

@@ -12,10 +12,11 @@ from collections.abc import Mapping
 from datetime import datetime, time, timedelta
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -29,16 +30,44 @@ from pydantic import (
 from lifecycle.config import segments
 from lifecycle.config.durations import parse_duration
 from lifecycle.config.segments import Segment
-from lifecycle.model import schema
+from lifecycle.model import channels, schema
 from lifecycle.model.ledger import PolicyRule, SuppressionReason
 from lifecycle.paths import config_dir, templates_dir
 
 if TYPE_CHECKING:
     from pydantic_core import CoreSchema
 
-Channel = Literal["email", "sms"]
 _Model = TypeVar("_Model", bound=BaseModel)
+
 PROGRAM_ID = re.compile(r"^[a-z][a-z0-9_]{1,62}$")
+
+
+def _registered_channel(name: str | None) -> str | None:
+    """``name`` when it is a registered channel (or left out)."""
+    if name is not None and name not in channels.names():
+        raise ValueError(f"{name!r} is not a registered channel — fix: use one of {list(channels.names())}")
+    return name
+
+
+def _cap_scope(name: str) -> str:
+    """A cap's scope: a registered channel, or ``all`` for every channel together."""
+    if name != "all" and name not in channels.names():
+        raise ValueError(
+            f"{name!r} is not a registered channel or 'all' — fix: use one of {[*channels.names(), 'all']}"
+        )
+    return name
+
+
+def _quiet_channel(name: str) -> str:
+    """A channel that may have quiet hours."""
+    quiet = [c for c in channels.names() if channels.get(c).quiet_hours]
+    if name not in quiet:
+        raise ValueError(f"{name!r} is not a registered channel with quiet hours — fix: use one of {quiet}")
+    return name
+
+
+CapScope = Annotated[str, AfterValidator(_cap_scope)]
+QuietChannel = Annotated[str, AfterValidator(_quiet_channel)]
 
 
 class ConfigError(ValueError):
@@ -94,12 +123,14 @@ class Step(_Strict):
     """One message of a journey."""
 
     id: str = Field(pattern=r"^[a-z][a-z0-9_]{0,62}$")
-    channel: Channel
-    fallback: Channel | None = None
+    channel: str
+    fallback: str | None = None
     delay: Duration = Field(default_factory=lambda: Duration(0))
     relative_to: Literal["enrollment", "previous", "anchor"] = "previous"
     template: str
     when: SegmentExpr | None = None
+
+    _registered = field_validator("channel", "fallback")(_registered_channel)
 
     @model_validator(mode="after")
     def _fallback_differs(self) -> Step:
@@ -223,7 +254,7 @@ class Cap(_Strict):
 
 
 class QuietHours(_Strict):
-    """SMS quiet hours in the recipient's local time: messages then wait for ``end``."""
+    """A channel's quiet hours (SMS's, say) in the recipient's local time: messages then wait for ``end``."""
 
     start: time
     end: time
@@ -264,8 +295,8 @@ RENAMED_SUPPRESSIONS = {
 class Policy(_Strict):
     """Rules every program shares."""
 
-    caps: dict[Literal["email", "sms", "all"], Cap]
-    quiet_hours: dict[Literal["sms", "email"], QuietHours] = Field(default_factory=dict)
+    caps: dict[CapScope, Cap]
+    quiet_hours: dict[QuietChannel, QuietHours] = Field(default_factory=dict)
     control_group: ControlGroup
     suppressions: dict[PolicyRule, SuppressionRule] = Field(default_factory=dict)
     send_batch_size: int = Field(default=500, ge=1, le=10_000)
@@ -421,7 +452,7 @@ def load_program(path: Path, catalog: SegmentCatalog | None = None) -> Program:
 
 
 def _template_parts(channel: str) -> list[str]:
-    return ["subject.txt", "html.j2", "txt.j2"] if channel == "email" else ["sms.j2"]
+    return [part.suffix for part in channels.get(channel).template_parts]
 
 
 def program_files(directory: Path | None = None) -> list[Path]:

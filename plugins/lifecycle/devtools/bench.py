@@ -558,7 +558,8 @@ def _render_groups(engine: Engine) -> list[RenderGroup]:
 def run_engine(url: str, contacts: int, as_of: datetime, sandbox_url: str) -> EngineRun:
     """Every program's stages for ``as_of`` on a seeded CRM, sending to the sandbox (run this in a
     child process: its peak memory is the engine's)."""
-    import lifecycle.channels.providers  # noqa: F401 - Airflow and the SDKs, loaded before the clock starts as in a task
+    import lifecycle.channels.sendgrid  # noqa: F401 - Airflow and the SDKs, loaded before the clock starts as in a task
+    import lifecycle.channels.twilio  # noqa: F401
 
     engine = get_engine(url)
     started = time.perf_counter()

@@ -17,6 +17,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import Connection, and_, bindparam, func, literal, not_, select, text, union_all, update
 
+from lifecycle.channels import registry
 from lifecycle.config import Cap, Program, QuietHours, segments
 from lifecycle.engine.journeys import E, entry_eligible, group_expr, step_due
 from lifecycle.engine.scope import RunScope
@@ -106,9 +107,9 @@ def cap(conn: Connection, run: RunScope, programs: Mapping[str, Program]) -> dic
     """Mark this program's pending messages ``capped`` (with the cap as reason) or ``ready``."""
     lock_caps(conn)
     caps = run.policy.caps
-    scopes = [s for s in ("email", "sms", "all") if s in caps]
+    scopes = [s for s in (*registry.names(), "all") if s in caps]
     rows = conn.execute(
-        select(M.c.message_id, M.c.contact_id, M.c.channel, *(_used(s, run).label(s) for s in scopes)).where(
+        select(M.c.message_id, M.c.contact_id, M.c.channel, *(_used(s, run).label(f"used_{s}") for s in scopes)).where(
             _pending(run)
         )
     ).all()
@@ -118,7 +119,7 @@ def cap(conn: Connection, run: RunScope, programs: Mapping[str, Program]) -> dic
         reason = None
         wanted = demand.get(row.contact_id, Counter())
         for scope in (row.channel, "all"):
-            if scope in caps and getattr(row, scope) + wanted[scope] >= caps[scope].max:
+            if scope in caps and getattr(row, f"used_{scope}") + wanted[scope] >= caps[scope].max:
                 reason = cap_reason(scope, caps[scope])
                 break
         status = Status.CAPPED if reason else Status.READY

@@ -6,11 +6,12 @@ still ``sending`` by a later attempt may or may not have reached the provider, s
 ``unknown`` and is never resent blindly. If the attempt that claimed it was in fact still alive
 (two send tasks on one batch), the answer it records replaces that guess.
 
-Only the SMS channel can look a message up at the provider, so only an SMS can go back to
-``ready`` (Twilio does not hold it, and the claim is older than :data:`CLAIM_LEASE`). An attempt
-that is still alive renews the claim before every provider attempt at an SMS and gives the
-message up when the claim is gone, so a slow live worker and the attempt that took its messages
-for stale never both send one.
+Only a channel whose provider can be asked about a message (``reconcilable``: SMS, through
+Twilio) can have it go back to ``ready`` (the provider does not hold it, and the claim is older
+than :data:`CLAIM_LEASE`). An attempt that is still alive renews the claim before every provider
+attempt on a channel that asks for it (``renews_claim``: SMS) and gives the message up when the
+claim is gone, so a slow live worker and the attempt that took its messages for stale never both
+send one. Which channel does what is its descriptor's to say (:mod:`lifecycle.channels.registry`).
 """
 
 from __future__ import annotations
@@ -25,9 +26,11 @@ from typing import Any
 
 from sqlalchemy import Engine, and_, bindparam, func, literal, or_, select, true, update
 
-from lifecycle.channels.base import OutboundEmail, OutboundSms, SendResult, Transport
+from lifecycle.channels import registry
+from lifecycle.channels.base import ClaimCheck, Outbound, Reconciler, SendResult, Transport
 from lifecycle.engine.suppression import list_reasons
 from lifecycle.messages.context import MessageData, crm_columns, read_crm, template_context
+from lifecycle.messages.links import LinkBuilder
 from lifecycle.messages.rendering import RenderError, render
 from lifecycle.model import schema
 from lifecycle.model.ledger import STILL_CLAIMED, OutcomeReason, Status
@@ -39,7 +42,6 @@ C = schema.contacts
 A = schema.accounts
 E = schema.enrollments
 
-LinkBuilder = Callable[[int, str, str], Mapping[str, str]]
 # A request in flight when a worker died can still land at the provider until its timeout (30 s in
 # the hooks) has passed, so "not found" only proves "never sent" once the claim is older than this.
 CLAIM_LEASE = timedelta(seconds=60)
@@ -149,7 +151,7 @@ def load_messages(conn, where) -> list[Claimed]:
 def _withhold_listed(conn, where) -> None:
     """Ready messages whose contact joined a suppression list for their channel since planning
     (an opt-out or a bounce that came in between) are suppressed with that reason, not claimed."""
-    for channel in schema.CHANNELS:
+    for channel in registry.names():
         for reason in list_reasons(channel):
             conn.execute(
                 update(M)
@@ -185,44 +187,51 @@ def claim(engine: Engine, run_id: str, batch: int, size: int) -> list[Claimed]:
         )
 
 
-def _held_sms_ids(engine: Engine, stale: Sequence[Claimed]) -> set[str]:
-    """Provider ids the ledger holds for SMS sent since the oldest stale claim (give or take the
-    clock skew): reconciliation must not take another message's SMS for a stale one."""
+def _held_provider_ids(engine: Engine, stale: Sequence[Claimed]) -> set[str]:
+    """Provider ids the ledger holds for messages on reconcilable channels sent since the oldest
+    stale claim (give or take the clock skew): reconciliation must not take another message's for a
+    stale one."""
     oldest = min(item.claimed_at for item in stale) - CLOCK_SKEW
+    reconcilable = [name for name in registry.names() if registry.get(name).reconcilable]
     with engine.connect() as conn:
         held = select(M.c.provider_message_id).where(
-            M.c.channel == "sms", M.c.sent_at >= oldest, M.c.provider_message_id.is_not(None)
+            M.c.channel.in_(reconcilable), M.c.sent_at >= oldest, M.c.provider_message_id.is_not(None)
         )
         return set(conn.execute(held).scalars())
 
 
 def recover_stale_claims(
-    engine: Engine, run_id: str, batch: int, transport: Transport, build: Callable[[Claimed], Any]
+    engine: Engine, run_id: str, batch: int, transport: Transport, build: Callable[[Claimed], Outbound]
 ) -> Counter:
     """Settle messages an earlier attempt left ``sending``: their outcome is unknown.
 
-    SMS are looked up at the provider when the transport can (``reconcile_sms``): found means
-    sent; not found after the claim lease means the provider never took it, so it goes back to
-    ``ready``. A provider message the ledger already holds for another message is never taken
-    for a stale one. Everything else becomes ``unknown`` with the reason, and is never resent blindly.
+    Messages on a reconcilable channel (SMS) are looked up at the provider when the transport can
+    (a :class:`~lifecycle.channels.base.Reconciler`): found means sent; not found after the claim
+    lease means the provider never took it, so it goes back to ``ready``. A provider message the
+    ledger already holds for another message is never taken for a stale one. Everything else
+    becomes ``unknown`` with the reason, and is never resent blindly.
     """
     with engine.connect() as conn:
         stale = load_messages(conn, and_(_in_batch(run_id, batch), M.c.status == Status.SENDING))
     if not stale:
         return Counter()
-    reconcile = getattr(transport, "reconcile_sms", None)
-    taken = _held_sms_ids(engine, stale) if reconcile is not None else set()
+    reconciler = transport if isinstance(transport, Reconciler) else None
+    taken = _held_provider_ids(engine, stale) if reconciler is not None else set()
     results: list[SendResult] = []
     retry: list[int] = []
     lease_over = _now() - CLAIM_LEASE
     for item in stale:
-        if item.channel == "sms" and reconcile is not None and item.contact["contact_id"] is not None:
+        if (
+            registry.get(item.channel).reconcilable
+            and reconciler is not None
+            and item.contact["contact_id"] is not None
+        ):
             try:
                 outbound = build(item)
             except RenderError:
                 outbound = None
             if outbound is not None:
-                (found,) = reconcile([outbound], since=item.claimed_at, exclude=taken)
+                (found,) = reconciler.reconcile(item.channel, [outbound], since=item.claimed_at, exclude=taken)
                 if found.provider_message_id:
                     taken.add(found.provider_message_id)
                 not_found = found.status == Status.FAILED and found.reason == OutcomeReason.NOT_FOUND_AT_PROVIDER
@@ -261,27 +270,14 @@ def renew_claim(engine: Engine, message_id: int, token: str | None) -> bool:
     return held == 1
 
 
-def _outbound(item: Claimed, links: Mapping[str, str], brand: Mapping[str, Any]) -> OutboundEmail | OutboundSms:
+def _outbound(item: Claimed, links: Mapping[str, str], brand: Mapping[str, Any]) -> Outbound:
     rendered = render(item.template, item.channel, template_context(item, links, brand))
-    contact = item.contact
-    if item.channel == "sms":
-        return OutboundSms(
-            item.message_id, item.idempotency_key, contact["contact_id"], contact["phone"], rendered.text
-        )
-    name = " ".join(p for p in (contact.get("first_name"), contact.get("last_name")) if p) or None
-    return OutboundEmail(
-        message_id=item.message_id,
-        idempotency_key=item.idempotency_key,
-        contact_id=contact["contact_id"],
-        to_email=contact["email"],
-        to_name=name,
-        subject=rendered.subject or "",
-        html=rendered.html or "",
-        text=rendered.text,
-        categories=(item.program, item.step),
-        unsubscribe_url=links.get("unsubscribe"),
-        custom_args={"lifecycle_message_id": str(item.message_id)},
-    )
+    return registry.get(item.channel).outbound(item, rendered, links)
+
+
+def _claim_check(engine: Engine, tokens: Mapping[int, str | None]) -> ClaimCheck:
+    """``still_claimed`` for a chunk claimed with ``tokens``: renews each message's claim."""
+    return lambda message_id: renew_claim(engine, message_id, tokens[message_id])
 
 
 def record_results(
@@ -350,15 +346,14 @@ def send_batch(
 ) -> dict[str, int]:
     """Send one batch: settle stale claims, then claim, render, send and record chunk by chunk."""
 
-    def build(item: Claimed) -> OutboundEmail | OutboundSms:
+    def build(item: Claimed) -> Outbound:
         return _outbound(item, links(item.message_id, item.contact["contact_id"], item.channel), brand)
 
     counts = recover_stale_claims(engine, run_id, batch, transport, build)
     for chunk in _chunks(engine, run_id, batch, claim_size):
         tokens = {item.message_id: item.claim_token for item in chunk}
         failures: list[SendResult] = []
-        emails: list[OutboundEmail] = []
-        sms: list[OutboundSms] = []
+        by_channel: dict[str, list[Outbound]] = {}
         for item in chunk:
             if item.contact["contact_id"] is None:
                 failures.append(SendResult(item.message_id, Status.FAILED, reason=OutcomeReason.CONTACT_GONE))
@@ -373,13 +368,11 @@ def send_batch(
                 log.error("message %s (contact %s): %s", item.message_id, item.contact["contact_id"], problem)
                 failures.append(SendResult(item.message_id, Status.FAILED, reason=problem[:200]))
                 continue
-            (sms if isinstance(out, OutboundSms) else emails).append(out)
+            by_channel.setdefault(item.channel, []).append(out)
         results = failures
-        if emails:
-            results += transport.send_email(emails)
-        if sms:
-            results += transport.send_sms(
-                sms, still_claimed=lambda message_id, held=tokens: renew_claim(engine, message_id, held[message_id])
-            )
+        for name in registry.names():
+            if name in by_channel:
+                renew = _claim_check(engine, tokens) if registry.get(name).renews_claim else None
+                results += transport.send(name, by_channel[name], still_claimed=renew)
         counts.update(record_results(engine, results, dry_run=dry_run, tokens=tokens))
     return {k: v for k, v in counts.items() if v}

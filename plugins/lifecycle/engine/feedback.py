@@ -25,10 +25,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import phonenumbers
 from sqlalchemy import Connection, DateTime, bindparam, case, delete, func, select, update
 
+from lifecycle.channels.twilio import twilio_failure_reason
 from lifecycle.messages.links import MESSAGE_ID_PARAM, UnsubscribeToken
+from lifecycle.model.addresses import to_e164
 from lifecycle.model.db import insert_ignore, utc_naive
 from lifecycle.model.ledger import FEEDBACK_RANK, OutcomeReason, Status
 from lifecycle.model.ledger import SuppressionReason as R
@@ -96,20 +97,6 @@ class FeedbackEvent:
     payload: dict[str, Any] = field(default_factory=dict)
 
 
-def to_e164(raw: str | None, region: str | None = None) -> str | None:
-    """A phone number in E.164 form (``+14155550100``), read with the contact's country as the
-    default region; None when it cannot be a phone number."""
-    if not raw:
-        return None
-    try:
-        number = phonenumbers.parse(raw, (region or "").upper() or None)
-    except phonenumbers.NumberParseException:
-        return None
-    if not phonenumbers.is_possible_number(number):
-        return None
-    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
-
-
 def _int_or_none(value: Any) -> int | None:
     try:
         return int(value)
@@ -160,11 +147,6 @@ def sendgrid_events(batch: Iterable[Mapping[str, Any]]) -> list[FeedbackEvent]:
             )
         )
     return parsed
-
-
-def twilio_failure_reason(error_code: int | str | None, status: str) -> str:
-    """How a message Twilio failed reads in the ledger: ``twilio 30003 undelivered``."""
-    return " ".join(str(part) for part in ("twilio", error_code, status) if part)
 
 
 def twilio_status_event(

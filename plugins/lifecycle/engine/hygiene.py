@@ -20,8 +20,9 @@ idempotent for its run; the run's as-of time is its data interval end.
    no email).
 3. **flag_suppressions** keeps `lifecycle_suppressions` (source `data_hygiene`) in step with the
    snapshot: `invalid_address` for an email or phone that is present but invalid (proof: the
-   problem), `duplicate_contact` on both channels for every non-survivor, so one person is not
-   messaged twice. A flag whose cause is gone (address fixed, survivor changed) is lifted.
+   problem), `duplicate_contact` on every channel for every non-survivor, so one person is not
+   messaged twice (each flag on the channels whose suppression lists include it). A flag whose
+   cause is gone (address fixed, survivor changed) is lifted.
 4. **compute_figures** writes `lifecycle_data_quality` (run, as-of, metric, value). Every rate
    is a share of all contacts: `required_fields_filled_rate`, `duplicate_rate`
    (non-survivors), `invalid_email_rate` and `invalid_phone_rate` (present but invalid),
@@ -62,6 +63,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.sql.expression import ColumnElement, Subquery
 
+from lifecycle.channels import registry
 from lifecycle.model import schema
 from lifecycle.model.db import Record, concat, insert_ignore
 from lifecycle.model.ledger import WENT_OUT, Status
@@ -370,13 +372,21 @@ def resolve_duplicates(engine: Engine, run_id: str, as_of: datetime, chunk: int 
 
 
 def _flags() -> list[tuple[str, str, ColumnElement, ColumnElement]]:
-    """(channel, reason, which snapshot rows, proof) of every suppression hygiene maintains."""
+    """(channel, reason, which snapshot rows, proof) of every suppression hygiene maintains: on each
+    channel blocked by that list, an invalid address (by the channel's address) and a duplicate."""
     duplicate, duplicate_proof = Q.c.survivor_id.is_not(None), concat("duplicate of ", Q.c.survivor_id)
+    listed = [registry.get(name) for name in registry.names()]
     return [
-        ("email", R.INVALID_ADDRESS, Q.c.email_valid.is_(False), Q.c.email_problem),
-        ("sms", R.INVALID_ADDRESS, Q.c.phone_valid.is_(False), Q.c.phone_problem),
-        ("email", R.DUPLICATE_CONTACT, duplicate, duplicate_proof),
-        ("sms", R.DUPLICATE_CONTACT, duplicate, duplicate_proof),
+        *(
+            (c.name, R.INVALID_ADDRESS, c.address.verdict.is_(False), c.address.problem)
+            for c in listed
+            if R.INVALID_ADDRESS in c.list_reasons
+        ),
+        *(
+            (c.name, R.DUPLICATE_CONTACT, duplicate, duplicate_proof)
+            for c in listed
+            if R.DUPLICATE_CONTACT in c.list_reasons
+        ),
     ]
 
 
@@ -434,11 +444,11 @@ def _snapshot_counts(conn: Connection) -> dict[str, int]:
 
 def _consent_counts(conn: Connection, as_of: datetime) -> dict[str, int]:
     in_force = consent_in_force(as_of)
-    granted = dict.fromkeys(schema.CHANNELS, 0) | dict(
+    granted = dict.fromkeys(registry.names(), 0) | dict(
         conn.execute(
             select(in_force.c.channel, func.count())
             .select_from(in_force.join(Q, Q.c.contact_id == in_force.c.contact_id))
-            .where(in_force.c.status == "granted", in_force.c.channel.in_(schema.CHANNELS))
+            .where(in_force.c.status == "granted", in_force.c.channel.in_(registry.names()))
             .group_by(in_force.c.channel)
         ).all()
     )
@@ -469,7 +479,7 @@ def figures(counts: Mapping[str, int]) -> dict[str, float]:
         "invalid_phone_rate": _share(counts["invalid_phone"], contacts),
         "bounce_rate": _share(counts[Status.BOUNCED], counts["messages_out"]),
     }
-    rates |= {f"consent_coverage_{c}": _share(counts[f"consent_granted_{c}"], contacts) for c in schema.CHANNELS}
+    rates |= {f"consent_coverage_{c}": _share(counts[f"consent_granted_{c}"], contacts) for c in registry.names()}
     return {name: float(value) for name, value in sorted({**counts, **rates}.items())}
 
 

@@ -16,6 +16,7 @@ from lifecycle import config, paths
 from lifecycle.channels.base import Transport
 from lifecycle.engine import capping, dispatch, funnel, journeys, suppression
 from lifecycle.engine.scope import RunScope
+from lifecycle.messages.links import LinkBuilder
 from lifecycle.model.db import utc_naive
 
 
@@ -68,7 +69,7 @@ def send(
     batch: int,
     transport: Transport,
     *,
-    links: dispatch.LinkBuilder,
+    links: LinkBuilder,
     dry_run: bool = False,
 ) -> dict[str, int]:
     brand = run.policy.brand.model_dump()
@@ -86,7 +87,7 @@ def run_program(
     programs: Mapping[str, config.Program],
     transport: Transport,
     *,
-    links: dispatch.LinkBuilder,
+    links: LinkBuilder,
     dry_run: bool = False,
 ) -> dict[str, Any]:
     """Every stage of one run in order, in-process (simulation, benchmark, previews)."""

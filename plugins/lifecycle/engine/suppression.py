@@ -10,25 +10,20 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import permutations
 
 from sqlalchemy import Connection, and_, exists, not_, or_, select, update
 from sqlalchemy.sql.expression import ColumnElement
 
+from lifecycle.channels import registry
 from lifecycle.config import segments
 from lifecycle.engine.scope import RunScope
 from lifecycle.model import schema
-from lifecycle.model.addresses import address
-from lifecycle.model.db import valid_e164, valid_email
 from lifecycle.model.ledger import Status
 from lifecycle.model.ledger import SuppressionReason as R
 
 M = schema.messages
 C = schema.contacts
-
-LIST_REASONS = {
-    "email": (R.UNSUBSCRIBED, R.HARD_BOUNCE, R.SPAM_REPORT, R.INVALID_ADDRESS, R.DUPLICATE_CONTACT),
-    "sms": (R.SMS_STOP, R.UNSUBSCRIBED, R.INVALID_ADDRESS, R.DUPLICATE_CONTACT),
-}
 
 
 @dataclass(frozen=True)
@@ -69,19 +64,20 @@ def list_reasons(channel: str) -> list[Reason]:
 
     They hold whatever the as-of, so the outbox checks them again when it claims a message.
     """
-    return [Reason(name, lambda cid, name=name: _on_list(cid, channel, name)) for name in LIST_REASONS[channel]]
+    reasons = registry.get(channel).list_reasons
+    return [Reason(name, lambda cid, name=name: _on_list(cid, channel, name)) for name in reasons]
 
 
 def channel_reasons(channel: str, run: RunScope) -> list[Reason]:
     """Rules that stop ``channel`` for a contact, in the order they are reported."""
-    check = valid_email if channel == "email" else valid_e164
+    address = registry.get(channel).address
     purpose = run.program.consent_purpose
     rules = [
-        Reason(R.MISSING_ADDRESS, lambda cid: not_(_contact_has(cid, lambda c: address(channel, c).is_not(None)))),
+        Reason(R.MISSING_ADDRESS, lambda cid: not_(_contact_has(cid, lambda c: address.of(c).is_not(None)))),
         Reason(
             R.INVALID_ADDRESS,
             lambda cid: _contact_has(
-                cid, lambda c: and_(address(channel, c).is_not(None), not_(check(address(channel, c))))
+                cid, lambda c: and_(address.of(c).is_not(None), not_(address.is_valid(address.of(c))))
             ),
         ),
     ]
@@ -175,7 +171,7 @@ def release_deferred(conn: Connection, run: RunScope) -> int:
 def apply_fallbacks(conn: Connection, run: RunScope) -> int:
     """Move messages whose channel is blocked to their step's fallback channel when it is open."""
     moved = 0
-    for primary, fallback in (("email", "sms"), ("sms", "email")):
+    for primary, fallback in permutations(registry.names(), 2):
         moved += conn.execute(
             update(M)
             .where(
@@ -199,7 +195,7 @@ def suppress(conn: Connection, run: RunScope) -> dict[str, int]:
             .where(_pending(run), reason.predicate(M.c.contact_id))
             .values(status=Status.SUPPRESSED, reason=reason.name)
         ).rowcount
-    for channel in ("email", "sms"):
+    for channel in registry.names():
         for reason in channel_reasons(channel, run):
             n = conn.execute(
                 update(M)

@@ -10,31 +10,32 @@ from collections.abc import Sequence
 
 from sqlalchemy import Engine, select
 
-from lifecycle.channels.base import OutboundEmail, OutboundSms, SendResult, Transport
+from lifecycle.channels import registry
+from lifecycle.channels.base import SendResult, Transport
 from lifecycle.engine.scope import RunScope
 from lifecycle.messages.preview import render_step
 from lifecycle.model import schema
 
-TEST_MESSAGE_ID = 0
 
-
-def split_recipients(recipients: Sequence[str]) -> tuple[list[str], list[str]]:
-    """Emails and E.164 phone numbers; anything else is a mistake worth stopping for."""
-    emails = [r.strip() for r in recipients if "@" in r]
-    phones = [r.strip() for r in recipients if r.strip().startswith("+")]
-    wrong = [r for r in recipients if r.strip() not in emails + phones]
+def split_recipients(recipients: Sequence[str]) -> dict[str, list[str]]:
+    """The recipients by the channel whose address each is written as (emails, E.164 phone
+    numbers...); anything else is a mistake worth stopping for."""
+    by_channel = {
+        name: [r.strip() for r in recipients if registry.get(name).is_test_recipient(r)] for name in registry.names()
+    }
+    known = {r for found in by_channel.values() for r in found}
+    wrong = [r for r in recipients if r.strip() not in known]
     if wrong:
-        raise ValueError(
-            f"test recipients must be email addresses or E.164 numbers (+14155550100); got {len(wrong)} other value(s)"
-        )
-    return emails, phones
+        written = " or ".join(registry.get(name).test_recipients for name in registry.names())
+        raise ValueError(f"test recipients must be {written}; got {len(wrong)} other value(s)")
+    return by_channel
 
 
 def send_test_copies(
     engine: Engine, run: RunScope, contact_id: str, recipients: Sequence[str], transport: Transport
 ) -> list[SendResult]:
     """Send the steps this run planned for ``contact_id`` (else the first step) to ``recipients``."""
-    emails, phones = split_recipients(recipients)
+    by_channel = split_recipients(recipients)
     m = schema.messages
     with engine.connect() as conn:
         planned = (
@@ -60,25 +61,11 @@ def send_test_copies(
             links={"unsubscribe": f"{brand['app_url']}/preferences"},
         )
         key = f"test:{run.run_id}:{step.id}"
-        if step.channel == "email" and emails:
-            results += transport.send_email(
-                [
-                    OutboundEmail(
-                        TEST_MESSAGE_ID,
-                        key,
-                        contact_id,
-                        address,
-                        None,
-                        f"[TEST] {rendered.subject}",
-                        rendered.html or "",
-                        rendered.text,
-                        categories=("lifecycle-test", run.program.id),
-                    )
-                    for address in emails
-                ]
-            )
-        if step.channel == "sms" and phones:
-            results += transport.send_sms(
-                [OutboundSms(TEST_MESSAGE_ID, key, contact_id, phone, f"[TEST] {rendered.text}") for phone in phones]
-            )
+        channel = registry.get(step.channel)
+        if by_channel[step.channel]:
+            copies = [
+                channel.test_copy(key, contact_id, address, rendered, run.program.id)
+                for address in by_channel[step.channel]
+            ]
+            results += transport.send(step.channel, copies)
     return results

@@ -13,6 +13,7 @@ import binascii
 import hashlib
 import hmac
 import json
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
@@ -24,6 +25,9 @@ TWILIO_STATUS_PATH = "/webhooks/twilio/status"
 TWILIO_INBOUND_PATH = "/webhooks/twilio/inbound"
 MESSAGE_ID_PARAM = "lifecycle_message_id"
 """The custom arg (SendGrid) and status-callback query parameter (Twilio) naming a ledger message."""
+
+LinkBuilder = Callable[[int, str, str], Mapping[str, str]]
+"""The links rendered into one message, by (message id, contact id, channel): ``unsubscribe``..."""
 
 
 class InvalidToken(ValueError):

@@ -12,7 +12,7 @@ from sqlalchemy import Engine, func, select
 from lifecycle import config, paths
 from lifecycle.messages.context import MessageData, crm_columns, read_crm, template_context
 from lifecycle.messages.rendering import Rendered, render
-from lifecycle.model import schema
+from lifecycle.model import channels, schema
 from lifecycle.model.db import crm_url, get_engine, utc_naive
 
 
@@ -93,6 +93,4 @@ def preview(url: str | None, program_id: str, contact_id: str, *, step: str | No
         )
     except LookupError as exc:
         raise SystemExit(str(exc)) from None
-    if chosen.channel == "sms":
-        return f"SMS ({len(rendered.text)} chars)\n{rendered.text}"
-    return f"Subject: {rendered.subject}\n\n--- text ---\n{rendered.text}\n--- html ---\n{rendered.html}"
+    return channels.get(chosen.channel).describe(rendered.parts)

@@ -18,6 +18,8 @@ from jinja2.filters import do_center, do_format, do_indent, do_replace, sync_do_
 from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment, safe_range
 
+from lifecycle.model import channels
+from lifecycle.model.channels import Layout
 from lifecycle.paths import templates_dir
 
 MAX_LOOP = 100_000
@@ -40,11 +42,25 @@ class RenderError(ValueError):
 
 @dataclass(frozen=True)
 class Rendered:
-    """A rendered message: ``subject``/``html``/``text`` for email, ``text`` alone for SMS."""
+    """A rendered message: its channel's template parts by field (``subject``/``html``/``text`` for
+    email, ``text`` alone for SMS)."""
 
-    text: str
-    subject: str | None = None
-    html: str | None = None
+    parts: Mapping[str, str]
+
+    @property
+    def text(self) -> str:
+        """The plain-text part."""
+        return self.parts.get("text", "")
+
+    @property
+    def subject(self) -> str | None:
+        """The subject line, on channels that have one."""
+        return self.parts.get("subject")
+
+    @property
+    def html(self) -> str | None:
+        """The HTML part, on channels that have one."""
+        return self.parts.get("html")
 
 
 def _finalize(value: Any) -> Any:
@@ -232,14 +248,19 @@ def _render(env: ImmutableSandboxedEnvironment, name: str, context: Mapping[str,
         _loop_budget.reset(budget)
 
 
+_LAYOUTS: dict[Layout, Callable[[str], str]] = {
+    "line": lambda text: " ".join(text.split()),
+    "block": lambda text: text.strip() + "\n",
+    "as_written": lambda text: text,
+}
+
+
 def render(template: str, channel: str, context: Mapping[str, Any], root: Path | None = None) -> Rendered:
-    """Render a step's template parts for ``channel`` with ``context``."""
+    """Render a step's template parts for ``channel`` with ``context``, each laid out as its channel says."""
     env = environment(str(root or templates_dir()))
-    if channel == "sms":
-        return Rendered(text=" ".join(_render(env, f"{template}.sms.j2", context).split()))
-    subject = " ".join(_render(env, f"{template}.subject.txt", context).split())
     return Rendered(
-        subject=subject,
-        html=_render(env, f"{template}.html.j2", context),
-        text=_render(env, f"{template}.txt.j2", context).strip() + "\n",
+        {
+            part.field: _LAYOUTS[part.layout](_render(env, f"{template}.{part.suffix}", context))
+            for part in channels.get(channel).template_parts
+        }
     )

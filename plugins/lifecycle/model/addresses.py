@@ -2,15 +2,21 @@
 cleaned up in SQL (trimmed and lowercased email; phone without spaces, dashes, dots or brackets).
 
 Suppression checks and sending both use these expressions, so the address that was checked is
-the address that is used.
+the address that is used. Each channel names the :class:`Address` it sends to (:data:`EMAIL`,
+:data:`PHONE`).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.sql.expression import ColumnElement, FromClause
 
 from lifecycle.model import schema
+from lifecycle.model.db import valid_e164, valid_email
 
 Q = schema.contact_quality
 
@@ -41,6 +47,34 @@ def phone_number(contacts: FromClause) -> ColumnElement:
     return func.coalesce(checked, _clean_phone(func.trim(contacts.c.phone)))
 
 
-def address(channel: str, contacts: FromClause) -> ColumnElement:
-    """The address for ``channel`` (email or sms)."""
-    return email_address(contacts) if channel == "email" else phone_number(contacts)
+@dataclass(frozen=True)
+class Address:
+    """A kind of contact address: the ``contacts`` column it comes from (also its key in a contact
+    loaded for sending), the normalised SQL expression for a contacts row, the SQL check that it is
+    valid, and data hygiene's verdict on it (``lifecycle_contact_quality`` columns)."""
+
+    column: str
+    of: Callable[[Any], ColumnElement[Any]]
+    is_valid: Callable[[ColumnElement[Any]], ColumnElement[bool]]
+    verdict: ColumnElement[Any]
+    problem: ColumnElement[Any]
+
+
+EMAIL = Address("email", email_address, valid_email, Q.c.email_valid, Q.c.email_problem)
+PHONE = Address("phone", phone_number, valid_e164, Q.c.phone_valid, Q.c.phone_problem)
+
+
+def to_e164(raw: str | None, region: str | None = None) -> str | None:
+    """A phone number in E.164 form (``+14155550100``), read with the contact's country as the
+    default region; None when it cannot be a phone number."""
+    import phonenumbers  # only where numbers are read: the program schema imports this module too
+
+    if not raw:
+        return None
+    try:
+        number = phonenumbers.parse(raw, (region or "").upper() or None)
+    except phonenumbers.NumberParseException:
+        return None
+    if not phonenumbers.is_possible_number(number):
+        return None
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)

@@ -27,7 +27,6 @@ engine_metadata = MetaData()
 
 LIFECYCLE_STAGES = ("subscriber", "lead", "trial", "customer", "churned")
 CHURN_REASONS = ("price", "fit", "complexity", "other")
-CHANNELS = ("email", "sms")
 CONSENT_PURPOSES = ("marketing", "transactional")
 CONSENT_STATUSES = ("granted", "withdrawn", "denied")
 SUBSCRIPTION_STATUSES = ("trialing", "active", "past_due", "cancelled")

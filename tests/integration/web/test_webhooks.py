@@ -30,9 +30,10 @@ from lifecycle.channels.sendgrid import SendGridHook
 from lifecycle.channels.twilio import TwilioHook
 from lifecycle.devtools.local import connection_json
 from lifecycle.engine.dispatch import record_results
-from lifecycle.engine.feedback import sms_keyword, to_e164
+from lifecycle.engine.feedback import sms_keyword
 from lifecycle.messages.links import make_unsubscribe_url
 from lifecycle.model import schema
+from lifecycle.model.addresses import to_e164
 from lifecycle.sandbox import DEFAULT_TWILIO_TOKEN, SandboxServer
 from lifecycle.web import create_app
 from tests.conftest import AS_OF
@@ -493,12 +494,13 @@ def test_sandbox_email_events_reach_the_ledger(live):
     ada, bob, cy = crm.contact(), crm.contact(), crm.contact()
     delivered, bounced, spam = (add_message(engine, c, status="sending") for c in (ada, bob, cy))
 
-    results = transport.send_email(
+    results = transport.send(
+        "email",
         [
             email_for(delivered, ada, "ada@example.com"),
             email_for(bounced, bob, "bob@bounce.test"),
             email_for(spam, cy, "cy@spam.test"),
-        ]
+        ],
     )
     assert {r.status for r in results} == {"sent"}
     sandbox.flush()
@@ -519,7 +521,7 @@ def test_an_unknown_email_is_settled_by_its_events(live):
     message = add_message(engine, contact, status="sending")
     sandbox.add_fault("sendgrid", "drop_after_accept")
 
-    [result] = transport.send_email([email_for(message, contact, "ada@example.com")])
+    [result] = transport.send("email", [email_for(message, contact, "ada@example.com")])
     assert result.status == "unknown"
     # The dispatcher records the outcome; the sandbox's events may already have moved the message
     # on, and the recorded ``unknown`` must not overwrite them.
@@ -544,11 +546,12 @@ def test_sandbox_sms_callbacks_and_stop_reach_the_ledger(live):
         add_message(engine, dead_contact, "sms", "sending"),
     )
 
-    results = transport.send_sms(
+    results = transport.send(
+        "sms",
         [
             OutboundSms(ok, f"k{ok}", ok_contact, "+14155550150", "Your trial ends soon"),
             OutboundSms(dead, f"k{dead}", dead_contact, "+14155550000", "Your trial ends soon"),
-        ]
+        ],
     )
     assert [r.status for r in results] == ["sent", "sent"]
     sandbox.flush()
@@ -559,7 +562,7 @@ def test_sandbox_sms_callbacks_and_stop_reach_the_ledger(live):
     sandbox.flush()
     assert [s["reason"] for s in rows(engine, schema.suppressions, contact_id=ok_contact)] == ["sms_stop"]
     assert latest_consent(engine, ok_contact, "sms")["status"] == "withdrawn"
-    [again] = transport.send_sms([OutboundSms(ok + 100, "k-again", ok_contact, "+14155550150", "Hello?")])
+    [again] = transport.send("sms", [OutboundSms(ok + 100, "k-again", ok_contact, "+14155550150", "Hello?")])
     assert (again.status, again.reason) == (
         "failed",
         "twilio 21610 Attempt to send to unsubscribed recipient",
@@ -570,7 +573,7 @@ def test_list_unsubscribe_header_unsubscribes_the_right_contact(live):
     engine, crm, sandbox, transport = live
     ada, bob = crm.contact(), crm.contact()
     first, second = add_message(engine, ada), add_message(engine, bob)
-    transport.send_email([email_for(first, ada, "ada@example.com"), email_for(second, bob, "bob@example.com")])
+    transport.send("email", [email_for(first, ada, "ada@example.com"), email_for(second, bob, "bob@example.com")])
 
     record = sandbox.sendgrid_messages(to="bob@example.com")[0]
     assert record["headers"]["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"

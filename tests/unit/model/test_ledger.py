@@ -71,7 +71,7 @@ ALLOWED = {
     ("engine/feedback.py", "_TWILIO_STATUS", "failed"): "Twilio's MessageStatus value",
     ("engine/feedback.py", "sendgrid_events", "blocked"): "SendGrid's bounce type",
     ("engine/feedback.py", "sendgrid_events", "dropped"): "SendGrid's event name",
-    ("channels/providers.py", "_TWILIO_FAILED", "failed"): "Twilio's MessageStatus value",
+    ("channels/twilio.py", "_TWILIO_FAILED", "failed"): "Twilio's MessageStatus value",
     # The CRM's own vocabulary (DESIGN.md's input model), not the ledger's.
     ("model/schema.py", "SUBSCRIPTION_STATUSES", "active"): "subscriptions.status",
     ("model/schema.py", "BILLING_STATUSES", "failed"): "subscriptions.billing_status",
