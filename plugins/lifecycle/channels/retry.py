@@ -130,7 +130,7 @@ class RetryPolicy:
         if retry_after is not None:
             return min(retry_after, self.max_delay)
         jitter = random.random() if jitter is None else jitter
-        return min(self.max_delay, self.base_delay * 2**attempt) * (0.5 + jitter / 2)
+        return min(self.max_delay, self.base_delay * 2.0**attempt) * (0.5 + jitter / 2)
 
     def __post_init__(self) -> None:
         if self.attempts < 1:

@@ -179,9 +179,10 @@ class SendGridHook(BaseHook):
         """
         body = mail.get()
         response = self.retry_policy.call(lambda: self._post(body))
-        return response.headers.get("X-Message-Id")
+        message_id: str | None = response.headers.get("X-Message-Id")
+        return message_id
 
-    def _post(self, body: dict[str, Any]):
+    def _post(self, body: dict[str, Any]) -> Any:
         try:
             return self.client.send(body)
         except HTTPError as exc:
@@ -216,7 +217,7 @@ def _error_from_response(exc: HTTPError) -> ProviderError:
     except (ValueError, AttributeError, IndexError, TypeError):
         pass
     reason = f"sendgrid {exc.status_code} {redact(message or str(exc.reason))}".strip()
-    return error_for_status(exc.status_code, reason, exc.headers, field_name)
+    return error_for_status(exc.status_code, reason, dict(exc.headers or {}), field_name)
 
 
 def _valid_email(address: str) -> bool:

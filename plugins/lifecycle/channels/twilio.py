@@ -270,7 +270,7 @@ def _translate(exc: TwilioException, headers: Mapping[str, str]) -> ProviderErro
             str(exc.args[0] if exc.args else exc),
         )
         try:
-            body = json.loads(response.text)
+            body = json.loads(getattr(response, "text", ""))
             code, message = body.get("code"), body.get("message") or message
         except (AttributeError, TypeError, ValueError):
             pass
@@ -355,7 +355,7 @@ class TwilioSender:
                 if r.sid not in taken and r.body == message.body and r.created_at and utc_naive(r.created_at) >= since
             ]
             if matches:
-                receipt = min(matches, key=lambda r: r.created_at)
+                receipt = min(matches, key=lambda r: utc_naive(r.created_at) if r.created_at else since)
                 taken.add(receipt.sid)
                 results.append(_sms_result(message.message_id, receipt))
             else:

@@ -809,7 +809,9 @@ class NaiveEngine:
 
     def _exit(self, conn, run: RunScope, cid: str, member: bool) -> None:
         program = run.program
-        rules = [(ExitReason.CONVERTED, program.exit.goal.parsed)] if program.exit.goal else []
+        rules: list[tuple[str, segments.Segment]] = (
+            [(ExitReason.CONVERTED, program.exit.goal.parsed)] if program.exit.goal else []
+        )
         rules += [(r.reason, r.segment.parsed) for r in program.exit.rules]
         for enrollment in self._enrollments(conn, program.id, cid):
             if enrollment.state != EnrollmentState.ACTIVE or enrollment.enrolled_at > self.as_of:
@@ -894,6 +896,7 @@ class NaiveEngine:
             step = program.steps[index]
             if not self._due(enrollment, step):
                 continue
+            reason: str | None
             if enrollment.group in ("control", "holdout"):
                 status = Status.HELD_OUT
                 reason = (

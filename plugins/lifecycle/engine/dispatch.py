@@ -24,7 +24,8 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, and_, bindparam, func, literal, or_, select, true, update
+from sqlalchemy import Connection, Engine, and_, bindparam, func, literal, or_, select, true, update
+from sqlalchemy.sql.expression import ColumnElement
 
 from lifecycle.channels import registry
 from lifecycle.channels.base import ClaimCheck, Outbound, Reconciler, SendResult, Transport
@@ -73,13 +74,13 @@ def prepare_batches(engine: Engine, program: str, run_id: str, batch_size: int, 
         )
         if room is not None:
             ready = ready.limit(room)
-        ready = ready.subquery()
+        ranked = ready.subquery()
         start = max(taken, default=-1) + 1
         # One statement numbers them all (position p goes to batch start + (p - 1) / size, integer
         # division): a row-by-row update costs a round trip per message on PostgreSQL.
-        batch = literal(start) + (ready.c.position - 1).op("/", precedence=8)(batch_size)
+        batch = literal(start) + (ranked.c.position - 1).op("/", precedence=8)(batch_size)
         assigned = conn.execute(
-            update(M).where(M.c.message_id == ready.c.message_id).values(send_run_id=run_id, batch=batch)
+            update(M).where(M.c.message_id == ranked.c.message_id).values(send_run_id=run_id, batch=batch)
         ).rowcount
         return sorted(set(taken) | set(range(start, start + -(-assigned // batch_size))))
 
@@ -97,11 +98,11 @@ class Claimed(MessageData):
     problem: str | None = None
 
 
-def _in_batch(run_id: str, batch: int):
+def _in_batch(run_id: str, batch: int) -> ColumnElement[bool]:
     return and_(M.c.send_run_id == run_id, M.c.batch == batch)
 
 
-def load_messages(conn, where) -> list[Claimed]:
+def load_messages(conn: Connection, where: ColumnElement[bool]) -> list[Claimed]:
     """The ledger messages matching ``where`` with what rendering and addressing need."""
     rows = conn.execute(
         select(
@@ -148,7 +149,7 @@ def load_messages(conn, where) -> list[Claimed]:
     return list(claimed.values())
 
 
-def _withhold_listed(conn, where) -> None:
+def _withhold_listed(conn: Connection, where: ColumnElement[bool]) -> None:
     """Ready messages whose contact joined a suppression list for their channel since planning
     (an opt-out or a bounce that came in between) are suppressed with that reason, not claimed."""
     for channel in registry.names():
@@ -187,11 +188,18 @@ def claim(engine: Engine, run_id: str, batch: int, size: int) -> list[Claimed]:
         )
 
 
+def _claimed_at(item: Claimed) -> datetime:
+    """When a message found ``sending`` was claimed (every claim records it)."""
+    if item.claimed_at is None:
+        raise ValueError(f"message {item.message_id} is sending but has no claim time")
+    return item.claimed_at
+
+
 def _held_provider_ids(engine: Engine, stale: Sequence[Claimed]) -> set[str]:
     """Provider ids the ledger holds for messages on reconcilable channels sent since the oldest
     stale claim (give or take the clock skew): reconciliation must not take another message's for a
     stale one."""
-    oldest = min(item.claimed_at for item in stale) - CLOCK_SKEW
+    oldest = min(_claimed_at(item) for item in stale) - CLOCK_SKEW
     reconcilable = [name for name in registry.names() if registry.get(name).reconcilable]
     with engine.connect() as conn:
         held = select(M.c.provider_message_id).where(
@@ -231,11 +239,11 @@ def recover_stale_claims(
             except RenderError:
                 outbound = None
             if outbound is not None:
-                (found,) = reconciler.reconcile(item.channel, [outbound], since=item.claimed_at, exclude=taken)
+                (found,) = reconciler.reconcile(item.channel, [outbound], since=_claimed_at(item), exclude=taken)
                 if found.provider_message_id:
                     taken.add(found.provider_message_id)
                 not_found = found.status == Status.FAILED and found.reason == OutcomeReason.NOT_FOUND_AT_PROVIDER
-                if not_found and item.claimed_at < lease_over:
+                if not_found and _claimed_at(item) < lease_over:
                     retry.append(item.message_id)
                     continue
                 if not not_found:
@@ -272,7 +280,8 @@ def renew_claim(engine: Engine, message_id: int, token: str | None) -> bool:
 
 def _outbound(item: Claimed, links: Mapping[str, str], brand: Mapping[str, Any]) -> Outbound:
     rendered = render(item.template, item.channel, template_context(item, links, brand))
-    return registry.get(item.channel).outbound(item, rendered, links)
+    outbound: Outbound = registry.get(item.channel).outbound(item, rendered, links)
+    return outbound
 
 
 def _claim_check(engine: Engine, tokens: Mapping[int, str | None]) -> ClaimCheck:
@@ -287,7 +296,8 @@ def record_results(
     keeps its status; with ``tokens`` (message id -> claim token), so does a message whose claim
     has passed to another attempt. Results reporting a lost claim are not written."""
     now = _now()
-    rows, counts = [], Counter()
+    rows: list[dict[str, Any]] = []
+    counts: Counter[str] = Counter()
     for r in results:
         if r.reason == OutcomeReason.CLAIM_LOST:
             counts["claim_lost"] += 1

@@ -25,12 +25,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, DateTime, bindparam, case, delete, func, select, update
+from sqlalchemy import Connection, DateTime, Table, bindparam, case, delete, func, select, update
 
 from lifecycle.channels.twilio import twilio_failure_reason
 from lifecycle.messages.links import MESSAGE_ID_PARAM, UnsubscribeToken
 from lifecycle.model.addresses import to_e164
-from lifecycle.model.db import insert_ignore, utc_naive
+from lifecycle.model.db import Record, insert_ignore, utc_naive
 from lifecycle.model.ledger import FEEDBACK_RANK, OutcomeReason, Status
 from lifecycle.model.ledger import SuppressionReason as R
 from lifecycle.model.privacy import redact
@@ -88,7 +88,7 @@ class FeedbackEvent:
     contact_id: str | None = None
     email: str | None = None
     phone: str | None = None
-    status: str | None = None
+    status: Status | None = None
     reason: str | None = None
     suppress: str | None = None
     unsuppress: str | None = None
@@ -253,7 +253,7 @@ _INSERT_CONSENT = consents.insert()
 _INSERT_IGNORING: dict[tuple[str, str], Any] = {}
 
 
-def _insert_ignoring(conn: Connection, table) -> Any:
+def _insert_ignoring(conn: Connection, table: Table) -> Any:
     """The table's INSERT ... ON CONFLICT DO NOTHING for this connection's dialect, built once."""
     key = (conn.dialect.name, table.name)
     if key not in _INSERT_IGNORING:
@@ -261,7 +261,7 @@ def _insert_ignoring(conn: Connection, table) -> Any:
     return _INSERT_IGNORING[key]
 
 
-def _find_message(conn: Connection, event: FeedbackEvent) -> Mapping[str, Any] | None:
+def _find_message(conn: Connection, event: FeedbackEvent) -> Record | None:
     """The ledger message an event is about: by our id, else by a provider id naming one message."""
     if event.message_id is not None:
         return conn.execute(_MESSAGE_BY_ID, {"b_message_id": event.message_id}).mappings().first()
@@ -282,7 +282,7 @@ def contacts_for_phone(conn: Connection, phone: str) -> list[str]:
     return [contact_id for contact_id, raw, country in rows if to_e164(raw, country) == phone]
 
 
-def _contacts_for(conn: Connection, event: FeedbackEvent, message: Mapping[str, Any] | None) -> list[str]:
+def _contacts_for(conn: Connection, event: FeedbackEvent, message: Record | None) -> list[str]:
     if event.contact_id:
         return [event.contact_id]
     if message is not None:
@@ -294,14 +294,16 @@ def _contacts_for(conn: Connection, event: FeedbackEvent, message: Mapping[str, 
     return []
 
 
-def _advance_status(conn: Connection, event: FeedbackEvent, message_id: int, received_at: datetime) -> None:
+def _advance_status(
+    conn: Connection, event: FeedbackEvent, status: Status, message_id: int, received_at: datetime
+) -> None:
     """Move one message to the event's status if that is a step forward."""
     conn.execute(
         _ADVANCE,
         {
             "b_message_id": message_id,
-            "b_rank": FEEDBACK_RANK[event.status],
-            "b_status": event.status,
+            "b_rank": FEEDBACK_RANK[status],
+            "b_status": status,
             "b_received_at": received_at,
             "b_provider_message_id": event.provider_message_id,
             "b_reason": event.reason or None,
@@ -368,7 +370,7 @@ def apply_event(conn: Connection, event: FeedbackEvent, received_at: datetime) -
     if recorded.rowcount == 0:
         return False
     if event.status and message is not None:
-        _advance_status(conn, event, message["message_id"], received_at)
+        _advance_status(conn, event, event.status, message["message_id"], received_at)
     _apply_opt_out(conn, event, contact_ids)
     return True
 
