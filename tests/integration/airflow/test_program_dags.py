@@ -105,3 +105,31 @@ def test_manual_dry_run_with_a_test_recipient_sends_nothing_to_real_contacts(crm
     assert [m["to"] for m in accepted] == ["qa@example.com"]
     assert accepted[0]["subject"] == "[TEST] Hello Grace from alpha"
     assert {m[3] for m in _messages(engine)} == {"dry_run"} and len(_messages(engine)) == 4
+
+
+def _funnel_and_audience(engine, program: str) -> tuple[list[tuple], list[str], set[str]]:
+    k, a = schema.kpis, schema.audience
+    with engine.connect() as conn:
+        kpis = sorted(
+            tuple(r)
+            for r in conn.execute(select(k.c.as_of, k.c.metric, k.c.dimension, k.c.value).where(k.c.program == program))
+        )
+        audience = sorted(conn.execute(select(a.c.contact_id).where(a.c.program == program)).scalars())
+        run_ids = set(conn.execute(select(k.c.run_id).where(k.c.program == program)).scalars())
+    return kpis, audience, run_ids
+
+
+def test_triggering_the_same_logical_date_again_logs_one_funnel_and_one_audience(crm, db_url, monkeypatch):
+    """A second DAG run for the same logical date (a new run id, as a backfill or a new trigger
+    gives) leaves lifecycle_kpis and lifecycle_audience as one run left them."""
+    engine, crm_rows = crm
+    for _ in range(4):
+        crm_rows.contact()
+    assert run_dag(monkeypatch, db_url, "alpha", AS_OF, dry_run=True) == "success"
+    kpis, audience, first_ids = _funnel_and_audience(engine, "alpha")
+    assert len(audience) == 4 and ("planned", 4.0) in {(m, v) for _t, m, _d, v in kpis}
+    assert run_dag(monkeypatch, db_url, "alpha", AS_OF, dry_run=True) == "success"
+    kpis_after, audience_after, second_ids = _funnel_and_audience(engine, "alpha")
+    assert first_ids != second_ids and len(second_ids) == 1  # a new run id, and only its rows remain
+    assert kpis_after == kpis
+    assert audience_after == audience
