@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import func, select
@@ -133,3 +133,49 @@ def test_triggering_the_same_logical_date_again_logs_one_funnel_and_one_audience
     assert first_ids != second_ids and len(second_ids) == 1  # a new run id, and only its rows remain
     assert kpis_after == kpis
     assert audience_after == audience
+
+
+def test_a_failed_test_send_fails_the_run_after_logging_the_kpis_and_alerts_the_owner(crm, db_url, monkeypatch):
+    """send_test_copies failing (here: test recipients without a test contact) used to end the run
+    `success`, because log_kpis (ALL_DONE) was its only last task."""
+    from lifecycle.airflow.notifications import Failure, OwnerAlert
+    from tests.support.dagrun import load_dags
+    from tests.support.local_crm import use_crm
+
+    engine, crm_rows = crm
+    for _ in range(3):
+        crm_rows.contact()
+    alerts: list[str] = []
+    monkeypatch.setattr(OwnerAlert, "notify", lambda self, context: alerts.append(Failure.from_context(context).where))
+    use_crm(monkeypatch, db_url)
+    dag = load_dags().get_dag("alpha")
+    dag.get_task("send_test_copies").retries = 0  # its last try, without waiting for the retries
+    run = dag.test(logical_date=AS_OF.replace(tzinfo=UTC), run_conf={"test_recipients": ["qa@example.com"]})
+
+    assert str(run.state) == "failed"
+    kpis, _audience, _ids = _funnel_and_audience(engine, "alpha")
+    assert ("planned", 3.0) in {(m, v) for _t, m, _d, v in kpis}
+    assert alerts == ["alpha.send_test_copies", "alpha.check_run"]
+
+
+def test_a_failed_send_batch_fails_the_run_after_logging_the_kpis_and_alerts_the_owner(crm, db_url, monkeypatch):
+    """A send batch that fails (here: no provider connection configured) used to be hidden the same way."""
+    from lifecycle.airflow.notifications import Failure, OwnerAlert
+    from tests.support.dagrun import load_dags
+    from tests.support.local_crm import use_crm
+
+    engine, crm_rows = crm
+    for _ in range(2):
+        crm_rows.contact()
+    monkeypatch.delenv("AIRFLOW_CONN_SENDGRID_DEFAULT", raising=False)
+    alerts: list[str] = []
+    monkeypatch.setattr(OwnerAlert, "notify", lambda self, context: alerts.append(Failure.from_context(context).where))
+    use_crm(monkeypatch, db_url)
+    dag = load_dags().get_dag("alpha")
+    dag.get_task("send").partial_kwargs["retries"] = 0  # its last try, without waiting for the retries
+    run = dag.test(logical_date=AS_OF.replace(tzinfo=UTC))
+
+    assert str(run.state) == "failed"
+    kpis, _audience, _ids = _funnel_and_audience(engine, "alpha")
+    assert ("planned", 2.0) in {(m, v) for _t, m, _d, v in kpis}
+    assert alerts == ["alpha.send", "alpha.check_run"]
