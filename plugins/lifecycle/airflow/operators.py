@@ -158,12 +158,12 @@ class CheckRunOperator(LifecycleOperator[None]):
         log.info("Every send task of the run succeeded or had nothing to send; the funnel is logged")
 
 
-FAILED_STATES = ("failed", "upstream_failed")
-
-
 def failed_tasks(states: Mapping[str, Any]) -> list[str]:
-    """The task ids (``send_2`` for map index 2) whose state is failed or upstream_failed."""
-    return sorted(task for task, state in states.items() if str(state) in FAILED_STATES)
+    """The task ids (``send_2`` for map index 2) whose Airflow state is failed or upstream_failed."""
+    from airflow.sdk import TaskInstanceState
+
+    failed = {TaskInstanceState.FAILED, TaskInstanceState.UPSTREAM_FAILED}
+    return sorted(task for task, state in states.items() if state in failed)
 
 
 class InvalidProgramOperator(LifecycleOperator[None]):
