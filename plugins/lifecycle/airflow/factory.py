@@ -15,6 +15,7 @@ from lifecycle import config
 from lifecycle.airflow.notifications import OwnerAlert
 from lifecycle.airflow.operators import (
     CapOperator,
+    CheckRunOperator,
     EnrollAndExitOperator,
     EvaluateSegmentOperator,
     InvalidProgramOperator,
@@ -81,7 +82,7 @@ def _params() -> dict[str, Param]:
 
 
 def build_program_dag(program: config.Program, caps: str = "") -> DAG:
-    """The DAG of one program: segment → enroll/exit → plan → suppress → cap → send → KPIs."""
+    """The DAG of one program: segment → enroll/exit → plan → suppress → cap → send → KPIs → check."""
     with DAG(
         dag_id=program.id,
         description=program.name,
@@ -111,7 +112,16 @@ def build_program_dag(program: config.Program, caps: str = "") -> DAG:
         ).expand(batch=batches.output)
         test_copies = SendTestCopiesOperator(task_id="send_test_copies", trigger_rule=TriggerRule.ALL_DONE, **common)
         kpis = LogKpisOperator(task_id="log_kpis", trigger_rule=TriggerRule.ALL_DONE, **common)
-        evaluate >> enroll >> plan >> suppress >> cap >> batches >> send >> test_copies >> kpis
+        # The run's state follows its last task: log_kpis runs whatever happened (ALL_DONE) and
+        # succeeds, so check_run, after it, fails the run when a send batch, the test send or the
+        # funnel failed (and the owner alert fires for it).
+        check = CheckRunOperator(
+            task_id="check_run",
+            task_ids=["send", "send_test_copies", "log_kpis"],
+            trigger_rule=TriggerRule.ALL_DONE,
+            retries=0,
+        )
+        evaluate >> enroll >> plan >> suppress >> cap >> batches >> send >> test_copies >> kpis >> check
     return dag
 
 

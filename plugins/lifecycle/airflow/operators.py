@@ -6,7 +6,8 @@ Each follows :class:`~lifecycle.airflow.base.LifecycleOperator`: it stores its a
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
 from lifecycle import config
@@ -15,6 +16,7 @@ from lifecycle.engine import pipeline
 from lifecycle.engine.scope import RunScope
 from lifecycle.model.ledger import Status
 
+log = logging.getLogger(__name__)
 R = TypeVar("R")
 
 
@@ -127,6 +129,41 @@ class LogKpisOperator(ProgramOperator[dict[str, float]]):
 
     def run(self, run: TaskRun) -> dict[str, float]:
         return pipeline.log_kpis(run.engine, self.scope(run)[0])
+
+
+class CheckRunOperator(LifecycleOperator[None]):
+    """The run's last task (after ``log_kpis``, whatever happened upstream): fails when a send
+    batch, the test send or ``log_kpis`` failed (a failed earlier stage leaves the sends
+    upstream_failed), so the run ends failed and the owner is alerted, while the funnel is still
+    logged.
+
+    :param task_ids: the tasks whose failure fails the run (every map index of a mapped one).
+    """
+
+    def __init__(self, *, task_ids: Sequence[str], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.task_ids = list(task_ids)
+
+    def execute(self, context: Any) -> None:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        ti = context["ti"]
+        states = ti.get_task_states(dag_id=ti.dag_id, task_ids=self.task_ids, run_ids=[ti.run_id])
+        failed = failed_tasks(states.get(ti.run_id, {}))
+        if failed:
+            raise AirflowFailException(
+                f"{len(failed)} task(s) of this run failed: {', '.join(failed)}; "
+                "see the failed task's log for the error"
+            )
+        log.info("Every send task of the run succeeded or had nothing to send; the funnel is logged")
+
+
+def failed_tasks(states: Mapping[str, Any]) -> list[str]:
+    """The task ids (``send_2`` for map index 2) whose Airflow state is failed or upstream_failed."""
+    from airflow.sdk import TaskInstanceState
+
+    failed = {TaskInstanceState.FAILED, TaskInstanceState.UPSTREAM_FAILED}
+    return sorted(task for task, state in states.items() if state in failed)
 
 
 class InvalidProgramOperator(LifecycleOperator[None]):

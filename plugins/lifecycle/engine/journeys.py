@@ -30,7 +30,7 @@ from sqlalchemy import (
 from sqlalchemy.sql.expression import ColumnElement
 
 from lifecycle.config import Policy, Program, Step, segments
-from lifecycle.engine.scope import RunScope
+from lifecycle.engine.scope import RunScope, runs_of_as_of
 from lifecycle.model import schema
 from lifecycle.model.db import bucket, concat, insert_ignore
 from lifecycle.model.ledger import EnrollmentState, ExitReason, HeldOutReason, SkipReason, Status
@@ -43,11 +43,13 @@ M = schema.messages
 
 
 def evaluate_segment(conn: Connection, run: RunScope) -> int:
-    """Snapshot the entry segment's members for this run into ``lifecycle_audience``."""
+    """Snapshot the entry segment's members for this run into ``lifecycle_audience``.
+
+    The snapshot replaces that of any earlier run of the program at the same as-of time (one
+    snapshot per program and as-of), so triggering a logical date again changes nothing."""
     program = run.program
-    conn.execute(
-        delete(schema.audience).where(schema.audience.c.program == program.id, schema.audience.c.run_id == run.run_id)
-    )
+    a = schema.audience
+    conn.execute(delete(a).where(a.c.program == program.id, a.c.run_id.in_(runs_of_as_of(conn, run))))
     members = segments.audience_query(program.audience.segment.parsed, run.as_of, run.catalog).subquery()
     conn.execute(
         insert(schema.audience).from_select(

@@ -10,12 +10,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
+from sqlalchemy import Connection, select, union
 from sqlalchemy.sql.expression import ColumnElement
 
 from lifecycle.config import Policy, Program, segments
 from lifecycle.model import schema
 
 E = schema.enrollments
+M = schema.messages
+K = schema.kpis
 
 
 @dataclass(frozen=True)
@@ -38,3 +41,20 @@ class RunScope:
             enrolled_at=E.c.enrolled_at if journey else None,
             anchor_at=E.c.anchor_at if journey else None,
         )
+
+
+def runs_of_as_of(conn: Connection, run: RunScope) -> list[str]:
+    """The run ids of every run of this program at this run's as-of time, this one included.
+
+    Triggering a program again for a logical date it already ran (a backfill, or a new manual run)
+    gives a new run id but the same as-of time, and so the same decisions: the funnel and the
+    audience snapshot belong to the (program, as-of), not to the run id. Earlier runs are known by
+    what they left: the funnel they logged, the messages they planned, the contacts they enrolled.
+    """
+    program, as_of = run.program.id, run.as_of
+    earlier = union(
+        select(K.c.run_id).where(K.c.program == program, K.c.as_of == as_of),
+        select(M.c.run_id).where(M.c.program == program, M.c.planned_at == as_of),
+        select(E.c.run_id).where(E.c.program == program, E.c.enrolled_at == as_of, E.c.run_id.is_not(None)),
+    )
+    return sorted({run.run_id, *conn.execute(earlier).scalars()})

@@ -7,8 +7,10 @@
   (``lifecycle_default`` host + path, else the URL the request arrived on).
 - ``GET /unsubscribe?token=...`` shows a confirmation; ``POST`` is the RFC 8058 one-click.
 
-A request that fails verification gets 403 and changes nothing. Every accepted event goes
-through :mod:`lifecycle.engine.feedback` in one transaction per request.
+A request that fails verification gets 403 and changes nothing; a route whose provider
+connection is not configured answers 503 (the provider retries later) and logs the connection's
+name. Every accepted event goes through :mod:`lifecycle.engine.feedback` in one transaction per
+request.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import logging
 from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qsl, urlencode
 
-from airflow.sdk import BaseHook
+from airflow.sdk import BaseHook, Connection
 from airflow.sdk.exceptions import AirflowNotFoundException
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
@@ -64,6 +66,19 @@ def _forbidden(why: str) -> JSONResponse:
     return JSONResponse({"detail": why}, status_code=403)
 
 
+def _not_configured(conn_id: str, what: str = "is not configured") -> JSONResponse:
+    log.error("Webhook refused with 503: the Airflow connection %s %s", conn_id, what)
+    return JSONResponse({"detail": f"connection {conn_id} {what}"}, status_code=503)
+
+
+def _connection(conn_id: str) -> Connection | None:
+    """The connection, or None when it is not configured (an alert, not a server error)."""
+    try:
+        return BaseHook.get_connection(conn_id)
+    except AirflowNotFoundException:
+        return None
+
+
 def _record(events: list[FeedbackEvent], received_at: datetime) -> int:
     with get_engine(crm_url()).begin() as conn:
         return apply_events(conn, events, received_at)
@@ -79,9 +94,12 @@ def _receive_sendgrid(body: str, signature: str | None, timestamp: str | None) -
         return _forbidden("sendgrid timestamp malformed")
     if abs(now - signed_at) > SIGNATURE_MAX_AGE:
         return _forbidden("sendgrid signature is stale")
-    public_key = BaseHook.get_connection(SendGridHook.default_conn_name).extra_dejson.get("webhook_public_key")
+    connection = _connection(SendGridHook.default_conn_name)
+    if connection is None:
+        return _not_configured(SendGridHook.default_conn_name)
+    public_key = connection.extra_dejson.get("webhook_public_key")
     if not public_key:
-        return JSONResponse({"detail": "sendgrid_default has no webhook_public_key"}, status_code=503)
+        return _not_configured(SendGridHook.default_conn_name, "has no webhook_public_key")
     try:
         valid = EventWebhook(public_key).verify_signature(body, signature, timestamp)
     except (ValueError, binascii.Error):
@@ -120,8 +138,9 @@ def _public_url(path: str, query: str, request_url: str) -> str:
     return links.url(path) + (f"?{query}" if query else "")
 
 
-def _twilio_verified(path: str, request_url: str, query: str, params: dict[str, str], signature: str) -> bool:
-    token = BaseHook.get_connection(TwilioHook.default_conn_name).password or ""
+def _twilio_verified(
+    token: str, path: str, request_url: str, query: str, params: dict[str, str], signature: str
+) -> bool:
     url = _public_url(path, query, request_url)
     return bool(signature and token) and RequestValidator(token).validate(url, params, signature)
 
@@ -134,7 +153,10 @@ async def _twilio_request(request: Request) -> tuple[str, str, dict[str, str], s
 
 def _receive_twilio_status(request_url: str, query: str, params: dict[str, str], signature: str) -> Response:
     now = datetime.now(UTC)
-    if not _twilio_verified(TWILIO_STATUS_PATH, request_url, query, params, signature):
+    connection = _connection(TwilioHook.default_conn_name)
+    if connection is None:
+        return _not_configured(TwilioHook.default_conn_name)
+    if not _twilio_verified(connection.password or "", TWILIO_STATUS_PATH, request_url, query, params, signature):
         return _forbidden("twilio signature does not match")
     message_id = dict(parse_qsl(query)).get(MESSAGE_ID_PARAM)
     event = twilio_status_event(params, now, int(message_id) if message_id and message_id.isdigit() else None)
@@ -150,7 +172,10 @@ async def twilio_status(request: Request) -> Response:
 
 def _receive_twilio_inbound(request_url: str, query: str, params: dict[str, str], signature: str) -> Response:
     now = datetime.now(UTC)
-    if not _twilio_verified(TWILIO_INBOUND_PATH, request_url, query, params, signature):
+    connection = _connection(TwilioHook.default_conn_name)
+    if connection is None:
+        return _not_configured(TwilioHook.default_conn_name)
+    if not _twilio_verified(connection.password or "", TWILIO_INBOUND_PATH, request_url, query, params, signature):
         return _forbidden("twilio signature does not match")
     event = twilio_inbound_event(params, now)
     _record([event], now)

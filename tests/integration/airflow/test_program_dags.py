@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import func, select
@@ -105,3 +105,77 @@ def test_manual_dry_run_with_a_test_recipient_sends_nothing_to_real_contacts(crm
     assert [m["to"] for m in accepted] == ["qa@example.com"]
     assert accepted[0]["subject"] == "[TEST] Hello Grace from alpha"
     assert {m[3] for m in _messages(engine)} == {"dry_run"} and len(_messages(engine)) == 4
+
+
+def _funnel_and_audience(engine, program: str) -> tuple[list[tuple], list[str], set[str]]:
+    k, a = schema.kpis, schema.audience
+    with engine.connect() as conn:
+        kpis = sorted(
+            tuple(r)
+            for r in conn.execute(select(k.c.as_of, k.c.metric, k.c.dimension, k.c.value).where(k.c.program == program))
+        )
+        audience = sorted(conn.execute(select(a.c.contact_id).where(a.c.program == program)).scalars())
+        run_ids = set(conn.execute(select(k.c.run_id).where(k.c.program == program)).scalars())
+    return kpis, audience, run_ids
+
+
+def test_triggering_the_same_logical_date_again_logs_one_funnel_and_one_audience(crm, db_url, monkeypatch):
+    """A second DAG run for the same logical date (a new run id, as a backfill or a new trigger
+    gives) leaves lifecycle_kpis and lifecycle_audience as one run left them."""
+    engine, crm_rows = crm
+    for _ in range(4):
+        crm_rows.contact()
+    assert run_dag(monkeypatch, db_url, "alpha", AS_OF, dry_run=True) == "success"
+    kpis, audience, first_ids = _funnel_and_audience(engine, "alpha")
+    assert len(audience) == 4 and ("planned", 4.0) in {(m, v) for _t, m, _d, v in kpis}
+    assert run_dag(monkeypatch, db_url, "alpha", AS_OF, dry_run=True) == "success"
+    kpis_after, audience_after, second_ids = _funnel_and_audience(engine, "alpha")
+    assert first_ids != second_ids and len(second_ids) == 1  # a new run id, and only its rows remain
+    assert kpis_after == kpis
+    assert audience_after == audience
+
+
+def test_a_failed_test_send_fails_the_run_after_logging_the_kpis_and_alerts_the_owner(crm, db_url, monkeypatch):
+    """send_test_copies failing (here: test recipients without a test contact) used to end the run
+    `success`, because log_kpis (ALL_DONE) was its only last task."""
+    from lifecycle.airflow.notifications import Failure, OwnerAlert
+    from tests.support.dagrun import load_dags
+    from tests.support.local_crm import use_crm
+
+    engine, crm_rows = crm
+    for _ in range(3):
+        crm_rows.contact()
+    alerts: list[str] = []
+    monkeypatch.setattr(OwnerAlert, "notify", lambda self, context: alerts.append(Failure.from_context(context).where))
+    use_crm(monkeypatch, db_url)
+    dag = load_dags().get_dag("alpha")
+    dag.get_task("send_test_copies").retries = 0  # its last try, without waiting for the retries
+    run = dag.test(logical_date=AS_OF.replace(tzinfo=UTC), run_conf={"test_recipients": ["qa@example.com"]})
+
+    assert str(run.state) == "failed"
+    kpis, _audience, _ids = _funnel_and_audience(engine, "alpha")
+    assert ("planned", 3.0) in {(m, v) for _t, m, _d, v in kpis}
+    assert alerts == ["alpha.send_test_copies", "alpha.check_run"]
+
+
+def test_a_failed_send_batch_fails_the_run_after_logging_the_kpis_and_alerts_the_owner(crm, db_url, monkeypatch):
+    """A send batch that fails (here: no provider connection configured) used to be hidden the same way."""
+    from lifecycle.airflow.notifications import Failure, OwnerAlert
+    from tests.support.dagrun import load_dags
+    from tests.support.local_crm import use_crm
+
+    engine, crm_rows = crm
+    for _ in range(2):
+        crm_rows.contact()
+    monkeypatch.delenv("AIRFLOW_CONN_SENDGRID_DEFAULT", raising=False)
+    alerts: list[str] = []
+    monkeypatch.setattr(OwnerAlert, "notify", lambda self, context: alerts.append(Failure.from_context(context).where))
+    use_crm(monkeypatch, db_url)
+    dag = load_dags().get_dag("alpha")
+    dag.get_task("send").partial_kwargs["retries"] = 0  # its last try, without waiting for the retries
+    run = dag.test(logical_date=AS_OF.replace(tzinfo=UTC))
+
+    assert str(run.state) == "failed"
+    kpis, _audience, _ids = _funnel_and_audience(engine, "alpha")
+    assert ("planned", 2.0) in {(m, v) for _t, m, _d, v in kpis}
+    assert alerts == ["alpha.send", "alpha.check_run"]

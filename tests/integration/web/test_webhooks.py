@@ -391,6 +391,36 @@ def test_stop_then_start_from_a_number(ledger, signer, client):
     assert latest_consent(engine, contact, "sms")["status"] == "granted"
 
 
+# --- Provider connections not configured ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "conn_id"),
+    [
+        ("/webhooks/sendgrid", "sendgrid_default"),
+        ("/webhooks/twilio/status", "twilio_default"),
+        ("/webhooks/twilio/inbound", "twilio_default"),
+    ],
+)
+def test_a_route_whose_provider_connection_is_missing_answers_503_and_names_it(
+    ledger, signer, client, monkeypatch, caplog, path, conn_id
+):
+    engine, crm = ledger
+    message = add_message(engine, crm.contact(), channel="email" if "sendgrid" in path else "sms")
+    monkeypatch.delenv(f"AIRFLOW_CONN_{conn_id.upper()}")
+    if "sendgrid" in path:
+        response = post_events(client, signer, [sg_event(message, "delivered", int(time.time()))])
+    else:
+        params = {"MessageSid": "SM1", "MessageStatus": "delivered", "From": "+14155550100", "Body": "STOP"}
+        response = twilio_post(client, path, params, query=f"lifecycle_message_id={message}")
+
+    assert response.status_code == 503
+    assert conn_id in response.json()["detail"]
+    assert f"connection {conn_id} is not configured" in caplog.text
+    assert count(engine, schema.provider_events) == 0
+    assert status_of(engine, message) == ("sent", None)
+
+
 # --- Unsubscribe page -----------------------------------------------------------------------
 
 
