@@ -62,8 +62,12 @@ class LifecycleOperator(BaseOperator, Generic[R]):
             engine=get_engine(crm_url(self.crm_conn_id)),
         )
         result = self.run(run)
-        log.info("%s as of %s: %s", self.task_id, run.as_of.isoformat(), result)
+        log.info("%s as of %s: %s", self.label(), run.as_of.isoformat(), result)
         return result
+
+    def label(self) -> str:
+        """How the task names itself in its log line."""
+        return self.task_id
 
     def run(self, run: TaskRun) -> R:
         """Do the task's one piece of work for ``run``; return something small."""

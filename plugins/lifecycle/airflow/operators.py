@@ -37,6 +37,9 @@ class ProgramOperator(LifecycleOperator[R]):
         super().__init__(**kwargs)
         self.program_id = program_id
 
+    def label(self) -> str:
+        return f"{self.task_id} {self.program_id}"
+
     def scope(self, run: TaskRun) -> tuple[RunScope, dict[str, config.Program]]:
         """The run scope and every valid program (capping needs the others)."""
         return pipeline.load_scope(self.program_id, run.run_id, run.as_of)
