@@ -100,6 +100,9 @@ class Step(_Strict):
     relative_to: Literal["enrollment", "previous", "anchor"] = "previous"
     template: str
     when: SegmentExpr | None = None
+    # How long after its moment the step may still go; past it, the step is skipped as late.
+    # Unset: the program's ``late_after``.
+    late_after: Duration | None = None
 
     @model_validator(mode="after")
     def _fallback_differs(self) -> Step:
@@ -198,6 +201,8 @@ class Program(_Strict):
     re_entry: ReEntry = Field(default_factory=ReEntry)
     exit: Exit = Field(default_factory=Exit)
     steps: list[Step] = Field(min_length=1)
+    # A step whose moment passed more than this before a run is skipped (``step_late``), not sent late.
+    late_after: Duration = Field(default_factory=lambda: Duration(hours=24))
     holdout_percent: float = Field(default=10.0, ge=0, le=50)
     holdout_salt: str = ""
     ab_test: ABTest | None = None
@@ -210,11 +215,19 @@ class Program(_Strict):
             raise ValueError(f"step ids must be unique; found {ids}")
         if any(s.relative_to == "anchor" for s in self.steps) and self.audience.anchor is None:
             raise ValueError("a step is relative_to: anchor, so set audience.anchor (table and column)")
+        if self.late_after < timedelta(0) or any(
+            s.late_after is not None and s.late_after < timedelta(0) for s in self.steps
+        ):
+            raise ValueError("late_after must not be negative")
         return self
 
     @property
     def salt(self) -> str:
         return self.holdout_salt or self.id
+
+    def late_after_for(self, step: Step) -> Duration:
+        """How late ``step`` may still go: its own ``late_after``, else the program's."""
+        return step.late_after if step.late_after is not None else self.late_after
 
 
 class Cap(_Strict):
