@@ -62,8 +62,10 @@ FULL_PROGRAM: dict[str, Any] = {
             "relative_to": "enrollment",
             "template": "simple/hello",
             "when": {"not": {"event": "purchase", "since": "enrollment"}},
+            "late_after": "12h",
         }
     ],
+    "late_after": "24h",
     "holdout_percent": 10,
     "holdout_salt": "demo-2026",
     "ab_test": {
