@@ -137,7 +137,16 @@ class Audience(_Strict):
 
     segment: SegmentExpr
     trigger_event: list[str] = Field(default_factory=list)
+    # What steps relative to the enrollment count from: the trigger event (the default when there is
+    # one: a cart's reminder an hour after the cart), or the enrollment (the trigger event is then
+    # only what the messages talk about, e.g. the last action of a dormant customer).
+    timed_from: Literal["trigger_event", "enrollment"] | None = None
     anchor: Anchor | None = None
+
+    @property
+    def trigger_timed(self) -> bool:
+        """Whether enrollment-relative steps count from the trigger event's time."""
+        return bool(self.trigger_event) and self.timed_from != "enrollment"
 
     @field_validator("trigger_event", mode="before")
     @classmethod

@@ -793,16 +793,17 @@ class NaiveEngine:
         ).all()
 
     @staticmethod
-    def _base(enrollment, step: config.Step) -> datetime | None:
-        entered = enrollment.triggered_at or enrollment.enrolled_at
+    def _base(program: config.Program, enrollment, step: config.Step) -> datetime | None:
+        trigger_timed = program.audience.trigger_timed and enrollment.triggered_at is not None
+        entered = enrollment.triggered_at if trigger_timed else enrollment.enrolled_at
         return {
             "enrollment": entered,
             "previous": enrollment.last_step_at or entered,
             "anchor": enrollment.anchor_at,
         }[step.relative_to]
 
-    def _due(self, enrollment, step: config.Step) -> bool:
-        base = self._base(enrollment, step)
+    def _due(self, program: config.Program, enrollment, step: config.Step) -> bool:
+        base = self._base(program, enrollment, step)
         return (
             base is not None
             and base <= self.as_of - step.delay
@@ -810,7 +811,7 @@ class NaiveEngine:
         )
 
     def _late(self, program: config.Program, enrollment, step: config.Step) -> bool:
-        base = self._base(enrollment, step)
+        base = self._base(program, enrollment, step)
         return base is not None and base < self.as_of - step.delay - program.late_after_for(step)
 
     # journeys
@@ -912,7 +913,7 @@ class NaiveEngine:
         last = len(program.steps) - 1
         index = enrollment.next_step
         step = program.steps[index]
-        if not self._due(enrollment, step):
+        if not self._due(program, enrollment, step):
             return False
         reason: str | None
         if self._late(program, enrollment, step):
@@ -1007,7 +1008,7 @@ class NaiveEngine:
                 if enrollment.next_step >= len(other.steps):
                     continue
                 step = other.steps[enrollment.next_step]
-                if not self._due(enrollment, step):
+                if not self._due(other, enrollment, step):
                     continue
                 wants = not_(suppression.channel_blocked(step.channel, other_run, contact))
                 if step.when is not None:

@@ -245,10 +245,10 @@ def enroll(conn: Connection, run: RunScope) -> int:
 # --- planning --------------------------------------------------------------------------------
 
 
-def step_base(step: Step) -> ColumnElement:
-    """The moment ``step``'s delay counts from: the trigger event (else the enrollment), the
-    previous step's planning, or the anchor date."""
-    entered = func.coalesce(E.c.triggered_at, E.c.enrolled_at)
+def step_base(program: Program, step: Step) -> ColumnElement:
+    """The moment ``step``'s delay counts from: the trigger event (when the program is timed from
+    it; else the enrollment), the previous step's planning, or the anchor date."""
+    entered = func.coalesce(E.c.triggered_at, E.c.enrolled_at) if program.audience.trigger_timed else E.c.enrolled_at
     return {
         "enrollment": entered,
         "previous": func.coalesce(E.c.last_step_at, entered),
@@ -264,7 +264,7 @@ def step_due(program: Program, index: int, as_of: datetime) -> ColumnElement:
     return and_(
         _active(program.id),
         E.c.next_step == index,
-        step_base(step) <= as_of - step.delay,
+        step_base(program, step) <= as_of - step.delay,
         or_(E.c.last_planned_at.is_(None), E.c.last_planned_at < as_of),
     )
 
@@ -272,7 +272,7 @@ def step_due(program: Program, index: int, as_of: datetime) -> ColumnElement:
 def step_late(program: Program, index: int, as_of: datetime) -> ColumnElement:
     """The step's moment passed more than its ``late_after`` before ``as_of``: skip it, never send it late."""
     step = program.steps[index]
-    return step_base(step) < as_of - step.delay - program.late_after_for(step)
+    return step_base(program, step) < as_of - step.delay - program.late_after_for(step)
 
 
 def _idempotency_key(program: Program, step: Step) -> ColumnElement:

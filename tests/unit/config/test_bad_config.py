@@ -45,6 +45,7 @@ FULL_PROGRAM: dict[str, Any] = {
     "audience": {
         "segment": {"segment": "leads"},
         "trigger_event": ["signed_up"],
+        "timed_from": "trigger_event",
         "anchor": {"table": "subscriptions", "column": "renews_at", "pick": "next"},
     },
     "re_entry": {"allowed": True, "cooldown": "30d"},
