@@ -62,10 +62,10 @@ class LifecycleOperator(BaseOperator, Generic[R]):
             engine=get_engine(crm_url(self.crm_conn_id)),
         )
         result = self.run(run)
-        log.info("%s as of %s: %s", self.label(), run.as_of.isoformat(), result)
+        log.info("%s as of %s: %s", self.log_name(), run.as_of.isoformat(), result)
         return result
 
-    def label(self) -> str:
+    def log_name(self) -> str:
         """How the task names itself in its log line."""
         return self.task_id
 

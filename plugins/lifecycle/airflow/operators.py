@@ -37,7 +37,7 @@ class ProgramOperator(LifecycleOperator[R]):
         super().__init__(**kwargs)
         self.program_id = program_id
 
-    def label(self) -> str:
+    def log_name(self) -> str:
         return f"{self.task_id} {self.program_id}"
 
     def scope(self, run: TaskRun) -> tuple[RunScope, dict[str, config.Program]]:

@@ -129,6 +129,9 @@ class Step(_Strict):
     relative_to: Literal["enrollment", "previous", "anchor"] = "previous"
     template: str
     when: SegmentExpr | None = None
+    # How long after its moment the step may still go; past it, the step is skipped as late.
+    # Unset: the program's ``late_after``.
+    late_after: Duration | None = None
 
     _registered = field_validator("channel", "fallback")(_registered_channel)
 
@@ -165,7 +168,16 @@ class Audience(_Strict):
 
     segment: SegmentExpr
     trigger_event: list[str] = Field(default_factory=list)
+    # What steps relative to the enrollment count from: the trigger event (the default when there is
+    # one: a cart's reminder an hour after the cart), or the enrollment (the trigger event is then
+    # only what the messages talk about, e.g. the last action of a dormant customer).
+    timed_from: Literal["trigger_event", "enrollment"] | None = None
     anchor: Anchor | None = None
+
+    @property
+    def trigger_timed(self) -> bool:
+        """Whether enrollment-relative steps count from the trigger event's time."""
+        return bool(self.trigger_event) and self.timed_from != "enrollment"
 
     @field_validator("trigger_event", mode="before")
     @classmethod
@@ -229,6 +241,8 @@ class Program(_Strict):
     re_entry: ReEntry = Field(default_factory=ReEntry)
     exit: Exit = Field(default_factory=Exit)
     steps: list[Step] = Field(min_length=1)
+    # A step whose moment passed more than this before a run is skipped (``step_late``), not sent late.
+    late_after: Duration = Field(default_factory=lambda: Duration(hours=24))
     holdout_percent: float = Field(default=10.0, ge=0, le=50)
     holdout_salt: str = ""
     ab_test: ABTest | None = None
@@ -241,11 +255,19 @@ class Program(_Strict):
             raise ValueError(f"step ids must be unique; found {ids}")
         if any(s.relative_to == "anchor" for s in self.steps) and self.audience.anchor is None:
             raise ValueError("a step is relative_to: anchor, so set audience.anchor (table and column)")
+        if self.late_after < timedelta(0) or any(
+            s.late_after is not None and s.late_after < timedelta(0) for s in self.steps
+        ):
+            raise ValueError("late_after must not be negative")
         return self
 
     @property
     def salt(self) -> str:
         return self.holdout_salt or self.id
+
+    def late_after_for(self, step: Step) -> Duration:
+        """How late ``step`` may still go: its own ``late_after``, else the program's."""
+        return step.late_after if step.late_after is not None else self.late_after
 
 
 class Cap(_Strict):

@@ -793,17 +793,27 @@ class NaiveEngine:
             .order_by(M.c.message_id)
         ).all()
 
-    def _due(self, enrollment, step: config.Step) -> bool:
-        base = {
-            "enrollment": enrollment.enrolled_at,
-            "previous": enrollment.last_step_at or enrollment.enrolled_at,
+    @staticmethod
+    def _base(program: config.Program, enrollment, step: config.Step) -> datetime | None:
+        trigger_timed = program.audience.trigger_timed and enrollment.triggered_at is not None
+        entered = enrollment.triggered_at if trigger_timed else enrollment.enrolled_at
+        return {
+            "enrollment": entered,
+            "previous": enrollment.last_step_at or entered,
             "anchor": enrollment.anchor_at,
         }[step.relative_to]
+
+    def _due(self, program: config.Program, enrollment, step: config.Step) -> bool:
+        base = self._base(program, enrollment, step)
         return (
             base is not None
             and base <= self.as_of - step.delay
-            and (enrollment.last_step_at is None or enrollment.last_step_at < self.as_of)
+            and (enrollment.last_planned_at is None or enrollment.last_planned_at < self.as_of)
         )
+
+    def _late(self, program: config.Program, enrollment, step: config.Step) -> bool:
+        base = self._base(program, enrollment, step)
+        return base is not None and base < self.as_of - step.delay - program.late_after_for(step)
 
     # journeys
 
@@ -842,11 +852,12 @@ class NaiveEngine:
         return conn.execute(select(chosen).where(table.c.contact_id == cid, bound)).scalar()
 
     def _trigger(self, conn, program: config.Program, cid: str) -> Any:
+        """The latest trigger event's (properties, occurred_at), or (None, None)."""
         if not program.audience.trigger_event:
-            return None
+            return None, None
         ev = schema.events
-        return conn.execute(
-            select(ev.c.properties)
+        row = conn.execute(
+            select(ev.c.properties, ev.c.occurred_at)
             .where(
                 ev.c.contact_id == cid,
                 ev.c.event_type.in_(program.audience.trigger_event),
@@ -854,7 +865,8 @@ class NaiveEngine:
             )
             .order_by(ev.c.occurred_at.desc(), ev.c.event_id.desc())
             .limit(1)
-        ).scalar()
+        ).first()
+        return (row.properties, row.occurred_at) if row is not None else (None, None)
 
     def _enroll(self, conn, run: RunScope, cid: str) -> None:
         program, contact = run.program, literal(cid)
@@ -870,6 +882,7 @@ class NaiveEngine:
                 journeys.variant_expr(program, contact, literal(entry)),
             )
         ).one()
+        trigger, triggered_at = self._trigger(conn, program, cid)
         conn.execute(
             insert(E).values(
                 program=program.id,
@@ -881,7 +894,8 @@ class NaiveEngine:
                 anchor_at=anchor,
                 group=group,
                 variant=variant,
-                trigger=self._trigger(conn, program, cid),
+                trigger=trigger,
+                triggered_at=triggered_at,
                 run_id=run.run_id,
             )
         )
@@ -890,55 +904,64 @@ class NaiveEngine:
         program = run.program
         last = len(program.steps) - 1
         for enrollment in self._enrollments(conn, program.id, cid):
-            if enrollment.state != EnrollmentState.ACTIVE or enrollment.next_step > last:
-                continue
-            index = enrollment.next_step
-            step = program.steps[index]
-            if not self._due(enrollment, step):
-                continue
-            reason: str | None
-            if enrollment.group in ("control", "holdout"):
-                status = Status.HELD_OUT
-                reason = (
-                    HeldOutReason.GLOBAL_CONTROL if enrollment.group == "control" else HeldOutReason.PROGRAM_HOLDOUT
-                )
-            elif step.when is not None and self._holds(
-                conn, not_(self._journey(run, step.when.parsed, cid, enrollment))
-            ):
-                status, reason = Status.SKIPPED, SkipReason.STEP_CONDITION_NOT_MET
-            else:
-                status, reason = Status.PLANNED, None
-            conn.execute(
-                insert_ignore(conn, M).values(
-                    idempotency_key=f"{program.id}:{cid}:{enrollment.entry}:{step.id}",
-                    program=program.id,
-                    priority=program.priority,
-                    enrollment_id=enrollment.enrollment_id,
-                    entry=enrollment.entry,
-                    step=step.id,
-                    step_index=index,
-                    contact_id=cid,
-                    channel=step.channel,
-                    fallback_channel=step.fallback,
-                    planned_channel=step.channel,
-                    template=step.template,
-                    variant=enrollment.variant,
-                    group=enrollment.group,
-                    status=status,
-                    reason=reason,
-                    due_at=self.as_of,
-                    run_id=run.run_id,
-                    planned_at=self.as_of,
-                )
+            # A skipped step leaves the run's one message free for the next step.
+            while enrollment.state == EnrollmentState.ACTIVE and enrollment.next_step <= last:
+                if not self._plan_step(conn, run, cid, enrollment):
+                    break
+                enrollment = conn.execute(select(E).where(E.c.enrollment_id == enrollment.enrollment_id)).one()
+
+    def _plan_step(self, conn, run: RunScope, cid: str, enrollment) -> bool:
+        """Plan the enrollment's next step if due; True when it was skipped (the next may follow)."""
+        program = run.program
+        last = len(program.steps) - 1
+        index = enrollment.next_step
+        step = program.steps[index]
+        if not self._due(program, enrollment, step):
+            return False
+        reason: str | None
+        if self._late(program, enrollment, step):
+            status, reason = Status.SKIPPED, SkipReason.STEP_LATE
+        elif enrollment.group in ("control", "holdout"):
+            status = Status.HELD_OUT
+            reason = HeldOutReason.GLOBAL_CONTROL if enrollment.group == "control" else HeldOutReason.PROGRAM_HOLDOUT
+        elif step.when is not None and self._holds(conn, not_(self._journey(run, step.when.parsed, cid, enrollment))):
+            status, reason = Status.SKIPPED, SkipReason.STEP_CONDITION_NOT_MET
+        else:
+            status, reason = Status.PLANNED, None
+        conn.execute(
+            insert_ignore(conn, M).values(
+                idempotency_key=f"{program.id}:{cid}:{enrollment.entry}:{step.id}",
+                program=program.id,
+                priority=program.priority,
+                enrollment_id=enrollment.enrollment_id,
+                entry=enrollment.entry,
+                step=step.id,
+                step_index=index,
+                contact_id=cid,
+                channel=step.channel,
+                fallback_channel=step.fallback,
+                planned_channel=step.channel,
+                template=step.template,
+                variant=enrollment.variant,
+                group=enrollment.group,
+                status=status,
+                reason=reason,
+                due_at=self.as_of,
+                run_id=run.run_id,
+                planned_at=self.as_of,
             )
-            values: dict[str, Any] = {"next_step": index + 1, "last_step_at": self.as_of}
-            if index == last:
-                values |= {
-                    "state": EnrollmentState.COMPLETED,
-                    "exit_reason": ExitReason.COMPLETED,
-                    "exited_at": self.as_of,
-                }
-            conn.execute(update(E).where(E.c.enrollment_id == enrollment.enrollment_id).values(**values))
+        )
+        values: dict[str, Any] = {"next_step": index + 1, "last_step_at": self.as_of}
+        if status != Status.SKIPPED:
+            values["last_planned_at"] = self.as_of
+        if index == last:
+            values |= {
+                "state": EnrollmentState.COMPLETED,
+                "exit_reason": ExitReason.COMPLETED,
+                "exited_at": self.as_of,
+            }
+        conn.execute(update(E).where(E.c.enrollment_id == enrollment.enrollment_id).values(**values))
+        return status == Status.SKIPPED
 
     # suppression and caps
 
@@ -988,7 +1011,7 @@ class NaiveEngine:
                 if enrollment.next_step >= len(other.steps):
                     continue
                 step = other.steps[enrollment.next_step]
-                if not self._due(enrollment, step):
+                if not self._due(other, enrollment, step):
                     continue
                 wants = not_(suppression.channel_blocked(step.channel, other_run, contact))
                 if step.when is not None:

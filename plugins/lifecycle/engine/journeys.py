@@ -165,13 +165,16 @@ def _anchor_expr(program: Program, contact_id: ColumnElement, as_of: datetime) -
     return select(chosen).where(table.c.contact_id == contact_id, bound).scalar_subquery()
 
 
-def _trigger_expr(program: Program, contact_id: ColumnElement, as_of: datetime) -> ColumnElement:
+def _trigger_expr(
+    program: Program, contact_id: ColumnElement, as_of: datetime, column: str = "properties"
+) -> ColumnElement:
+    """The latest trigger event's ``column`` (its properties, or ``occurred_at``) as of the run."""
     types = program.audience.trigger_event
     if not types:
         return literal(None)
     ev = schema.events.alias("trigger_ev")
     return (
-        select(ev.c.properties)
+        select(ev.c[column])
         .where(ev.c.contact_id == contact_id, ev.c.event_type.in_(types), ev.c.occurred_at <= as_of)
         .order_by(ev.c.occurred_at.desc(), ev.c.event_id.desc())
         .limit(1)
@@ -213,6 +216,7 @@ def enroll(conn: Connection, run: RunScope) -> int:
         group_expr(program, run.policy, a.c.contact_id),
         variant_expr(program, a.c.contact_id, next_entry),
         _trigger_expr(program, a.c.contact_id, as_of),
+        _trigger_expr(program, a.c.contact_id, as_of, "occurred_at"),
         literal(run.run_id),
     ).where(
         a.c.program == program.id,
@@ -232,6 +236,7 @@ def enroll(conn: Connection, run: RunScope) -> int:
         "group",
         "variant",
         "trigger",
+        "triggered_at",
         "run_id",
     ]
     result = conn.execute(insert_ignore(conn, E).from_select(columns, source))
@@ -242,21 +247,34 @@ def enroll(conn: Connection, run: RunScope) -> int:
 # --- planning --------------------------------------------------------------------------------
 
 
-def step_due(program: Program, index: int, as_of: datetime) -> ColumnElement:
-    """Active enrollments whose step ``index`` is due at ``as_of`` and that have not stepped yet
-    in this run (one step per enrollment per run, so a re-run plans nothing new)."""
-    step = program.steps[index]
-    base = {
-        "enrollment": E.c.enrolled_at,
-        "previous": func.coalesce(E.c.last_step_at, E.c.enrolled_at),
+def step_base(program: Program, step: Step) -> ColumnElement:
+    """The moment ``step``'s delay counts from: the trigger event (when the program is timed from
+    it; else the enrollment), the previous step's planning, or the anchor date."""
+    entered = func.coalesce(E.c.triggered_at, E.c.enrolled_at) if program.audience.trigger_timed else E.c.enrolled_at
+    return {
+        "enrollment": entered,
+        "previous": func.coalesce(E.c.last_step_at, entered),
         "anchor": E.c.anchor_at,
     }[step.relative_to]
+
+
+def step_due(program: Program, index: int, as_of: datetime) -> ColumnElement:
+    """Active enrollments whose step ``index`` is due at ``as_of`` and that have no message planned
+    in this run yet (one message per enrollment per run, so a re-run plans nothing new; a skipped
+    step does not count, so the next step may follow it in the same run)."""
+    step = program.steps[index]
     return and_(
         _active(program.id),
         E.c.next_step == index,
-        base <= as_of - step.delay,
-        or_(E.c.last_step_at.is_(None), E.c.last_step_at < as_of),
+        step_base(program, step) <= as_of - step.delay,
+        or_(E.c.last_planned_at.is_(None), E.c.last_planned_at < as_of),
     )
+
+
+def step_late(program: Program, index: int, as_of: datetime) -> ColumnElement:
+    """The step's moment passed more than its ``late_after`` before ``as_of``: skip it, never send it late."""
+    step = program.steps[index]
+    return step_base(program, step) < as_of - step.delay - program.late_after_for(step)
 
 
 def _idempotency_key(program: Program, step: Step) -> ColumnElement:
@@ -274,13 +292,17 @@ def plan_due_steps(conn: Connection, run: RunScope) -> int:
             condition = segments.compile_segment(step.when.parsed, run.segment_context(E.c.contact_id, journey=True))
         else:
             condition = literal(True)
+        late = step_late(program, index, as_of)
+        held = E.c.group.in_(["control", "holdout"])
         status = case(
+            (late, Status.SKIPPED),
             (E.c.group == "control", Status.HELD_OUT),
             (E.c.group == "holdout", Status.HELD_OUT),
             (not_(condition), Status.SKIPPED),
             else_=Status.PLANNED,
         )
         reason = case(
+            (late, SkipReason.STEP_LATE),
             (E.c.group == "control", HeldOutReason.GLOBAL_CONTROL),
             (E.c.group == "holdout", HeldOutReason.PROGRAM_HOLDOUT),
             (not_(condition), SkipReason.STEP_CONDITION_NOT_MET),
@@ -329,7 +351,13 @@ def plan_due_steps(conn: Connection, run: RunScope) -> int:
             "planned_at",
         ]
         added += conn.execute(insert_ignore(conn, M).from_select(columns, source)).rowcount
-        values = {"next_step": index + 1, "last_step_at": as_of}
+        # A skip keeps the run's one message free for the next step, planned in this same loop.
+        skipped = or_(late, and_(not_(held), not_(condition)))
+        values = {
+            "next_step": index + 1,
+            "last_step_at": as_of,
+            "last_planned_at": case((skipped, E.c.last_planned_at), else_=literal(as_of)),
+        }
         if index == last:
             values |= {"state": EnrollmentState.COMPLETED, "exit_reason": ExitReason.COMPLETED, "exited_at": as_of}
         conn.execute(update(E).where(due).values(**values))

@@ -108,6 +108,7 @@ class SkipReason(_Vocabulary):
     """Why a message is ``skipped``."""
 
     STEP_CONDITION_NOT_MET = "step_condition_not_met"
+    STEP_LATE = "step_late"  # its moment passed more than the program's ``late_after`` before the run
 
 
 class CapReason(_Vocabulary):

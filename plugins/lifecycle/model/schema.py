@@ -182,6 +182,8 @@ enrollments = Table(
     Column("group", String(16), nullable=False),  # treatment | holdout | control
     Column("variant", String(32)),
     Column("trigger", JSON),
+    Column("triggered_at", DateTime),  # when the trigger event occurred: enrollment-relative steps count from it
+    Column("last_planned_at", DateTime),  # as-of of the run that last planned a message (skips aside)
     Column("run_id", String(250)),
     UniqueConstraint("program", "contact_id", "entry", name="uq_enrollment_entry"),
     Index("ix_enrollments_program_state", "program", "state", "contact_id"),

@@ -45,6 +45,7 @@ FULL_PROGRAM: dict[str, Any] = {
     "audience": {
         "segment": {"segment": "leads"},
         "trigger_event": ["signed_up"],
+        "timed_from": "trigger_event",
         "anchor": {"table": "subscriptions", "column": "renews_at", "pick": "next"},
     },
     "re_entry": {"allowed": True, "cooldown": "30d"},
@@ -62,8 +63,10 @@ FULL_PROGRAM: dict[str, Any] = {
             "relative_to": "enrollment",
             "template": "simple/hello",
             "when": {"not": {"event": "purchase", "since": "enrollment"}},
+            "late_after": "12h",
         }
     ],
+    "late_after": "24h",
     "holdout_percent": 10,
     "holdout_salt": "demo-2026",
     "ab_test": {

@@ -7,6 +7,7 @@ from datetime import timedelta
 
 import pytest
 
+from lifecycle.model.ledger import SkipReason
 from tests.conftest import AS_OF
 from tests.support.journey import enrollments, messages, run_program, treatment_contact
 from tests.support.programs import STOP, render_message, render_step, run_schedule, steps_for
@@ -35,7 +36,8 @@ def test_fresh_carts_and_quotes_enter_recovered_and_old_ones_do_not(shipped_crm)
     run_program(engine, PROGRAM, AS_OF)
     assert {e["contact_id"] for e in enrollments(engine, PROGRAM)} == {cart, quote}
     assert not {old, bought, churned} & {e["contact_id"] for e in enrollments(engine, PROGRAM)}
-    assert messages(engine, PROGRAM) == []
+    # The quote went out two hours before the run: its +1h reminder is due at once; the cart's in an hour.
+    assert [(m["contact_id"], m["step"]) for m in messages(engine, PROGRAM)] == [(quote, "reminder")]
     run_program(engine, PROGRAM, AS_OF + HOUR)
 
     rows = {m["contact_id"]: m for m in messages(engine, PROGRAM)}
@@ -69,15 +71,57 @@ def test_reminders_after_one_hour_one_day_and_three_days_until_purchase(shipped_
         72 * HOUR: [("last_call", "dry_run")],
     }
     assert steps_for(schedule, buys) == {HOUR: [("reminder", "dry_run")]}
+    # Timed from the quote (an hour before the first run), not from the run that noticed it.
     assert steps_for(schedule, accepts) == {
-        HOUR: [("reminder", "dry_run")],
-        24 * HOUR: [("second_reminder", "dry_run")],
+        0 * HOUR: [("reminder", "dry_run")],
+        23 * HOUR: [("second_reminder", "dry_run")],
     }
     states = {e["contact_id"]: (e["state"], e["exit_reason"]) for e in enrollments(engine, PROGRAM)}
     assert states == {
         waits: ("completed", "completed"),
         buys: ("exited", "converted"),
         accepts: ("exited", "converted"),
+    }
+
+
+@pytest.mark.slow
+def test_steps_are_timed_from_the_cart_not_from_the_run_that_noticed_it(shipped_crm):
+    engine, crm = shipped_crm
+    cid = _shopper(crm, ago=3 * HOUR)
+    schedule = run_schedule(engine, PROGRAM, [h * HOUR for h in (0, 1, 20, 21, 68, 69)])
+    assert steps_for(schedule, cid) == {
+        0 * HOUR: [("reminder", "dry_run")],
+        21 * HOUR: [("second_reminder", "dry_run")],
+        69 * HOUR: [("last_call", "dry_run")],
+    }
+    [entry] = enrollments(engine, PROGRAM)
+    assert (entry["enrolled_at"], entry["triggered_at"]) == (AS_OF, AS_OF - 3 * HOUR)
+
+
+@pytest.mark.slow
+def test_after_an_outage_late_reminders_are_skipped_and_the_next_goes_when_due(shipped_crm):
+    engine, crm = shipped_crm
+    cid = _shopper(crm)
+    # Entered at AS_OF, then no run for three days.
+    schedule = run_schedule(engine, PROGRAM, [h * HOUR for h in (0, 71, 72, 73)])
+    assert steps_for(schedule, cid) == {
+        71 * HOUR: [("reminder", "skipped"), ("second_reminder", "skipped")],
+        72 * HOUR: [("last_call", "dry_run")],
+    }
+    assert {m["reason"] for m in messages(engine, PROGRAM) if m["status"] == "skipped"} == {SkipReason.STEP_LATE}
+    [entry] = enrollments(engine, PROGRAM)
+    assert (entry["state"], entry["exit_reason"]) == ("completed", "completed")
+
+
+@pytest.mark.slow
+def test_a_late_step_within_late_after_still_goes(shipped_crm):
+    engine, crm = shipped_crm
+    cid = _shopper(crm)
+    # The +1h reminder is 23 hours late at the second run: within the default late_after of 24h.
+    schedule = run_schedule(engine, PROGRAM, [0 * HOUR, 24 * HOUR, 25 * HOUR])
+    assert steps_for(schedule, cid) == {
+        24 * HOUR: [("reminder", "dry_run")],
+        25 * HOUR: [("second_reminder", "dry_run")],
     }
 
 

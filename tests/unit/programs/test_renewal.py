@@ -8,6 +8,7 @@ from datetime import timedelta
 
 import pytest
 
+from lifecycle.model.ledger import SkipReason
 from tests.conftest import AS_OF
 from tests.support.journey import enrollments, messages, run_program, treatment_contact
 from tests.support.programs import (
@@ -95,14 +96,37 @@ def test_a_late_entry_skips_reminders_whose_moment_has_passed(shipped_crm):
     engine, crm = shipped_crm
     cid = _subscriber(crm, timedelta(days=5, hours=2))
     schedule = run_schedule(engine, PROGRAM, days(*range(0, 7)))
+    # The notice is 25 days late, the billing fix not needed: the weekly reminder follows in the same run.
     assert steps_for(schedule, cid) == {
-        timedelta(days=0): [("notice", "skipped")],
-        timedelta(days=1): [("billing_fix", "skipped")],
-        timedelta(days=2): [("week_reminder", "dry_run")],
+        timedelta(days=0): [("notice", "skipped"), ("billing_fix", "skipped"), ("week_reminder", "dry_run")],
         timedelta(days=5): [("final_reminder", "dry_run")],
     }
-    skipped = [m for m in messages(engine, PROGRAM) if m["status"] == "skipped"]
-    assert {m["reason"] for m in skipped} == {"step_condition_not_met"}
+    skipped = {m["step"]: m["reason"] for m in messages(engine, PROGRAM) if m["status"] == "skipped"}
+    assert skipped == {"notice": SkipReason.STEP_LATE, "billing_fix": SkipReason.STEP_CONDITION_NOT_MET}
+
+
+@pytest.mark.slow
+def test_the_week_reminder_goes_seven_days_before_after_skipped_steps(shipped_crm):
+    engine, crm = shipped_crm
+    cid = _subscriber(crm, timedelta(days=6, hours=20))
+    schedule = run_schedule(engine, PROGRAM, days(*range(0, 8)))
+    assert steps_for(schedule, cid) == {
+        timedelta(days=0): [("notice", "skipped"), ("billing_fix", "skipped"), ("week_reminder", "dry_run")],
+        timedelta(days=6): [("final_reminder", "dry_run")],
+    }
+
+
+@pytest.mark.slow
+def test_the_final_reminder_goes_the_day_before_after_a_late_week_reminder(shipped_crm):
+    engine, crm = shipped_crm
+    cid = _subscriber(crm, timedelta(days=1, hours=20))
+    schedule = run_schedule(engine, PROGRAM, days(0, 1, 2))
+    assert steps_for(schedule, cid) == {
+        timedelta(days=0): [("notice", "skipped"), ("billing_fix", "skipped"), ("week_reminder", "skipped")],
+        timedelta(days=1): [("final_reminder", "dry_run")],
+    }
+    reasons = [m["reason"] for m in messages(engine, PROGRAM)]
+    assert reasons == [SkipReason.STEP_LATE, SkipReason.STEP_CONDITION_NOT_MET, SkipReason.STEP_LATE, None]
 
 
 @pytest.mark.slow
