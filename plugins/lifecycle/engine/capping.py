@@ -3,8 +3,10 @@
 A cap (for example email 3 per 7 days) counts every message that holds a slot — sent, on its
 way, or deferred — across all programs. A program yields the last slots to programs of higher
 priority that want the same contact at the same as-of time, whether or not those programs have
-run yet: their demand is computed from their journey state and entry segment, so the higher
-priority program wins in either run order. Quiet hours defer a message to the end of the
+run yet: their demand is computed from their journey state and entry segment, counting only the
+messages they would send (their holdout, suppressions, fallbacks and own caps applied), so the
+higher priority program wins in either run order and never takes a slot with a message that
+never goes. Quiet hours defer a message to the end of the
 window in the recipient's time zone instead of dropping it.
 """
 
