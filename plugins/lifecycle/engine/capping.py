@@ -3,8 +3,10 @@
 A cap (for example email 3 per 7 days) counts every message that holds a slot — sent, on its
 way, or deferred — across all programs. A program yields the last slots to programs of higher
 priority that want the same contact at the same as-of time, whether or not those programs have
-run yet: their demand is computed from their journey state and entry segment, so the higher
-priority program wins in either run order. Quiet hours defer a message to the end of the
+run yet: their demand is computed from their journey state and entry segment, counting only the
+messages they would send (their holdout, suppressions, fallbacks and own caps applied), so the
+higher priority program wins in either run order and never takes a slot with a message that
+never goes. Quiet hours defer a message to the end of the
 window in the recipient's time zone instead of dropping it.
 """
 
@@ -13,17 +15,19 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from datetime import datetime, time, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import Connection, and_, bindparam, func, literal, not_, select, text, union_all, update
+from sqlalchemy.sql.expression import ColumnElement
 
 from lifecycle.channels import registry
 from lifecycle.config import Cap, Program, QuietHours, segments
 from lifecycle.engine.journeys import E, entry_eligible, group_expr, step_due
 from lifecycle.engine.scope import RunScope
-from lifecycle.engine.suppression import channel_blocked
+from lifecycle.engine.suppression import channel_blocked, contact_reasons
 from lifecycle.model import schema
-from lifecycle.model.ledger import SLOT_HOLDING, CapReason, Status
+from lifecycle.model.ledger import SLOT_HOLDING, CapReason, Status, SuppressionReason
 
 M = schema.messages
 C = schema.contacts
@@ -57,56 +61,149 @@ def _used(scope: str, run: RunScope):
     return select(func.count()).where(*filters).scalar_subquery()
 
 
-def higher_priority_demand(conn: Connection, run: RunScope, programs: Mapping[str, Program]) -> dict[str, Counter]:
-    """Per contact of this run's pending messages: how many messages per channel programs of
-    higher priority want to send at this as-of time (planned, due, or about to enroll)."""
-    targets = select(M.c.contact_id).where(_pending(run)).scalar_subquery()
+def cap_decision(
+    channel: str, used: Mapping[str, int], demand: Mapping[str, int], caps: Mapping[str, Cap]
+) -> str | None:
+    """The cap a message on ``channel`` hits, as the reason it records, or ``None`` when it may go.
+
+    ``used`` is the slots other messages already hold per scope (a channel, or ``"all"``) within
+    the cap's period; ``demand`` the slots programs of higher priority will take at this as-of. The
+    message's own channel cap is checked first, then the all-channels cap; a scope without a cap
+    never stops it.
+    """
+    for scope in (channel, "all"):
+        limit = caps.get(scope)
+        if limit is not None and used.get(scope, 0) + demand.get(scope, 0) >= limit.max:
+            return cap_reason(scope, limit)
+    return None
+
+
+def accepted_demand(wanted: Iterable[str], used: Mapping[str, int], caps: Mapping[str, Cap]) -> Counter[str]:
+    """The slots per scope that higher-priority messages will take, given their channels highest
+    priority first: each is counted only when its own cap decision (against the slots used and the
+    demand above it) lets it through, as it will when its program runs."""
+    taken: Counter[str] = Counter()
+    for channel in wanted:
+        if cap_decision(channel, used, taken, caps) is None:
+            taken[channel] += 1
+            taken["all"] += 1
+    return taken
+
+
+def _open(channel: str, run: RunScope, contact_id: ColumnElement) -> ColumnElement:
+    return not_(channel_blocked(channel, run, contact_id))
+
+
+def _routes(channel: str, fallback: str | None, run: RunScope, contact_id: ColumnElement) -> list[tuple[str, Any]]:
+    """Where a message planned on ``channel`` goes: there when it is open, else to its fallback when
+    that is open (suppression's fallback rule); each with the clause that sends it there."""
+    routes: list[tuple[str, Any]] = [(channel, _open(channel, run, contact_id))]
+    if fallback is not None and fallback != channel:
+        routes.append((fallback, and_(not_(_open(channel, run, contact_id)), _open(fallback, run, contact_id))))
+    return routes
+
+
+def _not_suppressed(run: RunScope, contact_id: ColumnElement, *, planned: bool) -> list[ColumnElement]:
+    """The program's contact rules (open ticket, negotiation, recent purchase...) do not stop it.
+    ``already_converted`` reads the message's enrollment, so it applies to planned messages only;
+    enrollments are checked against the goal where the program itself checks it."""
+    return [
+        not_(r.predicate(contact_id))
+        for r in contact_reasons(run)
+        if planned or r.name != SuppressionReason.ALREADY_CONVERTED
+    ]
+
+
+def _stays_enrolled(run: RunScope) -> list[ColumnElement]:
+    """An active enrollment the program's own run would not exit first (goal met, exit rule)."""
+    program = run.program
+    ctx = run.segment_context(E.c.contact_id, journey=True)
+    exits = [r.segment.parsed for r in program.exit.rules]
+    if program.exit.goal is not None:
+        exits.append(program.exit.goal.parsed)
+    return [E.c.enrolled_at <= run.as_of, *(not_(segments.compile_segment(node, ctx)) for node in exits)]
+
+
+def _demand_queries(other: RunScope, targets: Any) -> list[Any]:
+    """(contact id, channel) of every message ``other`` will send at this as-of to a contact in
+    ``targets``: messages it planned, steps due for its enrollments, and first steps of contacts
+    about to enroll, once its holdout, its suppressions and its channel fallbacks have had their say."""
+    program, as_of = other.program, other.as_of
     queries = []
-    for other in programs.values():
-        if other.priority <= run.program.priority or other.id == run.program.id:
-            continue
+    channels = {s.channel for s in program.steps} | {s.fallback for s in program.steps if s.fallback}
+    for channel in sorted(channels):
+        planned = [
+            M.c.program == program.id,
+            M.c.status == Status.PLANNED,
+            M.c.channel == channel,
+            M.c.contact_id.in_(targets),
+            *_not_suppressed(other, M.c.contact_id, planned=True),
+        ]
+        for fallback in [None, *sorted(channels - {channel})]:
+            sent_on, route = _routes(channel, fallback, other, M.c.contact_id)[-1]
+            if fallback is not None:
+                route = and_(M.c.fallback_channel == fallback, route)
+            queries.append(select(M.c.contact_id, literal(sent_on)).where(*planned, route))
+    for index, step in enumerate(program.steps):
+        where = [
+            step_due(program, index, as_of),
+            E.c.group == "treatment",
+            E.c.contact_id.in_(targets),
+            *_stays_enrolled(other),
+            *_not_suppressed(other, E.c.contact_id, planned=False),
+        ]
+        if step.when is not None:
+            where.append(
+                segments.compile_segment(step.when.parsed, other.segment_context(E.c.contact_id, journey=True))
+            )
+        for sent_on, route in _routes(step.channel, step.fallback, other, E.c.contact_id):
+            queries.append(select(E.c.contact_id, literal(sent_on)).where(*where, route))
+    first = program.steps[0]
+    if first.relative_to != "anchor" and not first.delay and first.when is None:
+        ctx = segments.Context(as_of, C.c.contact_id, catalog=other.catalog)
+        where = [
+            C.c.contact_id.in_(targets),
+            segments.compile_segment(program.audience.segment.parsed, ctx),
+            entry_eligible(program, C.c.contact_id, as_of),
+            group_expr(program, other.policy, C.c.contact_id) == "treatment",
+            *_not_suppressed(other, C.c.contact_id, planned=False),
+        ]
+        if program.exit.goal is not None:
+            # Suppression's already_converted for an enrollment made at this as-of.
+            entering = segments.Context(
+                as_of, C.c.contact_id, catalog=other.catalog, enrolled_at=literal(as_of), anchor_at=literal(None)
+            )
+            where.append(not_(segments.compile_segment(program.exit.goal.parsed, entering)))
+        for sent_on, route in _routes(first.channel, first.fallback, other, C.c.contact_id):
+            queries.append(select(C.c.contact_id, literal(sent_on)).where(*where, route))
+    return queries
+
+
+def higher_priority_demand(conn: Connection, run: RunScope, programs: Mapping[str, Program]) -> dict[str, list[str]]:
+    """Per contact of this run's pending messages: the channels of the messages programs of higher
+    priority will send at this as-of time (planned, due, or about to enroll), highest priority
+    first. Only messages those programs would actually send count: not their held-out contacts,
+    not what their own suppressions (contact rules, consent, lists, addresses) stop, and on the
+    channel their fallback moves a message to."""
+    mine = M.alias("mine")
+    targets = select(mine.c.contact_id).where(mine.c.program == run.program.id, mine.c.status == Status.PLANNED)
+    ranked = sorted(
+        (p for p in programs.values() if p.priority > run.program.priority and p.id != run.program.id),
+        key=lambda p: (-p.priority, p.id),
+    )
+    demand: dict[str, list[str]] = defaultdict(list)
+    for other in ranked:
         scope = RunScope(other, run.policy, run.catalog, run.run_id, run.as_of)
-        queries.append(
-            select(M.c.contact_id, M.c.channel).where(
-                M.c.program == other.id, M.c.status == Status.PLANNED, M.c.contact_id.in_(targets)
-            )
-        )
-        for index, step in enumerate(other.steps):
-            where = [
-                step_due(other, index, run.as_of),
-                E.c.group == "treatment",
-                E.c.contact_id.in_(targets),
-                not_(channel_blocked(step.channel, scope, E.c.contact_id)),
-            ]
-            if step.when is not None:
-                where.append(
-                    segments.compile_segment(step.when.parsed, scope.segment_context(E.c.contact_id, journey=True))
-                )
-            queries.append(select(E.c.contact_id, literal(step.channel)).where(*where))
-        first = other.steps[0]
-        if first.relative_to != "anchor" and not first.delay and first.when is None:
-            ctx = segments.Context(run.as_of, C.c.contact_id, catalog=run.catalog)
-            queries.append(
-                select(C.c.contact_id, literal(first.channel)).where(
-                    C.c.contact_id.in_(targets),
-                    segments.compile_segment(other.audience.segment.parsed, ctx),
-                    entry_eligible(other, C.c.contact_id, run.as_of),
-                    group_expr(other, run.policy, C.c.contact_id) == "treatment",
-                    not_(channel_blocked(first.channel, scope, C.c.contact_id)),
-                )
-            )
-    demand: dict[str, Counter] = defaultdict(Counter)
-    if queries:
-        for contact_id, channel in conn.execute(union_all(*queries)):
-            demand[contact_id][channel] += 1
-            demand[contact_id]["all"] += 1
+        rows = conn.execute(union_all(*_demand_queries(scope, targets.scalar_subquery()))).all()
+        for contact_id, channel in sorted(rows):
+            demand[contact_id].append(channel)
     return demand
 
 
 def cap(conn: Connection, run: RunScope, programs: Mapping[str, Program]) -> dict[str, int]:
     """Mark this program's pending messages ``capped`` (with the cap as reason) or ``ready``."""
     lock_caps(conn)
-    caps = run.policy.caps
+    caps: dict[str, Cap] = {str(scope): limit for scope, limit in run.policy.caps.items()}
     scopes = [s for s in (*registry.names(), "all") if s in caps]
     rows = conn.execute(
         select(M.c.message_id, M.c.contact_id, M.c.channel, *(_used(s, run).label(f"used_{s}") for s in scopes)).where(
@@ -114,14 +211,12 @@ def cap(conn: Connection, run: RunScope, programs: Mapping[str, Program]) -> dic
         )
     ).all()
     demand = higher_priority_demand(conn, run, programs) if rows else {}
-    decisions, counts = [], Counter()
+    decisions: list[dict[str, Any]] = []
+    counts: Counter[str] = Counter()
     for row in rows:
-        reason = None
-        wanted = demand.get(row.contact_id, Counter())
-        for scope in (row.channel, "all"):
-            if scope in caps and getattr(row, f"used_{scope}") + wanted[scope] >= caps[scope].max:
-                reason = cap_reason(scope, caps[scope])
-                break
+        used: dict[str, int] = {scope: getattr(row, f"used_{scope}") for scope in scopes}
+        wanted = accepted_demand(demand.get(row.contact_id, ()), used, caps)
+        reason = cap_decision(row.channel, used, wanted, caps)
         status = Status.CAPPED if reason else Status.READY
         counts[status] += 1
         decisions.append({"mid": row.message_id, "st": status, "rs": reason})
