@@ -42,11 +42,11 @@ def lock_caps(conn: Connection) -> None:
         conn.execute(update(M).where(literal(False)).values(status=M.c.status))
 
 
-def _pending(run: RunScope):
+def _pending(run: RunScope) -> ColumnElement[bool]:
     return and_(M.c.program == run.program.id, M.c.status == Status.PLANNED)
 
 
-def _used(scope: str, run: RunScope):
+def _used(scope: str, run: RunScope) -> ColumnElement[int]:
     cap = run.policy.caps[scope]
     other = M.alias("held")
     filters = [

@@ -8,6 +8,7 @@ run: running it again for the same program, run and as-of time changes nothing.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import (
     Connection,
@@ -117,7 +118,7 @@ def variant_expr(program: Program, contact_id: ColumnElement, entry: ColumnEleme
 # --- exits and enrollment -------------------------------------------------------------------
 
 
-def _active(program_id: str):
+def _active(program_id: str) -> ColumnElement[bool]:
     return and_(E.c.program == program_id, E.c.state == EnrollmentState.ACTIVE)
 
 
@@ -158,6 +159,7 @@ def _anchor_expr(program: Program, contact_id: ColumnElement, as_of: datetime) -
         return literal(None)
     table = schema.CRM_TABLES[anchor.table].alias("anchor_src")
     column = table.c[anchor.column]
+    chosen: ColumnElement[Any]
     if anchor.pick == "next":
         chosen, bound = func.min(column), column >= as_of
     else:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import permutations
+from typing import Any
 
 from sqlalchemy import Connection, and_, exists, not_, or_, select, update
 from sqlalchemy.sql.expression import ColumnElement
@@ -19,7 +20,7 @@ from lifecycle.channels import registry
 from lifecycle.config import segments
 from lifecycle.engine.scope import RunScope
 from lifecycle.model import schema
-from lifecycle.model.ledger import Status
+from lifecycle.model.ledger import PolicyRule, Status
 from lifecycle.model.ledger import SuppressionReason as R
 
 M = schema.messages
@@ -34,7 +35,7 @@ class Reason:
     predicate: Callable[[ColumnElement], ColumnElement]
 
 
-def _contact_has(contact_id: ColumnElement, condition: Callable[[type], ColumnElement]) -> ColumnElement:
+def _contact_has(contact_id: ColumnElement[Any], condition: Callable[[Any], ColumnElement[Any]]) -> ColumnElement[bool]:
     # An alias, so the rule stays tied to ``contact_id`` even when the outer query reads contacts itself.
     holder = C.alias("address_holder")
     return exists().where(holder.c.contact_id == contact_id, condition(holder))
@@ -59,13 +60,17 @@ def _on_list(contact_id: ColumnElement, channel: str, reason: str) -> ColumnElem
     return exists().where(s.c.contact_id == contact_id, s.c.channel == channel, s.c.reason == reason)
 
 
+def _list_predicate(channel: str, name: str) -> Callable[[ColumnElement[Any]], ColumnElement[bool]]:
+    return lambda contact_id: _on_list(contact_id, channel, name)
+
+
 def list_reasons(channel: str) -> list[Reason]:
     """The suppression-list rules for ``channel`` (opt-outs, bounces, bad or duplicate addresses).
 
     They hold whatever the as-of, so the outbox checks them again when it claims a message.
     """
     reasons = registry.get(channel).list_reasons
-    return [Reason(name, lambda cid, name=name: _on_list(cid, channel, name)) for name in reasons]
+    return [Reason(name, _list_predicate(channel, name)) for name in reasons]
 
 
 def channel_reasons(channel: str, run: RunScope) -> list[Reason]:
@@ -100,7 +105,7 @@ def channel_blocked(channel: str, run: RunScope, contact_id: ColumnElement) -> C
     return or_(*(r.predicate(contact_id) for r in channel_reasons(channel, run)))
 
 
-def _applies(rule_name: str, run: RunScope) -> bool:
+def _applies(rule_name: PolicyRule, run: RunScope) -> bool:
     rule = run.policy.suppressions.get(rule_name)
     if rule is None:
         return False
@@ -155,7 +160,7 @@ def contact_reasons(run: RunScope) -> list[Reason]:
     return rules
 
 
-def _pending(run: RunScope):
+def _pending(run: RunScope) -> ColumnElement[bool]:
     return and_(M.c.program == run.program.id, M.c.status == Status.PLANNED)
 
 
