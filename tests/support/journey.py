@@ -69,16 +69,14 @@ def treatment_contact(crm_rows, program_id: str, **fields) -> str:
     raise AssertionError(f"no treatment contact id found for {program_id}")
 
 
-def emails_already_sent(engine, contact_id: str, count: int = 2) -> None:
-    """Ledger rows for ``count`` emails delivered to the contact in the days before AS_OF (from an
-    unrelated program), so the next email takes one of the cap's last slots."""
-    from sqlalchemy import insert
-
+def earlier_messages(contact_id: str, channel: str = "email", count: int = 2, first_day: int = 1) -> list[dict]:
+    """Ledger rows for ``count`` messages on ``channel`` delivered to the contact on the days before
+    AS_OF, starting ``first_day`` days before (from an unrelated program): they hold cap slots."""
     from tests.conftest import AS_OF
 
-    rows = [
+    return [
         {
-            "idempotency_key": f"earlier:{contact_id}:{i}",
+            "idempotency_key": f"earlier:{contact_id}:{channel}:{i}",
             "program": "earlier",
             "priority": 0,
             "enrollment_id": 0,
@@ -86,16 +84,23 @@ def emails_already_sent(engine, contact_id: str, count: int = 2) -> None:
             "step": "s",
             "step_index": 0,
             "contact_id": contact_id,
-            "channel": "email",
-            "planned_channel": "email",
+            "channel": channel,
+            "planned_channel": channel,
             "template": "t",
             "group": "treatment",
             "status": "delivered",
-            "due_at": AS_OF - timedelta(days=i + 1),
+            "due_at": AS_OF - timedelta(days=i + first_day),
             "run_id": "earlier",
-            "planned_at": AS_OF - timedelta(days=i + 1),
+            "planned_at": AS_OF - timedelta(days=i + first_day),
         }
         for i in range(count)
     ]
+
+
+def messages_already_sent(engine, contact_id: str, count: int = 2, channel: str = "email") -> None:
+    """``count`` messages (emails by default) delivered to the contact in the days before AS_OF, so
+    the next one takes one of the cap's last slots."""
+    from sqlalchemy import insert
+
     with engine.begin() as conn:
-        conn.execute(insert(schema.messages), rows)
+        conn.execute(insert(schema.messages), earlier_messages(contact_id, channel, count))

@@ -12,7 +12,7 @@ from lifecycle.model import schema
 from lifecycle.model.ledger import Status, SuppressionReason
 from tests.conftest import AS_OF
 from tests.support.dagrun import run_dag
-from tests.support.journey import emails_already_sent
+from tests.support.journey import messages_already_sent
 
 pytestmark = [pytest.mark.airflow, pytest.mark.usefixtures("airflow_db", "test_config")]
 M = schema.messages
@@ -34,7 +34,7 @@ def test_a_suppressed_higher_priority_program_does_not_take_the_last_slot(crm, d
     for _ in range(20):
         cid = crm_rows.contact(lifecycle_stage="customer")
         crm_rows.row("tickets", ticket_id=f"tk-{cid}", contact_id=cid, status="open", opened_at=AS_OF - timedelta(1))
-        emails_already_sent(engine, cid)
+        messages_already_sent(engine, cid)
         contacts.append(cid)
     for dag_id in order:
         assert run_dag(monkeypatch, db_url, dag_id, AS_OF, dry_run=True) == "success"
@@ -47,7 +47,7 @@ def test_a_suppressed_higher_priority_program_does_not_take_the_last_slot(crm, d
 def test_a_higher_priority_program_that_would_send_still_wins_the_last_slot(crm, db_url, monkeypatch, order):
     engine, crm_rows = crm
     cid = crm_rows.contact(lifecycle_stage="customer")
-    emails_already_sent(engine, cid)
+    messages_already_sent(engine, cid)
     for dag_id in order:
         assert run_dag(monkeypatch, db_url, dag_id, AS_OF, dry_run=True) == "success"
     assert _ledger(engine, "promo") == {cid: (Status.DRY_RUN, None)}

@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 from lifecycle.model import schema
 from tests.conftest import AS_OF
 from tests.support.dagrun import run_dag
-from tests.support.journey import emails_already_sent
+from tests.support.journey import messages_already_sent
 
 pytestmark = [pytest.mark.airflow, pytest.mark.usefixtures("airflow_db", "test_config")]
 M = schema.messages
@@ -57,7 +57,7 @@ def test_no_granted_marketing_consent_means_nothing_on_that_channel(crm, db_url,
 def test_higher_priority_wins_the_last_capped_slot_in_either_order(crm, db_url, monkeypatch, order):
     engine, crm_rows = crm
     contested = crm_rows.contact()
-    emails_already_sent(engine, contested)
+    messages_already_sent(engine, contested)
     free = crm_rows.contact()
     for dag_id in order:
         assert run_dag(monkeypatch, db_url, dag_id, AS_OF, dry_run=True) == "success"

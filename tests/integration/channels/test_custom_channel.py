@@ -25,7 +25,7 @@ from lifecycle.model import schema
 from lifecycle.model.db import bucket_of
 from tests.conftest import AS_OF, FIXTURES
 from tests.support.invariants import WorkerDied, stage_run
-from tests.support.journey import messages, treatment_contact
+from tests.support.journey import messages, messages_already_sent, treatment_contact
 from tests.support.pager import NAME, PagerChannel, PagerHook, registered
 
 M = schema.messages
@@ -137,35 +137,6 @@ def _listed(engine, contact_id: str, channel: str, reason: str) -> None:
         )
 
 
-def _earlier(engine, contact_id: str, channel: str, count: int) -> None:
-    """``count`` messages on ``channel`` delivered to the contact in the days before AS_OF."""
-    with engine.begin() as conn:
-        conn.execute(
-            insert(M),
-            [
-                {
-                    "idempotency_key": f"earlier:{contact_id}:{channel}:{i}",
-                    "program": "earlier",
-                    "priority": 0,
-                    "enrollment_id": 0,
-                    "entry": 1,
-                    "step": "s",
-                    "step_index": 0,
-                    "contact_id": contact_id,
-                    "channel": channel,
-                    "planned_channel": channel,
-                    "template": "t",
-                    "group": "treatment",
-                    "status": "delivered",
-                    "due_at": AS_OF - timedelta(days=i + 1),
-                    "run_id": "earlier",
-                    "planned_at": AS_OF - timedelta(days=i + 1),
-                }
-                for i in range(count)
-            ],
-        )
-
-
 def test_pages_go_only_where_consent_lists_and_addresses_allow(crm, pager_config):
     engine, c = crm
     paged = _pager_contact(c, phone=" +1 (415) 555-2671 ", first_name="Ada")
@@ -206,11 +177,11 @@ def test_pages_go_only_where_consent_lists_and_addresses_allow(crm, pager_config
 def test_the_pager_cap_and_the_all_channels_cap_both_hold(crm, pager_config, pager):
     engine, c = crm
     paged_this_week = _pager_contact(c, channel=pager.name)
-    _earlier(engine, paged_this_week, pager.name, 1)
+    messages_already_sent(engine, paged_this_week, 1, channel=pager.name)
     busy = _pager_contact(c, channel=pager.name)
-    _earlier(engine, busy, "email", 3)
+    messages_already_sent(engine, busy, 3, channel="email")
     texted = _pager_contact(c, channel=pager.name)
-    _earlier(engine, texted, "sms", 2)
+    messages_already_sent(engine, texted, 2, channel="sms")
 
     _run(engine, "pages", PagerHook())
 

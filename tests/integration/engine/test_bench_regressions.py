@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import AS_OF
-from tests.support.journey import emails_already_sent, messages, run_program
+from tests.support.journey import messages, messages_already_sent, run_program
 
 pytestmark = pytest.mark.usefixtures("test_config")
 
@@ -17,7 +17,7 @@ def test_higher_priority_entrant_keeps_the_last_slot_when_another_contact_has_a_
     engine, crm_rows = crm
     contested = crm_rows.contact()
     crm_rows.contact(email="not-an-address")
-    emails_already_sent(engine, contested)
+    messages_already_sent(engine, contested)
 
     run_program(engine, "alpha", AS_OF)
     run_program(engine, "beta", AS_OF)

@@ -33,6 +33,7 @@ from lifecycle.model.db import get_engine, migrate
 from lifecycle.model.ledger import SuppressionReason
 from tests.conftest import AS_OF
 from tests.support.crm_builder import CrmBuilder
+from tests.support.journey import earlier_messages
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("test_config")]
 M = schema.messages
@@ -69,31 +70,6 @@ def workdir() -> Iterator[Path]:
     shutil.rmtree(folder, ignore_errors=True)
 
 
-def _earlier(cid: str, channel: str, count: int) -> list[dict]:
-    """``count`` messages on ``channel`` delivered in the week before, from an unrelated program."""
-    return [
-        {
-            "idempotency_key": f"earlier:{cid}:{channel}:{i}",
-            "program": "earlier",
-            "priority": 0,
-            "enrollment_id": 0,
-            "entry": 1,
-            "step": "s",
-            "step_index": 0,
-            "contact_id": cid,
-            "channel": channel,
-            "planned_channel": channel,
-            "template": "t",
-            "group": "treatment",
-            "status": "delivered",
-            "due_at": AS_OF - timedelta(days=i + 2),
-            "run_id": "earlier",
-            "planned_at": AS_OF - timedelta(days=i + 2),
-        }
-        for i in range(count)
-    ]
-
-
 def _build(url: str, drawn: list[dict], *, new: bool) -> None:
     """The drawn contacts that are ``new`` (or not): a new contact enters the CRM after the
     day-before run, so the programs meet it first at the as-of. Tickets and purchases are news."""
@@ -113,7 +89,9 @@ def _build(url: str, drawn: list[dict], *, new: bool) -> None:
                 listed = {"contact_id": cid, "channel": c["unsubscribed"], "reason": SuppressionReason.UNSUBSCRIBED}
                 with engine.begin() as conn:
                     conn.execute(insert(schema.suppressions), [listed | {"source": "test", "created_at": DAY_BEFORE}])
-            earlier += _earlier(cid, "email", c["emails_sent"]) + _earlier(cid, "sms", c["sms_sent"])
+            earlier += earlier_messages(cid, "email", c["emails_sent"], first_day=2) + earlier_messages(
+                cid, "sms", c["sms_sent"], first_day=2
+            )
             if c["negotiation"]:
                 crm.row(
                     "opportunities", opportunity_id=f"op{n}", contact_id=cid, account_id=f"a{n}", stage="negotiation"
