@@ -13,8 +13,9 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from lifecycle.devtools import local
+from lifecycle.paths import PROJECT_ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = PROJECT_ROOT
 FIXTURES = ROOT / "tests" / "fixtures"
 AIRFLOW_WORK = Path(tempfile.mkdtemp(prefix="lifecycle-tests-"))
 # Airflow reads its settings once, at import: point it at a throwaway home before any test imports it.

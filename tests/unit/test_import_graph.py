@@ -17,7 +17,9 @@ from collections.abc import Iterator
 from itertools import pairwise
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2] / "plugins"
+from lifecycle.paths import PROJECT_ROOT
+
+ROOT = PROJECT_ROOT / "plugins"
 PACKAGE = "lifecycle"
 LAYERS = {
     "paths": 0,

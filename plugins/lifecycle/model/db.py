@@ -8,7 +8,6 @@ import sqlite3
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from functools import cache
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from sqlalchemy import (
@@ -32,6 +31,8 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.expression import ColumnElement
 from sqlalchemy.sql.functions import FunctionElement
 from sqlalchemy.types import TypeEngine
+
+from lifecycle.paths import PACKAGE_DIR
 
 if TYPE_CHECKING:
     from airflow.sdk import Connection as AirflowConnection
@@ -159,7 +160,7 @@ def concat(*parts: ColumnElement[Any] | str) -> ColumnElement[Any]:
     return expr
 
 
-MIGRATIONS_DIR = Path(__file__).resolve().parents[1] / "migrations"
+MIGRATIONS_DIR = PACKAGE_DIR / "migrations"
 
 
 def migrate(engine: Engine) -> None:
