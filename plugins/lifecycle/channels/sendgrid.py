@@ -33,7 +33,14 @@ from sendgrid.helpers.mail import (
     To,
 )
 
-from lifecycle.channels.base import ClaimCheck, OutboundEmail, Providers, SendResult, results_for_error
+from lifecycle.channels.base import (
+    TEST_MESSAGE_ID,
+    ClaimCheck,
+    OutboundEmail,
+    Providers,
+    SendResult,
+    results_for_error,
+)
 from lifecycle.channels.retry import (
     OutcomeUnknown,
     ProviderError,
@@ -42,7 +49,7 @@ from lifecycle.channels.retry import (
     RetryPolicy,
     error_for_status,
 )
-from lifecycle.messages.links import MESSAGE_ID_PARAM
+from lifecycle.messages.links import MESSAGE_ID_PARAM, TEST_COPY_UNSUBSCRIBE_PATH
 from lifecycle.model.ledger import OutcomeReason, Status
 from lifecycle.model.privacy import redact
 
@@ -266,9 +273,12 @@ class SendGridSender:
         return results
 
     def _recipient(self, message: OutboundEmail) -> Recipient:
-        url = message.unsubscribe_url or self.providers.links.unsubscribe_url(
-            message.message_id, message.contact_id, "email"
-        )
+        links = self.providers.links
+        if message.message_id == TEST_MESSAGE_ID:
+            # A test copy is about a real contact: its one-click link must unsubscribe no one.
+            url = links.url(TEST_COPY_UNSUBSCRIBE_PATH)
+        else:
+            url = message.unsubscribe_url or links.unsubscribe_url(message.message_id, message.contact_id, "email")
         return Recipient(
             email=message.to_email,
             name=message.to_name,

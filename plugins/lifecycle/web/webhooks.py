@@ -45,6 +45,7 @@ from lifecycle.engine.feedback import (
 from lifecycle.messages.links import (
     MESSAGE_ID_PARAM,
     SENDGRID_EVENTS_PATH,
+    TEST_COPY_UNSUBSCRIBE_PATH,
     TWILIO_INBOUND_PATH,
     TWILIO_STATUS_PATH,
     UNSUBSCRIBE_PATH,
@@ -207,6 +208,19 @@ def _verify_token(token: str) -> UnsubscribeToken | HTMLResponse:
         return verify_unsubscribe_token(secret, token)
     except InvalidToken:
         return _page("Link not valid", "<p>This unsubscribe link is not valid. Use the link from the message.</p>", 400)
+
+
+_TEST_COPY_PAGE = (
+    "<p>This was a test copy of a Lifecycle message, sent to a test recipient. Its unsubscribe link "
+    "does nothing: no one has been unsubscribed.</p>"
+)
+
+
+@router.get(TEST_COPY_UNSUBSCRIBE_PATH, response_class=HTMLResponse)
+@router.post(TEST_COPY_UNSUBSCRIBE_PATH, response_class=HTMLResponse)
+def unsubscribe_from_test_copy() -> HTMLResponse:
+    """Where a test copy's unsubscribe link leads: it says so and changes nothing."""
+    return _page("Test copy", _TEST_COPY_PAGE)
 
 
 @router.get(UNSUBSCRIBE_PATH, response_class=HTMLResponse)

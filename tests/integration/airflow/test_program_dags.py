@@ -104,6 +104,9 @@ def test_manual_dry_run_with_a_test_recipient_sends_nothing_to_real_contacts(crm
     assert state == "success"
     assert [m["to"] for m in accepted] == ["qa@example.com"]
     assert accepted[0]["subject"] == "[TEST] Hello Grace from alpha"
+    # The test copy is about a real contact: its one-click link must not carry that contact's token.
+    unsubscribe = accepted[0]["headers"]["List-Unsubscribe"]
+    assert unsubscribe == "<http://127.0.0.1:9/lifecycle/unsubscribe/test-copy>", unsubscribe
     assert {m[3] for m in _messages(engine)} == {"dry_run"} and len(_messages(engine)) == 4
 
 

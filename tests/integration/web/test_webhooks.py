@@ -472,6 +472,20 @@ def test_one_click_unsubscribe_suppresses_and_withdraws_once(ledger, signer, cli
 
 
 @pytest.mark.parametrize("method", ["get", "post"])
+def test_a_test_copys_unsubscribe_link_says_so_and_unsubscribes_no_one(ledger, signer, client, method):
+    engine, crm = ledger
+    crm.contact()
+    consents = count(engine, schema.consents)
+    page = getattr(client, method)(
+        "/unsubscribe/test-copy",
+        **({"content": "List-Unsubscribe=One-Click"} if method == "post" else {}),
+    )
+    assert page.status_code == 200
+    assert "test copy" in page.text and "no one has been unsubscribed" in page.text
+    assert count(engine, schema.suppressions) == 0 and count(engine, schema.consents) == consents
+
+
+@pytest.mark.parametrize("method", ["get", "post"])
 def test_tampered_unsubscribe_links_are_refused(ledger, signer, client, method):
     engine, crm = ledger
     contact = crm.contact()
