@@ -14,7 +14,6 @@ from typing import Any
 from urllib.error import URLError
 
 from airflow.sdk import BaseHook
-from email_validator import EmailNotValidError, validate_email
 from python_http_client.exceptions import HTTPError
 from sendgrid import SendGridAPIClient
 from sendgrid.helpers.mail import (
@@ -229,6 +228,9 @@ def _error_from_response(exc: HTTPError) -> ProviderError:
 
 def _valid_email(address: str) -> bool:
     """Whether SendGrid could take the address: syntax only (``.test`` domains pass, as at SendGrid)."""
+    # Imported here: the DAG files import this hook (failure alerts), and parsing them must stay quick.
+    from email_validator import EmailNotValidError, validate_email
+
     try:
         validate_email(address, check_deliverability=False, test_environment=True)
     except EmailNotValidError:
