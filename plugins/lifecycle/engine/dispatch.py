@@ -57,19 +57,27 @@ def _now() -> datetime:
 
 
 def prepare_batches(engine: Engine, program: str, run_id: str, batch_size: int, limit: int | None = None) -> list[int]:
-    """Assign this run's ready messages to numbered batches; returns the batch numbers.
+    """Assign this run's messages to numbered batches; returns the batch numbers.
 
-    Idempotent: messages already assigned to this run keep their batch, new ones are appended.
-    ``limit`` caps how many messages a (manual) run takes; the rest wait for the next run.
+    A run takes the program's ready messages no run has taken yet, and adopts what earlier runs left
+    behind: ready messages of a run that stopped before sending them, and claims nobody is left to
+    settle (see :func:`_unsettled`), which its send task then reconciles or records ``unknown``. So
+    no message waits for a retry that a killed run will never make. Idempotent: messages already
+    assigned to this run keep their batch, new ones are appended. ``limit`` caps how many messages a
+    (manual) run takes; the rest wait for the next run.
     """
     with engine.begin() as conn:
         taken = conn.execute(select(M.c.batch).where(M.c.send_run_id == run_id).distinct()).scalars().all()
         already = conn.execute(select(M.c.message_id).where(M.c.send_run_id == run_id)).scalars().all()
         room = None if limit is None else max(limit - len(already), 0)
         order = (M.c.priority.desc(), M.c.message_id)
+        left_behind = and_(
+            M.c.send_run_id != run_id, or_(M.c.status == Status.READY, _unsettled(_now() - CLAIM_LEASE))
+        )
+        waiting = or_(and_(M.c.status == Status.READY, M.c.send_run_id.is_(None)), left_behind)
         ready = (
             select(M.c.message_id, func.row_number().over(order_by=order).label("position"))
-            .where(M.c.program == program, M.c.status == Status.READY, M.c.send_run_id.is_(None))
+            .where(M.c.program == program, waiting)
             .order_by(*order)
         )
         if room is not None:
@@ -175,11 +183,15 @@ def claim(engine: Engine, run_id: str, batch: int, size: int) -> list[Claimed]:
             # PostgreSQL: a concurrent claimer takes the next rows instead of queueing behind these
             # and finding them gone (SQLite, which locks the whole file, renders no clause).
             .with_for_update(skip_locked=True)
-            .scalar_subquery()
+            # Chosen once: as a subquery, PostgreSQL may run it again for every row it updates (a
+            # nested-loop semi join over a small batch), each time finding the next rows, and so
+            # claim the whole batch in one chunk.
+            .cte("chosen")
+            .prefix_with("MATERIALIZED", dialect="postgresql")
         )
         conn.execute(
             update(M)
-            .where(M.c.message_id.in_(chosen), M.c.status == Status.READY)
+            .where(M.c.message_id.in_(select(chosen.c.message_id)), M.c.status == Status.READY)
             .values(status=Status.SENDING, claim_token=token, claimed_at=_now(), attempts=M.c.attempts + 1)
         )
         # The batch's index finds the claimed rows; the token alone has none and would scan the ledger.
@@ -200,7 +212,7 @@ def _held_provider_ids(engine: Engine, stale: Sequence[Claimed]) -> set[str]:
     stale claim (give or take the clock skew): reconciliation must not take another message's for a
     stale one."""
     oldest = min(_claimed_at(item) for item in stale) - CLOCK_SKEW
-    reconcilable = [name for name in registry.names() if registry.get(name).reconcilable]
+    reconcilable = _reconcilable()
     with engine.connect() as conn:
         held = select(M.c.provider_message_id).where(
             M.c.channel.in_(reconcilable), M.c.sent_at >= oldest, M.c.provider_message_id.is_not(None)
@@ -208,26 +220,44 @@ def _held_provider_ids(engine: Engine, stale: Sequence[Claimed]) -> set[str]:
         return set(conn.execute(held).scalars())
 
 
+def _reconcilable() -> list[str]:
+    return [name for name in registry.names() if registry.get(name).reconcilable]
+
+
+def _unsettled(lease_over: datetime) -> ColumnElement[bool]:
+    """Claimed messages whose outcome nobody is left to record: ``sending`` past the claim lease (the
+    attempt that claimed them stopped: a killed run's retries never come, since each new run has a
+    new run id), or ``unknown`` on a channel the provider can be asked about (SMS), to be looked up
+    again until settled rather than left ``unknown`` because an earlier look came within the lease."""
+    return or_(
+        and_(M.c.status == Status.SENDING, M.c.claimed_at < lease_over),
+        and_(M.c.status == Status.UNKNOWN, M.c.reason == OutcomeReason.STALE_CLAIM, M.c.channel.in_(_reconcilable())),
+    )
+
+
 def recover_stale_claims(
     engine: Engine, run_id: str, batch: int, transport: Transport, build: Callable[[Claimed], Outbound]
 ) -> Counter:
-    """Settle messages an earlier attempt left ``sending``: their outcome is unknown.
+    """Settle the batch's messages that earlier attempts left claimed: their outcome is unknown.
 
     Messages on a reconcilable channel (SMS) are looked up at the provider when the transport can
     (a :class:`~lifecycle.channels.base.Reconciler`): found means sent; not found after the claim
-    lease means the provider never took it, so it goes back to ``ready``. A provider message the
-    ledger already holds for another message is never taken for a stale one. Everything else
-    becomes ``unknown`` with the reason, and is never resent blindly.
+    lease means the provider never took it, so it goes back to ``ready`` in this batch, to be sent
+    now. A provider message the ledger already holds for another message is never taken for a stale
+    one. Everything else becomes (or stays) ``unknown`` with the reason, and is never resent blindly.
     """
+    lease_over = _now() - CLAIM_LEASE
+    # The batch's own ``sending`` messages are stale whatever their age: this task is the retry of
+    # the attempt that claimed them.
+    own = or_(M.c.status == Status.SENDING, _unsettled(lease_over))
     with engine.connect() as conn:
-        stale = load_messages(conn, and_(_in_batch(run_id, batch), M.c.status == Status.SENDING))
+        stale = load_messages(conn, and_(_in_batch(run_id, batch), own))
     if not stale:
         return Counter()
     reconciler = transport if isinstance(transport, Reconciler) else None
     taken = _held_provider_ids(engine, stale) if reconciler is not None else set()
     results: list[SendResult] = []
     retry: list[int] = []
-    lease_over = _now() - CLAIM_LEASE
     for item in stale:
         if (
             registry.get(item.channel).reconcilable
@@ -256,8 +286,8 @@ def recover_stale_claims(
             # A claim renewed since it was read belongs to a live attempt: it stays with that attempt.
             requeued = conn.execute(
                 update(M)
-                .where(M.c.message_id.in_(retry), M.c.status == Status.SENDING, M.c.claimed_at < lease_over)
-                .values(status=Status.READY, claim_token=None)
+                .where(M.c.message_id.in_(retry), _STILL_CLAIMED, M.c.claimed_at < lease_over)
+                .values(status=Status.READY, reason=None, claim_token=None)
             ).rowcount
     tokens = {item.message_id: item.claim_token for item in stale}
     counts = record_results(engine, results, dry_run=False, tokens=tokens)

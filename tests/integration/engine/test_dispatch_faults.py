@@ -157,6 +157,60 @@ def test_reconciliation_never_takes_one_sms_for_another(crm, db_url, sandbox, mo
     assert len(sandbox.twilio_messages()) == 2
 
 
+def _die_mid_chunk(engine: Engine, run_id: str) -> None:
+    """A send task of ``run_id`` that hands one message of its chunk to the provider and dies."""
+    brand = config.load_policy().brand.model_dump()
+    with pytest.raises(WorkerDied):
+        dispatch.send_batch(
+            engine, run_id, 0, DyingTransport(survivors=1), links=links_from_connection(), brand=brand, claim_size=3
+        )
+
+
+@pytest.mark.parametrize("program", ["alpha", "texts"])
+def test_killed_runs_leave_nothing_sending_once_a_later_run_completes(crm, db_url, sandbox, monkeypatch, program):
+    engine, crm_rows = crm
+    _contacts(crm_rows, program, 9)
+    # Two runs die mid-chunk for good (a killed run is never retried: the next one has a new run id),
+    # the first with messages it had not even claimed; a third, later run goes to completion.
+    assert stage_run(engine, program, "killed_1", AS_OF, batch_size=1000) == [0]
+    _die_mid_chunk(engine, "killed_1")
+    monkeypatch.setattr(dispatch, "CLAIM_LEASE", LEASE)
+    time.sleep(LEASE.total_seconds() + 0.1)
+    assert stage_run(engine, program, "killed_2", AS_OF + timedelta(hours=1), batch_size=1000) == [0]
+    _die_mid_chunk(engine, "killed_2")
+    time.sleep(LEASE.total_seconds() + 0.1)
+    assert stage_run(engine, program, "completes", AS_OF + timedelta(hours=2), batch_size=1000) == [0]
+    send(engine, "completes")
+
+    statuses = assert_outbox_invariants(engine, sandbox)
+    assert sum(statuses.values()) == 9 and "sending" not in statuses and "ready" not in statuses
+    if program == "texts":
+        # Twilio can be asked: every text the killed runs left is settled, and each went out once.
+        assert statuses == {"sent": 9} and sorted(deliveries(sandbox).values()) == [1] * 9
+    else:
+        # SendGrid cannot be asked: what a killed run claimed is unknown, never resent; the rest went.
+        assert statuses == {"sent": 3, "unknown": 6}
+
+
+def test_unknown_texts_are_looked_up_again_until_settled(crm, db_url, sandbox, monkeypatch):
+    engine, crm_rows = crm
+    _contacts(crm_rows, "texts", 3)
+    stage_run(engine, "texts", "first", AS_OF, batch_size=1000)
+    _die_mid_chunk(engine, "first")
+    # The retry comes within the claim lease: the two texts Twilio has not got may still be on their
+    # way, so they are unknown for now.
+    send(engine, "first")
+    assert _statuses(engine) == {"sent": 1, "unknown": 2}
+    monkeypatch.setattr(dispatch, "CLAIM_LEASE", LEASE)
+    time.sleep(LEASE.total_seconds() + 0.1)
+    # The next run looks again: past the lease, "not found" means never sent, so they go now.
+    stage_run(engine, "texts", "next", AS_OF + timedelta(hours=1), batch_size=1000)
+    send(engine, "next")
+
+    assert assert_outbox_invariants(engine, sandbox) == {"sent": 3}
+    assert sorted(deliveries(sandbox).values()) == [1] * 3
+
+
 # --- the database connection lost mid-stage -------------------------------------------------------
 
 # Where a stage loses its connection: a trigger on a statement the stage runs mid-transaction. On
@@ -359,6 +413,16 @@ def test_a_claim_takes_the_next_messages_while_another_claim_holds_the_first(crm
             holder.rollback()
     assert len(held) == 3 and len(claimed) == 3
     assert not {item.message_id for item in claimed} & set(held), "the locked messages are left to their claimer"
+
+
+def test_a_claim_takes_one_chunk_of_the_batch_and_leaves_the_rest_ready(crm, db_url):
+    engine, crm_rows = crm
+    _contacts(crm_rows, "alpha", 9)
+    stage_run(engine, "alpha", "chunks", AS_OF, batch_size=1000)
+    # A worker that dies mid-chunk leaves only its chunk's outcomes unknown: the rest must still be ready.
+    claimed = dispatch.claim(engine, "chunks", 0, 3)
+    assert [item.message_id for item in claimed] == [1, 2, 3]
+    assert _statuses(engine) == {"sending": 3, "ready": 6}
 
 
 def _wait_for(condition: Callable[[], object], failure: str) -> None:
