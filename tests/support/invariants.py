@@ -8,7 +8,8 @@
    retried yet, and a message the sandbox accepted is never recorded as not sent.
 3. Ledger and suppressions agree: every opt-out suppression comes from a recorded provider event
    or unsubscribe about that contact, no message was claimed once its contact's suppression on
-   that channel was known, and there is one row per idempotency key and per (program, contact,
+   that channel was known, nor once its address's opt-out was (whichever contact row it came
+   through), and there is one row per idempotency key and per (program, contact,
    entry, step).
 4. Consent (when asked for): no message went out to a contact whose consent for its channel was
    not granted at the message's as-of.
@@ -172,10 +173,10 @@ def inconsistent(
     for r in ledger:
         if r["claimed_at"] is None or not (r["status"] in GONE_OUT or r["message_id"] in accepted):
             continue
+        address = _address(contacts.get(r["contact_id"]), r["channel"])
         for s in suppressions:
-            if (s["contact_id"], s["channel"]) == (r["contact_id"], r["channel"]) and (
-                known_at[s["suppression_id"]] < r["claimed_at"]
-            ):
+            listed = s["contact_id"] == r["contact_id"] or (s["address"] is not None and s["address"] == address)
+            if listed and s["channel"] == r["channel"] and known_at[s["suppression_id"]] < r["claimed_at"]:
                 problems.append(
                     f"message {r['message_id']} was claimed after {r['contact_id']} was suppressed "
                     f"({s['reason']}) on {r['channel']}"

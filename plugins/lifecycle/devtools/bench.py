@@ -59,11 +59,12 @@ from lifecycle import config
 from lifecycle.config import segments
 from lifecycle.devtools.local import provider_connections
 from lifecycle.devtools.seed import seed_crm
-from lifecycle.engine import capping, dispatch, journeys, pipeline, suppression
+from lifecycle.engine import capping, dispatch, journeys, pipeline, quiet_hours, suppression
 from lifecycle.engine.scope import RunScope
 from lifecycle.messages.context import template_context
 from lifecycle.messages.rendering import render
 from lifecycle.model import schema
+from lifecycle.model.addresses import phone_number
 from lifecycle.model.db import get_engine, insert_ignore, migrate, utc_naive
 from lifecycle.model.ledger import (
     SLOT_HOLDING,
@@ -1071,7 +1072,7 @@ class NaiveEngine:
                 )
         for channel, window in run.policy.quiet_hours.items():
             ready = conn.execute(
-                select(M.c.message_id, C.c.timezone)
+                select(M.c.message_id, C.c.timezone, phone_number(C), C.c.country)
                 .join(C, C.c.contact_id == M.c.contact_id, isouter=True)
                 .where(
                     M.c.program == program.id,
@@ -1081,8 +1082,8 @@ class NaiveEngine:
                     M.c.send_run_id.is_(None),
                 )
             ).all()
-            for message_id, timezone in ready:
-                until = capping.quiet_until(self.as_of, timezone, window)
+            for message_id, timezone, phone, country in ready:
+                until = quiet_hours.quiet_until(self.as_of, timezone, window, phone=phone, country=country)
                 if until is not None:
                     conn.execute(
                         update(M)

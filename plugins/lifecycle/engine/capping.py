@@ -14,9 +14,8 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
-from datetime import datetime, time, timedelta
+from datetime import datetime, timedelta
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import Connection, and_, bindparam, func, literal, not_, select, text, union_all, update
 from sqlalchemy.sql.expression import ColumnElement
@@ -24,9 +23,11 @@ from sqlalchemy.sql.expression import ColumnElement
 from lifecycle.channels import registry
 from lifecycle.config import Cap, Program, QuietHours, segments
 from lifecycle.engine.journeys import E, entry_eligible, group_expr, step_due
+from lifecycle.engine.quiet_hours import quiet_until
 from lifecycle.engine.scope import RunScope
 from lifecycle.engine.suppression import channel_blocked, contact_reasons
 from lifecycle.model import schema
+from lifecycle.model.addresses import phone_number
 from lifecycle.model.ledger import SLOT_HOLDING, CapReason, Status, SuppressionReason
 
 M = schema.messages
@@ -241,43 +242,12 @@ def _human(delta: timedelta) -> str:
     return f"{int(delta.total_seconds() // 3600)}h"
 
 
-def _zone(name: str | None, default: str) -> ZoneInfo:
-    for candidate in (name, default):
-        if candidate:
-            try:
-                return ZoneInfo(candidate)
-            except (ZoneInfoNotFoundError, ValueError, OSError):
-                continue
-    return ZoneInfo("UTC")
-
-
-def _in_window(local: time, start: time, end: time) -> bool:
-    if start <= end:
-        return start <= local < end
-    return local >= start or local < end
-
-
-def quiet_until(as_of: datetime, timezone: str | None, window: QuietHours) -> datetime | None:
-    """When a message due at ``as_of`` (naive UTC) may go out in the recipient's zone, as naive
-    UTC; ``None`` when it may go now. Unknown zones fall back to the window's default zone."""
-    zone = _zone(timezone, window.default_timezone)
-    local = as_of.replace(tzinfo=ZoneInfo("UTC")).astimezone(zone)
-    if not _in_window(local.time().replace(tzinfo=None), window.start, window.end):
-        return None
-    release = local.replace(hour=window.end.hour, minute=window.end.minute, second=0, microsecond=0)
-    if release <= local:
-        release = (local + timedelta(days=1)).replace(
-            hour=window.end.hour, minute=window.end.minute, second=0, microsecond=0
-        )
-    return release.astimezone(ZoneInfo("UTC")).replace(tzinfo=None)
-
-
 def defer_quiet_hours(conn: Connection, run: RunScope) -> int:
     """Defer ready messages that fall in their channel's quiet hours to the window's end."""
     deferred = 0
     for channel, window in run.policy.quiet_hours.items():
         rows = conn.execute(
-            select(M.c.message_id, C.c.timezone)
+            select(M.c.message_id, C.c.timezone, phone_number(C), C.c.country)
             .join(C, C.c.contact_id == M.c.contact_id, isouter=True)
             .where(
                 M.c.program == run.program.id,
@@ -300,8 +270,8 @@ def defer_quiet_hours(conn: Connection, run: RunScope) -> int:
 
 def _deferrals(rows: Iterable, as_of: datetime, window: QuietHours) -> list[dict]:
     updates = []
-    for message_id, timezone in rows:
-        until = quiet_until(as_of, timezone, window)
+    for message_id, timezone, phone, country in rows:
+        until = quiet_until(as_of, timezone, window, phone=phone, country=country)
         if until is not None:
             updates.append({"mid": message_id, "until": until})
     return updates

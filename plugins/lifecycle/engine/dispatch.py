@@ -71,9 +71,7 @@ def prepare_batches(engine: Engine, program: str, run_id: str, batch_size: int, 
         already = conn.execute(select(M.c.message_id).where(M.c.send_run_id == run_id)).scalars().all()
         room = None if limit is None else max(limit - len(already), 0)
         order = (M.c.priority.desc(), M.c.message_id)
-        left_behind = and_(
-            M.c.send_run_id != run_id, or_(M.c.status == Status.READY, _unsettled(_now() - CLAIM_LEASE))
-        )
+        left_behind = and_(M.c.send_run_id != run_id, or_(M.c.status == Status.READY, _unsettled(_now() - CLAIM_LEASE)))
         waiting = or_(and_(M.c.status == Status.READY, M.c.send_run_id.is_(None)), left_behind)
         ready = (
             select(M.c.message_id, func.row_number().over(order_by=order).label("position"))

@@ -27,11 +27,12 @@ from typing import Any
 
 from sqlalchemy import Connection, DateTime, Table, bindparam, case, delete, func, select, update
 
+from lifecycle.channels import registry
 from lifecycle.channels.twilio import twilio_failure_reason
 from lifecycle.messages.links import MESSAGE_ID_PARAM, UnsubscribeToken
 from lifecycle.model.addresses import to_e164
 from lifecycle.model.db import Record, insert_ignore, utc_naive
-from lifecycle.model.ledger import FEEDBACK_RANK, OutcomeReason, Status
+from lifecycle.model.ledger import ADDRESS_LISTS, FEEDBACK_RANK, OutcomeReason, Status
 from lifecycle.model.ledger import SuppressionReason as R
 from lifecycle.model.privacy import redact
 from lifecycle.model.schema import consents, contacts, messages, provider_events, suppressions
@@ -312,6 +313,19 @@ def _advance_status(
     )
 
 
+def _listed_address(conn: Connection, event: FeedbackEvent, contact_id: str) -> str | None:
+    """The normalised address an opt-out is about: the one the provider named (where the bounce or the
+    STOP came from), else the contact's as sending reads it (where its messages go)."""
+    named = event.email.strip().lower() if event.email else event.phone
+    if named:
+        return named
+    address = registry.get(event.channel).address
+    found: str | None = (
+        conn.execute(select(address.of(contacts)).where(contacts.c.contact_id == contact_id)).scalars().first()
+    )
+    return found
+
+
 def _apply_opt_out(conn: Connection, event: FeedbackEvent, contact_ids: list[str]) -> None:
     """Suppression and consent rows for an opt-out, opt-in or bounce."""
     proof = f"{event.provider}:{event.event_id}"
@@ -327,6 +341,7 @@ def _apply_opt_out(conn: Connection, event: FeedbackEvent, contact_ids: list[str
                     "source": source,
                     "proof": proof,
                     "created_at": event.occurred_at,
+                    "address": _listed_address(conn, event, contact_id) if event.suppress in ADDRESS_LISTS else None,
                 },
             )
         if event.unsuppress:

@@ -20,7 +20,7 @@ from lifecycle.channels import registry
 from lifecycle.config import segments
 from lifecycle.engine.scope import RunScope
 from lifecycle.model import schema
-from lifecycle.model.ledger import PolicyRule, Status
+from lifecycle.model.ledger import ADDRESS_LISTS, PolicyRule, Status
 from lifecycle.model.ledger import SuppressionReason as R
 
 M = schema.messages
@@ -56,8 +56,23 @@ def _consent_status(contact_id: ColumnElement, channel: str, purpose: str, run: 
 
 
 def _on_list(contact_id: ColumnElement, channel: str, reason: str) -> ColumnElement:
+    """The contact is listed, or (for an opt-out, bounce or spam report) its address is: two contact
+    rows sharing an address are one inbox, whichever of them opted out."""
     s = schema.suppressions
-    return exists().where(s.c.contact_id == contact_id, s.c.channel == channel, s.c.reason == reason)
+    listed = exists().where(s.c.contact_id == contact_id, s.c.channel == channel, s.c.reason == reason)
+    if reason not in ADDRESS_LISTS:
+        return listed
+    holder = C.alias("listed_holder")
+    # Correlated to whatever ``contact_id`` comes from, two levels out (hence correlate_except).
+    address = (
+        select(registry.get(channel).address.of(holder))
+        .where(holder.c.contact_id == contact_id)
+        .correlate_except(holder)
+        .limit(1)
+        .scalar_subquery()
+    )
+    by_address = exists().where(s.c.address == address, s.c.channel == channel, s.c.reason == reason)
+    return or_(listed, by_address)
 
 
 def _list_predicate(channel: str, name: str) -> Callable[[ColumnElement[Any]], ColumnElement[bool]]:

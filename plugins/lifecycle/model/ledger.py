@@ -89,6 +89,15 @@ class SuppressionReason(_Vocabulary):
     NO_CONSENT = "no_consent"
 
 
+ADDRESS_LISTS: Final[tuple[SuppressionReason, ...]] = (
+    SuppressionReason.UNSUBSCRIBED,
+    SuppressionReason.HARD_BOUNCE,
+    SuppressionReason.SPAM_REPORT,
+    SuppressionReason.SMS_STOP,
+)
+"""The lists an address is on, not only a contact row: an opt-out, bounce or spam report holds for
+every contact with the same normalised address (feedback records it; suppression checks it)."""
+
 PolicyRule = Literal[
     SuppressionReason.OPEN_SUPPORT_TICKET, SuppressionReason.IN_SALES_NEGOTIATION, SuppressionReason.RECENT_PURCHASE
 ]

@@ -257,8 +257,12 @@ suppressions = Table(
     Column("source", String(64), nullable=False),
     Column("proof", Text),
     Column("created_at", DateTime, nullable=False),
+    # The normalised address an opt-out, bounce or spam report was about: it holds for every
+    # contact with that address, whichever row (or duplicate) it came through.
+    Column("address", String(320)),
     UniqueConstraint("contact_id", "channel", "reason", name="uq_suppression"),
     Index("ix_suppressions_contact", "contact_id", "channel"),
+    Index("ix_suppressions_address", "address", "channel"),
 )
 
 kpis = Table(

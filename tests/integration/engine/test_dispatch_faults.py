@@ -32,6 +32,7 @@ from lifecycle.channels.sendgrid import SendGridHook
 from lifecycle.channels.twilio import TwilioHook
 from lifecycle.devtools.local import WebApp, provider_connections
 from lifecycle.engine import dispatch, pipeline
+from lifecycle.messages.links import MESSAGE_ID_PARAM
 from lifecycle.model import schema
 from lifecycle.model.db import get_engine
 from lifecycle.sandbox import DEFAULT_TWILIO_TOKEN, SandboxServer
@@ -560,5 +561,43 @@ def test_opt_out_or_bounce_between_planning_and_sending_stops_the_message(webhoo
         ("alpha", leaver): ("suppressed", "unsubscribed"),
         ("alpha", stayer): ("sent", None),
         ("texts", texter): ("suppressed", "sms_stop"),
+    }
+    assert_outbox_invariants(engine, sandbox)
+
+
+def test_an_opt_out_holds_for_every_contact_with_that_address(webhooks):
+    engine, crm_rows, sandbox, web = webhooks
+    older = crm_rows.contact(lifecycle_stage="lead", email="jane.doe@example.com", signed_up_ago=timedelta(days=90))
+    twin = crm_rows.contact(lifecycle_stage="lead", email=" Jane.Doe@Example.com ")
+    stayer = crm_rows.contact(lifecycle_stage="lead")
+    for program in ("beta", "alpha"):
+        stage_run(engine, program, f"twins_{program}", AS_OF, batch_size=1000)
+    send(engine, "twins_beta")
+    with engine.connect() as conn:
+        older_message = conn.execute(
+            select(M.c.message_id).where(M.c.program == "beta", M.c.contact_id == older)
+        ).scalar_one()
+    (email,) = (
+        e
+        for e in sandbox.sendgrid_messages("jane.doe@example.com")
+        if e["custom_args"][MESSAGE_ID_PARAM] == str(older_message)
+    )
+    sandbox.sendgrid_event("unsubscribe", sg_message_id=email["sg_message_id"])
+    assert post_sendgrid_events(
+        sandbox, web.base_url, [h["payload"] for h in sandbox.webhooks("sendgrid")]
+    )().is_success
+
+    # The older row opted out; the twin row is the same inbox, so its message planned before the
+    # opt-out is withheld when claimed.
+    send(engine, "twins_alpha")
+    with engine.connect() as conn:
+        outcome = {
+            r.contact_id: (r.status, r.reason)
+            for r in conn.execute(select(M.c.contact_id, M.c.status, M.c.reason).where(M.c.program == "alpha"))
+        }
+    assert outcome == {
+        older: ("suppressed", "unsubscribed"),
+        twin: ("suppressed", "unsubscribed"),
+        stayer: ("sent", None),
     }
     assert_outbox_invariants(engine, sandbox)

@@ -311,31 +311,33 @@ BAD_PHONES = [
 ]
 
 
-def test_unknown_time_zones_fall_back_to_the_policy_zone(crm):
-    """At 23:00 UTC SMS quiet hours (21:00-08:00 in the policy's UTC default) hold every contact
-    whose zone cannot be read, until 08:00 UTC; a known zone where it is morning goes now."""
+def test_unknown_time_zones_fall_back_to_the_phone_numbers_zone(crm):
+    """At 05:00 UTC it is 21:00 in San Francisco: SMS quiet hours (21:00-08:00) hold every contact
+    whose zone cannot be read but whose number is a San Francisco one, until 08:00 there (16:00
+    UTC), not the policy's UTC default (where 05:00 is quiet only until 08:00 UTC); a known zone where
+    it is afternoon goes now."""
     engine, crm_rows = crm
-    night = datetime(2026, 11, 16, 23, 0)
+    night = datetime(2026, 11, 17, 5, 0)
     sqlite = engine.dialect.name == "sqlite"
     zones = [
         "Mars/Olympus",
         "",
         "../../../etc/passwd",
-        "Europe/London ",
         "utc+1",
         None,
         "a" * (10_000 if sqlite else 64),
         *(["UTC\x00"] if sqlite else []),
     ]
-    unknown = [crm_rows.contact(lifecycle_stage="trial", timezone=zone) for zone in zones]
+    unknown = [crm_rows.contact(lifecycle_stage="trial", timezone=zone, phone="+14155550100") for zone in zones]
     tokyo = crm_rows.contact(lifecycle_stage="trial", timezone="Asia/Tokyo")
+    # A zone name with stray spaces is still read (05:00 in London: quiet until 08:00 there).
+    london = crm_rows.contact(lifecycle_stage="trial", timezone=" Europe/London ", phone="+14155550100")
     run_program(engine, "texts", night)
     result = outcomes(engine, "texts")
     assert result.pop(tokyo) == ("dry_run", None)
-    assert result == dict.fromkeys(unknown, ("deferred", "quiet_hours"))
-    assert {m["send_after"] for m in messages(engine, "texts") if m["contact_id"] != tokyo} == {
-        datetime(2026, 11, 17, 8, 0)
-    }
+    assert result == dict.fromkeys([*unknown, london], ("deferred", "quiet_hours"))
+    send_after = {m["contact_id"]: m["send_after"] for m in messages(engine, "texts") if m["contact_id"] != tokyo}
+    assert send_after == {**dict.fromkeys(unknown, datetime(2026, 11, 17, 16, 0)), london: datetime(2026, 11, 17, 8, 0)}
 
 
 # --- long, emoji and right-to-left text, through the provider sandbox ------------------------
