@@ -1,5 +1,6 @@
-"""Property-based: whatever the order of planning, sending, crashes, retries, webhooks, consent
-changes and clock moves, the outbox invariants hold after every step (tests/support/invariants.py), and
+"""Property-based: whatever the order of planning, sending, crashes, retries, killed runs, webhooks
+(a duplicate contact's opt-out among them), consent changes and clock moves, the outbox invariants
+hold after every step (tests/support/invariants.py), and
 no message goes to a contact whose consent for its channel was not granted at its as-of.
 
 Hypothesis drives a state machine over a small CRM (leads for alpha/beta, trials for texts,
@@ -64,6 +65,8 @@ CONTACTS = {
     "trial2": {"lifecycle_stage": "trial", "phone": "+14155550000"},
     "cust1": {"lifecycle_stage": "customer"},
     "cust2": {"lifecycle_stage": "customer", "email": "cust2@spam.test"},
+    # lead1 again, written another way: a duplicate row of the same person (one inbox).
+    "lead1_dup": {"lifecycle_stage": "lead", "email": " Lead1@Example.com "},
 }
 PHONES = {cid: fields.get("phone", f"+141555501{n:02d}") for n, (cid, fields) in enumerate(CONTACTS.items())}
 BATCH_SIZE, CLAIM_SIZE = 3, 2
@@ -99,6 +102,8 @@ class Outbox(RuleBasedStateMachine):
         self.as_of = START
         self.runs: dict[str, str] = {}
         self.in_flight: dict[int, tuple[str, int]] = {}
+        # Claims of killed runs, whose send tasks are never retried: the program's next run settles them.
+        self.abandoned: dict[int, str] = {}
         self.cleared_at: dict[int, datetime] = {}
         self.posted = 0
         self.links = links_from_connection()
@@ -135,7 +140,7 @@ class Outbox(RuleBasedStateMachine):
         """A program run's stages up to cap at the current as-of (a rerun when it already ran).
 
         A program runs one DAG run at a time, so its previous run's crashed send tasks are retried
-        (and the run finished) first.
+        (and the run finished) first, unless the run was killed.
         """
         for run_id, batch in sorted(set(self.in_flight.values())):
             if run_id == self.runs.get(program):
@@ -156,11 +161,33 @@ class Outbox(RuleBasedStateMachine):
 
     @rule(program=planned)
     def send(self, program: str) -> None:
-        """The program's send tasks for its latest run: batches, then every batch."""
+        """The program's send tasks for its latest run: batches, then every batch. Whatever killed
+        runs of the program left claimed is settled by them."""
         run_id = self.runs[program]
         for batch in dispatch.prepare_batches(self.engine, program, run_id, BATCH_SIZE):
             self._send_batch(run_id, batch, ProviderTransport())
         self.sandbox.flush()
+        self.abandoned = {mid: p for mid, p in self.abandoned.items() if p != program}
+
+    @precondition(lambda self: self.in_flight)
+    @rule(data=st.data())
+    def kill_run(self, data: st.DataObject) -> None:
+        """A run whose send task died is killed for good: its retries never come. The program's
+        next run (a new run id) must settle what it left claimed."""
+        run_id, _batch = data.draw(st.sampled_from(sorted(set(self.in_flight.values()))))
+        program = run_id.split("__")[0]
+        killed = [mid for mid, (run, _b) in self.in_flight.items() if run == run_id]
+        self.abandoned |= dict.fromkeys(killed, program)
+        self.in_flight = {mid: at for mid, at in self.in_flight.items() if at[0] != run_id}
+
+    @rule(twice=st.booleans())
+    def duplicate_opts_out(self, twice: bool) -> None:
+        """The duplicate row's person unsubscribes from an email sent to the other row: the address
+        is out for both."""
+        emails = self.sandbox.sendgrid_messages("lead1@example.com")
+        if emails:
+            self.sandbox.sendgrid_event("unsubscribe", sg_message_id=emails[-1]["sg_message_id"])
+            self._sendgrid_posts(twice)
 
     @rule(program=planned, survivors=st.integers(0, CLAIM_SIZE))
     def crash(self, program: str, survivors: int) -> None:
@@ -231,7 +258,10 @@ class Outbox(RuleBasedStateMachine):
     def outbox_invariants_hold(self) -> None:
         """After every step (claims of workers that died and were not retried yet may stay ``sending``)."""
         assert_outbox_invariants(
-            self.engine, self.sandbox, in_flight=self.in_flight.keys(), consent_as_of=self.cleared_at
+            self.engine,
+            self.sandbox,
+            in_flight=self.in_flight.keys() | self.abandoned.keys(),
+            consent_as_of=self.cleared_at,
         )
 
     def teardown(self) -> None:
@@ -239,6 +269,9 @@ class Outbox(RuleBasedStateMachine):
         try:
             for run_id, batch in sorted(set(self.in_flight.values())):
                 self._send_batch(run_id, batch, ProviderTransport())
+            for program in sorted(set(self.abandoned.values())):
+                for batch in dispatch.prepare_batches(self.engine, program, f"{program}__last", BATCH_SIZE):
+                    self._send_batch(f"{program}__last", batch, ProviderTransport())
             self.sandbox.flush()
             self._sendgrid_posts()
             assert_outbox_invariants(self.engine, self.sandbox, consent_as_of=self.cleared_at)
