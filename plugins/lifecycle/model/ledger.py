@@ -89,6 +89,10 @@ class SuppressionReason(_Vocabulary):
     NO_CONSENT = "no_consent"
 
 
+MARKETING_ONLY: Final[frozenset[SuppressionReason]] = frozenset({SuppressionReason.UNSUBSCRIBED})
+"""Suppression lists that stop marketing only: a service (transactional) message still goes to a
+contact on them. Bounces, spam reports, SMS STOP, bad or duplicate addresses stop every message."""
+
 PolicyRule = Literal[
     SuppressionReason.OPEN_SUPPORT_TICKET, SuppressionReason.IN_SALES_NEGOTIATION, SuppressionReason.RECENT_PURCHASE
 ]
