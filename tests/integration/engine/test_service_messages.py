@@ -47,6 +47,13 @@ def _outcomes(engine, program: str) -> dict[str, tuple[str, str | None]]:
     return {m["contact_id"]: (m["status"], m["reason"]) for m in messages(engine, program)}
 
 
+def _both_consents(c) -> str:
+    """A lead with marketing and transactional email consent granted."""
+    cid = c.contact()
+    c.consent(cid, "email", "granted", purpose="transactional")
+    return cid
+
+
 def _run_both(engine, order=(SERVICE, MARKETING)) -> tuple[dict, dict]:
     for program in order:
         run_program(engine, program, AS_OF)
@@ -111,9 +118,9 @@ def test_an_explicit_basis_for_transactional_needs_a_granted_row(crm, tmp_path, 
 @pytest.mark.parametrize("order", [(SERVICE, MARKETING), (MARKETING, SERVICE)])
 def test_the_marketing_caps_neither_stop_nor_count_service_messages(crm, order):
     engine, c = crm
-    at_the_cap = c.contact()
+    at_the_cap = _both_consents(c)
     messages_already_sent(engine, at_the_cap, count=3)
-    one_slot_left = c.contact()
+    one_slot_left = _both_consents(c)
     messages_already_sent(engine, one_slot_left, count=2)
 
     service, marketing = _run_both(engine, order)
@@ -145,7 +152,7 @@ def test_service_caps_count_service_messages_only(crm, tmp_path, monkeypatch):
 @pytest.mark.usefixtures("service")
 def test_the_claim_time_check_stops_service_messages_only_for_lists_that_stop_them(crm):
     engine, c = crm
-    unsubscribes, bounces = c.contact(), c.contact()
+    unsubscribes, bounces = _both_consents(c), _both_consents(c)
     batches = {program: stage_run(engine, program, f"{program}-run", AS_OF) for program in (SERVICE, MARKETING)}
     assert {m["status"] for p in (SERVICE, MARKETING) for m in messages(engine, p)} == {Status.READY}
     # Between planning and sending: one contact unsubscribes from marketing email, one bounces.
