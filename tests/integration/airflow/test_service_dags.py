@@ -44,3 +44,16 @@ def test_a_service_dag_sends_past_a_marketing_unsubscribe_and_leaves_the_marketi
         unsubscribed: (Status.SUPPRESSED, SuppressionReason.UNSUBSCRIBED),
         one_slot_left: (Status.DRY_RUN, None),
     }
+
+
+def test_the_dag_docs_say_a_program_is_a_service_program(monkeypatch):
+    from lifecycle.airflow.factory import build_all
+
+    monkeypatch.delenv("LIFECYCLE_CONFIG_DIR", raising=False)
+    monkeypatch.delenv("LIFECYCLE_TEMPLATES_DIR", raising=False)
+    dags = build_all()
+    renewal, welcome = dags["renewal"].doc_md, dags["welcome"].doc_md
+    assert "**Service program**" in renewal and "not stopped by a marketing unsubscribe" in renewal
+    assert "**Caps (policy service_caps):** none (uncapped)" in renewal
+    assert "`renewal/billing_fix` (sent to the holdout too)" in renewal
+    assert "Service program" not in welcome and "**Caps (policy):** email 3/7d, sms 2/7d, all 5/7d" in welcome
