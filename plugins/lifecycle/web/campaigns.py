@@ -101,7 +101,7 @@ def catalog_view(program: Program) -> dict[str, Any]:
                 "when": step_timing(s),
                 "template": s.template,
                 "conditional": s.when is not None,
-                "held_out": s.holdout,
+                "to_holdout_too": not s.holdout,
             }
             for s in program.steps
         ],
