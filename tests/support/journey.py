@@ -69,6 +69,24 @@ def treatment_contact(crm_rows, program_id: str, **fields) -> str:
     raise AssertionError(f"no treatment contact id found for {program_id}")
 
 
+def holdout_contact(crm_rows, program_id: str, **fields) -> str:
+    """A contact id the program's holdout takes (and the global control group leaves alone)."""
+    from lifecycle.model.db import bucket_of
+
+    program, control = _groups(str(paths.config_dir()), program_id)
+    for i in range(100_000):
+        cid = f"{program_id[:3]}h{i:05d}"
+        if cid in _used:
+            continue
+        if (
+            bucket_of(f"{control.salt}:{cid}") >= control.percent * 100
+            and bucket_of(f"{program.salt}:{program.id}:{cid}") < program.holdout_percent * 100
+        ):
+            _used.add(cid)
+            return crm_rows.contact(cid, **fields)
+    raise AssertionError(f"no holdout contact id found for {program_id}")
+
+
 def earlier_messages(contact_id: str, channel: str = "email", count: int = 2, first_day: int = 1) -> list[dict]:
     """Ledger rows for ``count`` messages on ``channel`` delivered to the contact on the days before
     AS_OF, starting ``first_day`` days before (from an unrelated program): they hold cap slots."""

@@ -7,6 +7,7 @@ look for the program, and every other program loads as usual.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 
 from airflow.sdk import DAG, Param, TriggerRule
@@ -31,12 +32,23 @@ START = datetime(2026, 1, 1)
 BASE_TAGS = ["lifecycle"]
 
 
+SERVICE_DOC = (
+    "- **Service program** (consent purpose `transactional`): not counted by the marketing caps, not stopped "
+    "by a marketing unsubscribe (bounces, spam reports, STOP and a withdrawn transactional consent still "
+    "stop it); never in the global control group."
+)
+
+
 def _doc(program: config.Program, policy_caps: str) -> str:
     steps = "\n".join(
         f"| {i + 1} | `{s.id}` | {s.channel}{' → ' + s.fallback if s.fallback else ''} | "
-        f"{s.delay} after {s.relative_to} | `{s.template}` |"
+        f"{s.delay} after {s.relative_to} | `{s.template}`{'' if s.holdout else ' (sent to the holdout too)'} |"
         for i, s in enumerate(program.steps)
     )
+    caps = (
+        f"**Caps (policy service_caps):** {policy_caps}" if program.is_service else f"**Caps (policy):** {policy_caps}"
+    )
+    service = f"{SERVICE_DOC}\n" if program.is_service else ""
     return f"""### {program.name}
 
 {program.description}
@@ -45,8 +57,8 @@ def _doc(program: config.Program, policy_caps: str) -> str:
 - **Primary KPI:** {program.kpi.label} (`{program.kpi.primary}`), attribution window
   {program.kpi.attribution_window}
 - **Holdout:** {program.holdout_percent}% · **A/B test:** {program.ab_test.name if program.ab_test else "none"}
-- **Caps (policy):** {policy_caps}
-
+- {caps}
+{service}
 **Entry segment:** `{program.audience.segment.raw}`
 
 **Exit goal:** `{program.exit.goal.raw if program.exit.goal else "none"}`
@@ -142,19 +154,18 @@ def build_invalid_dag(program_id: str, error: config.ConfigError) -> DAG:
     return dag
 
 
-def _caps_text(policy: config.Policy) -> str:
-    return ", ".join(f"{k} {v.max}/{v.per.days}d" for k, v in policy.caps.items())
+def _caps_text(caps: Mapping[str, config.Cap]) -> str:
+    return ", ".join(f"{k} {v.max}/{v.per.days}d" for k, v in caps.items()) or "none (uncapped)"
 
 
 def build_all() -> dict[str, DAG]:
     """Every program DAG, in file order, keyed by DAG id."""
     programs, errors = config.load_all_programs()
     try:
-        caps = _caps_text(config.load_policy())
+        policy = config.load_policy()
     except config.ConfigError as exc:
         errors = {pid: exc for pid in programs} | errors
         programs = {}
-        caps = ""
-    dags = {pid: build_program_dag(p, caps) for pid, p in programs.items()}
+    dags = {pid: build_program_dag(p, _caps_text(policy.caps_for(p))) for pid, p in programs.items()}
     dags |= {pid: build_invalid_dag(pid, err) for pid, err in errors.items()}
     return dict(sorted(dags.items()))

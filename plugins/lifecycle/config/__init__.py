@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from datetime import datetime, time, timedelta
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar, get_args
 
 import yaml
 from pydantic import (
@@ -41,6 +41,17 @@ _Model = TypeVar("_Model", bound=BaseModel)
 
 PROGRAM_ID = re.compile(r"^[a-z][a-z0-9_]{1,62}$")
 
+Purpose = Literal["marketing", "transactional"]
+"""A consent purpose (``consents.purpose``): what a program's messages are sent for."""
+PURPOSES: tuple[str, ...] = get_args(Purpose)
+SERVICE_PURPOSE: Purpose = "transactional"
+"""The purpose that makes a program a service program."""
+
+BASES = ("explicit", "implied")
+"""The legal bases a purpose may be sent on (policy ``legal_basis``): ``explicit``, the newest
+consent row is ``granted``; ``implied``, messaged unless the newest row is ``withdrawn`` or
+``denied`` (no row is enough)."""
+
 
 def _registered_channel(name: str | None) -> str | None:
     """``name`` when it is a registered channel (or left out)."""
@@ -66,7 +77,27 @@ def _quiet_channel(name: str) -> str:
     return name
 
 
+def _purpose(name: str) -> str:
+    """A consent purpose."""
+    if name not in PURPOSES:
+        raise ValueError(f"{name!r} is not a consent purpose — fix: use one of {list(PURPOSES)}")
+    return name
+
+
+def _basis(name: str) -> str:
+    """A legal basis."""
+    if name not in BASES:
+        raise ValueError(
+            f"{name!r} is not a legal basis — fix: use explicit (a granted consent row is needed) "
+            "or implied (sent unless consent is withdrawn or denied)"
+        )
+    return name
+
+
 CapScope = Annotated[str, AfterValidator(_cap_scope)]
+ConsentPurpose = Annotated[str, AfterValidator(_purpose)]
+LegalBasis = Annotated[str, AfterValidator(_basis)]
+DEFAULT_LEGAL_BASIS: Mapping[str, str] = {"marketing": "explicit", "transactional": "implied"}
 QuietChannel = Annotated[str, AfterValidator(_quiet_channel)]
 
 
@@ -132,6 +163,9 @@ class Step(_Strict):
     # How long after its moment the step may still go; past it, the step is skipped as late.
     # Unset: the program's ``late_after``.
     late_after: Duration | None = None
+    # False: the step goes to the program holdout and the global control group too (a billing-failure
+    # notice nobody may miss); lift is then measured on the other steps.
+    holdout: bool = True
 
     _registered = field_validator("channel", "fallback")(_registered_channel)
 
@@ -236,7 +270,7 @@ class Program(_Strict):
     schedule: str | None = "@daily"
     tags: list[str] = Field(default_factory=list)
     classes: list[Literal["promotional", "generic_promo", "transactional"]] = Field(default_factory=list)
-    consent_purpose: Literal["marketing", "transactional"] = "marketing"
+    consent_purpose: Purpose = "marketing"
     audience: Audience
     re_entry: ReEntry = Field(default_factory=ReEntry)
     exit: Exit = Field(default_factory=Exit)
@@ -264,6 +298,13 @@ class Program(_Strict):
     @property
     def salt(self) -> str:
         return self.holdout_salt or self.id
+
+    @property
+    def is_service(self) -> bool:
+        """A service program (renewal notices, billing fixes): its messages are sent on transactional
+        consent, under the policy's ``service_caps`` instead of the marketing caps, and a marketing
+        unsubscribe does not stop them."""
+        return self.consent_purpose == SERVICE_PURPOSE
 
     def late_after_for(self, step: Step) -> Duration:
         """How late ``step`` may still go: its own ``late_after``, else the program's."""
@@ -318,6 +359,10 @@ class Policy(_Strict):
     """Rules every program shares."""
 
     caps: dict[CapScope, Cap]
+    # Caps of service programs' messages (renewal notices...), counted apart from ``caps``; empty: uncapped.
+    service_caps: dict[CapScope, Cap] = Field(default_factory=dict)
+    # What consent each purpose needs (explicit or implied); a purpose left out keeps its default.
+    legal_basis: dict[ConsentPurpose, LegalBasis] = Field(default_factory=lambda: dict(DEFAULT_LEGAL_BASIS))
     quiet_hours: dict[QuietChannel, QuietHours] = Field(default_factory=dict)
     control_group: ControlGroup
     suppressions: dict[PolicyRule, SuppressionRule] = Field(default_factory=dict)
@@ -327,6 +372,19 @@ class Policy(_Strict):
         default_factory=dict, description="DAG owner -> address that gets its failure alerts"
     )
     brand: Brand = Field(default_factory=Brand)
+
+    @field_validator("legal_basis")
+    @classmethod
+    def _default_basis(cls, value: dict[str, str]) -> dict[str, str]:
+        return {**DEFAULT_LEGAL_BASIS, **value}
+
+    def basis_for(self, purpose: str) -> str:
+        """The legal basis ``purpose`` is sent on: ``explicit`` or ``implied``."""
+        return self.legal_basis[purpose]
+
+    def caps_for(self, program: Program) -> dict[str, Cap]:
+        """The caps ``program``'s messages are under: ``service_caps`` for a service program, else ``caps``."""
+        return {str(scope): limit for scope, limit in (self.service_caps if program.is_service else self.caps).items()}
 
     @field_validator("suppressions", mode="before")
     @classmethod
@@ -362,6 +420,7 @@ _FIXES = {
     "bool_parsing": "write true or false",
     "string_type": "write text",
     "list_type": "write a list",
+    "dict_type": "write a mapping (key: value lines)",
     "time_parsing": "write a time like '21:00'",
     "string_pattern_mismatch": "use lowercase letters, digits and underscores",
     "too_short": "add at least one item",

@@ -50,7 +50,21 @@ from pathlib import Path
 from typing import Any
 
 import requests
-from sqlalchemy import JSON, DateTime, Engine, and_, create_engine, func, insert, literal, not_, select, text, update
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Engine,
+    and_,
+    create_engine,
+    func,
+    insert,
+    literal,
+    not_,
+    select,
+    text,
+    true,
+    update,
+)
 from sqlalchemy.engine import make_url
 from sqlalchemy.sql import visitors
 from sqlalchemy.sql.elements import ColumnClause
@@ -922,7 +936,7 @@ class NaiveEngine:
         reason: str | None
         if self._late(program, enrollment, step):
             status, reason = Status.SKIPPED, SkipReason.STEP_LATE
-        elif enrollment.group in ("control", "holdout"):
+        elif step.holdout and enrollment.group in ("control", "holdout"):
             status = Status.HELD_OUT
             reason = HeldOutReason.GLOBAL_CONTROL if enrollment.group == "control" else HeldOutReason.PROGRAM_HOLDOUT
         elif step.when is not None and self._holds(conn, not_(self._journey(run, step.when.parsed, cid, enrollment))):
@@ -1005,13 +1019,15 @@ class NaiveEngine:
             other = other_run.program
             if other.priority <= run.program.priority or other.id == run.program.id:
                 continue
+            if other.is_service != run.program.is_service:
+                continue
             channels = [m.channel for m in self._messages(conn, other.id, cid, Status.PLANNED)]
             for enrollment in self._enrollments(conn, other.id, cid):
-                if enrollment.state != EnrollmentState.ACTIVE or enrollment.group != "treatment":
-                    continue
-                if enrollment.next_step >= len(other.steps):
+                if enrollment.state != EnrollmentState.ACTIVE or enrollment.next_step >= len(other.steps):
                     continue
                 step = other.steps[enrollment.next_step]
+                if step.holdout and enrollment.group != "treatment":
+                    continue
                 if not self._due(other, enrollment, step):
                     continue
                 wants = not_(suppression.channel_blocked(step.channel, other_run, contact))
@@ -1029,7 +1045,7 @@ class NaiveEngine:
                     conn,
                     and_(
                         journeys.entry_eligible(other, contact, self.as_of),
-                        journeys.group_expr(other, run.policy, contact) == "treatment",
+                        journeys.group_expr(other, run.policy, contact) == "treatment" if first.holdout else true(),
                         not_(suppression.channel_blocked(first.channel, other_run, contact)),
                     ),
                 )
@@ -1041,12 +1057,14 @@ class NaiveEngine:
         return wanted
 
     def _cap(self, conn, run: RunScope, cid: str) -> None:
-        program, caps = run.program, run.policy.caps
+        program, caps = run.program, run.policy.caps_for(run.program)
         pending = self._messages(conn, program.id, cid, Status.PLANNED)
         if pending:
+            service = [p.program.id for p in self.scopes.values() if p.program.is_service]
+            same_caps = M.c.program.in_(service) if program.is_service else M.c.program.not_in(service)
             held = conn.execute(
                 select(M.c.message_id, M.c.channel, M.c.due_at).where(
-                    M.c.contact_id == cid, M.c.status.in_(SLOT_HOLDING), M.c.due_at <= self.as_of
+                    M.c.contact_id == cid, M.c.status.in_(SLOT_HOLDING), M.c.due_at <= self.as_of, same_caps
                 )
             ).all()
             wanted = self._demand(conn, run, cid)
@@ -1063,7 +1081,7 @@ class NaiveEngine:
                         and h.due_at > self.as_of - caps[scope].per
                     )
                     if used + wanted[scope] >= caps[scope].max:
-                        reason = capping.cap_reason(scope, caps[scope])
+                        reason = capping.cap_reason(scope, caps[scope], service=program.is_service)
                         break
                 conn.execute(
                     update(M)

@@ -1,13 +1,16 @@
 """Frequency capping across programs, priority between programs, and quiet hours.
 
 A cap (for example email 3 per 7 days) counts every message that holds a slot — sent, on its
-way, or deferred — across all programs. A program yields the last slots to programs of higher
-priority that want the same contact at the same as-of time, whether or not those programs have
-run yet: their demand is computed from their journey state and entry segment, counting only the
-messages they would send (their holdout, suppressions, fallbacks and own caps applied), so the
-higher priority program wins in either run order and never takes a slot with a message that
-never goes. Quiet hours defer a message to the end of the
-window in the recipient's time zone instead of dropping it.
+way, or deferred — across all programs under the same caps. Marketing programs are under the
+policy's ``caps`` and count only marketing messages (a ledger row of a program the loaded config
+does not know counts as marketing); service programs (:attr:`~lifecycle.config.Program.is_service`)
+are under its ``service_caps`` (none: uncapped) and count only service messages. A program yields
+the last slots to programs of higher priority under the same caps that want the same contact at
+the same as-of time, whether or not those programs have run yet: their demand is computed from
+their journey state and entry segment, counting only the messages they would send (their holdout,
+suppressions, fallbacks and own caps applied), so the higher priority program wins in either run
+order and never takes a slot with a message that never goes. Quiet hours defer a message to the
+end of the window in the recipient's time zone instead of dropping it, service messages too.
 """
 
 from __future__ import annotations
@@ -47,15 +50,24 @@ def _pending(run: RunScope) -> ColumnElement[bool]:
     return and_(M.c.program == run.program.id, M.c.status == Status.PLANNED)
 
 
-def _used(scope: str, run: RunScope) -> ColumnElement[int]:
-    cap = run.policy.caps[scope]
+def _service_programs(run: RunScope, programs: Mapping[str, Program]) -> list[str]:
+    """The ids of the service programs: their messages count under the service caps only."""
+    known = {**programs, run.program.id: run.program}
+    return sorted(program_id for program_id, program in known.items() if program.is_service)
+
+
+def _used(scope: str, cap: Cap, run: RunScope, service_programs: list[str]) -> ColumnElement[int]:
     other = M.alias("held")
+    same_caps = (
+        other.c.program.in_(service_programs) if run.program.is_service else other.c.program.not_in(service_programs)
+    )
     filters = [
         other.c.contact_id == M.c.contact_id,
         other.c.message_id != M.c.message_id,
         other.c.status.in_(SLOT_HOLDING),
         other.c.due_at > run.as_of - cap.per,
         other.c.due_at <= run.as_of,
+        same_caps,
     ]
     if scope != "all":
         filters.append(other.c.channel == scope)
@@ -63,19 +75,24 @@ def _used(scope: str, run: RunScope) -> ColumnElement[int]:
 
 
 def cap_decision(
-    channel: str, used: Mapping[str, int], demand: Mapping[str, int], caps: Mapping[str, Cap]
+    channel: str,
+    used: Mapping[str, int],
+    demand: Mapping[str, int],
+    caps: Mapping[str, Cap],
+    *,
+    service: bool = False,
 ) -> str | None:
     """The cap a message on ``channel`` hits, as the reason it records, or ``None`` when it may go.
 
     ``used`` is the slots other messages already hold per scope (a channel, or ``"all"``) within
     the cap's period; ``demand`` the slots programs of higher priority will take at this as-of. The
     message's own channel cap is checked first, then the all-channels cap; a scope without a cap
-    never stops it.
+    never stops it. ``service``: ``caps`` are the service caps, and the reason says so.
     """
     for scope in (channel, "all"):
         limit = caps.get(scope)
         if limit is not None and used.get(scope, 0) + demand.get(scope, 0) >= limit.max:
-            return cap_reason(scope, limit)
+            return cap_reason(scope, limit, service=service)
     return None
 
 
@@ -128,7 +145,8 @@ def _stays_enrolled(run: RunScope) -> list[ColumnElement]:
 def _demand_queries(other: RunScope, targets: Any) -> list[Any]:
     """(contact id, channel) of every message ``other`` will send at this as-of to a contact in
     ``targets``: messages it planned, steps due for its enrollments, and first steps of contacts
-    about to enroll, once its holdout, its suppressions and its channel fallbacks have had their say."""
+    about to enroll, once its holdout (for the steps that have one), its suppressions and its
+    channel fallbacks have had their say."""
     program, as_of = other.program, other.as_of
     queries = []
     channels = {s.channel for s in program.steps} | {s.fallback for s in program.steps if s.fallback}
@@ -148,7 +166,7 @@ def _demand_queries(other: RunScope, targets: Any) -> list[Any]:
     for index, step in enumerate(program.steps):
         where = [
             step_due(program, index, as_of),
-            E.c.group == "treatment",
+            E.c.group == "treatment" if step.holdout else literal(True),
             E.c.contact_id.in_(targets),
             *_stays_enrolled(other),
             *_not_suppressed(other, E.c.contact_id, planned=False),
@@ -166,7 +184,7 @@ def _demand_queries(other: RunScope, targets: Any) -> list[Any]:
             C.c.contact_id.in_(targets),
             segments.compile_segment(program.audience.segment.parsed, ctx),
             entry_eligible(program, C.c.contact_id, as_of),
-            group_expr(program, other.policy, C.c.contact_id) == "treatment",
+            group_expr(program, other.policy, C.c.contact_id) == "treatment" if first.holdout else literal(True),
             *_not_suppressed(other, C.c.contact_id, planned=False),
         ]
         if program.exit.goal is not None:
@@ -185,11 +203,16 @@ def higher_priority_demand(conn: Connection, run: RunScope, programs: Mapping[st
     priority will send at this as-of time (planned, due, or about to enroll), highest priority
     first. Only messages those programs would actually send count: not their held-out contacts,
     not what their own suppressions (contact rules, consent, lists, addresses) stop, and on the
-    channel their fallback moves a message to."""
+    channel their fallback moves a message to. Only programs under the same caps count: a service
+    program's demand never reserves a marketing slot, nor the reverse."""
     mine = M.alias("mine")
     targets = select(mine.c.contact_id).where(mine.c.program == run.program.id, mine.c.status == Status.PLANNED)
     ranked = sorted(
-        (p for p in programs.values() if p.priority > run.program.priority and p.id != run.program.id),
+        (
+            p
+            for p in programs.values()
+            if p.priority > run.program.priority and p.id != run.program.id and p.is_service == run.program.is_service
+        ),
         key=lambda p: (-p.priority, p.id),
     )
     demand: dict[str, list[str]] = defaultdict(list)
@@ -204,20 +227,18 @@ def higher_priority_demand(conn: Connection, run: RunScope, programs: Mapping[st
 def cap(conn: Connection, run: RunScope, programs: Mapping[str, Program]) -> dict[str, int]:
     """Mark this program's pending messages ``capped`` (with the cap as reason) or ``ready``."""
     lock_caps(conn)
-    caps: dict[str, Cap] = {str(scope): limit for scope, limit in run.policy.caps.items()}
+    caps = run.policy.caps_for(run.program)
     scopes = [s for s in (*registry.names(), "all") if s in caps]
-    rows = conn.execute(
-        select(M.c.message_id, M.c.contact_id, M.c.channel, *(_used(s, run).label(f"used_{s}") for s in scopes)).where(
-            _pending(run)
-        )
-    ).all()
+    service = _service_programs(run, programs)
+    used_columns = (_used(s, caps[s], run, service).label(f"used_{s}") for s in scopes)
+    rows = conn.execute(select(M.c.message_id, M.c.contact_id, M.c.channel, *used_columns).where(_pending(run))).all()
     demand = higher_priority_demand(conn, run, programs) if rows else {}
     decisions: list[dict[str, Any]] = []
     counts: Counter[str] = Counter()
     for row in rows:
         used: dict[str, int] = {scope: getattr(row, f"used_{scope}") for scope in scopes}
         wanted = accepted_demand(demand.get(row.contact_id, ()), used, caps)
-        reason = cap_decision(row.channel, used, wanted, caps)
+        reason = cap_decision(row.channel, used, wanted, caps, service=run.program.is_service)
         status = Status.CAPPED if reason else Status.READY
         counts[status] += 1
         decisions.append({"mid": row.message_id, "st": status, "rs": reason})
@@ -231,9 +252,10 @@ def cap(conn: Connection, run: RunScope, programs: Mapping[str, Program]) -> dic
     return dict(counts)
 
 
-def cap_reason(scope: str, limit: Cap) -> str:
-    """The reason a capped message records, e.g. ``frequency_cap_email: 3 per 7d``."""
-    return f"{CapReason.FREQUENCY_CAP}_{scope}: {limit.max} per {_human(limit.per)}"
+def cap_reason(scope: str, limit: Cap, *, service: bool = False) -> str:
+    """The reason a capped message records, e.g. ``frequency_cap_email: 3 per 7d``, or
+    ``frequency_cap_email: 2 per 7d (service)`` for a service cap."""
+    return f"{CapReason.FREQUENCY_CAP}_{scope}: {limit.max} per {_human(limit.per)}" + " (service)" * service
 
 
 def _human(delta: timedelta) -> str:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -29,7 +29,7 @@ from sqlalchemy.sql.expression import ColumnElement
 
 from lifecycle.channels import registry
 from lifecycle.channels.base import ClaimCheck, Outbound, Reconciler, SendResult, Transport
-from lifecycle.engine.suppression import list_reasons
+from lifecycle.engine.suppression import claim_reasons
 from lifecycle.messages.context import MessageData, crm_columns, read_crm, template_context
 from lifecycle.messages.links import LinkBuilder
 from lifecycle.messages.rendering import RenderError, render
@@ -155,11 +155,12 @@ def load_messages(conn: Connection, where: ColumnElement[bool]) -> list[Claimed]
     return list(claimed.values())
 
 
-def _withhold_listed(conn: Connection, where: ColumnElement[bool]) -> None:
+def _withhold_listed(conn: Connection, where: ColumnElement[bool], service_programs: Collection[str]) -> None:
     """Ready messages whose contact joined a suppression list for their channel since planning
-    (an opt-out or a bounce that came in between) are suppressed with that reason, not claimed."""
+    (an opt-out or a bounce that came in between) are suppressed with that reason, not claimed; a
+    marketing unsubscribe does not stop a message of one of ``service_programs``."""
     for channel in registry.names():
-        for reason in list_reasons(channel):
+        for reason in claim_reasons(channel, service_programs):
             conn.execute(
                 update(M)
                 .where(where, M.c.status == Status.READY, M.c.channel == channel, reason.predicate(M.c.contact_id))
@@ -167,12 +168,14 @@ def _withhold_listed(conn: Connection, where: ColumnElement[bool]) -> None:
             )
 
 
-def claim(engine: Engine, run_id: str, batch: int, size: int) -> list[Claimed]:
+def claim(engine: Engine, run_id: str, batch: int, size: int, service_programs: Collection[str] = ()) -> list[Claimed]:
     """Atomically move up to ``size`` ready messages of the batch to ``sending`` and load them
-    (after withholding those whose contact is now on a suppression list)."""
+    (after withholding those whose contact is now on a suppression list that stops them: every
+    list for a marketing message, all but the marketing-only ones for a message of one of
+    ``service_programs``)."""
     token = uuid.uuid4().hex
     with engine.begin() as conn:
-        _withhold_listed(conn, _in_batch(run_id, batch))
+        _withhold_listed(conn, _in_batch(run_id, batch), service_programs)
         chosen = (
             select(M.c.message_id)
             .where(_in_batch(run_id, batch), M.c.status == Status.READY)
@@ -366,8 +369,10 @@ def record_results(
     return counts
 
 
-def _chunks(engine: Engine, run_id: str, batch: int, size: int) -> Iterator[list[Claimed]]:
-    while claimed := claim(engine, run_id, batch, size):
+def _chunks(
+    engine: Engine, run_id: str, batch: int, size: int, service_programs: Collection[str]
+) -> Iterator[list[Claimed]]:
+    while claimed := claim(engine, run_id, batch, size, service_programs):
         yield claimed
 
 
@@ -381,14 +386,18 @@ def send_batch(
     brand: Mapping[str, Any],
     dry_run: bool = False,
     claim_size: int = 100,
+    service_programs: Collection[str] = (),
 ) -> dict[str, int]:
-    """Send one batch: settle stale claims, then claim, render, send and record chunk by chunk."""
+    """Send one batch: settle stale claims, then claim, render, send and record chunk by chunk.
+
+    ``service_programs`` names the service programs among the batch's (a marketing unsubscribe
+    does not stop their messages at claim time); a program left out is treated as marketing."""
 
     def build(item: Claimed) -> Outbound:
         return _outbound(item, links(item.message_id, item.contact["contact_id"], item.channel), brand)
 
     counts = recover_stale_claims(engine, run_id, batch, transport, build)
-    for chunk in _chunks(engine, run_id, batch, claim_size):
+    for chunk in _chunks(engine, run_id, batch, claim_size, service_programs):
         tokens = {item.message_id: item.claim_token for item in chunk}
         failures: list[SendResult] = []
         by_channel: dict[str, list[Outbound]] = {}

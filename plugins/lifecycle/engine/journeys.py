@@ -19,6 +19,7 @@ from sqlalchemy import (
     cast,
     delete,
     exists,
+    false,
     func,
     insert,
     literal,
@@ -84,15 +85,16 @@ def group_expr(program: Program, policy: Policy, contact_id: ColumnElement) -> C
 
     Both are deterministic hashes of the contact id with a salt, so a contact stays in its group
     across runs and re-entries, and the global control group is the same for every program.
-    Transactional programs (service messages such as renewal notices) are exempt from the global
-    control group: it measures marketing, and a customer must not miss a billing notice for it.
+    Service programs (:attr:`~lifecycle.config.Program.is_service`, such as renewal notices) are
+    exempt from the global control group: it measures marketing. A step with ``holdout: false``
+    goes to the program holdout too (see :func:`plan_due_steps`).
     """
     control = policy.control_group
     holdout = (
         bucket(concat(program.salt, ":", program.id, ":", contact_id)) < int(program.holdout_percent * 100),
         "holdout",
     )
-    if "transactional" in program.classes:
+    if program.is_service:
         return case(holdout, else_="treatment")
     return case(
         (bucket(concat(control.salt, ":", contact_id)) < int(control.percent * 100), "control"),
@@ -295,18 +297,18 @@ def plan_due_steps(conn: Connection, run: RunScope) -> int:
         else:
             condition = literal(True)
         late = step_late(program, index, as_of)
-        held = E.c.group.in_(["control", "holdout"])
+        # A step with ``holdout: false`` goes to the holdout and control groups too.
+        held = E.c.group.in_(["control", "holdout"]) if step.holdout else false()
         status = case(
             (late, Status.SKIPPED),
-            (E.c.group == "control", Status.HELD_OUT),
-            (E.c.group == "holdout", Status.HELD_OUT),
+            (held, Status.HELD_OUT),
             (not_(condition), Status.SKIPPED),
             else_=Status.PLANNED,
         )
         reason = case(
             (late, SkipReason.STEP_LATE),
-            (E.c.group == "control", HeldOutReason.GLOBAL_CONTROL),
-            (E.c.group == "holdout", HeldOutReason.PROGRAM_HOLDOUT),
+            (and_(held, E.c.group == "control"), HeldOutReason.GLOBAL_CONTROL),
+            (held, HeldOutReason.PROGRAM_HOLDOUT),
             (not_(condition), SkipReason.STEP_CONDITION_NOT_MET),
             else_=literal(None),
         )

@@ -73,7 +73,10 @@ def send(
     dry_run: bool = False,
 ) -> dict[str, int]:
     brand = run.policy.brand.model_dump()
-    return dispatch.send_batch(engine, run.run_id, batch, transport, links=links, brand=brand, dry_run=dry_run)
+    service = (run.program.id,) if run.program.is_service else ()
+    return dispatch.send_batch(
+        engine, run.run_id, batch, transport, links=links, brand=brand, dry_run=dry_run, service_programs=service
+    )
 
 
 def log_kpis(engine: Engine, run: RunScope) -> dict[str, float]:

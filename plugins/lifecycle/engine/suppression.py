@@ -2,13 +2,15 @@
 
 Reasons come in two kinds. Channel reasons (no address, no consent, unsubscribed, bounced,
 STOP...) block one channel, so a step that allows the other channel is re-planned there first.
+A service program's messages (transactional purpose) are not stopped by a marketing unsubscribe,
+and its consent follows the policy's legal basis for its purpose (implied by default).
 Contact reasons (open ticket, in negotiation, recent purchase, already converted) block every
 channel. Reasons are checked in a fixed order and the first that applies is recorded.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from itertools import permutations
 from typing import Any
@@ -20,7 +22,7 @@ from lifecycle.channels import registry
 from lifecycle.config import segments
 from lifecycle.engine.scope import RunScope
 from lifecycle.model import schema
-from lifecycle.model.ledger import ADDRESS_LISTS, PolicyRule, Status
+from lifecycle.model.ledger import ADDRESS_LISTS, MARKETING_ONLY, PolicyRule, Status
 from lifecycle.model.ledger import SuppressionReason as R
 
 M = schema.messages
@@ -79,19 +81,52 @@ def _list_predicate(channel: str, name: str) -> Callable[[ColumnElement[Any]], C
     return lambda contact_id: _on_list(contact_id, channel, name)
 
 
-def list_reasons(channel: str) -> list[Reason]:
-    """The suppression-list rules for ``channel`` (opt-outs, bounces, bad or duplicate addresses).
+def list_reasons(channel: str, *, service: bool = False) -> list[Reason]:
+    """The suppression-list rules for ``channel`` (opt-outs, bounces, bad or duplicate addresses);
+    for a ``service`` message, without the lists that stop marketing only (a marketing unsubscribe).
 
-    They hold whatever the as-of, so the outbox checks them again when it claims a message.
+    They hold whatever the as-of, so the outbox checks them again when it claims a message
+    (:func:`claim_reasons`).
     """
     reasons = registry.get(channel).list_reasons
-    return [Reason(name, _list_predicate(channel, name)) for name in reasons]
+    return [
+        Reason(name, _list_predicate(channel, name)) for name in reasons if not (service and name in MARKETING_ONLY)
+    ]
+
+
+def claim_reasons(channel: str, service_programs: Collection[str]) -> list[Reason]:
+    """:func:`list_reasons` for ledger messages of any program, as the outbox checks them when it
+    claims a message: a marketing-only list stops a message unless its program is one of
+    ``service_programs``."""
+    marketing = M.c.program.not_in(list(service_programs))
+
+    def for_marketing(predicate: Callable[[ColumnElement], ColumnElement]) -> Callable[[ColumnElement], ColumnElement]:
+        return lambda contact_id: and_(marketing, predicate(contact_id))
+
+    return [
+        Reason(r.name, for_marketing(r.predicate)) if r.name in MARKETING_ONLY else r for r in list_reasons(channel)
+    ]
+
+
+def consent_reasons(channel: str, run: RunScope) -> list[Reason]:
+    """The consent rules for ``channel`` under the program's purpose and the policy's legal basis
+    for it: a withdrawn consent always stops it (``consent_withdrawn``); ``explicit`` needs the
+    newest row to be granted (no row, or a denied one: ``no_consent``), ``implied`` only stops a
+    denied one."""
+    purpose = run.program.consent_purpose
+
+    def status(contact_id: ColumnElement) -> ColumnElement:
+        return _consent_status(contact_id, channel, purpose, run)
+
+    withdrawn = Reason(R.CONSENT_WITHDRAWN, lambda cid: status(cid) == "withdrawn")
+    if run.policy.basis_for(purpose) == "implied":
+        return [withdrawn, Reason(R.NO_CONSENT, lambda cid: status(cid) == "denied")]
+    return [withdrawn, Reason(R.NO_CONSENT, lambda cid: or_(status(cid).is_(None), status(cid) != "granted"))]
 
 
 def channel_reasons(channel: str, run: RunScope) -> list[Reason]:
     """Rules that stop ``channel`` for a contact, in the order they are reported."""
     address = registry.get(channel).address
-    purpose = run.program.consent_purpose
     rules = [
         Reason(R.MISSING_ADDRESS, lambda cid: not_(_contact_has(cid, lambda c: address.of(c).is_not(None)))),
         Reason(
@@ -101,17 +136,8 @@ def channel_reasons(channel: str, run: RunScope) -> list[Reason]:
             ),
         ),
     ]
-    rules += list_reasons(channel)
-    rules += [
-        Reason(R.CONSENT_WITHDRAWN, lambda cid: _consent_status(cid, channel, purpose, run) == "withdrawn"),
-        Reason(
-            R.NO_CONSENT,
-            lambda cid: or_(
-                _consent_status(cid, channel, purpose, run).is_(None),
-                _consent_status(cid, channel, purpose, run) != "granted",
-            ),
-        ),
-    ]
+    rules += list_reasons(channel, service=run.program.is_service)
+    rules += consent_reasons(channel, run)
     return rules
 
 

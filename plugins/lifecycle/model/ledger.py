@@ -98,6 +98,10 @@ ADDRESS_LISTS: Final[tuple[SuppressionReason, ...]] = (
 """The lists an address is on, not only a contact row: an opt-out, bounce or spam report holds for
 every contact with the same normalised address (feedback records it; suppression checks it)."""
 
+MARKETING_ONLY: Final[frozenset[SuppressionReason]] = frozenset({SuppressionReason.UNSUBSCRIBED})
+"""Suppression lists that stop marketing only: a service (transactional) message still goes to a
+contact on them. Bounces, spam reports, SMS STOP, bad or duplicate addresses stop every message."""
+
 PolicyRule = Literal[
     SuppressionReason.OPEN_SUPPORT_TICKET, SuppressionReason.IN_SALES_NEGOTIATION, SuppressionReason.RECENT_PURCHASE
 ]

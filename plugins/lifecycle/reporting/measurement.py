@@ -7,7 +7,9 @@ attribution window after enrolling. Lift compares the treatment group with the p
 and with the global control group: a difference in proportions with a Newcombe (or Wald)
 confidence interval and a two-sided z-test p-value. Holdout and control contacts are never
 messaged, so lift is an intent-to-treat effect; :meth:`LiftResult.among_messaged` rescales it to
-the contacts a message actually reached.
+the contacts a message actually reached. A step with ``holdout: false`` (a billing-failure
+notice) reaches them too: they stay in their group, so the lift measures the other steps, and
+exposure counts only those.
 """
 
 from __future__ import annotations
@@ -237,13 +239,15 @@ def _outcome_rows_query(
         anchor_at=E.c.anchor_at,
     )
     met = segments.compile_segment(program.kpi.conversion.parsed, ctx)
+    measured = [M.c.program == program.id, M.c.status.in_(MESSAGED), func.coalesce(M.c.send_after, M.c.due_at) <= as_of]
+    held_out_steps = [step.id for step in program.steps if step.holdout]
+    if len(held_out_steps) < len(program.steps):
+        # A step sent to the holdout too (``holdout: false``) is not what the comparison measures:
+        # exposure counts only the steps the holdout does not get.
+        measured.append(M.c.step.in_(held_out_steps))
     sent = (
         select(M.c.enrollment_id, func.count().label("messages_sent"))
-        .where(
-            M.c.program == program.id,
-            M.c.status.in_(MESSAGED),
-            func.coalesce(M.c.send_after, M.c.due_at) <= as_of,
-        )
+        .where(*measured)
         .group_by(M.c.enrollment_id)
         .subquery()
     )
@@ -347,8 +351,9 @@ def program_outcomes(
     catalog: Mapping[str, segments.Segment] | None = None,
 ) -> pd.DataFrame:
     """One row per enrollment of ``program`` enrolled at or before ``as_of``: ``group``,
-    ``variant``, ``enrolled_at``, ``messages_sent`` / ``messaged`` (messages that went out by
-    ``as_of``), ``converted``, ``converted_at``, ``time_to_convert``, ``conversion_value``."""
+    ``variant``, ``enrolled_at``, ``messages_sent`` / ``messaged`` (messages of the steps the
+    holdout does not get that went out by ``as_of``), ``converted``, ``converted_at``,
+    ``time_to_convert``, ``conversion_value``."""
     catalog = config.load_segments().parsed if catalog is None else catalog
     as_of = utc_naive(as_of)
     types = list(dict.fromkeys(t for leaf in conversion_events(program, catalog) for t in leaf.types))

@@ -1,7 +1,8 @@
 """The Campaigns page (``GET /lifecycle/campaigns``), shown inside the Airflow UI.
 
 The journey catalog (every program's name, priority, schedule, channels, steps, owner, holdout
-and A/B test, with the policy's caps) next to each program's live KPIs from
+and A/B test, which programs are service programs, with the policy's caps, service caps and legal
+basis per consent purpose) next to each program's live KPIs from
 :func:`lifecycle.reporting.measurement.program_kpis` and its funnel over time from ``lifecycle_kpis``, as
 small server-rendered PNG charts: no script, nothing loaded from elsewhere. Figures are as of
 the newest logged program run. Every string from the config or the CRM is escaped by the
@@ -11,6 +12,7 @@ sandboxed, autoescaping template environment. Only a signed-in Airflow user sees
 from __future__ import annotations
 
 import base64
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -22,7 +24,7 @@ from sqlalchemy import Engine, func, inspect, select
 from starlette.concurrency import run_in_threadpool
 
 from lifecycle import config, paths
-from lifecycle.config import Policy, Program, Step
+from lifecycle.config import Cap, Policy, Program, Step
 from lifecycle.messages.rendering import environment
 from lifecycle.model import schema
 from lifecycle.model.db import crm_url, get_engine, utc_naive
@@ -62,10 +64,19 @@ def latest_run(engine: Engine) -> datetime | None:
         return conn.execute(select(func.max(schema.kpis.c.as_of))).scalar_one()
 
 
+SERVICE_NOTE = "service message: not counted by marketing caps, not stopped by a marketing unsubscribe"
+
+
+def _caps(caps: Mapping[str, Cap]) -> list[str]:
+    return [f"{channel} {cap.max} per {duration(cap.per)}" for channel, cap in caps.items()]
+
+
 def policy_view(policy: Policy) -> dict[str, Any]:
     """The shared rules every program obeys, as display strings."""
     return {
-        "caps": [f"{channel} {cap.max} per {duration(cap.per)}" for channel, cap in policy.caps.items()],
+        "caps": _caps(policy.caps),
+        "service_caps": _caps(policy.service_caps) or ["none (uncapped)"],
+        "legal_basis": [f"{purpose} {basis}" for purpose, basis in policy.legal_basis.items()],
         "quiet_hours": [
             f"{channel} {q.start:%H:%M}–{q.end:%H:%M} ({q.default_timezone} when unknown)"
             for channel, q in policy.quiet_hours.items()
@@ -75,9 +86,12 @@ def policy_view(policy: Policy) -> dict[str, Any]:
 
 
 def catalog_view(program: Program) -> dict[str, Any]:
-    """One program's journey as configured: description, steps, holdout, A/B test and KPI."""
+    """One program's journey as configured: description, consent purpose (and whether it is a
+    service program), steps, holdout, A/B test and KPI."""
     return {
         "description": program.description,
+        "purpose": program.consent_purpose,
+        "service": SERVICE_NOTE if program.is_service else None,
         "holdout": f"{program.holdout_percent:g}%",
         "steps": [
             {
@@ -87,6 +101,7 @@ def catalog_view(program: Program) -> dict[str, Any]:
                 "when": step_timing(s),
                 "template": s.template,
                 "conditional": s.when is not None,
+                "to_holdout_too": not s.holdout,
             }
             for s in program.steps
         ],

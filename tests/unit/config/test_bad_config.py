@@ -64,6 +64,7 @@ FULL_PROGRAM: dict[str, Any] = {
             "template": "simple/hello",
             "when": {"not": {"event": "purchase", "since": "enrollment"}},
             "late_after": "12h",
+            "holdout": False,
         }
     ],
     "late_after": "24h",
@@ -94,6 +95,8 @@ FULL_POLICY: dict[str, Any] = yaml.safe_load((FIXTURES / "config" / "policy.yml"
         "in_sales_negotiation": {"applies_to": ["generic_promo"], "within": "90d"},
         "recent_purchase": {"applies_to": ["promotional"], "within": "3d"},
     },
+    "service_caps": {"email": {"max": 4, "per": "7d"}, "all": {"max": 6, "per": "7d"}},
+    "legal_basis": {"marketing": "explicit", "transactional": "implied"},
     "stakeholders": [{"name": "Growth", "email": "growth@example.com"}],
     "owners": {"tests": "owners@example.com"},
     "brand": {
@@ -389,3 +392,27 @@ def test_a_renamed_policy_key_fails_validate_naming_the_file_and_the_new_key(tmp
     invalid = [line for line in capsys.readouterr().out.splitlines() if line.startswith("INVALID")]
     assert invalid == [f"INVALID {err.value}"]
     assert str(configs / "policy.yml") in invalid[0] and f"rename {old} to {new}" in invalid[0]
+
+
+@pytest.mark.parametrize(
+    ("legal_basis", "field", "expected"),
+    [
+        ({"promotions": "explicit"}, "legal_basis.promotions", "is not a consent purpose — fix: use one of"),
+        ({"transactional": "assumed"}, "legal_basis.transactional", "is not a legal basis — fix: use explicit"),
+        ("implied", "legal_basis", "write a mapping"),
+    ],
+)
+def test_an_unknown_purpose_or_legal_basis_names_the_field_and_the_fix(tmp_path, legal_basis, field, expected):
+    path = write(tmp_path, FULL_POLICY | {"legal_basis": legal_basis}, "policy.yml")
+    with pytest.raises(config.ConfigError) as err:
+        config.load_policy(path)
+    assert_names(err.value, path, field)
+    assert expected in str(err.value)
+
+
+def test_a_purpose_left_out_of_legal_basis_keeps_its_default(tmp_path):
+    path = write(tmp_path, FULL_POLICY | {"legal_basis": {"marketing": "implied"}}, "policy.yml")
+    assert config.load_policy(path).legal_basis == {"marketing": "implied", "transactional": "implied"}
+    left_out = {key: value for key, value in FULL_POLICY.items() if key != "legal_basis"}
+    policy = config.load_policy(write(tmp_path, left_out, "policy.yml"))
+    assert policy.legal_basis == {"marketing": "explicit", "transactional": "implied"}

@@ -7,10 +7,19 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from sqlalchemy import insert
 
-from lifecycle.model.ledger import SkipReason
+from lifecycle.model import schema
+from lifecycle.model.ledger import HeldOutReason, SkipReason, Status
 from tests.conftest import AS_OF
-from tests.support.journey import enrollments, messages, run_program, treatment_contact
+from tests.support.journey import (
+    enrollments,
+    holdout_contact,
+    messages,
+    messages_already_sent,
+    run_program,
+    treatment_contact,
+)
 from tests.support.programs import (
     STOP,
     days,
@@ -24,8 +33,11 @@ from tests.support.programs import (
 PROGRAM = "renewal"
 
 
-def _subscriber(crm, renews_in: timedelta, *, billing: str = "ok", status: str = "active", **fields) -> str:
-    cid = treatment_contact(crm, PROGRAM, **({"lifecycle_stage": "customer", "plan": "growth", "mrr": 490.0} | fields))
+def _subscriber(
+    crm, renews_in: timedelta, *, billing: str = "ok", status: str = "active", held_out: bool = False, **fields
+) -> str:
+    make = holdout_contact if held_out else treatment_contact
+    cid = make(crm, PROGRAM, **({"lifecycle_stage": "customer", "plan": "growth", "mrr": 490.0} | fields))
     for channel in ("email", "sms"):
         crm.consent(cid, channel, "granted", purpose="transactional")
     crm.row(
@@ -161,3 +173,55 @@ def test_plan_price_and_account_fall_back_when_empty(shipped_config):
         f"Northwind Cloud: Hi, your Pro plan renews within 24 hours. Review it: "
         f"https://app.northwind.example/settings/billing {STOP}"
     )
+
+
+@pytest.mark.slow
+def test_the_billing_fix_reaches_the_holdout_while_the_reminders_stay_held_out(shipped_crm):
+    engine, crm = shipped_crm
+    held = _subscriber(crm, timedelta(days=29, hours=12), billing="failed", held_out=True)
+    schedule = run_schedule(engine, PROGRAM, days(0, 16, 23))
+    assert steps_for(schedule, held) == {
+        timedelta(days=0): [("notice", "held_out")],
+        timedelta(days=16): [("billing_fix", "dry_run")],
+        timedelta(days=23): [("week_reminder", "held_out")],
+    }
+    reasons = {m["step"]: m["reason"] for m in messages(engine, PROGRAM)}
+    assert reasons["notice"] == reasons["week_reminder"] == HeldOutReason.PROGRAM_HOLDOUT
+    assert {e["group"] for e in enrollments(engine, PROGRAM)} == {"holdout"}
+
+
+@pytest.mark.slow
+def test_service_messages_pass_a_marketing_unsubscribe_and_the_marketing_caps(shipped_crm):
+    engine, crm = shipped_crm
+    unsubscribed = _subscriber(crm, timedelta(days=29, hours=12))
+    with engine.begin() as conn:
+        conn.execute(
+            insert(schema.suppressions).values(
+                contact_id=unsubscribed, channel="email", reason="unsubscribed", source="test", created_at=AS_OF
+            )
+        )
+    at_the_cap = _subscriber(crm, timedelta(days=29, hours=12))
+    messages_already_sent(engine, at_the_cap, count=5)
+    no_consent_row = treatment_contact(crm, PROGRAM, lifecycle_stage="customer", consent={})
+    crm.row(
+        "subscriptions",
+        subscription_id="sub-no-row",
+        contact_id=no_consent_row,
+        plan="growth",
+        status="active",
+        renews_at=AS_OF + timedelta(days=29, hours=12),
+        billing_status="ok",
+        mrr=490.0,
+    )
+    withdrawn = _subscriber(crm, timedelta(days=29, hours=12))
+    crm.consent(withdrawn, "email", "withdrawn", at=AS_OF - timedelta(days=1), purpose="transactional")
+
+    run_program(engine, PROGRAM, AS_OF)
+
+    got = {m["contact_id"]: (m["status"], m["reason"]) for m in messages(engine, PROGRAM)}
+    assert got == {
+        unsubscribed: (Status.DRY_RUN, None),
+        at_the_cap: (Status.DRY_RUN, None),
+        no_consent_row: (Status.DRY_RUN, None),
+        withdrawn: (Status.SUPPRESSED, "consent_withdrawn"),
+    }
