@@ -12,7 +12,7 @@
    through), and there is one row per idempotency key and per (program, contact,
    entry, step).
 4. Consent (when asked for): no message went out to a contact whose consent for its channel was
-   not granted at the message's as-of.
+   not granted at the message's as-of, nor (when asked for) when it was claimed.
 
 Also here, shared by the fault tests: a program run's stages before sending, a transport that dies
 mid-chunk (the fault these guard against most) and signed, replayable SendGrid webhook posts.
@@ -222,9 +222,12 @@ def assert_outbox_invariants(
     *,
     in_flight: Collection[int] = (),
     consent_as_of: Mapping[int, datetime] | None = None,
+    consent_at_claim: bool = False,
     purpose: str = "marketing",
 ) -> Counter[str]:
-    """Check invariants 1-3 (and 4 when ``consent_as_of`` is given); returns the ledger's statuses.
+    """Check invariants 1-3 (and 4 when ``consent_as_of`` is given: consent at those moments, and
+    with ``consent_at_claim`` also as consent stood when each message was claimed); returns the
+    ledger's statuses.
 
     ``in_flight`` names messages a test left ``sending`` on purpose (a killed worker not yet retried).
     """
@@ -239,6 +242,13 @@ def assert_outbox_invariants(
     problems += inconsistent(ledger, accepted, suppressions, events, contacts)
     if consent_as_of is not None:
         problems += without_consent(ledger, accepted, consents, consent_as_of, purpose)
+        if consent_at_claim:
+            # As the CRM recorded consent by then. Rows that feedback appends carry the provider's
+            # event time (whole seconds), which can read a moment before the claim of the very
+            # message they are about: those are invariant 3's, by when the event was received.
+            claimed = {r["message_id"]: r["claimed_at"] for r in ledger if r["claimed_at"] is not None}
+            recorded = [c for c in consents if c["proof"] and ":" not in c["proof"]]
+            problems += without_consent(ledger, accepted, recorded, claimed, purpose)
     assert not problems, "outbox invariants broken:\n" + "\n".join(problems)
     return Counter(r["status"] for r in ledger)
 

@@ -29,7 +29,7 @@ from sqlalchemy.sql.expression import ColumnElement
 
 from lifecycle.channels import registry
 from lifecycle.channels.base import ClaimCheck, Outbound, Reconciler, SendResult, Transport
-from lifecycle.engine.suppression import claim_reasons
+from lifecycle.engine.suppression import claim_reasons, consent_rules
 from lifecycle.messages.context import MessageData, crm_columns, read_crm, template_context
 from lifecycle.messages.links import LinkBuilder
 from lifecycle.messages.rendering import RenderError, render
@@ -155,27 +155,54 @@ def load_messages(conn: Connection, where: ColumnElement[bool]) -> list[Claimed]
     return list(claimed.values())
 
 
-def _withhold_listed(conn: Connection, where: ColumnElement[bool], service_programs: Collection[str]) -> None:
-    """Ready messages whose contact joined a suppression list for their channel since planning
-    (an opt-out or a bounce that came in between) are suppressed with that reason, not claimed; a
-    marketing unsubscribe does not stop a message of one of ``service_programs``."""
+@dataclass(frozen=True)
+class ConsentBasis:
+    """The consent a batch's messages are sent under: its program's purpose and the policy's legal
+    basis for it (``explicit`` or ``implied``), checked as consent stands when each message is
+    claimed, or ``at`` a given moment (a simulated run's as-of: its world has no later rows yet)."""
+
+    purpose: str
+    basis: str
+    at: datetime | None = None
+
+
+def _withhold_listed(
+    conn: Connection, where: ColumnElement[bool], service_programs: Collection[str], consent: ConsentBasis | None
+) -> None:
+    """Ready messages that must no longer go are suppressed with the reason, not claimed: their
+    contact joined a suppression list for their channel since planning (an opt-out or a bounce that
+    came in between; a marketing unsubscribe does not stop a message of one of
+    ``service_programs``), or, with ``consent``, the consent in force now no longer allows them (a
+    withdrawal captured after the run's as-of, or a re-run of an old date for someone who withdrew
+    since)."""
+    now = _now()
     for channel in registry.names():
-        for reason in claim_reasons(channel, service_programs):
+        reasons = claim_reasons(channel, service_programs)
+        if consent is not None:
+            reasons += consent_rules(channel, consent.purpose, consent.basis, consent.at or now)
+        for reason in reasons:
             conn.execute(
                 update(M)
                 .where(where, M.c.status == Status.READY, M.c.channel == channel, reason.predicate(M.c.contact_id))
-                .values(status=Status.SUPPRESSED, reason=reason.name, updated_at=_now())
+                .values(status=Status.SUPPRESSED, reason=reason.name, updated_at=now)
             )
 
 
-def claim(engine: Engine, run_id: str, batch: int, size: int, service_programs: Collection[str] = ()) -> list[Claimed]:
+def claim(
+    engine: Engine,
+    run_id: str,
+    batch: int,
+    size: int,
+    service_programs: Collection[str] = (),
+    consent: ConsentBasis | None = None,
+) -> list[Claimed]:
     """Atomically move up to ``size`` ready messages of the batch to ``sending`` and load them
     (after withholding those whose contact is now on a suppression list that stops them: every
     list for a marketing message, all but the marketing-only ones for a message of one of
     ``service_programs``)."""
     token = uuid.uuid4().hex
     with engine.begin() as conn:
-        _withhold_listed(conn, _in_batch(run_id, batch), service_programs)
+        _withhold_listed(conn, _in_batch(run_id, batch), service_programs, consent)
         chosen = (
             select(M.c.message_id)
             .where(_in_batch(run_id, batch), M.c.status == Status.READY)
@@ -370,9 +397,14 @@ def record_results(
 
 
 def _chunks(
-    engine: Engine, run_id: str, batch: int, size: int, service_programs: Collection[str]
+    engine: Engine,
+    run_id: str,
+    batch: int,
+    size: int,
+    service_programs: Collection[str],
+    consent: ConsentBasis | None,
 ) -> Iterator[list[Claimed]]:
-    while claimed := claim(engine, run_id, batch, size, service_programs):
+    while claimed := claim(engine, run_id, batch, size, service_programs, consent):
         yield claimed
 
 
@@ -387,17 +419,19 @@ def send_batch(
     dry_run: bool = False,
     claim_size: int = 100,
     service_programs: Collection[str] = (),
+    consent: ConsentBasis | None = None,
 ) -> dict[str, int]:
     """Send one batch: settle stale claims, then claim, render, send and record chunk by chunk.
 
     ``service_programs`` names the service programs among the batch's (a marketing unsubscribe
-    does not stop their messages at claim time); a program left out is treated as marketing."""
+    does not stop their messages at claim time); a program left out is treated as marketing.
+    ``consent`` is the batch's purpose and legal basis: each claim checks consent as it stands then."""
 
     def build(item: Claimed) -> Outbound:
         return _outbound(item, links(item.message_id, item.contact["contact_id"], item.channel), brand)
 
     counts = recover_stale_claims(engine, run_id, batch, transport, build)
-    for chunk in _chunks(engine, run_id, batch, claim_size, service_programs):
+    for chunk in _chunks(engine, run_id, batch, claim_size, service_programs, consent):
         tokens = {item.message_id: item.claim_token for item in chunk}
         failures: list[SendResult] = []
         by_channel: dict[str, list[Outbound]] = {}

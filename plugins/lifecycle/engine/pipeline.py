@@ -74,8 +74,17 @@ def send(
 ) -> dict[str, int]:
     brand = run.policy.brand.model_dump()
     service = (run.program.id,) if run.program.is_service else ()
+    purpose = run.program.consent_purpose
     return dispatch.send_batch(
-        engine, run.run_id, batch, transport, links=links, brand=brand, dry_run=dry_run, service_programs=service
+        engine,
+        run.run_id,
+        batch,
+        transport,
+        links=links,
+        brand=brand,
+        dry_run=dry_run,
+        service_programs=service,
+        consent=dispatch.ConsentBasis(purpose, run.policy.basis_for(purpose), at=run.as_of if dry_run else None),
     )
 
 

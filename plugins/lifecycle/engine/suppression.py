@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
+from datetime import datetime
 from itertools import permutations
 from typing import Any
 
@@ -43,14 +44,12 @@ def _contact_has(contact_id: ColumnElement[Any], condition: Callable[[Any], Colu
     return exists().where(holder.c.contact_id == contact_id, condition(holder))
 
 
-def _consent_status(contact_id: ColumnElement, channel: str, purpose: str, run: RunScope) -> ColumnElement:
-    """The newest consent row's status; of rows captured at the same moment, a non-granted one wins."""
+def _consent_status(contact_id: ColumnElement, channel: str, purpose: str, at: datetime) -> ColumnElement:
+    """The newest consent row's status at ``at``; of rows captured at the same moment, a non-granted one wins."""
     k = schema.consents.alias("consent_now")
     return (
         select(k.c.status)
-        .where(
-            k.c.contact_id == contact_id, k.c.channel == channel, k.c.purpose == purpose, k.c.captured_at <= run.as_of
-        )
+        .where(k.c.contact_id == contact_id, k.c.channel == channel, k.c.purpose == purpose, k.c.captured_at <= at)
         .order_by(k.c.captured_at.desc(), k.c.status == "granted")
         .limit(1)
         .scalar_subquery()
@@ -108,20 +107,26 @@ def claim_reasons(channel: str, service_programs: Collection[str]) -> list[Reaso
     ]
 
 
-def consent_reasons(channel: str, run: RunScope) -> list[Reason]:
-    """The consent rules for ``channel`` under the program's purpose and the policy's legal basis
-    for it: a withdrawn consent always stops it (``consent_withdrawn``); ``explicit`` needs the
-    newest row to be granted (no row, or a denied one: ``no_consent``), ``implied`` only stops a
-    denied one."""
-    purpose = run.program.consent_purpose
+def consent_rules(channel: str, purpose: str, basis: str, at: datetime) -> list[Reason]:
+    """The consent rules for ``channel`` under ``purpose`` and its legal basis, as consent stands at
+    ``at``: a withdrawn consent always stops it (``consent_withdrawn``); ``explicit`` needs the newest
+    row to be granted (no row, or a denied one: ``no_consent``), ``implied`` only stops a denied one."""
 
     def status(contact_id: ColumnElement) -> ColumnElement:
-        return _consent_status(contact_id, channel, purpose, run)
+        return _consent_status(contact_id, channel, purpose, at)
 
     withdrawn = Reason(R.CONSENT_WITHDRAWN, lambda cid: status(cid) == "withdrawn")
-    if run.policy.basis_for(purpose) == "implied":
+    if basis == "implied":
         return [withdrawn, Reason(R.NO_CONSENT, lambda cid: status(cid) == "denied")]
     return [withdrawn, Reason(R.NO_CONSENT, lambda cid: or_(status(cid).is_(None), status(cid) != "granted"))]
+
+
+def consent_reasons(channel: str, run: RunScope) -> list[Reason]:
+    """The consent rules for ``channel`` as of the run, under the program's purpose and the policy's
+    legal basis for it (see :func:`consent_rules`). The outbox checks them again when it claims a
+    message, as consent stands then."""
+    purpose = run.program.consent_purpose
+    return consent_rules(channel, purpose, run.policy.basis_for(purpose), run.as_of)
 
 
 def channel_reasons(channel: str, run: RunScope) -> list[Reason]:

@@ -601,3 +601,31 @@ def test_an_opt_out_holds_for_every_contact_with_that_address(webhooks):
         stayer: ("sent", None),
     }
     assert_outbox_invariants(engine, sandbox)
+
+
+@pytest.mark.parametrize("withdrawn_after", [timedelta(minutes=1), timedelta(days=10)])
+def test_consent_is_checked_as_it_stands_when_the_message_is_claimed(crm, db_url, sandbox, withdrawn_after):
+    """A withdrawal the CRM captured a minute after the run's as-of (before the run started), or a
+    re-run of an old date for a contact who withdrew since: planning saw consent, sending does not."""
+    engine, crm_rows = crm
+    leaver = crm_rows.contact(lifecycle_stage="lead")
+    stayer = crm_rows.contact(lifecycle_stage="lead")
+    stage_run(engine, "alpha", "late_withdrawal", AS_OF, batch_size=1000)
+    crm_rows.consent(leaver, "email", "withdrawn", at=AS_OF + withdrawn_after)
+    scope, _programs = pipeline.load_scope("alpha", "late_withdrawal", AS_OF)
+    pipeline.send(engine, scope, 0, ProviderTransport(), links=links_from_connection())
+
+    assert {contact: outcome[0] for contact, outcome in _outcomes(engine).items()} == {
+        leaver: "suppressed",
+        stayer: "sent",
+    }
+    assert _outcomes(engine)[leaver] == ("suppressed", "consent_withdrawn")
+    assert [e["personalizations"] for e in sandbox.sendgrid_messages(f"{leaver}@example.com")] == []
+    assert_outbox_invariants(engine, sandbox)
+
+
+def _outcomes(engine: Engine) -> dict[str, tuple[str, str | None]]:
+    with engine.connect() as conn:
+        return {
+            r.contact_id: (r.status, r.reason) for r in conn.execute(select(M.c.contact_id, M.c.status, M.c.reason))
+        }

@@ -132,7 +132,14 @@ class Outbox(RuleBasedStateMachine):
     def _send_batch(self, run_id: str, batch: int, transport: ProviderTransport) -> None:
         self.in_flight = {mid: at for mid, at in self.in_flight.items() if at != (run_id, batch)}
         dispatch.send_batch(
-            self.engine, run_id, batch, transport, links=self.links, brand=self.brand, claim_size=CLAIM_SIZE
+            self.engine,
+            run_id,
+            batch,
+            transport,
+            links=self.links,
+            brand=self.brand,
+            claim_size=CLAIM_SIZE,
+            consent=dispatch.ConsentBasis("marketing", "explicit"),
         )
 
     @rule(target=planned, program=st.sampled_from(PROGRAMS))
@@ -242,7 +249,8 @@ class Outbox(RuleBasedStateMachine):
         channel=st.sampled_from(["email", "sms"]),
     )
     def consent_change(self, contact: str, change: str, channel: str) -> None:
-        """A consent row the CRM records just after the current as-of, or an inbound STOP/START SMS."""
+        """A consent row the CRM records just after the current as-of (so after planning saw the
+        consent, and before sending: the claim must see it), or an inbound STOP/START SMS."""
         if change in ("STOP", "START"):
             self.sandbox.inbound_sms(PHONES[contact], change)
             self.sandbox.flush()
@@ -262,6 +270,7 @@ class Outbox(RuleBasedStateMachine):
             self.sandbox,
             in_flight=self.in_flight.keys() | self.abandoned.keys(),
             consent_as_of=self.cleared_at,
+            consent_at_claim=True,
         )
 
     def teardown(self) -> None:
@@ -274,7 +283,7 @@ class Outbox(RuleBasedStateMachine):
                     self._send_batch(f"{program}__last", batch, ProviderTransport())
             self.sandbox.flush()
             self._sendgrid_posts()
-            assert_outbox_invariants(self.engine, self.sandbox, consent_as_of=self.cleared_at)
+            assert_outbox_invariants(self.engine, self.sandbox, consent_as_of=self.cleared_at, consent_at_claim=True)
         finally:
             self.engine.dispose()
             shutil.rmtree(self.folder, ignore_errors=True)
