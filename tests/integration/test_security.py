@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import re
 import shutil
@@ -25,7 +26,8 @@ import httpx
 import pytest
 import yaml
 from markupsafe import escape
-from sqlalchemy import func, inspect, select
+from sqlalchemy import func, insert, inspect, select
+from sqlalchemy.exc import DBAPIError
 from twilio.request_validator import RequestValidator
 
 from lifecycle import config, paths
@@ -426,6 +428,22 @@ def _addresses(engine) -> set[str]:
                 e164 = to_e164(phone, country)
                 found |= {phone.strip().lower(), *([e164, e164[1:]] if e164 else [])}
     return {value for value in found if len(value) >= 6}
+
+
+def test_a_database_error_shows_no_address(crm, caplog):
+    """A failed statement's error (what a task log prints) says what failed, never the emails or
+    phone numbers it carried: engines hide statement parameters."""
+    engine, crm_rows = crm
+    taken = crm_rows.contact(email="leak.me@example.com", phone="+14155550177")
+    row = {"contact_id": taken, "email": "leak.me@example.com", "phone": "+14155550177", "lifecycle_stage": "lead"}
+
+    with pytest.raises(DBAPIError) as failed, engine.begin() as conn:
+        conn.execute(insert(schema.contacts).values(row))
+    logging.getLogger("lifecycle.test").exception("insert failed")
+
+    text = f"{failed.value}\n{failed.value!r}\n{caplog.text}"
+    assert "INSERT INTO contacts" in text
+    assert "leak.me@example.com" not in text and "4155550177" not in text
 
 
 @pytest.fixture
