@@ -37,10 +37,12 @@ from lifecycle.model.addresses import to_e164
 from lifecycle.sandbox import DEFAULT_TWILIO_TOKEN, SandboxServer
 from lifecycle.web import create_app
 from tests.conftest import AS_OF
+from tests.support.twilio_forms import inbound_form, message_sid, status_form
 from tests.unit.channels.test_hooks import FAST, LINK_SECRET, connect_to_sandbox
 
 PUBLIC_BASE = "http://lifecycle.test/lifecycle"
 _keys = itertools.count(1)
+_contact_of: dict[int, str] = {}  # message id -> its contact, for events that name the contact's address
 
 
 def add_message(engine, contact_id: str, channel: str = "email", status: str = "sent", **fields) -> int:
@@ -62,7 +64,9 @@ def add_message(engine, contact_id: str, channel: str = "email", status: str = "
         "planned_at": AS_OF,
     } | fields
     with engine.begin() as conn:
-        return conn.execute(insert(schema.messages).values(row)).inserted_primary_key[0]
+        message_id = conn.execute(insert(schema.messages).values(row)).inserted_primary_key[0]
+    _contact_of[message_id] = contact_id
+    return message_id
 
 
 def status_of(engine, message_id: int) -> tuple[str, str | None]:
@@ -146,8 +150,10 @@ def client() -> Iterator[TestClient]:
 
 
 def sg_event(message_id: int, event: str, at: int, **fields) -> dict:
+    """A SendGrid event about a message made by :func:`add_message`, at its contact's address
+    (the test CRM's ``<contact id>@example.com``)."""
     return {
-        "email": "ada@example.com",
+        "email": f"{_contact_of.get(message_id, 'nobody')}@example.com",
         "timestamp": at,
         "event": event,
         "sg_event_id": f"ev-{message_id}-{event}-{at}",
@@ -173,7 +179,7 @@ def test_signed_events_are_recorded_and_move_the_ledger(ledger, signer, client):
 
     response = post_events(client, signer, [sg_event(message, "delivered", now), sg_event(message, "open", now)])
 
-    assert response.status_code == 200 and response.json() == {"received": 2, "new": 2}
+    assert response.status_code == 200 and response.json() == {"received": 2, "new": 2, "unreadable": 0}
     assert status_of(engine, message) == ("opened", None)
     [event, _] = rows(engine, schema.provider_events, message_id=message)
     assert event["contact_id"] == contact and event["provider"] == "sendgrid"
@@ -320,7 +326,7 @@ def twilio_post(
 def test_twilio_status_callback_moves_the_message(ledger, signer, client):
     engine, crm = ledger
     message = add_message(engine, crm.contact(), channel="sms", status="unknown")
-    params = {"MessageSid": "SM1", "MessageStatus": "delivered", "To": "+14155550100"}
+    params = status_form(message_sid("one"), "delivered")
 
     response = twilio_post(client, "/webhooks/twilio/status", params, query=f"lifecycle_message_id={message}")
 
@@ -330,7 +336,7 @@ def test_twilio_status_callback_moves_the_message(ledger, signer, client):
         provider_id = conn.execute(
             select(schema.messages.c.provider_message_id).where(schema.messages.c.message_id == message)
         ).scalar_one()
-    assert provider_id == "SM1"
+    assert provider_id == message_sid("one")
 
 
 @pytest.mark.parametrize("attack", ["wrong_token", "tampered", "other_message"])
@@ -338,13 +344,13 @@ def test_unverified_twilio_requests_are_rejected_and_record_nothing(ledger, sign
     engine, crm = ledger
     contact = crm.contact(phone="+14155550142")
     message = add_message(engine, contact, channel="sms")
-    inbound = {"MessageSid": "SM9", "From": "+14155550142", "Body": "STOP"}
+    inbound = inbound_form("+14155550142", "STOP")
     if attack == "wrong_token":
         response = twilio_post(client, "/webhooks/twilio/inbound", inbound, token="not-the-token")
     elif attack == "tampered":
         response = twilio_post(client, "/webhooks/twilio/inbound", inbound, signed_params={**inbound, "Body": "hello"})
     else:
-        params = {"MessageSid": "SM9", "MessageStatus": "failed"}
+        params = status_form(message_sid("nine"), "failed")
         url = f"{PUBLIC_BASE}/webhooks/twilio/status?lifecycle_message_id=999"
         signature = RequestValidator(DEFAULT_TWILIO_TOKEN).compute_signature(url, params)
         response = client.post(
@@ -364,9 +370,7 @@ def test_stop_then_start_from_a_number(ledger, signer, client):
     contact = crm.contact(phone="(415) 555-0142", country="US")
     other = crm.contact(phone="+14155550143")
 
-    stop = twilio_post(
-        client, "/webhooks/twilio/inbound", {"MessageSid": "SMa", "From": "+14155550142", "Body": " stop "}
-    )
+    stop = twilio_post(client, "/webhooks/twilio/inbound", inbound_form("+14155550142", " stop ", "a"))
 
     assert stop.status_code == 200 and "<Response" in stop.text
     [suppression] = rows(engine, schema.suppressions, contact_id=contact)
@@ -379,14 +383,14 @@ def test_stop_then_start_from_a_number(ledger, signer, client):
     assert (consent["status"], consent["source"], consent["proof"]) == (
         "withdrawn",
         "twilio_stop",
-        "twilio:SMa",
+        f"twilio:{message_sid('a')}",
     )
     assert latest_consent(engine, contact, "email")["status"] == "granted"
     assert rows(engine, schema.suppressions, contact_id=other) == []
-    [event] = rows(engine, schema.provider_events, event_id="SMa")
+    [event] = rows(engine, schema.provider_events, event_id=message_sid("a"))
     assert "4155550142" not in json.dumps(event["payload"])
 
-    twilio_post(client, "/webhooks/twilio/inbound", {"MessageSid": "SMb", "From": "+14155550142", "Body": "START"})
+    twilio_post(client, "/webhooks/twilio/inbound", inbound_form("+14155550142", "START", "b"))
     assert rows(engine, schema.suppressions, contact_id=contact) == []
     assert latest_consent(engine, contact, "sms")["status"] == "granted"
 
@@ -411,7 +415,9 @@ def test_a_route_whose_provider_connection_is_missing_answers_503_and_names_it(
     if "sendgrid" in path:
         response = post_events(client, signer, [sg_event(message, "delivered", int(time.time()))])
     else:
-        params = {"MessageSid": "SM1", "MessageStatus": "delivered", "From": "+14155550100", "Body": "STOP"}
+        params = (
+            status_form(message_sid("one"), "delivered") if "status" in path else inbound_form("+14155550100", "STOP")
+        )
         response = twilio_post(client, path, params, query=f"lifecycle_message_id={message}")
 
     assert response.status_code == 503
@@ -535,7 +541,8 @@ def email_for(message_id: int, contact_id: str, address: str) -> OutboundEmail:
 
 def test_sandbox_email_events_reach_the_ledger(live):
     engine, crm, sandbox, transport = live
-    ada, bob, cy = crm.contact(), crm.contact(), crm.contact()
+    ada = crm.contact(email="ada@example.com")
+    bob, cy = crm.contact(email="bob@bounce.test"), crm.contact(email="cy@spam.test")
     delivered, bounced, spam = (add_message(engine, c, status="sending") for c in (ada, bob, cy))
 
     results = transport.send(
@@ -561,7 +568,7 @@ def test_sandbox_email_events_reach_the_ledger(live):
 
 def test_an_unknown_email_is_settled_by_its_events(live):
     engine, crm, sandbox, transport = live
-    contact = crm.contact()
+    contact = crm.contact(email="ada@example.com")
     message = add_message(engine, contact, status="sending")
     sandbox.add_fault("sendgrid", "drop_after_accept")
 
@@ -648,7 +655,8 @@ def test_stale_limit_is_ten_minutes(ledger, signer, client):
         ("  stop all ", None, "STOP"),
         ("Unsubscribe", None, "STOP"),
         ("start", None, "START"),
-        ("please stop texting", None, None),
+        ("please stop texting", None, "STOP"),
+        ("I can't stop smiling", None, None),
         ("hello", "STOP", "STOP"),
         ("HELP", "HELP", None),
         ("", None, None),
