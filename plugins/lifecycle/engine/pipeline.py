@@ -14,6 +14,7 @@ from sqlalchemy import Engine
 
 from lifecycle import config, paths
 from lifecycle.channels.base import Transport
+from lifecycle.channels.sms import SMS_CHANNEL
 from lifecycle.engine import capping, dispatch, funnel, journeys, suppression
 from lifecycle.engine.scope import RunScope
 from lifecycle.messages.links import LinkBuilder
@@ -73,7 +74,10 @@ def send(
     dry_run: bool = False,
 ) -> dict[str, int]:
     brand = run.policy.brand.model_dump()
-    return dispatch.send_batch(engine, run.run_id, batch, transport, links=links, brand=brand, dry_run=dry_run)
+    limits = {SMS_CHANNEL.name: run.policy.sms_max_segments}
+    return dispatch.send_batch(
+        engine, run.run_id, batch, transport, links=links, brand=brand, dry_run=dry_run, max_segments=limits
+    )
 
 
 def log_kpis(engine: Engine, run: RunScope) -> dict[str, float]:
