@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import re
 import shutil
@@ -19,13 +20,14 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode
 
 import httpx
 import pytest
 import yaml
 from markupsafe import escape
-from sqlalchemy import func, inspect, select
+from sqlalchemy import func, insert, inspect, select
+from sqlalchemy.exc import DBAPIError
 from twilio.request_validator import RequestValidator
 
 from lifecycle import config, paths
@@ -48,9 +50,10 @@ from tests.integration.engine.test_pipeline_bad_input import (
     run_probes,
     with_programs,
 )
-from tests.integration.web.test_webhooks import EventSigner, add_message, sg_event
+from tests.integration.web.test_webhooks import OPT_OUT_WORDINGS, EventSigner, add_message, recut, sg_event
 from tests.support.dagrun import run_dag
 from tests.support.journey import run_program
+from tests.support.twilio_forms import inbound_form, message_sid, status_form
 
 pytestmark = pytest.mark.usefixtures("test_config")
 SQLITE_ONLY = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
@@ -121,7 +124,7 @@ def test_forged_tampered_and_stale_webhooks_change_nothing(app):
     body = json.dumps([sg_event(message, "unsubscribe", now)])
     good = signer.headers(body)
     spam = body.replace('"unsubscribe"', '"spamreport"')
-    stop = {"MessageSid": "SMforged", "From": "+14155550142", "Body": "STOP"}
+    stop = inbound_form("+14155550142", "STOP", "forged")
     before = counts(engine), ledger(engine)
     sendgrid = {
         "modified body": (spam, good),
@@ -146,13 +149,82 @@ def test_forged_tampered_and_stale_webhooks_change_nothing(app):
         "status forged": twilio_request(
             base_url,
             f"/webhooks/twilio/status?lifecycle_message_id={message}",
-            {"MessageSid": "SM1", "MessageStatus": "failed"},
+            status_form(message_sid("one"), "failed"),
             token="guessed",
         ),
     }
     for attack, request in twilio.items():
         assert http.post(**request).status_code == 403, attack
     assert (counts(engine), ledger(engine)) == before
+
+
+@SQLITE_ONLY
+def test_recut_and_oversized_webhooks_change_nothing(app):
+    """Signed Twilio forms re-cut between names and values (the signature holds) and bodies over
+    the limits, declared or streamed, signed or not: refused, and nothing recorded."""
+    engine, crm_rows, signer, http, base_url = app
+    crm_rows.contact(phone="+14155550180")
+    message = add_message(engine, crm_rows.contact(), channel="sms", provider_message_id=message_sid("sent"))
+    inbound = inbound_form("+14155550180", "START", "captured")
+    status = status_form(message_sid("sent"), "failed", ErrorCode="30003")
+    names = sorted(inbound)
+    recuts = [
+        twilio_request(base_url, "/webhooks/twilio/inbound", recut(inbound, name, into), signed_params=inbound)
+        for into, name in zip(names, names[1:], strict=False)
+    ] + [
+        twilio_request(
+            base_url,
+            f"/webhooks/twilio/status?lifecycle_message_id={message}",
+            recut(status, name, into),
+            signed_url=f"{base_url}/webhooks/twilio/status?lifecycle_message_id={message}",
+            signed_params=status,
+        )
+        for into, name in zip(sorted(status), sorted(status)[1:], strict=False)
+    ]
+    validator = RequestValidator(DEFAULT_TWILIO_TOKEN)
+    for request in recuts:
+        form = dict(parse_qsl(request["content"], keep_blank_values=True))
+        url = base_url + request["url"]
+        assert validator.validate(url, form, request["headers"]["X-Twilio-Signature"]), request
+    sendgrid_headers = signer.headers("[]")
+    big, huge = b"[" + b" " * (6 * 1024 * 1024) + b"]", b"x" * (64 * 1024 * 1024)
+    oversized = [
+        ("/webhooks/sendgrid", big, sendgrid_headers, 413),
+        ("/webhooks/sendgrid", iter([big[i : i + 65536] for i in range(0, len(big), 65536)]), sendgrid_headers, 413),
+        ("/webhooks/sendgrid", huge, {}, 403),
+        ("/webhooks/twilio/inbound", b"Body=" + b"x" * (2 * 1024 * 1024), {"X-Twilio-Signature": "c2ln"}, 413),
+        ("/webhooks/twilio/status", iter([b"x" * 65536] * 40), {"X-Twilio-Signature": "c2ln"}, 413),
+        ("/webhooks/twilio/inbound", huge, {}, 403),
+    ]
+    before = counts(engine), ledger(engine)
+
+    for request in recuts:
+        assert http.post(**request).status_code == 403, request["content"]
+    for path, content, headers, expected in oversized:
+        assert http.post(path, content=content, headers=headers).status_code == expected, path
+
+    assert (counts(engine), ledger(engine)) == before
+    assert (len(recuts), len(oversized)) == (18, 6)  # the README's Security row
+
+
+@SQLITE_ONLY
+def test_every_opt_out_wording_withdraws_consent(app):
+    engine, crm_rows, _signer, http, base_url = app
+    numbers = {f"+1415555{2000 + n:04d}": body for n, body in enumerate(OPT_OUT_WORDINGS)}
+    contacts = {number: crm_rows.contact(phone=number) for number in numbers}
+
+    for number, body in numbers.items():
+        request = twilio_request(base_url, "/webhooks/twilio/inbound", inbound_form(number, body))
+        assert http.post(**request).status_code == 200, body
+
+    with engine.connect() as conn:
+        stopped = set(
+            conn.execute(
+                select(schema.suppressions.c.contact_id).where(schema.suppressions.c.reason == "sms_stop")
+            ).scalars()
+        )
+    assert stopped == set(contacts.values())
+    assert len(OPT_OUT_WORDINGS) == 29  # the README's Security row
 
 
 def test_a_replayed_signed_batch_is_recorded_once(app):
@@ -169,9 +241,7 @@ def test_a_replayed_signed_batch_is_recorded_once(app):
         ]
     )
     headers = signer.headers(body)
-    stop = twilio_request(
-        base_url, "/webhooks/twilio/inbound", {"MessageSid": "SMstop", "From": "+14155550143", "Body": "STOP"}
-    )
+    stop = twilio_request(base_url, "/webhooks/twilio/inbound", inbound_form("+14155550143", "STOP", "stop"))
     answers = [http.post("/webhooks/sendgrid", content=body, headers=headers).json() for _ in range(3)]
     stops = [http.post(**stop).status_code for _ in range(3)]
     assert [a["new"] for a in answers] == [4, 0, 0] and stops == [200, 200, 200]
@@ -426,6 +496,22 @@ def _addresses(engine) -> set[str]:
                 e164 = to_e164(phone, country)
                 found |= {phone.strip().lower(), *([e164, e164[1:]] if e164 else [])}
     return {value for value in found if len(value) >= 6}
+
+
+def test_a_database_error_shows_no_address(crm, caplog):
+    """A failed statement's error (what a task log prints) says what failed, never the emails or
+    phone numbers it carried: engines hide statement parameters."""
+    engine, crm_rows = crm
+    taken = crm_rows.contact(email="leak.me@example.com", phone="+14155550177")
+    row = {"contact_id": taken, "email": "leak.me@example.com", "phone": "+14155550177", "lifecycle_stage": "lead"}
+
+    with pytest.raises(DBAPIError) as failed, engine.begin() as conn:
+        conn.execute(insert(schema.contacts).values(row))
+    logging.getLogger("lifecycle.test").exception("insert failed")
+
+    text = f"{failed.value}\n{failed.value!r}\n{caplog.text}"
+    assert "INSERT INTO contacts" in text
+    assert "leak.me@example.com" not in text and "4155550177" not in text
 
 
 @pytest.fixture

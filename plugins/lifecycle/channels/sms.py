@@ -13,15 +13,16 @@ from lifecycle.model.ledger import SuppressionReason as R
 
 
 def sms_segments(body: str) -> int:
-    """Count SMS segments: 160/153 GSM-7 characters, 70/67 for UCS-2 bodies."""
+    """Count SMS segments: 160/153 GSM-7 characters, 70/67 UTF-16 code units for UCS-2 bodies (an
+    emoji is two units, as carriers and Twilio count them)."""
     try:
         body.encode("ascii")
-        single, multi = 160, 153
+        single, multi, units = 160, 153, len(body)
     except UnicodeEncodeError:
-        single, multi = 70, 67
-    if len(body) <= single:
+        single, multi, units = 70, 67, len(body.encode("utf-16-le")) // 2
+    if units <= single:
         return 1
-    return -(-len(body) // multi)
+    return -(-units // multi)
 
 
 class SmsChannel(Channel[OutboundSms]):

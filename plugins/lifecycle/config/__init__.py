@@ -367,6 +367,9 @@ class Policy(_Strict):
     control_group: ControlGroup
     suppressions: dict[PolicyRule, SuppressionRule] = Field(default_factory=dict)
     send_batch_size: int = Field(default=500, ge=1, le=10_000)
+    sms_max_segments: int = Field(
+        default=10, ge=1, le=100, description="an SMS longer than this many segments fails instead of going out"
+    )
     stakeholders: list[Stakeholder] = Field(default_factory=list)
     owners: dict[str, str] = Field(
         default_factory=dict, description="DAG owner -> address that gets its failure alerts"

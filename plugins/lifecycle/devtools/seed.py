@@ -1166,7 +1166,7 @@ def seed_crm(url: str, contacts: int, as_of: datetime, seed: int = 7, chunk: int
     as_of = utc_naive(as_of).replace(microsecond=0)
     now = int((as_of - _EPOCH).total_seconds())
     ref = _reference()
-    engine = create_engine(url, poolclass=NullPool)
+    engine = create_engine(url, poolclass=NullPool, hide_parameters=True)
     rows: Counter[str] = Counter()
     planted: Counter[str] = Counter()
     loader = _Loader.open(engine)

@@ -396,6 +396,14 @@ def record_results(
     return counts
 
 
+def _too_many_segments(channel: str, out: Outbound, max_segments: Mapping[str, int]) -> str | None:
+    """Why a rendered message is too long to go out (more parts than the policy allows), or None."""
+    limit, parts = max_segments.get(channel), registry.get(channel).segments(out)
+    if limit is None or parts is None or parts <= limit:
+        return None
+    return f"{OutcomeReason.TOO_MANY_SEGMENTS}: {parts} over the policy's {channel}_max_segments of {limit}"
+
+
 def _chunks(
     engine: Engine,
     run_id: str,
@@ -420,12 +428,14 @@ def send_batch(
     claim_size: int = 100,
     service_programs: Collection[str] = (),
     consent: ConsentBasis | None = None,
+    max_segments: Mapping[str, int] | None = None,
 ) -> dict[str, int]:
     """Send one batch: settle stale claims, then claim, render, send and record chunk by chunk.
 
     ``service_programs`` names the service programs among the batch's (a marketing unsubscribe
     does not stop their messages at claim time); a program left out is treated as marketing.
-    ``consent`` is the batch's purpose and legal basis: each claim checks consent as it stands then."""
+    ``consent`` is the batch's purpose and legal basis: each claim checks consent as it stands then.
+    ``max_segments`` (channel -> limit): a message of more billable parts fails with its reason."""
 
     def build(item: Claimed) -> Outbound:
         return _outbound(item, links(item.message_id, item.contact["contact_id"], item.channel), brand)
@@ -445,6 +455,8 @@ def send_batch(
                     out = build(item)
                 except RenderError as exc:
                     problem = str(exc)
+                else:
+                    problem = _too_many_segments(item.channel, out, max_segments or {})
             if problem is not None:
                 log.error("message %s (contact %s): %s", item.message_id, item.contact["contact_id"], problem)
                 failures.append(SendResult(item.message_id, Status.FAILED, reason=problem[:200]))

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
+import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -30,15 +32,31 @@ from sqlalchemy import Connection, DateTime, Table, bindparam, case, delete, fun
 from lifecycle.channels import registry
 from lifecycle.channels.twilio import twilio_failure_reason
 from lifecycle.messages.links import MESSAGE_ID_PARAM, UnsubscribeToken
-from lifecycle.model.addresses import to_e164
+from lifecycle.model.addresses import email_address, to_e164
 from lifecycle.model.db import Record, insert_ignore, utc_naive
 from lifecycle.model.ledger import ADDRESS_LISTS, FEEDBACK_RANK, OutcomeReason, Status
 from lifecycle.model.ledger import SuppressionReason as R
 from lifecycle.model.privacy import redact
-from lifecycle.model.schema import consents, contacts, messages, provider_events, suppressions
+from lifecycle.model.schema import consents, contact_quality, contacts, messages, provider_events, suppressions
 
-STOP_KEYWORDS = frozenset({"STOP", "STOPALL", "STOP ALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "OPTOUT", "REVOKE"})
-START_KEYWORDS = frozenset({"START", "YES", "UNSTOP"})
+log = logging.getLogger(__name__)
+Q = contact_quality
+
+# Opt-out words, as a whole message once courtesy words are set aside ("stop please", "END.").
+STOP_KEYWORDS = frozenset(
+    {"stop", "stopall", "unsubscribe", "unsub", "cancel", "end", "quit", "optout", "revoke", "arret"}
+)
+# The opt-out words that say nothing else: first or last word of a longer message ("STOP!!! who is
+# this", "please stop"). "cancel", "end" and "quit" start and end ordinary sentences too.
+_STOP_WORDS_ANYWHERE_AT_EDGES = frozenset({"stop", "stopall", "unsubscribe", "unsub", "optout", "revoke", "arret"})
+_COURTESY = frozenset({"please", "pls", "plz", "now", "thanks", "thank", "you", "thx", "ty", "ok", "okay", "all"})
+_STOP_PHRASES = re.compile(
+    r"\b(?:stop|quit|cease|no more)(?: \w+)? (?:text|texts|texting|txt|txts|txting|message|messages|messaging|"
+    r"sms|sending|contacting|spamming)\b"
+    r"|\b(?:do not|dont|never) (?:\w+ )?(?:text|txt|message|sms|contact)\b"
+    r"|\bremove me\b|\btake me off\b|\bleave me alone\b|\bunsubscribe\b|\bopt ?out\b"
+)
+START_KEYWORDS = frozenset({"start", "yes", "unstop"})
 CONSENT_PURPOSE = "marketing"
 
 _SENDGRID_KEPT = (
@@ -77,6 +95,13 @@ class FeedbackEvent:
     and ``phone`` find the contact when no message does. ``status`` is the ledger status the
     event moves the message to; ``suppress`` / ``unsuppress`` name a suppression reason to add
     or lift on ``channel``; ``consent`` is the consent status to append, with ``source``.
+
+    ``restores`` names the source of the withdrawal an opt-in undoes (START undoes a STOP): the
+    opt-in changes consent only while that withdrawal is in force, and then gives back what was
+    in force before it, never more. A ``repeatable`` opt-out (a one-click unsubscribe: the same
+    link may be pressed again after a resubscribe) is applied whenever it is not already in
+    force. ``check_provider_id``: the message named must carry this provider id (or none, and
+    no other message does).
     """
 
     provider: str
@@ -95,59 +120,107 @@ class FeedbackEvent:
     unsuppress: str | None = None
     consent: str | None = None
     source: str | None = None
+    restores: str | None = None
+    repeatable: bool = False
+    check_provider_id: bool = False
     payload: dict[str, Any] = field(default_factory=dict)
 
 
-def _int_or_none(value: Any) -> int | None:
+class InvalidEvent(ValueError):
+    """A provider event that cannot be read; its message says why, and names no address."""
+
+
+_DIGITS = re.compile(r"[0-9]{1,12}")
+
+
+def _sendgrid_time(value: Any) -> datetime:
+    """An event's ``timestamp``: whole seconds since the epoch, as a number or digits."""
+    if isinstance(value, bool) or not isinstance(value, int | str) or not _DIGITS.fullmatch(str(value)):
+        raise InvalidEvent(f"timestamp is not whole seconds since the epoch ({type(value).__name__})")
     try:
-        return int(value)
-    except (TypeError, ValueError):
+        return datetime.fromtimestamp(int(value), UTC).replace(tzinfo=None)
+    except (OverflowError, OSError, ValueError):
+        raise InvalidEvent("timestamp is out of range") from None
+
+
+def _sendgrid_text(event: Mapping[str, Any], key: str, *, required: bool = False) -> str | None:
+    value = event.get(key)
+    if value is None and not required:
         return None
+    if not isinstance(value, str) or not value:
+        raise InvalidEvent(f"{key} is not text ({type(value).__name__})")
+    return value
 
 
-def sendgrid_events(batch: Iterable[Mapping[str, Any]]) -> list[FeedbackEvent]:
-    """Parse a SendGrid Event Webhook batch (custom args sit at the top level of each event)."""
-    parsed = []
-    for event in batch:
-        kind = str(event.get("event", ""))
-        event_id = (
-            event.get("sg_event_id")
-            or hashlib.sha256(json.dumps(event, sort_keys=True, default=str).encode()).hexdigest()
-        )
-        effects: dict[str, Any] = {"status": _SENDGRID_STATUS.get(kind)}
-        if kind == "bounce":
-            hard = event.get("type") != "blocked"
-            effects = {
-                "status": Status.BOUNCED,
-                "reason": OutcomeReason.HARD_BOUNCE if hard else OutcomeReason.BLOCKED,
-                "suppress": R.HARD_BOUNCE if hard else None,
-            }
-        elif kind == "dropped":
-            effects = {"status": Status.FAILED, "reason": redact(f"{OutcomeReason.DROPPED}: {event.get('reason', '')}")}
-        elif kind == "spamreport":
-            effects = {"suppress": R.SPAM_REPORT, "consent": "withdrawn", "source": "sendgrid_spamreport"}
-        elif kind in {"unsubscribe", "group_unsubscribe"}:
-            effects = {"suppress": R.UNSUBSCRIBED, "consent": "withdrawn", "source": "sendgrid_unsubscribe"}
-        elif kind == "group_resubscribe":
-            effects = {"unsuppress": R.UNSUBSCRIBED, "consent": "granted", "source": "sendgrid_resubscribe"}
-        payload = {key: event[key] for key in _SENDGRID_KEPT if key in event}
-        if "reason" in payload:
-            payload["reason"] = redact(str(payload["reason"]))
-        parsed.append(
-            FeedbackEvent(
-                provider="sendgrid",
-                event_id=str(event_id),
-                event_type=kind,
-                occurred_at=datetime.fromtimestamp(int(event.get("timestamp", 0)), UTC).replace(tzinfo=None),
-                channel="email",
-                message_id=_int_or_none(event.get(MESSAGE_ID_PARAM)),
-                provider_message_id=str(event.get("sg_message_id") or "").split(".")[0] or None,
-                email=event.get("email"),
-                payload=payload,
-                **effects,
-            )
-        )
-    return parsed
+def _sendgrid_id(event: Mapping[str, Any], key: str) -> int | None:
+    value = event.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | str) or not _DIGITS.fullmatch(str(value)):
+        raise InvalidEvent(f"{key} is not a number ({type(value).__name__})")
+    return int(value)
+
+
+def sendgrid_event(event: Any, our_group: int | None = None) -> FeedbackEvent:
+    """Parse one SendGrid Event Webhook event (custom args sit at its top level); raises
+    :class:`InvalidEvent` for one that cannot be read. ``our_group`` is our unsubscribe group
+    (``sendgrid_default`` extra ``asm_group_id``): only a resubscribe to it lifts an unsubscribe."""
+    if not isinstance(event, Mapping):
+        raise InvalidEvent(f"an event is not an object ({type(event).__name__})")
+    kind = _sendgrid_text(event, "event", required=True) or ""
+    email = _sendgrid_text(event, "email", required=True)
+    occurred_at = _sendgrid_time(event.get("timestamp"))
+    message_id = _sendgrid_id(event, MESSAGE_ID_PARAM)
+    group = _sendgrid_id(event, "asm_group_id")
+    event_id = (
+        _sendgrid_text(event, "sg_event_id")
+        or hashlib.sha256(json.dumps(event, sort_keys=True, default=str).encode()).hexdigest()
+    )
+    sg_message_id = _sendgrid_text(event, "sg_message_id")
+    effects: dict[str, Any] = {"status": _SENDGRID_STATUS.get(kind)}
+    if kind == "bounce":
+        hard = event.get("type") != "blocked"
+        effects = {
+            "status": Status.BOUNCED,
+            "reason": OutcomeReason.HARD_BOUNCE if hard else OutcomeReason.BLOCKED,
+            "suppress": R.HARD_BOUNCE if hard else None,
+        }
+    elif kind == "dropped":
+        effects = {"status": Status.FAILED, "reason": redact(f"{OutcomeReason.DROPPED}: {event.get('reason', '')}")}
+    elif kind == "spamreport":
+        effects = {"suppress": R.SPAM_REPORT, "consent": "withdrawn", "source": "sendgrid_spamreport"}
+    elif kind in {"unsubscribe", "group_unsubscribe"}:
+        effects = {"suppress": R.UNSUBSCRIBED, "consent": "withdrawn", "source": "sendgrid_unsubscribe"}
+    elif kind == "group_resubscribe":
+        ours = our_group is not None and group == our_group
+        effects = {"unsuppress": R.UNSUBSCRIBED, "consent": "granted", "source": "sendgrid_resubscribe"} if ours else {}
+    payload = {key: event[key] for key in _SENDGRID_KEPT if key in event}
+    if "reason" in payload:
+        payload["reason"] = redact(str(payload["reason"]))
+    return FeedbackEvent(
+        provider="sendgrid",
+        event_id=event_id[:200],
+        event_type=kind[:40],
+        occurred_at=occurred_at,
+        channel="email",
+        message_id=message_id,
+        provider_message_id=(sg_message_id or "").split(".")[0] or None,
+        email=email,
+        payload=payload,
+        **effects,
+    )
+
+
+def sendgrid_events(batch: Iterable[Any], our_group: int | None = None) -> tuple[list[FeedbackEvent], list[str]]:
+    """Parse a SendGrid Event Webhook batch: the events that can be read, and why each other one
+    cannot (``event <n>: <why>``, no address), so one bad event never costs the batch its others."""
+    parsed, problems = [], []
+    for n, event in enumerate(batch):
+        try:
+            parsed.append(sendgrid_event(event, our_group))
+        except InvalidEvent as exc:
+            problems.append(f"event {n}: {exc}")
+    return parsed, problems
 
 
 def twilio_status_event(
@@ -167,18 +240,44 @@ def twilio_status_event(
         provider_message_id=sid or None,
         status=ledger_status,
         reason=twilio_failure_reason(error, status) if ledger_status == Status.FAILED else None,
+        check_provider_id=True,
         payload={key: params[key] for key in ("MessageSid", "MessageStatus", "ErrorCode") if params.get(key)},
     )
 
 
+def sms_words(body: str) -> list[str]:
+    """An SMS as the words a person wrote: compatibility forms folded (full-width ``ＳＴＯＰ``), accents,
+    zero-width and other format characters dropped, case-folded, split on punctuation."""
+    folded = unicodedata.normalize("NFKD", body)
+    kept = "".join(c for c in folded if not unicodedata.combining(c) and unicodedata.category(c) != "Cf")
+    return re.findall(r"[^\W_]+", kept.replace("'", "").replace("\u2019", "").casefold())
+
+
 def sms_keyword(body: str | None, opt_out_type: str | None = None) -> str | None:
-    """``STOP`` or ``START`` when an inbound SMS is an opt-out or opt-in keyword, else None."""
+    """``STOP`` when an inbound SMS revokes consent, ``START`` when it is an opt-in keyword, else None.
+
+    Revocation by any reasonable means (the FCC's 2024 rule) leans toward honouring: a message is
+    an opt-out when, once normalised (:func:`sms_words`) and without courtesy words, it is an
+    opt-out keyword (``STOP``, ``Stop.``, ``opt-out``, ``stop please``, ``ARRÊT``...); when it
+    starts or ends with an unambiguous one (``stop texting me``, ``please stop``); or when it holds
+    an opt-out phrase anywhere (``remove me``, ``don't text me``, ``no more messages``,
+    ``unsubscribe``). A sentence that only uses "stop", "end" or "cancel" for something else ("I
+    can't stop smiling", "when does the sale end?") is not one. Opt-ins stay exact keywords:
+    ``START``, ``YES``, ``UNSTOP``, whole message."""
     if opt_out_type and opt_out_type.upper() in {"STOP", "START"}:
         return opt_out_type.upper()
-    word = re.sub(r"\s+", " ", (body or "").strip().upper())
-    if word in STOP_KEYWORDS:
+    words = sms_words(body or "")
+    if not words:
+        return None
+    core = "".join(word for word in words if word not in _COURTESY) or "".join(words)
+    if (
+        core in STOP_KEYWORDS
+        or "".join(words) in STOP_KEYWORDS
+        or {words[0], words[-1]} & _STOP_WORDS_ANYWHERE_AT_EDGES
+        or _STOP_PHRASES.search(" ".join(words))
+    ):
         return "STOP"
-    if word in START_KEYWORDS:
+    if "".join(words) in START_KEYWORDS:
         return "START"
     return None
 
@@ -190,7 +289,7 @@ def twilio_inbound_event(params: Mapping[str, str], received_at: datetime) -> Fe
     if keyword == "STOP":
         effects = {"suppress": R.SMS_STOP, "consent": "withdrawn", "source": "twilio_stop"}
     elif keyword == "START":
-        effects = {"unsuppress": R.SMS_STOP, "consent": "granted", "source": "twilio_start"}
+        effects = {"unsuppress": R.SMS_STOP, "consent": "granted", "source": "twilio_start", "restores": "twilio_stop"}
     return FeedbackEvent(
         provider="twilio",
         event_id=params.get("MessageSid", ""),
@@ -204,10 +303,12 @@ def twilio_inbound_event(params: Mapping[str, str], received_at: datetime) -> Fe
 
 
 def unsubscribe_event(token: UnsubscribeToken, received_at: datetime) -> FeedbackEvent:
-    """A one-click unsubscribe from a signed link (the unsubscribe page or a List-Unsubscribe POST)."""
+    """A one-click unsubscribe from a signed link (the unsubscribe page or a List-Unsubscribe POST).
+    Every press counts: one pressed while the unsubscribe is in force changes nothing, one pressed
+    after a resubscribe unsubscribes again."""
     return FeedbackEvent(
         provider="lifecycle",
-        event_id=f"unsubscribe:{token.message_id}:{token.contact_id}:{token.channel}",
+        event_id=f"unsubscribe:{token.message_id}:{token.contact_id}:{token.channel}:{utc_naive(received_at).isoformat()}",
         event_type="unsubscribe",
         occurred_at=utc_naive(received_at),
         channel=token.channel,
@@ -216,13 +317,24 @@ def unsubscribe_event(token: UnsubscribeToken, received_at: datetime) -> Feedbac
         suppress=R.UNSUBSCRIBED,
         consent="withdrawn",
         source="one_click_unsubscribe",
+        repeatable=True,
         payload={"message_id": token.message_id},
     )
 
 
 # The statements every event runs are built once, with bound parameters: building and hashing a
 # statement per event cost more than running it, and kept a busy webhook below 500 events a second.
-_MESSAGE = (messages.c.message_id, messages.c.contact_id)
+_CONTACT = contacts.alias("contact")
+_MESSAGE = (
+    messages.c.message_id,
+    messages.c.contact_id,
+    messages.c.provider_message_id,
+    select(email_address(_CONTACT))
+    .where(_CONTACT.c.contact_id == messages.c.contact_id)
+    .limit(1)
+    .scalar_subquery()
+    .label("email"),
+)
 _MESSAGE_BY_ID = select(*_MESSAGE).where(messages.c.message_id == bindparam("b_message_id"))
 _MESSAGE_BY_PROVIDER_ID = (
     select(*_MESSAGE).where(messages.c.provider_message_id == bindparam("b_provider_message_id")).limit(2)
@@ -251,6 +363,21 @@ _UNSUPPRESS = delete(suppressions).where(
     suppressions.c.reason == bindparam("b_reason"),
 )
 _INSERT_CONSENT = consents.insert()
+_CONSENTS_IN_ORDER = (
+    select(consents.c.status, consents.c.source)
+    .where(
+        consents.c.contact_id == bindparam("b_contact_id"),
+        consents.c.channel == bindparam("b_channel"),
+        consents.c.purpose == CONSENT_PURPOSE,
+    )
+    .order_by(consents.c.captured_at.desc())
+    .limit(2)
+)
+_SUPPRESSED = select(suppressions.c.contact_id).where(
+    suppressions.c.contact_id == bindparam("b_contact_id"),
+    suppressions.c.channel == bindparam("b_channel"),
+    suppressions.c.reason == bindparam("b_reason"),
+)
 _INSERT_IGNORING: dict[tuple[str, str], Any] = {}
 
 
@@ -273,14 +400,28 @@ def _find_message(conn: Connection, event: FeedbackEvent) -> Record | None:
     return None
 
 
-def contacts_for_phone(conn: Connection, phone: str) -> list[str]:
-    """Contacts whose phone, read in their own country, is this E.164 number."""
+def _digit_pattern(phone: str, zero: str) -> str:
+    """A LIKE pattern for a number's last four digits in order, written from ``zero`` on
+    (``"0"``, or ``"０"`` for full-width digits), whatever lies between them."""
     digits = re.sub(r"\D", "", phone)[-4:]
-    pattern = "%" + "%".join(digits) + "%"
+    return "%" + "%".join(chr(ord(zero) + int(d)) for d in digits) + "%"
+
+
+def contacts_for_phone(conn: Connection, phone: str) -> list[str]:
+    """Every contact texted at this E.164 number, or whose phone reads as it (:func:`to_e164`, the
+    reading data hygiene and sending share): data hygiene's normalised number, else the CRM
+    phone read in the contact's own country."""
+    checked = select(Q.c.contact_id).where(Q.c.phone_e164 == phone, Q.c.phone_valid.is_(True))
     rows = conn.execute(
-        select(contacts.c.contact_id, contacts.c.phone, contacts.c.country).where(contacts.c.phone.like(pattern))
+        select(contacts.c.contact_id, contacts.c.phone, contacts.c.country).where(
+            contacts.c.contact_id.in_(checked)
+            | contacts.c.phone.like(_digit_pattern(phone, "0"))
+            | contacts.c.phone.like(_digit_pattern(phone, "\uff10"))
+        )
     )
-    return [contact_id for contact_id, raw, country in rows if to_e164(raw, country) == phone]
+    known = set(conn.execute(checked).scalars())
+    found = [contact_id for contact_id, raw, country in rows if contact_id in known or to_e164(raw, country) == phone]
+    return list(dict.fromkeys(found))
 
 
 def _contacts_for(conn: Connection, event: FeedbackEvent, message: Record | None) -> list[str]:
@@ -326,11 +467,31 @@ def _listed_address(conn: Connection, event: FeedbackEvent, contact_id: str) -> 
     return found
 
 
+def _consent_to_restore(conn: Connection, event: FeedbackEvent, contact_id: str) -> str | None:
+    """What an opt-in gives back: the consent in force before the withdrawal it undoes, when that
+    withdrawal (from ``event.restores``) is still the consent in force; else nothing."""
+    newest = conn.execute(_CONSENTS_IN_ORDER, {"b_contact_id": contact_id, "b_channel": event.channel}).all()
+    if not newest or (newest[0].status, newest[0].source) != ("withdrawn", event.restores):
+        return None
+    before = newest[1].status if len(newest) > 1 else None
+    return event.consent if before == event.consent else None
+
+
+def _in_force(conn: Connection, event: FeedbackEvent, contact_id: str) -> bool:
+    """Whether an opt-out already holds for the contact: listed, and its consent withdrawn."""
+    listed = conn.execute(
+        _SUPPRESSED, {"b_contact_id": contact_id, "b_channel": event.channel, "b_reason": event.suppress}
+    ).first()
+    newest = conn.execute(_CONSENTS_IN_ORDER, {"b_contact_id": contact_id, "b_channel": event.channel}).first()
+    return listed is not None and newest is not None and newest.status == event.consent
+
+
 def _apply_opt_out(conn: Connection, event: FeedbackEvent, contact_ids: list[str]) -> None:
     """Suppression and consent rows for an opt-out, opt-in or bounce."""
     proof = f"{event.provider}:{event.event_id}"
     source = event.source or event.provider
     for contact_id in contact_ids:
+        consent = event.consent if event.restores is None else _consent_to_restore(conn, event, contact_id)
         if event.suppress:
             conn.execute(
                 _insert_ignoring(conn, suppressions),
@@ -348,14 +509,14 @@ def _apply_opt_out(conn: Connection, event: FeedbackEvent, contact_ids: list[str
             conn.execute(
                 _UNSUPPRESS, {"b_contact_id": contact_id, "b_channel": event.channel, "b_reason": event.unsuppress}
             )
-        if event.consent:
+        if consent:
             conn.execute(
                 _INSERT_CONSENT,
                 {
                     "contact_id": contact_id,
                     "channel": event.channel,
                     "purpose": CONSENT_PURPOSE,
-                    "status": event.consent,
+                    "status": consent,
                     "source": source,
                     "captured_at": event.occurred_at,
                     "proof": proof,
@@ -363,11 +524,35 @@ def _apply_opt_out(conn: Connection, event: FeedbackEvent, contact_ids: list[str
             )
 
 
+def _mismatch(conn: Connection, event: FeedbackEvent, message: Record) -> str | None:
+    """Why an event cannot be about the message it names, or None when it can."""
+    if event.email is not None and event.email.strip().lower() != (message["email"] or ""):
+        return "its address is not the address of the message's contact"
+    if event.check_provider_id:
+        held = message["provider_message_id"]
+        if held is not None and held != event.provider_message_id:
+            return "its provider id is not the message's"
+        if held is None and event.provider_message_id:
+            others = conn.execute(_MESSAGE_BY_PROVIDER_ID, {"b_provider_message_id": event.provider_message_id})
+            if any(row.message_id != message["message_id"] for row in others):
+                return "its provider id is another message's"
+    return None
+
+
 def apply_event(conn: Connection, event: FeedbackEvent, received_at: datetime) -> bool:
-    """Record one event and apply its effects; False (and nothing changed) for a duplicate."""
+    """Record one event and apply its effects; False (and nothing changed) for a duplicate, for a
+    repeatable opt-out already in force, and for an event that cannot be about the message it
+    names (logged with both ids)."""
     received_at = utc_naive(received_at)
     message = _find_message(conn, event)
+    if message is not None and (why := _mismatch(conn, event, message)):
+        log.warning(
+            "Ignored %s event %s about message %s: %s", event.provider, event.event_id, message["message_id"], why
+        )
+        return False
     contact_ids = _contacts_for(conn, event, message)
+    if event.repeatable and contact_ids and all(_in_force(conn, event, c) for c in contact_ids):
+        return False
     recorded = conn.execute(
         _insert_ignoring(conn, provider_events),
         {

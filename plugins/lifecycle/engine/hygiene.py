@@ -65,6 +65,7 @@ from sqlalchemy.sql.expression import ColumnElement, Subquery
 
 from lifecycle.channels import registry
 from lifecycle.model import schema
+from lifecycle.model.addresses import parse_phone
 from lifecycle.model.db import Record, concat, insert_ignore
 from lifecycle.model.ledger import WENT_OUT, Status
 from lifecycle.model.ledger import SuppressionReason as R
@@ -144,15 +145,15 @@ def _invalid_number_problem(number: PhoneNumber) -> str:
 
 
 def check_phone(raw: str | None, country: str | None) -> AddressCheck:
-    """Parse with the contact's country (ISO alpha-2) as the default region; valid when
+    """Read as :func:`~lifecycle.model.addresses.parse_phone` reads it (the contact's country as
+    the default region, as sending and the STOP lookup do); valid when
     ``phonenumbers`` says it is a valid number, and then written in E.164."""
     if raw is None or _blank(raw):
         return NO_ADDRESS
     import phonenumbers
 
-    region = None if country is None or _blank(country) else country.strip().upper()
     try:
-        number = phonenumbers.parse(raw, region)
+        number = parse_phone(raw, country)
     except phonenumbers.NumberParseException as exc:
         return AddressCheck(None, False, _parse_problem(exc.error_type))
     if not phonenumbers.is_valid_number(number):

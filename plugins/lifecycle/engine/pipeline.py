@@ -14,6 +14,7 @@ from sqlalchemy import Engine
 
 from lifecycle import config, paths
 from lifecycle.channels.base import Transport
+from lifecycle.channels.sms import SMS_CHANNEL
 from lifecycle.engine import capping, dispatch, funnel, journeys, suppression
 from lifecycle.engine.scope import RunScope
 from lifecycle.messages.links import LinkBuilder
@@ -85,6 +86,7 @@ def send(
         dry_run=dry_run,
         service_programs=service,
         consent=dispatch.ConsentBasis(purpose, run.policy.basis_for(purpose), at=run.as_of if dry_run else None),
+        max_segments={SMS_CHANNEL.name: run.policy.sms_max_segments},
     )
 
 

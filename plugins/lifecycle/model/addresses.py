@@ -10,13 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select
 from sqlalchemy.sql.expression import ColumnElement, FromClause
 
 from lifecycle.model import schema
 from lifecycle.model.db import valid_e164, valid_email
+
+if TYPE_CHECKING:
+    from phonenumbers import PhoneNumber
 
 Q = schema.contact_quality
 
@@ -64,15 +67,32 @@ EMAIL = Address("email", email_address, valid_email, Q.c.email_valid, Q.c.email_
 PHONE = Address("phone", phone_number, valid_e164, Q.c.phone_valid, Q.c.phone_problem)
 
 
-def to_e164(raw: str | None, region: str | None = None) -> str | None:
-    """A phone number in E.164 form (``+14155550100``), read with the contact's country as the
-    default region; None when it cannot be a phone number."""
+def phone_region(country: str | None) -> str | None:
+    """A contact's country as the default region to read its phone in: ISO alpha-2, whatever the
+    CRM wrapped it in (spaces, lower case, full-width letters); None when there is none."""
+    import unicodedata
+
+    region = unicodedata.normalize("NFKC", country or "").strip().upper()
+    return region or None
+
+
+def parse_phone(raw: str, country: str | None) -> PhoneNumber:
+    """Read a CRM phone number with the contact's country as the default region: the one reading
+    data hygiene, sending and the STOP lookup share. Raises ``phonenumbers.NumberParseException``."""
     import phonenumbers  # only where numbers are read: the program schema imports this module too
+
+    return phonenumbers.parse(raw, phone_region(country))
+
+
+def to_e164(raw: str | None, region: str | None = None) -> str | None:
+    """A phone number in E.164 form (``+14155550100``), read as :func:`parse_phone` reads it; None
+    when it cannot be a phone number."""
+    import phonenumbers
 
     if not raw:
         return None
     try:
-        number = phonenumbers.parse(raw, (region or "").upper() or None)
+        number = parse_phone(raw, region)
     except phonenumbers.NumberParseException:
         return None
     if not phonenumbers.is_possible_number(number):

@@ -84,9 +84,12 @@ def bucket_of(key: str) -> int:
 @cache
 def get_engine(url: str) -> Engine:
     """One engine per URL per process: SQLite tuned for a concurrent local setup, PostgreSQL (psycopg2)
-    without JIT and with batched executemany."""
+    without JIT and with batched executemany.
+
+    Every engine hides statement parameters in its errors (``hide_parameters``): a failed INSERT or
+    UPDATE would otherwise print the emails and phone numbers it carried into a task log."""
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 60})
+        engine = create_engine(url, connect_args={"timeout": 60}, hide_parameters=True)
 
         @event.listens_for(engine, "connect")
         def _on_connect(  # pragma: no cover - driver callback
@@ -105,9 +108,13 @@ def get_engine(url: str) -> Engine:
         # (thousands of expression functions) and saves nothing on their indexed lookups; batched
         # executemany sends a hundred per-message UPDATEs per round trip instead of one.
         return create_engine(
-            url, pool_pre_ping=True, executemany_mode="values_plus_batch", connect_args={"options": "-c jit=off"}
+            url,
+            pool_pre_ping=True,
+            hide_parameters=True,
+            executemany_mode="values_plus_batch",
+            connect_args={"options": "-c jit=off"},
         )
-    return create_engine(url, pool_pre_ping=True)
+    return create_engine(url, pool_pre_ping=True, hide_parameters=True)
 
 
 class bucket(FunctionElement):

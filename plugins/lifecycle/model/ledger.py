@@ -143,6 +143,8 @@ class OutcomeReason(_Vocabulary):
     HARD_BOUNCE = "hard bounce"  # ``bounced``: the address does not exist (it also gets a hard_bounce suppression)
     BLOCKED = "blocked"  # ``bounced``: the receiving server refused it this time
     DROPPED = "dropped"  # a prefix: ``dropped: <SendGrid's reason>``
+    # a prefix: ``too many segments: <n> over the policy's <channel>_max_segments of <limit>``
+    TOO_MANY_SEGMENTS = "too many segments"
     # ``unknown``: found ``sending`` after the attempt that claimed it stopped
     STALE_CLAIM = "outcome unknown: a previous attempt stopped while sending; not resent"
     # Never stored: they travel from a transport to dispatch.

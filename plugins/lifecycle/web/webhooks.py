@@ -11,6 +11,13 @@ A request that fails verification gets 403 and changes nothing; a route whose pr
 connection is not configured answers 503 (the provider retries later) and logs the connection's
 name. Every accepted event goes through :mod:`lifecycle.engine.feedback` in one transaction per
 request.
+
+This app runs inside Airflow's api-server, beside its UI and APIs, so a body is bounded before it
+is read: a request without its signature header is refused (403) unread, and a body over its
+route's limit (:data:`TWILIO_MAX_BODY`, :data:`SENDGRID_MAX_BODY`) gets 413, whether its
+Content-Length says so or it streams past the limit. A Twilio form must be one Twilio could have
+sent (:mod:`lifecycle.web.twilio_forms`); a SendGrid event that cannot be read is logged and
+skipped, and the rest of its batch recorded.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import binascii
 import html
 import json
 import logging
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qsl, urlencode
 
@@ -55,11 +63,38 @@ from lifecycle.messages.links import (
     verify_unsubscribe_token,
 )
 from lifecycle.model.db import crm_url, get_engine
+from lifecycle.web.twilio_forms import MAX_FIELDS, FormKind, form_problem
 
 log = logging.getLogger(__name__)
 router = APIRouter()
 
 SIGNATURE_MAX_AGE = timedelta(minutes=10)
+TWILIO_MAX_BODY = 1024 * 1024  # a form of at most 1,600 characters of text, media URLs and metadata
+SENDGRID_MAX_BODY = 5 * 1024 * 1024  # SendGrid posts batches of up to a few MiB
+TWILIO_SIGNATURE_HEADER = "X-Twilio-Signature"
+
+
+class BodyTooLarge(Exception):
+    """A request body over its route's limit."""
+
+
+async def read_bounded(request: Request, limit: int) -> bytes:
+    """The request body, read only while it stays within ``limit`` bytes (declared or streamed)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(limit: int) -> JSONResponse:
+    log.warning("Rejected webhook: body over %d bytes", limit)
+    return JSONResponse({"detail": f"body over {limit} bytes"}, status_code=413)
 
 
 def _forbidden(why: str) -> JSONResponse:
@@ -85,10 +120,8 @@ def _record(events: list[FeedbackEvent], received_at: datetime) -> int:
         return apply_events(conn, events, received_at)
 
 
-def _receive_sendgrid(body: str, signature: str | None, timestamp: str | None) -> Response:
+def _receive_sendgrid(body: str, signature: str, timestamp: str) -> Response:
     now = datetime.now(UTC)
-    if not signature or not timestamp:
-        return _forbidden("sendgrid signature headers missing")
     try:
         signed_at = datetime.fromtimestamp(int(timestamp), UTC)
     except (ValueError, OverflowError):
@@ -111,23 +144,34 @@ def _receive_sendgrid(body: str, signature: str | None, timestamp: str | None) -
         batch = json.loads(body)
     except ValueError:
         return JSONResponse({"detail": "body is not JSON"}, status_code=400)
-    if not isinstance(batch, list) or not all(isinstance(event, dict) for event in batch):
+    if not isinstance(batch, list):
         return JSONResponse({"detail": "body is not a list of events"}, status_code=400)
-    new = _record(sendgrid_events(batch), now)
-    log.info("SendGrid webhook: %d events, %d new", len(batch), new)
-    return JSONResponse({"received": len(batch), "new": new})
+    events, problems = sendgrid_events(batch, _our_group(connection))
+    for problem in problems:
+        log.warning("SendGrid webhook: skipped %s", problem)
+    new = _record(events, now)
+    log.info("SendGrid webhook: %d events, %d new, %d unreadable", len(batch), new, len(problems))
+    return JSONResponse({"received": len(batch), "new": new, "unreadable": len(problems)})
+
+
+def _our_group(connection: Connection) -> int | None:
+    """Our unsubscribe group (``asm_group_id`` in the connection's extra), if it names one."""
+    group = str(connection.extra_dejson.get("asm_group_id") or "")
+    return int(group) if group.isdigit() else None
 
 
 @router.post(SENDGRID_EVENTS_PATH)
 async def sendgrid_webhook(request: Request) -> Response:
     """SendGrid Event Webhook: verify the signature, then record the batch."""
-    body = (await request.body()).decode("utf-8", errors="replace")
-    return await run_in_threadpool(
-        _receive_sendgrid,
-        body,
-        request.headers.get(EventWebhookHeader.SIGNATURE),
-        request.headers.get(EventWebhookHeader.TIMESTAMP),
-    )
+    signature = request.headers.get(EventWebhookHeader.SIGNATURE)
+    timestamp = request.headers.get(EventWebhookHeader.TIMESTAMP)
+    if not signature or not timestamp:
+        return _forbidden("sendgrid signature headers missing")
+    try:
+        body = (await read_bounded(request, SENDGRID_MAX_BODY)).decode("utf-8", errors="replace")
+    except BodyTooLarge:
+        return _too_large(SENDGRID_MAX_BODY)
+    return await run_in_threadpool(_receive_sendgrid, body, signature, timestamp)
 
 
 def _public_url(path: str, query: str, request_url: str) -> str:
@@ -146,21 +190,56 @@ def _twilio_verified(
     return bool(signature and token) and RequestValidator(token).validate(url, params, signature)
 
 
-async def _twilio_request(request: Request) -> tuple[str, str, dict[str, str], str]:
-    body = (await request.body()).decode("utf-8", errors="replace")
-    params = dict(parse_qsl(body, keep_blank_values=True))
-    return str(request.url), request.url.query, params, request.headers.get("X-Twilio-Signature", "")
+@dataclass(frozen=True)
+class _TwilioRequest:
+    """A Twilio webhook as received: its URL, query, form parameters and signature."""
+
+    url: str
+    query: str
+    params: dict[str, str]
+    signature: str
 
 
-def _receive_twilio_status(request_url: str, query: str, params: dict[str, str], signature: str) -> Response:
-    now = datetime.now(UTC)
+async def _twilio_request(request: Request) -> _TwilioRequest | Response:
+    """The signed form, or the answer for a request refused before it is read or parsed."""
+    signature = request.headers.get(TWILIO_SIGNATURE_HEADER, "")
+    if not signature:
+        return _forbidden("twilio signature header missing")
+    try:
+        body = (await read_bounded(request, TWILIO_MAX_BODY)).decode("utf-8", errors="replace")
+    except BodyTooLarge:
+        return _too_large(TWILIO_MAX_BODY)
+    try:
+        pairs = parse_qsl(body, keep_blank_values=True, max_num_fields=MAX_FIELDS)
+    except ValueError:
+        return _forbidden(f"twilio form has more than {MAX_FIELDS} fields")
+    params = dict(pairs)
+    if len(params) != len(pairs):
+        return _forbidden("twilio form repeats a parameter")
+    return _TwilioRequest(str(request.url), request.url.query, params, signature)
+
+
+def _verified_form(kind: FormKind, path: str, twilio: _TwilioRequest) -> Response | None:
+    """None when the request is Twilio's own, else the answer that refuses it."""
     connection = _connection(TwilioHook.default_conn_name)
     if connection is None:
         return _not_configured(TwilioHook.default_conn_name)
-    if not _twilio_verified(connection.password or "", TWILIO_STATUS_PATH, request_url, query, params, signature):
+    token = connection.password or ""
+    if not _twilio_verified(token, path, twilio.url, twilio.query, twilio.params, twilio.signature):
         return _forbidden("twilio signature does not match")
-    message_id = dict(parse_qsl(query)).get(MESSAGE_ID_PARAM)
-    event = twilio_status_event(params, now, int(message_id) if message_id and message_id.isdigit() else None)
+    problem = form_problem(kind, twilio.params)
+    if problem:
+        return _forbidden(f"twilio form is not one twilio sends: {problem}")
+    return None
+
+
+def _receive_twilio_status(twilio: _TwilioRequest) -> Response:
+    now = datetime.now(UTC)
+    refused = _verified_form("status", TWILIO_STATUS_PATH, twilio)
+    if refused is not None:
+        return refused
+    message_id = dict(parse_qsl(twilio.query)).get(MESSAGE_ID_PARAM)
+    event = twilio_status_event(twilio.params, now, int(message_id) if message_id and message_id.isdigit() else None)
     _record([event], now)
     return Response(status_code=204)
 
@@ -168,17 +247,18 @@ def _receive_twilio_status(request_url: str, query: str, params: dict[str, str],
 @router.post(TWILIO_STATUS_PATH)
 async def twilio_status(request: Request) -> Response:
     """Twilio status callback: verify the signature, then move the message's status forward."""
-    return await run_in_threadpool(_receive_twilio_status, *await _twilio_request(request))
+    twilio = await _twilio_request(request)
+    if isinstance(twilio, Response):
+        return twilio
+    return await run_in_threadpool(_receive_twilio_status, twilio)
 
 
-def _receive_twilio_inbound(request_url: str, query: str, params: dict[str, str], signature: str) -> Response:
+def _receive_twilio_inbound(twilio: _TwilioRequest) -> Response:
     now = datetime.now(UTC)
-    connection = _connection(TwilioHook.default_conn_name)
-    if connection is None:
-        return _not_configured(TwilioHook.default_conn_name)
-    if not _twilio_verified(connection.password or "", TWILIO_INBOUND_PATH, request_url, query, params, signature):
-        return _forbidden("twilio signature does not match")
-    event = twilio_inbound_event(params, now)
+    refused = _verified_form("inbound", TWILIO_INBOUND_PATH, twilio)
+    if refused is not None:
+        return refused
+    event = twilio_inbound_event(twilio.params, now)
     _record([event], now)
     log.info("Twilio inbound message %s: %s", event.event_id, event.event_type)
     return Response(str(MessagingResponse()), media_type="application/xml")
@@ -186,8 +266,11 @@ def _receive_twilio_inbound(request_url: str, query: str, params: dict[str, str]
 
 @router.post(TWILIO_INBOUND_PATH)
 async def twilio_inbound(request: Request) -> Response:
-    """Twilio inbound message: STOP opts the sender out of SMS, START back in."""
-    return await run_in_threadpool(_receive_twilio_inbound, *await _twilio_request(request))
+    """Twilio inbound message: an opt-out opts the sender out of SMS, START back in."""
+    twilio = await _twilio_request(request)
+    if isinstance(twilio, Response):
+        return twilio
+    return await run_in_threadpool(_receive_twilio_inbound, twilio)
 
 
 _PAGE = """<!doctype html>

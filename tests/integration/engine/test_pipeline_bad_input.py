@@ -20,7 +20,9 @@ import pytest
 import yaml
 from sqlalchemy import text
 
+from lifecycle.channels.email import MAX_SUBJECT
 from lifecycle.channels.providers import ProviderTransport, links_from_connection
+from lifecycle.channels.sms import sms_segments
 from lifecycle.devtools.local import WebApp, provider_connections
 from lifecycle.engine import pipeline
 from lifecycle.model import schema
@@ -401,18 +403,57 @@ def test_long_emoji_and_right_to_left_names_are_sent_intact(sandbox):
     assert all(status in WENT_OUT for status, _reason in emails.values())
     subjects = {m["to"]: m["subject"] for m in server.sendgrid_messages()}
     for kind, (lead, _trial) in ids.items():
-        assert subjects[f"{lead}@example.com"] == f"Hello {names[kind]} from alpha"
+        subject = f"Hello {names[kind]} from alpha"
+        if len(subject) > MAX_SUBJECT:
+            subject = subject[: MAX_SUBJECT - 1] + "…"
+        assert subjects[f"{lead}@example.com"] == subject
     bodies = [m["body"] for m in server.twilio_messages()]
     for kind, (_lead, trial) in ids.items():
         body = f"Lifecycle: hi {names[kind]}. Reply STOP to opt out."
-        if len(body) > 1600:
+        if sms_segments(body) > 10:
             assert sms[trial] == (
                 "failed",
-                "twilio 21617 The concatenated message body exceeds the 1600 character limit.",
+                f"too many segments: {sms_segments(body)} over the policy's sms_max_segments of 10",
             )
             assert body not in bodies
         else:
             assert sms[trial][0] in WENT_OUT and body in bodies
+
+
+HEADER_NAMES = {
+    "crlf": ("Ada\r\nBcc: victim@example.net", "Ada Bcc: victim@example.net"),
+    "address": ("Ada <ceo@evil.example>", "Ada"),
+    "quotes": ('Ada "the boss" \\', "Ada the boss"),
+    "controls": ("Ada\x07\x1b[2J\u2028", "Ada [2J"),
+}
+
+
+def test_crm_text_bound_for_headers_and_sms_is_bounded(sandbox):
+    """Names with line breaks, addresses, quotes or control characters become a plain one-line
+    display name; a subject over the limit is cut with an ellipsis; an SMS longer than the policy's
+    segment limit (a name of 600 emoji: 19 segments) fails with the limit's name, and nothing of
+    it reaches Twilio."""
+    engine, crm_rows, server = sandbox
+    sqlite = engine.dialect.name == "sqlite"
+    ids = {kind: crm_rows.contact(first_name=name, last_name=None) for kind, (name, _shown) in HEADER_NAMES.items()}
+    long_subject = crm_rows.contact(first_name="B" * (1_200 if sqlite else 200), last_name=None)
+    emoji = "😀" * (600 if sqlite else 50)
+    texted = crm_rows.contact(first_name=emoji, lifecycle_stage="trial", timezone="UTC")
+
+    emails, sms = _send(engine, "alpha"), _send(engine, "texts")
+
+    received = {m["to"]: m for m in server.sendgrid_messages()}
+    for kind, (_name, shown) in HEADER_NAMES.items():
+        assert emails[ids[kind]][0] in WENT_OUT
+        assert received[f"{ids[kind]}@example.com"]["to_name"] == shown, kind
+    subject = received[f"{long_subject}@example.com"]["subject"]
+    assert len(subject) <= MAX_SUBJECT and "\r" not in subject and "\n" not in subject
+    if sqlite:
+        assert subject.endswith("…")
+        assert sms[texted] == ("failed", "too many segments: 19 over the policy's sms_max_segments of 10")
+        assert server.twilio_messages() == []
+    else:
+        assert sms[texted][0] in WENT_OUT
 
 
 # --- templates ------------------------------------------------------------------------------

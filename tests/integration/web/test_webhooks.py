@@ -37,10 +37,13 @@ from lifecycle.model.addresses import to_e164
 from lifecycle.sandbox import DEFAULT_TWILIO_TOKEN, SandboxServer
 from lifecycle.web import create_app
 from tests.conftest import AS_OF
+from tests.support.twilio_forms import inbound_form, message_sid, status_form
 from tests.unit.channels.test_hooks import FAST, LINK_SECRET, connect_to_sandbox
 
 PUBLIC_BASE = "http://lifecycle.test/lifecycle"
 _keys = itertools.count(1)
+OUR_GROUP = 42  # sendgrid_default's unsubscribe group
+_contact_of: dict[int, str] = {}  # message id -> its contact, for events that name the contact's address
 
 
 def add_message(engine, contact_id: str, channel: str = "email", status: str = "sent", **fields) -> int:
@@ -62,7 +65,9 @@ def add_message(engine, contact_id: str, channel: str = "email", status: str = "
         "planned_at": AS_OF,
     } | fields
     with engine.begin() as conn:
-        return conn.execute(insert(schema.messages).values(row)).inserted_primary_key[0]
+        message_id = conn.execute(insert(schema.messages).values(row)).inserted_primary_key[0]
+    _contact_of[message_id] = contact_id
+    return message_id
 
 
 def status_of(engine, message_id: int) -> tuple[str, str | None]:
@@ -129,7 +134,7 @@ def signer(monkeypatch) -> EventSigner:
     signer = EventSigner()
     connections = {
         "SENDGRID_DEFAULT": connection_json(
-            "generic", password="SG.unused", extra={"webhook_public_key": signer.public_key}
+            "generic", password="SG.unused", extra={"webhook_public_key": signer.public_key, "asm_group_id": OUR_GROUP}
         ),
         "TWILIO_DEFAULT": connection_json("generic", login="ACtest", password=DEFAULT_TWILIO_TOKEN),
         "LIFECYCLE_DEFAULT": connection_json("generic", host=PUBLIC_BASE, password=LINK_SECRET),
@@ -146,8 +151,10 @@ def client() -> Iterator[TestClient]:
 
 
 def sg_event(message_id: int, event: str, at: int, **fields) -> dict:
+    """A SendGrid event about a message made by :func:`add_message`, at its contact's address
+    (the test CRM's ``<contact id>@example.com``)."""
     return {
-        "email": "ada@example.com",
+        "email": f"{_contact_of.get(message_id, 'nobody')}@example.com",
         "timestamp": at,
         "event": event,
         "sg_event_id": f"ev-{message_id}-{event}-{at}",
@@ -173,7 +180,7 @@ def test_signed_events_are_recorded_and_move_the_ledger(ledger, signer, client):
 
     response = post_events(client, signer, [sg_event(message, "delivered", now), sg_event(message, "open", now)])
 
-    assert response.status_code == 200 and response.json() == {"received": 2, "new": 2}
+    assert response.status_code == 200 and response.json() == {"received": 2, "new": 2, "unreadable": 0}
     assert status_of(engine, message) == ("opened", None)
     [event, _] = rows(engine, schema.provider_events, message_id=message)
     assert event["contact_id"] == contact and event["provider"] == "sendgrid"
@@ -320,7 +327,7 @@ def twilio_post(
 def test_twilio_status_callback_moves_the_message(ledger, signer, client):
     engine, crm = ledger
     message = add_message(engine, crm.contact(), channel="sms", status="unknown")
-    params = {"MessageSid": "SM1", "MessageStatus": "delivered", "To": "+14155550100"}
+    params = status_form(message_sid("one"), "delivered")
 
     response = twilio_post(client, "/webhooks/twilio/status", params, query=f"lifecycle_message_id={message}")
 
@@ -330,7 +337,7 @@ def test_twilio_status_callback_moves_the_message(ledger, signer, client):
         provider_id = conn.execute(
             select(schema.messages.c.provider_message_id).where(schema.messages.c.message_id == message)
         ).scalar_one()
-    assert provider_id == "SM1"
+    assert provider_id == message_sid("one")
 
 
 @pytest.mark.parametrize("attack", ["wrong_token", "tampered", "other_message"])
@@ -338,13 +345,13 @@ def test_unverified_twilio_requests_are_rejected_and_record_nothing(ledger, sign
     engine, crm = ledger
     contact = crm.contact(phone="+14155550142")
     message = add_message(engine, contact, channel="sms")
-    inbound = {"MessageSid": "SM9", "From": "+14155550142", "Body": "STOP"}
+    inbound = inbound_form("+14155550142", "STOP")
     if attack == "wrong_token":
         response = twilio_post(client, "/webhooks/twilio/inbound", inbound, token="not-the-token")
     elif attack == "tampered":
         response = twilio_post(client, "/webhooks/twilio/inbound", inbound, signed_params={**inbound, "Body": "hello"})
     else:
-        params = {"MessageSid": "SM9", "MessageStatus": "failed"}
+        params = status_form(message_sid("nine"), "failed")
         url = f"{PUBLIC_BASE}/webhooks/twilio/status?lifecycle_message_id=999"
         signature = RequestValidator(DEFAULT_TWILIO_TOKEN).compute_signature(url, params)
         response = client.post(
@@ -364,9 +371,7 @@ def test_stop_then_start_from_a_number(ledger, signer, client):
     contact = crm.contact(phone="(415) 555-0142", country="US")
     other = crm.contact(phone="+14155550143")
 
-    stop = twilio_post(
-        client, "/webhooks/twilio/inbound", {"MessageSid": "SMa", "From": "+14155550142", "Body": " stop "}
-    )
+    stop = twilio_post(client, "/webhooks/twilio/inbound", inbound_form("+14155550142", " stop ", "a"))
 
     assert stop.status_code == 200 and "<Response" in stop.text
     [suppression] = rows(engine, schema.suppressions, contact_id=contact)
@@ -379,14 +384,14 @@ def test_stop_then_start_from_a_number(ledger, signer, client):
     assert (consent["status"], consent["source"], consent["proof"]) == (
         "withdrawn",
         "twilio_stop",
-        "twilio:SMa",
+        f"twilio:{message_sid('a')}",
     )
     assert latest_consent(engine, contact, "email")["status"] == "granted"
     assert rows(engine, schema.suppressions, contact_id=other) == []
-    [event] = rows(engine, schema.provider_events, event_id="SMa")
+    [event] = rows(engine, schema.provider_events, event_id=message_sid("a"))
     assert "4155550142" not in json.dumps(event["payload"])
 
-    twilio_post(client, "/webhooks/twilio/inbound", {"MessageSid": "SMb", "From": "+14155550142", "Body": "START"})
+    twilio_post(client, "/webhooks/twilio/inbound", inbound_form("+14155550142", "START", "b"))
     assert rows(engine, schema.suppressions, contact_id=contact) == []
     assert latest_consent(engine, contact, "sms")["status"] == "granted"
 
@@ -411,7 +416,9 @@ def test_a_route_whose_provider_connection_is_missing_answers_503_and_names_it(
     if "sendgrid" in path:
         response = post_events(client, signer, [sg_event(message, "delivered", int(time.time()))])
     else:
-        params = {"MessageSid": "SM1", "MessageStatus": "delivered", "From": "+14155550100", "Body": "STOP"}
+        params = (
+            status_form(message_sid("one"), "delivered") if "status" in path else inbound_form("+14155550100", "STOP")
+        )
         response = twilio_post(client, path, params, query=f"lifecycle_message_id={message}")
 
     assert response.status_code == 503
@@ -535,7 +542,8 @@ def email_for(message_id: int, contact_id: str, address: str) -> OutboundEmail:
 
 def test_sandbox_email_events_reach_the_ledger(live):
     engine, crm, sandbox, transport = live
-    ada, bob, cy = crm.contact(), crm.contact(), crm.contact()
+    ada = crm.contact(email="ada@example.com")
+    bob, cy = crm.contact(email="bob@bounce.test"), crm.contact(email="cy@spam.test")
     delivered, bounced, spam = (add_message(engine, c, status="sending") for c in (ada, bob, cy))
 
     results = transport.send(
@@ -561,7 +569,7 @@ def test_sandbox_email_events_reach_the_ledger(live):
 
 def test_an_unknown_email_is_settled_by_its_events(live):
     engine, crm, sandbox, transport = live
-    contact = crm.contact()
+    contact = crm.contact(email="ada@example.com")
     message = add_message(engine, contact, status="sending")
     sandbox.add_fault("sendgrid", "drop_after_accept")
 
@@ -648,7 +656,8 @@ def test_stale_limit_is_ten_minutes(ledger, signer, client):
         ("  stop all ", None, "STOP"),
         ("Unsubscribe", None, "STOP"),
         ("start", None, "START"),
-        ("please stop texting", None, None),
+        ("please stop texting", None, "STOP"),
+        ("I can't stop smiling", None, None),
         ("hello", "STOP", "STOP"),
         ("HELP", "HELP", None),
         ("", None, None),
@@ -671,3 +680,312 @@ def test_sms_keywords(body, opt_out_type, expected):
 )
 def test_phone_numbers_normalise_to_e164(raw, country, expected):
     assert to_e164(raw, country) == expected
+
+
+# --- Opt-out wording, START, and who a STOP reaches ------------------------------------------
+
+OPT_OUT_WORDINGS = [
+    "STOP",
+    "stop",
+    " Stop ",
+    "Stop.",
+    "STOP!",
+    "stop!!!",
+    "STOP ALL",
+    "stopall",
+    "opt out",
+    "opt-out",
+    "OPTOUT",
+    "Unsubscribe",
+    "unsubscribe me",
+    "cancel",
+    "END",
+    "quit",
+    "revoke",
+    "ARRET",
+    "Arrêt",
+    "stop please",
+    "please stop",
+    "Stop texting me",
+    "remove me from this list",
+    "don't text me",
+    "no more messages",
+    "S\u200bT\u200dOP",
+    "\ufeffstop",
+    "ＳＴＯＰ",
+    "STOP 🛑",
+]
+NOT_OPT_OUTS = ["I can't stop smiling, thanks!", "When does the sale end?", "Cancel my order 42", "hello", "HELP"]
+
+
+@pytest.mark.parametrize("body", OPT_OUT_WORDINGS)
+def test_every_reasonable_opt_out_wording_is_a_stop(body):
+    assert sms_keyword(body) == "STOP"
+
+
+@pytest.mark.parametrize("body", NOT_OPT_OUTS)
+def test_a_message_that_only_uses_an_opt_out_word_is_not_a_stop(body):
+    assert sms_keyword(body) is None
+
+
+def _consents(engine, contact_id: str, channel: str = "sms") -> list[tuple[str, str]]:
+    query = (
+        select(schema.consents.c.status, schema.consents.c.source)
+        .where(schema.consents.c.contact_id == contact_id, schema.consents.c.channel == channel)
+        .order_by(schema.consents.c.captured_at)
+    )
+    with engine.connect() as conn:
+        return [tuple(row) for row in conn.execute(query)]
+
+
+def test_a_yes_reply_grants_no_consent_the_contact_never_gave(ledger, signer, client):
+    engine, crm = ledger
+    surveyed = crm.contact(phone="+14155550161", consent={"email": "granted"})
+
+    response = twilio_post(client, "/webhooks/twilio/inbound", inbound_form("+14155550161", "Yes"))
+
+    assert response.status_code == 200
+    assert _consents(engine, surveyed) == []
+    assert latest_consent(engine, surveyed, "email")["status"] == "granted"
+
+
+def test_start_gives_back_only_what_the_stop_took(ledger, signer, client):
+    engine, crm = ledger
+    never = crm.contact(phone="+14155550162", consent={})
+    withdrawn_in_crm = crm.contact(phone="+14155550163", consent={"sms": "withdrawn"})
+    granted = crm.contact(phone="+14155550164")
+
+    for contact, number in ((never, "+14155550162"), (withdrawn_in_crm, "+14155550163"), (granted, "+14155550164")):
+        twilio_post(client, "/webhooks/twilio/inbound", inbound_form(number, "STOP", f"stop-{contact}"))
+        twilio_post(client, "/webhooks/twilio/inbound", inbound_form(number, "START", f"start-{contact}"))
+
+    assert latest_consent(engine, never, "sms")["status"] == "withdrawn"
+    assert latest_consent(engine, withdrawn_in_crm, "sms")["status"] == "withdrawn"
+    assert latest_consent(engine, granted, "sms")["status"] == "granted"
+    assert count(engine, schema.suppressions) == 0
+
+
+def test_start_does_not_undo_a_later_withdrawal_from_another_source(ledger, signer, client):
+    engine, crm = ledger
+    contact = crm.contact(phone="+14155550165")
+    twilio_post(client, "/webhooks/twilio/inbound", inbound_form("+14155550165", "STOP", "s"))
+    crm.consent(contact, "sms", "withdrawn", at=datetime.now(UTC).replace(tzinfo=None))
+
+    twilio_post(client, "/webhooks/twilio/inbound", inbound_form("+14155550165", "START", "t"))
+
+    assert latest_consent(engine, contact, "sms")["source"] == "test"
+    assert latest_consent(engine, contact, "sms")["status"] == "withdrawn"
+
+
+def test_stop_reaches_every_contact_texted_at_the_number(ledger, signer, client):
+    """Contacts whose CRM phone or country is written loosely are texted at the normalised number
+    (data hygiene's); a STOP from that number reaches each of them, checked or not."""
+    from lifecycle.engine.hygiene import quality_row
+
+    engine, crm = ledger
+    loose = " us" if engine.dialect.name == "sqlite" else "us"  # PostgreSQL: country is varchar(2)
+    spaced_country = crm.contact(phone="(415) 555-0199", country=loose)
+    full_width = crm.contact(phone="４１５５５５０１９９", country="US")
+    checked = crm.contact(phone="４１５-５５５-０１９９", country=loose)
+    other = crm.contact(phone="+14155550198")
+    with engine.begin() as conn:
+        row = conn.execute(select(schema.contacts).where(schema.contacts.c.contact_id == checked)).mappings().one()
+        conn.execute(insert(schema.contact_quality).values(quality_row(row, "hygiene", AS_OF)))
+    assert to_e164("４１５５５５０１９９", "US") == to_e164("(415) 555-0199", " us") == "+14155550199"
+
+    twilio_post(client, "/webhooks/twilio/inbound", inbound_form("+14155550199", "STOP"))
+
+    for contact in (spaced_country, full_width, checked):
+        assert [s["reason"] for s in rows(engine, schema.suppressions, contact_id=contact)] == ["sms_stop"], contact
+        assert latest_consent(engine, contact, "sms")["status"] == "withdrawn"
+    assert rows(engine, schema.suppressions, contact_id=other) == []
+
+
+# --- Unsubscribes after a resubscribe ---------------------------------------------------------
+
+
+def test_the_same_unsubscribe_link_works_again_after_a_resubscribe(ledger, signer, client):
+    engine, crm = ledger
+    contact = crm.contact()
+    message = add_message(engine, contact)
+    path = unsubscribe_path(message, contact)
+    form = {"content": "List-Unsubscribe=One-Click", "headers": {"Content-Type": "application/x-www-form-urlencoded"}}
+
+    client.post(path, **form)
+    time.sleep(1.1)  # SendGrid stamps events in whole seconds: the resubscribe comes after the press
+    post_events(client, signer, [sg_event(message, "group_resubscribe", int(time.time()), asm_group_id=OUR_GROUP)])
+    assert rows(engine, schema.suppressions, contact_id=contact) == []
+    assert latest_consent(engine, contact, "email")["status"] == "granted"
+
+    assert client.post(path, **form).status_code == 200
+
+    assert [s["reason"] for s in rows(engine, schema.suppressions, contact_id=contact)] == ["unsubscribed"]
+    assert latest_consent(engine, contact, "email")["status"] == "withdrawn"
+
+
+def test_a_resubscribe_to_another_group_never_lifts_our_unsubscribe(ledger, signer, client):
+    engine, crm = ledger
+    contact = crm.contact()
+    message = add_message(engine, contact)
+    client.post(unsubscribe_path(message, contact))
+
+    post_events(client, signer, [sg_event(message, "group_resubscribe", int(time.time()), asm_group_id=7)])
+
+    assert [s["reason"] for s in rows(engine, schema.suppressions, contact_id=contact)] == ["unsubscribed"]
+    assert latest_consent(engine, contact, "email")["status"] == "withdrawn"
+
+
+# --- Twilio forms re-cut under the same signature ---------------------------------------------
+
+
+def recut(params: dict[str, str], name: str, into: str) -> dict[str, str]:
+    """``params`` with parameter ``name`` folded into the value of ``into`` (the name just before it
+    in sorted order): Twilio's signature, over the sorted names and values run together, is unchanged."""
+    folded = {key: value for key, value in params.items() if key != name}
+    folded[into] = params[into] + name + params[name]
+    return folded
+
+
+def test_a_recut_start_cannot_undo_a_later_stop(ledger, signer, client):
+    engine, crm = ledger
+    contact = crm.contact(phone="+14155550170")
+    start = inbound_form("+14155550170", "START", "captured")
+    twilio_post(client, "/webhooks/twilio/inbound", start)
+    twilio_post(client, "/webhooks/twilio/inbound", inbound_form("+14155550170", "STOP", "later"))
+    forged = recut(start, "NumMedia", "MessageSid")
+    url = f"{PUBLIC_BASE}/webhooks/twilio/inbound"
+    validator = RequestValidator(DEFAULT_TWILIO_TOKEN)
+    assert validator.compute_signature(url, forged) == validator.compute_signature(url, start)
+
+    recut_answer = twilio_post(client, "/webhooks/twilio/inbound", forged)
+    replay_answer = twilio_post(client, "/webhooks/twilio/inbound", start)
+
+    assert recut_answer.status_code == 403 and replay_answer.status_code == 200
+    assert [s["reason"] for s in rows(engine, schema.suppressions, contact_id=contact)] == ["sms_stop"]
+    assert latest_consent(engine, contact, "sms")["status"] == "withdrawn"
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"MessageSid": "SM1"},
+        {"MessageSid": "SM" + "A" * 32},
+        {"AccountSid": "ACnot-an-account"},
+        {"From": "4155550170"},
+        {"SmsSid": message_sid("another")},
+        {"Unexpected": "x"},
+        {"Body": "x" * 1601},
+    ],
+    ids=["short-sid", "uppercase-sid", "account", "from-not-e164", "sms-sid-differs", "unknown-name", "long-body"],
+)
+def test_a_signed_twilio_form_twilio_would_not_send_is_refused(ledger, signer, client, change):
+    engine, crm = ledger
+    crm.contact(phone="+14155550171")
+    response = twilio_post(client, "/webhooks/twilio/inbound", inbound_form("+14155550171", "STOP") | change)
+    assert response.status_code == 403
+    assert count(engine, schema.provider_events) == count(engine, schema.suppressions) == 0
+
+
+def test_a_status_callback_must_name_the_messages_own_sid(ledger, signer, client):
+    engine, crm = ledger
+    ours, theirs = crm.contact(), crm.contact()
+    message = add_message(engine, ours, channel="sms", provider_message_id=message_sid("ours"))
+    other = add_message(engine, theirs, channel="sms", provider_message_id=message_sid("theirs"))
+    unsent = add_message(engine, ours, channel="sms", status="unknown")
+
+    for target, sid in ((message, "theirs"), (unsent, "theirs"), (message, "never-sent")):
+        response = twilio_post(
+            client,
+            "/webhooks/twilio/status",
+            status_form(message_sid(sid), "failed", ErrorCode="30003"),
+            query=f"lifecycle_message_id={target}",
+        )
+        assert response.status_code == 204
+
+    assert status_of(engine, message) == status_of(engine, other) == ("sent", None)
+    assert status_of(engine, unsent) == ("unknown", None)
+    assert count(engine, schema.provider_events) == 0
+
+
+# --- Bodies bounded before they are read ------------------------------------------------------
+
+
+def test_requests_without_signature_headers_are_refused_unread(ledger, signer, client):
+    big = b"x" * (8 * 1024 * 1024)
+    for path in ("/webhooks/sendgrid", "/webhooks/twilio/inbound", "/webhooks/twilio/status"):
+        assert client.post(path, content=big).status_code == 403, path
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_bodies_over_the_limit_get_413(ledger, signer, client, chunked):
+    def body(size: int):
+        data = b"x" * size
+        return (data[i : i + 65536] for i in range(0, size, 65536)) if chunked else data
+
+    sendgrid = {"X-Twilio-Email-Event-Webhook-Signature": "c2ln", "X-Twilio-Email-Event-Webhook-Timestamp": "1"}
+    twilio = {"X-Twilio-Signature": "c2ln"}
+    assert client.post("/webhooks/sendgrid", content=body(6 * 1024 * 1024), headers=sendgrid).status_code == 413
+    for path in ("/webhooks/twilio/inbound", "/webhooks/twilio/status"):
+        assert client.post(path, content=body(2 * 1024 * 1024), headers=twilio).status_code == 413, path
+    assert count(engine := ledger[0], schema.provider_events) == 0 and engine
+
+
+def test_a_form_with_too_many_fields_is_refused(ledger, signer, client):
+    params = inbound_form("+14155550172", "STOP") | {f"MediaUrl{i % 10}x{i}": "u" for i in range(200)}
+    assert twilio_post(client, "/webhooks/twilio/inbound", params).status_code == 403
+
+
+# --- SendGrid events cross-checked, one by one ------------------------------------------------
+
+
+def test_an_event_naming_a_message_with_another_address_changes_nothing(ledger, signer, client):
+    engine, crm = ledger
+    victim = crm.contact()
+    message = add_message(engine, victim)
+
+    response = post_events(
+        client, signer, [sg_event(message, "spamreport", int(time.time()), email="attacker@example.net")]
+    )
+
+    assert response.status_code == 200 and response.json()["new"] == 0
+    assert rows(engine, schema.suppressions) == []
+    assert latest_consent(engine, victim, "email")["status"] == "granted"
+    assert status_of(engine, message) == ("sent", None)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        None,
+        "delivered",
+        [1, 2],
+        {"timestamp": None},
+        {"timestamp": "1.5"},
+        {"timestamp": 1.5},
+        {"timestamp": [1]},
+        {"timestamp": {"t": 1}},
+        {"timestamp": True},
+        {"timestamp": 10**20},
+        {"event": None},
+        {"event": 5},
+        {"email": None},
+        {"email": ["a@example.com"]},
+        {"lifecycle_message_id": "x1"},
+        {"lifecycle_message_id": {"id": 1}},
+        {"asm_group_id": "group"},
+        {"sg_event_id": 12},
+    ],
+)
+def test_one_unreadable_event_costs_its_batch_nothing(ledger, signer, client, caplog, bad):
+    engine, crm = ledger
+    good, spoiled = add_message(engine, crm.contact()), add_message(engine, crm.contact())
+    now = int(time.time())
+    event = sg_event(spoiled, "delivered", now) | bad if isinstance(bad, dict) else bad
+
+    response = post_events(client, signer, [sg_event(good, "delivered", now), event, sg_event(good, "open", now)])
+
+    assert response.status_code == 200
+    assert response.json() == {"received": 3, "new": 2, "unreadable": 1}
+    assert status_of(engine, good) == ("opened", None)
+    assert status_of(engine, spoiled) == ("sent", None)
+    assert "event 1:" in caplog.text and "@example" not in caplog.text

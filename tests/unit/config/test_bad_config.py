@@ -99,6 +99,7 @@ FULL_POLICY: dict[str, Any] = yaml.safe_load((FIXTURES / "config" / "policy.yml"
     "legal_basis": {"marketing": "explicit", "transactional": "implied"},
     "stakeholders": [{"name": "Growth", "email": "growth@example.com"}],
     "owners": {"tests": "owners@example.com"},
+    "sms_max_segments": 6,
     "brand": {
         "name": "Northwind",
         "app_url": "https://app.example.com",
