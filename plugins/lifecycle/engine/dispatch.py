@@ -56,6 +56,11 @@ def _now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
+def unassigned(program: str) -> ColumnElement[bool]:
+    """The program's ready messages no run has taken to send yet: what its next send takes."""
+    return and_(M.c.program == program, M.c.status == Status.READY, M.c.send_run_id.is_(None))
+
+
 def prepare_batches(engine: Engine, program: str, run_id: str, batch_size: int, limit: int | None = None) -> list[int]:
     """Assign this run's ready messages to numbered batches; returns the batch numbers.
 
@@ -69,7 +74,7 @@ def prepare_batches(engine: Engine, program: str, run_id: str, batch_size: int, 
         order = (M.c.priority.desc(), M.c.message_id)
         ready = (
             select(M.c.message_id, func.row_number().over(order_by=order).label("position"))
-            .where(M.c.program == program, M.c.status == Status.READY, M.c.send_run_id.is_(None))
+            .where(unassigned(program))
             .order_by(*order)
         )
         if room is not None:
@@ -260,7 +265,7 @@ def recover_stale_claims(
                 .values(status=Status.READY, claim_token=None)
             ).rowcount
     tokens = {item.message_id: item.claim_token for item in stale}
-    counts = record_results(engine, results, dry_run=False, tokens=tokens)
+    counts = record_results(engine, results, simulate=False, tokens=tokens)
     counts["requeued"] += requeued
     return counts
 
@@ -278,7 +283,8 @@ def renew_claim(engine: Engine, message_id: int, token: str | None) -> bool:
     return held == 1
 
 
-def _outbound(item: Claimed, links: Mapping[str, str], brand: Mapping[str, Any]) -> Outbound:
+def render_outbound(item: Claimed, links: Mapping[str, str], brand: Mapping[str, Any]) -> Outbound:
+    """Render a loaded message with ``links`` into its channel's outbound message (raises :class:`RenderError`)."""
     rendered = render(item.template, item.channel, template_context(item, links, brand))
     outbound: Outbound = registry.get(item.channel).outbound(item, rendered, links)
     return outbound
@@ -290,11 +296,12 @@ def _claim_check(engine: Engine, tokens: Mapping[int, str | None]) -> ClaimCheck
 
 
 def record_results(
-    engine: Engine, results: Sequence[SendResult], *, dry_run: bool, tokens: Mapping[int, str | None] | None = None
+    engine: Engine, results: Sequence[SendResult], *, simulate: bool, tokens: Mapping[int, str | None] | None = None
 ) -> Counter:
     """Write send outcomes to the ledger. A message no longer ``sending`` (a webhook moved it on)
     keeps its status; with ``tokens`` (message id -> claim token), so does a message whose claim
-    has passed to another attempt. Results reporting a lost claim are not written."""
+    has passed to another attempt. Results reporting a lost claim are not written. ``simulate``
+    (the developer tools' simulated sends) records what the transport accepted as ``dry_run``."""
     now = _now()
     rows: list[dict[str, Any]] = []
     counts: Counter[str] = Counter()
@@ -302,7 +309,7 @@ def record_results(
         if r.reason == OutcomeReason.CLAIM_LOST:
             counts["claim_lost"] += 1
             continue
-        status = Status.DRY_RUN if dry_run and r.status == Status.SENT else r.status
+        status = Status.DRY_RUN if simulate and r.status == Status.SENT else r.status
         counts[status] += 1
         rows.append(
             {
@@ -338,6 +345,21 @@ def record_results(
     return counts
 
 
+def outbound_or_problem(item: Claimed, build: Callable[[Claimed], Outbound]) -> Outbound | str:
+    """The message ready to go, or why it cannot go (logged): its contact is gone from the CRM,
+    its CRM row cannot be read, or its template fails."""
+    if item.contact["contact_id"] is None:
+        return OutcomeReason.CONTACT_GONE
+    problem = item.problem
+    if problem is None:
+        try:
+            return build(item)
+        except RenderError as exc:
+            problem = str(exc)
+    log.error("message %s (contact %s): %s", item.message_id, item.contact["contact_id"], problem)
+    return problem
+
+
 def _chunks(engine: Engine, run_id: str, batch: int, size: int) -> Iterator[list[Claimed]]:
     while claimed := claim(engine, run_id, batch, size):
         yield claimed
@@ -351,13 +373,13 @@ def send_batch(
     *,
     links: LinkBuilder,
     brand: Mapping[str, Any],
-    dry_run: bool = False,
+    simulate: bool = False,
     claim_size: int = 100,
 ) -> dict[str, int]:
     """Send one batch: settle stale claims, then claim, render, send and record chunk by chunk."""
 
     def build(item: Claimed) -> Outbound:
-        return _outbound(item, links(item.message_id, item.contact["contact_id"], item.channel), brand)
+        return render_outbound(item, links(item.message_id, item.contact["contact_id"], item.channel), brand)
 
     counts = recover_stale_claims(engine, run_id, batch, transport, build)
     for chunk in _chunks(engine, run_id, batch, claim_size):
@@ -365,18 +387,9 @@ def send_batch(
         failures: list[SendResult] = []
         by_channel: dict[str, list[Outbound]] = {}
         for item in chunk:
-            if item.contact["contact_id"] is None:
-                failures.append(SendResult(item.message_id, Status.FAILED, reason=OutcomeReason.CONTACT_GONE))
-                continue
-            problem = item.problem
-            if problem is None:
-                try:
-                    out = build(item)
-                except RenderError as exc:
-                    problem = str(exc)
-            if problem is not None:
-                log.error("message %s (contact %s): %s", item.message_id, item.contact["contact_id"], problem)
-                failures.append(SendResult(item.message_id, Status.FAILED, reason=problem[:200]))
+            out = outbound_or_problem(item, build)
+            if isinstance(out, str):
+                failures.append(SendResult(item.message_id, Status.FAILED, reason=out[:200]))
                 continue
             by_channel.setdefault(item.channel, []).append(out)
         results = failures
@@ -384,5 +397,5 @@ def send_batch(
             if name in by_channel:
                 renew = _claim_check(engine, tokens) if registry.get(name).renews_claim else None
                 results += transport.send(name, by_channel[name], still_claimed=renew)
-        counts.update(record_results(engine, results, dry_run=dry_run, tokens=tokens))
+        counts.update(record_results(engine, results, simulate=simulate, tokens=tokens))
     return {k: v for k, v in counts.items() if v}

@@ -25,6 +25,7 @@ ALLOWED_TAGS = {
     "winback",
     "reporting",
     "data-quality",
+    "tools",
     "sms",
     "email",
 }
