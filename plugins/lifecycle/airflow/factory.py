@@ -60,10 +60,12 @@ def _doc(program: config.Program, policy_caps: str) -> str:
 |---|---|---|---|---|
 {steps}
 
-Manual runs: trigger with `limit` to send at most that many messages (the rest wait for the next
-run); the run is otherwise real. To see what a run would do without changing anything, trigger
-`lifecycle_dry_run` with `program={program.id}`; to send test recipients what a contact would
-receive, trigger `lifecycle_test_send`. Neither touches this DAG or its pause state.
+**Manual runs.** Triggering this DAG runs the program for real: it plans, sends and advances
+journeys as its schedule would (`limit` caps how many messages the run sends; the rest wait for
+the next run). To see what a run would do without changing anything, trigger `lifecycle_dry_run`
+with `program={program.id}`; to send test recipients what a contact would receive, trigger
+`lifecycle_test_send` with `program={program.id}`. Neither touches this DAG, so pausing it and
+sending a test leaves it paused.
 """
 
 
@@ -186,7 +188,10 @@ def _tools_dag(dag_id: str, description: str, doc: str, params: dict[str, Param]
 
 
 def _program_param(program_ids: list[str]) -> Param:
-    return Param(type="string", enum=program_ids, description="The program (its DAG id).")
+    description = "The program (its DAG id)."
+    if not program_ids:  # no valid program file: an empty enum would be an invalid schema
+        return Param(type="string", description=description)
+    return Param(type="string", enum=program_ids, description=description)
 
 
 def build_test_send_dag(program_ids: list[str]) -> DAG:

@@ -145,5 +145,5 @@ def send_test_copies(
             report.sent[chosen.id] = len(results) - len(refused)
     if not report.sent:
         reasons = "; ".join(report.not_sent.values())
-        raise NothingSent(f"nothing sent for contact {contact_id!r} of {program.id}: {reasons}")
+        raise NothingSent(f"nothing sent for contact {contact_id!r}: {reasons}")
     return report
