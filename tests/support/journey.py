@@ -8,7 +8,7 @@ from functools import cache
 from sqlalchemy import select
 
 from lifecycle import paths
-from lifecycle.channels.dry_run import DryRunTransport
+from lifecycle.channels.simulated import SimulatedTransport
 from lifecycle.engine import pipeline
 from lifecycle.model import schema
 
@@ -18,9 +18,9 @@ def _links(message_id: int, contact_id: str, channel: str) -> dict[str, str]:
 
 
 def run_program(engine, program_id: str, as_of: datetime, run_id: str | None = None) -> dict:
-    """Every stage of ``program_id`` for ``as_of`` through the dry-run transport; returns the funnel."""
+    """Every stage of ``program_id`` for ``as_of`` through the simulated transport; returns the funnel."""
     scope, programs = pipeline.load_scope(program_id, run_id or f"test__{as_of.isoformat()}", as_of)
-    return pipeline.run_program(engine, scope, programs, DryRunTransport(), links=_links, dry_run=True)
+    return pipeline.run_program(engine, scope, programs, SimulatedTransport(), links=_links, simulate=True)
 
 
 def messages(engine, program_id: str) -> list[dict]:

@@ -1,4 +1,5 @@
-"""The DAG factory: one DAG per program file, DAG id = program id.
+"""The DAG factory: one DAG per program file, DAG id = program id, and the manual-run tools
+(``lifecycle_test_send``, ``lifecycle_dry_run``) that take a program as a param.
 
 A program file that fails validation still gets a DAG under its id, with one task that fails
 with the file's error and the error in the DAG's docs, so operators see what to fix where they
@@ -13,6 +14,7 @@ from datetime import datetime, timedelta
 from airflow.sdk import DAG, Param, TriggerRule
 
 from lifecycle import config
+from lifecycle.airflow.manual_operators import DryRunOperator, SendTestCopiesOperator
 from lifecycle.airflow.notifications import OwnerAlert
 from lifecycle.airflow.operators import (
     CapOperator,
@@ -24,12 +26,15 @@ from lifecycle.airflow.operators import (
     PlanDueStepsOperator,
     PrepareBatchesOperator,
     SendBatchOperator,
-    SendTestCopiesOperator,
     SuppressOperator,
 )
 
 START = datetime(2026, 1, 1)
 BASE_TAGS = ["lifecycle"]
+TOOLS_OWNER = "lifecycle-ops"
+TEST_SEND_DAG = "lifecycle_test_send"
+DRY_RUN_DAG = "lifecycle_dry_run"
+RECIPIENT_PATTERN = r"^(\+[1-9][0-9]{6,14}|[^@\s]+@[^@\s]+\.[^@\s]+)$"
 
 
 SERVICE_DOC = (
@@ -67,23 +72,17 @@ def _doc(program: config.Program, policy_caps: str) -> str:
 |---|---|---|---|---|
 {steps}
 
-Manual runs: `dry_run` renders and records without sending; `limit` caps the messages sent;
-`test_recipients` + `test_contact` send the test recipients what that contact would receive (and make
-the run a dry run for every real contact).
+**Manual runs.** Triggering this DAG runs the program for real: it plans, sends and advances
+journeys as its schedule would (`limit` caps how many messages the run sends; the rest wait for
+the next run). To see what a run would do without changing anything, trigger `lifecycle_dry_run`
+with `program={program.id}`; to send test recipients what a contact would receive, trigger
+`lifecycle_test_send` with `program={program.id}`. Neither touches this DAG, so pausing it and
+sending a test leaves it paused.
 """
 
 
 def _params() -> dict[str, Param]:
     return {
-        "dry_run": Param(False, type="boolean", description="Render and record in the ledger; send nothing."),
-        "test_recipients": Param(
-            [],
-            type="array",
-            items={"type": "string", "pattern": r"^(\+[1-9][0-9]{6,14}|[^@\s]+@[^@\s]+\.[^@\s]+)$"},
-            description="Email addresses or E.164 numbers that receive what test_contact would; "
-            "the run is then a dry run for every real contact.",
-        ),
-        "test_contact": Param(None, type=["null", "string"], description="Contact id for test_recipients."),
         "limit": Param(
             None,
             type=["null", "integer"],
@@ -122,18 +121,17 @@ def build_program_dag(program: config.Program, caps: str = "") -> DAG:
         send = SendBatchOperator.partial(
             task_id="send", max_active_tis_per_dag=4, retry_delay=timedelta(seconds=90), **common
         ).expand(batch=batches.output)
-        test_copies = SendTestCopiesOperator(task_id="send_test_copies", trigger_rule=TriggerRule.ALL_DONE, **common)
         kpis = LogKpisOperator(task_id="log_kpis", trigger_rule=TriggerRule.ALL_DONE, **common)
         # The run's state follows its last task: log_kpis runs whatever happened (ALL_DONE) and
-        # succeeds, so check_run, after it, fails the run when a send batch, the test send or the
-        # funnel failed (and the owner alert fires for it).
+        # succeeds, so check_run, after it, fails the run when a send batch or the funnel failed
+        # (and the owner alert fires for it).
         check = CheckRunOperator(
             task_id="check_run",
-            task_ids=["send", "send_test_copies", "log_kpis"],
+            task_ids=["send", "log_kpis"],
             trigger_rule=TriggerRule.ALL_DONE,
             retries=0,
         )
-        evaluate >> enroll >> plan >> suppress >> cap >> batches >> send >> test_copies >> kpis >> check
+        evaluate >> enroll >> plan >> suppress >> cap >> batches >> send >> kpis >> check
     return dag
 
 
@@ -152,6 +150,109 @@ def build_invalid_dag(program_id: str, error: config.ConfigError) -> DAG:
     ) as dag:
         InvalidProgramOperator(task_id="invalid_program_file", error=str(error))
     return dag
+
+
+_TEST_SEND_DOC = """### Test send
+
+Sends the test recipients what one contact would receive from a program, marked **[TEST]**,
+through the provider connections (`sendgrid_default`, `twilio_default`).
+
+- `program`, `contact` (a contact id), `recipients` (email addresses and E.164 numbers: each
+  step goes to the recipients written as its channel's address);
+- `step`: empty for the contact's next step (the one after the last step planned in its active
+  enrollment, else the first step), a step id, or `all`.
+
+It changes nothing real: no ledger row, no journey step, no cap slot, and it never touches the
+program's DAG, so it works while that DAG is paused and leaves it paused. A test copy carries no
+ledger id, and its unsubscribe link opens a page saying it was a test copy. The task fails, saying
+why, when nothing could be sent (unknown contact or step, no recipient for the step's channel).
+"""
+
+_DRY_RUN_DOC = """### Dry run
+
+Runs a program as its DAG would at an as-of time — segment, enrollment and exits, planning,
+suppression, caps, then rendering every message it would send (the first 1,000) — without
+calling any provider, inside one database transaction that is rolled back. Nothing real changes:
+no ledger rows, enrollments, funnel or cap slots, and the program's DAG is not touched.
+
+- `program`; `as_of`: an ISO date-time (UTC unless it names its offset), empty for this run's
+  logical date; `render`: whether to render the messages it would send.
+
+The task's log shows the funnel the run would log (audience, enrolled, exited, planned, held out,
+suppressed, capped and deferred by reason, would send per channel) and every template failure by
+message and contact id; its return value (XCom) holds the same figures.
+"""
+
+
+def _tools_dag(dag_id: str, description: str, doc: str, params: dict[str, Param]) -> DAG:
+    return DAG(
+        dag_id=dag_id,
+        description=description,
+        schedule=None,
+        start_date=START,
+        catchup=False,
+        max_active_runs=1,
+        tags=[*BASE_TAGS, "tools"],
+        doc_md=doc,
+        params=params,
+        default_args={"owner": TOOLS_OWNER, "retries": 0, "on_failure_callback": OwnerAlert()},
+    )
+
+
+def _program_param(program_ids: list[str]) -> Param:
+    description = "The program (its DAG id)."
+    if not program_ids:  # no valid program file: an empty enum would be an invalid schema
+        return Param(type="string", description=description)
+    return Param(type="string", enum=program_ids, description=description)
+
+
+def build_test_send_dag(program_ids: list[str]) -> DAG:
+    """``lifecycle_test_send``: what a contact would receive, to test recipients; nothing recorded."""
+    params = {
+        "program": _program_param(program_ids),
+        "contact": Param(type="string", minLength=1, description="The contact id whose messages to send."),
+        "recipients": Param(
+            [],
+            type="array",
+            minItems=1,
+            items={"type": "string", "pattern": RECIPIENT_PATTERN},
+            description="Email addresses or E.164 numbers (+14155550100) that receive the test copies.",
+        ),
+        "step": Param(
+            None,
+            type=["null", "string"],
+            description="Empty: the contact's next step; a step id; or all.",
+        ),
+    }
+    description = "Send test recipients what a contact would receive; changes nothing"
+    with _tools_dag(TEST_SEND_DAG, description, _TEST_SEND_DOC, params) as dag:
+        SendTestCopiesOperator(task_id="send_test_copies")
+    return dag
+
+
+def build_dry_run_dag(program_ids: list[str]) -> DAG:
+    """``lifecycle_dry_run``: a program's whole run at an as-of time, rolled back."""
+    params = {
+        "program": _program_param(program_ids),
+        "as_of": Param(
+            None,
+            type=["null", "string"],
+            format="date-time",
+            description="ISO date-time to run as of (UTC unless it names its offset); empty: this run's date.",
+        ),
+        "render": Param(True, type="boolean", description="Render every message the run would send."),
+    }
+    description = "What a program run would do, rolled back; changes nothing"
+    with _tools_dag(DRY_RUN_DAG, description, _DRY_RUN_DOC, params) as dag:
+        DryRunOperator(task_id="dry_run_program")
+    return dag
+
+
+def build_manual_run_dags() -> dict[str, DAG]:
+    """The test-send and dry-run DAGs, offering every valid program."""
+    programs, _errors = config.load_all_programs()
+    program_ids = sorted(programs)
+    return {TEST_SEND_DAG: build_test_send_dag(program_ids), DRY_RUN_DAG: build_dry_run_dag(program_ids)}
 
 
 def _caps_text(caps: Mapping[str, config.Cap]) -> str:

@@ -14,15 +14,30 @@ from lifecycle import config
 from lifecycle.airflow.base import LifecycleOperator, TaskRun
 from lifecycle.engine import pipeline
 from lifecycle.engine.scope import RunScope
-from lifecycle.model.ledger import Status
 
 log = logging.getLogger(__name__)
 R = TypeVar("R")
 
 
-def is_dry_run(params: Mapping[str, Any]) -> bool:
-    """A run with test recipients is a dry run for every real contact."""
-    return bool(params.get("dry_run") or params.get("test_recipients"))
+RETIRED_OPTIONS = {
+    "dry_run": "trigger lifecycle_dry_run with program={program}",
+    "test_recipients": "trigger lifecycle_test_send with program={program}, contact and recipients",
+    "test_contact": "trigger lifecycle_test_send with program={program}, contact and recipients",
+}
+"""Manual-run options program DAGs no longer take, and the DAG that does the job now."""
+
+
+def refuse_retired_options(program_id: str, conf: Mapping[str, Any]) -> None:
+    """Fail (without retries) a program run whose conf asks for a dry run or a test send: those
+    are DAGs of their own now, and a program run is always real."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    for option, instead in RETIRED_OPTIONS.items():
+        if option in conf:
+            raise AirflowFailException(
+                f"{option} is no longer a program-run option: {instead.format(program=program_id)}; "
+                "nothing was planned or sent"
+            )
 
 
 class ProgramOperator(LifecycleOperator[R]):
@@ -36,6 +51,12 @@ class ProgramOperator(LifecycleOperator[R]):
     def __init__(self, *, program_id: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.program_id = program_id
+
+    def execute(self, context: Any) -> R:
+        dag_run = context.get("dag_run")
+        conf = {**(getattr(dag_run, "conf", None) or {}), **(context.get("params") or {})}
+        refuse_retired_options(self.program_id, conf)
+        return super().execute(context)
 
     def log_name(self) -> str:
         return f"{self.task_id} {self.program_id}"
@@ -99,32 +120,10 @@ class SendBatchOperator(ProgramOperator[dict[str, int]]):
         self.batch = batch
 
     def run(self, run: TaskRun) -> dict[str, int]:
-        from lifecycle.channels.selection import transport_for_run
+        from lifecycle.channels.selection import provider_transport
 
-        dry_run = is_dry_run(run.params)
-        transport, links = transport_for_run(dry_run)
-        return pipeline.send(run.engine, self.scope(run)[0], int(self.batch), transport, links=links, dry_run=dry_run)
-
-
-class SendTestCopiesOperator(ProgramOperator[int]):
-    """Send test recipients what the run's test contact would receive (no-op without recipients)."""
-
-    def run(self, run: TaskRun) -> int:
-        params = run.params
-        recipients = params.get("test_recipients") or []
-        if not recipients:
-            return 0
-        if not params.get("test_contact"):
-            raise ValueError("test_recipients needs test_contact: the contact whose messages they should receive")
-        from lifecycle.channels.selection import transport_for_run
-        from lifecycle.engine.test_copies import send_test_copies
-
-        transport, _links = transport_for_run(dry_run=False)
-        results = send_test_copies(run.engine, self.scope(run)[0], params["test_contact"], recipients, transport)
-        failed = [r.reason for r in results if r.status != Status.SENT]
-        if failed:
-            raise RuntimeError(f"{len(failed)} test cop(ies) not sent: {failed[:3]}")
-        return len(results)
+        transport, links = provider_transport()
+        return pipeline.send(run.engine, self.scope(run)[0], int(self.batch), transport, links=links)
 
 
 class LogKpisOperator(ProgramOperator[dict[str, float]]):
@@ -136,7 +135,7 @@ class LogKpisOperator(ProgramOperator[dict[str, float]]):
 
 class CheckRunOperator(LifecycleOperator[None]):
     """The run's last task (after ``log_kpis``, whatever happened upstream): fails when a send
-    batch, the test send or ``log_kpis`` failed (a failed earlier stage leaves the sends
+    batch or ``log_kpis`` failed (a failed earlier stage leaves the sends
     upstream_failed), so the run ends failed and the owner is alerted, while the funnel is still
     logged.
 

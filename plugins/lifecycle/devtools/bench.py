@@ -505,9 +505,9 @@ def scopes_for(as_of: datetime) -> dict[str, tuple[RunScope, dict[str, config.Pr
 
 def _send_batch(engine: Engine, scope: RunScope, batch: int) -> dict[str, int]:
     """What the send task does for one batch: the run's transport, then the pipeline's send."""
-    from lifecycle.channels.selection import transport_for_run
+    from lifecycle.channels.selection import provider_transport
 
-    transport, links = transport_for_run(dry_run=False)
+    transport, links = provider_transport()
     return pipeline.send(engine, scope, batch, transport, links=links)
 
 

@@ -56,7 +56,7 @@ def _print_table(engine) -> None:
                 figures.setdefault(program, {})[metric] = value
     header = f"{'program':<16}" + "".join(f"{c:>11}" for c in FUNNEL_COLUMNS)
     print(
-        "\nFunnel per program, summed over the simulated days (their messages are rendered and recorded"
+        "\nFunnel per program, summed over the simulated days (their messages are simulated and recorded"
         f" as dry_run) and the DAG runs (theirs go through the SDKs to the sandbox: sent)\n{header}\n"
         + "-"
         * len(header)
@@ -103,7 +103,8 @@ def run_demo(contacts: int, days: int, as_of: datetime, sim_days: int = 6) -> in
     """Run the demo; returns a process exit code (non-zero when a DAG run failed).
 
     1. A simulation of the ``sim_days`` days before ``as_of`` through the same pipeline as the
-       DAGs (dry run), where simulated contacts respond with a planted uplift over the holdout.
+       DAGs (simulated sends, recorded as ``dry_run``), where simulated contacts respond with a
+       planted uplift over the holdout.
     2. Every program DAG through real Airflow for ``days`` days from ``as_of``, sending through
        the provider sandbox, whose signed webhooks come back into the ledger.
     3. ``data_hygiene`` and ``kpi_digest`` through Airflow; the digest goes to the sandbox and to

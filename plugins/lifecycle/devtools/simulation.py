@@ -2,7 +2,7 @@
 that measurement finds it.
 
 Each simulated day runs every valid program's stages through :func:`lifecycle.engine.pipeline.run_program`
-(the code the DAG tasks run) with the dry-run transport. Then contacts respond. An enrollment
+(the code the DAG tasks run) with the simulated transport. Then contacts respond. An enrollment
 converts with the program's base probability ``p0``, plus the planted uplift only if a message
 actually went out to it (``dry_run``/``sent``): holdout and control contacts, and treatment
 contacts no message reached, get ``p0``. Responses happen on the days the enrollment's messages
@@ -28,7 +28,7 @@ import numpy as np
 from sqlalchemy import Engine, delete, insert, or_, select
 
 from lifecycle import config
-from lifecycle.channels.dry_run import DryRunTransport
+from lifecycle.channels.simulated import SimulatedTransport
 from lifecycle.config import segments
 from lifecycle.devtools.seed import seed_crm
 from lifecycle.engine import pipeline
@@ -299,13 +299,13 @@ def simulate(
         pid: f"invalid program file ({len(e.problems)} problem(s)), first: {e.problems[0]}" for pid, e in errors.items()
     }
     scopes = [pipeline.load_scope(pid, "simulation", start)[0] for pid in sorted(programs)]
-    transport = DryRunTransport()
+    transport = SimulatedTransport()
     for day in range(days):
         as_of = start + day * DAY
         run_id = f"simulation__{as_of.isoformat()}"
         for scope in scopes:
             run = replace(scope, run_id=run_id, as_of=as_of)
-            pipeline.run_program(engine, run, programs, transport, links=_links, dry_run=True)
+            pipeline.run_program(engine, run, programs, transport, links=_links, simulate=True)
         for responder in responders.values():
             responder.respond(engine, rng, run_id, as_of)
     results = {pid: _measure(engine, r, start + days * DAY) for pid, r in responders.items()}

@@ -56,6 +56,11 @@ def _now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
+def unassigned(program: str) -> ColumnElement[bool]:
+    """The program's ready messages no run has taken to send yet: what its next send takes."""
+    return and_(M.c.program == program, M.c.status == Status.READY, M.c.send_run_id.is_(None))
+
+
 def prepare_batches(engine: Engine, program: str, run_id: str, batch_size: int, limit: int | None = None) -> list[int]:
     """Assign this run's messages to numbered batches; returns the batch numbers.
 
@@ -72,10 +77,9 @@ def prepare_batches(engine: Engine, program: str, run_id: str, batch_size: int, 
         room = None if limit is None else max(limit - len(already), 0)
         order = (M.c.priority.desc(), M.c.message_id)
         left_behind = and_(M.c.send_run_id != run_id, or_(M.c.status == Status.READY, _unsettled(_now() - CLAIM_LEASE)))
-        waiting = or_(and_(M.c.status == Status.READY, M.c.send_run_id.is_(None)), left_behind)
         ready = (
             select(M.c.message_id, func.row_number().over(order_by=order).label("position"))
-            .where(M.c.program == program, waiting)
+            .where(or_(unassigned(program), and_(M.c.program == program, left_behind)))
             .order_by(*order)
         )
         if room is not None:
@@ -318,7 +322,7 @@ def recover_stale_claims(
                 .values(status=Status.READY, reason=None, claim_token=None)
             ).rowcount
     tokens = {item.message_id: item.claim_token for item in stale}
-    counts = record_results(engine, results, dry_run=False, tokens=tokens)
+    counts = record_results(engine, results, simulate=False, tokens=tokens)
     counts["requeued"] += requeued
     return counts
 
@@ -336,7 +340,8 @@ def renew_claim(engine: Engine, message_id: int, token: str | None) -> bool:
     return held == 1
 
 
-def _outbound(item: Claimed, links: Mapping[str, str], brand: Mapping[str, Any]) -> Outbound:
+def render_outbound(item: Claimed, links: Mapping[str, str], brand: Mapping[str, Any]) -> Outbound:
+    """Render a loaded message with ``links`` into its channel's outbound message (raises :class:`RenderError`)."""
     rendered = render(item.template, item.channel, template_context(item, links, brand))
     outbound: Outbound = registry.get(item.channel).outbound(item, rendered, links)
     return outbound
@@ -348,11 +353,12 @@ def _claim_check(engine: Engine, tokens: Mapping[int, str | None]) -> ClaimCheck
 
 
 def record_results(
-    engine: Engine, results: Sequence[SendResult], *, dry_run: bool, tokens: Mapping[int, str | None] | None = None
+    engine: Engine, results: Sequence[SendResult], *, simulate: bool, tokens: Mapping[int, str | None] | None = None
 ) -> Counter:
     """Write send outcomes to the ledger. A message no longer ``sending`` (a webhook moved it on)
     keeps its status; with ``tokens`` (message id -> claim token), so does a message whose claim
-    has passed to another attempt. Results reporting a lost claim are not written."""
+    has passed to another attempt. Results reporting a lost claim are not written. ``simulate``
+    (the developer tools' simulated sends) records what the transport accepted as ``dry_run``."""
     now = _now()
     rows: list[dict[str, Any]] = []
     counts: Counter[str] = Counter()
@@ -360,7 +366,7 @@ def record_results(
         if r.reason == OutcomeReason.CLAIM_LOST:
             counts["claim_lost"] += 1
             continue
-        status = Status.DRY_RUN if dry_run and r.status == Status.SENT else r.status
+        status = Status.DRY_RUN if simulate and r.status == Status.SENT else r.status
         counts[status] += 1
         rows.append(
             {
@@ -396,6 +402,21 @@ def record_results(
     return counts
 
 
+def outbound_or_problem(item: Claimed, build: Callable[[Claimed], Outbound]) -> Outbound | str:
+    """The message ready to go, or why it cannot go (logged): its contact is gone from the CRM,
+    its CRM row cannot be read, or its template fails."""
+    if item.contact["contact_id"] is None:
+        return OutcomeReason.CONTACT_GONE
+    problem = item.problem
+    if problem is None:
+        try:
+            return build(item)
+        except RenderError as exc:
+            problem = str(exc)
+    log.error("message %s (contact %s): %s", item.message_id, item.contact["contact_id"], problem)
+    return problem
+
+
 def _too_many_segments(channel: str, out: Outbound, max_segments: Mapping[str, int]) -> str | None:
     """Why a rendered message is too long to go out (more parts than the policy allows), or None."""
     limit, parts = max_segments.get(channel), registry.get(channel).segments(out)
@@ -424,7 +445,7 @@ def send_batch(
     *,
     links: LinkBuilder,
     brand: Mapping[str, Any],
-    dry_run: bool = False,
+    simulate: bool = False,
     claim_size: int = 100,
     service_programs: Collection[str] = (),
     consent: ConsentBasis | None = None,
@@ -438,7 +459,7 @@ def send_batch(
     ``max_segments`` (channel -> limit): a message of more billable parts fails with its reason."""
 
     def build(item: Claimed) -> Outbound:
-        return _outbound(item, links(item.message_id, item.contact["contact_id"], item.channel), brand)
+        return render_outbound(item, links(item.message_id, item.contact["contact_id"], item.channel), brand)
 
     counts = recover_stale_claims(engine, run_id, batch, transport, build)
     for chunk in _chunks(engine, run_id, batch, claim_size, service_programs, consent):
@@ -446,20 +467,12 @@ def send_batch(
         failures: list[SendResult] = []
         by_channel: dict[str, list[Outbound]] = {}
         for item in chunk:
-            if item.contact["contact_id"] is None:
-                failures.append(SendResult(item.message_id, Status.FAILED, reason=OutcomeReason.CONTACT_GONE))
-                continue
-            problem = item.problem
-            if problem is None:
-                try:
-                    out = build(item)
-                except RenderError as exc:
-                    problem = str(exc)
-                else:
-                    problem = _too_many_segments(item.channel, out, max_segments or {})
-            if problem is not None:
-                log.error("message %s (contact %s): %s", item.message_id, item.contact["contact_id"], problem)
-                failures.append(SendResult(item.message_id, Status.FAILED, reason=problem[:200]))
+            out = outbound_or_problem(item, build)
+            if not isinstance(out, str) and (too_long := _too_many_segments(item.channel, out, max_segments or {})):
+                log.error("message %s (contact %s): %s", item.message_id, item.contact["contact_id"], too_long)
+                out = too_long
+            if isinstance(out, str):
+                failures.append(SendResult(item.message_id, Status.FAILED, reason=out[:200]))
                 continue
             by_channel.setdefault(item.channel, []).append(out)
         results = failures
@@ -467,5 +480,5 @@ def send_batch(
             if name in by_channel:
                 renew = _claim_check(engine, tokens) if registry.get(name).renews_claim else None
                 results += transport.send(name, by_channel[name], still_claimed=renew)
-        counts.update(record_results(engine, results, dry_run=dry_run, tokens=tokens))
+        counts.update(record_results(engine, results, simulate=simulate, tokens=tokens))
     return {k: v for k, v in counts.items() if v}

@@ -1,7 +1,8 @@
 """The stages of one program run over a database, without Airflow.
 
-The DAG's operators, the simulation and the benchmark all call these, so every path runs the
-same code. Each stage is one transaction (sending commits per claimed chunk) and is idempotent.
+The DAG's operators, the dry run, the simulation and the benchmark all call these, so every path
+runs the same code. Each stage is one transaction (sending commits per claimed chunk) and is
+idempotent; :func:`decide` runs the deciding stages on one connection, in the caller's transaction.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from lifecycle import config, paths
 from lifecycle.channels.base import Transport
@@ -33,6 +34,16 @@ def load_scope(program_id: str, run_id: str, as_of: datetime) -> tuple[RunScope,
         program=program, policy=config.load_policy(), catalog=catalog.parsed, run_id=run_id, as_of=utc_naive(as_of)
     )
     return scope, programs
+
+
+def decide(conn: Connection, run: RunScope, programs: Mapping[str, config.Program]) -> None:
+    """Every stage before sending, in order, on ``conn``: evaluate the segment, enroll and exit,
+    plan due steps, suppress, cap. What is left ``ready`` is what the run would send."""
+    journeys.evaluate_segment(conn, run)
+    journeys.run_enrollment(conn, run)
+    journeys.plan_due_steps(conn, run)
+    suppression.suppress(conn, run)
+    capping.cap(conn, run, programs)
 
 
 def evaluate(engine: Engine, run: RunScope) -> int:
@@ -71,7 +82,7 @@ def send(
     transport: Transport,
     *,
     links: LinkBuilder,
-    dry_run: bool = False,
+    simulate: bool = False,
 ) -> dict[str, int]:
     brand = run.policy.brand.model_dump()
     service = (run.program.id,) if run.program.is_service else ()
@@ -83,9 +94,9 @@ def send(
         transport,
         links=links,
         brand=brand,
-        dry_run=dry_run,
+        simulate=simulate,
         service_programs=service,
-        consent=dispatch.ConsentBasis(purpose, run.policy.basis_for(purpose), at=run.as_of if dry_run else None),
+        consent=dispatch.ConsentBasis(purpose, run.policy.basis_for(purpose), at=run.as_of if simulate else None),
         max_segments={SMS_CHANNEL.name: run.policy.sms_max_segments},
     )
 
@@ -102,14 +113,12 @@ def run_program(
     transport: Transport,
     *,
     links: LinkBuilder,
-    dry_run: bool = False,
+    simulate: bool = False,
 ) -> dict[str, Any]:
-    """Every stage of one run in order, in-process (simulation, benchmark, previews)."""
-    evaluate(engine, run)
-    enroll_and_exit(engine, run)
-    plan(engine, run)
-    suppress(engine, run)
-    cap(engine, run, programs)
+    """Every stage of one run in order, in-process (simulation, benchmark). ``simulate`` records
+    what the transport accepted as ``dry_run`` (the developer tools' simulated sends)."""
+    with engine.begin() as conn:
+        decide(conn, run, programs)
     for batch in prepare(engine, run):
-        send(engine, run, batch, transport, links=links, dry_run=dry_run)
+        send(engine, run, batch, transport, links=links, simulate=simulate)
     return log_kpis(engine, run)

@@ -1,5 +1,5 @@
 """Render a program step for one contact exactly as the send task would: ``lifecycle preview``
-and the test copies a manual run sends to test recipients."""
+and the test copies ``lifecycle_test_send`` sends to test recipients."""
 
 from __future__ import annotations
 

@@ -48,7 +48,9 @@ class Status(_Vocabulary):
     BOUNCED = "bounced"
     FAILED = "failed"  # certainly not sent (OutcomeReason, or the provider's reason)
     UNKNOWN = "unknown"  # may or may not have reached the provider; never resent blindly
-    DRY_RUN = "dry_run"  # rendered and recorded by a dry run; nothing left the machine
+    # Rendered and recorded by the developer tools' simulation (simulation, benchmark); nothing left
+    # the machine. The stored value keeps its historical name; no DAG records it.
+    DRY_RUN = "dry_run"
 
 
 class EnrollmentState(_Vocabulary):
@@ -179,13 +181,13 @@ OPENED_OR_LATER: Final = PROGRESSION[PROGRESSION.index(Status.OPENED) :]
 """Opened, or clicked: deliverability's (directional) open rate."""
 
 MESSAGED: Final = _in_order({*WENT_OUT, Status.DRY_RUN})
-"""The contact counts as messaged (a dry run is otherwise a real run): measurement's exposure, the simulation."""
+"""The contact counts as messaged (a simulated send is otherwise a real run): measurement's exposure, the simulation."""
 
 IN_FLIGHT: Final = (Status.READY, Status.SENDING, Status.UNKNOWN)
 """Chosen to go, with no settled outcome: it may still go out, or may already have."""
 
 SLOT_HOLDING: Final = _in_order({*MESSAGED, *IN_FLIGHT, Status.DEFERRED})
-"""Counts against a frequency cap across programs (sent, on its way or deferred, dry runs too): capping."""
+"""Counts against a frequency cap across programs (sent, on its way or deferred, simulated sends too): capping."""
 
 STILL_CLAIMED: Final[Mapping[Status, str | None]] = MappingProxyType(
     {Status.SENDING: None, Status.UNKNOWN: OutcomeReason.STALE_CLAIM}

@@ -52,7 +52,7 @@ FUNNEL_STEPS = (
     (Status.CAPPED, "Capped"),
     (Status.DEFERRED, "Deferred"),
     (Status.SENT, "Sent"),
-    (Status.DRY_RUN, "Dry run"),
+    (Status.DRY_RUN, "Simulated"),
     (Status.FAILED, "Failed"),
 )
 LAST_OF_PERIOD = ("audience", "kpi_rate_treatment", "kpi_rate_holdout", "kpi_rate_control")

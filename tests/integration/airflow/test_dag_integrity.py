@@ -25,6 +25,7 @@ ALLOWED_TAGS = {
     "winback",
     "reporting",
     "data-quality",
+    "tools",
     "sms",
     "email",
 }
@@ -45,6 +46,8 @@ def test_shipped_dags_load_documented_and_owned(shipped_config):
         assert set(dag.tags) <= ALLOWED_TAGS, f"{dag_id} has tags outside the allowlist: {set(dag.tags) - ALLOWED_TAGS}"
         assert dag.doc_md and dag.max_active_runs == 1
         assert all(task.owner and task.owner != "airflow" for task in dag.tasks), dag_id
+        assert all(task.on_failure_callback for task in dag.tasks), f"{dag_id} has a task without an owner alert"
+    assert {"lifecycle_test_send", "lifecycle_dry_run"} <= set(bag.dags)
 
 
 def test_broken_program_file_breaks_only_its_own_dag(tmp_path: Path, monkeypatch):

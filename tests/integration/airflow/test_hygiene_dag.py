@@ -112,14 +112,14 @@ def test_rerunning_the_dag_changes_nothing(crm, db_url, monkeypatch):
     assert _engine_tables(engine) == first
 
 
-def test_a_program_run_skips_the_duplicate(crm, db_url, monkeypatch):
+def test_a_program_run_skips_the_duplicate(crm, db_url, monkeypatch, sandbox):
     engine, c = crm
     survivor = c.contact("k1", email="ada@example.com", phone=None)
     duplicate = c.contact("k2", email="ADA@EXAMPLE.COM", phone=None, last_active_at=AS_OF.replace(year=2025))
     assert run_dag(monkeypatch, db_url, "data_hygiene", AS_OF) == "success"
-    assert run_dag(monkeypatch, db_url, "alpha", AS_OF, dry_run=True) == "success"
+    assert run_dag(monkeypatch, db_url, "alpha", AS_OF) == "success"
     m = schema.messages
     with engine.connect() as conn:
         rows = conn.execute(select(m.c.contact_id, m.c.status, m.c.reason).where(m.c.program == "alpha"))
         outcome = {contact_id: (status, reason) for contact_id, status, reason in rows}
-    assert outcome == {survivor: ("dry_run", None), duplicate: ("suppressed", "duplicate_contact")}
+    assert outcome == {survivor: ("sent", None), duplicate: ("suppressed", "duplicate_contact")}

@@ -14,7 +14,7 @@ from tests.conftest import AS_OF
 from tests.support.dagrun import run_dag
 from tests.support.journey import messages_already_sent
 
-pytestmark = [pytest.mark.airflow, pytest.mark.usefixtures("airflow_db", "test_config")]
+pytestmark = [pytest.mark.airflow, pytest.mark.usefixtures("airflow_db", "sandbox", "test_config")]
 M = schema.messages
 
 
@@ -37,10 +37,10 @@ def test_a_suppressed_higher_priority_program_does_not_take_the_last_slot(crm, d
         messages_already_sent(engine, cid)
         contacts.append(cid)
     for dag_id in order:
-        assert run_dag(monkeypatch, db_url, dag_id, AS_OF, dry_run=True) == "success"
+        assert run_dag(monkeypatch, db_url, dag_id, AS_OF) == "success"
     promo, guide = _ledger(engine, "promo"), _ledger(engine, "guide")
     assert promo == dict.fromkeys(contacts, (Status.SUPPRESSED, SuppressionReason.OPEN_SUPPORT_TICKET))
-    assert guide == dict.fromkeys(contacts, (Status.DRY_RUN, None))
+    assert guide == dict.fromkeys(contacts, (Status.SENT, None))
 
 
 @pytest.mark.parametrize("order", [("promo", "guide"), ("guide", "promo")])
@@ -49,6 +49,6 @@ def test_a_higher_priority_program_that_would_send_still_wins_the_last_slot(crm,
     cid = crm_rows.contact(lifecycle_stage="customer")
     messages_already_sent(engine, cid)
     for dag_id in order:
-        assert run_dag(monkeypatch, db_url, dag_id, AS_OF, dry_run=True) == "success"
-    assert _ledger(engine, "promo") == {cid: (Status.DRY_RUN, None)}
+        assert run_dag(monkeypatch, db_url, dag_id, AS_OF) == "success"
+    assert _ledger(engine, "promo") == {cid: (Status.SENT, None)}
     assert _ledger(engine, "guide") == {cid: (Status.CAPPED, "frequency_cap_email: 3 per 7d")}

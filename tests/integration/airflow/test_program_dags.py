@@ -12,7 +12,7 @@ from tests.conftest import AS_OF
 from tests.support.dagrun import run_dag
 from tests.support.journey import messages_already_sent
 
-pytestmark = [pytest.mark.airflow, pytest.mark.usefixtures("airflow_db", "test_config")]
+pytestmark = [pytest.mark.airflow, pytest.mark.usefixtures("airflow_db", "sandbox", "test_config")]
 M = schema.messages
 
 
@@ -28,10 +28,10 @@ def test_rerunning_a_run_adds_no_message(crm, db_url, monkeypatch):
     engine, crm_rows = crm
     for _ in range(5):
         crm_rows.contact()
-    assert run_dag(monkeypatch, db_url, "alpha", AS_OF, dry_run=True) == "success"
+    assert run_dag(monkeypatch, db_url, "alpha", AS_OF) == "success"
     first = _messages(engine)
-    assert len(first) == 5 and {m[3] for m in first} == {"dry_run"}
-    assert run_dag(monkeypatch, db_url, "alpha", AS_OF, dry_run=True) == "success"
+    assert len(first) == 5 and {m[3] for m in first} == {"sent"}
+    assert run_dag(monkeypatch, db_url, "alpha", AS_OF) == "success"
     assert _messages(engine) == first
 
 
@@ -44,9 +44,9 @@ def test_no_granted_marketing_consent_means_nothing_on_that_channel(crm, db_url,
     missing = crm_rows.contact(consent={})
     transactional_only = crm_rows.contact(consent={})
     crm_rows.consent(transactional_only, "email", "granted", purpose="transactional")
-    assert run_dag(monkeypatch, db_url, "alpha", AS_OF, dry_run=True) == "success"
+    assert run_dag(monkeypatch, db_url, "alpha", AS_OF) == "success"
     outcome = {m[1]: (m[3], m[4]) for m in _messages(engine)}
-    assert outcome[granted] == ("dry_run", None)
+    assert outcome[granted] == ("sent", None)
     assert outcome[withdrawn] == ("suppressed", "consent_withdrawn")
     assert outcome[denied] == ("suppressed", "no_consent")
     assert outcome[missing] == ("suppressed", "no_consent")
@@ -60,12 +60,12 @@ def test_higher_priority_wins_the_last_capped_slot_in_either_order(crm, db_url, 
     messages_already_sent(engine, contested)
     free = crm_rows.contact()
     for dag_id in order:
-        assert run_dag(monkeypatch, db_url, dag_id, AS_OF, dry_run=True) == "success"
+        assert run_dag(monkeypatch, db_url, dag_id, AS_OF) == "success"
     contested_out = {m[0]: (m[3], m[4]) for m in _messages(engine, contact_id=contested) if m[0] != "earlier"}
-    assert contested_out["beta"] == ("dry_run", None)
+    assert contested_out["beta"] == ("sent", None)
     assert contested_out["alpha"] == ("capped", "frequency_cap_email: 3 per 7d")
     free_out = {m[0]: m[3] for m in _messages(engine, contact_id=free)}
-    assert free_out == {"alpha": "dry_run", "beta": "dry_run"}
+    assert free_out == {"alpha": "sent", "beta": "sent"}
 
 
 def test_sms_due_at_23_local_is_deferred_to_the_morning(crm, db_url, monkeypatch):
@@ -74,40 +74,18 @@ def test_sms_due_at_23_local_is_deferred_to_the_morning(crm, db_url, monkeypatch
     late = datetime(2026, 11, 17, 4, 0)
     night = crm_rows.contact(lifecycle_stage="trial", timezone="America/New_York")
     day = crm_rows.contact(lifecycle_stage="trial", timezone="Asia/Tokyo")  # 13:00 there
-    assert run_dag(monkeypatch, db_url, "texts", late, dry_run=True) == "success"
+    assert run_dag(monkeypatch, db_url, "texts", late) == "success"
     with engine.connect() as conn:
         rows = {r.contact_id: r for r in conn.execute(select(M).where(M.c.program == "texts"))}
     assert rows[night].status == "deferred" and rows[night].reason == "quiet_hours"
     assert rows[night].send_after == datetime(2026, 11, 17, 13, 0)  # 08:00 in New York
-    assert rows[day].status == "dry_run"
+    assert rows[day].status == "sent"
     # The next run after the morning sends it, once.
-    assert run_dag(monkeypatch, db_url, "texts", datetime(2026, 11, 17, 14, 0), dry_run=True) == "success"
+    assert run_dag(monkeypatch, db_url, "texts", datetime(2026, 11, 17, 14, 0)) == "success"
     with engine.connect() as conn:
         after = conn.execute(select(M.c.status).where(M.c.contact_id == night)).scalars().all()
         total = conn.execute(select(func.count()).select_from(M)).scalar_one()
-    assert after == ["dry_run"] and total == 2
-
-
-def test_manual_dry_run_with_a_test_recipient_sends_nothing_to_real_contacts(crm, db_url, monkeypatch):
-    from lifecycle.devtools.local import provider_connections
-    from lifecycle.sandbox import SandboxServer
-
-    engine, crm_rows = crm
-    shown = crm_rows.contact(first_name="Grace")
-    for _ in range(3):
-        crm_rows.contact()
-    with SandboxServer() as sandbox:
-        for key, value in provider_connections(sandbox, "http://127.0.0.1:9/lifecycle", "secret").items():
-            monkeypatch.setenv(key, value)
-        state = run_dag(monkeypatch, db_url, "alpha", AS_OF, test_recipients=["qa@example.com"], test_contact=shown)
-        accepted = sandbox.sendgrid_messages()
-    assert state == "success"
-    assert [m["to"] for m in accepted] == ["qa@example.com"]
-    assert accepted[0]["subject"] == "[TEST] Hello Grace from alpha"
-    # The test copy is about a real contact: its one-click link must not carry that contact's token.
-    unsubscribe = accepted[0]["headers"]["List-Unsubscribe"]
-    assert unsubscribe == "<http://127.0.0.1:9/lifecycle/unsubscribe/test-copy>", unsubscribe
-    assert {m[3] for m in _messages(engine)} == {"dry_run"} and len(_messages(engine)) == 4
+    assert after == ["sent"] and total == 2
 
 
 def _funnel_and_audience(engine, program: str) -> tuple[list[tuple], list[str], set[str]]:
@@ -128,41 +106,19 @@ def test_triggering_the_same_logical_date_again_logs_one_funnel_and_one_audience
     engine, crm_rows = crm
     for _ in range(4):
         crm_rows.contact()
-    assert run_dag(monkeypatch, db_url, "alpha", AS_OF, dry_run=True) == "success"
+    assert run_dag(monkeypatch, db_url, "alpha", AS_OF) == "success"
     kpis, audience, first_ids = _funnel_and_audience(engine, "alpha")
     assert len(audience) == 4 and ("planned", 4.0) in {(m, v) for _t, m, _d, v in kpis}
-    assert run_dag(monkeypatch, db_url, "alpha", AS_OF, dry_run=True) == "success"
+    assert run_dag(monkeypatch, db_url, "alpha", AS_OF) == "success"
     kpis_after, audience_after, second_ids = _funnel_and_audience(engine, "alpha")
     assert first_ids != second_ids and len(second_ids) == 1  # a new run id, and only its rows remain
     assert kpis_after == kpis
     assert audience_after == audience
 
 
-def test_a_failed_test_send_fails_the_run_after_logging_the_kpis_and_alerts_the_owner(crm, db_url, monkeypatch):
-    """send_test_copies failing (here: test recipients without a test contact) used to end the run
-    `success`, because log_kpis (ALL_DONE) was its only last task."""
-    from lifecycle.airflow.notifications import Failure, OwnerAlert
-    from tests.support.dagrun import load_dags
-    from tests.support.local_crm import use_crm
-
-    engine, crm_rows = crm
-    for _ in range(3):
-        crm_rows.contact()
-    alerts: list[str] = []
-    monkeypatch.setattr(OwnerAlert, "notify", lambda self, context: alerts.append(Failure.from_context(context).where))
-    use_crm(monkeypatch, db_url)
-    dag = load_dags().get_dag("alpha")
-    dag.get_task("send_test_copies").retries = 0  # its last try, without waiting for the retries
-    run = dag.test(logical_date=AS_OF.replace(tzinfo=UTC), run_conf={"test_recipients": ["qa@example.com"]})
-
-    assert str(run.state) == "failed"
-    kpis, _audience, _ids = _funnel_and_audience(engine, "alpha")
-    assert ("planned", 3.0) in {(m, v) for _t, m, _d, v in kpis}
-    assert alerts == ["alpha.send_test_copies", "alpha.check_run"]
-
-
 def test_a_failed_send_batch_fails_the_run_after_logging_the_kpis_and_alerts_the_owner(crm, db_url, monkeypatch):
-    """A send batch that fails (here: no provider connection configured) used to be hidden the same way."""
+    """A send batch that fails (here: no provider connection configured) used to end the run
+    `success`, because log_kpis (ALL_DONE) was its only last task."""
     from lifecycle.airflow.notifications import Failure, OwnerAlert
     from tests.support.dagrun import load_dags
     from tests.support.local_crm import use_crm

@@ -24,7 +24,7 @@ def _ledger(engine, program: str) -> dict[str, tuple[str, str | None]]:
 
 
 def test_a_service_dag_sends_past_a_marketing_unsubscribe_and_leaves_the_marketing_slot(
-    crm, db_url, monkeypatch, tmp_path
+    crm, db_url, monkeypatch, tmp_path, sandbox
 ):
     service_config(tmp_path, monkeypatch)
     engine, crm_rows = crm
@@ -38,11 +38,11 @@ def test_a_service_dag_sends_past_a_marketing_unsubscribe_and_leaves_the_marketi
     one_slot_left = crm_rows.contact()
     messages_already_sent(engine, one_slot_left)
     for dag_id in (SERVICE, "beta"):
-        assert run_dag(monkeypatch, db_url, dag_id, AS_OF, dry_run=True) == "success"
-    assert _ledger(engine, SERVICE) == dict.fromkeys((unsubscribed, one_slot_left), (Status.DRY_RUN, None))
+        assert run_dag(monkeypatch, db_url, dag_id, AS_OF) == "success"
+    assert _ledger(engine, SERVICE) == dict.fromkeys((unsubscribed, one_slot_left), (Status.SENT, None))
     assert _ledger(engine, "beta") == {
         unsubscribed: (Status.SUPPRESSED, SuppressionReason.UNSUBSCRIBED),
-        one_slot_left: (Status.DRY_RUN, None),
+        one_slot_left: (Status.SENT, None),
     }
 
 

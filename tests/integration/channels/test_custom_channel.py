@@ -254,12 +254,15 @@ def test_test_copies_and_previews_of_a_pager_step(crm, pager_config):
     scope, _programs = pipeline.load_scope("pages", "pages__copies", AS_OF)
     hook = PagerHook()
 
-    [result] = send_test_copies(engine, scope, contact, ["pager:+14155550111"], ProviderTransport(hook, links=LINKS))
+    transport = ProviderTransport(hook, links=LINKS)
+    unsubscribe = LINKS.url("/unsubscribe/test-copy")
 
-    assert result.status == "sent"
+    report = send_test_copies(engine, scope, contact, ["pager:+14155550111"], transport, unsubscribe_url=unsubscribe)
+
+    assert report.sent == {"hello": 1} and report.not_sent == {}
     [(_pid, page)] = hook.accepted
     assert (page.message_id, page.number) == (0, "+14155550111") and page.text.startswith("[TEST] ")
     with pytest.raises(ValueError, match=r"email addresses or E.164 numbers \(\+14155550100\) or pager numbers"):
-        send_test_copies(engine, scope, contact, ["someone"], ProviderTransport(hook, links=LINKS))
+        send_test_copies(engine, scope, contact, ["someone"], transport, unsubscribe_url=unsubscribe)
     shown = preview(str(engine.url), "pages", contact, step=None, as_of=AS_OF)
     assert shown == "PAGE Lifecycle page: hello Grace"

@@ -11,7 +11,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import insert
 
-from lifecycle.channels.dry_run import DryRunTransport
+from lifecycle.channels.simulated import SimulatedTransport
 from lifecycle.engine import pipeline
 from lifecycle.model import schema
 from lifecycle.model.ledger import Status
@@ -161,7 +161,7 @@ def test_the_claim_time_check_stops_service_messages_only_for_lists_that_stop_th
     for program, numbers in batches.items():
         scope, _programs = pipeline.load_scope(program, f"{program}-run", AS_OF)
         for batch in numbers:
-            pipeline.send(engine, scope, batch, DryRunTransport(), links=_links, dry_run=True)
+            pipeline.send(engine, scope, batch, SimulatedTransport(), links=_links, simulate=True)
 
     assert _outcomes(engine, SERVICE) == {
         unsubscribes: (Status.DRY_RUN, None),

@@ -577,7 +577,7 @@ def test_an_unknown_email_is_settled_by_its_events(live):
     assert result.status == "unknown"
     # The dispatcher records the outcome; the sandbox's events may already have moved the message
     # on, and the recorded ``unknown`` must not overwrite them.
-    record_results(engine, [result], dry_run=False)
+    record_results(engine, [result], simulate=False)
     sandbox.flush()
 
     assert status_of(engine, message) == ("delivered", None)

@@ -78,9 +78,7 @@ ALLOWED = {
     ("reporting/measurement.py", "_revenue_query", "active"): "subscriptions.status",
     ("devtools/seed.py", "_INVALID_PHONE_TEXT", "unknown"): "junk the synthetic CRM plants in phone columns",
     # Other names that share a word with a status.
-    ("airflow/factory.py", "_params", "dry_run"): "the DAG param users set (a UI contract)",
-    ("airflow/operators.py", "is_dry_run", "dry_run"): "the DAG param users set (a UI contract)",
-    ("channels/dry_run.py", "DryRunTransport", "dry_run"): "the transport's name",
+    ("airflow/operators.py", "RETIRED_OPTIONS", "dry_run"): "the retired program-run option it refuses",
     ("engine/dispatch.py", "record_results", "sent"): "the bind parameter for sent_at",
     ("reporting/measurement.py", "outcomes_from_rows", "converted"): "the outcomes column (KPI met)",
     ("reporting/measurement.py", "_group_counts", "converted"): "the outcomes column (KPI met)",

@@ -1,4 +1,5 @@
-"""The ``dry_run`` transport: accepts every message and sends nothing."""
+"""The simulated transport of the developer tools (simulation, benchmark): accepts every message
+and sends nothing. No DAG uses it."""
 
 from __future__ import annotations
 
@@ -9,16 +10,16 @@ from lifecycle.channels.base import ClaimCheck, Outbound, SendResult
 from lifecycle.model.ledger import Status
 
 
-class DryRunTransport:
-    """Records that each message was rendered; nothing leaves the machine."""
+class SimulatedTransport:
+    """Accepts each message as if a provider had; nothing leaves the machine."""
 
-    name = "dry_run"
+    name = "simulated"
 
     def send(
         self, channel: str, batch: Sequence[Outbound], still_claimed: ClaimCheck | None = None
     ) -> list[SendResult]:
         counted = registry.get(channel)
         return [
-            SendResult(m.message_id, Status.SENT, f"dry-run-{m.idempotency_key}", segments=counted.segments(m))
+            SendResult(m.message_id, Status.SENT, f"simulated-{m.idempotency_key}", segments=counted.segments(m))
             for m in batch
         ]
