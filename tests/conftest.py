@@ -67,6 +67,19 @@ def postgres_url() -> Iterator[str]:
     admin.dispose()
 
 
+# Quiet hours are read again when a message goes out, on the wall clock. Tests pin that clock to a
+# moment when the test contacts' zones (New York, the default; Los Angeles; London) are awake, so what
+# a test sends does not depend on the hour it runs; tests of the send-time check pin their own.
+SEND_CLOCK = datetime(2026, 11, 16, 17, 0)
+
+
+@pytest.fixture(autouse=True)
+def _pinned_send_clock(monkeypatch) -> None:
+    from lifecycle.engine import dispatch
+
+    monkeypatch.setattr(dispatch, "quiet_hours_clock", lambda: SEND_CLOCK)
+
+
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'crm.db'}"

@@ -20,7 +20,7 @@ import logging
 import uuid
 from collections import Counter
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -29,12 +29,14 @@ from sqlalchemy.sql.expression import ColumnElement
 
 from lifecycle.channels import registry
 from lifecycle.channels.base import ClaimCheck, Outbound, Reconciler, SendResult, Transport
+from lifecycle.config import QuietHours
+from lifecycle.engine.quiet_hours import quiet_until
 from lifecycle.engine.suppression import claim_reasons, consent_rules
 from lifecycle.messages.context import MessageData, crm_columns, read_crm, template_context
 from lifecycle.messages.links import LinkBuilder
 from lifecycle.messages.rendering import RenderError, render
 from lifecycle.model import schema
-from lifecycle.model.ledger import STILL_CLAIMED, OutcomeReason, Status
+from lifecycle.model.ledger import STILL_CLAIMED, CapReason, OutcomeReason, Status
 
 log = logging.getLogger(__name__)
 
@@ -160,30 +162,38 @@ def load_messages(conn: Connection, where: ColumnElement[bool]) -> list[Claimed]
 
 
 @dataclass(frozen=True)
-class ConsentBasis:
-    """The consent a batch's messages are sent under: its program's purpose and the policy's legal
-    basis for it (``explicit`` or ``implied``), checked as consent stands when each message is
-    claimed, or ``at`` a given moment (a simulated run's as-of: its world has no later rows yet)."""
+class SendRules:
+    """What a batch's messages are checked against again when each is claimed, as things stand
+    then: consent under the program's purpose and the policy's legal basis for it (``explicit`` or
+    ``implied``), and the channels' quiet hours in the recipient's zone (a run may execute hours
+    after its as-of). ``at`` fixes the moment (a simulated run's as-of: its world has no later
+    rows yet); left out, it is the wall clock at the claim."""
 
     purpose: str
     basis: str
+    quiet_hours: Mapping[str, QuietHours] = field(default_factory=dict)
     at: datetime | None = None
 
 
+def quiet_hours_clock() -> datetime:
+    """The moment quiet hours are read at when a message goes out: the wall clock (naive UTC)."""
+    return _now()
+
+
 def _withhold_listed(
-    conn: Connection, where: ColumnElement[bool], service_programs: Collection[str], consent: ConsentBasis | None
+    conn: Connection, where: ColumnElement[bool], service_programs: Collection[str], rules: SendRules | None
 ) -> None:
     """Ready messages that must no longer go are suppressed with the reason, not claimed: their
     contact joined a suppression list for their channel since planning (an opt-out or a bounce that
     came in between; a marketing unsubscribe does not stop a message of one of
-    ``service_programs``), or, with ``consent``, the consent in force now no longer allows them (a
+    ``service_programs``), or, with ``rules``, the consent in force now no longer allows them (a
     withdrawal captured after the run's as-of, or a re-run of an old date for someone who withdrew
     since)."""
     now = _now()
     for channel in registry.names():
         reasons = claim_reasons(channel, service_programs)
-        if consent is not None:
-            reasons += consent_rules(channel, consent.purpose, consent.basis, consent.at or now)
+        if rules is not None:
+            reasons += consent_rules(channel, rules.purpose, rules.basis, rules.at or now)
         for reason in reasons:
             conn.execute(
                 update(M)
@@ -198,7 +208,7 @@ def claim(
     batch: int,
     size: int,
     service_programs: Collection[str] = (),
-    consent: ConsentBasis | None = None,
+    rules: SendRules | None = None,
 ) -> list[Claimed]:
     """Atomically move up to ``size`` ready messages of the batch to ``sending`` and load them
     (after withholding those whose contact is now on a suppression list that stops them: every
@@ -206,7 +216,7 @@ def claim(
     ``service_programs``)."""
     token = uuid.uuid4().hex
     with engine.begin() as conn:
-        _withhold_listed(conn, _in_batch(run_id, batch), service_programs, consent)
+        _withhold_listed(conn, _in_batch(run_id, batch), service_programs, rules)
         chosen = (
             select(M.c.message_id)
             .where(_in_batch(run_id, batch), M.c.status == Status.READY)
@@ -425,15 +435,57 @@ def _too_many_segments(channel: str, out: Outbound, max_segments: Mapping[str, i
     return f"{OutcomeReason.TOO_MANY_SEGMENTS}: {parts} over the policy's {channel}_max_segments of {limit}"
 
 
+def _defer_quiet(engine: Engine, chunk: Sequence[Claimed], rules: SendRules | None) -> tuple[list[Claimed], int]:
+    """The claimed messages that may go now, and how many wait: a message on a channel with quiet
+    hours goes back to ``deferred`` until the window's end when it is quiet hours now where its
+    recipient is; a later run of its program sends it."""
+    if rules is None or not rules.quiet_hours:
+        return list(chunk), 0
+    moment = rules.at or quiet_hours_clock()
+    later: list[dict[str, Any]] = []
+    going: list[Claimed] = []
+    for item in chunk:
+        window, contact = rules.quiet_hours.get(item.channel), item.contact
+        until = None
+        if window is not None and contact["contact_id"] is not None:
+            timezone, phone, country = contact.get("timezone"), contact.get("phone"), contact.get("country")
+            until = quiet_until(moment, timezone, window, phone=phone, country=country)
+        if until is None:
+            going.append(item)
+        else:
+            later.append({"mid": item.message_id, "tok": item.claim_token, "until": until})
+    if later:
+        with engine.begin() as conn:
+            conn.execute(
+                update(M)
+                .where(
+                    M.c.message_id == bindparam("mid"),
+                    M.c.status == Status.SENDING,
+                    M.c.claim_token == bindparam("tok"),
+                )
+                .values(
+                    status=Status.DEFERRED,
+                    reason=CapReason.QUIET_HOURS,
+                    send_after=bindparam("until"),
+                    claim_token=None,
+                    send_run_id=None,
+                    batch=None,
+                    updated_at=_now(),
+                ),
+                later,
+            )
+    return going, len(later)
+
+
 def _chunks(
     engine: Engine,
     run_id: str,
     batch: int,
     size: int,
     service_programs: Collection[str],
-    consent: ConsentBasis | None,
+    rules: SendRules | None,
 ) -> Iterator[list[Claimed]]:
-    while claimed := claim(engine, run_id, batch, size, service_programs, consent):
+    while claimed := claim(engine, run_id, batch, size, service_programs, rules):
         yield claimed
 
 
@@ -448,22 +500,24 @@ def send_batch(
     simulate: bool = False,
     claim_size: int = 100,
     service_programs: Collection[str] = (),
-    consent: ConsentBasis | None = None,
+    rules: SendRules | None = None,
     max_segments: Mapping[str, int] | None = None,
 ) -> dict[str, int]:
     """Send one batch: settle stale claims, then claim, render, send and record chunk by chunk.
 
     ``service_programs`` names the service programs among the batch's (a marketing unsubscribe
     does not stop their messages at claim time); a program left out is treated as marketing.
-    ``consent`` is the batch's purpose and legal basis: each claim checks consent as it stands then.
+    ``rules`` (consent and quiet hours) are checked again as each message is claimed.
     ``max_segments`` (channel -> limit): a message of more billable parts fails with its reason."""
 
     def build(item: Claimed) -> Outbound:
         return render_outbound(item, links(item.message_id, item.contact["contact_id"], item.channel), brand)
 
     counts = recover_stale_claims(engine, run_id, batch, transport, build)
-    for chunk in _chunks(engine, run_id, batch, claim_size, service_programs, consent):
-        tokens = {item.message_id: item.claim_token for item in chunk}
+    for claimed in _chunks(engine, run_id, batch, claim_size, service_programs, rules):
+        tokens = {item.message_id: item.claim_token for item in claimed}
+        chunk, deferred = _defer_quiet(engine, claimed, rules)
+        counts[Status.DEFERRED] += deferred
         failures: list[SendResult] = []
         by_channel: dict[str, list[Outbound]] = {}
         for item in chunk:

@@ -96,7 +96,9 @@ def send(
         brand=brand,
         simulate=simulate,
         service_programs=service,
-        consent=dispatch.ConsentBasis(purpose, run.policy.basis_for(purpose), at=run.as_of if simulate else None),
+        rules=dispatch.SendRules(
+            purpose, run.policy.basis_for(purpose), run.policy.quiet_hours, at=run.as_of if simulate else None
+        ),
         max_segments={SMS_CHANNEL.name: run.policy.sms_max_segments},
     )
 

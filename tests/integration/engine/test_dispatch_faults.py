@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import httpx
 import pytest
@@ -629,3 +629,32 @@ def _outcomes(engine: Engine) -> dict[str, tuple[str, str | None]]:
         return {
             r.contact_id: (r.status, r.reason) for r in conn.execute(select(M.c.contact_id, M.c.status, M.c.reason))
         }
+
+
+def test_sms_quiet_hours_are_decided_when_the_text_goes_out(crm, db_url, sandbox, monkeypatch):
+    """A run as of noon in New York whose send task executes at 21:27 there: the text waits for
+    08:00 there, and the next run sends it."""
+    engine, crm_rows = crm
+    texter = crm_rows.contact(lifecycle_stage="trial", timezone="America/New_York", phone="+12125550123")
+    noon = datetime(2026, 11, 16, 17, 0)
+    stage_run(engine, "texts", "noon", noon, batch_size=1000)
+    assert _outcomes(engine) == {texter: ("ready", None)}
+    monkeypatch.setattr(dispatch, "quiet_hours_clock", lambda: datetime(2026, 11, 17, 2, 27))
+    scope, _programs = pipeline.load_scope("texts", "noon", noon)
+    pipeline.send(engine, scope, 0, ProviderTransport(), links=links_from_connection())
+
+    assert _outcomes(engine) == {texter: ("deferred", "quiet_hours")}
+    with engine.connect() as conn:
+        assert conn.execute(select(M.c.send_after)).scalar_one() == datetime(2026, 11, 17, 13, 0)
+    assert sandbox.twilio_messages() == []
+
+    monkeypatch.setattr(dispatch, "quiet_hours_clock", lambda: datetime(2026, 11, 17, 14, 0))
+    morning = datetime(2026, 11, 17, 14, 0)
+    for batch in stage_run(engine, "texts", "morning", morning, batch_size=1000):
+        scope, _programs = pipeline.load_scope("texts", "morning", morning)
+        pipeline.send(engine, scope, batch, ProviderTransport(), links=links_from_connection())
+    with engine.connect() as conn:
+        ping = conn.execute(select(M.c.message_id, M.c.status, M.c.send_run_id).where(M.c.step == "ping")).one()
+    assert tuple(ping[1:]) == ("sent", "morning")
+    assert deliveries(sandbox)[ping.message_id] == 1
+    assert_outbox_invariants(engine, sandbox)

@@ -139,7 +139,7 @@ class Outbox(RuleBasedStateMachine):
             links=self.links,
             brand=self.brand,
             claim_size=CLAIM_SIZE,
-            consent=dispatch.ConsentBasis("marketing", "explicit"),
+            rules=dispatch.SendRules("marketing", "explicit"),
         )
 
     @rule(target=planned, program=st.sampled_from(PROGRAMS))
