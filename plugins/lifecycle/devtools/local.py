@@ -24,6 +24,10 @@ def connection_json(conn_type: str, **fields) -> str:
     return json.dumps({"conn_type": conn_type, **{k: v for k, v in fields.items() if v is not None}})
 
 
+AIRFLOW_ENGINE_ARGS = {"hide_parameters": True}
+"""Arguments for Airflow's own database engine: its errors never print bound values."""
+
+
 def airflow_env(work: Path, crm_db: Path) -> dict[str, str]:
     """Environment for an Airflow home under ``work`` with the CRM in SQLite at ``crm_db``."""
     home = work / "airflow"
@@ -34,6 +38,8 @@ def airflow_env(work: Path, crm_db: Path) -> dict[str, str]:
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+        # A failed statement prints no bound values (a test send's recipients are in its run's conf).
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_ENGINE_ARGS": json.dumps(AIRFLOW_ENGINE_ARGS),
         "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
         "AIRFLOW_CONN_CRM_DEFAULT": connection_json("sqlite", host=str(crm_db)),

@@ -1,5 +1,6 @@
 """Property-based: whatever the order of planning, sending, crashes, retries, killed runs, webhooks
-(a duplicate contact's opt-out among them), consent changes and clock moves, the outbox invariants
+(a duplicate contact's opt-out among them), consent changes (STOP in any wording among them) and
+clock moves, the outbox invariants
 hold after every step (tests/support/invariants.py), and
 no message goes to a contact whose consent for its channel was not granted at its as-of.
 
@@ -69,6 +70,8 @@ CONTACTS = {
     "lead1_dup": {"lifecycle_stage": "lead", "email": " Lead1@Example.com "},
 }
 PHONES = {cid: fields.get("phone", f"+141555501{n:02d}") for n, (cid, fields) in enumerate(CONTACTS.items())}
+# Inbound replies: opt-outs as people write them (not only the keyword), and the opt-in keyword.
+SMS_REPLIES = ("STOP", "Stop texting me", "ＳＴＯＰ", "opt-out", "please stop!", "START")
 BATCH_SIZE, CLAIM_SIZE = 3, 2
 SETTINGS = settings(
     max_examples=30,
@@ -245,13 +248,14 @@ class Outbox(RuleBasedStateMachine):
 
     @rule(
         contact=st.sampled_from(sorted(CONTACTS)),
-        change=st.sampled_from(["withdrawn", "granted", "STOP", "START"]),
+        change=st.sampled_from(["withdrawn", "granted", *SMS_REPLIES]),
         channel=st.sampled_from(["email", "sms"]),
     )
     def consent_change(self, contact: str, change: str, channel: str) -> None:
         """A consent row the CRM records just after the current as-of (so after planning saw the
-        consent, and before sending: the claim must see it), or an inbound STOP/START SMS."""
-        if change in ("STOP", "START"):
+        consent, and before sending: the claim must see it), or an inbound SMS: STOP in any wording
+        a person would use, or START."""
+        if change in SMS_REPLIES:
             self.sandbox.inbound_sms(PHONES[contact], change)
             self.sandbox.flush()
         else:

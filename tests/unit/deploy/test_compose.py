@@ -7,6 +7,7 @@ against what lifecycle reads: its connection ids, its local Airflow settings, th
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 from collections.abc import Mapping
@@ -161,6 +162,9 @@ def test_project_folders_are_mounted_where_airflow_looks(tmp_path):
     assert "lifecycle/" in (PROJECT_ROOT / "plugins" / ".airflowignore").read_text().splitlines()
 
 
+ENGINE_ARGS = "AIRFLOW__DATABASE__SQL_ALCHEMY_ENGINE_ARGS"
+
+
 def test_every_local_airflow_setting_has_a_compose_counterpart(tmp_path):
     local_env = local.airflow_env(tmp_path, tmp_path / "crm.db")
     compose_env = {key: resolve(value) for key, value in COMMON["environment"].items()}
@@ -172,9 +176,21 @@ def test_every_local_airflow_setting_has_a_compose_counterpart(tmp_path):
     assert {"AIRFLOW__CORE__EXECUTOR", "AIRFLOW__CORE__LOAD_EXAMPLES", "AIRFLOW_CONN_CRM_DEFAULT"} <= set(settings)
     missing = set(settings) - set(compose_env)
     assert not missing, f"set by lifecycle.devtools.local.airflow_env but not in docker-compose.yml: {missing}"
-    differs_by_design = {"AIRFLOW__CORE__EXECUTOR", "AIRFLOW_CONN_CRM_DEFAULT"}
+    differs_by_design = {
+        "AIRFLOW__CORE__EXECUTOR",
+        "AIRFLOW_CONN_CRM_DEFAULT",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_ENGINE_ARGS",
+    }
     for key in settings.keys() - differs_by_design:
         assert compose_env[key].lower() == settings[key].lower(), key
+
+
+def test_airflows_own_engine_hides_bound_values_locally_and_in_compose(tmp_path):
+    local_args = json.loads(
+        local.airflow_env(tmp_path, tmp_path / "crm.db")["AIRFLOW__DATABASE__SQL_ALCHEMY_ENGINE_ARGS"]
+    )
+    compose_args = json.loads(resolve(COMMON["environment"]["AIRFLOW__DATABASE__SQL_ALCHEMY_ENGINE_ARGS"]))
+    assert local_args["hide_parameters"] is True and compose_args["hide_parameters"] is True
 
 
 def test_connections_are_the_ones_lifecycle_reads():
