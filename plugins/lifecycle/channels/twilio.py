@@ -48,7 +48,8 @@ log = logging.getLogger(__name__)
 
 TWILIO_API_URL = "https://api.twilio.com"
 T = TypeVar("T")
-_TWILIO_FAILED = {"failed", "undelivered", "canceled"}  # Twilio's message statuses that mean it gave up
+TWILIO_FAILED = frozenset({"failed", "undelivered", "canceled"})
+"""Twilio's message statuses that mean it gave up: the message did not and will not go out."""
 
 
 class BaseUrlHttpClient(TwilioHttpClient):
@@ -367,7 +368,7 @@ class TwilioSender:
 
 def _sms_result(message_id: int, receipt: SmsReceipt) -> SendResult:
     """The result Twilio's record of a message calls for."""
-    if receipt.status in _TWILIO_FAILED:
+    if receipt.status in TWILIO_FAILED:
         reason = twilio_failure_reason(receipt.error_code, receipt.status)
         return SendResult(message_id, Status.FAILED, receipt.sid, reason=reason, segments=receipt.segments)
     return SendResult(message_id, Status.SENT, receipt.sid, segments=receipt.segments)

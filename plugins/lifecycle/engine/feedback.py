@@ -30,7 +30,7 @@ from typing import Any
 from sqlalchemy import Connection, DateTime, Table, bindparam, case, delete, func, select, update
 
 from lifecycle.channels import registry
-from lifecycle.channels.twilio import twilio_failure_reason
+from lifecycle.channels.twilio import TWILIO_FAILED, twilio_failure_reason
 from lifecycle.messages.links import MESSAGE_ID_PARAM, UnsubscribeToken
 from lifecycle.model.addresses import email_address, to_e164
 from lifecycle.model.db import Record, insert_ignore, utc_naive
@@ -82,9 +82,7 @@ _TWILIO_STATUS = {
     "sent": Status.SENT,
     "delivered": Status.DELIVERED,
     "read": Status.OPENED,
-    "undelivered": Status.FAILED,
-    "failed": Status.FAILED,
-}
+} | dict.fromkeys(TWILIO_FAILED, Status.FAILED)
 
 
 @dataclass(frozen=True)

@@ -340,6 +340,17 @@ def test_twilio_status_callback_moves_the_message(ledger, signer, client):
     assert provider_id == message_sid("one")
 
 
+def test_a_canceled_text_is_failed_with_twilios_word(ledger, signer, client):
+    engine, crm = ledger
+    message = add_message(engine, crm.contact(), channel="sms", status="unknown")
+    params = status_form(message_sid("gone"), "canceled")
+
+    response = twilio_post(client, "/webhooks/twilio/status", params, query=f"lifecycle_message_id={message}")
+
+    assert response.status_code == 204
+    assert status_of(engine, message) == ("failed", "twilio canceled")
+
+
 @pytest.mark.parametrize("attack", ["wrong_token", "tampered", "other_message"])
 def test_unverified_twilio_requests_are_rejected_and_record_nothing(ledger, signer, client, attack):
     engine, crm = ledger

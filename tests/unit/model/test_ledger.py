@@ -68,10 +68,9 @@ ALLOWED = {
     ("engine/feedback.py", "_SENDGRID_STATUS", "delivered"): "SendGrid's event name",
     ("engine/feedback.py", "_TWILIO_STATUS", "sent"): "Twilio's MessageStatus value",
     ("engine/feedback.py", "_TWILIO_STATUS", "delivered"): "Twilio's MessageStatus value",
-    ("engine/feedback.py", "_TWILIO_STATUS", "failed"): "Twilio's MessageStatus value",
     ("engine/feedback.py", "sendgrid_event", "blocked"): "SendGrid's bounce type",
     ("engine/feedback.py", "sendgrid_event", "dropped"): "SendGrid's event name",
-    ("channels/twilio.py", "_TWILIO_FAILED", "failed"): "Twilio's MessageStatus value",
+    ("channels/twilio.py", "TWILIO_FAILED", "failed"): "Twilio's MessageStatus value",
     # The CRM's own vocabulary (DESIGN.md's input model), not the ledger's.
     ("model/schema.py", "SUBSCRIPTION_STATUSES", "active"): "subscriptions.status",
     ("model/schema.py", "BILLING_STATUSES", "failed"): "subscriptions.billing_status",
