@@ -31,7 +31,7 @@ from lifecycle.config import segments
 from lifecycle.config.durations import parse_duration
 from lifecycle.config.segments import Segment
 from lifecycle.model import channels, schema
-from lifecycle.model.ledger import PolicyRule, SuppressionReason
+from lifecycle.model.ledger import ExitReason, PolicyRule, SuppressionReason
 from lifecycle.paths import config_dir, templates_dir
 
 if TYPE_CHECKING:
@@ -225,8 +225,21 @@ class ReEntry(_Strict):
 
 
 class ExitRule(_Strict):
+    """Leave the journey early when ``segment`` holds, recording ``reason``."""
+
     reason: str = Field(pattern=r"^[a-z][a-z0-9_]{0,40}$")
     segment: SegmentExpr
+
+    @field_validator("reason")
+    @classmethod
+    def _not_the_engines(cls, reason: str) -> str:
+        # ``converted`` counts as a conversion in the funnel and the KPIs: only the exit goal records it.
+        if reason in set(ExitReason):
+            raise ValueError(
+                f"{reason!r} is a reason the engine records itself ({', '.join(ExitReason)}) — fix: name "
+                "the rule for why contacts leave (e.g. subscription_ended), and put a conversion in exit.goal"
+            )
+        return reason
 
 
 class Exit(_Strict):

@@ -325,6 +325,16 @@ def _segment(expr: dict) -> dict:
             "audience.anchor.column",
             "not a timestamp",
         ),
+        (
+            {"exit": {"rules": [{"reason": "converted", "segment": {"segment": "leads"}}]}},
+            "exit.rules[0].reason",
+            "put a conversion in exit.goal",
+        ),
+        (
+            {"exit": {"rules": [{"reason": "completed", "segment": {"segment": "leads"}}]}},
+            "exit.rules[0].reason",
+            "a reason the engine records itself",
+        ),
     ],
 )
 def test_values_the_types_allow_but_the_engine_cannot_use(tmp_path, change, field, expected):
