@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import func, select
 
+from lifecycle.engine import dispatch
 from lifecycle.model import schema
 from tests.conftest import AS_OF
 from tests.support.dagrun import run_dag
@@ -74,6 +75,8 @@ def test_sms_due_at_23_local_is_deferred_to_the_morning(crm, db_url, monkeypatch
     late = datetime(2026, 11, 17, 4, 0)
     night = crm_rows.contact(lifecycle_stage="trial", timezone="America/New_York")
     day = crm_rows.contact(lifecycle_stage="trial", timezone="Asia/Tokyo")  # 13:00 there
+    # Each run executes on time: its texts go out at its as-of (quiet hours are read again then).
+    monkeypatch.setattr(dispatch, "quiet_hours_clock", lambda: late)
     assert run_dag(monkeypatch, db_url, "texts", late) == "success"
     with engine.connect() as conn:
         rows = {r.contact_id: r for r in conn.execute(select(M).where(M.c.program == "texts"))}
@@ -81,6 +84,7 @@ def test_sms_due_at_23_local_is_deferred_to_the_morning(crm, db_url, monkeypatch
     assert rows[night].send_after == datetime(2026, 11, 17, 13, 0)  # 08:00 in New York
     assert rows[day].status == "sent"
     # The next run after the morning sends it, once.
+    monkeypatch.setattr(dispatch, "quiet_hours_clock", lambda: datetime(2026, 11, 17, 14, 0))
     assert run_dag(monkeypatch, db_url, "texts", datetime(2026, 11, 17, 14, 0)) == "success"
     with engine.connect() as conn:
         after = conn.execute(select(M.c.status).where(M.c.contact_id == night)).scalars().all()
