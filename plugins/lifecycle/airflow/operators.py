@@ -46,7 +46,7 @@ class ProgramOperator(LifecycleOperator[R]):
     :param program_id: the program (DAG id) whose stage this task runs.
     """
 
-    template_fields = ("program_id", "crm_conn_id")
+    template_fields = ("program_id", "crm_conn_id", "state_conn_id")
 
     def __init__(self, *, program_id: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)

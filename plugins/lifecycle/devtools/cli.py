@@ -37,9 +37,9 @@ def _validate(_args: argparse.Namespace) -> int:
 
 
 def _migrate(args: argparse.Namespace) -> int:
-    from lifecycle.model.db import crm_url, get_engine, migrate
+    from lifecycle.model.db import get_engine, migrate, state_url
 
-    migrate(get_engine(args.url or crm_url()))
+    migrate(get_engine(args.url or state_url()))
     print("engine tables are up to date")
     return 0
 
@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
         func=_validate
     )
     p = sub.add_parser("migrate", help="create or upgrade the lifecycle_* engine tables")
-    p.add_argument("--url", help="SQLAlchemy URL (default: LIFECYCLE_CRM_URL or the crm_default connection)")
+    p.add_argument("--url", help="SQLAlchemy URL of the state database (default: LIFECYCLE_STATE_URL, the lifecycle_state connection, else the CRM's)")
     p.set_defaults(func=_migrate)
 
     p = sub.add_parser("seed", help="write a synthetic CRM")
@@ -111,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("program")
     p.add_argument("contact")
     p.add_argument("--step", help="step id (default: the first)")
-    p.add_argument("--url", help="CRM URL (default: LIFECYCLE_CRM_URL or crm_default)")
+    p.add_argument("--url", help="state database URL (default: LIFECYCLE_STATE_URL, lifecycle_state, else crm_default)")
     p.add_argument("--as-of", default=datetime.now(UTC).isoformat())
     p.set_defaults(func=_preview)
 
