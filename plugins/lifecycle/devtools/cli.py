@@ -97,7 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
         func=_validate
     )
     p = sub.add_parser("migrate", help="create or upgrade the lifecycle_* engine tables")
-    p.add_argument("--url", help="SQLAlchemy URL of the state database (default: LIFECYCLE_STATE_URL, the lifecycle_state connection, else the CRM's)")
+    p.add_argument(
+        "--url",
+        help="SQLAlchemy URL of the state database (default: LIFECYCLE_STATE_URL, lifecycle_state, else crm_default)",
+    )
     p.set_defaults(func=_migrate)
 
     p = sub.add_parser("seed", help="write a synthetic CRM")

@@ -72,7 +72,7 @@ def url_from_connection(conn: AirflowConnection) -> str:
         netloc = f"{auth}@" if auth else ""
         port = f":{conn.port}" if conn.port else ""
         return f"{drivers[conn.conn_type]}://{netloc}{conn.host}{port}/{conn.schema}"
-    hook_url = getattr(conn.get_hook(), "sqlalchemy_url", None)
+    hook_url = getattr(conn.get_hook(), "sqlalchemy_url", None)  # type: ignore[no-untyped-call]
     if hook_url is not None:
         return hook_url if isinstance(hook_url, str) else hook_url.render_as_string(hide_password=False)
     raise ValueError(
