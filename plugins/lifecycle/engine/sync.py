@@ -43,7 +43,6 @@ from sqlalchemy import (
     Integer,
     delete,
     func,
-    inspect,
     literal_column,
     select,
     table,
@@ -137,11 +136,12 @@ class _Part:
         """A missing table or column, named with the fix, before any row is read."""
         if self.mapping.table is None:
             return
-        schema_name, _, name = self.mapping.table.rpartition(".")
-        inspector = inspect(conn)
-        if not inspector.has_table(name, schema=schema_name or None):
+        try:
+            header = conn.execute(select(text("*")).select_from(self._from()).limit(0))
+            present = {str(name).lower() for name in list(header.keys())}
+        except DBAPIError:
+            conn.rollback()
             self.fail("table", f"table {self.mapping.table!r} is not in the source — fix: name an existing table")
-        present = {c["name"].lower() for c in inspector.get_columns(name, schema=schema_name or None)}
         for canonical, source in self.mapping.columns.items():
             for label, spec in source.items() if isinstance(source, dict) else [(None, source)]:
                 if IDENTIFIER.match(spec) and spec.lower() not in present:
