@@ -169,6 +169,8 @@ class _Part:
                 f"the source refused the SELECT ({first}) — fix: check the table, the columns and the expressions",
             )
         unmapped: dict[str, dict[Any, int]] = {}
+        self.unreadable: dict[str, tuple[int, Any]] = {}
+        self.readable: set[str] = set()
         for raw in result.mappings():
             row: dict[str, Any] = {}
             for label, target in self.outputs:
@@ -179,6 +181,14 @@ class _Part:
                     continue
                 row[target] = self.convert(target, value, raw, unmapped)
             yield row, raw.get("w__")
+        for column, (count, example) in self.unreadable.items():
+            if column not in self.readable:  # not one value reads as the type: the mapping, not the rows
+                kind = _kind_name(self.table.c[column].type)
+                self.fail(
+                    f"columns.{column}",
+                    f"{self.mapping.columns[column]!r} gives values that are not {kind} ({count} rows, e.g. "
+                    f"{example!r}) — fix: map {kind} column, or an expression that yields one",
+                )
         if unmapped:
             column, seen = next(iter(unmapped.items()))
             sample = ", ".join(f"{v!r} ({n} rows)" for v, n in list(seen.items())[:5])
@@ -210,7 +220,9 @@ class _Part:
             return None
         kind = self.table.c[column].type
         try:
-            return _coerce(kind, value, is_json(self.entity, column))
+            converted = _coerce(kind, value, is_json(self.entity, column))
+            self.readable.add(column)
+            return converted
         except TypeError:
             key = ", ".join(str(raw.get(f"c__{k}")) for k in KEYS[self.entity])
             source = self.mapping.columns[column]
@@ -220,7 +232,11 @@ class _Part:
                 f"is {_kind_name(kind)} — fix: map a {_kind_name(kind)} column, or an expression that yields one",
             )
         except ValueError:
-            return None  # unreadable text in a typed column: a bad CRM row, NULL in the mirror
+            # Unreadable text in a typed column: a bad CRM row, NULL in the mirror (counted; the whole
+            # column unreadable is a wrong mapping).
+            count, _example = self.unreadable.get(column, (0, value))
+            self.unreadable[column] = (count + 1, _example)
+            return None
 
 
 def _kind_name(kind: Any) -> str:

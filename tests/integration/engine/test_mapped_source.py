@@ -25,7 +25,8 @@ OFFSETS = (timedelta(0), timedelta(days=1, hours=2), timedelta(days=7))
 def _ledger(engine) -> list[tuple]:
     m = schema.messages
     with engine.connect() as conn:
-        rows = conn.execute(select(m.c.idempotency_key, m.c.status, m.c.reason, m.c.channel).order_by(m.c.idempotency_key))
+        query = select(m.c.idempotency_key, m.c.status, m.c.reason, m.c.channel).order_by(m.c.idempotency_key)
+        rows = conn.execute(query)
         return [tuple(r) for r in rows]
 
 
