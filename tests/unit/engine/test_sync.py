@@ -15,7 +15,7 @@ from lifecycle.config.sources import ENTITIES, load_sources
 from lifecycle.engine import sync
 from lifecycle.model import schema
 from lifecycle.model.db import get_engine, migrate, source_engine
-from tests.conftest import AS_OF, PG_ADMIN_URL, require_postgres
+from tests.conftest import AS_OF, require_postgres
 from tests.support.warehouse import WAREHOUSE_MAPPING, canonical_crm, write_warehouse
 
 
@@ -114,7 +114,7 @@ def warehouse(tmp_path: Path, monkeypatch) -> tuple[str, Path]:
         (
             ("    created_at: signed_up_at", "    created_at: stage"),
             "contacts",
-            r"contacts\.columns\.created_at: 'stage' gives values that are not a timestamp .* fix: map a timestamp column",
+            r"contacts\.columns\.created_at: 'stage' gives values that are not a timestamp .* fix",
         ),
         (
             ("renews_at: renewal_date", "renews_at: monthly"),
@@ -124,7 +124,7 @@ def warehouse(tmp_path: Path, monkeypatch) -> tuple[str, Path]:
         (
             ("customer: customer_active", "customer: customer_paying"),
             "contacts",
-            r"contacts\.values\.lifecycle_stage: source values outside the mapped vocabulary: 'customer_active' .* fix: map each onto one of",
+            r"contacts\.values\.lifecycle_stage: .*outside the mapped vocabulary: 'customer_active' .* fix",
         ),
     ],
 )
