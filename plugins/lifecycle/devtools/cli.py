@@ -24,6 +24,7 @@ def _validate(_args: argparse.Namespace) -> int:
     except config.ConfigError as exc:
         problems += 1
         print(f"INVALID {exc}")
+    problems += _validate_sources()
     programs, errors = config.load_all_programs()
     for pid, program in programs.items():
         print(f"ok      {pid}: {program.name} ({len(program.steps)} steps, priority {program.priority})")
@@ -34,6 +35,31 @@ def _validate(_args: argparse.Namespace) -> int:
             print(f"          {problem}")
     print(f"{len(programs)} programs valid, {problems} file(s) with problems")
     return 1 if problems else 0
+
+
+def _validate_sources() -> int:
+    """Report config/sources.yml: each entity mapped, left out (the programs reading it say so) or wrong."""
+    from lifecycle import config
+    from lifecycle.config.sources import ENTITIES, load_sources
+
+    try:
+        sources = load_sources()
+    except config.ConfigError as exc:
+        print(f"INVALID {exc}")
+        return 1
+    if sources is None:
+        print("ok      no sources.yml: the source holds the canonical tables")
+        return 0
+    for entity in ENTITIES:
+        if entity in sources.errors:
+            print(f"INVALID {sources.file}: {entity}:")
+            for problem in sources.errors[entity]:
+                print(f"          {problem}")
+        elif entity in sources.entities:
+            print(f"ok      {sources.file.name}: {entity} ({len(sources.entities[entity])} mapping(s))")
+        else:
+            print(f"        {sources.file.name}: {entity} not mapped (programs that read it are listed below)")
+    return 1 if sources.errors else 0
 
 
 def _migrate(args: argparse.Namespace) -> int:
