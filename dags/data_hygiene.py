@@ -17,6 +17,7 @@ from lifecycle.airflow.hygiene_operators import (
     ResolveDuplicatesOperator,
 )
 from lifecycle.airflow.notifications import OwnerAlert
+from lifecycle.airflow.operators import SyncSourceOperator
 from lifecycle.engine import hygiene
 
 with DAG(
@@ -36,7 +37,8 @@ with DAG(
     },
 ):
     (
-        NormaliseAndValidateOperator(task_id="normalise_and_validate")
+        SyncSourceOperator(task_id="sync_source", entities=["contacts", "consents"])
+        >> NormaliseAndValidateOperator(task_id="normalise_and_validate")
         >> ResolveDuplicatesOperator(task_id="resolve_duplicates")
         >> FlagSuppressionsOperator(task_id="flag_suppressions")
         >> ComputeFiguresOperator(task_id="compute_figures")

@@ -2,7 +2,8 @@
 
 An operator stores its arguments in ``__init__`` (no I/O), and in ``execute`` builds a
 :class:`TaskRun` — the run id, the run's as-of time (its data interval end, never the clock),
-the manual-run params and the CRM engine — hands it to its :meth:`LifecycleOperator.run`, which
+the manual-run params and the state engine (where the engine's tables and the canonical CRM
+tables it decides on live) — hands it to its :meth:`LifecycleOperator.run`, which
 calls one engine or reporting function, and returns what that returned: counts or ids, small
 enough for XCom.
 """
@@ -18,7 +19,7 @@ from typing import Any, Generic, TypeVar
 from airflow.sdk import BaseOperator
 from sqlalchemy import Engine
 
-from lifecycle.model.db import CRM_CONN_ID, crm_url, get_engine, utc_naive
+from lifecycle.model.db import CRM_CONN_ID, STATE_CONN_ID, get_engine, state_url, utc_naive
 
 log = logging.getLogger(__name__)
 R = TypeVar("R")
@@ -34,7 +35,7 @@ def as_of_from_context(context: Mapping[str, Any]) -> datetime:
 
 @dataclass(frozen=True)
 class TaskRun:
-    """What a task knows of its run: id, as-of time (naive UTC), manual-run params, CRM engine."""
+    """What a task knows of its run: id, as-of time (naive UTC), manual-run params, state engine."""
 
     run_id: str
     as_of: datetime
@@ -45,21 +46,24 @@ class TaskRun:
 class LifecycleOperator(BaseOperator, Generic[R]):
     """Base of every Lifecycle operator: ``execute`` builds the :class:`TaskRun` and logs the result.
 
-    :param crm_conn_id: the connection of the CRM database (and of the engine's tables).
+    :param crm_conn_id: the connection of the source CRM database, only ever read.
+    :param state_conn_id: the connection of the state database (the engine's tables); when it is
+        not configured, the CRM's database holds them.
     """
 
-    template_fields: Sequence[str] = ("crm_conn_id",)
+    template_fields: Sequence[str] = ("crm_conn_id", "state_conn_id")
 
-    def __init__(self, *, crm_conn_id: str = CRM_CONN_ID, **kwargs: Any) -> None:
+    def __init__(self, *, crm_conn_id: str = CRM_CONN_ID, state_conn_id: str = STATE_CONN_ID, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.crm_conn_id = crm_conn_id
+        self.state_conn_id = state_conn_id
 
     def execute(self, context: Any) -> R:
         run = TaskRun(
             run_id=context["run_id"],
             as_of=utc_naive(as_of_from_context(context)),
             params=context.get("params") or {},
-            engine=get_engine(crm_url(self.crm_conn_id)),
+            engine=get_engine(state_url(self.state_conn_id, self.crm_conn_id)),
         )
         result = self.run(run)
         log.info("%s as of %s: %s", self.log_name(), run.as_of.isoformat(), result)

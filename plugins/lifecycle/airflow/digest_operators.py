@@ -61,7 +61,7 @@ class SendKpiDigestOperator(LifecycleOperator[dict[str, Any]]):
     :param sendgrid_conn_id: the SendGrid connection (API key, sender).
     """
 
-    template_fields = ("crm_conn_id", "sendgrid_conn_id")
+    template_fields = ("crm_conn_id", "state_conn_id", "sendgrid_conn_id")
 
     def __init__(self, *, sendgrid_conn_id: str = SendGridHook.default_conn_name, **kwargs: Any) -> None:
         super().__init__(**kwargs)

@@ -27,6 +27,7 @@ from lifecycle.airflow.operators import (
     PrepareBatchesOperator,
     SendBatchOperator,
     SuppressOperator,
+    SyncSourceOperator,
 )
 
 START = datetime(2026, 1, 1)
@@ -93,7 +94,7 @@ def _params() -> dict[str, Param]:
 
 
 def build_program_dag(program: config.Program, caps: str = "") -> DAG:
-    """The DAG of one program: segment → enroll/exit → plan → suppress → cap → send → KPIs → check."""
+    """The DAG of one program: source sync → segment → enroll/exit → plan → suppress → cap → send → KPIs → check."""
     with DAG(
         dag_id=program.id,
         description=program.name,
@@ -112,6 +113,7 @@ def build_program_dag(program: config.Program, caps: str = "") -> DAG:
         },
     ) as dag:
         common = {"program_id": program.id}
+        source = SyncSourceOperator(task_id="sync_source", **common)
         evaluate = EvaluateSegmentOperator(task_id="evaluate_segment", **common)
         enroll = EnrollAndExitOperator(task_id="enroll_and_exit", **common)
         plan = PlanDueStepsOperator(task_id="plan_due_steps", **common)
@@ -132,7 +134,7 @@ def build_program_dag(program: config.Program, caps: str = "") -> DAG:
             retries=0,
             on_failure_callback=None,
         )
-        evaluate >> enroll >> plan >> suppress >> cap >> batches >> send >> kpis >> check
+        source >> evaluate >> enroll >> plan >> suppress >> cap >> batches >> send >> kpis >> check
     return dag
 
 

@@ -46,7 +46,7 @@ class ProgramOperator(LifecycleOperator[R]):
     :param program_id: the program (DAG id) whose stage this task runs.
     """
 
-    template_fields = ("program_id", "crm_conn_id")
+    template_fields: Sequence[str] = ("program_id", "crm_conn_id", "state_conn_id")
 
     def __init__(self, *, program_id: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -64,6 +64,36 @@ class ProgramOperator(LifecycleOperator[R]):
     def scope(self, run: TaskRun) -> tuple[RunScope, dict[str, config.Program]]:
         """The run scope and every valid program (capping needs the others)."""
         return pipeline.load_scope(self.program_id, run.run_id, run.as_of)
+
+
+class SyncSourceOperator(LifecycleOperator[dict[str, dict[str, Any]]]):
+    """Copy what the run reads from the source (``crm_conn_id``, read-only) into the state
+    database's canonical mirror tables; nothing to do where they are one database.
+
+    :param program_id: the program whose entities must copy (its run fails when one does not);
+        left out, ``entities`` are.
+    :param entities: the entities to copy when no program is named (data hygiene's contacts and consents).
+    """
+
+    template_fields: Sequence[str] = ("program_id", "crm_conn_id", "state_conn_id")
+
+    def __init__(self, *, program_id: str | None = None, entities: Sequence[str] = (), **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.program_id = program_id
+        self.entities = list(entities)
+
+    def run(self, run: TaskRun) -> dict[str, dict[str, Any]]:
+        from dataclasses import asdict
+
+        from lifecycle.config.sources import load_sources
+        from lifecycle.engine import sync
+        from lifecycle.model.db import crm_url, source_engine, state_url
+
+        source = crm_url(self.crm_conn_id)
+        shared = sync.same_database(source, state_url(self.state_conn_id, self.crm_conn_id))
+        own, others = sync.entities_for(self.program_id, self.entities)
+        results = sync.sync(source_engine(source), run.engine, load_sources(), own, shared=shared, also=others)
+        return {entity: asdict(result) for entity, result in results.items()}
 
 
 class EvaluateSegmentOperator(ProgramOperator[int]):
@@ -113,7 +143,7 @@ class PrepareBatchesOperator(ProgramOperator[list[int]]):
 class SendBatchOperator(ProgramOperator[dict[str, int]]):
     """Claim, render and send one batch through the channel transport."""
 
-    template_fields = ("program_id", "batch")
+    template_fields: Sequence[str] = ("program_id", "batch")
 
     def __init__(self, *, batch: int, **kwargs: Any) -> None:
         super().__init__(**kwargs)

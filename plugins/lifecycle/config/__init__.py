@@ -398,6 +398,13 @@ class Policy(_Strict):
         """The legal basis ``purpose`` is sent on: ``explicit`` or ``implied``."""
         return self.legal_basis[purpose]
 
+    def applies(self, rule_name: PolicyRule, program: Program) -> bool:
+        """Whether the suppression rule ``rule_name`` is set and covers ``program``'s classes."""
+        rule = self.suppressions.get(rule_name)
+        if rule is None:
+            return False
+        return "all" in rule.applies_to or bool(set(rule.applies_to) & set(program.classes))
+
     def caps_for(self, program: Program) -> dict[str, Cap]:
         """The caps ``program``'s messages are under: ``service_caps`` for a service program, else ``caps``."""
         return {str(scope): limit for scope, limit in (self.service_caps if program.is_service else self.caps).items()}
@@ -558,7 +565,12 @@ def program_files(directory: Path | None = None) -> list[Path]:
 
 
 def load_all_programs() -> tuple[dict[str, Program], dict[str, ConfigError]]:
-    """Every program that loads, and the error of every one that does not."""
+    """Every program that loads, and the error of every one that does not.
+
+    With a source mapping (``config/sources.yml``), a program that reads an entity the mapping
+    leaves out or gets wrong is an error too, naming the mapping file: only that program breaks."""
+    from lifecycle.config import sources as source_mapping
+
     catalog = load_segments()
     programs: dict[str, Program] = {}
     errors: dict[str, ConfigError] = {}
@@ -567,4 +579,18 @@ def load_all_programs() -> tuple[dict[str, Program], dict[str, ConfigError]]:
             programs[path.stem] = load_program(path, catalog)
         except ConfigError as exc:
             errors[path.stem] = exc
-    return programs, errors
+    try:
+        mapping = source_mapping.load_sources()
+    except ConfigError as exc:
+        return {}, {pid: exc for pid in programs} | errors
+    if mapping is not None:
+        try:
+            policy: Policy | None = load_policy()
+        except ConfigError:
+            policy = None
+        for pid in list(programs):
+            problems = source_mapping.program_problems(programs[pid], mapping, catalog, policy)
+            if problems:
+                errors[pid] = ConfigError(mapping.file, problems)
+                del programs[pid]
+    return programs, dict(sorted(errors.items()))

@@ -250,6 +250,21 @@ def references(segment: Segment) -> set[str]:
     return set()
 
 
+def tables_used(segment: Segment, catalog: Mapping[str, Segment]) -> set[str]:
+    """The canonical CRM tables an expression reads (named segments followed through ``catalog``)."""
+    if isinstance(segment, Attribute):
+        return {"contacts"}
+    if isinstance(segment, Event):
+        return {"events"}
+    if isinstance(segment, Related):
+        return {"contacts", segment.table} if segment.table == "accounts" else {segment.table}
+    if isinstance(segment, Combine):
+        return set().union(*(tables_used(c, catalog) for c in segment.children))
+    if isinstance(segment, Not):
+        return tables_used(segment.child, catalog)
+    return tables_used(catalog[segment.name], catalog) if segment.name in catalog else set()
+
+
 def uses_journey(segment: Segment, catalog: Mapping[str, Segment] | None = None) -> bool:
     """Whether an expression refers to the enrollment (``since``/``after``/``before``)."""
     if isinstance(segment, Event):

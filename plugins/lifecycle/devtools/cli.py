@@ -24,6 +24,7 @@ def _validate(_args: argparse.Namespace) -> int:
     except config.ConfigError as exc:
         problems += 1
         print(f"INVALID {exc}")
+    problems += _validate_sources()
     programs, errors = config.load_all_programs()
     for pid, program in programs.items():
         print(f"ok      {pid}: {program.name} ({len(program.steps)} steps, priority {program.priority})")
@@ -36,10 +37,35 @@ def _validate(_args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
-def _migrate(args: argparse.Namespace) -> int:
-    from lifecycle.model.db import crm_url, get_engine, migrate
+def _validate_sources() -> int:
+    """Report config/sources.yml: each entity mapped, left out (the programs reading it say so) or wrong."""
+    from lifecycle import config
+    from lifecycle.config.sources import ENTITIES, load_sources
 
-    migrate(get_engine(args.url or crm_url()))
+    try:
+        sources = load_sources()
+    except config.ConfigError as exc:
+        print(f"INVALID {exc}")
+        return 1
+    if sources is None:
+        print("ok      no sources.yml: the source holds the canonical tables")
+        return 0
+    for entity in ENTITIES:
+        if entity in sources.errors:
+            print(f"INVALID {sources.file}: {entity}:")
+            for problem in sources.errors[entity]:
+                print(f"          {problem}")
+        elif entity in sources.entities:
+            print(f"ok      {sources.file.name}: {entity} ({len(sources.entities[entity])} mapping(s))")
+        else:
+            print(f"        {sources.file.name}: {entity} not mapped (programs that read it are listed below)")
+    return 1 if sources.errors else 0
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from lifecycle.model.db import get_engine, migrate, state_url
+
+    migrate(get_engine(args.url or state_url()))
     print("engine tables are up to date")
     return 0
 
@@ -97,7 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
         func=_validate
     )
     p = sub.add_parser("migrate", help="create or upgrade the lifecycle_* engine tables")
-    p.add_argument("--url", help="SQLAlchemy URL (default: LIFECYCLE_CRM_URL or the crm_default connection)")
+    p.add_argument(
+        "--url",
+        help="SQLAlchemy URL of the state database (default: LIFECYCLE_STATE_URL, lifecycle_state, else crm_default)",
+    )
     p.set_defaults(func=_migrate)
 
     p = sub.add_parser("seed", help="write a synthetic CRM")
@@ -111,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("program")
     p.add_argument("contact")
     p.add_argument("--step", help="step id (default: the first)")
-    p.add_argument("--url", help="CRM URL (default: LIFECYCLE_CRM_URL or crm_default)")
+    p.add_argument("--url", help="state database URL (default: LIFECYCLE_STATE_URL, lifecycle_state, else crm_default)")
     p.add_argument("--as-of", default=datetime.now(UTC).isoformat())
     p.set_defaults(func=_preview)
 

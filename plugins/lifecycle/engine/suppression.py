@@ -152,10 +152,7 @@ def channel_blocked(channel: str, run: RunScope, contact_id: ColumnElement) -> C
 
 
 def _applies(rule_name: PolicyRule, run: RunScope) -> bool:
-    rule = run.policy.suppressions.get(rule_name)
-    if rule is None:
-        return False
-    return "all" in rule.applies_to or bool(set(rule.applies_to) & set(run.program.classes))
+    return run.policy.applies(rule_name, run.program)
 
 
 def contact_reasons(run: RunScope) -> list[Reason]:

@@ -13,7 +13,7 @@ from lifecycle import config, paths
 from lifecycle.messages.context import MessageData, crm_columns, read_crm, template_context
 from lifecycle.messages.rendering import Rendered, render
 from lifecycle.model import channels, schema
-from lifecycle.model.db import crm_url, get_engine, utc_naive
+from lifecycle.model.db import get_engine, state_url, utc_naive
 
 
 def render_step(
@@ -83,7 +83,7 @@ def preview(url: str | None, program_id: str, contact_id: str, *, step: str | No
         raise SystemExit(f"{program_id} has no step {step!r}; steps: {[s.id for s in program.steps]}")
     try:
         rendered = render_step(
-            get_engine(url or crm_url()),
+            get_engine(url or state_url()),
             program,
             chosen,
             contact_id,

@@ -1,4 +1,10 @@
-"""Database access: engines for the CRM connection, portable SQL helpers, migrations."""
+"""Database access: the source and state engines, portable SQL helpers, migrations.
+
+Two databases, which may be one: the **source** (``crm_default``), the user's CRM, only ever read;
+and the **state** (``lifecycle_state``), where the engine's ``lifecycle_*`` tables live and every
+stage runs. Where ``lifecycle_state`` is not configured the state is the source (the embedded
+default: one SQLite file holds both).
+"""
 
 from __future__ import annotations
 
@@ -38,38 +44,66 @@ if TYPE_CHECKING:
     from airflow.sdk import Connection as AirflowConnection
 
 CRM_CONN_ID = "crm_default"
+STATE_CONN_ID = "lifecycle_state"
 # A row as a stage reads it: a result row's mapping, or a plain dict built by hand (tests, previews).
 Record: TypeAlias = RowMapping | Mapping[str, Any]
 BUCKETS = 10_000
 
 
 def url_from_connection(conn: AirflowConnection) -> str:
-    """Build a SQLAlchemy URL from an Airflow Connection (sqlite path or a server database)."""
+    """Build a SQLAlchemy URL from an Airflow Connection.
+
+    ``extra.sqlalchemy_url`` wins; then the connection types this project runs on (sqlite, postgres,
+    mysql through PyMySQL, duckdb); then the provider hook's own ``sqlalchemy_url`` (common-sql's
+    ``DbApiHook``: Snowflake, BigQuery, Redshift... through their providers)."""
     extra = conn.extra_dejson or {}
     if extra.get("sqlalchemy_url"):
         url: str = extra["sqlalchemy_url"]
         return url
     if conn.conn_type == "sqlite":
         return f"sqlite:///{conn.host}"
-    if conn.conn_type in {"postgres", "postgresql"}:
+    if conn.conn_type == "duckdb":
+        return f"duckdb:///{conn.host}"
+    drivers = {"postgres": "postgresql+psycopg2", "postgresql": "postgresql+psycopg2", "mysql": "mysql+pymysql"}
+    if conn.conn_type in drivers:
         auth = conn.login or ""
         if conn.password:
             auth += f":{conn.password}"
         netloc = f"{auth}@" if auth else ""
         port = f":{conn.port}" if conn.port else ""
-        return f"postgresql+psycopg2://{netloc}{conn.host}{port}/{conn.schema}"
+        return f"{drivers[conn.conn_type]}://{netloc}{conn.host}{port}/{conn.schema}"
+    hook_url = getattr(conn.get_hook(), "sqlalchemy_url", None)  # type: ignore[no-untyped-call]
+    if hook_url is not None:
+        return hook_url if isinstance(hook_url, str) else hook_url.render_as_string(hide_password=False)
     raise ValueError(
-        f"Connection {conn.conn_id!r} has type {conn.conn_type!r}; use sqlite or postgres, or set extra.sqlalchemy_url"
+        f"Connection {conn.conn_id!r} has type {conn.conn_type!r}, whose hook yields no SQLAlchemy URL; "
+        "use sqlite, postgres, mysql or duckdb, or set extra.sqlalchemy_url"
     )
 
 
 def crm_url(conn_id: str = CRM_CONN_ID) -> str:
-    """The CRM database URL: LIFECYCLE_CRM_URL if set, else the Airflow connection."""
+    """The source (CRM) database URL: LIFECYCLE_CRM_URL if set, else the Airflow connection."""
     if os.environ.get("LIFECYCLE_CRM_URL"):
         return os.environ["LIFECYCLE_CRM_URL"]
     from airflow.sdk import BaseHook
 
     return url_from_connection(BaseHook.get_connection(conn_id))
+
+
+def state_url(conn_id: str = STATE_CONN_ID, crm_conn_id: str = CRM_CONN_ID) -> str:
+    """The state database URL (the engine's tables, where every stage runs): LIFECYCLE_STATE_URL if
+    set, else the ``lifecycle_state`` connection, else the source's URL (one database holds both)."""
+    if os.environ.get("LIFECYCLE_STATE_URL"):
+        return os.environ["LIFECYCLE_STATE_URL"]
+    if not os.environ.get("LIFECYCLE_CRM_URL"):
+        from airflow.sdk import BaseHook
+        from airflow.sdk.exceptions import AirflowNotFoundException
+
+        try:
+            return url_from_connection(BaseHook.get_connection(conn_id))
+        except AirflowNotFoundException:
+            pass
+    return crm_url(crm_conn_id)
 
 
 def _sqlite_bucket(key: str) -> int:
@@ -115,6 +149,34 @@ def get_engine(url: str) -> Engine:
             connect_args={"options": "-c jit=off"},
         )
     return create_engine(url, pool_pre_ping=True, hide_parameters=True)
+
+
+@cache
+def source_engine(url: str) -> Engine:
+    """A read-only engine on the source (``crm_default``): every connection refuses writes where the
+    driver can say so. SQLite opens the file with ``mode=ro`` (and sets no pragma: a read-only file
+    takes none), PostgreSQL and MariaDB start read-only transactions, DuckDB opens read-only."""
+    parsed = make_url(url)
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        path = parsed.database or ""
+        target = path if path.startswith("file:") else f"file:{path}?mode=ro"
+        return create_engine("sqlite://", creator=lambda: sqlite3.connect(target, uri=True), hide_parameters=True)
+    if backend == "postgresql" and parsed.get_driver_name() == "psycopg2":
+        options = "-c default_transaction_read_only=on"
+        return create_engine(url, pool_pre_ping=True, hide_parameters=True, connect_args={"options": options})
+    if backend == "duckdb":
+        return create_engine(url, hide_parameters=True, connect_args={"read_only": True})
+    engine = create_engine(url, pool_pre_ping=True, hide_parameters=True)
+    if backend in {"mysql", "mariadb"}:
+
+        @event.listens_for(engine, "connect")
+        def _read_only(dbapi_conn: Any, _record: ConnectionPoolEntry) -> None:  # pragma: no cover - driver callback
+            cur = dbapi_conn.cursor()
+            cur.execute("SET SESSION TRANSACTION READ ONLY")
+            cur.close()
+
+    return engine
 
 
 class bucket(FunctionElement):

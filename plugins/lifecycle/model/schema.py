@@ -310,3 +310,16 @@ data_quality = Table(
     Column("value", Float, nullable=False),
     Index("ix_data_quality_metric_asof", "metric", "as_of"),
 )
+
+# --- Source sync (written by the sync stage; the mirror tables are the canonical CRM tables above) --
+
+source_sync = Table(
+    "lifecycle_source_sync",
+    engine_metadata,
+    Column("entity", String(32), primary_key=True),
+    Column("mapping", String(64), nullable=False),  # digest of the entity's mapping: a new mapping copies afresh
+    Column("watermarks", JSON),  # per part of the mapping, the highest watermark value copied
+    Column("row_count", Integer, nullable=False),
+    Column("checksum", String(32), nullable=False),
+    Column("synced_at", DateTime, nullable=False),
+)

@@ -27,7 +27,7 @@ from lifecycle import config, paths
 from lifecycle.config import Cap, Policy, Program, Step
 from lifecycle.messages.rendering import environment
 from lifecycle.model import schema
-from lifecycle.model.db import crm_url, get_engine, utc_naive
+from lifecycle.model.db import get_engine, state_url, utc_naive
 from lifecycle.model.ledger import Status
 from lifecycle.reporting import charts, digest, measurement
 
@@ -164,5 +164,5 @@ def campaigns_page(engine: Engine, as_of: datetime | None = None) -> str:
 @router.get(CAMPAIGNS_PATH, response_class=HTMLResponse, dependencies=[Depends(requires_authenticated())])
 async def campaigns() -> HTMLResponse:
     """The Campaigns page, for signed-in Airflow users (the UI's session cookie or a bearer token)."""
-    html = await run_in_threadpool(lambda: campaigns_page(get_engine(crm_url())))
+    html = await run_in_threadpool(lambda: campaigns_page(get_engine(state_url())))
     return HTMLResponse(html, headers={"Cache-Control": "no-store"})

@@ -62,7 +62,7 @@ from lifecycle.messages.links import (
     UnsubscribeToken,
     verify_unsubscribe_token,
 )
-from lifecycle.model.db import crm_url, get_engine
+from lifecycle.model.db import get_engine, state_url
 from lifecycle.web.twilio_forms import MAX_FIELDS, FormKind, form_problem
 
 log = logging.getLogger(__name__)
@@ -116,7 +116,7 @@ def _connection(conn_id: str) -> Connection | None:
 
 
 def _record(events: list[FeedbackEvent], received_at: datetime) -> int:
-    with get_engine(crm_url()).begin() as conn:
+    with get_engine(state_url()).begin() as conn:
         return apply_events(conn, events, received_at)
 
 

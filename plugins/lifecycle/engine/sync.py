@@ -1,0 +1,509 @@
+"""The sync stage: copy the mapped source entities into the canonical mirror tables of the state database.
+
+Every other stage runs its set-based SQL on the canonical tables (``contacts``, ``events``...) of
+the state database. Where the source is not the state database, this stage keeps those tables a
+mirror of the source: it reads the source with SELECTs only (on a read-only engine), applies the
+mapping of ``config/sources.yml`` (columns, value vocabularies, JSON properties; without the file
+the source holds the canonical tables as they are) and writes the mirror.
+
+- An entity whose every mapping part names a ``watermark`` is copied **incrementally** after its
+  first copy: the rows whose watermark is at or past the highest one copied, replacing the mirror's
+  rows with the same key. When the source then counts a different number of rows than the mirror
+  (rows deleted at the source), the entity is copied afresh.
+- Any other entity is a **full refresh** with a checksum: the source rows are read and hashed;
+  when neither the hash nor the count changed since the last copy nothing is written, else the
+  mirror table is replaced in one transaction.
+
+Each entity is written in one transaction under a lock (an advisory lock on PostgreSQL, the
+write lock on SQLite), so two program runs syncing at once wait for each other and the second
+finds nothing to copy: the stage is idempotent. What only the source can tell is wrong with a
+mapping (a missing table or column, a value of the wrong type, a value outside a mapped
+vocabulary) raises :class:`SourceError`, naming the file, the entry, the field and the fix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from datetime import date, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Connection,
+    DateTime,
+    Engine,
+    Float,
+    Integer,
+    delete,
+    func,
+    literal_column,
+    select,
+    table,
+    text,
+    tuple_,
+)
+from sqlalchemy import column as sql_column
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.sql.expression import ColumnElement
+
+from lifecycle.config import ConfigError
+from lifecycle.config.sources import (
+    IDENTIFIER,
+    KEYS,
+    SOURCES_FILE,
+    VOCABULARIES,
+    EntityMapping,
+    Sources,
+    identity_mapping,
+    is_json,
+)
+from lifecycle.model import schema
+from lifecycle.model.db import utc_naive
+from lifecycle.paths import config_dir
+
+log = logging.getLogger(__name__)
+CHUNK = 5_000
+OPTIONAL = ("accounts",)
+"""Entities copied whenever they are mapped, though no program needs them (templates read them)."""
+
+
+class SourceError(ConfigError):
+    """The source does not fit the mapping: names the file, the entry, the field and the fix."""
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    """What one entity's sync did: ``mode`` is full, incremental, unchanged or shared (nothing to copy)."""
+
+    mode: str
+    rows_read: int
+    rows_written: int
+    seconds: float
+
+
+class _Part:
+    """One mapping part of an entity, compiled: its SELECT and how a source row becomes a canonical row."""
+
+    def __init__(self, entity: str, where: str, mapping: EntityMapping, file: Path, strict: bool) -> None:
+        self.entity, self.where, self.mapping, self.file, self.strict = entity, where, mapping, file, strict
+        self.table = schema.CRM_TABLES[entity]
+        self.outputs: list[tuple[str, str]] = []  # (select label, canonical column or column.property)
+        for canonical, source in mapping.columns.items():
+            if isinstance(source, dict):
+                self.outputs += [(f"p__{canonical}__{prop}", f"{canonical}.{prop}") for prop in source]
+            else:
+                self.outputs.append((f"c__{canonical}", canonical))
+        self.value_maps = {c: mapping.source_values(c) for c in mapping.values}
+
+    def _expression(self, source: str) -> ColumnElement[Any]:
+        return sql_column(source) if IDENTIFIER.match(source) else literal_column(f"({source})")
+
+    def _from(self) -> Any:
+        if self.mapping.query is not None:
+            return text(f"({self.mapping.query}) AS lifecycle_source")
+        schema_name, _, name = (self.mapping.table or "").rpartition(".")
+        return table(name, schema=schema_name or None)
+
+    def _selected(self) -> list[ColumnElement[Any]]:
+        exprs: list[ColumnElement[Any]] = []
+        for canonical, source in self.mapping.columns.items():
+            if isinstance(source, dict):
+                exprs += [self._expression(s).label(f"p__{canonical}__{p}") for p, s in source.items()]
+            else:
+                exprs.append(self._expression(source).label(f"c__{canonical}"))
+        return exprs
+
+    def select(self, since: Any = None) -> Any:
+        stmt = select(*self._selected()).select_from(self._from())
+        if since is not None and self.mapping.watermark:
+            wm = self._expression(self.mapping.watermark)
+            stmt = stmt.add_columns(wm.label("w__")).where(wm >= since)
+        elif self.mapping.watermark:
+            stmt = stmt.add_columns(self._expression(self.mapping.watermark).label("w__"))
+        return stmt
+
+    def count(self) -> Any:
+        return select(func.count()).select_from(self._from())
+
+    def check_source(self, conn: Connection) -> None:
+        """A missing table or column, named with the fix, before any row is read."""
+        if self.mapping.table is None:
+            return
+        try:
+            header = conn.execute(select(text("*")).select_from(self._from()).limit(0))
+            present = {str(name).lower() for name in list(header.keys())}
+        except DBAPIError:
+            conn.rollback()
+            self.fail("table", f"table {self.mapping.table!r} is not in the source — fix: name an existing table")
+        for canonical, source in self.mapping.columns.items():
+            for label, spec in source.items() if isinstance(source, dict) else [(None, source)]:
+                if IDENTIFIER.match(spec) and spec.lower() not in present:
+                    field = f"columns.{canonical}" + (f".{label}" if label else "")
+                    self.fail(
+                        field,
+                        f"column {spec!r} is not in {self.mapping.table} — fix: use one of {sorted(present)} "
+                        "or an SQL expression",
+                    )
+        mark = self.mapping.watermark
+        if mark and IDENTIFIER.match(mark) and mark.lower() not in present:
+            self.fail("watermark", f"column {self.mapping.watermark!r} is not in {self.mapping.table}")
+
+    def fail(self, field: str, message: str) -> None:
+        raise SourceError(self.file, [f"{self.where}.{field}: {message}"])
+
+    def rows(self, conn: Connection, since: Any = None) -> Iterator[tuple[dict[str, Any], Any]]:
+        """Canonical rows (with each row's watermark value) as the source yields them."""
+        try:
+            result = conn.execution_options(stream_results=True, yield_per=CHUNK).execute(self.select(since))
+        except DBAPIError as exc:
+            first = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+            self.fail(
+                "query" if self.mapping.query else "columns",
+                f"the source refused the SELECT ({first}) — fix: check the table, the columns and the expressions",
+            )
+        unmapped: dict[str, dict[Any, int]] = {}
+        self.unreadable: dict[str, tuple[int, Any]] = {}
+        self.readable: set[str] = set()
+        for raw in result.mappings():
+            row: dict[str, Any] = {}
+            for label, target in self.outputs:
+                value = raw[label]
+                if "." in target:
+                    canonical, prop = target.split(".", 1)
+                    row.setdefault(canonical, {})[prop] = _plain(value)
+                    continue
+                row[target] = self.convert(target, value, raw, unmapped)
+            yield row, raw.get("w__")
+        for column, (count, example) in self.unreadable.items():
+            if column not in self.readable:  # not one value reads as the type: the mapping, not the rows
+                kind = _kind_name(self.table.c[column].type)
+                self.fail(
+                    f"columns.{column}",
+                    f"{self.mapping.columns[column]!r} gives values that are not {kind} ({count} rows, e.g. "
+                    f"{example!r}) — fix: map {kind} column, or an expression that yields one",
+                )
+        if unmapped:
+            column, seen = next(iter(unmapped.items()))
+            sample = ", ".join(f"{v!r} ({n} rows)" for v, n in list(seen.items())[:5])
+            vocabulary = list(VOCABULARIES[(self.entity, column)])
+            self.fail(
+                f"values.{column}",
+                f"source values outside the mapped vocabulary: {sample} — fix: map each onto one of {vocabulary} "
+                f"under values.{column}",
+            )
+
+    def convert(self, column: str, value: Any, raw: Any, unmapped: dict[str, dict[Any, int]]) -> Any:
+        """One source value as its canonical column holds it."""
+        if value is None:
+            return None
+        mapped = self.value_maps.get(column)
+        if mapped:
+            hit = mapped.get(value, mapped.get(str(value)) if not isinstance(value, bool) else None)
+            if hit is not None:
+                value = hit
+            elif (self.entity, column) not in VOCABULARIES:
+                value = str(value)
+            else:
+                unmapped.setdefault(column, {}).setdefault(value, 0)
+                unmapped[column][value] += 1
+                return None
+        elif self.strict and str(value) not in VOCABULARIES.get((self.entity, column), (str(value),)):
+            unmapped.setdefault(column, {}).setdefault(value, 0)
+            unmapped[column][value] += 1
+            return None
+        kind = self.table.c[column].type
+        try:
+            converted = _coerce(kind, value, is_json(self.entity, column))
+            self.readable.add(column)
+            return converted
+        except TypeError:
+            key = ", ".join(str(raw.get(f"c__{k}")) for k in KEYS[self.entity])
+            source = self.mapping.columns[column]
+            self.fail(
+                f"columns.{column}",
+                f"{source!r} gives {type(value).__name__} values ({value!r} for {key}), but {self.entity}.{column} "
+                f"is {_kind_name(kind)} — fix: map a {_kind_name(kind)} column, or an expression that yields one",
+            )
+        except ValueError:
+            # Unreadable text in a typed column: a bad CRM row, NULL in the mirror (counted; the whole
+            # column unreadable is a wrong mapping).
+            count, _example = self.unreadable.get(column, (0, value))
+            self.unreadable[column] = (count + 1, _example)
+            return None
+
+
+def _kind_name(kind: Any) -> str:
+    if isinstance(kind, DateTime):
+        return "a timestamp"
+    if isinstance(kind, Integer | Float):
+        return "a number"
+    if isinstance(kind, JSON):
+        return "JSON"
+    return "text"
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    return value
+
+
+def _coerce(kind: Any, value: Any, json_column: bool) -> Any:
+    """``value`` in the canonical column's type; TypeError for a value of the wrong kind altogether,
+    ValueError for text that does not read as the type."""
+    if json_column:
+        if isinstance(value, dict | list):
+            return value
+        if isinstance(value, str | bytes):
+            return json.loads(value)
+        raise TypeError(value)
+    if isinstance(kind, DateTime):
+        if isinstance(value, datetime):
+            return utc_naive(value)
+        if isinstance(value, date):
+            return datetime(value.year, value.month, value.day)
+        if isinstance(value, str):
+            return utc_naive(datetime.fromisoformat(value.strip().replace("Z", "+00:00")))
+        raise TypeError(value)
+    if isinstance(kind, Integer | Float):
+        if isinstance(value, bool) or not isinstance(value, int | float | Decimal | str):
+            raise TypeError(value)
+        number = float(value)
+        return int(number) if isinstance(kind, Integer) else number
+    if isinstance(value, bool | datetime | date | dict | list):
+        raise TypeError(value)
+    return str(value)
+
+
+def _row_hash(row: Mapping[str, Any]) -> int:
+    text_ = json.dumps(row, sort_keys=True, default=str)
+    return int.from_bytes(hashlib.blake2b(text_.encode(), digest_size=8).digest(), "big")
+
+
+def _dump_mark(value: Any) -> Any:
+    if isinstance(value, datetime | date):
+        return {"t": "datetime", "v": value.isoformat()}
+    if isinstance(value, Decimal):
+        return {"t": "number", "v": float(value)}
+    return {"t": "plain", "v": value}
+
+
+def _load_mark(mark: Mapping[str, Any] | None) -> Any:
+    if mark is None:
+        return None
+    return datetime.fromisoformat(mark["v"]) if mark["t"] == "datetime" else mark["v"]
+
+
+def _lock(conn: Connection, entity: str) -> None:
+    """Serialise writers of one entity: PostgreSQL's advisory lock, SQLite's database write lock."""
+    if conn.dialect.name == "postgresql":
+        key = int.from_bytes(hashlib.md5(f"lifecycle_sync:{entity}".encode()).digest()[:4], "big")
+        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
+    else:
+        s = schema.source_sync
+        conn.execute(s.update().where(s.c.entity == entity).values(entity=s.c.entity))
+
+
+def _write(conn: Connection, entity: str, rows: Iterable[dict[str, Any]], replace_keys: bool) -> int:
+    mirror = schema.CRM_TABLES[entity]
+    keys = KEYS[entity]
+    columns = [c.name for c in mirror.columns]
+    written = 0
+    chunk: list[dict[str, Any]] = []
+
+    def flush() -> None:
+        nonlocal written
+        if not chunk:
+            return
+        if replace_keys:
+            if len(keys) == 1:
+                conn.execute(delete(mirror).where(mirror.c[keys[0]].in_([r[keys[0]] for r in chunk])))
+            else:
+                key_cols = tuple_(*(mirror.c[k] for k in keys))
+                conn.execute(delete(mirror).where(key_cols.in_([tuple(r[k] for k in keys) for r in chunk])))
+        conn.execute(mirror.insert(), [{c: r.get(c) for c in columns} for r in chunk])
+        written += len(chunk)
+        chunk.clear()
+
+    for row in rows:
+        chunk.append(row)
+        if len(chunk) >= (500 if replace_keys else CHUNK):
+            flush()
+    flush()
+    return written
+
+
+def _dedupe(rows: Iterable[dict[str, Any]], entity: str) -> Iterator[dict[str, Any]]:
+    """Rows with a key seen before in the same copy are dropped: the mirror's key is unique."""
+    seen: set[tuple[Any, ...]] = set()
+    for row in rows:
+        key = tuple(row.get(k) for k in KEYS[entity])
+        if key not in seen:
+            seen.add(key)
+            yield row
+
+
+def sync_entity(source: Engine, state: Engine, entity: str, parts: Sequence[_Part]) -> SyncResult:
+    """Bring one entity's mirror up to date with the source (see the module docstring)."""
+    started = time.perf_counter()
+    s = schema.source_sync
+    digest = hashlib.md5("".join(p.mapping.digest() for p in parts).encode()).hexdigest()[:16]
+    with source.connect() as src:
+        for part in parts:
+            part.check_source(src)
+        with state.begin() as conn:
+            _lock(conn, entity)
+            last = conn.execute(select(s).where(s.c.entity == entity)).mappings().first()
+            marks = (last["watermarks"] or []) if last is not None and last["mapping"] == digest else None
+            incremental = marks is not None and all(p.mapping.watermark for p in parts) and len(marks) == len(parts)
+            read = written = 0
+            if incremental:
+                new_marks = []
+                changed: list[dict[str, Any]] = []
+                for part, mark in zip(parts, marks or [], strict=True):
+                    since = _load_mark(mark)
+                    top = since
+                    for row, wm in part.rows(src, since):
+                        changed.append(row)
+                        top = wm if top is None or (wm is not None and wm > top) else top
+                    new_marks.append(_dump_mark(top) if top is not None else mark)
+                read = len(changed)
+                written = _write(conn, entity, _dedupe(changed, entity), replace_keys=True)
+                source_count = sum(src.execute(p.count()).scalar_one() for p in parts)
+                mirror_count = conn.execute(select(func.count()).select_from(schema.CRM_TABLES[entity])).scalar_one()
+                if source_count == mirror_count:
+                    _record(conn, entity, digest, new_marks, mirror_count, last["checksum"] if last else "")
+                    mode = "incremental" if written else "unchanged"
+                    return SyncResult(mode, read, written, round(time.perf_counter() - started, 3))
+            total, count, tops = 0, 0, []
+            for part in parts:
+                top = None
+                for row, wm in part.rows(src):
+                    total = (total + _row_hash(row)) % (1 << 64)
+                    count += 1
+                    top = wm if top is None or (wm is not None and wm > top) else top
+                tops.append(_dump_mark(top) if top is not None else None)
+            read += count
+            checksum = f"{total:016x}"
+            if last is not None and last["mapping"] == digest and last["checksum"] == checksum:
+                mirror_count = conn.execute(select(func.count()).select_from(schema.CRM_TABLES[entity])).scalar_one()
+                if mirror_count == last["row_count"] == count:
+                    _record(conn, entity, digest, tops, count, checksum)
+                    return SyncResult("unchanged", read, written, round(time.perf_counter() - started, 3))
+            conn.execute(delete(schema.CRM_TABLES[entity]))
+            fresh = (row for part in parts for row, _wm in part.rows(src))
+            written += _write(conn, entity, _dedupe(fresh, entity), replace_keys=False)
+            read += count
+            mirror_count = conn.execute(select(func.count()).select_from(schema.CRM_TABLES[entity])).scalar_one()
+            _record(conn, entity, digest, tops, mirror_count, checksum)
+    return SyncResult("full", read, written, round(time.perf_counter() - started, 3))
+
+
+def _record(conn: Connection, entity: str, digest: str, marks: list[Any], count: int, checksum: str) -> None:
+    s = schema.source_sync
+    conn.execute(delete(s).where(s.c.entity == entity))
+    conn.execute(
+        s.insert().values(
+            entity=entity,
+            mapping=digest,
+            watermarks=marks,
+            row_count=count,
+            checksum=checksum,
+            synced_at=utc_naive(datetime.now().astimezone()),
+        )
+    )
+
+
+def same_database(source_url: str, state_url: str) -> bool:
+    """Whether the source and the state are one database (then nothing is copied)."""
+    return source_url == state_url
+
+
+def sync(
+    source: Engine,
+    state: Engine,
+    sources: Sources | None,
+    entities: Iterable[str],
+    *,
+    shared: bool,
+    also: Iterable[str] = (),
+) -> dict[str, SyncResult]:
+    """Copy ``entities`` from the source into the state's mirror, then ``also`` (what other programs
+    read, which capping weighs, and the accounts templates read) as far as they copy.
+
+    A problem with one of ``entities`` raises :class:`SourceError` after the rest are copied; one
+    with an entity of ``also`` is only logged (it breaks the programs that need it, not this one).
+    ``shared``: the source and the state are one database; without a mapping nothing is copied, and
+    a mapping is refused (its mirror would write into the source)."""
+    wanted = list(dict.fromkeys(entities))
+    extra = [e for e in dict.fromkeys([*also, *OPTIONAL]) if e not in wanted]
+    if shared:
+        if sources is not None:
+            raise SourceError(
+                sources.file,
+                [
+                    "the source and the state are one database, so the mapped copy would write into the source — "
+                    "fix: configure the lifecycle_state connection (a database of its own for the engine's tables)"
+                ],
+            )
+        return {entity: SyncResult("shared", 0, 0, 0.0) for entity in wanted}
+    schema.crm_metadata.create_all(state, checkfirst=True)
+    file = sources.file if sources is not None else Path(SOURCES_FILE)
+    results: dict[str, SyncResult] = {}
+    problems: list[str] = []
+    for entity in [*wanted, *extra]:
+        required = entity in wanted
+        if sources is None:
+            parts = [_Part(entity, entity, identity_mapping(entity), file, strict=False)]
+        elif entity in sources.errors or entity not in sources.entities:
+            # Left out or wrong in the file: the mirror stays as it is; programs that need it do not load.
+            problems += sources.errors.get(entity, []) if required else []
+            continue
+        else:
+            mappings = sources.entities[entity]
+            parts = [
+                _Part(entity, f"{entity}[{i}]" if len(mappings) > 1 else entity, m, file, strict=True)
+                for i, m in enumerate(mappings)
+            ]
+        try:
+            results[entity] = sync_entity(source, state, entity, parts)
+        except SourceError as exc:
+            if required:
+                problems += exc.problems
+            else:
+                log.warning("not copied (programs that read it will fail): %s", exc)
+            continue
+        log.info("sync %s: %s", entity, asdict(results[entity]))
+    if problems:
+        raise SourceError(file, problems)
+    return results
+
+
+def entities_for(program_id: str | None, fallback: Sequence[str] = ()) -> tuple[list[str], list[str]]:
+    """What a run must copy (the entities ``program_id`` reads, else ``fallback``) and what it copies
+    besides (what every other valid program reads: capping weighs their demand)."""
+    from lifecycle import config
+    from lifecycle.config.sources import entities_needed
+
+    catalog = config.load_segments()
+    try:
+        policy: config.Policy | None = config.load_policy()
+    except ConfigError:
+        policy = None
+    programs, _errors = config.load_all_programs()
+    needs = {pid: list(entities_needed(p, catalog, policy)) for pid, p in programs.items()}
+    own = needs.pop(program_id, list(fallback)) if program_id else list(fallback)
+    if program_id and program_id not in programs:
+        program = config.load_program(config_dir() / "programs" / f"{program_id}.yml", catalog)
+        own = list(entities_needed(program, catalog, policy))
+    others = sorted({e for entities in needs.values() for e in entities} - set(own))
+    return own, others
