@@ -14,6 +14,7 @@ import secrets
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from lifecycle.paths import PROJECT_ROOT
-from tests.conftest import AS_OF, FIXTURES, PG_ADMIN_URL, require_postgres
+from tests.conftest import FIXTURES, PG_ADMIN_URL, require_postgres
 from tests.support.cluster import (
     ApiClient,
     ClusterError,
@@ -36,6 +37,19 @@ from tests.support.cluster import (
     stop_all,
     wait_for,
 )
+
+# The runs' as-of is the session's own time (a minute back, off any cron tick of the programs), and
+# every contact lives where it is early afternoon then: SMS quiet hours are read at planning (the
+# as-of) and again when a text goes out (the wall clock), so both fall in the day whatever the hour
+# the suite runs.
+E2E_AS_OF = datetime.now(UTC).replace(tzinfo=None, second=17, microsecond=0) - timedelta(minutes=1)
+
+
+def afternoon_zone(moment: datetime) -> str:
+    """A fixed-offset zone where ``moment`` (naive UTC) is between 13:00 and 14:00."""
+    offset = 13 - moment.hour  # from -10 (at 23:00 UTC) to +13 (at 00:00 UTC): every one is an Etc zone
+    return "Etc/GMT" if offset == 0 else f"Etc/GMT{'-' if offset > 0 else '+'}{abs(offset)}"
+
 
 REDIS_URL = os.environ.get("LIFECYCLE_TEST_REDIS_URL", "redis://127.0.0.1:6379")
 REDIS_CLAIM_KEY = "lifecycle:e2e:claimed-by"
@@ -114,8 +128,10 @@ def _prepare_crm(url: str) -> None:
     from lifecycle.devtools.seed import seed_crm
     from lifecycle.model.db import get_engine, migrate
 
-    seed_crm(url, contacts=SEED_CONTACTS, as_of=AS_OF)
+    seed_crm(url, contacts=SEED_CONTACTS, as_of=E2E_AS_OF)
     engine = get_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE contacts SET timezone = :zone"), {"zone": afternoon_zone(E2E_AS_OF)})
     migrate(engine)
     engine.dispose()
 

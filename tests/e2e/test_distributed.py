@@ -19,8 +19,7 @@ from sqlalchemy.pool import NullPool
 
 from lifecycle.messages.links import MESSAGE_ID_PARAM
 from lifecycle.model import schema
-from tests.conftest import AS_OF
-from tests.e2e.conftest import PROGRAMS, Cluster
+from tests.e2e.conftest import E2E_AS_OF, PROGRAMS, Cluster
 from tests.support.cluster import ClusterError, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -62,7 +61,7 @@ def runs(cluster: Cluster) -> dict[str, tuple[str, str]]:
         run = cluster.api.call(
             "POST",
             f"/dags/{dag_id}/dagRuns",
-            json={"dag_run_id": f"e2e__{dag_id}", "logical_date": AS_OF.replace(tzinfo=UTC).isoformat()},
+            json={"dag_run_id": f"e2e__{dag_id}", "logical_date": E2E_AS_OF.replace(tzinfo=UTC).isoformat()},
         )
         run_ids[dag_id] = run["dag_run_id"]
 

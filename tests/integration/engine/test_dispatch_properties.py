@@ -19,7 +19,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -252,14 +252,16 @@ class Outbox(RuleBasedStateMachine):
         channel=st.sampled_from(["email", "sms"]),
     )
     def consent_change(self, contact: str, change: str, channel: str) -> None:
-        """A consent row the CRM records just after the current as-of (so after planning saw the
+        """A consent row the CRM records now (after the current as-of, so after planning saw the
         consent, and before sending: the claim must see it), or an inbound SMS: STOP in any wording
         a person would use, or START."""
         if change in SMS_REPLIES:
             self.sandbox.inbound_sms(PHONES[contact], change)
             self.sandbox.flush()
         else:
-            self.crm.consent(contact, channel, change, at=self.as_of + timedelta(minutes=1))
+            # Recorded now, on the wall clock: after the as-of (every as-of here lies in the past),
+            # and before any later claim, which must see it.
+            self.crm.consent(contact, channel, change, at=datetime.now(UTC).replace(tzinfo=None))
 
     @rule(hours=st.sampled_from([6, 24, 48]))
     def advance_clock(self, hours: int) -> None:
