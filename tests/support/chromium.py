@@ -83,3 +83,26 @@ def inline_cid_images(html: str, images: Mapping[str, bytes], mime: str = "image
         return f'src="data:{mime};base64,{base64.b64encode(images[content_id]).decode()}"'
 
     return re.sub(r'src="cid:([^"]+)"', data_uri, html)
+
+
+def page_width(html_file: Path, width: int, *, dark: bool = False) -> tuple[int, str]:
+    """Open ``html_file`` in a ``width`` px wide window (in the dark color scheme when ``dark``)
+    and return the document's scroll width (wider than ``width``: it scrolls sideways) and the
+    rendered DOM, whose body carries ``data-background`` (its computed background color). A copy
+    of the page gets one script that records both, so the page itself stays script-free."""
+    probe = html_file.with_name(f"{html_file.stem}.probe{width}.html")
+    script = (
+        "<script>document.body.setAttribute('data-scroll-width',"
+        " String(document.documentElement.scrollWidth));"
+        "document.body.setAttribute('data-background', getComputedStyle(document.body).backgroundColor);"
+        "</script></body>"
+    )
+    probe.write_text(html_file.read_text().replace("</body>", script))
+    args = [f"--window-size={width},1200", "--dump-dom", "--virtual-time-budget=5000"]
+    if dark:
+        args.insert(0, "--blink-settings=preferredColorScheme=0")
+    dom = _run(*args, probe.as_uri()).stdout
+    found = re.search(r'data-scroll-width="(\d+)"', dom)
+    if found is None:
+        raise AssertionError(f"chromium did not run the width probe of {html_file}")
+    return int(found.group(1)), dom
