@@ -281,3 +281,26 @@ def test_no_stakeholders_means_the_digest_task_is_skipped(tmp_path, monkeypatch,
     with pytest.raises(AirflowSkipException, match="no stakeholders"):
         SendKpiDigestOperator(task_id="send_digest").execute({"data_interval_end": AS_OF, "run_id": "manual"})
     assert sandbox.sendgrid_messages() == []
+
+
+@pytest.mark.parametrize("width", [375, 600, 1200])
+def test_the_digest_reads_on_a_phone_without_sideways_scrolling(crm, digest, tmp_path, width):
+    from tests.support.chromium import inline_cid_images, page_width, require_chromium, screenshot
+
+    require_chromium()
+    page = tmp_path / "digest.html"
+    page.write_text(inline_cid_images(digest.html, {image.content_id: image.data for image in digest.images}))
+    scroll_width, dom = page_width(page, width)
+    assert scroll_width <= width, f"the digest is {scroll_width} px wide in a {width} px window"
+    welcome = _section(dom, "welcome")
+    planned = re.search(r'data-outcome="planned"[^>]*><span[^>]*>Planned</span><br><b>([\d,]+)</b>', welcome)
+    assert int(planned.group(1).replace(",", "")) == sum(_week_statuses(crm[1], "welcome").values())
+    screenshot(page.as_uri(), tmp_path / f"digest-{width}.png", (width, 1600))
+
+
+def test_what_changed_names_programs_by_name(shipped, digest):
+    programs, _policy, _errors = shipped
+    changed = digest.text.split("WHAT CHANGED")[1].split("\n== ")[0]
+    for line in changed.strip().splitlines():
+        if line.startswith(("- [mover]", "- [alert]")):
+            assert any(f" {p.name}: " in f" {line[line.index(']') + 2 :]}" for p in programs.values()), line
