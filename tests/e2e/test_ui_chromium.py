@@ -159,7 +159,7 @@ def test_campaigns_page_shows_the_catalog_and_measurements_kpis(ui):
     page = response.text
     programs, policy, _errors = _shipped_config()
     kpis = measurement.program_kpis(ui.engine, programs, AS_OF)
-    assert f"KPIs as of the newest program run, {AS_OF:%Y-%m-%d %H:%M} UTC" in page
+    assert f'Figures as of its newest run, <b class="as-of">{AS_OF:%Y-%m-%d %H:%M} UTC</b>' in page
     for row in kpis.to_dict("records"):
         program = programs[row["program"]]
         card = _block(page, 'class="panel" id="', program.id)

@@ -8,6 +8,7 @@ they fail.
 from __future__ import annotations
 
 import base64
+import html
 import os
 import re
 import subprocess
@@ -83,3 +84,39 @@ def inline_cid_images(html: str, images: Mapping[str, bytes], mime: str = "image
         return f'src="data:{mime};base64,{base64.b64encode(images[content_id]).decode()}"'
 
     return re.sub(r'src="cid:([^"]+)"', data_uri, html)
+
+
+def page_width(html_file: Path, width: int, *, dark: bool = False) -> tuple[int, str]:
+    """Show ``html_file`` in a ``width`` px wide viewport (in the dark color scheme when ``dark``)
+    and return the document's scroll width (wider than ``width``: it scrolls sideways) and its
+    rendered DOM, whose body carries ``data-background`` (its computed background color).
+
+    Headless Chromium's window is at least 500 px wide, so the page is shown in an iframe of
+    ``width`` px inside a probe page, whose one script reads the framed document; the page itself
+    stays script-free."""
+    probe = html_file.with_name(f"{html_file.stem}.probe{width}.html")
+    probe.write_text(
+        "<!DOCTYPE html><html><body style='margin:0'>"
+        f"<iframe id='page' src='{html_file.name}' style='width:{width}px;height:1200px;border:0'></iframe>"
+        "<pre id='out'></pre><script>"
+        "document.getElementById('page').onload = function () {"
+        " var d = this.contentDocument;"
+        " d.body.setAttribute('data-background', getComputedStyle(d.body).backgroundColor);"
+        " d.body.setAttribute('data-scroll-width', String(d.documentElement.scrollWidth));"
+        " document.getElementById('out').textContent = d.documentElement.outerHTML; };"
+        "</script></body></html>"
+    )
+    args = [
+        f"--window-size={max(width, 500) + 40},1400",
+        "--allow-file-access-from-files",
+        "--dump-dom",
+        "--virtual-time-budget=5000",
+    ]
+    if dark:
+        args.insert(0, "--blink-settings=preferredColorScheme=0")
+    out = re.search(r"<pre id=\"out\">(.*)</pre>", _run(*args, probe.as_uri()).stdout, re.S)
+    dom = html.unescape(out.group(1)) if out else ""
+    found = re.search(r'data-scroll-width="(\d+)"', dom)
+    if found is None:
+        raise AssertionError(f"chromium did not run the width probe of {html_file}")
+    return int(found.group(1)), dom

@@ -29,6 +29,7 @@ from lifecycle.airflow.operators import (
     SuppressOperator,
     SyncSourceOperator,
 )
+from lifecycle.reporting import display
 
 START = datetime(2026, 1, 1)
 BASE_TAGS = ["lifecycle"]
@@ -48,7 +49,7 @@ SERVICE_DOC = (
 def _doc(program: config.Program, policy_caps: str) -> str:
     steps = "\n".join(
         f"| {i + 1} | `{s.id}` | {s.channel}{' → ' + s.fallback if s.fallback else ''} | "
-        f"{s.delay} after {s.relative_to} | `{s.template}`{'' if s.holdout else ' (sent to the holdout too)'} |"
+        f"{display.step_timing(s)}{' (sent to the holdout too)' if not s.holdout else ''} | `{s.template}` |"
         for i, s in enumerate(program.steps)
     )
     caps = (
@@ -61,13 +62,13 @@ def _doc(program: config.Program, policy_caps: str) -> str:
 
 - **Owner:** {program.owner} · **Priority:** {program.priority} · **Schedule:** `{program.schedule}`
 - **Primary KPI:** {program.kpi.label} (`{program.kpi.primary}`), attribution window
-  {program.kpi.attribution_window}
-- **Holdout:** {program.holdout_percent}% · **A/B test:** {program.ab_test.name if program.ab_test else "none"}
+  {display.duration(program.kpi.attribution_window)}
+- **Holdout:** {program.holdout_percent:g}% · **A/B test:** {program.ab_test.name if program.ab_test else "none"}
 - {caps}
 {service}
-**Entry segment:** `{program.audience.segment.raw}`
+**Entry segment:** `{display.segment(program.audience.segment.raw)}`
 
-**Exit goal:** `{program.exit.goal.raw if program.exit.goal else "none"}`
+**Exit goal:** `{display.segment(program.exit.goal.raw if program.exit.goal else None)}`
 
 | # | step | channel | when | template |
 |---|---|---|---|---|
@@ -259,7 +260,7 @@ def build_manual_run_dags() -> dict[str, DAG]:
 
 
 def _caps_text(caps: Mapping[str, config.Cap]) -> str:
-    return ", ".join(f"{k} {v.max}/{v.per.days}d" for k, v in caps.items()) or "none (uncapped)"
+    return ", ".join(f"{k} {v.max} per {display.duration(v.per)}" for k, v in caps.items()) or "none (uncapped)"
 
 
 def build_all() -> dict[str, DAG]:

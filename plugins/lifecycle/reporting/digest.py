@@ -30,12 +30,12 @@ from lifecycle.messages.rendering import environment
 from lifecycle.model import schema
 from lifecycle.model.db import utc_naive
 from lifecycle.model.ledger import EnrollmentState, Status
-from lifecycle.reporting import charts, measurement
+from lifecycle.reporting import charts, display, measurement, performance
 
 WEEK = timedelta(days=7)
 TREND_WEEKS = 8
-CHART_SIZE = (552, 170)
-OVERVIEW_SIZE = (552, 210)
+CHART_SIZE = (420, 360)
+OVERVIEW_SIZE = (420, 300)
 MOVERS = 3
 DELIVERABILITY_LIMITS = {"bounce_rate": 0.02, "spam_report_rate": 0.001, "unsubscribe_rate": 0.01}
 DELIVERABILITY_LABELS = {
@@ -43,18 +43,7 @@ DELIVERABILITY_LABELS = {
     "spam_report_rate": "spam-report rate",
     "unsubscribe_rate": "unsubscribe rate",
 }
-FUNNEL_STEPS = (
-    ("enrolled", "Enrolled"),
-    (EnrollmentState.EXITED, "Exited"),
-    (Status.PLANNED, "Planned"),
-    (Status.HELD_OUT, "Held out"),
-    (Status.SUPPRESSED, "Suppressed"),
-    (Status.CAPPED, "Capped"),
-    (Status.DEFERRED, "Deferred"),
-    (Status.SENT, "Sent"),
-    (Status.DRY_RUN, "Simulated"),
-    (Status.FAILED, "Failed"),
-)
+TREND_METRICS = ("enrolled", EnrollmentState.EXITED, Status.PLANNED, Status.SUPPRESSED, Status.CAPPED, Status.SENT)
 LAST_OF_PERIOD = ("audience", "kpi_rate_treatment", "kpi_rate_holdout", "kpi_rate_control")
 QUALITY_RATES = {
     "required_fields_filled_rate": "Required fields filled",
@@ -65,6 +54,8 @@ QUALITY_RATES = {
     "consent_coverage_sms": "SMS marketing consent",
     "bounce_rate": "Bounce rate",
 }
+RATE_BASES = {"bounce_rate": "messages_out"}
+"""Data-quality rates and the count they divide: a rate over nothing is shown as a dash, not 0%."""
 BUSINESS = (
     ("repeat_purchase_rate", "Repeat purchase rate", "percent"),
     ("first_to_second_conversion", "First-to-second purchase within 90 days", "percent"),
@@ -74,6 +65,7 @@ BUSINESS = (
     ("net_revenue_retention", "Net revenue retention, 12 months", "percent"),
 )
 DASH = "–"
+NOT_TRACKED = "not tracked"
 _T = TypeVar("_T")
 
 
@@ -151,8 +143,9 @@ def period_trend(
 
     Period ``k`` back covers ``(as_of - (k+1)*length, as_of - k*length]`` and is labelled by its
     end (``period_end``). Funnel counts are summed over the period's runs (every metric of
-    :data:`FUNNEL_STEPS` is there, 0 when never logged); the audience and the logged KPI rates
-    are the period's last run's (NaN when it had no run); ``messages`` is ``sent + dry_run``.
+    :data:`TREND_METRICS` is there, 0 when never logged); the audience and the logged KPI rates
+    are the period's last run's (NaN when it had no run); ``messages`` is what went out (``sent``:
+    never the developer tools' simulated sends).
     """
     as_of = utc_naive(as_of)
     ends = [as_of - length * k for k in range(periods - 1, -1, -1)]
@@ -171,10 +164,10 @@ def period_trend(
     table = grouped[counted].sum().join(grouped[[c for c in LAST_OF_PERIOD if c in runs.columns]].last())
     table = table.reindex(grid)
     table[counted] = table[counted].fillna(0.0)
-    for column in [metric for metric, _label in FUNNEL_STEPS] + list(LAST_OF_PERIOD):
+    for column in [*TREND_METRICS, *LAST_OF_PERIOD]:
         if column not in table.columns:
             table[column] = math.nan if column in LAST_OF_PERIOD else 0.0
-    table["messages"] = table[Status.SENT] + table[Status.DRY_RUN]
+    table["messages"] = table[Status.SENT]
     return table.reset_index()
 
 
@@ -205,11 +198,14 @@ def data_quality(engine: Engine, as_of: datetime) -> list[dict[str, Any]]:
     for metric in order:
         rate = metric in QUALITY_RATES or metric.endswith("_rate")
         moved = latest[metric] - previous[metric] if metric in previous else None
+        undefined = metric in RATE_BASES and latest.get(RATE_BASES[metric]) == 0
+        if undefined or (moved is not None and previous.get(RATE_BASES.get(metric, "")) == 0):
+            moved = None
         figures.append(
             {
                 "metric": metric,
                 "label": QUALITY_RATES.get(metric, metric.replace("_", " ")),
-                "value": (percent if rate else count)(latest[metric]),
+                "value": DASH if undefined else (percent if rate else count)(latest[metric]),
                 "change": points(moved) if rate else (DASH if moved is None else f"{moved:+,.0f}"),
                 "headline": rate,
                 "checked_at": runs[0].as_of,
@@ -260,19 +256,69 @@ def program_facts(program: Program) -> dict[str, Any]:
     }
 
 
-def program_view(program: Program, row: Mapping[str, Any], trend: pd.DataFrame) -> dict[str, Any]:
-    """Everything shown about one program, as display strings: its facts, KPI per group, lifts,
-    A/B verdict, this week's funnel and deliverability, and the week-over-week movement."""
+def _groups(program: Program) -> tuple[str, ...]:
+    """The groups a program is compared with: a service program is never in the global control group."""
+    return tuple(g for g in measurement.GROUPS if not (program.is_service and g == "control"))
+
+
+def _duration(hours: float | None) -> str:
+    hours = _present(hours)
+    return DASH if hours is None else display.duration(timedelta(hours=hours))
+
+
+def funnel_view(funnel: performance.Funnel) -> list[dict[str, str]]:
+    """A funnel's outcomes as display items (label, count, the reasons behind it); simulated sends
+    only when there are any. The items add up to the planned messages."""
+    return [
+        {
+            "key": o.key,
+            "label": o.label,
+            "value": count(funnel.outcomes[o.key]),
+            "reasons": display.reasons(funnel.reasons.get(o.key, {})),
+        }
+        for o in performance.OUTCOMES
+        if o.key != performance.SIMULATED or funnel.outcomes[o.key]
+    ]
+
+
+def _deliverability_view(row: Mapping[str, Any]) -> list[dict[str, str]]:
+    sent = row.get(Status.SENT, 0)
+
+    def rate(metric: str, digits: int = 1, untracked: str = DASH) -> str:
+        if not sent:
+            return DASH
+        return untracked if _missing(row.get(metric)) else percent(row.get(metric), digits)
+
+    return [
+        {"label": "Delivered", "value": rate("delivered_rate")},
+        {"label": "Bounced", "value": rate("bounce_rate")},
+        {"label": "Unsubscribed", "value": rate("unsubscribe_rate")},
+        {"label": "Spam reports", "value": rate("spam_report_rate", 2)},
+        {"label": "Opens (directional)", "value": rate("open_rate_directional", untracked=NOT_TRACKED)},
+        {"label": "Clicks (directional)", "value": rate("click_rate_directional", untracked=NOT_TRACKED)},
+    ]
+
+
+def program_view(
+    program: Program,
+    row: Mapping[str, Any],
+    trend: pd.DataFrame,
+    week: performance.Funnel,
+    week_before: performance.Funnel,
+) -> dict[str, Any]:
+    """Everything shown about one program, as display strings: its facts, KPI per group (no global
+    control for a service program), lifts, converted value, time to convert, A/B verdict, the
+    week's funnel of planned messages by outcome, deliverability, and the week-over-week movement
+    of the messages that went out."""
     weeks = program_weeks(trend, program.id)
     this_week = weeks.iloc[-1] if len(weeks) else pd.Series(dtype=float)
-    last_week = weeks.iloc[-2] if len(weeks) > 1 else pd.Series(dtype=float)
-    messages_now = float(this_week.get("messages", 0.0))
-    messages_before = float(last_week.get("messages", 0.0))
     variants = [
         {"name": name, "rate": percent(v["rate"]), "n": count(v["n"]), "conversions": count(v["conversions"])}
         for name, v in (_present(row.get("variants")) or {}).items()
     ]
-    sent = row.get(Status.SENT, 0)
+    groups = _groups(program)
+    sent_now, sent_before = week.outcomes[Status.SENT], week_before.outcomes[Status.SENT]
+    nobody_converted = all(row[f"{g}_conversions"] == 0 for g in groups) and any(row[f"{g}_n"] for g in groups)
     return program_facts(program) | {
         "groups": [
             {
@@ -280,28 +326,26 @@ def program_view(program: Program, row: Mapping[str, Any], trend: pd.DataFrame) 
                 "rate": percent(row[f"{group}_rate"]),
                 "n": count(row[f"{group}_n"]),
                 "conversions": count(row[f"{group}_conversions"]),
+                "value": count(row[f"{group}_value"]),
+                "value_per_enrollment": number(row[f"{group}_value_per_enrollment"]),
             }
-            for group in measurement.GROUPS
+            for group in groups
         ],
+        "no_conversions": nobody_converted,
         "treatment_rate": percent(row["treatment_rate"]),
-        "lifts": [_lift_view(row, "holdout"), _lift_view(row, "control")],
+        "lifts": [_lift_view(row, other) for other in groups if other != "treatment"],
         "verdict": _present(row.get("verdict")),
         "variants": variants,
-        "value": count(row["treatment_value"]) if program.kpi.value_property else None,
-        "funnel": [{"label": label, "value": count(this_week.get(metric, 0.0))} for metric, label in FUNNEL_STEPS],
-        "messages_week": count(messages_now),
-        "messages_change": change(messages_now, messages_before),
-        "sent": count(sent),
-        "deliverability": []
-        if not sent
-        else [
-            {"label": "Delivered", "value": percent(row.get("delivered_rate"))},
-            {"label": "Bounced", "value": percent(row.get("bounce_rate"))},
-            {"label": "Unsubscribed", "value": percent(row.get("unsubscribe_rate"))},
-            {"label": "Spam reports", "value": percent(row.get("spam_report_rate"), 2)},
-            {"label": "Opens (directional)", "value": percent(row.get("open_rate_directional"))},
-            {"label": "Clicks (directional)", "value": percent(row.get("click_rate_directional"))},
-        ],
+        "value_property": program.kpi.value_property,
+        "time_to_convert": _duration(row.get("median_time_to_convert_hours")),
+        Status.PLANNED: count(week.planned),
+        "funnel": funnel_view(week),
+        "enrolled": count(this_week.get("enrolled", 0.0)),
+        EnrollmentState.EXITED: count(this_week.get(EnrollmentState.EXITED, 0.0)),
+        "messages_week": count(sent_now),
+        "messages_change": change(sent_now, sent_before),
+        "sent": count(row.get(Status.SENT, 0)),
+        "deliverability": _deliverability_view(row),
     }
 
 
@@ -309,11 +353,12 @@ def _item(kind: str, text: str) -> dict[str, str]:
     return {"kind": kind, "text": text}
 
 
-def _deliverability_alerts(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
+def _deliverability_alerts(programs: Mapping[str, Program], rows: list[dict[str, Any]]) -> list[dict[str, str]]:
     return [
         _item(
             "alert",
-            f"{row['program']}: {DELIVERABILITY_LABELS[metric]} {percent(row[metric], 2)} is above {percent(limit)}",
+            f"{programs[row['program']].name}: {DELIVERABILITY_LABELS[metric]} {percent(row[metric], 2)} "
+            f"is above {percent(limit)}",
         )
         for row in rows
         for metric, limit in DELIVERABILITY_LIMITS.items()
@@ -324,16 +369,16 @@ def _deliverability_alerts(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
 def _lifts(programs: Mapping[str, Program], rows: list[dict[str, Any]]) -> list[dict[str, str]]:
     items = []
     for row in rows:
-        for other in ("holdout", "control"):
+        program = programs[row["program"]]
+        for other in _groups(program)[1:]:
             lift = f"lift_vs_{other}"
             if row[f"{lift}_significant"]:
                 verb = "lifts" if row[lift] > 0 else "lowers"
                 ci = interval(row[f"{lift}_ci_low"], row[f"{lift}_ci_high"])
-                label = programs[row["program"]].kpi.label
                 items.append(
                     _item(
                         "lift",
-                        f"{row['program']} {verb} {label} by {points(row[lift])} vs {other} (95% CI {ci})",
+                        f"{program.name} {verb} {program.kpi.label} by {points(row[lift])} vs {other} (95% CI {ci})",
                     )
                 )
     if rows and not items:
@@ -341,40 +386,44 @@ def _lifts(programs: Mapping[str, Program], rows: list[dict[str, Any]]) -> list[
     return items
 
 
-def _ab_tests(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
+def _ab_tests(programs: Mapping[str, Program], rows: list[dict[str, Any]]) -> list[dict[str, str]]:
     items = []
     for row in rows:
         if _present(row.get("verdict")):
             rates = ", ".join(f"{name} {percent(v['rate'])} (n={count(v['n'])})" for name, v in row["variants"].items())
-            items.append(_item("ab", f"A/B test {row['ab_test']} ({row['program']}): {row['verdict']} — {rates}"))
+            name = programs[row["program"]].name
+            items.append(_item("ab", f"A/B test {row['ab_test']} ({name}): {row['verdict']} — {rates}"))
     return items
 
 
-def _movers(programs: Mapping[str, Program], trend: pd.DataFrame) -> list[dict[str, str]]:
-    """The biggest week-over-week moves: message volume (relative change) and KPI rate (points)."""
+def _movers(
+    programs: Mapping[str, Program],
+    trend: pd.DataFrame,
+    weeks: Mapping[str, tuple[performance.Funnel, performance.Funnel]],
+) -> list[dict[str, str]]:
+    """The biggest week-over-week moves: messages sent (relative change) and KPI rate (points)."""
     found: list[tuple[float, str]] = []
-    for program_id in programs:
-        weeks = program_weeks(trend, program_id)
-        if len(weeks) < 2:
-            continue
-        now, before = weeks.iloc[-1], weeks.iloc[-2]
-        if now["messages"] != before["messages"]:
-            size = abs(now["messages"] - before["messages"]) / max(before["messages"], 1.0)
-            found.append(
-                (
-                    size,
-                    f"{program_id}: {count(now['messages'])} messages this week, "
-                    f"{count(before['messages'])} the week before "
-                    f"({change(now['messages'], before['messages'])})",
+    for program_id, program in programs.items():
+        if program_id in weeks:
+            now, before = (funnel.outcomes[Status.SENT] for funnel in weeks[program_id])
+            if now != before:
+                found.append(
+                    (
+                        abs(now - before) / max(before, 1),
+                        f"{program.name}: {count(now)} messages sent this week, {count(before)} the week before "
+                        f"({change(now, before)})",
+                    )
                 )
-            )
-        moved = now["kpi_rate_treatment"] - before["kpi_rate_treatment"]
+        rates = program_weeks(trend, program_id)
+        if len(rates) < 2:
+            continue
+        moved = rates.iloc[-1]["kpi_rate_treatment"] - rates.iloc[-2]["kpi_rate_treatment"]
         if not _missing(moved) and abs(moved) >= 0.005:
             found.append(
                 (
                     abs(moved) * 10,
-                    f"{program_id}: {programs[program_id].kpi.label} "
-                    f"{percent(now['kpi_rate_treatment'])} ({points(moved)} week over week)",
+                    f"{program.name}: {program.kpi.label} "
+                    f"{percent(rates.iloc[-1]['kpi_rate_treatment'])} ({points(moved)} week over week)",
                 )
             )
     return [_item("mover", text) for _size, text in sorted(found, key=lambda item: -item[0])[:MOVERS]]
@@ -385,16 +434,33 @@ def what_changed(
     kpis: pd.DataFrame,
     trend: pd.DataFrame,
     errors: Mapping[str, Any] | None = None,
+    weeks: Mapping[str, tuple[performance.Funnel, performance.Funnel]] | None = None,
 ) -> list[dict[str, str]]:
-    """The week in a few lines, generated from the numbers: ``{"kind", "text"}`` items where kind
-    is ``alert`` (an invalid program file, deliverability above its limit), ``lift`` (a
-    significant lift, or the note that there is none), ``ab`` (A/B verdicts) or ``mover``."""
+    """The week in a few lines, generated from the numbers and naming programs by name:
+    ``{"kind", "text"}`` items where kind is ``alert`` (an invalid program file, deliverability
+    above its limit), ``lift`` (a significant lift, or the note that there is none), ``ab`` (A/B
+    verdicts) or ``mover``. ``weeks`` holds each program's funnel this week and the week before."""
     rows = [r for r in records(kpis) if r["program"] in programs]
     invalid = [
         _item("alert", f"{pid}: the program file is invalid, so it did not run ({error})")
         for pid, error in sorted((errors or {}).items())
     ]
-    return invalid + _deliverability_alerts(rows) + _lifts(programs, rows) + _ab_tests(rows) + _movers(programs, trend)
+    return (
+        invalid
+        + _deliverability_alerts(programs, rows)
+        + _lifts(programs, rows)
+        + _ab_tests(programs, rows)
+        + _movers(programs, trend, weeks or {})
+    )
+
+
+def weekly_funnels(
+    engine: Engine, as_of: Mapping[str, datetime]
+) -> dict[str, tuple[performance.Funnel, performance.Funnel]]:
+    """Per program, the funnel of the week to its as-of time and of the week before."""
+    now = performance.funnels(engine, {pid: (at - WEEK, at) for pid, at in as_of.items()})
+    before = performance.funnels(engine, {pid: (at - 2 * WEEK, at - WEEK) for pid, at in as_of.items()})
+    return {pid: (now[pid], before[pid]) for pid in as_of}
 
 
 def program_weeks(trend: pd.DataFrame, program_id: str) -> pd.DataFrame:
@@ -422,8 +488,8 @@ def kpi_panel(weeks: pd.DataFrame) -> charts.Panel:
 def trend_chart(program_id: str, trend: pd.DataFrame) -> bytes:
     """One program's weeks for the digest: messages per week, and its KPI rate vs holdout."""
     weeks = program_weeks(trend, program_id)
-    messages = charts.Panel("Messages per week", [charts.Series("messages", list(weeks["messages"]), "bar")])
-    return charts.render(week_labels(weeks), [messages, kpi_panel(weeks)], CHART_SIZE)
+    messages = charts.Panel("Messages sent per week", [charts.Series(Status.SENT, list(weeks["messages"]), "bar")])
+    return charts.render(week_labels(weeks), [messages, kpi_panel(weeks)], CHART_SIZE, stacked=True)
 
 
 def overview_chart(program_ids: Sequence[str], trend: pd.DataFrame) -> bytes:
@@ -431,7 +497,7 @@ def overview_chart(program_ids: Sequence[str], trend: pd.DataFrame) -> bytes:
     series = [charts.Series(pid, list(program_weeks(trend, pid)["messages"]), "bar") for pid in program_ids]
     return charts.render(
         week_labels(program_weeks(trend, program_ids[0])),
-        [charts.Panel("Messages per week, all programs", series)],
+        [charts.Panel("Messages sent per week, all programs", series)],
         OVERVIEW_SIZE,
     )
 
@@ -479,7 +545,8 @@ def build_digest(
     kpis = measurement.program_kpis(engine, programs, as_of)
     trend = period_trend(measurement.funnel_history(engine), programs, as_of)
     rows = {r["program"]: r for r in records(kpis)}
-    views = [program_view(p, rows[pid], trend) | {"chart": f"trend-{pid}"} for pid, p in programs.items()]
+    weeks = weekly_funnels(engine, dict.fromkeys(programs, as_of))
+    views = [program_view(p, rows[pid], trend, *weeks[pid]) | {"chart": f"trend-{pid}"} for pid, p in programs.items()]
     images = [InlineImage("overview", "overview.png", overview_chart(list(programs), trend))] if programs else []
     images += [InlineImage(f"trend-{pid}", f"trend-{pid}.png", trend_chart(pid, trend)) for pid in programs]
     context = {
@@ -487,7 +554,7 @@ def build_digest(
         "as_of": as_of,
         "week_start": as_of - WEEK,
         "programs": views,
-        "changes": what_changed(programs, kpis, trend, errors),
+        "changes": what_changed(programs, kpis, trend, errors, weeks),
         "quality": data_quality(engine, as_of),
         "business": business_figures(engine, as_of),
         "limits": {DELIVERABILITY_LABELS[k]: percent(v, 1) for k, v in DELIVERABILITY_LIMITS.items()},

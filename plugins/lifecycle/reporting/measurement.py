@@ -22,7 +22,7 @@ from statistics import NormalDist
 from typing import Any, Literal, cast
 
 import pandas as pd
-from sqlalchemy import Engine, and_, case, func, literal, select
+from sqlalchemy import Engine, and_, case, func, literal, or_, select
 from sqlalchemy.sql import Select
 
 from lifecycle import config
@@ -387,17 +387,20 @@ def kpi_summary(program: Program, outcomes: pd.DataFrame, confidence: float = 0.
     counts = {g: _group_counts(outcomes, g) for g in GROUPS}
     row: dict[str, Any] = {"program": program.id, "kpi": program.kpi.primary, "kpi_label": program.kpi.label}
     for group, (conversions, n) in counts.items():
+        members = outcomes[(outcomes["group"] == group) & outcomes["converted"].astype(bool)]
+        value = float(members["conversion_value"].sum())
         row |= {
             f"{group}_n": n,
             f"{group}_conversions": conversions,
             f"{group}_rate": conversions / n if n else _NAN,
+            f"{group}_value": value,
+            f"{group}_value_per_enrollment": value / n if n else _NAN,
         }
     treated = outcomes[outcomes["group"] == "treatment"]
     row["exposure"] = float(treated["messaged"].mean()) if len(treated) else _NAN
     for other in ("holdout", "control"):
         row |= _lift_columns(f"lift_vs_{other}", lift(*counts["treatment"], *counts[other], confidence))
     converted = treated[treated["converted"].astype(bool)]
-    row["treatment_value"] = float(converted["conversion_value"].sum())
     row["median_time_to_convert_hours"] = (
         cast("pd.Series[pd.Timedelta]", converted["time_to_convert"]).median() / pd.Timedelta(hours=1)
         if len(converted)
@@ -419,20 +422,24 @@ def kpi_summary(program: Program, outcomes: pd.DataFrame, confidence: float = 0.
     return row
 
 
-def _status_query(as_of: datetime) -> Select:
+def _status_query(as_of: Mapping[str, datetime]) -> Select:
+    due = func.coalesce(M.c.send_after, M.c.due_at)
     return (
         select(M.c.program, M.c.status, func.count().label("messages"))
-        .where(func.coalesce(M.c.send_after, M.c.due_at) <= as_of)
+        .where(or_(*(and_(M.c.program == pid, due <= at) for pid, at in as_of.items())))
         .group_by(M.c.program, M.c.status)
     )
 
 
-def _provider_event_query(as_of: datetime) -> Select:
+def _provider_event_query(as_of: Mapping[str, datetime]) -> Select:
     pe = schema.provider_events
     return (
         select(M.c.program, pe.c.event_type, func.count(func.distinct(pe.c.message_id)).label("messages"))
         .select_from(pe.join(M, M.c.message_id == pe.c.message_id))
-        .where(pe.c.occurred_at <= as_of, pe.c.event_type.in_(UNSUBSCRIBE_EVENTS + SPAM_EVENTS))
+        .where(
+            or_(*(and_(M.c.program == pid, pe.c.occurred_at <= at) for pid, at in as_of.items())),
+            pe.c.event_type.in_(UNSUBSCRIBE_EVENTS + SPAM_EVENTS),
+        )
         .group_by(M.c.program, pe.c.event_type)
     )
 
@@ -441,7 +448,9 @@ def deliverability(statuses: pd.DataFrame, provider_events: pd.DataFrame) -> pd.
     """Per program: messages that reached a provider (``sent``), ``dry_run`` messages, and the
     delivered, bounce, unsubscribe and spam-report rates over ``sent``. Open and click rates are
     named ``*_directional``: privacy proxies and link scanners inflate them, so they show a
-    direction, never a KPI. Rates are NaN when nothing was sent."""
+    direction, never a KPI. Rates are NaN when nothing was sent; open and click rates are NaN too
+    when no message of any program was ever opened or clicked (tracking is off, or no channel
+    reports it), so "not tracked" never reads as 0%."""
     by_status = statuses.pivot_table(index="program", columns="status", values="messages", aggfunc="sum", fill_value=0)
     by_event = provider_events.pivot_table(
         index="program", columns="event_type", values="messages", aggfunc="sum", fill_value=0
@@ -454,6 +463,7 @@ def deliverability(statuses: pd.DataFrame, provider_events: pd.DataFrame) -> pd.
 
     sent = total(by_status, WENT_OUT)
     rate = sent.where(sent > 0)
+    tracked = rate if total(by_status, OPENED_OR_LATER).sum() > 0 else rate * _NAN
     frame = pd.DataFrame(
         {
             Status.SENT: sent.astype(int),
@@ -463,8 +473,8 @@ def deliverability(statuses: pd.DataFrame, provider_events: pd.DataFrame) -> pd.
             "bounce_rate": total(by_status, (Status.BOUNCED,)) / rate,
             "unsubscribe_rate": total(by_event, UNSUBSCRIBE_EVENTS) / rate,
             "spam_report_rate": total(by_event, SPAM_EVENTS) / rate,
-            "open_rate_directional": total(by_status, OPENED_OR_LATER) / rate,
-            "click_rate_directional": total(by_status, (Status.CLICKED,)) / rate,
+            "open_rate_directional": total(by_status, OPENED_OR_LATER) / tracked,
+            "click_rate_directional": total(by_status, (Status.CLICKED,)) / tracked,
         },
         index=programs,
     )
@@ -475,23 +485,32 @@ def deliverability(statuses: pd.DataFrame, provider_events: pd.DataFrame) -> pd.
 def program_kpis(
     engine: Engine,
     programs: Mapping[str, Program] | Iterable[Program],
-    as_of: datetime,
+    as_of: datetime | Mapping[str, datetime],
     confidence: float = 0.95,
 ) -> pd.DataFrame:
-    """One row per program: treatment / holdout / control sizes, conversions and rates of the
-    primary KPI; lift vs holdout and vs control (``lift_vs_*``, ``*_ci_low``, ``*_ci_high``,
-    ``*_p_value``, ``*_significant``, ``*_insufficient_data``); ``exposure`` (share of treatment
-    messaged); the A/B ``variants`` and ``verdict``; and the deliverability diagnostics."""
-    as_of = utc_naive(as_of)
-    catalog = config.load_segments().parsed
+    """One row per program: treatment / holdout / control sizes, conversions, rates and converted
+    value (``*_value``, ``*_value_per_enrollment``) of the primary KPI; lift vs holdout and vs
+    control (``lift_vs_*``, ``*_ci_low``, ``*_ci_high``, ``*_p_value``, ``*_significant``,
+    ``*_insufficient_data``); ``exposure`` (share of treatment messaged); the median time to
+    convert; the A/B ``variants`` and ``verdict``; and the deliverability diagnostics.
+
+    ``as_of`` is one time for every program, or each program's own (the Campaigns page measures
+    each program as of its newest run)."""
     chosen = list(programs.values()) if isinstance(programs, Mapping) else list(programs)
-    rows = [kpi_summary(p, program_outcomes(engine, p, as_of, catalog), confidence) for p in chosen]
+    times = {p.id: utc_naive(as_of[p.id] if isinstance(as_of, Mapping) else as_of) for p in chosen}
+    catalog = config.load_segments().parsed
+    rows = [kpi_summary(p, program_outcomes(engine, p, times[p.id], catalog), confidence) for p in chosen]
     summary = pd.DataFrame(rows, columns=None if rows else ["program"])
-    diagnostics = deliverability(_frame(engine, _status_query(as_of)), _frame(engine, _provider_event_query(as_of)))
+    diagnostics = deliverability(
+        _frame(engine, _status_query(times)) if times else pd.DataFrame(columns=["program", "status", "messages"]),
+        _frame(engine, _provider_event_query(times))
+        if times
+        else pd.DataFrame(columns=["program", "event_type", "messages"]),
+    )
     merged = summary.merge(diagnostics, on="program", how="left")
     counts = [c for c in (Status.SENT, Status.DRY_RUN, Status.FAILED) if c in merged.columns]
     merged[counts] = merged[counts].fillna(0).astype(int)
-    merged.insert(1, "as_of", as_of)
+    merged.insert(1, "as_of", [times[pid] for pid in merged["program"]] if len(merged) else [])
     return merged
 
 

@@ -3,65 +3,54 @@
 The journey catalog (every program's name, priority, schedule, channels, steps, owner, holdout
 and A/B test, which programs are service programs, with the policy's caps, service caps and legal
 basis per consent purpose) next to each program's live KPIs from
-:func:`lifecycle.reporting.measurement.program_kpis` and its funnel over time from ``lifecycle_kpis``, as
-small server-rendered PNG charts: no script, nothing loaded from elsewhere. Figures are as of
-the newest logged program run. Every string from the config or the CRM is escaped by the
-sandboxed, autoescaping template environment. Only a signed-in Airflow user sees the page.
+:func:`lifecycle.reporting.measurement.program_kpis`, the week's planned messages by outcome and
+the journey's per-step performance from :mod:`lifecycle.reporting.performance`, and its funnel
+over time from ``lifecycle_kpis`` as a small server-rendered PNG chart: no script, nothing loaded
+from elsewhere. Each program's figures are as of its own newest logged run, so a program that ran
+an hour ago and one that runs daily both show their latest week. Every string from the config or
+the CRM is escaped by the sandboxed, autoescaping template environment. Only a signed-in Airflow
+user sees the page.
 """
 
 from __future__ import annotations
 
 import base64
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import pandas as pd
 from airflow.api_fastapi.core_api.security import requires_authenticated
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Query
 from fastapi.responses import HTMLResponse
 from sqlalchemy import Engine, func, inspect, select
 from starlette.concurrency import run_in_threadpool
 
 from lifecycle import config, paths
-from lifecycle.config import Cap, Policy, Program, Step
+from lifecycle.config import Cap, Policy, Program
 from lifecycle.messages.rendering import environment
 from lifecycle.model import schema
 from lifecycle.model.db import get_engine, state_url, utc_naive
 from lifecycle.model.ledger import Status
-from lifecycle.reporting import charts, digest, measurement
+from lifecycle.reporting import charts, digest, display, measurement, performance, timeline
+from lifecycle.reporting.display import duration, segment, step_timing
 
 CAMPAIGNS_PATH = "/campaigns"
+CONTACT_PATH = "/campaigns/contact"
 TREND_WEEKS = 12
 CHART_SIZE = (560, 170)
 router = APIRouter()
 
 
-RELATIVE_TO = {"enrollment": "enrollment", "previous": "the previous step", "anchor": "the anchor date"}
-
-
-def duration(value: timedelta) -> str:
-    """A length of time as program files write it: ``2d``, ``1d 12h``, ``30m``; ``0m`` for none."""
-    minutes = abs(int(value.total_seconds() // 60))
-    days, rest = divmod(minutes, 24 * 60)
-    hours, minutes = divmod(rest, 60)
-    return " ".join(f"{n}{unit}" for n, unit in ((days, "d"), (hours, "h"), (minutes, "m")) if n) or "0m"
-
-
-def step_timing(step: Step) -> str:
-    """When a step is due: ``2d after enrollment``, ``30d before the anchor date``, ``at enrollment``."""
-    anchor = RELATIVE_TO[step.relative_to]
-    if not step.delay:
-        return f"at {anchor}"
-    return f"{duration(step.delay)} {'before' if step.delay < timedelta(0) else 'after'} {anchor}"
-
-
-def latest_run(engine: Engine) -> datetime | None:
-    """The as-of time of the newest logged program run, or None before the first run."""
+def latest_runs(engine: Engine) -> dict[str, datetime]:
+    """Each program's newest logged run (its as-of time); empty before the first run."""
     if not inspect(engine).has_table(schema.kpis.name):
-        return None
+        return {}
+    k = schema.kpis
     with engine.connect() as conn:
-        return conn.execute(select(func.max(schema.kpis.c.as_of))).scalar_one()
+        return {
+            program: at for program, at in conn.execute(select(k.c.program, func.max(k.c.as_of)).group_by(k.c.program))
+        }
 
 
 SERVICE_NOTE = "service message: not counted by marketing caps, not stopped by a marketing unsubscribe"
@@ -96,6 +85,7 @@ def catalog_view(program: Program) -> dict[str, Any]:
         "steps": [
             {
                 "id": s.id,
+                "position": position,
                 "channel": s.channel,
                 "fallback": s.fallback,
                 "when": step_timing(s),
@@ -103,9 +93,11 @@ def catalog_view(program: Program) -> dict[str, Any]:
                 "conditional": s.when is not None,
                 "to_holdout_too": not s.holdout,
             }
-            for s in program.steps
+            for position, s in enumerate(program.steps, start=1)
         ],
         "ab_variants": [f"{v.name} ({v.weight})" for v in program.ab_test.variants] if program.ab_test else [],
+        "segment": segment(program.audience.segment.raw),
+        "goal": segment(program.exit.goal.raw if program.exit.goal else None),
         "ab_variable": program.ab_test.variable if program.ab_test else None,
         "attribution_window": duration(program.kpi.attribution_window),
     }
@@ -128,35 +120,106 @@ def funnel_chart(program_id: str, trend: pd.DataFrame) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
+def _step_row(figures: performance.StepFigures, step: dict[str, Any] | None) -> dict[str, Any]:
+    funnel = figures.funnel
+    return {
+        "id": figures.step,
+        "variant": figures.variant,
+        "config": step,
+        Status.PLANNED: digest.count(funnel.planned),
+        "outcomes": {key: digest.count(n) for key, n in funnel.outcomes.items()},
+        Status.DELIVERED: digest.count(figures.delivered),
+        Status.BOUNCED: digest.count(figures.bounced),
+        "unsubscribes": digest.count(figures.unsubscribed),
+        "converted_after": digest.count(figures.converted_after),
+        "why": {key: display.reasons(counts) for key, counts in funnel.reasons.items() if counts},
+    }
+
+
+def steps_view(program: Program, figures: list[performance.StepFigures]) -> list[dict[str, Any]]:
+    """The journey in order with its figures: one row per step and A/B variant (a step without a
+    planned message yet gets a row of zeros; a step no longer in the program file comes last)."""
+    configured = {s["id"]: s for s in catalog_view(program)["steps"]}
+    seen = {f.step for f in figures}
+    rows = [_step_row(f, configured.get(f.step)) for f in figures]
+    for position, step in enumerate(program.steps):
+        if step.id not in seen:
+            rows.insert(position, _step_row(performance.StepFigures(step.id, None), configured[step.id]))
+    order = {s.id: i for i, s in enumerate(program.steps)}
+    return sorted(rows, key=lambda r: (order.get(r["id"], len(order)), r["id"], r["variant"] or ""))
+
+
+def _measured_view(
+    engine: Engine,
+    program: Program,
+    row: Mapping[str, Any],
+    at: datetime,
+    weeks: tuple[performance.Funnel, performance.Funnel],
+    history: pd.DataFrame,
+) -> dict[str, Any]:
+    trend = digest.period_trend(history, [program.id], at, TREND_WEEKS)
+    figures = performance.step_performance(engine, program, at)
+    return (
+        digest.program_view(program, row, trend, *weeks)
+        | catalog_view(program)
+        | {
+            "as_of": at,
+            "chart": funnel_chart(program.id, trend),
+            "performance": steps_view(program, figures),
+            "simulated": any(f.funnel.outcomes[performance.SIMULATED] for f in figures),
+        }
+    )
+
+
 def campaigns_page(engine: Engine, as_of: datetime | None = None) -> str:
-    """The page's HTML: catalog, KPIs and funnel charts as of ``as_of`` (default: the newest run)."""
+    """The page's HTML: catalog, KPIs, funnels and per-step figures of every program as of its own
+    newest run (or all as of ``as_of``); a program that never ran shows its catalog only."""
     programs, errors = config.load_all_programs()
     programs = digest.ordered(programs)
     policy = config.load_policy()
-    measured_at = utc_naive(as_of) if as_of else latest_run(engine)
+    newest = latest_runs(engine)
+    measured = {
+        pid: utc_naive(as_of) if as_of else newest[pid] for pid in programs if as_of is not None or pid in newest
+    }
     views = []
-    if measured_at is not None:
-        kpis = {r["program"]: r for r in digest.records(measurement.program_kpis(engine, programs, measured_at))}
-        trend = digest.period_trend(measurement.funnel_history(engine), programs, measured_at, TREND_WEEKS)
-        for pid, program in programs.items():
-            views.append(
-                digest.program_view(program, kpis[pid], trend)
-                | catalog_view(program)
-                | {"chart": funnel_chart(pid, trend)}
-            )
-    else:
-        views = [digest.program_facts(p) | catalog_view(p) for p in programs.values()]
+    if measured:
+        chosen = {pid: programs[pid] for pid in measured}
+        kpis = {r["program"]: r for r in digest.records(measurement.program_kpis(engine, chosen, measured))}
+        weeks = digest.weekly_funnels(engine, measured)
+        history = measurement.funnel_history(engine)
+    for pid, program in programs.items():
+        if pid in measured:
+            views.append(_measured_view(engine, program, kpis[pid], measured[pid], weeks[pid], history))
+        else:
+            views.append(digest.program_facts(program) | catalog_view(program) | {"as_of": None})
     env = environment(str(paths.templates_dir() / "_web"))
     return env.get_template("campaigns.html.j2").render(
         {
-            "as_of": measured_at,
             "rendered_at": utc_naive(datetime.now(UTC)),
-            "measured": measured_at is not None,
+            "measured": bool(measured),
             "policy": policy_view(policy),
             "brand": policy.brand.model_dump(),
             "programs": views,
+            "outcomes": [o for o in performance.OUTCOMES if o.key != performance.SIMULATED],
             "errors": {pid: str(err) for pid, err in sorted(errors.items())},
             "min_sample": measurement.MIN_SAMPLE,
+        }
+    )
+
+
+def contact_page(engine: Engine, contact_id: str) -> str:
+    """The contact lookup's HTML: the contact's timeline across every program (see
+    :func:`lifecycle.reporting.timeline.contact_timeline`), or a note that no such contact exists."""
+    policy = config.load_policy()
+    programs, _errors = config.load_all_programs()
+    found = timeline.contact_timeline(engine, contact_id, programs) if contact_id else None
+    env = environment(str(paths.templates_dir() / "_web"))
+    return env.get_template("contact.html.j2").render(
+        {
+            "brand": policy.brand.model_dump(),
+            "contact_id": contact_id,
+            "timeline": found,
+            "rendered_at": utc_naive(datetime.now(UTC)),
         }
     )
 
@@ -165,4 +228,12 @@ def campaigns_page(engine: Engine, as_of: datetime | None = None) -> str:
 async def campaigns() -> HTMLResponse:
     """The Campaigns page, for signed-in Airflow users (the UI's session cookie or a bearer token)."""
     html = await run_in_threadpool(lambda: campaigns_page(get_engine(state_url())))
+    return HTMLResponse(html, headers={"Cache-Control": "no-store"})
+
+
+@router.get(CONTACT_PATH, response_class=HTMLResponse, dependencies=[Depends(requires_authenticated())])
+async def contact(contact_id: str = Query("", max_length=64)) -> HTMLResponse:
+    """Why a contact did or did not get a message: its timeline across every program, for
+    signed-in Airflow users. Looked up by contact id only; addresses are shown masked."""
+    html = await run_in_threadpool(lambda: contact_page(get_engine(crm_url()), contact_id.strip()))
     return HTMLResponse(html, headers={"Cache-Control": "no-store"})

@@ -55,5 +55,6 @@ def test_the_dag_docs_say_a_program_is_a_service_program(monkeypatch):
     renewal, welcome = dags["renewal"].doc_md, dags["welcome"].doc_md
     assert "**Service program**" in renewal and "not stopped by a marketing unsubscribe" in renewal
     assert "**Caps (policy service_caps):** none (uncapped)" in renewal
-    assert "`renewal/billing_fix` (sent to the holdout too)" in renewal
-    assert "Service program" not in welcome and "**Caps (policy):** email 3/7d, sms 2/7d, all 5/7d" in welcome
+    assert "14d before the anchor date (sent to the holdout too) | `renewal/billing_fix` |" in renewal
+    assert "Service program" not in welcome
+    assert "**Caps (policy):** email 3 per 7d, sms 2 per 7d, all 5 per 7d" in welcome

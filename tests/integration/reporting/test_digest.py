@@ -8,13 +8,14 @@ import shutil
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import insert, select, update
+from sqlalchemy import func, insert, select, update
 
 from lifecycle import config, paths
 from lifecycle.airflow.digest_operators import digest_mail
 from lifecycle.channels.sendgrid import SendGridHook
 from lifecycle.devtools.local import connection_json
 from lifecycle.model import schema
+from lifecycle.model.ledger import WENT_OUT
 from lifecycle.reporting import measurement
 from lifecycle.reporting.digest import Digest, build_digest
 from lifecycle.sandbox import DEFAULT_SENDGRID_KEY, SandboxServer
@@ -119,11 +120,14 @@ def test_every_program_is_listed_with_measurements_figures(crm, shipped, digest)
     assert digest.as_of == AS_OF and f"{AS_OF:%d %b %Y}" in digest.subject
     for row in kpis.to_dict("records"):
         card = _section(digest.html, row["program"])
-        assert programs[row["program"]].name in card
-        for group in measurement.GROUPS:
+        program = programs[row["program"]]
+        assert program.name in card
+        groups = [g for g in measurement.GROUPS if not (program.is_service and g == "control")]
+        for group in groups:
             assert shown_rate(row[f"{group}_rate"]) in card
             assert f"{row[f'{group}_conversions']:,} of {row[f'{group}_n']:,}" in card
-        for other in ("holdout", "control"):
+        assert ("Lift vs control" in card) is not program.is_service
+        for other in groups[1:]:
             lift = f"lift_vs_{other}"
             assert f"Lift vs {other}: <b" in card
             assert shown_points(row[lift]) in card
@@ -136,17 +140,43 @@ def test_every_program_is_listed_with_measurements_figures(crm, shipped, digest)
     assert "WHAT CHANGED" in digest.text and not re.search(r"</?[a-z]+[ >]", digest.text)
 
 
-def test_funnel_and_week_over_week_come_from_the_logged_runs(crm, digest):
-    history = measurement.funnel_history(crm[1], "welcome")
-    this_week = history[history["as_of"] == AS_OF].iloc[0]
-    last_week = history[history["as_of"] == AS_OF - timedelta(weeks=1)].iloc[0]
-    card = _section(digest.html, "welcome")
-    enrolled = re.search(r"Enrolled</span><br><b>([\d,]+)</b>", card).group(1)
-    assert int(enrolled.replace(",", "")) == this_week["enrolled"]
-    messages_now = this_week.get("sent", 0) + this_week.get("dry_run", 0)
-    messages_before = last_week.get("sent", 0) + last_week.get("dry_run", 0)
-    assert f"Funnel this week · {messages_now:,.0f} messages" in card
-    assert f"{(messages_now - messages_before) / messages_before * 100:+.0f}% week over week" in card
+def _week_statuses(engine, program_id: str) -> dict[str, int]:
+    m = schema.messages
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(m.c.status, func.count())
+            .where(m.c.program == program_id, m.c.planned_at > AS_OF - timedelta(weeks=1), m.c.planned_at <= AS_OF)
+            .group_by(m.c.status)
+        ).all()
+    return {status: n for status, n in rows}
+
+
+def test_the_weeks_funnel_partitions_its_planned_messages_and_counts_only_what_went_out(crm, shipped, digest):
+    programs, _policy, _errors = shipped
+    for program_id in programs:
+        card = _section(digest.html, program_id)
+        shown = {
+            k: int(v.replace(",", ""))
+            for k, v in re.findall(r'data-outcome="(\w+)"[^>]*><span[^>]*>[^<]*</span><br><b>([\d,]+)</b>', card)
+        }
+        statuses = _week_statuses(crm[1], program_id)
+        planned = shown.pop("planned")
+        assert planned == sum(statuses.values()) == sum(shown.values()), program_id
+        went_out = sum(n for status, n in statuses.items() if status in WENT_OUT)
+        assert shown["sent"] == went_out and shown.get("dry_run", 0) == statuses.get("dry_run", 0)
+        assert f"{planned:,} messages planned, {went_out:,} sent" in card
+    welcome = _section(digest.html, "welcome")
+    assert "Simulated</span><br><b>" in welcome  # the seeded runs are the simulation's
+    assert "Deliverability of 23 messages sent" in welcome
+
+
+def test_rates_over_nothing_read_as_a_dash_and_untracked_opens_as_not_tracked(digest):
+    renewal = _section(digest.html, "renewal")
+    assert "Deliverability of 0 messages sent (nothing sent yet)" in renewal
+    assert "Bounced <b" in renewal and "0.0%" not in renewal.split("Deliverability")[1].split("<img")[0]
+    welcome = digest.text.split("(welcome) ==")[1].split("\n== ")[0]
+    assert "Opens (directional) not tracked, Clicks (directional) not tracked" in welcome
+    assert "Delivered 87.0%, Bounced 13.0%" in welcome
 
 
 def test_charts_are_small_inline_pngs_referenced_by_cid(shipped, digest, sandbox, monkeypatch):
@@ -169,10 +199,10 @@ def test_what_changed_names_alerts_lifts_ab_tests_and_movers(crm, shipped, diges
     programs, _policy, _errors = shipped
     changed = digest.text.split("WHAT CHANGED")[1].split("\n== ")[0]
     bounce = BOUNCED / (DELIVERED + BOUNCED) * 100
-    assert f"[alert] welcome: bounce rate {bounce:.2f}% is above 2.0%" in changed
+    assert f"[alert] Welcome / onboarding: bounce rate {bounce:.2f}% is above 2.0%" in changed
     kpis = measurement.program_kpis(crm[1], programs, AS_OF)
     for row in kpis[kpis["verdict"].notna()].to_dict("records"):
-        assert f"[ab] A/B test {row['ab_test']} ({row['program']}): {row['verdict']}" in changed
+        assert f"[ab] A/B test {row['ab_test']} ({programs[row['program']].name}): {row['verdict']}" in changed
     significant = kpis["lift_vs_holdout_significant"].any() or kpis["lift_vs_control_significant"].any()
     assert ("No program shows a significant lift yet" in changed) is not significant
     assert 1 <= changed.count("[mover]") <= 3
@@ -251,3 +281,26 @@ def test_no_stakeholders_means_the_digest_task_is_skipped(tmp_path, monkeypatch,
     with pytest.raises(AirflowSkipException, match="no stakeholders"):
         SendKpiDigestOperator(task_id="send_digest").execute({"data_interval_end": AS_OF, "run_id": "manual"})
     assert sandbox.sendgrid_messages() == []
+
+
+@pytest.mark.parametrize("width", [375, 600, 1200])
+def test_the_digest_reads_on_a_phone_without_sideways_scrolling(crm, digest, tmp_path, width):
+    from tests.support.chromium import inline_cid_images, page_width, require_chromium, screenshot
+
+    require_chromium()
+    page = tmp_path / "digest.html"
+    page.write_text(inline_cid_images(digest.html, {image.content_id: image.data for image in digest.images}))
+    scroll_width, dom = page_width(page, width)
+    assert scroll_width <= width, f"the digest is {scroll_width} px wide in a {width} px window"
+    welcome = _section(dom, "welcome")
+    planned = re.search(r'data-outcome="planned"[^>]*><span[^>]*>Planned</span><br><b>([\d,]+)</b>', welcome)
+    assert int(planned.group(1).replace(",", "")) == sum(_week_statuses(crm[1], "welcome").values())
+    screenshot(page.as_uri(), tmp_path / f"digest-{width}.png", (width, 1600))
+
+
+def test_what_changed_names_programs_by_name(shipped, digest):
+    programs, _policy, _errors = shipped
+    changed = digest.text.split("WHAT CHANGED")[1].split("\n== ")[0]
+    for line in changed.strip().splitlines():
+        if line.startswith(("- [mover]", "- [alert]")):
+            assert any(f" {p.name}: " in f" {line[line.index(']') + 2 :]}" for p in programs.values()), line
