@@ -235,5 +235,5 @@ async def campaigns() -> HTMLResponse:
 async def contact(contact_id: str = Query("", max_length=64)) -> HTMLResponse:
     """Why a contact did or did not get a message: its timeline across every program, for
     signed-in Airflow users. Looked up by contact id only; addresses are shown masked."""
-    html = await run_in_threadpool(lambda: contact_page(get_engine(crm_url()), contact_id.strip()))
+    html = await run_in_threadpool(lambda: contact_page(get_engine(state_url()), contact_id.strip()))
     return HTMLResponse(html, headers={"Cache-Control": "no-store"})
