@@ -21,6 +21,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from itertools import chain
@@ -512,6 +513,14 @@ def _record_as_completed(
     return counts
 
 
+def _await_quietly(results: Iterable[SendResult]) -> None:
+    """Wait for requests already started whose answers cannot be written (the attempt is failing):
+    nothing this attempt claimed is left half-sent when it stops; the retry settles them."""
+    with suppress(Exception):
+        for _ in results:
+            pass
+
+
 def send_batch(
     engine: Engine,
     run_id: str,
@@ -564,11 +573,19 @@ def send_batch(
                 if name in by_channel:
                     renew = _claim_check(engine, tokens) if registry.get(name).renews_claim else None
                     streams.append(transport.send(name, by_channel[name], still_claimed=renew))
-        finally:
+        except BaseException:
             # Whatever happens to this chunk, the previous one's answers are written first.
             if previous is not None:
                 counts.update(_record_as_completed(engine, *previous, simulate))
-        previous = (chain.from_iterable(streams), tokens)
+            raise
+        current = (chain.from_iterable(streams), tokens)
+        if previous is not None:
+            try:
+                counts.update(_record_as_completed(engine, *previous, simulate))
+            except BaseException:
+                _await_quietly(current[0])
+                raise
+        previous = current
     if previous is not None:
         counts.update(_record_as_completed(engine, *previous, simulate))
     return {k: v for k, v in counts.items() if v}
