@@ -34,8 +34,6 @@ SendStatus = Literal[Status.SENT, Status.FAILED, Status.UNKNOWN]
 REASON_LIMIT = 200
 TEST_MESSAGE_ID = 0
 """The message id a test copy carries: none of the ledger's, so its feedback touches no journey."""
-DEFAULT_CONCURRENCY = 32
-"""Requests a provider hook's sender has in flight at once, unless its connection says otherwise."""
 ClaimCheck = Callable[[int], bool]
 """``still_claimed(message_id)``: whether this attempt still holds the message's claim (renewing it)."""
 

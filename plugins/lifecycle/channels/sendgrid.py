@@ -39,7 +39,6 @@ from sendgrid.helpers.mail import (
 )
 
 from lifecycle.channels.base import (
-    DEFAULT_CONCURRENCY,
     TEST_MESSAGE_ID,
     ClaimCheck,
     OutboundEmail,
@@ -64,6 +63,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_API_URL = "https://api.sendgrid.com"
 MAX_PERSONALIZATIONS = 1000
+DEFAULT_CONCURRENCY = 64
+"""Mail Send requests a sender has in flight at once unless the connection says otherwise (SendGrid
+limits the rate, not concurrency)."""
 
 
 class _PooledResponse:
@@ -153,7 +155,7 @@ class SendGridHook(BaseHook):
     :param sendgrid_conn_id: Airflow connection id.
     :param timeout: seconds to wait for SendGrid to answer one request.
     :param retry_policy: backoff for 429 and 5xx answers.
-    :param concurrency: requests in flight at once (extra ``concurrency``; default 32), over as
+    :param concurrency: requests in flight at once (extra ``concurrency``; default 64), over as
         many pooled keep-alive connections.
     :param requests_per_second: SendGrid requests a second at most, for this connection in this
         process (extra ``requests_per_second``; default: no limit).

@@ -24,7 +24,6 @@ from twilio.rest.api.v2010.account.message import MessageInstance
 from urllib3.exceptions import ConnectTimeoutError
 
 from lifecycle.channels.base import (
-    DEFAULT_CONCURRENCY,
     REASON_LIMIT,
     ClaimCheck,
     OutboundSms,
@@ -53,6 +52,9 @@ log = logging.getLogger(__name__)
 TWILIO_API_URL = "https://api.twilio.com"
 T = TypeVar("T")
 _TWILIO_FAILED = {"failed", "undelivered", "canceled"}  # Twilio's message statuses that mean it gave up
+DEFAULT_CONCURRENCY = 16
+"""Requests a sender has in flight at once unless the connection says otherwise: Twilio limits an
+account's concurrent requests (100 by default), shared by every send task."""
 LONG_CODE_MPS = 1.0
 TOLL_FREE_MPS = 3.0
 SHORT_CODE_MPS = 100.0
@@ -142,7 +144,7 @@ class TwilioHook(BaseHook):
     :param timeout: seconds to wait for Twilio to answer one request.
     :param retry_policy: backoff for 429 and 5xx answers.
     :param mps: messages a second the sender may send (see :func:`sender_mps`).
-    :param concurrency: requests in flight at once (default 32).
+    :param concurrency: requests in flight at once (extra ``concurrency``; default 16).
     """
 
     conn_name_attr = "twilio_conn_id"

@@ -73,7 +73,7 @@ from sqlalchemy.sql import visitors
 from sqlalchemy.sql.elements import ColumnClause
 
 from lifecycle import config
-from lifecycle.channels.base import DEFAULT_CONCURRENCY
+from lifecycle.channels.sendgrid import DEFAULT_CONCURRENCY
 from lifecycle.config import segments
 from lifecycle.devtools.local import provider_connections
 from lifecycle.devtools.seed import seed_crm
