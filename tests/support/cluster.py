@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import httpx
 from sqlalchemy.engine import URL
 
-from lifecycle.devtools.local import airflow_env, connection_json
+from lifecycle.devtools.local import SANDBOX_MPS, airflow_env, connection_json
 from lifecycle.paths import PROJECT_ROOT
 
 T = TypeVar("T")
@@ -204,7 +204,7 @@ class Topology:
                 login=DEFAULT_TWILIO_SID,
                 password=DEFAULT_TWILIO_TOKEN,
                 host=sandbox_url,
-                extra={"from_number": SENDER_NUMBER},
+                extra={"from_number": SENDER_NUMBER, "mps": SANDBOX_MPS},
             ),
             "AIRFLOW_CONN_LIFECYCLE_DEFAULT": connection_json(
                 "generic", host=self.public_url, password=self.link_secret

@@ -85,7 +85,7 @@ class DyingTransport(ProviderTransport):
         self.survivors = survivors
 
     def send(self, channel: str, batch: Sequence[Outbound], still_claimed=None) -> list[SendResult]:
-        super().send(channel, batch[: self.survivors], still_claimed)
+        list(super().send(channel, batch[: self.survivors], still_claimed))
         raise WorkerDied
 
 

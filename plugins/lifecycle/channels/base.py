@@ -8,15 +8,17 @@ out through its provider hook. Its module registers it (:mod:`lifecycle.channels
 engine reads it there and names no channel itself.
 
 Dispatch renders messages and hands a :class:`Transport` one batch per channel (``send(channel,
-batch)``); the transport returns one :class:`SendResult` per message, in any order. A transport
-never raises for one bad message: it reports ``failed`` (the provider said no, and will say no
-again) or ``unknown`` (the request may have reached the provider) for that message.
+batch)``); the transport returns one :class:`SendResult` per message, in any order — a list, or an
+iterator that yields each result as its request completes (the provider transport sends a batch's
+requests concurrently, all started before ``send`` returns). A transport never raises for one bad
+message: it reports ``failed`` (the provider said no, and will say no again) or ``unknown`` (the
+request may have reached the provider) for that message.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Generic, Literal, Protocol, TypeVar, runtime_checkable
@@ -108,9 +110,10 @@ class Transport(Protocol):
 
     def send(
         self, channel: str, batch: Sequence[Outbound], still_claimed: ClaimCheck | None = None
-    ) -> list[SendResult]:
-        """Send ``batch`` (messages of ``channel``). Given ``still_claimed``, a transport that sends
-        one request at a time asks it before every attempt at a message and sends nothing when it
+    ) -> Iterable[SendResult]:
+        """Send ``batch`` (messages of ``channel``); the results, as a list or as they complete.
+        Given ``still_claimed``, a transport that sends one request per message asks it before
+        every attempt at a message and sends nothing when it
         says no (reporting ``unknown`` with :attr:`~lifecycle.model.ledger.OutcomeReason.CLAIM_LOST`); the
         answer also renews the claim, so a long run of messages is never taken for a dead worker's."""
         ...
@@ -134,7 +137,7 @@ class Reconciler(Protocol):
 class Sender(Protocol[OutT_contra]):
     """How one channel's messages go out through its provider hook (inside the provider transport)."""
 
-    def send(self, batch: Sequence[OutT_contra], still_claimed: ClaimCheck | None) -> list[SendResult]: ...
+    def send(self, batch: Sequence[OutT_contra], still_claimed: ClaimCheck | None) -> Iterable[SendResult]: ...
 
 
 @runtime_checkable

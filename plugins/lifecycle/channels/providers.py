@@ -16,7 +16,7 @@ Every outcome maps to a ``SendResult``:
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import datetime
 from functools import cached_property
 from typing import Any, TypeVar
@@ -78,8 +78,9 @@ class ProviderTransport:
 
     def send(
         self, channel: str, batch: Sequence[Outbound], still_claimed: ClaimCheck | None = None
-    ) -> list[SendResult]:
-        """Send ``batch`` through the channel's provider (see :class:`~lifecycle.channels.base.Transport`)."""
+    ) -> Iterable[SendResult]:
+        """Send ``batch`` through the channel's provider, its requests concurrently and at the
+        provider's rate; the results as each completes (see :class:`~lifecycle.channels.base.Transport`)."""
         return self.sender(channel).send(batch, still_claimed)
 
     def reconcile(

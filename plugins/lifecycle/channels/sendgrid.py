@@ -7,14 +7,20 @@ import http.client
 import json
 import logging
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from email.message import Message
 from functools import cached_property
-from typing import Any
+from itertools import chain
+from typing import Any, cast
 from urllib.error import URLError
+from urllib.request import Request
 
+import python_http_client
+import urllib3
 from airflow.sdk import BaseHook
-from python_http_client.exceptions import HTTPError
+from python_http_client.exceptions import HTTPError, err_dict
 from sendgrid import SendGridAPIClient
 from sendgrid.helpers.mail import (
     Asm,
@@ -40,6 +46,7 @@ from lifecycle.channels.base import (
     SendResult,
     results_for_error,
 )
+from lifecycle.channels.pacing import RateLimiter, limiter_for, started
 from lifecycle.channels.retry import (
     OutcomeUnknown,
     ProviderError,
@@ -56,6 +63,75 @@ log = logging.getLogger(__name__)
 
 DEFAULT_API_URL = "https://api.sendgrid.com"
 MAX_PERSONALIZATIONS = 1000
+DEFAULT_CONCURRENCY = 64
+"""Mail Send requests a sender has in flight at once unless the connection says otherwise (SendGrid
+limits the rate, not concurrency)."""
+
+
+class _PooledResponse:
+    """A urllib3 answer in the shape python_http_client's ``Response`` reads."""
+
+    def __init__(self, response: urllib3.BaseHTTPResponse) -> None:
+        self._response = response
+
+    def getcode(self) -> int:
+        return self._response.status
+
+    def read(self) -> bytes:
+        return self._response.data
+
+    def info(self) -> Mapping[str, str]:
+        return self._response.headers
+
+
+class PooledHttpClient(python_http_client.Client):
+    """The SendGrid SDK's HTTP client over a shared keep-alive connection pool.
+
+    python_http_client opens a new connection per request (``urllib.build_opener``); this client
+    keeps its request building and its error types (``python_http_client.exceptions``) and sends
+    through ``pool`` instead. Network failures come out as urllib's would: a connection that never
+    opened as ``URLError``, a lost answer as ``TimeoutError`` or ``ConnectionError``.
+    """
+
+    def __init__(self, pool: urllib3.PoolManager, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.pool = pool
+
+    def _build_client(self, name: str | None = None) -> PooledHttpClient:
+        return PooledHttpClient(
+            self.pool,
+            host=self.host,
+            version=self._version,
+            request_headers=self.request_headers,
+            url_path=[*cast("list[str]", self._url_path), *([name] if name else [])],
+            append_slash=self.append_slash,
+            timeout=self.timeout,
+        )
+
+    def _make_request(self, opener: Any, request: Request, timeout: float | None = None) -> _PooledResponse:
+        try:
+            response = self.pool.request(
+                request.get_method(),
+                request.full_url,
+                body=request.data,  # type: ignore[arg-type]
+                headers=dict(request.header_items()),
+                timeout=timeout or self.timeout,
+                retries=False,
+                redirect=False,
+            )
+        except urllib3.exceptions.ConnectTimeoutError as exc:  # also a refused or unresolvable connection
+            raise URLError(type(exc).__name__) from None
+        except urllib3.exceptions.ReadTimeoutError:
+            raise TimeoutError("no answer within the timeout") from None
+        except urllib3.exceptions.HTTPError as exc:
+            raise ConnectionError(type(exc).__name__) from None
+        if response.status >= 400:
+            headers = Message()
+            for name, value in response.headers.items():
+                headers[name] = value
+            error = err_dict.get(response.status, HTTPError)
+            raise error(response.status, response.reason or "", response.data, headers)
+        return _PooledResponse(response)
 
 
 @dataclass(frozen=True)
@@ -79,6 +155,10 @@ class SendGridHook(BaseHook):
     :param sendgrid_conn_id: Airflow connection id.
     :param timeout: seconds to wait for SendGrid to answer one request.
     :param retry_policy: backoff for 429 and 5xx answers.
+    :param concurrency: requests in flight at once (extra ``concurrency``; default 64), over as
+        many pooled keep-alive connections.
+    :param requests_per_second: SendGrid requests a second at most, for this connection in this
+        process (extra ``requests_per_second``; default: no limit).
     """
 
     conn_name_attr = "sendgrid_conn_id"
@@ -97,6 +177,8 @@ class SendGridHook(BaseHook):
         categories: Sequence[str] | None = None,
         timeout: float = 30.0,
         retry_policy: RetryPolicy | None = None,
+        concurrency: int | None = None,
+        requests_per_second: float | None = None,
     ) -> None:
         super().__init__()
         self.sendgrid_conn_id = sendgrid_conn_id
@@ -106,6 +188,8 @@ class SendGridHook(BaseHook):
             "reply_to": reply_to,
             "asm_group_id": asm_group_id,
             "categories": list(categories) if categories is not None else None,
+            "concurrency": concurrency,
+            "requests_per_second": requests_per_second,
         }
         self.timeout = timeout
         self.retry_policy = retry_policy or RetryPolicy()
@@ -132,8 +216,23 @@ class SendGridHook(BaseHook):
         if not conn.password:
             raise ValueError(f"Connection {self.sendgrid_conn_id!r} has no API key in its password field")
         client = SendGridAPIClient(api_key=conn.password, host=(conn.host or DEFAULT_API_URL).rstrip("/"))
-        client.client.timeout = self.timeout
+        sdk = client.client
+        pool = urllib3.PoolManager(num_pools=2, maxsize=self.concurrency, block=False)
+        client.client = PooledHttpClient(
+            pool, host=sdk.host, request_headers=sdk.request_headers, version=sdk._version, timeout=self.timeout
+        )
         return client
+
+    @property
+    def concurrency(self) -> int:
+        """How many requests this hook's sender has in flight at once."""
+        return int(self.settings.get("concurrency") or DEFAULT_CONCURRENCY)
+
+    @cached_property
+    def limiter(self) -> RateLimiter:
+        """The connection's request-rate limiter in this process (shared by its hooks)."""
+        rate = self.settings.get("requests_per_second")
+        return limiter_for(("sendgrid", self.sendgrid_conn_id), float(rate) if rate else None)
 
     def build_mail(
         self,
@@ -189,6 +288,7 @@ class SendGridHook(BaseHook):
         return message_id
 
     def _post(self, body: dict[str, Any]) -> Any:
+        self.limiter.acquire()
         try:
             return self.client.send(body)
         except HTTPError as exc:
@@ -252,8 +352,14 @@ class SendGridSender:
         self.hook = hook
         self.providers = providers
 
-    def send(self, batch: Sequence[OutboundEmail], still_claimed: ClaimCheck | None = None) -> list[SendResult]:
-        """Send emails, batching identical content into Mail Send requests of up to 1,000.
+    @cached_property
+    def pool(self) -> ThreadPoolExecutor:
+        """The threads that send this sender's requests (as many as the hook's concurrency)."""
+        return ThreadPoolExecutor(self.hook.concurrency, thread_name_prefix="sendgrid")
+
+    def send(self, batch: Sequence[OutboundEmail], still_claimed: ClaimCheck | None = None) -> Iterator[SendResult]:
+        """Send emails, batching identical content into Mail Send requests of up to 1,000, the
+        requests concurrently (all started before this returns); results come as each completes.
 
         SendGrid refuses a request naming one address twice, so a repeated address goes in a
         later request.
@@ -269,10 +375,13 @@ class SendGridSender:
             address = (content, message.to_email.lower())
             repeats[address] += 1
             groups.setdefault((content, repeats[address]), []).append(message)
-        for group in groups.values():
-            for start in range(0, len(group), MAX_PERSONALIZATIONS):
-                results.extend(self._send_mail(group[start : start + MAX_PERSONALIZATIONS]))
-        return results
+        requests = [
+            group[start : start + MAX_PERSONALIZATIONS]
+            for group in groups.values()
+            for start in range(0, len(group), MAX_PERSONALIZATIONS)
+        ]
+        sending = started(self.pool, self._send_mail, requests)
+        return chain(results, sending)
 
     def _recipient(self, message: OutboundEmail) -> Recipient:
         links = self.providers.links

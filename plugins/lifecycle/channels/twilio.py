@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Collection, Mapping, Sequence
+import threading
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
@@ -29,6 +31,7 @@ from lifecycle.channels.base import (
     SendResult,
     results_for_error,
 )
+from lifecycle.channels.pacing import RateLimiter, limiter_for, started
 from lifecycle.channels.retry import (
     ClaimLost,
     OutcomeUnknown,
@@ -50,6 +53,27 @@ TWILIO_API_URL = "https://api.twilio.com"
 T = TypeVar("T")
 TWILIO_FAILED = frozenset({"failed", "undelivered", "canceled"})
 """Twilio's message statuses that mean it gave up: the message did not and will not go out."""
+DEFAULT_CONCURRENCY = 16
+"""Requests a sender has in flight at once unless the connection says otherwise: Twilio limits an
+account's concurrent requests (100 by default), shared by every send task."""
+LONG_CODE_MPS = 1.0
+TOLL_FREE_MPS = 3.0
+SHORT_CODE_MPS = 100.0
+TOLL_FREE_PREFIXES = tuple(f"+1{code}" for code in ("800", "833", "844", "855", "866", "877", "888"))
+
+
+def sender_mps(settings: Mapping[str, Any]) -> float:
+    """Messages a second the connection's sender may send: extra ``mps`` when set; else by the
+    ``from_number``: a toll-free number 3, a short code 100, a long code 1. A messaging service
+    pools its senders: its ``mps`` is their sum (one long code, 1, when not set)."""
+    if settings.get("mps"):
+        return float(settings["mps"])
+    number = str(settings.get("from_number") or "") if not settings.get("messaging_service_sid") else ""
+    if number.startswith(TOLL_FREE_PREFIXES):
+        return TOLL_FREE_MPS
+    if number.isdigit() and len(number) <= 6:
+        return SHORT_CODE_MPS
+    return LONG_CODE_MPS
 
 
 class BaseUrlHttpClient(TwilioHttpClient):
@@ -110,12 +134,18 @@ class TwilioHook(BaseHook):
     """Sends and looks up SMS through Twilio's Messages API.
 
     Connection: login = Account SID, password = Auth Token, host = API base URL override (the
-    local sandbox); extra: ``messaging_service_sid`` or ``from_number``, ``status_callback_url``.
-    Arguments given to the hook override the connection's extras.
+    local sandbox); extra: ``messaging_service_sid`` or ``from_number``, ``status_callback_url``,
+    ``mps`` and ``concurrency``. Arguments given to the hook override the connection's extras.
+
+    Every thread sends through its own client and keep-alive session (the SDK's
+    ``TwilioHttpClient``), and every attempt at creating a message takes the next slot of the
+    sender's rate limiter (:func:`sender_mps`), shared by the process's hooks for that sender.
 
     :param twilio_conn_id: Airflow connection id.
     :param timeout: seconds to wait for Twilio to answer one request.
     :param retry_policy: backoff for 429 and 5xx answers.
+    :param mps: messages a second the sender may send (see :func:`sender_mps`).
+    :param concurrency: requests in flight at once (extra ``concurrency``; default 16).
     """
 
     conn_name_attr = "twilio_conn_id"
@@ -132,6 +162,8 @@ class TwilioHook(BaseHook):
         status_callback_url: str | None = None,
         timeout: float = 30.0,
         retry_policy: RetryPolicy | None = None,
+        mps: float | None = None,
+        concurrency: int | None = None,
     ) -> None:
         super().__init__()
         self.twilio_conn_id = twilio_conn_id
@@ -139,9 +171,12 @@ class TwilioHook(BaseHook):
             "messaging_service_sid": messaging_service_sid,
             "from_number": from_number,
             "status_callback_url": status_callback_url,
+            "mps": mps,
+            "concurrency": concurrency,
         }
         self.timeout = timeout
         self.retry_policy = retry_policy or RetryPolicy()
+        self._local = threading.local()
 
     @classmethod
     def get_ui_field_behaviour(cls) -> dict[str, Any]:
@@ -168,18 +203,40 @@ class TwilioHook(BaseHook):
         return self.settings.get("status_callback_url")
 
     @cached_property
+    def _connection(self) -> Any:
+        return self.get_connection(self.twilio_conn_id)
+
+    @property
     def http_client(self) -> BaseUrlHttpClient:
-        """The HTTP client the Twilio client sends through, aimed at the connection's host."""
-        conn = self.get_connection(self.twilio_conn_id)
-        return BaseUrlHttpClient(conn.host or TWILIO_API_URL, timeout=self.timeout)
+        """This thread's HTTP client (a keep-alive session), aimed at the connection's host."""
+        made: BaseUrlHttpClient | None = getattr(self._local, "http_client", None)
+        if made is None:
+            made = self._local.http_client = BaseUrlHttpClient(
+                self._connection.host or TWILIO_API_URL, timeout=self.timeout
+            )
+        return made
+
+    @property
+    def client(self) -> Client:
+        """This thread's Twilio REST client, built on first use from the connection."""
+        made: Client | None = getattr(self._local, "client", None)
+        if made is None:
+            conn = self._connection
+            if not conn.login or not conn.password:
+                raise ValueError(f"Connection {self.twilio_conn_id!r} needs the Account SID and Auth Token")
+            made = self._local.client = Client(conn.login, conn.password, http_client=self.http_client)
+        return made
+
+    @property
+    def concurrency(self) -> int:
+        """How many requests this hook's sender has in flight at once."""
+        return int(self.settings.get("concurrency") or DEFAULT_CONCURRENCY)
 
     @cached_property
-    def client(self) -> Client:
-        """The Twilio REST client, built on first use from the connection."""
-        conn = self.get_connection(self.twilio_conn_id)
-        if not conn.login or not conn.password:
-            raise ValueError(f"Connection {self.twilio_conn_id!r} needs the Account SID and Auth Token")
-        return Client(conn.login, conn.password, http_client=self.http_client)
+    def limiter(self) -> RateLimiter:
+        """The sender's rate limiter in this process, at :func:`sender_mps`."""
+        sender = self.settings.get("messaging_service_sid") or self.settings.get("from_number") or ""
+        return limiter_for(("twilio", str(self._connection.login), str(sender)), sender_mps(self.settings))
 
     def send_sms(
         self,
@@ -208,6 +265,7 @@ class TwilioHook(BaseHook):
             lambda: self.client.messages.create(to=to, body=body, status_callback=callback, **sender),
             idempotent=False,
             before_attempt=before_attempt,
+            paced=True,
         )
         return SmsReceipt.from_instance(message)
 
@@ -228,13 +286,24 @@ class TwilioHook(BaseHook):
             return False, exc.reason
         return True, "Twilio accepted the Account SID and Auth Token"
 
-    def _call(self, fn: Callable[[], T], *, idempotent: bool, before_attempt: Callable[[], bool] | None = None) -> T:
+    def _call(
+        self,
+        fn: Callable[[], T],
+        *,
+        idempotent: bool,
+        before_attempt: Callable[[], bool] | None = None,
+        paced: bool = False,
+    ) -> T:
         """Run one Twilio call under the retry policy, with errors translated for it.
 
-        A lookup (``idempotent``) is retried when the answer is lost; a send never is.
+        A lookup (``idempotent``) is retried when the answer is lost; a send never is. A
+        ``paced`` call (a send) waits for the sender's next slot before every attempt, and only
+        then runs ``before_attempt``: a claim renewed before a long wait would be stale after it.
         """
 
         def attempt() -> T:
+            if paced:
+                self.limiter.acquire()
             if before_attempt is not None and not before_attempt():
                 raise ClaimLost
             try:
@@ -307,13 +376,19 @@ class TwilioSender:
         separator = "&" if "?" in base else "?"
         return f"{base}{separator}{urlencode({MESSAGE_ID_PARAM: message_id})}"
 
-    def send(self, batch: Sequence[OutboundSms], still_claimed: ClaimCheck | None = None) -> list[SendResult]:
-        """Send each SMS, with a status callback URL that names its message id.
+    @cached_property
+    def pool(self) -> ThreadPoolExecutor:
+        """The threads that send this sender's requests (as many as the hook's concurrency)."""
+        return ThreadPoolExecutor(self.hook.concurrency, thread_name_prefix="twilio")
+
+    def send(self, batch: Sequence[OutboundSms], still_claimed: ClaimCheck | None = None) -> Iterator[SendResult]:
+        """Send each SMS, with a status callback URL that names its message id, concurrently at the
+        sender's rate (all started before this returns); results come as each completes.
 
         ``still_claimed(message_id)`` is asked before every attempt at a message (see
         :class:`~lifecycle.channels.base.Transport`); a message no longer claimed is not sent.
         """
-        return [self._send_one(message, still_claimed) for message in batch]
+        return started(self.pool, lambda message: [self._send_one(message, still_claimed)], batch)
 
     def _send_one(self, message: OutboundSms, still_claimed: ClaimCheck | None = None) -> SendResult:
         if to_e164(message.to_phone) != message.to_phone:

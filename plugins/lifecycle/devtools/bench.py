@@ -5,14 +5,16 @@ the same work and against a naive per-contact baseline.
 SQLite and PostgreSQL. In a fresh child process, so that seeding's memory does not count, it runs
 all eight programs through the stages the DAG tasks call (:mod:`lifecycle.engine.pipeline`), sending
 through :class:`~lifecycle.channels.providers.ProviderTransport` to an in-process provider
-sandbox, four batches at a time like the send task's ``max_active_tis_per_dag``. It reports the
+sandbox, four batches at a time like the send task's ``max_active_tis_per_dag``, the sandbox
+answering after ``--latency-ms`` (median, lognormal) as a real provider would. It reports the
 time of each stage summed over programs, messages per second and peak memory, and measures in
 the same run:
 
 - the floors for the same work: one scan of the CRM tables and columns the compiled segments and
   suppression rules read (database); the same number of Jinja2 renders of the same templates in a
-  tight loop (render); as many plain keep-alive HTTP posts to the sandbox as the transport made,
-  at the same concurrency (dispatch);
+  tight loop (render); as many plain keep-alive HTTP posts as the transport made, at the same
+  concurrency, to a minimal server that validates nothing and answers after the same latency
+  (dispatch);
 - a naive baseline (:class:`NaiveEngine`): the same decisions made contact by contact on a small
   CRM, while the engine runs on an identical copy; both ledgers must hold the same messages. Its
   time per contact is extrapolated linearly to N;
@@ -50,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 import requests
+import urllib3
 from sqlalchemy import (
     JSON,
     DateTime,
@@ -70,6 +73,7 @@ from sqlalchemy.sql import visitors
 from sqlalchemy.sql.elements import ColumnClause
 
 from lifecycle import config
+from lifecycle.channels.sendgrid import DEFAULT_CONCURRENCY
 from lifecycle.config import segments
 from lifecycle.devtools.local import provider_connections
 from lifecycle.devtools.seed import seed_crm
@@ -91,10 +95,14 @@ from lifecycle.model.ledger import (
 )
 from lifecycle.paths import PROJECT_ROOT
 from lifecycle.sandbox import DEFAULT_SENDGRID_KEY, DEFAULT_TWILIO_SID, DEFAULT_TWILIO_TOKEN, SandboxServer
+from lifecycle.sandbox.latency import Latency
+from lifecycle.sandbox.server import HttpServer
+from lifecycle.sandbox.wire import Reply, Request, json_reply
 
 STAGES = ("evaluate", "enroll_and_exit", "plan", "suppress", "cap", "prepare", "send", "log_kpis")
 DECISIONS = STAGES[:5]
 SEND_CONCURRENCY = 4  # the send task's max_active_tis_per_dag
+IN_FLIGHT = SEND_CONCURRENCY * DEFAULT_CONCURRENCY  # requests in flight: batches at once x each sender's pool
 DEFAULT_CONTACTS = 1_000_000
 DEFAULT_NAIVE_SUBSET = 2_000
 QUICK_CONTACTS = 400
@@ -237,6 +245,7 @@ class Report:
     dag_parse: dict[str, float]
     databases: list[DatabaseResult]
     skipped: dict[str, str] = field(default_factory=dict)
+    latency_ms: float = 0.0
 
     def targets(self) -> list[Target]:
         """Every target with its figure, per database, then the DAG parse time."""
@@ -265,6 +274,21 @@ class Report:
                     "< 1 GiB",
                 ),
             ]
+            send = run.stages["send"] / max(floors.dispatch, 1e-9)
+            found.append(Target(db.name, "send stage / dispatch floor", send, 1.3, f"{send:.2f}x", "<= 1.3x"))
+            if self.latency_ms:
+                rate = run.sent / max(run.stages["send"], 1e-9)
+                found.append(
+                    Target(
+                        db.name,
+                        f"messages/s sent at {self.latency_ms:.0f} ms",
+                        rate,
+                        500.0,
+                        f"{rate:,.0f}/s",
+                        ">= 500/s",
+                        at_least=True,
+                    )
+                )
             if db.small is not None:
                 growth = run.seconds / max(db.small.seconds, 1e-9)
                 found.append(Target(db.name, "time(N) / time(N/10)", growth, 11.0, f"{growth:.2f}x", "<= 11x"))
@@ -291,6 +315,8 @@ class Report:
         lines = [
             f"Lifecycle benchmark: {self.contacts:,} contacts, all programs as of {self.as_of:%Y-%m-%d %H:%M} UTC, "
             f"seed {self.seed}",
+            f"Provider latency: {Latency(self.latency_ms).describe()}; up to {IN_FLIGHT} requests in flight "
+            f"({SEND_CONCURRENCY} batches x {DEFAULT_CONCURRENCY} per sender)",
             "Machine: " + ", ".join(f"{k} {v}" for k, v in self.machine.items()),
         ]
         for db in self.databases:
@@ -326,13 +352,17 @@ def _render_database(db: DatabaseResult) -> list[str]:
         "ledger: " + ", ".join(f"{s} {n:,}" for s, n in sorted(run.statuses.items())),
         f"sent {run.sent:,} messages in {run.seconds:.1f} s: {run.sent / max(run.seconds, 1e-9):,.0f} messages/s; "
         f"provider requests: " + ", ".join(f"{k} {v:,}" for k, v in sorted(run.requests.items())),
+        f"send stage: {run.sent:,} messages in {run.stages['send']:.1f} s: "
+        f"{run.sent / max(run.stages['send'], 1e-9):,.0f} messages/s; dispatch floor {floors.dispatch:.1f} s "
+        f"({floors.requests / max(floors.dispatch, 1e-9):,.0f} requests/s)",
         f"peak memory of the engine process: {run.peak_rss / MIB:,.0f} MiB",
         "",
         f"floors: database {floors.database:.2f} s (one scan of {floors.rows_scanned:,} rows: "
         + "; ".join(f"{t}({', '.join(c)})" for t, c in floors.columns.items())
         + ")",
         f"        render {floors.render:.2f} s ({floors.renders:,} renders of the same templates, tight loop)",
-        f"        dispatch {floors.dispatch:.2f} s ({floors.requests:,} keep-alive posts, {SEND_CONCURRENCY} threads)",
+        f"        dispatch {floors.dispatch:.2f} s ({floors.requests:,} keep-alive posts, {IN_FLIGHT} at once, "
+        "to a server that validates nothing, at the same latency)",
         f"        sum {floors.total:.2f} s; engine / floors = {run.seconds / max(floors.total, 1e-9):.2f}x",
         "",
         f"naive baseline: {naive.contacts:,} contacts in {naive.seconds:.2f} s ({naive.per_contact * 1000:.2f} ms per "
@@ -681,57 +711,62 @@ def render_floor(engine: Engine, groups: Sequence[RenderGroup], brand: Mapping[s
     return time.perf_counter() - started, count
 
 
-def _mail_send(session: requests.Session, sandbox_url: str) -> int:
-    body = {
-        "personalizations": [{"to": [{"email": "floor@example.com"}]}],
-        "from": {"email": "hello@northwind.example"},
-        "subject": "Floor",
-        "content": [{"type": "text/plain", "value": "Floor"}],
+def floor_answer(request: Request) -> Reply:
+    """The minimal provider: reads nothing but the path and answers at once, as the APIs would
+    to an accepted request (the dispatch floor's server)."""
+    if request.path.endswith("/mail/send"):
+        return Reply(202, b"", {"X-Message-Id": "floor"})
+    return json_reply(201, {"sid": "SM" + "0" * 32, "status": "queued"})
+
+
+def _floor_requests(floor_url: str, provider_requests: Mapping[str, int]) -> list[tuple[str, bytes, dict[str, str]]]:
+    mail = json.dumps(
+        {
+            "personalizations": [{"to": [{"email": "floor@example.com"}]}],
+            "from": {"email": "hello@northwind.example"},
+            "subject": "Floor",
+            "content": [{"type": "text/plain", "value": "Floor"}],
+        }
+    ).encode()
+    mail_headers = {"Authorization": f"Bearer {DEFAULT_SENDGRID_KEY}", "Content-Type": "application/json"}
+    sms = b"To=%2B14155550123&From=%2B15005550006&Body=Floor"
+    sms_headers = urllib3.make_headers(basic_auth=f"{DEFAULT_TWILIO_SID}:{DEFAULT_TWILIO_TOKEN}") | {
+        "Content-Type": "application/x-www-form-urlencoded"
     }
-    headers = {"Authorization": f"Bearer {DEFAULT_SENDGRID_KEY}"}
-    return session.post(f"{sandbox_url}/v3/mail/send", json=body, headers=headers, timeout=30).status_code
+    sms_url = f"{floor_url}/2010-04-01/Accounts/{DEFAULT_TWILIO_SID}/Messages.json"
+    return [(f"{floor_url}/v3/mail/send", mail, mail_headers)] * provider_requests.get(MAIL_SEND, 0) + [
+        (sms_url, sms, sms_headers)
+    ] * provider_requests.get(CREATE_MESSAGE, 0)
 
 
-def _create_message(session: requests.Session, sandbox_url: str) -> int:
-    url = f"{sandbox_url}/2010-04-01/Accounts/{DEFAULT_TWILIO_SID}/Messages.json"
-    form = {"To": "+14155550123", "From": "+15005550006", "Body": "Floor"}
-    auth = (DEFAULT_TWILIO_SID, DEFAULT_TWILIO_TOKEN)
-    return session.post(url, data=form, auth=auth, timeout=30).status_code
+def dispatch_floor(floor_url: str, provider_requests: Mapping[str, int]) -> tuple[float, int]:
+    """As many plain posts as the transport made, per endpoint, to the minimal server (which
+    answers after the sandbox's latency), ``IN_FLIGHT`` at once over kept-alive connections;
+    returns (seconds, requests)."""
+    calls = _floor_requests(floor_url, provider_requests)
+    pool = urllib3.PoolManager(maxsize=IN_FLIGHT)
 
+    def post(call: tuple[str, bytes, dict[str, str]]) -> int:
+        url, body, headers = call
+        return pool.request("POST", url, body=body, headers=headers, timeout=30, retries=False).status
 
-def dispatch_floor(sandbox_url: str, provider_requests: Mapping[str, int]) -> tuple[float, int]:
-    """As many plain posts as the transport made, per endpoint, from ``SEND_CONCURRENCY`` threads
-    that each keep one connection alive; returns (seconds, requests)."""
-    calls = [_mail_send] * provider_requests.get(MAIL_SEND, 0) + [_create_message] * provider_requests.get(
-        CREATE_MESSAGE, 0
-    )
-    shares = [calls[i::SEND_CONCURRENCY] for i in range(SEND_CONCURRENCY)]
-
-    def post_all(share: list[Callable[[requests.Session, str], int]]) -> int:
-        with requests.Session() as session:
-            refused = sum(1 for call in share if call(session, sandbox_url) >= 300)
-        return refused
-
-    with requests.Session() as session:
-        session.post(f"{sandbox_url}/_sandbox/reset", timeout=60).raise_for_status()
-        started = time.perf_counter()
-        with ThreadPoolExecutor(SEND_CONCURRENCY) as pool:
-            refused = sum(pool.map(post_all, shares))
-        seconds = time.perf_counter() - started
-        session.post(f"{sandbox_url}/_sandbox/reset", timeout=60).raise_for_status()
+    started = time.perf_counter()
+    with ThreadPoolExecutor(IN_FLIGHT) as threads:
+        refused = sum(1 for status in threads.map(post, calls) if status >= 300)
+    seconds = time.perf_counter() - started
     if refused:
-        raise RuntimeError(f"the sandbox refused {refused} of the dispatch floor's requests")
+        raise RuntimeError(f"the floor server refused {refused} of the dispatch floor's requests")
     return seconds, len(calls)
 
 
-def measure_floors(url: str, as_of: datetime, sandbox_url: str, run: EngineRun) -> Floors:
+def measure_floors(url: str, as_of: datetime, floor_url: str, run: EngineRun) -> Floors:
     """The three floors for the work ``run`` did (run this in a child process, like the engine)."""
     engine = get_engine(url)
     columns = crm_columns(segment_clauses(as_of))
     database, rows = database_floor(engine, columns)
     brand = config.load_policy().brand.model_dump()
     rendered, renders = render_floor(engine, run.renders, brand)
-    posted, count = dispatch_floor(sandbox_url, run.requests)
+    posted, count = dispatch_floor(floor_url, run.requests)
     return Floors(database, rendered, posted, columns, rows, renders, count)
 
 
@@ -1204,11 +1239,11 @@ def seeded_run(
         yield url, run
 
 
-def bench_database(databases: Databases, args: argparse.Namespace, sandbox_url: str) -> DatabaseResult:
+def bench_database(databases: Databases, args: argparse.Namespace, sandbox_url: str, floor_url: str) -> DatabaseResult:
     """Engine, floors, naive baseline and (optionally) the N/10 run on one kind of database."""
     with seeded_run(databases, "main", args.contacts, args, sandbox_url) as (url, run):
         _progress(f"{databases.name}: measuring the floors")
-        floors = in_child(measure_floors, url, args.as_of, sandbox_url, run)
+        floors = in_child(measure_floors, url, args.as_of, floor_url, run)
     small = None
     if args.scale_check:
         with seeded_run(databases, "tenth", max(args.contacts // 10, 1), args, sandbox_url) as (_url, small):
@@ -1234,6 +1269,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--as-of", default=DEFAULT_AS_OF, help=f"as-of time, UTC (default {DEFAULT_AS_OF})")
     parser.add_argument("--seed", type=int, default=7, help="random seed of the synthetic CRM")
     parser.add_argument(
+        "--latency-ms",
+        type=float,
+        default=0.0,
+        help="median provider round trip in milliseconds, lognormal (default: none, loopback speed)",
+    )
+    parser.add_argument(
         "--quick", action="store_true", help=f"smoke run: {QUICK_CONTACTS} contacts, naive on {QUICK_NAIVE_SUBSET}"
     )
     parser.add_argument("--work-dir", help="folder for SQLite files and the Airflow home (default: a temp dir)")
@@ -1250,9 +1291,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     kinds = ("sqlite", "postgres") if args.db == "both" else (args.db,)
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="lifecycle-bench-"))
     work.mkdir(parents=True, exist_ok=True)
-    report = Report(args.contacts, args.naive_subset, args.as_of, args.seed, machine(), {}, [])
+    report = Report(
+        args.contacts, args.naive_subset, args.as_of, args.seed, machine(), {}, [], latency_ms=args.latency_ms
+    )
+    latency = Latency(args.latency_ms)
+    floor = HttpServer(floor_answer, latency=latency, threads=2).start()
     try:
-        with SandboxServer() as sandbox:
+        with SandboxServer(latency=latency) as sandbox:
             env = _airflow_env(work) | provider_connections(sandbox, PUBLIC_BASE_URL, uuid.uuid4().hex)
             with _environment(env):
                 for kind in kinds:
@@ -1265,10 +1310,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                         continue
                     if kind == "postgres":
                         report.machine["PostgreSQL"] = databases.version()
-                    report.databases.append(bench_database(databases, args, sandbox.url))
+                    floor_url = f"http://{floor.host}:{floor.port}"
+                    report.databases.append(bench_database(databases, args, sandbox.url, floor_url))
                 _progress("parsing the DAG folder")
                 report.dag_parse = dag_parse_time()
     finally:
+        floor.stop()
         if not args.work_dir:
             shutil.rmtree(work, ignore_errors=True)
     print(report.render())

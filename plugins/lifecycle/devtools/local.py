@@ -53,6 +53,10 @@ def apply(env: dict[str, str]) -> None:
         Path(env["AIRFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
 
 
+SANDBOX_MPS = 50
+"""Messages a second the sandbox's Twilio sender is given (``mps`` in ``twilio_default``'s extra)."""
+
+
 def provider_connections(sandbox, public_base_url: str, link_secret: str) -> dict[str, str]:
     """``AIRFLOW_CONN_*`` values pointing SendGrid and Twilio at a provider sandbox, and the
     public links (unsubscribe, status callbacks) at ``public_base_url``."""
@@ -75,7 +79,8 @@ def provider_connections(sandbox, public_base_url: str, link_secret: str) -> dic
             login=DEFAULT_TWILIO_SID,
             password=DEFAULT_TWILIO_TOKEN,
             host=sandbox.url,
-            extra={"from_number": "+15005550006"},
+            # The sandbox's test number has no carrier limit; a real long code sends 1 a second.
+            extra={"from_number": "+15005550006", "mps": SANDBOX_MPS},
         ),
         "AIRFLOW_CONN_LIFECYCLE_DEFAULT": connection_json("generic", host=public_base_url, password=link_secret),
     }

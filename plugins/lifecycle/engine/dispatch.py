@@ -17,11 +17,14 @@ send one. Which channel does what is its descriptor's to say (:mod:`lifecycle.ch
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from itertools import chain
 from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, bindparam, func, literal, or_, select, true, update
@@ -50,6 +53,9 @@ E = schema.enrollments
 CLAIM_LEASE = timedelta(seconds=60)
 # Our clock and the provider's differ a little, and Twilio dates have whole seconds.
 CLOCK_SKEW = timedelta(minutes=1)
+# Outcomes are written as answers come, at most this many (or this many seconds) at a time.
+RECORD_EVERY = 25
+RECORD_WITHIN = 0.25
 # A claimed message whose outcome its claimer may still record.
 _STILL_CLAIMED = or_(*(and_(M.c.status == s, M.c.reason == r if r else true()) for s, r in STILL_CLAIMED.items()))
 
@@ -489,6 +495,32 @@ def _chunks(
         yield claimed
 
 
+def _record_as_completed(
+    engine: Engine, results: Iterable[SendResult], tokens: Mapping[int, str | None], simulate: bool
+) -> Counter:
+    """Write results to the ledger as they come (a transport's iterator yields each as its request
+    completes), in small groups: at most :data:`RECORD_EVERY` results or :data:`RECORD_WITHIN`
+    seconds wait for the next write."""
+    counts: Counter[str] = Counter()
+    waiting: list[SendResult] = []
+    since = time.monotonic()
+    for result in results:
+        waiting.append(result)
+        if len(waiting) >= RECORD_EVERY or time.monotonic() - since >= RECORD_WITHIN:
+            counts.update(record_results(engine, waiting, simulate=simulate, tokens=tokens))
+            waiting, since = [], time.monotonic()
+    counts.update(record_results(engine, waiting, simulate=simulate, tokens=tokens))
+    return counts
+
+
+def _await_quietly(results: Iterable[SendResult]) -> None:
+    """Wait for requests already started whose answers cannot be written (the attempt is failing):
+    nothing this attempt claimed is left half-sent when it stops; the retry settles them."""
+    with suppress(Exception):
+        for _ in results:
+            pass
+
+
 def send_batch(
     engine: Engine,
     run_id: str,
@@ -505,6 +537,11 @@ def send_batch(
 ) -> dict[str, int]:
     """Send one batch: settle stale claims, then claim, render, send and record chunk by chunk.
 
+    A chunk's requests are started (the provider transport sends them concurrently) before the
+    previous chunk's last answers are awaited, so the provider is never idle while a chunk's
+    slowest request finishes; at most two chunks are claimed and in memory at once. Each chunk is
+    claimed before any of its requests, and every outcome is written as its answer comes.
+
     ``service_programs`` names the service programs among the batch's (a marketing unsubscribe
     does not stop their messages at claim time); a program left out is treated as marketing.
     ``rules`` (consent and quiet hours) are checked again as each message is claimed.
@@ -514,6 +551,7 @@ def send_batch(
         return render_outbound(item, links(item.message_id, item.contact["contact_id"], item.channel), brand)
 
     counts = recover_stale_claims(engine, run_id, batch, transport, build)
+    previous: tuple[Iterable[SendResult], Mapping[int, str | None]] | None = None
     for claimed in _chunks(engine, run_id, batch, claim_size, service_programs, rules):
         tokens = {item.message_id: item.claim_token for item in claimed}
         chunk, deferred = _defer_quiet(engine, claimed, rules)
@@ -529,10 +567,25 @@ def send_batch(
                 failures.append(SendResult(item.message_id, Status.FAILED, reason=out[:200]))
                 continue
             by_channel.setdefault(item.channel, []).append(out)
-        results = failures
-        for name in registry.names():
-            if name in by_channel:
-                renew = _claim_check(engine, tokens) if registry.get(name).renews_claim else None
-                results += transport.send(name, by_channel[name], still_claimed=renew)
-        counts.update(record_results(engine, results, simulate=simulate, tokens=tokens))
+        streams: list[Iterable[SendResult]] = [failures]
+        try:
+            for name in registry.names():
+                if name in by_channel:
+                    renew = _claim_check(engine, tokens) if registry.get(name).renews_claim else None
+                    streams.append(transport.send(name, by_channel[name], still_claimed=renew))
+        except BaseException:
+            # Whatever happens to this chunk, the previous one's answers are written first.
+            if previous is not None:
+                counts.update(_record_as_completed(engine, *previous, simulate))
+            raise
+        current = (chain.from_iterable(streams), tokens)
+        if previous is not None:
+            try:
+                counts.update(_record_as_completed(engine, *previous, simulate))
+            except BaseException:
+                _await_quietly(current[0])
+                raise
+        previous = current
+    if previous is not None:
+        counts.update(_record_as_completed(engine, *previous, simulate))
     return {k: v for k, v in counts.items() if v}

@@ -137,7 +137,7 @@ def send_test_copies(
         channel = registry.get(chosen.channel)
         key = f"test:{run.run_id}:{chosen.id}"
         copies = [channel.test_copy(key, contact_id, address, rendered, program.id) for address in addresses]
-        results: list[SendResult] = transport.send(chosen.channel, copies)
+        results: list[SendResult] = list(transport.send(chosen.channel, copies))
         refused = [r.reason or r.status for r in results if r.status != Status.SENT]
         if refused:
             report.not_sent[chosen.id] = f"{len(refused)} of {len(results)} cop(ies) not sent: {refused[0]}"

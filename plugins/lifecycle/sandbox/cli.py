@@ -8,6 +8,7 @@ import threading
 from collections.abc import Sequence
 from types import FrameType
 
+from lifecycle.sandbox.latency import DEFAULT_SIGMA, Latency
 from lifecycle.sandbox.server import DEFAULT_TWILIO_SID, SandboxServer
 
 DEFAULT_PORT = 8025
@@ -28,6 +29,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_TWILIO_SID,
         help="account SID to accept (default: %(default)s)",
     )
+    parser.add_argument(
+        "--latency-ms",
+        type=float,
+        default=0.0,
+        help="median time a provider request takes to answer, in milliseconds (default: none)",
+    )
+    parser.add_argument(
+        "--latency-sigma",
+        type=float,
+        default=DEFAULT_SIGMA,
+        help="spread of the lognormal latency: p99 = median x e^(2.326 sigma) (default: %(default)s)",
+    )
     return parser
 
 
@@ -46,11 +59,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         sendgrid_webhook_url=args.sendgrid_webhook_url,
         twilio_inbound_url=args.twilio_inbound_url,
         twilio_account_sid=args.twilio_account_sid,
+        latency=Latency(args.latency_ms, args.latency_sigma),
     ).start()
     try:
         print(f"Provider sandbox listening on {server.url}", flush=True)
         print(f"Twilio account SID: {args.twilio_account_sid}", flush=True)
         print(f"SendGrid webhook public key: {server.public_key}", flush=True)
+        print(f"Provider latency: {server.latency.describe()}", flush=True)
         while not stopped.wait(0.5):
             pass
     finally:

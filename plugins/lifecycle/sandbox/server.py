@@ -1,4 +1,10 @@
-"""The provider sandbox's HTTP server: a threaded HTTP/1.1 (keep-alive) server in a background thread.
+"""The provider sandbox's HTTP server: HTTP/1.1 with keep-alive on one asyncio event loop, in a
+background thread.
+
+A connection costs a coroutine, not a thread, and a provider request's latency
+(:class:`~lifecycle.sandbox.latency.Latency`) is awaited, so hundreds of requests in flight at a
+150 ms round trip do not make the sandbox the bottleneck. The application itself (validation,
+recording, faults) runs in a small thread pool.
 
 Usage::
 
@@ -11,17 +17,20 @@ Usage::
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import socket
-import socketserver
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from email.utils import formatdate
+from http import HTTPStatus
 from types import TracebackType
-from typing import Any, cast
+from typing import Any
 from urllib.parse import urlsplit
 
-from lifecycle.sandbox.app import SandboxApp
-from lifecycle.sandbox.wire import Hangup, Request, json_reply
+from lifecycle.sandbox.app import CONTROL_PREFIX, SandboxApp
+from lifecycle.sandbox.latency import Latency
+from lifecycle.sandbox.wire import Hangup, Reply, Request, json_reply
 
 log = logging.getLogger(__name__)
 
@@ -29,86 +38,151 @@ DEFAULT_SENDGRID_KEY = "SG.sandbox-key"
 DEFAULT_TWILIO_SID = "AC0123456789abcdef0123456789abcdef"
 DEFAULT_TWILIO_TOKEN = "sandbox-token"
 IDLE_CONNECTION_SECONDS = 60
+APP_THREADS = 16
+MAX_HEADER_BYTES = 64 * 1024
+SERVER_NAME = "LifecycleSandbox/1.0"
+
+Handler = Callable[[Request], Reply | Hangup]
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server_version = "LifecycleSandbox/1.0"
-    sys_version = ""
-    disable_nagle_algorithm = True
-    timeout = IDLE_CONNECTION_SECONDS
-    server: _HTTPServer
+class HttpServer:
+    """HTTP/1.1 keep-alive server on an asyncio loop in a background thread, answering each request
+    with ``handle`` (run in a pool of ``threads``). A request that is not a control request
+    (``/_sandbox/...``) first waits a sample of ``latency``.
 
-    def do_GET(self) -> None:
-        self._serve()
+    ``port=0`` picks a free port; :attr:`port` tells which once started.
+    """
 
-    do_POST = do_PUT = do_PATCH = do_DELETE = do_GET
+    def __init__(
+        self,
+        handle: Handler,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        latency: Latency | None = None,
+        threads: int = APP_THREADS,
+    ) -> None:
+        self.handle = handle
+        self.host = host
+        self.port = port
+        self.latency = latency or Latency()
+        self._threads = threads
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._server: asyncio.Server | None = None
+        self._connections: set[asyncio.Task[None]] = set()
 
-    def _serve(self) -> None:
-        split = urlsplit(self.path)
+    def start(self) -> HttpServer:
+        """Bind, then serve in a background thread; returns self."""
+        if self._loop is not None:
+            raise RuntimeError("the server is already running")
+        loop = asyncio.new_event_loop()
+        self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="sandbox-app")
         try:
-            length = int(self.headers.get("Content-Length") or 0)
+            self._server = loop.run_until_complete(
+                asyncio.start_server(self._connection, self.host, self.port, backlog=1024, limit=MAX_HEADER_BYTES)
+            )
+        except BaseException:
+            loop.close()
+            self._pool.shutdown(wait=False)
+            raise
+        self.port = self._server.sockets[0].getsockname()[1]
+        self._loop = loop
+        self._thread = threading.Thread(target=loop.run_forever, name="sandbox-http", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop listening and close every open connection."""
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None:
+            return
+        asyncio.run_coroutine_threadsafe(self._shutdown(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+        self._loop, self._thread, self._pool, self._server = None, None, None, None
+
+    async def _shutdown(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._connections):
+            task.cancel()
+        if self._connections:
+            await asyncio.wait(list(self._connections), timeout=5)
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._connections.add(task)
+        try:
+            while await self._serve_one(reader, writer):
+                pass
+        except (asyncio.CancelledError, ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            pass
+        finally:
+            if task is not None:
+                self._connections.discard(task)
+            writer.close()
+
+    async def _serve_one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        """Read and answer one request; whether the connection stays open for another."""
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), IDLE_CONNECTION_SECONDS)
+        except (TimeoutError, asyncio.IncompleteReadError):
+            return False
+        request_line, *lines = head.decode("latin-1").split("\r\n")
+        parts = request_line.split(" ")
+        if len(parts) != 3:
+            await _write(writer, json_reply(400, {"error": "bad request line"}), keep_alive=False)
+            return False
+        method, target, version = parts
+        headers: dict[str, str] = {}
+        for line in lines:
+            if ":" in line:
+                name, value = line.split(":", 1)
+                headers[name.strip().lower()] = value.strip()
+        try:
+            length = int(headers.get("content-length") or 0)
         except ValueError:
             length = -1
-        if length < 0 or "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            self.send_error(411, "A valid Content-Length is required")
-            return
-        body = self.rfile.read(length) if length else b""
-        headers = {name.lower(): value for name, value in self.headers.items()}
-        request = Request(self.command, split.path, split.query, headers, body)
-        try:
-            outcome = self.server.app.handle(request)
-        except Exception:
-            log.exception("sandbox failed on %s %s", self.command, split.path)
-            outcome = json_reply(500, {"error": "sandbox internal error"})
+        if length < 0 or "chunked" in headers.get("transfer-encoding", "").lower():
+            await _write(writer, json_reply(411, {"error": "A valid Content-Length is required"}), keep_alive=False)
+            return False
+        body = await reader.readexactly(length) if length else b""
+        split = urlsplit(target)
+        request = Request(method, split.path, split.query, headers, body)
+        if not split.path.startswith(CONTROL_PREFIX) and (wait := self.latency.sample()):
+            await asyncio.sleep(wait)
+        outcome = await asyncio.get_running_loop().run_in_executor(self._pool, self._answer, request)
         if isinstance(outcome, Hangup):
-            self.close_connection = True
-            return
-        self.send_response(outcome.status)
-        for name, value in outcome.headers.items():
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(outcome.body)))
-        self.end_headers()
-        self.wfile.write(outcome.body)
+            return False
+        keep_alive = version == "HTTP/1.1" and headers.get("connection", "").lower() != "close"
+        await _write(writer, outcome, keep_alive)
+        return keep_alive
 
-    def log_message(self, format: str, *args: Any) -> None:
-        """Request lines are not logged: query strings can carry phone numbers and addresses."""
+    def _answer(self, request: Request) -> Reply | Hangup:
+        try:
+            return self.handle(request)
+        except Exception:
+            log.exception("sandbox failed on %s %s", request.method, request.path)
+            return json_reply(500, {"error": "sandbox internal error"})
 
 
-class _HTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-    allow_reuse_address = True
-    request_queue_size = 1024
-
-    def __init__(self, address: tuple[str, int], app: SandboxApp) -> None:
-        self.app = app
-        self._connections: set[socket.socket] = set()
-        self._connections_lock = threading.Lock()
-        super().__init__(address, _Handler)
-
-    def server_bind(self) -> None:
-        socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = cast("tuple[str, int]", self.server_address[:2])
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        with self._connections_lock:
-            self._connections.add(request)
-        super().process_request(request, client_address)
-
-    def shutdown_request(self, request: Any) -> None:
-        with self._connections_lock:
-            self._connections.discard(request)
-        super().shutdown_request(request)
-
-    def close_connections(self) -> None:
-        with self._connections_lock:
-            connections = list(self._connections)
-        for connection in connections:
-            try:
-                connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                continue
+async def _write(writer: asyncio.StreamWriter, reply: Reply, keep_alive: bool) -> None:
+    try:
+        phrase = HTTPStatus(reply.status).phrase
+    except ValueError:
+        phrase = ""
+    lines = [f"HTTP/1.1 {reply.status} {phrase}", f"Server: {SERVER_NAME}", f"Date: {formatdate(usegmt=True)}"]
+    lines += [f"{name}: {value}" for name, value in reply.headers.items()]
+    lines += [f"Content-Length: {len(reply.body)}"]
+    if not keep_alive:
+        lines.append("Connection: close")
+    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + reply.body)
+    await writer.drain()
 
 
 class SandboxServer:
@@ -117,7 +191,8 @@ class SandboxServer:
     ``port=0`` picks a free port; :attr:`url` tells which once started. Twilio status callbacks go
     to each request's ``StatusCallback``; SendGrid events to ``sendgrid_webhook_url``; inbound SMS
     (``/_sandbox/twilio/inbound``) to ``twilio_inbound_url``. Without a URL, webhooks are logged
-    (``webhooks()``) but not posted.
+    (``webhooks()``) but not posted. ``latency`` is how long each provider request takes to answer
+    (none by default: loopback speed).
     """
 
     def __init__(
@@ -129,9 +204,11 @@ class SandboxServer:
         twilio_auth_token: str = DEFAULT_TWILIO_TOKEN,
         twilio_account_sid: str = DEFAULT_TWILIO_SID,
         sendgrid_api_key: str = DEFAULT_SENDGRID_KEY,
+        latency: Latency | None = None,
     ) -> None:
         self.host = host
         self.port = port
+        self.latency = latency or Latency()
         self.app = SandboxApp(
             sendgrid_api_key=sendgrid_api_key,
             twilio_account_sid=twilio_account_sid,
@@ -139,33 +216,24 @@ class SandboxServer:
             sendgrid_webhook_url=sendgrid_webhook_url,
             twilio_inbound_url=twilio_inbound_url,
         )
-        self._httpd: _HTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._http: HttpServer | None = None
 
     def start(self) -> SandboxServer:
         """Bind, then serve in a background thread; returns self."""
-        if self._httpd is not None:
+        if self._http is not None:
             raise RuntimeError("the sandbox is already running")
-        self._httpd = _HTTPServer((self.host, self.port), self.app)
-        self.port = self._httpd.server_address[1]
+        self._http = HttpServer(self.app.handle, self.host, self.port, self.latency).start()
+        self.port = self._http.port
         self.app.start()
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="sandbox-http", daemon=True
-        )
-        self._thread.start()
         return self
 
     def stop(self) -> None:
         """Stop serving, close open connections and stop posting webhooks."""
-        if self._httpd is None:
+        if self._http is None:
             return
         self.app.stop()
-        self._httpd.shutdown()
-        self._httpd.close_connections()
-        self._httpd.server_close()
-        if self._thread is not None:
-            self._thread.join(5)
-        self._httpd, self._thread = None, None
+        self._http.stop()
+        self._http = None
 
     def __enter__(self) -> SandboxServer:
         return self.start()

@@ -54,7 +54,7 @@ def mail_requests(sandbox: SandboxServer) -> int:
 
 
 def test_1500_identical_emails_go_in_two_requests(sandbox, transport):
-    results = transport.send("email", [email(n) for n in range(1500)])
+    results = list(transport.send("email", [email(n) for n in range(1500)]))
 
     assert mail_requests(sandbox) == 2
     assert Counter(r.status for r in results) == {"sent": 1500}
@@ -67,7 +67,7 @@ def test_1500_identical_emails_go_in_two_requests(sandbox, transport):
 
 
 def test_each_personalization_gets_its_own_signed_list_unsubscribe(sandbox, transport):
-    transport.send("email", [email(1), email(2)])
+    list(transport.send("email", [email(1), email(2)]))
 
     for record in sandbox.sendgrid_messages():
         headers = record["headers"]
@@ -80,14 +80,16 @@ def test_each_personalization_gets_its_own_signed_list_unsubscribe(sandbox, tran
 
 
 def test_dispatch_unsubscribe_url_and_custom_args_are_kept(sandbox, transport):
-    transport.send("email", [email(1, unsubscribe_url="https://x.test/u/1", custom_args={"program": "welcome"})])
+    list(transport.send("email", [email(1, unsubscribe_url="https://x.test/u/1", custom_args={"program": "welcome"})]))
     [record] = sandbox.sendgrid_messages()
     assert record["headers"]["List-Unsubscribe"] == "<https://x.test/u/1>"
     assert record["custom_args"] == {"program": "welcome", "lifecycle_message_id": "1"}
 
 
 def test_different_content_goes_in_different_requests(sandbox, transport):
-    results = transport.send("email", [email(1, "A"), email(2, "B"), email(3, "A"), email(4, "A", html="<p>x</p>")])
+    results = list(
+        transport.send("email", [email(1, "A"), email(2, "B"), email(3, "A"), email(4, "A", html="<p>x</p>")])
+    )
     assert mail_requests(sandbox) == 3
     by_id = {r.message_id: r.provider_message_id for r in results}
     assert by_id[1] == by_id[3] != by_id[2]
@@ -95,13 +97,13 @@ def test_different_content_goes_in_different_requests(sandbox, transport):
 
 
 def test_a_repeated_address_goes_in_a_separate_request(sandbox, transport):
-    results = transport.send("email", [email(1), email(2, to_email="USER1@example.com"), email(3)])
+    results = list(transport.send("email", [email(1), email(2, to_email="USER1@example.com"), email(3)]))
     assert [r.status for r in results] == ["sent"] * 3
     assert mail_requests(sandbox) == 2
 
 
 def test_an_invalid_address_fails_alone(sandbox, transport):
-    results = {r.message_id: r for r in transport.send("email", [email(1), email(2, to_email="not-an-address")])}
+    results = {r.message_id: r for r in list(transport.send("email", [email(1), email(2, to_email="not-an-address")]))}
     assert (results[2].status, results[2].reason) == ("failed", "invalid email address")
     assert results[1].status == "sent"
     assert [r["to"] for r in sandbox.sendgrid_messages()] == ["user1@example.com"]
@@ -111,7 +113,7 @@ def test_a_refused_personalization_is_isolated_and_the_rest_sent(sandbox, transp
     batch = [email(n) for n in range(8)]
     batch[5] = email(5, custom_args={"blob": "x" * 11_000})
 
-    results = {r.message_id: r for r in transport.send("email", batch)}
+    results = {r.message_id: r for r in list(transport.send("email", batch))}
 
     assert results[5].status == "failed"
     assert results[5].reason.startswith("sendgrid 400 The custom_args may not exceed")
@@ -125,8 +127,8 @@ def test_a_burst_of_429s_and_500s_ends_with_every_message_sent_once(sandbox):
     sandbox.add_fault("all", "429", count=3, retry_after=1)
     sandbox.add_fault("all", "500", count=3)
 
-    emails = transport.send("email", [email(n, subject=f"S{n % 4}") for n in range(12)])
-    texts = transport.send("sms", [sms(100 + n, to=f"+1415555{n + 1:04d}") for n in range(5)])
+    emails = list(transport.send("email", [email(n, subject=f"S{n % 4}") for n in range(12)]))
+    texts = list(transport.send("sms", [sms(100 + n, to=f"+1415555{n + 1:04d}") for n in range(5)]))
 
     assert {r.status for r in emails + texts} == {"sent"}
     sent_emails = Counter(r["custom_args"]["lifecycle_message_id"] for r in sandbox.sendgrid_messages())
@@ -138,9 +140,9 @@ def test_a_burst_of_429s_and_500s_ends_with_every_message_sent_once(sandbox):
 
 def test_5xx_outlasting_retries_is_unknown_but_429_is_failed(sandbox, transport):
     sandbox.add_fault("sendgrid", "503", count=FAST.attempts)
-    [unknown] = transport.send("email", [email(1)])
+    [unknown] = list(transport.send("email", [email(1)]))
     sandbox.add_fault("sendgrid", "429", count=FAST.attempts, retry_after=0)
-    [throttled] = transport.send("email", [email(2)])
+    [throttled] = list(transport.send("email", [email(2)]))
 
     assert (unknown.status, unknown.reason) == ("unknown", "sendgrid 503 service unavailable")
     assert throttled.status == "failed" and throttled.reason.startswith("sendgrid 429")
@@ -148,7 +150,7 @@ def test_5xx_outlasting_retries_is_unknown_but_429_is_failed(sandbox, transport)
 
 
 def test_sms_result_carries_sid_segments_and_a_callback_naming_the_message(sandbox, transport):
-    [result] = transport.send("sms", [sms(7, body="x" * 161)])
+    [result] = list(transport.send("sms", [sms(7, body="x" * 161)]))
     [record] = sandbox.twilio_messages()
     assert (result.status, result.provider_message_id, result.segments) == ("sent", record["sid"], 2)
     assert record["status_callback"] == "http://lifecycle.test/lifecycle/webhooks/twilio/status?lifecycle_message_id=7"
@@ -156,7 +158,7 @@ def test_sms_result_carries_sid_segments_and_a_callback_naming_the_message(sandb
 
 def test_sms_refusals_fail_with_the_provider_reason(sandbox, transport):
     sandbox.inbound_sms("+14155550124", "STOP")
-    results = {r.message_id: r for r in transport.send("sms", [sms(1, "+14155550124"), sms(2, "(415) 555-0125")])}
+    results = {r.message_id: r for r in list(transport.send("sms", [sms(1, "+14155550124"), sms(2, "(415) 555-0125")]))}
     assert (results[1].status, results[1].reason) == (
         "failed",
         "twilio 21610 Attempt to send to unsubscribed recipient",
@@ -170,7 +172,7 @@ def test_drop_after_accept_is_unknown_and_reconcile_finds_the_message(sandbox, t
     sandbox.add_fault("twilio", "drop_after_accept")
     message = sms(9, body="Your code is ready")
 
-    [result] = transport.send("sms", [message])
+    [result] = list(transport.send("sms", [message]))
     assert result.status == "unknown" and result.provider_message_id is None
 
     [settled] = transport.reconcile("sms", [message], since)
@@ -181,11 +183,11 @@ def test_drop_after_accept_is_unknown_and_reconcile_finds_the_message(sandbox, t
 
 def test_reconcile_reports_a_message_twilio_never_took(sandbox, transport):
     since = datetime.now(UTC)
-    transport.send("sms", [sms(1, body="An older, different text")])
+    list(transport.send("sms", [sms(1, body="An older, different text")]))
     sandbox.add_fault("twilio", "drop")
     message = sms(2, body="Never arrived")
 
-    [result] = transport.send("sms", [message])
+    [result] = list(transport.send("sms", [message]))
     [settled] = transport.reconcile("sms", [message], since)
 
     assert result.status == "unknown"
@@ -196,7 +198,7 @@ def test_reconcile_sees_twilio_failures(sandbox, transport):
     since = datetime.now(UTC).replace(tzinfo=None)
     sandbox.add_fault("twilio", "drop_after_accept")
     message = sms(3, to="+14155550000")
-    transport.send("sms", [message])
+    list(transport.send("sms", [message]))
     [settled] = transport.reconcile("sms", [message], since)
     assert (settled.status, settled.reason) == ("failed", "twilio 30003 undelivered")
 

@@ -49,6 +49,7 @@ def test_quick_bench_reports_every_figure_and_the_naive_baseline_matches_the_eng
         "engine time / sum of floors",
         "naive (extrapolated) / engine decisions",
         "peak memory of the engine process",
+        "send stage / dispatch floor",
         "time(N) / time(N/10)",
         "all DAG files parse",
     }

@@ -557,13 +557,15 @@ def test_sandbox_email_events_reach_the_ledger(live):
     bob, cy = crm.contact(email="bob@bounce.test"), crm.contact(email="cy@spam.test")
     delivered, bounced, spam = (add_message(engine, c, status="sending") for c in (ada, bob, cy))
 
-    results = transport.send(
-        "email",
-        [
-            email_for(delivered, ada, "ada@example.com"),
-            email_for(bounced, bob, "bob@bounce.test"),
-            email_for(spam, cy, "cy@spam.test"),
-        ],
+    results = list(
+        transport.send(
+            "email",
+            [
+                email_for(delivered, ada, "ada@example.com"),
+                email_for(bounced, bob, "bob@bounce.test"),
+                email_for(spam, cy, "cy@spam.test"),
+            ],
+        )
     )
     assert {r.status for r in results} == {"sent"}
     sandbox.flush()
@@ -584,7 +586,7 @@ def test_an_unknown_email_is_settled_by_its_events(live):
     message = add_message(engine, contact, status="sending")
     sandbox.add_fault("sendgrid", "drop_after_accept")
 
-    [result] = transport.send("email", [email_for(message, contact, "ada@example.com")])
+    [result] = list(transport.send("email", [email_for(message, contact, "ada@example.com")]))
     assert result.status == "unknown"
     # The dispatcher records the outcome; the sandbox's events may already have moved the message
     # on, and the recorded ``unknown`` must not overwrite them.
@@ -609,12 +611,14 @@ def test_sandbox_sms_callbacks_and_stop_reach_the_ledger(live):
         add_message(engine, dead_contact, "sms", "sending"),
     )
 
-    results = transport.send(
-        "sms",
-        [
-            OutboundSms(ok, f"k{ok}", ok_contact, "+14155550150", "Your trial ends soon"),
-            OutboundSms(dead, f"k{dead}", dead_contact, "+14155550000", "Your trial ends soon"),
-        ],
+    results = list(
+        transport.send(
+            "sms",
+            [
+                OutboundSms(ok, f"k{ok}", ok_contact, "+14155550150", "Your trial ends soon"),
+                OutboundSms(dead, f"k{dead}", dead_contact, "+14155550000", "Your trial ends soon"),
+            ],
+        )
     )
     assert [r.status for r in results] == ["sent", "sent"]
     sandbox.flush()
@@ -625,7 +629,7 @@ def test_sandbox_sms_callbacks_and_stop_reach_the_ledger(live):
     sandbox.flush()
     assert [s["reason"] for s in rows(engine, schema.suppressions, contact_id=ok_contact)] == ["sms_stop"]
     assert latest_consent(engine, ok_contact, "sms")["status"] == "withdrawn"
-    [again] = transport.send("sms", [OutboundSms(ok + 100, "k-again", ok_contact, "+14155550150", "Hello?")])
+    [again] = list(transport.send("sms", [OutboundSms(ok + 100, "k-again", ok_contact, "+14155550150", "Hello?")]))
     assert (again.status, again.reason) == (
         "failed",
         "twilio 21610 Attempt to send to unsubscribed recipient",
@@ -636,7 +640,7 @@ def test_list_unsubscribe_header_unsubscribes_the_right_contact(live):
     engine, crm, sandbox, transport = live
     ada, bob = crm.contact(), crm.contact()
     first, second = add_message(engine, ada), add_message(engine, bob)
-    transport.send("email", [email_for(first, ada, "ada@example.com"), email_for(second, bob, "bob@example.com")])
+    list(transport.send("email", [email_for(first, ada, "ada@example.com"), email_for(second, bob, "bob@example.com")]))
 
     record = sandbox.sendgrid_messages(to="bob@example.com")[0]
     assert record["headers"]["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"

@@ -11,7 +11,7 @@ import pytest
 from lifecycle.channels.retry import ClaimLost, OutcomeUnknown, Rejected, Retryable, RetryPolicy
 from lifecycle.channels.sendgrid import Recipient, SendGridHook
 from lifecycle.channels.twilio import TwilioHook
-from lifecycle.devtools.local import connection_json
+from lifecycle.devtools.local import SANDBOX_MPS, connection_json
 from lifecycle.sandbox import DEFAULT_SENDGRID_KEY, DEFAULT_TWILIO_SID, DEFAULT_TWILIO_TOKEN, SandboxServer
 
 FAST = RetryPolicy(attempts=4, base_delay=0.01, max_delay=0.05)
@@ -40,7 +40,7 @@ def connect_to_sandbox(monkeypatch, sandbox: SandboxServer, public_base_url: str
             login=DEFAULT_TWILIO_SID,
             password=DEFAULT_TWILIO_TOKEN,
             host=sandbox.url,
-            extra={"from_number": SENDER},
+            extra={"from_number": SENDER, "mps": SANDBOX_MPS},
         ),
         "LIFECYCLE_DEFAULT": connection_json("generic", host=public_base_url, password=LINK_SECRET),
     }

@@ -1,0 +1,72 @@
+"""Provider latency in the sandbox: a lognormal round trip on provider requests, served without a
+thread per request, so hundreds in flight take about one round trip."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import random
+import statistics
+import time
+from urllib.parse import urlencode
+
+import pytest
+import requests
+
+from lifecycle.sandbox import DEFAULT_TWILIO_SID, DEFAULT_TWILIO_TOKEN, SandboxServer
+from lifecycle.sandbox.latency import Latency
+
+
+def test_samples_follow_the_median_and_tail() -> None:
+    latency = Latency(150, sigma=0.4)
+    rng = random.Random(3)
+    samples = sorted(latency.sample(rng) for _ in range(20_000))
+
+    assert statistics.median(samples) == pytest.approx(0.150, rel=0.03)
+    assert samples[int(0.99 * len(samples))] == pytest.approx(latency.quantile(0.99), rel=0.08)
+    assert latency.describe() == "median 150 ms, p99 380 ms (lognormal)"
+    assert Latency().sample() == 0.0
+
+
+def test_negative_settings_are_refused() -> None:
+    with pytest.raises(ValueError, match="must not be negative"):
+        Latency(-1)
+
+
+async def _create_message(port: int, number: int) -> tuple[int, float]:
+    """One Twilio create over its own connection, written by hand: the least client work per request."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    body = urlencode({"To": f"+1555{number:07d}", "From": "+15017122661", "Body": "Hi"}).encode()
+    auth = base64.b64encode(f"{DEFAULT_TWILIO_SID}:{DEFAULT_TWILIO_TOKEN}".encode()).decode()
+    started = time.monotonic()
+    writer.write(
+        f"POST /2010-04-01/Accounts/{DEFAULT_TWILIO_SID}/Messages.json HTTP/1.1\r\nHost: sandbox\r\n"
+        f"Authorization: Basic {auth}\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    head = await reader.readuntil(b"\r\n\r\n")
+    seconds = time.monotonic() - started
+    writer.close()
+    return int(head.split(b" ", 2)[1]), seconds
+
+
+@pytest.mark.slow
+def test_four_hundred_requests_in_flight_take_about_one_round_trip() -> None:
+    async def send_all(port: int) -> list[tuple[int, float]]:
+        return await asyncio.gather(*(_create_message(port, number) for number in range(400)))
+
+    with SandboxServer(latency=Latency(150, sigma=0.2)) as sandbox:
+        health_started = time.monotonic()
+        requests.get(f"{sandbox.url}/_sandbox/health", timeout=5)
+        control_seconds = time.monotonic() - health_started
+        started = time.monotonic()
+        done = asyncio.run(send_all(sandbox.port))
+        elapsed = time.monotonic() - started
+        recorded = len(sandbox.twilio_messages())
+
+    assert {status for status, _ in done} == {201} and recorded == 400
+    assert min(seconds for _, seconds in done) >= 0.150 * 0.5, "every provider request waits its latency"
+    assert control_seconds < 0.1, "control requests are not delayed"
+    # One thread per request, or a pool that sleeps, would take many round trips for 400 requests.
+    assert elapsed < 1.5, f"400 concurrent requests at 150 ms took {elapsed:.2f} s"
