@@ -215,7 +215,8 @@ class Outbox(RuleBasedStateMachine):
         with contextlib.suppress(WorkerDied):
             self._send_batch(run_id, batch, DyingTransport(survivors))
         self.sandbox.flush()
-        claimed = stale_claims(self.engine) - self.in_flight.keys()
+        # What this task left claimed (not the claims of killed runs, which their programs' next run settles).
+        claimed = stale_claims(self.engine) - self.in_flight.keys() - self.abandoned.keys()
         self.in_flight |= dict.fromkeys(claimed, (run_id, batch))
 
     @precondition(lambda self: self.in_flight)
