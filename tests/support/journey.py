@@ -51,40 +51,31 @@ def _groups(config_dir: str, program_id: str):
     return program, config.load_policy().control_group
 
 
-def treatment_contact(crm_rows, program_id: str, **fields) -> str:
-    """A contact id the program's holdout and the global control group both leave in treatment."""
+def _contact_in(crm_rows, program_id: str, *, held_out: bool, **fields) -> str:
+    """A new contact whose id the global control group leaves alone and the program's holdout takes
+    (``held_out``) or leaves in treatment."""
     from lifecycle.model.db import bucket_of
 
     program, control = _groups(str(paths.config_dir()), program_id)
+    prefix = f"{program_id[:3]}{'h' if held_out else ''}"
     for i in range(100_000):
-        cid = f"{program_id[:3]}{i:05d}"
-        if cid in _used:
+        cid = f"{prefix}{i:05d}"
+        if cid in _used or bucket_of(f"{control.salt}:{cid}") < control.percent * 100:
             continue
-        if (
-            bucket_of(f"{control.salt}:{cid}") >= control.percent * 100
-            and bucket_of(f"{program.salt}:{program.id}:{cid}") >= program.holdout_percent * 100
-        ):
+        if (bucket_of(f"{program.salt}:{program.id}:{cid}") < program.holdout_percent * 100) == held_out:
             _used.add(cid)
             return crm_rows.contact(cid, **fields)
-    raise AssertionError(f"no treatment contact id found for {program_id}")
+    raise AssertionError(f"no {'holdout' if held_out else 'treatment'} contact id found for {program_id}")
+
+
+def treatment_contact(crm_rows, program_id: str, **fields) -> str:
+    """A contact id the program's holdout and the global control group both leave in treatment."""
+    return _contact_in(crm_rows, program_id, held_out=False, **fields)
 
 
 def holdout_contact(crm_rows, program_id: str, **fields) -> str:
     """A contact id the program's holdout takes (and the global control group leaves alone)."""
-    from lifecycle.model.db import bucket_of
-
-    program, control = _groups(str(paths.config_dir()), program_id)
-    for i in range(100_000):
-        cid = f"{program_id[:3]}h{i:05d}"
-        if cid in _used:
-            continue
-        if (
-            bucket_of(f"{control.salt}:{cid}") >= control.percent * 100
-            and bucket_of(f"{program.salt}:{program.id}:{cid}") < program.holdout_percent * 100
-        ):
-            _used.add(cid)
-            return crm_rows.contact(cid, **fields)
-    raise AssertionError(f"no holdout contact id found for {program_id}")
+    return _contact_in(crm_rows, program_id, held_out=True, **fields)
 
 
 def earlier_messages(contact_id: str, channel: str = "email", count: int = 2, first_day: int = 1) -> list[dict]:
