@@ -228,6 +228,12 @@ class SendGridHook(BaseHook):
         """How many requests this hook's sender has in flight at once."""
         return int(self.settings.get("concurrency") or DEFAULT_CONCURRENCY)
 
+    def ready(self) -> None:
+        """Read the connection now, in the calling thread, before requests go out on the sender's
+        threads: a task reads connections over Airflow's supervisor channel, which one thread at a
+        time may use."""
+        _ = (self.settings, self.client, self.limiter)
+
     @cached_property
     def limiter(self) -> RateLimiter:
         """The connection's request-rate limiter in this process (shared by its hooks)."""
@@ -380,6 +386,8 @@ class SendGridSender:
             for group in groups.values()
             for start in range(0, len(group), MAX_PERSONALIZATIONS)
         ]
+        self.hook.ready()
+        _ = self.providers.links
         sending = started(self.pool, self._send_mail, requests)
         return chain(results, sending)
 

@@ -232,6 +232,12 @@ class TwilioHook(BaseHook):
         """How many requests this hook's sender has in flight at once."""
         return int(self.settings.get("concurrency") or DEFAULT_CONCURRENCY)
 
+    def ready(self) -> None:
+        """Read the connection now, in the calling thread, before requests go out on the sender's
+        threads: a task reads connections over Airflow's supervisor channel, which one thread at a
+        time may use. (Each thread then builds its own client from what was read.)"""
+        _ = (self.settings, self._connection, self.limiter)
+
     @cached_property
     def limiter(self) -> RateLimiter:
         """The sender's rate limiter in this process, at :func:`sender_mps`."""
@@ -388,6 +394,8 @@ class TwilioSender:
         ``still_claimed(message_id)`` is asked before every attempt at a message (see
         :class:`~lifecycle.channels.base.Transport`); a message no longer claimed is not sent.
         """
+        self.hook.ready()
+        _ = self.hook.status_callback_url or self.providers.links
         return started(self.pool, lambda message: [self._send_one(message, still_claimed)], batch)
 
     def _send_one(self, message: OutboundSms, still_claimed: ClaimCheck | None = None) -> SendResult:

@@ -208,3 +208,36 @@ def test_dispatch_links_are_signed_with_the_lifecycle_connection(sandbox):
     assert url.netloc == "lifecycle.test" and url.path == "/lifecycle/unsubscribe"
     token = parse_qs(url.query)["token"][0]
     assert verify_unsubscribe_token(LINK_SECRET, token) == UnsubscribeToken(12, "c12", "email")
+
+
+def test_connections_are_read_in_the_sending_thread_only(sandbox, monkeypatch):
+    """Airflow's task SDK reads a connection over its supervisor channel, which one thread at a time
+    may use (in-process runs lose the channel when two threads use it at once): the senders read
+    every connection before their requests go out on their own threads."""
+    import threading
+
+    from airflow.sdk import BaseHook
+
+    from lifecycle.messages import links
+
+    readers: list[str] = []
+    read_connection, load_links = BaseHook.get_connection, links.PublicLinks.load
+
+    def recording_read(cls, conn_id):
+        readers.append(threading.current_thread().name)
+        return read_connection.__func__(cls, conn_id)
+
+    def recording_load(*args, **kwargs):
+        readers.append(threading.current_thread().name)
+        return load_links(*args, **kwargs)
+
+    monkeypatch.setattr(BaseHook, "get_connection", classmethod(recording_read))
+    monkeypatch.setattr(links.PublicLinks, "load", staticmethod(recording_load))
+    transport = ProviderTransport(SendGridHook(retry_policy=FAST), TwilioHook(retry_policy=FAST))
+    emails = [email(n, subject=f"Subject {n}") for n in range(40)]
+    texts = [sms(100 + n, to=f"+1415555{n + 1:04d}") for n in range(40)]
+
+    results = list(transport.send("email", emails)) + list(transport.send("sms", texts))
+
+    assert Counter(r.status for r in results) == {"sent": 80}
+    assert readers and set(readers) == {threading.main_thread().name}
