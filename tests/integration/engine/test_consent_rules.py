@@ -3,7 +3,6 @@ the contact's region decides what consent a channel and purpose need, with reaso
 
 from __future__ import annotations
 
-import shutil
 from datetime import timedelta
 from pathlib import Path
 
@@ -12,29 +11,14 @@ from sqlalchemy import insert
 
 from lifecycle.model import schema
 from tests.conftest import AS_OF
+from tests.support.consent import write_consent_config
 from tests.support.journey import messages, run_program
-
-TOPICS_AND_REGIONS = """
-topics:
-  offers: {label: Offers and discounts, sendgrid_group: 101}
-  education: {label: Tips and guides, sendgrid_group: 102}
-  account_billing: {label: Account and billing, optional: false}
-regions:
-  eu: {countries: [DE, FR, IE], legal_basis: {email: {marketing: explicit}, sms: {marketing: explicit}}}
-  us: {countries: [US], legal_basis: {email: {marketing: implied}, sms: {marketing: explicit}}}
-"""
 
 
 @pytest.fixture
 def consent_config(test_config: Path, tmp_path: Path, monkeypatch) -> Path:
     """The test config with topics and regions in the policy; promo is about offers, guide education."""
-    folder = tmp_path / "config"
-    shutil.copytree(test_config, folder)
-    with (folder / "policy.yml").open("a", encoding="utf-8") as policy:
-        policy.write(TOPICS_AND_REGIONS)
-    for program, topic in (("promo", "offers"), ("guide", "education")):
-        path = folder / "programs" / f"{program}.yml"
-        path.write_text(path.read_text(encoding="utf-8") + f"topic: {topic}\n", encoding="utf-8")
+    folder = write_consent_config(test_config, tmp_path / "config")
     monkeypatch.setenv("LIFECYCLE_CONFIG_DIR", str(folder))
     return folder
 
