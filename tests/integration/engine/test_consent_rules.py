@@ -111,3 +111,28 @@ def test_a_program_naming_a_topic_the_policy_lacks_is_an_error_naming_the_fix(co
     assert "guide" not in programs
     assert "topic: 'gossip' is not a topic of the policy" in str(errors["guide"])
     assert "offers" in str(errors["guide"])
+
+
+def test_a_topic_opt_out_between_planning_and_sending_is_honoured_when_the_message_is_claimed(crm, consent_config):
+    from lifecycle.channels.simulated import SimulatedTransport
+    from lifecycle.engine import pipeline
+    from tests.support.invariants import stage_run
+
+    engine, c = crm
+    opts_out, stays = c.contact(lifecycle_stage="customer"), c.contact(lifecycle_stage="customer")
+    batches = stage_run(engine, "promo", "promo-run", AS_OF)
+    assert {m["status"] for m in messages(engine, "promo")} == {"ready"}
+    opt_out(engine, opts_out, "offers", at=AS_OF)  # the preference centre, after the run planned
+
+    scope, _programs = pipeline.load_scope("promo", "promo-run", AS_OF)
+    for batch in batches:
+        pipeline.send(
+            engine,
+            scope,
+            batch,
+            SimulatedTransport(),
+            links=lambda *_: {"unsubscribe": "https://example.invalid/u"},
+            simulate=True,
+        )
+
+    assert outcome(engine, "promo") == {opts_out: ("suppressed", "topic_opt_out: offers"), stays: ("dry_run", None)}
