@@ -9,12 +9,18 @@ from __future__ import annotations
 
 import base64
 import html
+import itertools
+import json
 import os
 import re
 import subprocess
 import tempfile
-from collections.abc import Mapping
+import time
+import urllib.request
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -120,3 +126,122 @@ def page_width(html_file: Path, width: int, *, dark: bool = False) -> tuple[int,
     if found is None:
         raise AssertionError(f"chromium did not run the width probe of {html_file}")
     return int(found.group(1)), dom
+
+
+# --- keyboard walks over the DevTools protocol -----------------------------------------------------
+
+KEYS = {
+    "Tab": {"key": "Tab", "code": "Tab", "windowsVirtualKeyCode": 9},
+    "Space": {"key": " ", "code": "Space", "windowsVirtualKeyCode": 32, "text": " "},
+    "Enter": {"key": "Enter", "code": "Enter", "windowsVirtualKeyCode": 13, "text": "\r"},
+}
+
+
+@dataclass(frozen=True)
+class Walk:
+    """What a keyboard walk saw: the element each Tab reached (its id, else its text) and the text of
+    the page it ended on."""
+
+    focused: list[str]
+    final_text: str
+
+
+class _DevTools:
+    """One page of a headless Chromium, driven over the DevTools protocol."""
+
+    def __init__(self, socket: Any) -> None:
+        self.socket = socket
+        self.ids = itertools.count(1)
+        self.events: list[dict[str, Any]] = []
+
+    def call(self, method: str, **params: Any) -> dict[str, Any]:
+        call_id = next(self.ids)
+        self.socket.send(json.dumps({"id": call_id, "method": method, "params": params}))
+        while True:
+            message = json.loads(self.socket.recv(timeout=TIMEOUT_SECONDS))
+            if message.get("id") == call_id:
+                if "error" in message:
+                    raise AssertionError(f"{method}: {message['error']}")
+                result: dict[str, Any] = message.get("result", {})
+                return result
+            self.events.append(message)
+
+    def wait_for(self, event: str) -> None:
+        deadline = time.monotonic() + TIMEOUT_SECONDS
+        while not any(e.get("method") == event for e in self.events):
+            assert time.monotonic() < deadline, f"chromium sent no {event}"
+            self.events.append(json.loads(self.socket.recv(timeout=TIMEOUT_SECONDS)))
+        self.events.clear()
+
+    def evaluate(self, expression: str) -> Any:
+        return self.call("Runtime.evaluate", expression=expression, returnByValue=True)["result"].get("value")
+
+    def screenshot(self, png: Path) -> None:
+        png.write_bytes(base64.b64decode(self.call("Page.captureScreenshot", format="png")["data"]))
+
+    def press(self, name: str) -> None:
+        key = KEYS[name]
+        self.call("Input.dispatchKeyEvent", type="keyDown", **key)
+        self.call("Input.dispatchKeyEvent", type="keyUp", **{k: v for k, v in key.items() if k != "text"})
+
+
+def _devtools_port(process: subprocess.Popen[str]) -> int:
+    assert process.stderr is not None
+    deadline = time.monotonic() + TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        line = process.stderr.readline()
+        found = re.search(r"DevTools listening on ws://[^:]+:(\d+)/", line)
+        if found:
+            return int(found.group(1))
+        if not line and process.poll() is not None:
+            break
+    raise AssertionError("chromium did not open its DevTools port")
+
+
+def keyboard_walk(
+    url: str, keys: Sequence[str], *, before: Path, after: Path, size: tuple[int, int] = (800, 1000)
+) -> Walk:
+    """Open ``url``, screenshot it to ``before``, press ``keys`` (``Tab``, ``Space``, ``Enter``) as a
+    keyboard-only visitor would, and screenshot the page it ends on to ``after``. An ``Enter`` waits
+    for the page the form it sends leads to."""
+    from websockets.sync.client import connect
+
+    with tempfile.TemporaryDirectory(prefix="chromium-profile-") as profile:
+        process = subprocess.Popen(
+            [
+                str(CHROMIUM),
+                *FLAGS,
+                f"--user-data-dir={profile}",
+                "--remote-debugging-port=0",
+                f"--window-size={size[0]},{size[1]}",
+                "about:blank",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            port = _devtools_port(process)
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as answer:
+                pages = [t for t in json.load(answer) if t["type"] == "page"]
+            with connect(pages[0]["webSocketDebuggerUrl"], max_size=None) as socket:
+                page = _DevTools(socket)
+                page.call("Page.enable")
+                page.call("Page.navigate", url=url)
+                page.wait_for("Page.loadEventFired")
+                page.screenshot(before)
+                focused = []
+                for key in keys:
+                    page.press(key)
+                    if key == "Tab":
+                        focused.append(
+                            page.evaluate("document.activeElement.id || document.activeElement.textContent.trim()")
+                        )
+                    elif key == "Enter":
+                        page.wait_for("Page.loadEventFired")
+                page.screenshot(after)
+                return Walk(focused, page.evaluate("document.body.innerText"))
+        finally:
+            process.terminate()
+            process.wait(10)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 from functools import cached_property
 from pathlib import Path
@@ -31,7 +32,7 @@ from lifecycle.config import segments
 from lifecycle.config.durations import parse_duration
 from lifecycle.config.segments import Segment
 from lifecycle.model import channels, schema
-from lifecycle.model.ledger import ExitReason, PolicyRule, SuppressionReason
+from lifecycle.model.ledger import UNKNOWN_COUNTRY, ExitReason, PolicyRule, SuppressionReason
 from lifecycle.paths import config_dir, templates_dir
 
 if TYPE_CHECKING:
@@ -294,6 +295,9 @@ class Program(_Strict):
     holdout_salt: str = ""
     ab_test: ABTest | None = None
     kpi: Kpi
+    # The subscription topic its messages belong to (a key of the policy's ``topics``): a contact who
+    # opted out of it gets none of them, and keeps the other topics. Left out: no topic.
+    topic: str | None = Field(default=None, pattern=r"^[a-z][a-z0-9_]{0,31}$")
 
     @model_validator(mode="after")
     def _steps_consistent(self) -> Program:
@@ -361,6 +365,61 @@ class Brand(_Strict):
     postal_address: str = ""
 
 
+class Topic(_Strict):
+    """A subscription topic (product news, offers...): what programs' messages are about, which a
+    contact may opt out of and keep the rest."""
+
+    label: str
+    description: str = ""
+    # The SendGrid unsubscribe group (ASM) of the topic: its emails carry it, and SendGrid's group
+    # unsubscribe and resubscribe events change the topic.
+    sendgrid_group: int | None = Field(default=None, ge=1)
+    # False: the topic cannot be opted out of (account and billing notices); shown, not offered.
+    optional: bool = True
+
+
+_COUNTRY = re.compile(r"^[A-Z]{2}$")
+
+
+def _country(code: str) -> str:
+    """An ISO 3166 alpha-2 country code, in capitals."""
+    code = code.strip().upper()
+    if not _COUNTRY.match(code):
+        raise ValueError(f"{code!r} is not an ISO 3166 alpha-2 country code — fix: write two letters, e.g. DE")
+    return code
+
+
+Country = Annotated[str, AfterValidator(_country)]
+
+
+class Region(_Strict):
+    """A consent region: its countries and the legal basis each channel and purpose needs there;
+    a channel or purpose it leaves out follows the policy's ``legal_basis``."""
+
+    countries: list[Country] = Field(min_length=1)
+    legal_basis: dict[str, dict[ConsentPurpose, LegalBasis]]
+
+    _registered = field_validator("legal_basis")(
+        lambda value: {_registered_channel(channel) or channel: bases for channel, bases in value.items()}
+    )
+
+
+@dataclass(frozen=True)
+class RegionBasis:
+    """The legal basis one region's contacts are messaged on for a channel and purpose.
+    ``countries`` None: the contacts whose country is unknown."""
+
+    region: str
+    countries: tuple[str, ...] | None
+    basis: str
+
+
+STRICTEST = "strictest"
+"""``unknown_country``: a contact without a country gets the strictest basis any rule gives."""
+DEFAULT_BASIS = "default"
+"""``unknown_country``: a contact without a country gets the policy's ``legal_basis``."""
+
+
 # Policy suppression keys that were renamed to the reason they record.
 RENAMED_SUPPRESSIONS = {
     "open_ticket": SuppressionReason.OPEN_SUPPORT_TICKET,
@@ -388,6 +447,56 @@ class Policy(_Strict):
         default_factory=dict, description="DAG owner -> address that gets its failure alerts"
     )
     brand: Brand = Field(default_factory=Brand)
+    # Subscription topics by key; programs name theirs (``topic``).
+    topics: dict[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")], Topic] = Field(default_factory=dict)
+    # Consent rules by region (countries), overriding ``legal_basis`` for their contacts.
+    regions: dict[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")], Region] = Field(default_factory=dict)
+    # What a contact without a country is messaged on, when ``regions`` are set: ``strictest`` (the
+    # strictest basis of any region or the default), ``default`` (``legal_basis``) or a region's name.
+    unknown_country: str = STRICTEST
+
+    @model_validator(mode="after")
+    def _regions_consistent(self) -> Policy:
+        choices = [STRICTEST, DEFAULT_BASIS, *self.regions]
+        if self.unknown_country not in choices:
+            raise ValueError(
+                f"unknown_country: {self.unknown_country!r} is not one of {choices} — fix: use one of them"
+            )
+        seen: dict[str, str] = {}
+        for name, region in self.regions.items():
+            for country in region.countries:
+                if country in seen:
+                    raise ValueError(
+                        f"regions: {country} is in both {seen[country]} and {name} — fix: keep it in one region"
+                    )
+                seen[country] = name
+        return self
+
+    def region_bases(self, channel: str, purpose: str) -> tuple[RegionBasis, ...]:
+        """What each region needs for ``channel`` and ``purpose``, then what contacts without a
+        country need; empty without regions (every contact follows :meth:`basis_for`)."""
+        if not self.regions:
+            return ()
+        default = self.basis_for(purpose)
+        bases = [
+            RegionBasis(name, tuple(region.countries), region.legal_basis.get(channel, {}).get(purpose, default))
+            for name, region in self.regions.items()
+        ]
+        if self.unknown_country == STRICTEST:
+            unknown = BASES[min(BASES.index(b) for b in [default, *(r.basis for r in bases)])]
+        elif self.unknown_country == DEFAULT_BASIS:
+            unknown = default
+        else:
+            unknown = next(r.basis for r in bases if r.region == self.unknown_country)
+        return (*bases, RegionBasis(UNKNOWN_COUNTRY, None, unknown))
+
+    def topic_of(self, program: Program) -> Topic | None:
+        """The topic ``program``'s messages belong to, if it names one."""
+        return self.topics.get(program.topic) if program.topic else None
+
+    def topic_groups(self) -> dict[int, str]:
+        """SendGrid unsubscribe group -> the topic it stands for."""
+        return {t.sendgrid_group: name for name, t in self.topics.items() if t.sendgrid_group is not None}
 
     @field_validator("legal_basis")
     @classmethod
@@ -559,9 +668,24 @@ def _template_parts(channel: str) -> list[str]:
     return [part.suffix for part in channels.get(channel).template_parts]
 
 
+def program_files_dir() -> Path:
+    """Where the program files are."""
+    return config_dir() / "programs"
+
+
 def program_files(directory: Path | None = None) -> list[Path]:
     """Program files in a stable order."""
-    return sorted((directory or config_dir() / "programs").glob("*.yml"))
+    return sorted((directory or program_files_dir()).glob("*.yml"))
+
+
+def topic_problem(program: Program, policy: Policy | None) -> str | None:
+    """Why ``program``'s topic is wrong for the policy (it names none the policy has), or None."""
+    if program.topic is None or policy is None or program.topic in policy.topics:
+        return None
+    return (
+        f"topic: {program.topic!r} is not a topic of the policy — fix: use one of {sorted(policy.topics)} "
+        "or add it to topics in policy.yml"
+    )
 
 
 def load_all_programs() -> tuple[dict[str, Program], dict[str, ConfigError]]:
@@ -580,14 +704,19 @@ def load_all_programs() -> tuple[dict[str, Program], dict[str, ConfigError]]:
         except ConfigError as exc:
             errors[path.stem] = exc
     try:
+        policy: Policy | None = load_policy()
+    except ConfigError:
+        policy = None
+    for pid in list(programs):
+        problem = topic_problem(programs[pid], policy)
+        if problem:
+            errors[pid] = ConfigError(program_files_dir() / f"{pid}.yml", [problem])
+            del programs[pid]
+    try:
         mapping = source_mapping.load_sources()
     except ConfigError as exc:
         return {}, {pid: exc for pid in programs} | errors
     if mapping is not None:
-        try:
-            policy: Policy | None = load_policy()
-        except ConfigError:
-            policy = None
         for pid in list(programs):
             problems = source_mapping.program_problems(programs[pid], mapping, catalog, policy)
             if problems:

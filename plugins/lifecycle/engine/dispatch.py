@@ -32,9 +32,9 @@ from sqlalchemy.sql.expression import ColumnElement
 
 from lifecycle.channels import registry
 from lifecycle.channels.base import ClaimCheck, Outbound, Reconciler, SendResult, Transport
-from lifecycle.config import QuietHours
+from lifecycle.config import QuietHours, RegionBasis
 from lifecycle.engine.quiet_hours import quiet_until
-from lifecycle.engine.suppression import claim_reasons, consent_rules
+from lifecycle.engine.suppression import claim_reasons, consent_rules, topic_rules
 from lifecycle.messages.context import MessageData, crm_columns, read_crm, template_context
 from lifecycle.messages.links import LinkBuilder
 from lifecycle.messages.rendering import RenderError, render
@@ -171,7 +171,8 @@ def load_messages(conn: Connection, where: ColumnElement[bool]) -> list[Claimed]
 class SendRules:
     """What a batch's messages are checked against again when each is claimed, as things stand
     then: consent under the program's purpose and the policy's legal basis for it (``explicit`` or
-    ``implied``), and the channels' quiet hours in the recipient's zone (a run may execute hours
+    ``implied``; the contact's region's, where the policy has regions), an opt-out of the program's
+    topic, and the channels' quiet hours in the recipient's zone (a run may execute hours
     after its as-of). ``at`` fixes the moment (a simulated run's as-of: its world has no later
     rows yet); left out, it is the wall clock at the claim."""
 
@@ -179,6 +180,10 @@ class SendRules:
     basis: str
     quiet_hours: Mapping[str, QuietHours] = field(default_factory=dict)
     at: datetime | None = None
+    # Channel -> the regions' bases for the purpose (``Policy.region_bases``); none: ``basis`` for all.
+    regions: Mapping[str, Sequence[RegionBasis]] = field(default_factory=dict)
+    # The program's topic a contact may have opted out of since planning.
+    topic: str | None = None
 
 
 def quiet_hours_clock() -> datetime:
@@ -199,7 +204,9 @@ def _withhold_listed(
     for channel in registry.names():
         reasons = claim_reasons(channel, service_programs)
         if rules is not None:
-            reasons += consent_rules(channel, rules.purpose, rules.basis, rules.at or now)
+            at = rules.at or now
+            reasons += topic_rules(rules.topic, at)
+            reasons += consent_rules(channel, rules.purpose, rules.basis, at, rules.regions.get(channel, ()))
         for reason in reasons:
             conn.execute(
                 update(M)

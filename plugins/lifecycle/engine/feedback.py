@@ -25,6 +25,7 @@ import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import Any
 
 from sqlalchemy import Connection, DateTime, Table, bindparam, case, delete, func, select, update
@@ -37,7 +38,15 @@ from lifecycle.model.db import Record, insert_ignore, utc_naive
 from lifecycle.model.ledger import ADDRESS_LISTS, FEEDBACK_RANK, OutcomeReason, Status
 from lifecycle.model.ledger import SuppressionReason as R
 from lifecycle.model.privacy import redact
-from lifecycle.model.schema import consents, contact_quality, contacts, messages, provider_events, suppressions
+from lifecycle.model.schema import (
+    consents,
+    contact_quality,
+    contacts,
+    messages,
+    provider_events,
+    suppressions,
+    topic_preferences,
+)
 
 log = logging.getLogger(__name__)
 Q = contact_quality
@@ -96,10 +105,11 @@ class FeedbackEvent:
 
     ``restores`` names the source of the withdrawal an opt-in undoes (START undoes a STOP): the
     opt-in changes consent only while that withdrawal is in force, and then gives back what was
-    in force before it, never more. A ``repeatable`` opt-out (a one-click unsubscribe: the same
-    link may be pressed again after a resubscribe) is applied whenever it is not already in
-    force. ``check_provider_id``: the message named must carry this provider id (or none, and
-    no other message does).
+    in force before it, never more. With ``topic``, ``consent`` is the contact's preference for that
+    subscription topic instead (no suppression, no channel consent). A ``repeatable`` opt-out (a
+    one-click unsubscribe: the same link may be pressed again after a resubscribe) is applied
+    whenever it is not already in force. ``check_provider_id``: the message named must carry this
+    provider id (or none, and no other message does).
     """
 
     provider: str
@@ -119,6 +129,7 @@ class FeedbackEvent:
     consent: str | None = None
     source: str | None = None
     restores: str | None = None
+    topic: str | None = None
     repeatable: bool = False
     check_provider_id: bool = False
     payload: dict[str, Any] = field(default_factory=dict)
@@ -159,10 +170,14 @@ def _sendgrid_id(event: Mapping[str, Any], key: str) -> int | None:
     return int(value)
 
 
-def sendgrid_event(event: Any, our_group: int | None = None) -> FeedbackEvent:
+def sendgrid_event(
+    event: Any, our_group: int | None = None, topic_groups: Mapping[int, str] = MappingProxyType({})
+) -> FeedbackEvent:
     """Parse one SendGrid Event Webhook event (custom args sit at its top level); raises
     :class:`InvalidEvent` for one that cannot be read. ``our_group`` is our unsubscribe group
-    (``sendgrid_default`` extra ``asm_group_id``): only a resubscribe to it lifts an unsubscribe."""
+    (``sendgrid_default`` extra ``asm_group_id``): only a resubscribe to it lifts an unsubscribe.
+    ``topic_groups`` (the policy's topics' groups): a group unsubscribe or resubscribe of one of them
+    changes that topic only."""
     if not isinstance(event, Mapping):
         raise InvalidEvent(f"an event is not an object ({type(event).__name__})")
     kind = _sendgrid_text(event, "event", required=True) or ""
@@ -187,6 +202,13 @@ def sendgrid_event(event: Any, our_group: int | None = None) -> FeedbackEvent:
         effects = {"status": Status.FAILED, "reason": redact(f"{OutcomeReason.DROPPED}: {event.get('reason', '')}")}
     elif kind == "spamreport":
         effects = {"suppress": R.SPAM_REPORT, "consent": "withdrawn", "source": "sendgrid_spamreport"}
+    elif kind in {"group_unsubscribe", "group_resubscribe"} and group is not None and group in topic_groups:
+        withdrawn = kind == "group_unsubscribe"
+        effects = {
+            "topic": topic_groups[group],
+            "consent": "withdrawn" if withdrawn else "granted",
+            "source": f"sendgrid_{kind}",
+        }
     elif kind in {"unsubscribe", "group_unsubscribe"}:
         effects = {"suppress": R.UNSUBSCRIBED, "consent": "withdrawn", "source": "sendgrid_unsubscribe"}
     elif kind == "group_resubscribe":
@@ -209,13 +231,15 @@ def sendgrid_event(event: Any, our_group: int | None = None) -> FeedbackEvent:
     )
 
 
-def sendgrid_events(batch: Iterable[Any], our_group: int | None = None) -> tuple[list[FeedbackEvent], list[str]]:
+def sendgrid_events(
+    batch: Iterable[Any], our_group: int | None = None, topic_groups: Mapping[int, str] = MappingProxyType({})
+) -> tuple[list[FeedbackEvent], list[str]]:
     """Parse a SendGrid Event Webhook batch: the events that can be read, and why each other one
     cannot (``event <n>: <why>``, no address), so one bad event never costs the batch its others."""
     parsed, problems = [], []
     for n, event in enumerate(batch):
         try:
-            parsed.append(sendgrid_event(event, our_group))
+            parsed.append(sendgrid_event(event, our_group, topic_groups))
         except InvalidEvent as exc:
             problems.append(f"event {n}: {exc}")
     return parsed, problems
@@ -300,23 +324,37 @@ def twilio_inbound_event(params: Mapping[str, str], received_at: datetime) -> Fe
     )
 
 
-def unsubscribe_event(token: UnsubscribeToken, received_at: datetime) -> FeedbackEvent:
-    """A one-click unsubscribe from a signed link (the unsubscribe page or a List-Unsubscribe POST).
-    Every press counts: one pressed while the unsubscribe is in force changes nothing, one pressed
-    after a resubscribe unsubscribes again."""
+def unsubscribe_event(
+    token: UnsubscribeToken,
+    received_at: datetime,
+    topic: str | None = None,
+    *,
+    source: str = "one_click_unsubscribe",
+    granted: bool = False,
+) -> FeedbackEvent:
+    """A one-click unsubscribe from a signed link (the unsubscribe page or a List-Unsubscribe POST):
+    from the message's ``topic`` when it has one, else from the channel's marketing. Every press
+    counts: one pressed while the unsubscribe is in force changes nothing, one pressed after a
+    resubscribe unsubscribes again. The preference centre records its changes the same way, under
+    its own ``source``; ``granted`` is an opt back in (to the topic, or the channel)."""
+    at = utc_naive(received_at)
+    what = f"topic={topic}" if topic else token.channel
+    effects: dict[str, Any] = {"topic": topic} if topic else {}
+    if not topic:
+        effects = {"unsuppress": R.UNSUBSCRIBED} if granted else {"suppress": R.UNSUBSCRIBED}
     return FeedbackEvent(
         provider="lifecycle",
-        event_id=f"unsubscribe:{token.message_id}:{token.contact_id}:{token.channel}:{utc_naive(received_at).isoformat()}",
-        event_type="unsubscribe",
-        occurred_at=utc_naive(received_at),
+        event_id=f"{source}:{token.message_id}:{token.contact_id}:{what}:{'in' if granted else 'out'}:{at.isoformat()}",
+        event_type="resubscribe" if granted else "unsubscribe",
+        occurred_at=at,
         channel=token.channel,
         message_id=token.message_id,
         contact_id=token.contact_id,
-        suppress=R.UNSUBSCRIBED,
-        consent="withdrawn",
-        source="one_click_unsubscribe",
+        consent="granted" if granted else "withdrawn",
+        source=source,
         repeatable=True,
-        payload={"message_id": token.message_id},
+        payload={"message_id": token.message_id} | ({"topic": topic} if topic else {}),
+        **effects,
     )
 
 
@@ -375,6 +413,16 @@ _SUPPRESSED = select(suppressions.c.contact_id).where(
     suppressions.c.contact_id == bindparam("b_contact_id"),
     suppressions.c.channel == bindparam("b_channel"),
     suppressions.c.reason == bindparam("b_reason"),
+)
+_INSERT_TOPIC_PREFERENCE = topic_preferences.insert()
+_TOPIC_PREFERENCE = (
+    select(topic_preferences.c.status)
+    .where(
+        topic_preferences.c.contact_id == bindparam("b_contact_id"),
+        topic_preferences.c.topic == bindparam("b_topic"),
+    )
+    .order_by(topic_preferences.c.captured_at.desc(), topic_preferences.c.preference_id.desc())
+    .limit(1)
 )
 _INSERT_IGNORING: dict[tuple[str, str], Any] = {}
 
@@ -475,8 +523,25 @@ def _consent_to_restore(conn: Connection, event: FeedbackEvent, contact_id: str)
     return event.consent if before == event.consent else None
 
 
+def topic_preference(conn: Connection, contact_id: str, topic: str) -> str | None:
+    """The contact's preference in force for ``topic`` (``granted``, ``withdrawn``), None when it never set one."""
+    found: str | None = conn.execute(
+        _TOPIC_PREFERENCE, {"b_contact_id": contact_id, "b_topic": topic}
+    ).scalar_one_or_none()
+    return found
+
+
 def _in_force(conn: Connection, event: FeedbackEvent, contact_id: str) -> bool:
-    """Whether an opt-out already holds for the contact: listed, and its consent withdrawn."""
+    """Whether an opt-out (or opt-in) already holds for the contact: listed, and its consent as the
+    event would make it; for a topic, its preference."""
+    if event.topic:
+        return topic_preference(conn, contact_id, event.topic) == event.consent
+    if event.unsuppress:
+        listed = conn.execute(
+            _SUPPRESSED, {"b_contact_id": contact_id, "b_channel": event.channel, "b_reason": event.unsuppress}
+        ).first()
+        newest = conn.execute(_CONSENTS_IN_ORDER, {"b_contact_id": contact_id, "b_channel": event.channel}).first()
+        return listed is None and newest is not None and newest.status == event.consent
     listed = conn.execute(
         _SUPPRESSED, {"b_contact_id": contact_id, "b_channel": event.channel, "b_reason": event.suppress}
     ).first()
@@ -489,6 +554,19 @@ def _apply_opt_out(conn: Connection, event: FeedbackEvent, contact_ids: list[str
     proof = f"{event.provider}:{event.event_id}"
     source = event.source or event.provider
     for contact_id in contact_ids:
+        if event.topic:
+            conn.execute(
+                _INSERT_TOPIC_PREFERENCE,
+                {
+                    "contact_id": contact_id,
+                    "topic": event.topic,
+                    "status": event.consent,
+                    "source": source,
+                    "captured_at": event.occurred_at,
+                    "proof": proof,
+                },
+            )
+            continue
         consent = event.consent if event.restores is None else _consent_to_restore(conn, event, contact_id)
         if event.suppress:
             conn.execute(

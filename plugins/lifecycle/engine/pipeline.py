@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine
 
 from lifecycle import config, paths
+from lifecycle.channels import registry
 from lifecycle.channels.base import Transport
 from lifecycle.channels.sms import SMS_CHANNEL
 from lifecycle.engine import capping, dispatch, funnel, journeys, suppression
@@ -97,7 +98,12 @@ def send(
         simulate=simulate,
         service_programs=service,
         rules=dispatch.SendRules(
-            purpose, run.policy.basis_for(purpose), run.policy.quiet_hours, at=run.as_of if simulate else None
+            purpose,
+            run.policy.basis_for(purpose),
+            run.policy.quiet_hours,
+            at=run.as_of if simulate else None,
+            regions={channel: run.policy.region_bases(channel, purpose) for channel in registry.names()},
+            topic=suppression.opted_out_topic(run),
         ),
         max_segments={SMS_CHANNEL.name: run.policy.sms_max_segments},
     )

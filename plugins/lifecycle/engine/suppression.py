@@ -4,26 +4,34 @@ Reasons come in two kinds. Channel reasons (no address, no consent, unsubscribed
 STOP...) block one channel, so a step that allows the other channel is re-planned there first.
 A service program's messages (transactional purpose) are not stopped by a marketing unsubscribe,
 and its consent follows the policy's legal basis for its purpose (implied by default).
-Contact reasons (open ticket, in negotiation, recent purchase, already converted) block every
-channel. Reasons are checked in a fixed order and the first that applies is recorded.
+Consent follows the contact's region where the policy has regions (the reason names the region).
+Contact reasons (an opt-out of the program's topic, open ticket, in negotiation, recent purchase,
+already converted) block every channel. Reasons are checked in a fixed order and the first that applies is recorded.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from itertools import permutations
 from typing import Any
 
-from sqlalchemy import Connection, and_, exists, not_, or_, select, update
+from sqlalchemy import Connection, and_, exists, func, not_, or_, select, true, update
 from sqlalchemy.sql.expression import ColumnElement
 
 from lifecycle.channels import registry
-from lifecycle.config import segments
+from lifecycle.config import RegionBasis, segments
 from lifecycle.engine.scope import RunScope
 from lifecycle.model import schema
-from lifecycle.model.ledger import ADDRESS_LISTS, MARKETING_ONLY, PolicyRule, Status
+from lifecycle.model.ledger import (
+    ADDRESS_LISTS,
+    MARKETING_ONLY,
+    PolicyRule,
+    Status,
+    regional_no_consent,
+    topic_opt_out,
+)
 from lifecycle.model.ledger import SuppressionReason as R
 
 M = schema.messages
@@ -107,18 +115,89 @@ def claim_reasons(channel: str, service_programs: Collection[str]) -> list[Reaso
     ]
 
 
-def consent_rules(channel: str, purpose: str, basis: str, at: datetime) -> list[Reason]:
-    """The consent rules for ``channel`` under ``purpose`` and its legal basis, as consent stands at
-    ``at``: a withdrawn consent always stops it (``consent_withdrawn``); ``explicit`` needs the newest
-    row to be granted (no row, or a denied one: ``no_consent``), ``implied`` only stops a denied one."""
+def _fails(basis: str, status: ColumnElement) -> ColumnElement[bool]:
+    """The newest consent row's ``status`` is not enough under ``basis``: ``explicit`` needs it
+    granted (no row, or a denied one, is not), ``implied`` only a denied one stops."""
+    if basis == "implied":
+        return status == "denied"
+    return or_(status.is_(None), status != "granted")
+
+
+def _country(contact_id: ColumnElement) -> ColumnElement:
+    """The contact's country as regions list it (trimmed, in capitals); '' when it has none."""
+    holder = C.alias("country_holder")
+    return (
+        select(func.upper(func.trim(func.coalesce(holder.c.country, ""))))
+        .where(holder.c.contact_id == contact_id)
+        .correlate_except(holder)
+        .limit(1)
+        .scalar_subquery()
+    )
+
+
+def _in_region(contact_id: ColumnElement, rule: RegionBasis) -> ColumnElement[bool]:
+    """The contact is in the region: its country is listed, or (``countries`` None) it has none."""
+    if rule.countries is not None:
+        return _country(contact_id).in_(rule.countries)
+    return _country(contact_id) == ""
+
+
+def consent_rules(
+    channel: str, purpose: str, basis: str, at: datetime, regions: Sequence[RegionBasis] = ()
+) -> list[Reason]:
+    """The consent rules for ``channel`` under ``purpose``, as consent stands at ``at``: a withdrawn
+    consent always stops it (``consent_withdrawn``); then each region's basis for its contacts
+    (``no_consent: <region>``, contacts without a country under ``unknown_country``), and ``basis``
+    for every other contact (``no_consent``). ``explicit`` needs the newest row to be granted (no
+    row, or a denied one: no consent), ``implied`` only stops a denied one."""
 
     def status(contact_id: ColumnElement) -> ColumnElement:
         return _consent_status(contact_id, channel, purpose, at)
 
-    withdrawn = Reason(R.CONSENT_WITHDRAWN, lambda cid: status(cid) == "withdrawn")
-    if basis == "implied":
-        return [withdrawn, Reason(R.NO_CONSENT, lambda cid: status(cid) == "denied")]
-    return [withdrawn, Reason(R.NO_CONSENT, lambda cid: or_(status(cid).is_(None), status(cid) != "granted"))]
+    rules = [Reason(R.CONSENT_WITHDRAWN, lambda cid: status(cid) == "withdrawn")]
+    listed = [country for rule in regions for country in rule.countries or ()]
+
+    def regional(rule: RegionBasis) -> Reason:
+        return Reason(
+            regional_no_consent(rule.region),
+            lambda cid: and_(_in_region(cid, rule), _fails(rule.basis, status(cid))),
+        )
+
+    def elsewhere(contact_id: ColumnElement) -> ColumnElement[bool]:
+        """In no region: a known country no region lists (every contact, without regions)."""
+        if not regions:
+            return true()
+        return and_(_country(contact_id) != "", _country(contact_id).not_in(listed))
+
+    rules += [regional(rule) for rule in regions]
+    rules.append(Reason(R.NO_CONSENT, lambda cid: and_(elsewhere(cid), _fails(basis, status(cid)))))
+    return rules
+
+
+def topic_rules(topic: str | None, at: datetime) -> list[Reason]:
+    """The rule for a program's ``topic`` as preferences stand at ``at``: a contact whose newest
+    preference for it is withdrawn gets none of its messages (``topic_opt_out: <topic>``)."""
+    if topic is None:
+        return []
+    p = schema.topic_preferences.alias("topic_now")
+
+    def preference(contact_id: ColumnElement) -> ColumnElement:
+        return (
+            select(p.c.status)
+            .where(p.c.contact_id == contact_id, p.c.topic == topic, p.c.captured_at <= at)
+            .order_by(p.c.captured_at.desc(), p.c.status == "granted", p.c.preference_id.desc())
+            .limit(1)
+            .scalar_subquery()
+        )
+
+    return [Reason(topic_opt_out(topic), lambda cid: preference(cid) == "withdrawn")]
+
+
+def opted_out_topic(run: RunScope) -> str | None:
+    """The program's topic, when its contacts may opt out of it (a topic that is not optional, or
+    none, stops no message)."""
+    topic = run.policy.topic_of(run.program)
+    return run.program.topic if topic is not None and topic.optional else None
 
 
 def consent_reasons(channel: str, run: RunScope) -> list[Reason]:
@@ -126,7 +205,8 @@ def consent_reasons(channel: str, run: RunScope) -> list[Reason]:
     legal basis for it (see :func:`consent_rules`). The outbox checks them again when it claims a
     message, as consent stands then."""
     purpose = run.program.consent_purpose
-    return consent_rules(channel, purpose, run.policy.basis_for(purpose), run.as_of)
+    policy = run.policy
+    return consent_rules(channel, purpose, policy.basis_for(purpose), run.as_of, policy.region_bases(channel, purpose))
 
 
 def channel_reasons(channel: str, run: RunScope) -> list[Reason]:
@@ -157,7 +237,7 @@ def _applies(rule_name: PolicyRule, run: RunScope) -> bool:
 
 def contact_reasons(run: RunScope) -> list[Reason]:
     """Rules that stop every channel for a contact in this program."""
-    rules: list[Reason] = []
+    rules: list[Reason] = topic_rules(opted_out_topic(run), run.as_of)
     goal = run.program.exit.goal
     if goal is not None:
         e = schema.enrollments

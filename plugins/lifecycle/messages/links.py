@@ -20,6 +20,7 @@ from urllib.parse import urlencode
 
 LIFECYCLE_CONN_ID = "lifecycle_default"
 UNSUBSCRIBE_PATH = "/unsubscribe"
+PREFERENCES_PATH = "/preferences"  # the preference centre's form, signed with the unsubscribe link's token
 TEST_COPY_UNSUBSCRIBE_PATH = "/unsubscribe/test-copy"  # inert: a test copy's link unsubscribes no one
 SENDGRID_EVENTS_PATH = "/webhooks/sendgrid"
 TWILIO_STATUS_PATH = "/webhooks/twilio/status"

@@ -88,7 +88,22 @@ class SuppressionReason(_Vocabulary):
     SMS_STOP = "sms_stop"
     DUPLICATE_CONTACT = "duplicate_contact"
     CONSENT_WITHDRAWN = "consent_withdrawn"
-    NO_CONSENT = "no_consent"
+    NO_CONSENT = "no_consent"  # also a prefix: ``no_consent: <region>`` when a region's rule decided
+    TOPIC_OPT_OUT = "topic_opt_out"  # a prefix: recorded as ``topic_opt_out: <topic>``
+
+
+UNKNOWN_COUNTRY: Final = "unknown_country"
+"""The region a contact without a country is in, as a ``no_consent: <region>`` reason names it."""
+
+
+def topic_opt_out(topic: str) -> str:
+    """The reason a message is suppressed for: its contact opted out of its program's topic."""
+    return f"{SuppressionReason.TOPIC_OPT_OUT}: {topic}"
+
+
+def regional_no_consent(region: str) -> str:
+    """The reason a message is suppressed for: the contact's region's rule needs a consent it lacks."""
+    return f"{SuppressionReason.NO_CONSENT}: {region}"
 
 
 ADDRESS_LISTS: Final[tuple[SuppressionReason, ...]] = (

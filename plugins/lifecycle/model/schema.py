@@ -265,6 +265,21 @@ suppressions = Table(
     Index("ix_suppressions_address", "address", "channel"),
 )
 
+topic_preferences = Table(
+    "lifecycle_topic_preferences",
+    engine_metadata,
+    Column("preference_id", Integer, primary_key=True, autoincrement=True),
+    Column("contact_id", String(64), nullable=False),
+    Column("topic", String(32), nullable=False),
+    # granted | withdrawn, as consents.status: the newest row per (contact, topic) is in force, and
+    # no row means subscribed (the topic follows the contact's consent for the channel and purpose).
+    Column("status", String(10), nullable=False),
+    Column("source", String(50), nullable=False),
+    Column("captured_at", DateTime, nullable=False),
+    Column("proof", Text),
+    Index("ix_topic_preferences_lookup", "contact_id", "topic", "captured_at"),
+)
+
 kpis = Table(
     "lifecycle_kpis",
     engine_metadata,

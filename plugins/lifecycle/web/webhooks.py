@@ -5,7 +5,9 @@
 - ``POST /webhooks/twilio/status`` and ``/webhooks/twilio/inbound``: Twilio status callbacks and
   inbound messages, verified with the ``twilio_default`` Auth Token against the public URL
   (``lifecycle_default`` host + path, else the URL the request arrived on).
-- ``GET /unsubscribe?token=...`` shows a confirmation; ``POST`` is the RFC 8058 one-click.
+- ``GET /unsubscribe?token=...`` opens the preference centre (the contact's topics and channels, a
+  plain form posted to ``/preferences?token=...``); ``POST`` is the RFC 8058 one-click, from the
+  message's topic when its program has one, else from the channel's marketing.
 
 A request that fails verification gets 403 and changes nothing; a route whose provider
 connection is not configured answers 503 (the provider retries later) and logs the connection's
@@ -40,8 +42,10 @@ from starlette.concurrency import run_in_threadpool
 from twilio.request_validator import RequestValidator
 from twilio.twiml.messaging_response import MessagingResponse
 
+from lifecycle import config
 from lifecycle.channels.sendgrid import SendGridHook
 from lifecycle.channels.twilio import TwilioHook
+from lifecycle.engine import preferences
 from lifecycle.engine.feedback import (
     FeedbackEvent,
     apply_events,
@@ -52,6 +56,7 @@ from lifecycle.engine.feedback import (
 )
 from lifecycle.messages.links import (
     MESSAGE_ID_PARAM,
+    PREFERENCES_PATH,
     SENDGRID_EVENTS_PATH,
     TEST_COPY_UNSUBSCRIBE_PATH,
     TWILIO_INBOUND_PATH,
@@ -72,6 +77,7 @@ SIGNATURE_MAX_AGE = timedelta(minutes=10)
 TWILIO_MAX_BODY = 1024 * 1024  # a form of at most 1,600 characters of text, media URLs and metadata
 SENDGRID_MAX_BODY = 5 * 1024 * 1024  # SendGrid posts batches of up to a few MiB
 TWILIO_SIGNATURE_HEADER = "X-Twilio-Signature"
+PREFERENCES_MAX_BODY = 16 * 1024  # a few checkboxes
 
 
 class BodyTooLarge(Exception):
@@ -146,12 +152,21 @@ def _receive_sendgrid(body: str, signature: str, timestamp: str) -> Response:
         return JSONResponse({"detail": "body is not JSON"}, status_code=400)
     if not isinstance(batch, list):
         return JSONResponse({"detail": "body is not a list of events"}, status_code=400)
-    events, problems = sendgrid_events(batch, _our_group(connection))
+    events, problems = sendgrid_events(batch, _our_group(connection), _topic_groups())
     for problem in problems:
         log.warning("SendGrid webhook: skipped %s", problem)
     new = _record(events, now)
     log.info("SendGrid webhook: %d events, %d new, %d unreadable", len(batch), new, len(problems))
     return JSONResponse({"received": len(batch), "new": new, "unreadable": len(problems)})
+
+
+def _topic_groups() -> dict[int, str]:
+    """The policy's topics by SendGrid unsubscribe group (none when the policy cannot be read)."""
+    try:
+        return config.load_policy().topic_groups()
+    except config.ConfigError as exc:
+        log.error("SendGrid webhook: topic groups unknown, the policy cannot be read: %s", exc)
+        return {}
 
 
 def _our_group(connection: Connection) -> int | None:
@@ -275,9 +290,19 @@ async def twilio_inbound(request: Request) -> Response:
 
 _PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width">
-<title>{title}</title></head>
-<body style="font-family:sans-serif;max-width:32rem;margin:3rem auto;padding:0 1rem">
-<h1>{title}</h1>{body}</body></html>"""
+<title>{title}</title><style>
+body{{font-family:sans-serif;max-width:34rem;margin:3rem auto;padding:0 1rem;line-height:1.5;color:#1a1a1a}}
+fieldset{{border:1px solid #767676;border-radius:6px;margin:1rem 0;padding:.5rem 1rem 1rem}}
+legend{{font-weight:bold;padding:0 .25rem}}
+.choice{{display:flex;gap:.6rem;align-items:flex-start;margin:.6rem 0}}
+.choice input{{width:1.3rem;height:1.3rem;margin-top:.15rem}}
+.hint{{display:block;color:#4a4a4a;font-size:.9rem}}
+button{{font-size:1rem;padding:.5rem 1.1rem;border-radius:6px;border:2px solid #1f4fa3;background:#1f4fa3;color:#fff}}
+button.secondary{{background:#fff;color:#1f4fa3}}
+:focus-visible{{outline:3px solid #c2410c;outline-offset:2px}}
+[role=status]{{background:#e7f5ec;border-left:4px solid #15803d;padding:.5rem 1rem}}
+</style></head>
+<body><main><h1>{title}</h1>{body}</main></body></html>"""
 
 
 def _page(title: str, body_html: str, status_code: int = 200) -> HTMLResponse:
@@ -306,32 +331,96 @@ def unsubscribe_from_test_copy() -> HTMLResponse:
     return _page("Test copy", _TEST_COPY_PAGE)
 
 
+def _choice_html(kind: str, choice: preferences.Choice) -> str:
+    """One checkbox with its label (and its description, read out with it); a topic that cannot be
+    opted out of is shown checked and disabled, saying why."""
+    key = html.escape(choice.key)
+    hint = choice.description if choice.optional else f"{choice.description} Always sent: we must tell you.".strip()
+    described = f' aria-describedby="{kind}-{key}-hint"' if hint else ""
+    state = (" checked" if choice.subscribed or not choice.optional else "") + ("" if choice.optional else " disabled")
+    return (
+        f'<div class="choice"><input type="checkbox" id="{kind}-{key}" name="{kind}" value="{key}"{state}{described}>'
+        f'<label for="{kind}-{key}">{html.escape(choice.label)}'
+        + (f'<span class="hint" id="{kind}-{key}-hint">{html.escape(hint)}</span>' if hint else "")
+        + "</label></div>"
+    )
+
+
+def _preference_centre(token: str, parsed: UnsubscribeToken, saved: bool = False) -> HTMLResponse:
+    policy = config.load_policy()
+    with get_engine(state_url()).connect() as conn:
+        prefs = preferences.read_preferences(conn, parsed, policy)
+    query = html.escape("?" + urlencode({"token": token}))
+    topic = policy.topics.get(prefs.topic) if prefs.topic else None
+    what = f"“{topic.label}” messages" if topic else f"all marketing {parsed.channel} messages"
+    body = '<p role="status">Your preferences are saved. They apply from our next send.</p>' if saved else ""
+    body += (
+        f'<form method="post" action="{query}">'
+        '<input type="hidden" name="List-Unsubscribe" value="One-Click">'
+        f"<p>Unsubscribe from {html.escape(what)} at once:</p>"
+        '<button type="submit" class="secondary">Unsubscribe</button></form>'
+        f'<form method="post" action="{html.escape(PREFERENCES_PATH)}{query}">'
+        "<p>Or choose what you get from us:</p>"
+    )
+    if prefs.topics:
+        body += "<fieldset><legend>Topics</legend>" + "".join(_choice_html("topic", c) for c in prefs.topics)
+        body += "</fieldset>"
+    body += "<fieldset><legend>Channels</legend>" + "".join(_choice_html("channel", c) for c in prefs.channels)
+    body += '</fieldset><button type="submit">Save preferences</button></form>'
+    return _page("Your subscription preferences", body)
+
+
 @router.get(UNSUBSCRIBE_PATH, response_class=HTMLResponse)
 def unsubscribe_page(token: str = "") -> HTMLResponse:
-    """The confirmation page an unsubscribe link opens; nothing changes until the button is pressed."""
+    """The preference centre an unsubscribe link opens; nothing changes until a form is sent."""
     parsed = _verify_token(token)
     if isinstance(parsed, HTMLResponse):
         return parsed
-    action = html.escape("?" + urlencode({"token": token}))
-    return _page(
-        "Unsubscribe",
-        f"<p>Stop receiving marketing {html.escape(parsed.channel)} messages from us?</p>"
-        f'<form method="post" action="{action}">'
-        '<input type="hidden" name="List-Unsubscribe" value="One-Click">'
-        '<button type="submit">Unsubscribe</button></form>',
-    )
+    return _preference_centre(token, parsed)
+
+
+@router.post(PREFERENCES_PATH, response_class=HTMLResponse)
+async def save_preferences(request: Request, token: str = "") -> HTMLResponse:
+    """The preference centre's form: every topic and channel whose box changed is opted out of or
+    back into, each with its own row (source ``preference_centre``, the link as proof)."""
+    parsed = _verify_token(token)
+    if isinstance(parsed, HTMLResponse):
+        return parsed
+    try:
+        body = (await read_bounded(request, PREFERENCES_MAX_BODY)).decode("utf-8", errors="replace")
+    except BodyTooLarge:
+        return _page("Form too large", "<p>The form sent was too large.</p>", 413)
+    form = parse_qsl(body, keep_blank_values=True, max_num_fields=200)
+    return await run_in_threadpool(_save_preferences, token, parsed, form)
+
+
+def _save_preferences(token: str, parsed: UnsubscribeToken, form: list[tuple[str, str]]) -> HTMLResponse:
+    policy = config.load_policy()
+    now = datetime.now(UTC)
+    with get_engine(state_url()).connect() as conn:
+        prefs = preferences.read_preferences(conn, parsed, policy)
+    topics_on = {value for name, value in form if name == "topic"}
+    channels_on = {value for name, value in form if name == "channel"}
+    events = preferences.changes(prefs, parsed, topics_on, channels_on, now)
+    _record(events, now)
+    log.info("Preference centre: contact %s changed %d preferences", parsed.contact_id, len(events))
+    return _preference_centre(token, parsed, saved=True)
 
 
 @router.post(UNSUBSCRIBE_PATH, response_class=HTMLResponse)
 def unsubscribe_one_click(token: str = "") -> HTMLResponse:
-    """One-click unsubscribe (RFC 8058 ``List-Unsubscribe=One-Click``, or the page's button)."""
+    """One-click unsubscribe (RFC 8058 ``List-Unsubscribe=One-Click``, or the page's button): from
+    the message's topic when its program has one, else from the channel's marketing."""
     parsed = _verify_token(token)
     if isinstance(parsed, HTMLResponse):
         return parsed
     now = datetime.now(UTC)
-    _record([unsubscribe_event(parsed, now)], now)
-    log.info("Unsubscribed contact %s from %s (message %s)", parsed.contact_id, parsed.channel, parsed.message_id)
-    return _page(
-        "You are unsubscribed",
-        f"<p>You will get no more marketing {html.escape(parsed.channel)} messages.</p>",
+    policy = config.load_policy()
+    with get_engine(state_url()).connect() as conn:
+        topic = preferences.message_topic(conn, parsed.message_id, policy)
+    _record([unsubscribe_event(parsed, now, topic)], now)
+    log.info(
+        "Unsubscribed contact %s from %s (message %s)", parsed.contact_id, topic or parsed.channel, parsed.message_id
     )
+    what = f"“{policy.topics[topic].label}” messages" if topic else f"marketing {parsed.channel} messages"
+    return _page("You are unsubscribed", f"<p>You will get no more {html.escape(what)}.</p>")

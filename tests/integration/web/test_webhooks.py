@@ -47,10 +47,11 @@ _contact_of: dict[int, str] = {}  # message id -> its contact, for events that n
 
 
 def add_message(engine, contact_id: str, channel: str = "email", status: str = "sent", **fields) -> int:
-    """A ledger message as dispatch leaves it after handing it to a transport."""
+    """A ledger message as dispatch leaves it after handing it to a transport; by default of a
+    program with no topic, so its one-click link unsubscribes from the channel's marketing."""
     row = {
         "idempotency_key": f"k{next(_keys):08d}",
-        "program": "welcome",
+        "program": "broadcast",
         "enrollment_id": 1,
         "entry": 1,
         "step": "hello",

@@ -83,6 +83,7 @@ FULL_PROGRAM: dict[str, Any] = {
         "attribution_window": "14d",
         "value_property": "amount",
     },
+    "topic": "offers",
 }
 
 FULL_POLICY: dict[str, Any] = yaml.safe_load((FIXTURES / "config" / "policy.yml").read_text()) | {
@@ -106,6 +107,11 @@ FULL_POLICY: dict[str, Any] = yaml.safe_load((FIXTURES / "config" / "policy.yml"
         "support_url": "https://app.example.com/help",
         "postal_address": "1 Harbour Street",
     },
+    "topics": {
+        "offers": {"label": "Offers", "description": "Discounts and deals", "sendgrid_group": 101, "optional": True}
+    },
+    "regions": {"eu": {"countries": ["DE", "FR"], "legal_basis": {"email": {"marketing": "explicit"}}}},
+    "unknown_country": "default",
 }
 
 

@@ -1,0 +1,232 @@
+"""The preference centre an unsubscribe link opens: topics and channels as they stand, a plain form
+that changes them (each change a row with source and proof), one-click still unsubscribing from the
+message's topic, SendGrid's topic groups, refused links; and the page in headless Chromium, walked
+with the keyboard only."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+import uvicorn
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+
+from lifecycle.devtools.local import connection_json
+from lifecycle.messages.links import make_unsubscribe_url
+from lifecycle.model import schema
+from lifecycle.web import create_app
+from tests.integration.web.test_webhooks import EventSigner, add_message, sg_event
+from tests.support.consent import write_consent_config
+from tests.unit.channels.test_hooks import LINK_SECRET
+
+PUBLIC_BASE = "http://lifecycle.test/lifecycle"
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+ONE_CLICK = {"content": "List-Unsubscribe=One-Click", "headers": FORM}
+
+
+@pytest.fixture
+def centre(crm, db_url, test_config, tmp_path, monkeypatch) -> Iterator[tuple]:
+    """(engine, CrmBuilder, client, signer) with topics in the policy and the app reading that database."""
+    monkeypatch.setenv("LIFECYCLE_CRM_URL", db_url)
+    monkeypatch.setenv("LIFECYCLE_CONFIG_DIR", str(write_consent_config(test_config, tmp_path / "config")))
+    signer = EventSigner()
+    for conn_id, value in {
+        "SENDGRID_DEFAULT": connection_json(
+            "generic", password="SG.unused", extra={"webhook_public_key": signer.public_key, "asm_group_id": 42}
+        ),
+        "LIFECYCLE_DEFAULT": connection_json("generic", host=PUBLIC_BASE, password=LINK_SECRET),
+    }.items():
+        monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id}", value)
+    with TestClient(create_app()) as client:
+        yield (*crm, client, signer)
+
+
+def link(message_id: int, contact_id: str, secret: str = LINK_SECRET) -> str:
+    return "/unsubscribe?" + urlsplit(make_unsubscribe_url(PUBLIC_BASE, secret, message_id, contact_id, "email")).query
+
+
+def topic_rows(engine, contact_id: str) -> list[tuple[str, str, str]]:
+    p = schema.topic_preferences
+    with engine.connect() as conn:
+        found = conn.execute(
+            select(p.c.topic, p.c.status, p.c.source, p.c.proof)
+            .where(p.c.contact_id == contact_id)
+            .order_by(p.c.preference_id)
+        )
+        return [(topic, status, source) for topic, status, source, proof in found if proof]
+
+
+def channel_state(engine, contact_id: str, channel: str = "email") -> tuple[list[str], str | None]:
+    s, k = schema.suppressions, schema.consents
+    with engine.connect() as conn:
+        listed = conn.execute(select(s.c.reason).where(s.c.contact_id == contact_id, s.c.channel == channel))
+        newest = conn.execute(
+            select(k.c.status, k.c.source)
+            .where(k.c.contact_id == contact_id, k.c.channel == channel)
+            .order_by(k.c.captured_at.desc())
+        ).first()
+        return list(listed.scalars()), (newest.source if newest else None)
+
+
+def checked(page: str) -> dict[str, bool]:
+    """Each checkbox of the page (``topic:offers``) and whether it is checked."""
+    boxes = re.findall(r'<input type="checkbox" id="[^"]+" name="(\w+)" value="(\w+)"([^>]*)>', page)
+    return {f"{name}:{value}": " checked" in rest for name, value, rest in boxes}
+
+
+def test_the_page_shows_topics_and_channels_with_labels_and_changes_nothing(centre):
+    engine, crm, client, _ = centre
+    contact = crm.contact()
+    page = client.get(link(add_message(engine, contact, program="promo"), contact))
+
+    assert page.status_code == 200
+    assert checked(page.text) == {
+        "topic:offers": True,
+        "topic:education": True,
+        "topic:account_billing": True,
+        "channel:email": True,
+        "channel:sms": True,
+    }
+    for box in ("topic-offers", "topic-education", "channel-email"):
+        assert f'<label for="{box}">' in page.text
+    assert 'aria-describedby="topic-offers-hint"' in page.text
+    assert re.search(r'id="topic-account_billing"[^>]* disabled', page.text)
+    assert "Unsubscribe from “Offers and discounts” messages at once" in page.text
+    assert '<form method="post" action="/preferences?token=' in page.text
+    assert topic_rows(engine, contact) == [] and channel_state(engine, contact) == ([], "test")
+
+
+def test_the_form_changes_topics_and_channels_each_with_source_and_proof(centre):
+    engine, crm, client, _ = centre
+    contact = crm.contact()
+    path = link(add_message(engine, contact, program="guide"), contact).replace("/unsubscribe", "/preferences")
+
+    # Offers unticked, email unticked; education and sms kept.
+    saved = client.post(path, content="topic=education&channel=sms", headers=FORM)
+
+    assert saved.status_code == 200 and "Your preferences are saved" in saved.text
+    assert topic_rows(engine, contact) == [("offers", "withdrawn", "preference_centre")]
+    assert channel_state(engine, contact) == (["unsubscribed"], "preference_centre")
+    assert checked(saved.text) == {
+        "topic:offers": False,
+        "topic:education": True,
+        "topic:account_billing": True,
+        "channel:email": False,
+        "channel:sms": True,
+    }
+
+    # The same form again changes nothing; ticking them back opts back in.
+    client.post(path, content="topic=education&channel=sms", headers=FORM)
+    assert len(topic_rows(engine, contact)) == 1
+    client.post(path, content="topic=offers&topic=education&channel=email&channel=sms", headers=FORM)
+    assert topic_rows(engine, contact)[-1] == ("offers", "granted", "preference_centre")
+    assert channel_state(engine, contact) == ([], "preference_centre")
+
+
+def test_a_topic_that_must_be_sent_cannot_be_turned_off_by_a_handmade_form(centre):
+    engine, crm, client, _ = centre
+    contact = crm.contact()
+    path = link(add_message(engine, contact, program="guide"), contact).replace("/unsubscribe", "/preferences")
+
+    client.post(path, content="topic=offers&topic=education&channel=email&channel=sms", headers=FORM)
+
+    assert topic_rows(engine, contact) == []
+
+
+def test_one_click_unsubscribes_from_the_messages_topic_only(centre):
+    engine, crm, client, _ = centre
+    contact = crm.contact()
+    promo = add_message(engine, contact, program="promo")
+
+    first = client.post(link(promo, contact), **ONE_CLICK)
+    again = client.post(link(promo, contact), **ONE_CLICK)
+
+    assert first.status_code == again.status_code == 200
+    assert "no more “Offers and discounts” messages" in first.text
+    assert topic_rows(engine, contact) == [("offers", "withdrawn", "one_click_unsubscribe")]
+    assert channel_state(engine, contact) == ([], "test")  # email marketing otherwise untouched
+
+
+def test_one_click_from_a_program_without_a_topic_still_unsubscribes_the_channel(centre):
+    engine, crm, client, _ = centre
+    contact = crm.contact()
+
+    client.post(link(add_message(engine, contact, program="alpha"), contact), **ONE_CLICK)
+
+    assert topic_rows(engine, contact) == []
+    assert channel_state(engine, contact) == (["unsubscribed"], "one_click_unsubscribe")
+
+
+@pytest.mark.parametrize("path", ["/unsubscribe", "/preferences"])
+def test_forged_links_are_refused_and_change_nothing(centre, path):
+    engine, crm, client, _ = centre
+    contact = crm.contact()
+    forged = link(add_message(engine, contact, program="promo"), contact, secret="guessed").replace(
+        "/unsubscribe", path
+    )
+    for attempt in (forged, f"{path}?token=%3Cscript%3E", path):
+        response = client.post(attempt, content="channel=sms", headers=FORM)
+        assert response.status_code == 400 and "<script>" not in response.text
+    assert client.get(forged.replace(path, "/unsubscribe")).status_code == 400
+    assert topic_rows(engine, contact) == [] and channel_state(engine, contact) == ([], "test")
+
+
+def test_sendgrid_group_unsubscribes_and_resubscribes_change_the_matching_topic(centre):
+    engine, crm, client, signer = centre
+    contact = crm.contact()
+    message = add_message(engine, contact, program="promo")
+
+    def post(event: str, group: int) -> None:
+        body = json.dumps([sg_event(message, event, int(time.time()), asm_group_id=group)])
+        assert client.post("/webhooks/sendgrid", content=body, headers=signer.headers(body)).status_code == 200
+
+    post("group_unsubscribe", 102)
+    time.sleep(1.1)  # SendGrid stamps events in whole seconds
+    post("group_resubscribe", 102)
+
+    assert topic_rows(engine, contact) == [
+        ("education", "withdrawn", "sendgrid_group_unsubscribe"),
+        ("education", "granted", "sendgrid_group_resubscribe"),
+    ]
+    assert channel_state(engine, contact) == ([], "test")
+
+
+def test_the_preference_centre_in_chromium_walked_with_the_keyboard(centre, tmp_path: Path):
+    from tests.support.chromium import keyboard_walk, require_chromium
+
+    require_chromium()
+    engine, crm, _client, _ = centre
+    contact = crm.contact()
+    message = add_message(engine, contact, program="promo")
+    server = uvicorn.Server(uvicorn.Config(create_app(), host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline, "the app did not start"
+        time.sleep(0.02)
+    base = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    try:
+        # Tab past the one-click button to the first topic, Space unticks it, Enter sends the form.
+        walk = keyboard_walk(
+            base + link(message, contact),
+            ["Tab", "Tab", "Space", "Enter"],
+            before=tmp_path / "preference-centre.png",
+            after=tmp_path / "preference-centre-saved.png",
+        )
+    finally:
+        server.should_exit = True
+        thread.join(5)
+
+    assert walk.focused == ["Unsubscribe", "topic-offers"]
+    assert "Your preferences are saved" in walk.final_text
+    assert (tmp_path / "preference-centre.png").stat().st_size > 0
+    assert (tmp_path / "preference-centre-saved.png").stat().st_size > 0
+    assert topic_rows(engine, contact) == [("offers", "withdrawn", "preference_centre")]
