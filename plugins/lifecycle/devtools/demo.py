@@ -133,12 +133,14 @@ def run_demo(contacts: int, days: int, as_of: datetime, sim_days: int = 6) -> in
 
     from lifecycle.sandbox import SandboxServer
 
-    web = local.WebApp().start()
+    # The web app runs in a process of its own: the DAG tasks run in this one (dag.test).
+    web = local.WebApp(process=True)
     sandbox = SandboxServer(
         sendgrid_webhook_url=f"{web.base_url}/webhooks/sendgrid",
         twilio_inbound_url=f"{web.base_url}/webhooks/twilio/inbound",
     ).start()
     local.apply(local.provider_connections(sandbox, web.base_url, link_secret=secrets.token_urlsafe(32)))
+    web.start()
     print(f"[demo] provider sandbox at {sandbox.url}; webhooks and unsubscribe at {web.base_url}")
     try:
         failures = _run_dags(as_of, days)

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from lifecycle.paths import PROJECT_ROOT
 
@@ -86,11 +88,28 @@ def provider_connections(sandbox, public_base_url: str, link_secret: str) -> dic
     }
 
 
-class WebApp:
-    """The plugin's FastAPI app (webhooks, unsubscribe) served on loopback in a thread, mounted
-    at ``/lifecycle`` as in Airflow's api-server, for the demo and tests that run no api-server."""
+def mounted_app() -> Any:
+    """The plugin's FastAPI app mounted at ``/lifecycle``, as Airflow's api-server serves it."""
+    from fastapi import FastAPI
 
-    def __init__(self, port: int = 0) -> None:
+    from lifecycle.web import create_app
+
+    outer = FastAPI()
+    outer.mount("/lifecycle", create_app())
+    return outer
+
+
+class WebApp:
+    """The plugin's FastAPI app (webhooks, unsubscribe) served on loopback, mounted at
+    ``/lifecycle`` as in Airflow's api-server, for the demo and tests that run no api-server.
+
+    It runs in a thread of this process, or with ``process=True`` in a process of its own (reading
+    the connections in the environment when it starts): the demo runs DAG tasks in this process
+    (``dag.test``), and a request thread reading a connection there would share the running task's
+    channel to Airflow, which one thread at a time may use.
+    """
+
+    def __init__(self, port: int = 0, *, process: bool = False) -> None:
         import socket
 
         if port == 0:
@@ -98,32 +117,54 @@ class WebApp:
                 probe.bind(("127.0.0.1", 0))
                 port = probe.getsockname()[1]
         self.port = port
+        self.process = process
         self.base_url = f"http://127.0.0.1:{port}/lifecycle"
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
+        self._process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> WebApp:
         import threading
         import time
 
         import uvicorn
-        from fastapi import FastAPI
 
-        from lifecycle.web import create_app
-
-        outer = FastAPI()
-        outer.mount("/lifecycle", create_app())
-        self._server = uvicorn.Server(uvicorn.Config(outer, host="127.0.0.1", port=self.port, log_level="warning"))
+        deadline = time.monotonic() + 30
+        if self.process:
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", "uvicorn", "lifecycle.devtools.local:mounted_app", "--factory"]
+                + ["--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning"],
+                env=os.environ.copy(),
+            )
+            while not self._listening():
+                if self._process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the web app did not start on port {self.port}")
+                time.sleep(0.1)
+            return self
+        self._server = uvicorn.Server(
+            uvicorn.Config(mounted_app(), host="127.0.0.1", port=self.port, log_level="warning")
+        )
         self._thread = threading.Thread(target=self._server.run, daemon=True)
         self._thread.start()
-        deadline = time.monotonic() + 15
         while not self._server.started:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the web app did not start on port {self.port}")
             time.sleep(0.05)
         return self
 
+    def _listening(self) -> bool:
+        import socket
+
+        with socket.socket() as probe:
+            return probe.connect_ex(("127.0.0.1", self.port)) == 0
+
     def stop(self) -> None:
+        if self._process is not None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
         if self._server is not None and self._thread is not None:
             self._server.should_exit = True
             self._thread.join(timeout=10)
