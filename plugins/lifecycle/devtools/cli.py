@@ -1,4 +1,4 @@
-"""The ``lifecycle`` command: validate, migrate, seed, preview, sandbox, demo, simulate, bench."""
+"""The ``lifecycle`` command: validate, sources check, migrate, seed, preview, sandbox, demo, simulate, bench."""
 
 from __future__ import annotations
 
@@ -62,6 +62,12 @@ def _validate_sources() -> int:
     return 1 if sources.errors else 0
 
 
+def _sources_check(args: argparse.Namespace) -> int:
+    from lifecycle.devtools.sources_check import main as check_main
+
+    return check_main(args.url)
+
+
 def _migrate(args: argparse.Namespace) -> int:
     from lifecycle.model.db import get_engine, migrate, state_url
 
@@ -122,6 +128,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("validate", help="check config/programs/*.yml, policy.yml and segments.yml").set_defaults(
         func=_validate
     )
+    p = sub.add_parser("sources", help="the source behind crm_default against config/sources.yml")
+    checks = p.add_subparsers(dest="sources_command", required=True)
+    p = checks.add_parser(
+        "check",
+        help="per entity: the mapping, row counts, missing or mistyped columns, the programs they break, "
+        "a masked sample",
+    )
+    p.add_argument("--url", help="SQLAlchemy URL of the source (default: LIFECYCLE_CRM_URL, else crm_default)")
+    p.set_defaults(func=_sources_check)
+
     p = sub.add_parser("migrate", help="create or upgrade the lifecycle_* engine tables")
     p.add_argument(
         "--url",

@@ -169,10 +169,16 @@ class _Part:
     def fail(self, field: str, message: str) -> None:
         raise SourceError(self.file, [f"{self.where}.{field}: {message}"])
 
-    def rows(self, conn: Connection, since: Any = None) -> Iterator[tuple[dict[str, Any], Any]]:
-        """Canonical rows (with each row's watermark value) as the source yields them."""
+    def rows(
+        self, conn: Connection, since: Any = None, limit: int | None = None
+    ) -> Iterator[tuple[dict[str, Any], Any]]:
+        """Canonical rows (with each row's watermark value) as the source yields them (the first
+        ``limit`` only, when given: a sample)."""
+        stmt = self.select(since)
+        if limit is not None:
+            stmt = stmt.limit(limit)
         try:
-            result = conn.execution_options(stream_results=True, yield_per=CHUNK).execute(self.select(since))
+            result = conn.execution_options(stream_results=True, yield_per=CHUNK).execute(stmt)
         except DBAPIError as exc:
             first = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
             self.fail(
