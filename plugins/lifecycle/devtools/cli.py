@@ -83,8 +83,10 @@ def _as_of(text: str) -> datetime:
 
 def _seed(args: argparse.Namespace) -> int:
     from lifecycle.devtools.seed import seed_crm
+    from lifecycle.devtools.warehouse import seed_warehouse
 
-    report = seed_crm(args.url, args.contacts, _as_of(args.as_of), seed=args.seed)
+    write = seed_warehouse if args.shape == "warehouse" else seed_crm
+    report = write(args.url, args.contacts, _as_of(args.as_of), seed=args.seed)
     for key, value in report.to_dict().items():
         print(f"{key}: {value}")
     return 0
@@ -106,7 +108,13 @@ def _sandbox(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from lifecycle.devtools.demo import run_demo
 
-    return run_demo(contacts=args.contacts, days=args.days, as_of=_as_of(args.as_of), sim_days=args.sim_days)
+    return run_demo(
+        contacts=args.contacts,
+        days=args.days,
+        as_of=_as_of(args.as_of),
+        sim_days=args.sim_days,
+        warehouse=args.warehouse,
+    )
 
 
 def _simulate(args: argparse.Namespace) -> int:
@@ -150,6 +158,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--contacts", type=int, default=10_000)
     p.add_argument("--as-of", default=datetime.now(UTC).date().isoformat())
     p.add_argument("--seed", type=int, default=7)
+    p.add_argument(
+        "--shape",
+        choices=("canonical", "warehouse"),
+        default="canonical",
+        help="canonical tables, or a Segment-style warehouse (users, tracks, orders, billing...; e.g. "
+        "--url duckdb:///crm.duckdb) mapped by config/examples/warehouse/sources.yml",
+    )
     p.set_defaults(func=_seed)
 
     p = sub.add_parser("preview", help="render a program's step for one contact")
@@ -165,6 +180,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--days", type=int, default=2)
     p.add_argument("--sim-days", type=int, default=6, help="days simulated before the Airflow runs")
     p.add_argument("--as-of", default="2026-11-16T15:00:00")
+    p.add_argument(
+        "--warehouse",
+        action="store_true",
+        help="read the CRM from a warehouse-shaped DuckDB file through config/examples/warehouse/sources.yml "
+        "(the engine's state in its own SQLite file)",
+    )
     p.set_defaults(func=_demo)
 
     for name, text in (
