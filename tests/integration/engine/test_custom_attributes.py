@@ -71,14 +71,17 @@ def _warehouse(path: Path, seats_type: str = "INTEGER") -> str:
     return url
 
 
-@pytest.fixture
-def mapped(tmp_path: Path, monkeypatch):
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])
+def mapped(request, tmp_path: Path, monkeypatch):
     cfg = tmp_path / "config"
     shutil.copytree(ROOT / "config", cfg)
     (cfg / "sources.yml").write_text(MAPPING)
     monkeypatch.setenv("LIFECYCLE_CONFIG_DIR", str(cfg))
     source = source_engine(_warehouse(tmp_path / "warehouse.db"))
-    state = get_engine(f"sqlite:///{tmp_path / 'state.db'}")
+    if request.param == "postgresql":
+        state = get_engine(request.getfixturevalue("postgres_url"))
+    else:
+        state = get_engine(f"sqlite:///{tmp_path / 'state.db'}")
     migrate(state)
     sync.sync(source, state, load_sources(), ["contacts", "events"], shared=False)
     return state, cfg
