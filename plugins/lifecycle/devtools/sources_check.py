@@ -66,6 +66,18 @@ def _readers() -> dict[str, list[str]]:
     return readers
 
 
+def _segments_reading() -> dict[str, list[str]]:
+    """entity -> the named segments of config/segments.yml that read it."""
+    from lifecycle.config.segments import tables_used
+
+    catalog = config.load_segments()
+    reading: dict[str, list[str]] = {}
+    for name, definition in catalog.segments.items():
+        for entity in sorted(tables_used(definition.definition.parsed, catalog.parsed)):
+            reading.setdefault(entity, []).append(name)
+    return reading
+
+
 def check_entity(source: Engine, entity: str, parts: list[_Part]) -> tuple[list[str], list[str]]:
     """(report lines, problems) for one mapped entity."""
     lines: list[str] = []
@@ -104,7 +116,8 @@ def check_entity(source: Engine, entity: str, parts: list[_Part]) -> tuple[list[
 def check_sources(source: Engine, sources: Sources | None, out: Callable[[str], None] = print) -> int:
     """Report every entity; 1 when anything a program reads is missing or wrong."""
     readers = _readers()
-    file = sources.file.name if sources is not None else SOURCES_FILE
+    segments = _segments_reading()
+    file = sources.file.name if sources is not None else f"no {SOURCES_FILE}: the canonical tables"
     broken = 0
     for entity in ENTITIES:
         needed_by = readers.get(entity, [])
@@ -118,6 +131,8 @@ def check_sources(source: Engine, sources: Sources | None, out: Callable[[str], 
         elif entity not in sources.entities:
             status = "not mapped" + (f" — breaks {', '.join(needed_by)}" if needed_by else " (no program reads it)")
             out(f"{entity}: {status}")
+            if needed_by and segments.get(entity):
+                out(f"  segments reading it: {', '.join(segments[entity])}")
             broken += bool(needed_by)
             continue
         else:
@@ -136,6 +151,8 @@ def check_sources(source: Engine, sources: Sources | None, out: Callable[[str], 
         if problems:
             if needed_by:
                 out(f"  breaks: {', '.join(needed_by)}")
+            if segments.get(entity):
+                out(f"  segments reading it: {', '.join(segments[entity])}")
             elif entity in OPTIONAL:
                 out("  breaks: the account fields templates read")
             broken += 1

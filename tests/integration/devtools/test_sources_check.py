@@ -61,6 +61,7 @@ def test_missing_and_mistyped_columns_name_the_programs_they_break(tmp_path, mon
     assert "subscriptions: WRONG" in report
     assert "subscriptions.columns.renews_at: 'card_status' gives values that are not a timestamp" in report
     assert "breaks: renewal (" in report
+    assert "  segments reading it: " in report and "active_subscription" in report
     assert "opportunities: not mapped — breaks lead_nurture (reads it in audience.segment)" in report
 
 
