@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt pyproject.toml | cksum | cut -d' ' -f1)
 DEV_STAMP := $(VENV)/.installed-dev-$(shell cat requirements.txt requirements-dev.txt pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install install-dev demo test lint browser unit e2e bench sandbox validate clean
+.PHONY: install install-dev demo demo-warehouse test lint browser unit e2e bench sandbox validate clean
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ install-dev: $(DEV_STAMP)
 
 demo: install
 	$(BIN)/lifecycle demo
+
+# The same demo with the CRM in a warehouse-shaped DuckDB file, read through config/examples/warehouse/sources.yml.
+demo-warehouse: install
+	$(BIN)/lifecycle demo --warehouse
 
 # The type checker goes last: its report is the one left on screen when it fails.
 lint: install-dev

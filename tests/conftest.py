@@ -21,6 +21,7 @@ AIRFLOW_WORK = Path(tempfile.mkdtemp(prefix="lifecycle-tests-"))
 # Airflow reads its settings once, at import: point it at a throwaway home before any test imports it.
 local.apply(local.airflow_env(AIRFLOW_WORK, AIRFLOW_WORK / "crm.db") | {"AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING"})
 PG_ADMIN_URL = os.environ.get("LIFECYCLE_TEST_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
+MARIADB_ADMIN_URL = os.environ.get("LIFECYCLE_TEST_MARIADB_URL", "mysql+pymysql://root@127.0.0.1:3306/test")
 AS_OF = datetime(2026, 11, 16, 15, 0)
 
 
@@ -64,6 +65,26 @@ def postgres_url() -> Iterator[str]:
     get_engine(url).dispose()
     with admin.connect() as conn:
         conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture
+def mariadb_url() -> Iterator[str]:
+    """A fresh MariaDB database for one test, dropped afterwards (skipped when MariaDB is down; under
+    CI it must be up, so it fails instead)."""
+    admin = create_engine(MARIADB_ADMIN_URL, connect_args={"connect_timeout": 3})
+    name = f"lifecycle_t_{uuid.uuid4().hex[:10]}"
+    try:
+        with admin.begin() as conn:
+            conn.execute(text(f"CREATE DATABASE `{name}`"))
+    except Exception as exc:  # noqa: BLE001 - any failure means "not reachable"
+        message = f"MariaDB is not reachable at {MARIADB_ADMIN_URL} ({type(exc).__name__}: {str(exc).splitlines()[0]})"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message + " — CI=true, so MariaDB tests must run")
+        pytest.skip(message)
+    yield MARIADB_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    with admin.begin() as conn:
+        conn.execute(text(f"DROP DATABASE IF EXISTS `{name}`"))
     admin.dispose()
 
 

@@ -716,7 +716,13 @@ def load_all_programs() -> tuple[dict[str, Program], dict[str, ConfigError]]:
         mapping = source_mapping.load_sources()
     except ConfigError as exc:
         return {}, {pid: exc for pid in programs} | errors
-    if mapping is not None:
+    if mapping is None:
+        for pid in list(programs):
+            problems = source_mapping.custom_problems(programs[pid], None, catalog)
+            if problems:
+                errors[pid] = ConfigError(config_dir() / source_mapping.SOURCES_FILE, problems)
+                del programs[pid]
+    else:
         for pid in list(programs):
             problems = source_mapping.program_problems(programs[pid], mapping, catalog, policy)
             if problems:

@@ -3,6 +3,7 @@
 A segment is a mapping with exactly one of these keys::
 
     {attribute: lifecycle_stage, in: [lead, trial]}       # contact column, one operator
+    {attribute: custom.preferred_plan, eq: pro}            # a custom attribute (config/sources.yml)
     {event: signed_up, within_last: 7d}                    # an event exists in a time window
     {event: [cart_abandoned, quote_sent], count: {gte: 2}, where: {product: Pro}}
     {event: activated, since: enrollment}                   # inside journeys: after enrolling
@@ -27,7 +28,7 @@ from sqlalchemy.sql.expression import ColumnElement
 
 from lifecycle.config.durations import parse_duration
 from lifecycle.model import schema
-from lifecycle.model.db import json_boolean, json_number, json_value
+from lifecycle.model.db import json_boolean, json_number, json_timestamp, json_value
 
 COMPARISONS = ("eq", "ne", "in", "not_in", "gt", "gte", "lt", "lte", "is_null")
 TIME_WINDOWS = ("within_last", "within_next", "older_than")
@@ -37,6 +38,8 @@ RELATED_TABLES = ("subscriptions", "opportunities", "tickets", "accounts")
 COMPOSITES = ("all", "any", "not", "segment")
 LEAF_KEYS = ("attribute", "event", "related")
 PROPERTY_NAME = re.compile(r"\w[\w.:/-]{0,63}")
+CUSTOM_PREFIX = "custom."
+CUSTOM_NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
 
 
 class SegmentError(ValueError):
@@ -110,6 +113,8 @@ def _is_time_column(table_name: str, column: str) -> bool:
 
 def _parse_condition(table: str, column: str, spec: Any, path: str) -> Condition:
     columns = _table_columns(table)
+    if table == "contacts" and column.startswith(CUSTOM_PREFIX):
+        return _parse_custom(column, spec, path)
     if column not in columns:
         raise SegmentError(path, f"unknown column {column!r} of {table}; use one of {sorted(columns)}")
     if not isinstance(spec, Mapping):
@@ -122,6 +127,29 @@ def _parse_condition(table: str, column: str, spec: Any, path: str) -> Condition
     if op in TIME_WINDOWS:
         if not _is_time_column(table, column):
             raise SegmentError(path, f"{op} needs a timestamp column; {column!r} is not one")
+        try:
+            value = parse_duration(value)
+        except ValueError as exc:
+            raise SegmentError(f"{path}.{op}", str(exc)) from None
+    elif op in JOURNEY_REFS and value not in ("enrollment", "anchor"):
+        raise SegmentError(f"{path}.{op}", "compare to 'enrollment' or 'anchor'")
+    _check_value(op, value, path)
+    return Condition(column, op, value)
+
+
+def _parse_custom(column: str, spec: Any, path: str) -> Condition:
+    """A custom contact attribute: its type is the one sources.yml declares; checked with the mapping."""
+    name = column.removeprefix(CUSTOM_PREFIX)
+    if not CUSTOM_NAME.fullmatch(name):
+        raise SegmentError(
+            path, f"{column!r}: write a custom attribute as custom.<name declared in config/sources.yml>"
+        )
+    if not isinstance(spec, Mapping):
+        return Condition(column, "eq", spec)
+    op, value = next(iter(spec.items()))
+    if op not in OPERATORS:
+        raise SegmentError(path, f"unknown operator {op!r}; use one of {list(OPERATORS)}")
+    if op in TIME_WINDOWS:
         try:
             value = parse_duration(value)
         except ValueError as exc:
@@ -265,6 +293,25 @@ def tables_used(segment: Segment, catalog: Mapping[str, Segment]) -> set[str]:
     return tables_used(catalog[segment.name], catalog) if segment.name in catalog else set()
 
 
+def custom_used(segment: Segment, catalog: Mapping[str, Segment], path: str = "segment") -> dict[str, tuple[str, str]]:
+    """The custom contact attributes an expression reads: name -> (where, the operator used)."""
+    if isinstance(segment, Attribute):
+        cond = segment.condition
+        if cond.column.startswith(CUSTOM_PREFIX):
+            return {cond.column.removeprefix(CUSTOM_PREFIX): (path, cond.op)}
+        return {}
+    if isinstance(segment, Combine):
+        out: dict[str, tuple[str, str]] = {}
+        for i, child in enumerate(segment.children):
+            out |= custom_used(child, catalog, f"{path}.{segment.op}[{i}]")
+        return out
+    if isinstance(segment, Not):
+        return custom_used(segment.child, catalog, f"{path}.not")
+    if isinstance(segment, Ref) and segment.name in catalog:
+        return custom_used(catalog[segment.name], catalog, f"segments.yml {segment.name}")
+    return {}
+
+
 def uses_journey(segment: Segment, catalog: Mapping[str, Segment] | None = None) -> bool:
     """Whether an expression refers to the enrollment (``since``/``after``/``before``)."""
     if isinstance(segment, Event):
@@ -351,6 +398,25 @@ def _property(column: ColumnElement[Any], cond: Condition) -> json_value:
     return json_value(column, cond.column)
 
 
+def _custom_value(cond: Condition, ctx: Context) -> ColumnElement[Any]:
+    """A custom contact attribute of the contact in scope (NULL when it has none), typed by the value
+    it is compared with: a timestamp for time windows and journey references, a number, a boolean,
+    else text. The name and the value are bound parameters."""
+    name = cond.column.removeprefix(CUSTOM_PREFIX)
+    value = cond.value[0] if isinstance(cond.value, list) and cond.value else cond.value
+    attrs = schema.contact_attributes.alias("custom_attr")
+    kind: type[json_value] = json_value
+    if cond.op == "is_null":
+        kind = json_value
+    elif cond.op in TIME_WINDOWS + JOURNEY_REFS or isinstance(value, datetime):
+        kind = json_timestamp
+    elif isinstance(value, bool):
+        kind = json_boolean
+    elif isinstance(value, int | float):
+        kind = json_number
+    return select(kind(attrs.c.attributes, name)).where(attrs.c.contact_id == ctx.contact_id).scalar_subquery()
+
+
 def _event_clause(node: Event, ctx: Context) -> ColumnElement:
     ev = schema.events.alias("ev")
     filters = [ev.c.contact_id == ctx.contact_id, ev.c.event_type.in_(node.types), ev.c.occurred_at <= ctx.as_of]
@@ -398,6 +464,8 @@ def compile_segment(node: Segment, ctx: Context) -> ColumnElement:
         return _event_clause(node, ctx)
     if isinstance(node, Related):
         return _related_clause(node, ctx)
+    if node.condition.column.startswith(CUSTOM_PREFIX):
+        return _compare(_custom_value(node.condition, ctx), node.condition, ctx)
     if ctx.contacts_in_scope:
         return _compare(schema.contacts.c[node.condition.column], node.condition, ctx)
     inner = schema.contacts.alias("attr_contact")
@@ -419,6 +487,7 @@ __all__ = [
     "SegmentError",
     "audience_query",
     "compile_segment",
+    "custom_used",
     "parse",
     "references",
     "uses_journey",

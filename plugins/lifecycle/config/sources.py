@@ -33,7 +33,7 @@ from pydantic import Field, ValidationError, model_validator
 from sqlalchemy import JSON
 
 from lifecycle.config import ConfigError, _describe, _read_yaml, _Strict
-from lifecycle.config.segments import tables_used
+from lifecycle.config.segments import JOURNEY_REFS, TIME_WINDOWS, custom_used, tables_used
 from lifecycle.model import channels, schema
 from lifecycle.model.ledger import PolicyRule, SuppressionReason
 from lifecycle.paths import config_dir
@@ -91,6 +91,24 @@ def is_json(entity: str, column: str) -> bool:
     return isinstance(schema.CRM_TABLES[entity].c[column].type, JSON)
 
 
+CUSTOM_TYPES = ("text", "number", "boolean", "timestamp")
+CUSTOM_ENTITIES = ("contacts", "events")
+CUSTOM_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+
+
+class CustomAttribute(_Strict):
+    """An extra field of a contact or an event: its type and the source column or SQL expression."""
+
+    type: str = "text"
+    source: str
+
+    @model_validator(mode="after")
+    def _known_type(self) -> CustomAttribute:
+        if self.type not in CUSTOM_TYPES:
+            raise ValueError(f"type {self.type!r} is not one of {list(CUSTOM_TYPES)}")
+        return self
+
+
 class EntityMapping(_Strict):
     """One source table or query mapped onto a canonical entity."""
 
@@ -99,6 +117,14 @@ class EntityMapping(_Strict):
     columns: dict[str, str | dict[str, str]]
     values: dict[str, dict[str, Any]] = Field(default_factory=dict)
     watermark: str | None = None
+    custom: dict[str, CustomAttribute | str] = Field(default_factory=dict)
+
+    def custom_attributes(self) -> dict[str, CustomAttribute]:
+        """The declared custom attributes, a bare source being a text attribute."""
+        return {
+            name: spec if isinstance(spec, CustomAttribute) else CustomAttribute(source=spec)
+            for name, spec in self.custom.items()
+        }
 
     @model_validator(mode="after")
     def _one_source(self) -> EntityMapping:
@@ -154,6 +180,23 @@ def _entry_problems(entity: str, where: str, mapping: EntityMapping) -> list[str
                 f"{where}.values.{column}: {', '.join(map(repr, wrong))} not a canonical {column} — fix: map "
                 f"source values onto {list(vocabulary or ())}"
             )
+    if mapping.custom and entity not in CUSTOM_ENTITIES:
+        problems.append(
+            f"{where}.custom: only contacts and events take custom attributes — fix: move them to contacts or events"
+        )
+    for name in mapping.custom:
+        if not CUSTOM_NAME.match(name):
+            problems.append(
+                f"{where}.custom.{name}: not a usable name — fix: lower-case letters, digits and _, a letter first"
+            )
+        elif (
+            entity == "events"
+            and isinstance(mapping.columns.get("properties"), dict)
+            and name in mapping.columns["properties"]
+        ):
+            problems.append(
+                f"{where}.custom.{name}: also a mapped property — fix: keep one (event attributes are properties)"
+            )
     if mapping.watermark is not None and not mapping.watermark.strip():
         problems.append(f"{where}.watermark: empty — fix: name a source column that grows when a row changes")
     return problems
@@ -166,6 +209,14 @@ class Sources:
     file: Path
     entities: dict[str, tuple[EntityMapping, ...]]
     errors: dict[str, list[str]] = field(default_factory=dict)
+
+    def custom_attributes(self, entity: str) -> dict[str, CustomAttribute]:
+        """Every custom attribute ``entity``'s mapping parts declare (the first declaration of a name wins)."""
+        out: dict[str, CustomAttribute] = {}
+        for mapping in self.entities.get(entity, ()):
+            for name, spec in mapping.custom_attributes().items():
+                out.setdefault(name, spec)
+        return out
 
     def problems_for(self, entity: str, needed_by: str) -> list[str]:
         """Why ``entity`` cannot feed ``needed_by`` (a program's reason to read it); empty when it can."""
@@ -242,4 +293,29 @@ def program_problems(program: Program, sources: Sources, catalog: SegmentCatalog
     problems: list[str] = []
     for entity, why in entities_needed(program, catalog, policy).items():
         problems += sources.problems_for(entity, why)
+    return problems + custom_problems(program, sources, catalog)
+
+
+def custom_problems(program: Program, sources: Sources | None, catalog: SegmentCatalog) -> list[str]:
+    """The custom contact attributes ``program``'s segments read that the mapping does not declare,
+    or compare in a way their type does not allow."""
+    from lifecycle.config import _program_segments
+
+    declared = sources.custom_attributes("contacts") if sources is not None else {}
+    file = sources.file.name if sources is not None else SOURCES_FILE
+    problems = []
+    for where, expr in _program_segments(program):
+        for name, (path, op) in custom_used(expr.parsed, catalog.parsed, where).items():
+            spec = declared.get(name)
+            if spec is None:
+                problems.append(
+                    f"{path}: custom.{name} is not a custom attribute of contacts (program {program.id}) — fix: "
+                    f"declare it under contacts.custom in {file} (name: {{type: text, source: <column>}}), "
+                    f"or use one of {sorted(declared) or 'the built-in columns'}"
+                )
+            elif (op in TIME_WINDOWS or op in JOURNEY_REFS) and spec.type != "timestamp":
+                problems.append(
+                    f"{path}: {op} needs a timestamp, and custom.{name} is {spec.type} (program {program.id}) — "
+                    f"fix: compare it with eq/in/gt..., or declare it with type: timestamp in {file}"
+                )
     return problems

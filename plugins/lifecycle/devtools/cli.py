@@ -1,4 +1,4 @@
-"""The ``lifecycle`` command: validate, migrate, seed, preview, sandbox, demo, simulate, bench."""
+"""The ``lifecycle`` command: validate, sources check, migrate, seed, preview, sandbox, demo, simulate, bench."""
 
 from __future__ import annotations
 
@@ -62,6 +62,12 @@ def _validate_sources() -> int:
     return 1 if sources.errors else 0
 
 
+def _sources_check(args: argparse.Namespace) -> int:
+    from lifecycle.devtools.sources_check import main as check_main
+
+    return check_main(args.url)
+
+
 def _migrate(args: argparse.Namespace) -> int:
     from lifecycle.model.db import get_engine, migrate, state_url
 
@@ -77,8 +83,10 @@ def _as_of(text: str) -> datetime:
 
 def _seed(args: argparse.Namespace) -> int:
     from lifecycle.devtools.seed import seed_crm
+    from lifecycle.devtools.warehouse import seed_warehouse
 
-    report = seed_crm(args.url, args.contacts, _as_of(args.as_of), seed=args.seed)
+    write = seed_warehouse if args.shape == "warehouse" else seed_crm
+    report = write(args.url, args.contacts, _as_of(args.as_of), seed=args.seed)
     for key, value in report.to_dict().items():
         print(f"{key}: {value}")
     return 0
@@ -100,7 +108,13 @@ def _sandbox(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from lifecycle.devtools.demo import run_demo
 
-    return run_demo(contacts=args.contacts, days=args.days, as_of=_as_of(args.as_of), sim_days=args.sim_days)
+    return run_demo(
+        contacts=args.contacts,
+        days=args.days,
+        as_of=_as_of(args.as_of),
+        sim_days=args.sim_days,
+        warehouse=args.warehouse,
+    )
 
 
 def _simulate(args: argparse.Namespace) -> int:
@@ -122,6 +136,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("validate", help="check config/programs/*.yml, policy.yml and segments.yml").set_defaults(
         func=_validate
     )
+    p = sub.add_parser("sources", help="the source behind crm_default against config/sources.yml")
+    checks = p.add_subparsers(dest="sources_command", required=True)
+    p = checks.add_parser(
+        "check",
+        help="per entity: the mapping, row counts, missing or mistyped columns, the programs they break, "
+        "a masked sample",
+    )
+    p.add_argument("--url", help="SQLAlchemy URL of the source (default: LIFECYCLE_CRM_URL, else crm_default)")
+    p.set_defaults(func=_sources_check)
+
     p = sub.add_parser("migrate", help="create or upgrade the lifecycle_* engine tables")
     p.add_argument(
         "--url",
@@ -134,6 +158,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--contacts", type=int, default=10_000)
     p.add_argument("--as-of", default=datetime.now(UTC).date().isoformat())
     p.add_argument("--seed", type=int, default=7)
+    p.add_argument(
+        "--shape",
+        choices=("canonical", "warehouse"),
+        default="canonical",
+        help="canonical tables, or a Segment-style warehouse (users, tracks, orders, billing...; e.g. "
+        "--url duckdb:///crm.duckdb) mapped by config/examples/warehouse/sources.yml",
+    )
     p.set_defaults(func=_seed)
 
     p = sub.add_parser("preview", help="render a program's step for one contact")
@@ -149,6 +180,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--days", type=int, default=2)
     p.add_argument("--sim-days", type=int, default=6, help="days simulated before the Airflow runs")
     p.add_argument("--as-of", default="2026-11-16T15:00:00")
+    p.add_argument(
+        "--warehouse",
+        action="store_true",
+        help="read the CRM from a warehouse-shaped DuckDB file through config/examples/warehouse/sources.yml "
+        "(the engine's state in its own SQLite file)",
+    )
     p.set_defaults(func=_demo)
 
     for name, text in (

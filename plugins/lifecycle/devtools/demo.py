@@ -1,13 +1,18 @@
 """``lifecycle demo``: seed a synthetic CRM and run every program DAG through real Airflow.
 
-Everything lives in ``.demo/`` (Airflow home on SQLite, the CRM database) and is recreated on
-each run. Each program DAG runs with ``dag.test()`` for several consecutive as-of days, so
-multi-step journeys advance, deferred messages are released and caps bite. The demo ends with
-a per-program funnel table read back from ``lifecycle_kpis``.
+Everything lives in ``.demo/`` (Airflow home on SQLite, the CRM database; ``LIFECYCLE_DEMO_DIR``
+moves it) and is recreated on each run. With ``--warehouse`` the CRM is read from a warehouse-shaped
+DuckDB file (``.demo/warehouse.duckdb``) through ``config/examples/warehouse/sources.yml``, and
+the engine's state is a SQLite file of its own (``.demo/crm.db``).
+
+Each program DAG runs with ``dag.test()`` for several consecutive as-of days, so multi-step
+journeys advance, deferred messages are released and caps bite. The demo ends with a per-program
+funnel table read back from ``lifecycle_kpis``.
 """
 
 from __future__ import annotations
 
+import os
 import secrets
 import shutil
 import subprocess
@@ -20,7 +25,7 @@ from lifecycle.devtools import local
 from lifecycle.model.ledger import EnrollmentState, Status
 from lifecycle.paths import PROJECT_ROOT
 
-WORK = PROJECT_ROOT / ".demo"
+WORK = Path(os.environ.get("LIFECYCLE_DEMO_DIR", PROJECT_ROOT / ".demo"))
 FUNNEL_COLUMNS = (
     "audience",
     "enrolled",
@@ -99,7 +104,7 @@ PLANTED_UPLIFT = {
 REPORT_DAGS = ("data_hygiene", "kpi_digest")
 
 
-def run_demo(contacts: int, days: int, as_of: datetime, sim_days: int = 6) -> int:
+def run_demo(contacts: int, days: int, as_of: datetime, sim_days: int = 6, warehouse: bool = False) -> int:
     """Run the demo; returns a process exit code (non-zero when a DAG run failed).
 
     1. A simulation of the ``sim_days`` days before ``as_of`` through the same pipeline as the
@@ -109,6 +114,10 @@ def run_demo(contacts: int, days: int, as_of: datetime, sim_days: int = 6) -> in
        the provider sandbox, whose signed webhooks come back into the ledger.
     3. ``data_hygiene`` and ``kpi_digest`` through Airflow; the digest goes to the sandbox and to
        ``.demo/digest.html``.
+
+    ``warehouse``: after step 1 the CRM is written in the warehouse shape to a DuckDB file, which
+    becomes ``crm_default`` (read-only) with the shipped example mapping; the SQLite file stays the
+    state (``lifecycle_state``), and every DAG run's ``sync_source`` copies the warehouse into it.
     """
     if WORK.exists():
         shutil.rmtree(WORK)
@@ -130,6 +139,8 @@ def run_demo(contacts: int, days: int, as_of: datetime, sim_days: int = 6) -> in
     report = simulate(url, contacts, sim_days, as_of - timedelta(days=sim_days), PLANTED_UPLIFT, crm_as_of=as_of)
     print(report.render())
     engine = get_engine(url)
+    if warehouse:
+        _use_warehouse(engine, crm_db)
 
     from lifecycle.sandbox import SandboxServer
 
@@ -157,6 +168,27 @@ def run_demo(contacts: int, days: int, as_of: datetime, sim_days: int = 6) -> in
     _write_digest(engine, as_of + timedelta(days=days - 1))
     print(f"\n[demo] done in {time.perf_counter() - started:.0f}s; {len(failures)} failed run(s)")
     return 1 if failures else 0
+
+
+def _use_warehouse(crm, state_db: Path) -> None:
+    """Write the CRM as a DuckDB warehouse, make it the read-only source with the example mapping, and
+    keep ``state_db`` as the state."""
+    from lifecycle.devtools.warehouse import EXAMPLE_MAPPING, write_warehouse
+
+    duck = WORK / "warehouse.duckdb"
+    write_warehouse(crm, f"duckdb:///{duck}")
+    config = WORK / "config"
+    shutil.copytree(PROJECT_ROOT / "config", config)
+    (config / "sources.yml").write_text(EXAMPLE_MAPPING.read_text())
+    local.apply(
+        {
+            "LIFECYCLE_CONFIG_DIR": str(config),
+            "AIRFLOW_CONN_CRM_DEFAULT": local.connection_json("duckdb", host=str(duck)),
+            "AIRFLOW_CONN_LIFECYCLE_STATE": local.connection_json("sqlite", host=str(state_db)),
+        }
+    )
+    print(f"[demo] the CRM is now a warehouse-shaped DuckDB file, {duck}, mapped by {config / 'sources.yml'}")
+    print(f"[demo] the engine's state stays in {state_db}; each DAG run starts by copying the warehouse into it")
 
 
 def _run_dags(as_of: datetime, days: int) -> list[tuple[str, datetime]]:

@@ -70,6 +70,8 @@ from lifecycle.paths import config_dir
 
 log = logging.getLogger(__name__)
 CHUNK = 5_000
+CUSTOM = "__custom"
+"""The key of a contact row's custom attributes (written to ``lifecycle_contact_attributes``)."""
 OPTIONAL = ("accounts",)
 """Entities copied whenever they are mapped, though no program needs them (templates read them)."""
 
@@ -101,6 +103,7 @@ class _Part:
             else:
                 self.outputs.append((f"c__{canonical}", canonical))
         self.value_maps = {c: mapping.source_values(c) for c in mapping.values}
+        self.custom = mapping.custom_attributes()
 
     def _expression(self, source: str) -> ColumnElement[Any]:
         return sql_column(source) if IDENTIFIER.match(source) else literal_column(f"({source})")
@@ -118,6 +121,7 @@ class _Part:
                 exprs += [self._expression(s).label(f"p__{canonical}__{p}") for p, s in source.items()]
             else:
                 exprs.append(self._expression(source).label(f"c__{canonical}"))
+        exprs += [self._expression(spec.source).label(f"x__{name}") for name, spec in self.custom.items()]
         return exprs
 
     def select(self, since: Any = None) -> Any:
@@ -151,6 +155,13 @@ class _Part:
                         f"column {spec!r} is not in {self.mapping.table} — fix: use one of {sorted(present)} "
                         "or an SQL expression",
                     )
+        for name, attribute in self.custom.items():
+            if IDENTIFIER.match(attribute.source) and attribute.source.lower() not in present:
+                self.fail(
+                    f"custom.{name}.source",
+                    f"column {attribute.source!r} is not in {self.mapping.table} — fix: use one of {sorted(present)} "
+                    "or an SQL expression",
+                )
         mark = self.mapping.watermark
         if mark and IDENTIFIER.match(mark) and mark.lower() not in present:
             self.fail("watermark", f"column {self.mapping.watermark!r} is not in {self.mapping.table}")
@@ -158,10 +169,16 @@ class _Part:
     def fail(self, field: str, message: str) -> None:
         raise SourceError(self.file, [f"{self.where}.{field}: {message}"])
 
-    def rows(self, conn: Connection, since: Any = None) -> Iterator[tuple[dict[str, Any], Any]]:
-        """Canonical rows (with each row's watermark value) as the source yields them."""
+    def rows(
+        self, conn: Connection, since: Any = None, limit: int | None = None
+    ) -> Iterator[tuple[dict[str, Any], Any]]:
+        """Canonical rows (with each row's watermark value) as the source yields them (the first
+        ``limit`` only, when given: a sample)."""
+        stmt = self.select(since)
+        if limit is not None:
+            stmt = stmt.limit(limit)
         try:
-            result = conn.execution_options(stream_results=True, yield_per=CHUNK).execute(self.select(since))
+            result = conn.execution_options(stream_results=True, yield_per=CHUNK).execute(stmt)
         except DBAPIError as exc:
             first = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
             self.fail(
@@ -180,9 +197,22 @@ class _Part:
                     row.setdefault(canonical, {})[prop] = _plain(value)
                     continue
                 row[target] = self.convert(target, value, raw, unmapped)
+            if self.custom:
+                custom = {name: self.convert_custom(name, raw[f"x__{name}"], raw) for name in self.custom}
+                if self.entity == "events":
+                    row["properties"] = {**(row.get("properties") or {}), **custom}
+                else:
+                    row[CUSTOM] = custom
             yield row, raw.get("w__")
         for column, (count, example) in self.unreadable.items():
             if column not in self.readable:  # not one value reads as the type: the mapping, not the rows
+                if column.startswith("custom."):
+                    kind = self.custom[column.removeprefix("custom.")].type
+                    self.fail(
+                        column,
+                        f"{self.custom[column.removeprefix('custom.')].source!r} gives values that are not {kind} "
+                        f"({count} rows, e.g. {example!r}) — fix: declare the type the column holds",
+                    )
                 kind = _kind_name(self.table.c[column].type)
                 self.fail(
                     f"columns.{column}",
@@ -198,6 +228,28 @@ class _Part:
                 f"source values outside the mapped vocabulary: {sample} — fix: map each onto one of {vocabulary} "
                 f"under values.{column}",
             )
+
+    def convert_custom(self, name: str, value: Any, raw: Any) -> Any:
+        """One source value of a custom attribute, as its declared type (JSON-ready)."""
+        if value is None:
+            return None
+        kind = self.custom[name].type
+        try:
+            converted = _coerce_custom(kind, value)
+            self.readable.add(f"custom.{name}")
+            return converted
+        except TypeError:
+            key = ", ".join(str(raw.get(f"c__{k}")) for k in KEYS[self.entity])
+            self.fail(
+                f"custom.{name}",
+                f"{self.custom[name].source!r} gives {type(value).__name__} values ({value!r} for {key}), but "
+                f"custom.{name} is declared {kind} — fix: declare the type the column holds, or give an "
+                "expression that yields one",
+            )
+        except ValueError:
+            count, example = self.unreadable.get(f"custom.{name}", (0, value))
+            self.unreadable[f"custom.{name}"] = (count + 1, example)
+            return None
 
     def convert(self, column: str, value: Any, raw: Any, unmapped: dict[str, dict[Any, int]]) -> Any:
         """One source value as its canonical column holds it."""
@@ -284,6 +336,29 @@ def _coerce(kind: Any, value: Any, json_column: bool) -> Any:
     return str(value)
 
 
+def _coerce_custom(kind: str, value: Any) -> Any:
+    """A custom attribute's value as JSON holds it: timestamps as ``YYYY-MM-DD HH:MM:SS.ffffff`` UTC
+    text (what :class:`~lifecycle.model.db.json_timestamp` compares), numbers, booleans, text."""
+    if kind == "timestamp":
+        stamp = _coerce(DateTime(), value, False)
+        return stamp.isoformat(sep=" ", timespec="microseconds")
+    if kind == "number":
+        return _coerce(Float(), value, False)
+    if kind == "boolean":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, int | Decimal) and value in (0, 1):
+            return bool(value)
+        if isinstance(value, str):
+            if value.strip().lower() in ("true", "t", "yes", "1"):
+                return True
+            if value.strip().lower() in ("false", "f", "no", "0"):
+                return False
+            raise ValueError(value)
+        raise TypeError(value)
+    return _coerce(schema.contacts.c.first_name.type, value, False)
+
+
 def _row_hash(row: Mapping[str, Any]) -> int:
     text_ = json.dumps(row, sort_keys=True, default=str)
     return int.from_bytes(hashlib.blake2b(text_.encode(), digest_size=8).digest(), "big")
@@ -331,6 +406,13 @@ def _write(conn: Connection, entity: str, rows: Iterable[dict[str, Any]], replac
                 key_cols = tuple_(*(mirror.c[k] for k in keys))
                 conn.execute(delete(mirror).where(key_cols.in_([tuple(r[k] for k in keys) for r in chunk])))
         conn.execute(mirror.insert(), [{c: r.get(c) for c in columns} for r in chunk])
+        if entity == "contacts":
+            attrs = schema.contact_attributes
+            if replace_keys:
+                conn.execute(delete(attrs).where(attrs.c.contact_id.in_([r["contact_id"] for r in chunk])))
+            custom = [{"contact_id": r["contact_id"], "attributes": r[CUSTOM]} for r in chunk if r.get(CUSTOM)]
+            if custom:
+                conn.execute(attrs.insert(), custom)
         written += len(chunk)
         chunk.clear()
 
@@ -400,6 +482,8 @@ def sync_entity(source: Engine, state: Engine, entity: str, parts: Sequence[_Par
                     _record(conn, entity, digest, tops, count, checksum)
                     return SyncResult("unchanged", read, written, round(time.perf_counter() - started, 3))
             conn.execute(delete(schema.CRM_TABLES[entity]))
+            if entity == "contacts":
+                conn.execute(delete(schema.contact_attributes))
             fresh = (row for part in parts for row, _wm in part.rows(src))
             written += _write(conn, entity, _dedupe(fresh, entity), replace_keys=False)
             read += count

@@ -9,13 +9,14 @@ never exposed to a template.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import DateTime, Table, Text, type_coerce
+from sqlalchemy import DateTime, Table, Text, select, type_coerce
 from sqlalchemy.sql.elements import ColumnElement
 
 from lifecycle.model import schema
@@ -72,6 +73,12 @@ def crm_columns(contacts: Table, accounts: Table, trigger: ColumnElement[Any]) -
         phone_number(contacts).label("contact__phone"),
         *(accounts.c[name].label(f"account__{name}") for name in ACCOUNT_FIELDS),
         type_coerce(trigger, Text).label("trigger"),
+        type_coerce(
+            select(schema.contact_attributes.c.attributes)
+            .where(schema.contact_attributes.c.contact_id == contacts.c.contact_id)
+            .scalar_subquery(),
+            Text,
+        ).label("contact_custom"),
     ]
 
 
@@ -81,6 +88,16 @@ def _json_object(value: Any) -> Mapping[str, Any] | None:
     if not isinstance(parsed, Mapping | None):
         raise ValueError("not a JSON object")
     return parsed
+
+
+def _custom(value: Any) -> dict[str, Any]:
+    """The contact's custom attributes; timestamps (``YYYY-MM-DD HH:MM:SS.ffffff`` text) as datetimes."""
+    out = dict(_json_object(value) or {})
+    for name, item in out.items():
+        if isinstance(item, str) and len(item) == 26 and item[4] == "-" and item[10] == " ":
+            with contextlib.suppress(ValueError):
+                out[name] = datetime.fromisoformat(item)
+    return out
 
 
 def read_crm(
@@ -99,6 +116,11 @@ def read_crm(
                 value = None
                 problems.append(f"contacts.{column.name} is not a timestamp")
         contact[column.name] = value
+    try:
+        contact["custom"] = _custom(row["contact_custom"])
+    except ValueError:
+        contact["custom"] = {}
+        problems.append("the contact's custom attributes are not a JSON object")
     account = {name: row[f"account__{name}"] for name in ACCOUNT_FIELDS}
     try:
         trigger = _json_object(row["trigger"])
@@ -110,10 +132,12 @@ def read_crm(
 
 
 def template_context(data: MessageData, links: Mapping[str, str], brand: Mapping[str, Any]) -> dict[str, Any]:
-    """The variables a template sees: the contact's non-address fields, the account, the trigger
+    """The variables a template sees: the contact's non-address fields (its custom attributes under
+    ``contact.custom``), the account, the trigger
     event's properties, the A/B variant, the program and step, links and the brand."""
     return {
-        "contact": {k: data.contact.get(k) for k in CONTACT_FIELDS},
+        "contact": {k: data.contact.get(k) for k in CONTACT_FIELDS}
+        | {"custom": dict(data.contact.get("custom") or {})},
         "account": {k: (data.account or {}).get(k) for k in ACCOUNT_FIELDS},
         "trigger": dict(data.trigger or {}),
         "variant": data.variant,

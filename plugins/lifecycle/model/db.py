@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 from sqlalchemy import (
     Boolean,
     Connection,
+    DateTime,
     Engine,
     Float,
     Insert,
@@ -276,12 +277,21 @@ class json_boolean(json_value):
     type = Boolean()
 
 
+class json_timestamp(json_value):
+    """:class:`json_value` as a timestamp: text written as ``YYYY-MM-DD HH:MM:SS.ffffff`` (UTC), the
+    form SQLite keeps timestamps in, so it compares with bound timestamps on both databases."""
+
+    inherit_cache = True
+    kind = "timestamp"
+    type = DateTime()
+
+
 @compiles(json_value, "sqlite")
 def _json_value_sqlite(element: json_value, compiler: SQLCompiler, **kw: Any) -> str:
     column, key = (compiler.process(c, **kw) for c in element.clauses)
     path = f"('$.\"' || {key} || '\"')"
     value = f"json_extract({column}, {path})"
-    if element.kind != "text":
+    if element.kind not in ("text", "timestamp"):
         types = {"number": "'integer', 'real'", "boolean": "'true', 'false'"}[element.kind]
         value = f"CASE WHEN json_type({column}, {path}) IN ({types}) THEN {value} END"
     return f"CASE WHEN json_valid({column}) THEN {value} END"
@@ -292,6 +302,8 @@ def _json_value_postgres(element: json_value, compiler: SQLCompiler, **kw: Any) 
     column, key = (compiler.process(c, **kw) for c in element.clauses)
     if element.kind == "text":
         return f"({column} ->> {key})"
+    if element.kind == "timestamp":
+        return f"CAST({column} ->> {key} AS TIMESTAMP)"
     json_type, sql_type = {"number": ("number", "FLOAT"), "boolean": ("boolean", "BOOLEAN")}[element.kind]
     typed = f"json_typeof(({column} -> {key})::json) = '{json_type}'"
     return f"CASE WHEN {typed} THEN CAST({column} ->> {key} AS {sql_type}) END"

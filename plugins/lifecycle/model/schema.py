@@ -338,3 +338,11 @@ source_sync = Table(
     Column("checksum", String(32), nullable=False),
     Column("synced_at", DateTime, nullable=False),
 )
+
+contact_attributes = Table(
+    "lifecycle_contact_attributes",
+    engine_metadata,
+    Column("contact_id", String(64), primary_key=True),
+    Column("attributes", JSON, nullable=False),  # {name: value} of every custom attribute sources.yml declares
+)
+"""The contacts' custom attributes (``contacts.custom`` in ``config/sources.yml``), beside the mirror."""

@@ -8,7 +8,8 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
+from sqlalchemy.exc import DBAPIError
 
 from lifecycle.config.sources import ENTITIES, load_sources
 from lifecycle.engine import sync
@@ -18,7 +19,16 @@ from tests.conftest import AS_OF, ROOT
 from tests.support.journey import run_program
 from tests.support.warehouse import WAREHOUSE_MAPPING, canonical_crm, write_warehouse
 
-PROGRAMS = ("welcome", "abandoned_cart", "renewal", "upsell", "winback", "lead_nurture")
+PROGRAMS = (
+    "welcome",
+    "abandoned_cart",
+    "renewal",
+    "upsell",
+    "winback",
+    "lead_nurture",
+    "education",
+    "reactivation",
+)
 OFFSETS = (timedelta(0), timedelta(days=1, hours=2), timedelta(days=7))
 
 
@@ -39,10 +49,13 @@ def _run_all(engine, before=None) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("warehouse", ["sqlite", "duckdb"])
-def test_warehouse_shape_decides_the_canonical_ledger(tmp_path: Path, monkeypatch, warehouse: str) -> None:
+@pytest.mark.parametrize("warehouse", ["sqlite", "duckdb", "mariadb"])
+def test_warehouse_shape_decides_the_canonical_ledger(tmp_path: Path, monkeypatch, request, warehouse: str) -> None:
     canonical = canonical_crm(f"sqlite:///{tmp_path / 'canonical.db'}", 600, AS_OF)
-    warehouse_url = f"{warehouse}:///{tmp_path / f'warehouse.{warehouse}'}"
+    if warehouse == "mariadb":
+        warehouse_url = request.getfixturevalue("mariadb_url")
+    else:
+        warehouse_url = f"{warehouse}:///{tmp_path / f'warehouse.{warehouse}'}"
     write_warehouse(canonical, warehouse_url)
 
     monkeypatch.setenv("LIFECYCLE_CONFIG_DIR", str(ROOT / "config"))
@@ -67,6 +80,25 @@ def test_warehouse_shape_decides_the_canonical_ledger(tmp_path: Path, monkeypatc
     assert len(expected) > 100
     assert {status for _key, status, _reason, _channel in expected} >= {"suppressed", "held_out", "capped"}
     assert _ledger(state) == expected
+    assert {key.split(":")[0] for key, *_ in expected} >= {"education", "reactivation"}
     assert all(r.mode == "full" for r in copies[0].values())
     # Nothing changed at the source: later copies write only what the watermark re-reads at its edge.
     assert all(r.rows_written <= 2 for later in copies[1:] for r in later.values())
+
+
+@pytest.mark.slow
+def test_a_mariadb_source_is_only_read(mariadb_url: str, tmp_path: Path) -> None:
+    canonical = canonical_crm(f"sqlite:///{tmp_path / 'canonical.db'}", 20, AS_OF)
+    write_warehouse(canonical, mariadb_url)
+    source = source_engine(mariadb_url)
+    with source.connect() as conn:
+        assert conn.execute(text("SELECT COUNT(*) FROM users")).scalar_one() == 20
+        for statement in (
+            "DELETE FROM users",
+            "UPDATE users SET stage = 'lead'",
+            "INSERT INTO companies (id) VALUES ('x')",
+        ):
+            with pytest.raises(DBAPIError, match="READ ONLY"):
+                conn.execute(text(statement))
+            conn.rollback()
+        assert conn.execute(text("SELECT COUNT(*) FROM users")).scalar_one() == 20
