@@ -185,7 +185,7 @@ class Addressed(Protocol):
 class Channel(ABC, Generic[OutT]):
     """One channel's descriptor (see :class:`lifecycle.model.channels.ChannelFacts` for each fact).
 
-    :param name: its name in program files, the policy and the ledger (at most 10 characters).
+    :param name: its name in program files, the policy and the ledger (at most 32 characters).
     :param address: the contact address it sends to (:data:`lifecycle.model.addresses.EMAIL`...).
     :param list_reasons: the suppression lists that block it, in the order they are reported.
     :param template_parts: the template files a message is rendered from.

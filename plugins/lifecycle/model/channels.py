@@ -18,11 +18,12 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from lifecycle.model.addresses import Address
+from lifecycle.model.schema import CHANNEL_NAME_LENGTH
 
 BUILTIN = {"email": "lifecycle.channels.email", "sms": "lifecycle.channels.sms"}
 """The channels that ship with Lifecycle and their modules, imported on the first lookup."""
-NAME = re.compile(r"^[a-z][a-z0-9_]{0,9}$")
-"""A channel name: what the ledger's ``channel`` columns (10 characters) can hold."""
+NAME = re.compile(rf"^[a-z][a-z0-9_]{{0,{CHANNEL_NAME_LENGTH - 1}}}$")
+"""A channel name: what the ledger's ``channel`` columns (32 characters) can hold."""
 RESERVED = frozenset({"all"})
 """Names a channel cannot have: ``all`` is the policy's cap over every channel."""
 
@@ -100,11 +101,11 @@ def _load_builtin() -> None:
 
 
 def register(channel: ChannelFacts) -> None:
-    """Add a channel; its name must be new, lowercase and at most 10 characters (not ``all``)."""
+    """Add a channel; its name must be new, lowercase and at most 32 characters (not ``all``)."""
     if not NAME.match(channel.name) or channel.name in RESERVED:
         raise ValueError(
-            f"channel name {channel.name!r} must be 1 to 10 lowercase letters, digits or underscores, "
-            f"starting with a letter, and not {sorted(RESERVED)}"
+            f"channel name {channel.name!r} must be 1 to {CHANNEL_NAME_LENGTH} lowercase letters, digits or "
+            f"underscores, starting with a letter, and not {sorted(RESERVED)}"
         )
     if _registered.get(channel.name, channel) is not channel:
         raise ValueError(f"a channel named {channel.name!r} is already registered")

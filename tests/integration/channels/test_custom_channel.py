@@ -68,6 +68,12 @@ class NamedLikeAColumn(PagerChannel):
     name = "channel"
 
 
+class NamedAtLength(PagerChannel):
+    """The pager channel under a long name (the ledger's channel columns hold 32 characters)."""
+
+    name = "paid_audience"
+
+
 @pytest.fixture
 def pager(request):
     """The pager channel (or the variant a test parametrizes), registered for this test only."""
@@ -173,7 +179,9 @@ def test_pages_go_only_where_consent_lists_and_addresses_allow(crm, pager_config
     assert {sent[cid]["provider_message_id"] for cid in pages} == {pid for pid, _page in hook.accepted}
 
 
-@pytest.mark.parametrize("pager", [PagerChannel, NamedLikeAColumn], indirect=True, ids=["pager", "channel"])
+@pytest.mark.parametrize(
+    "pager", [PagerChannel, NamedLikeAColumn, NamedAtLength], indirect=True, ids=["pager", "channel", "long-name"]
+)
 def test_the_pager_cap_and_the_all_channels_cap_both_hold(crm, pager_config, pager):
     engine, c = crm
     paged_this_week = _pager_contact(c, channel=pager.name)
