@@ -85,6 +85,21 @@ class OutboundSms:
 
 
 @dataclass(frozen=True)
+class OutboundWhatsApp:
+    """One rendered WhatsApp message, addressed to one contact: its free-form ``text`` (sent inside
+    the 24-hour window) and the approved content template (``content_sid`` filled with
+    ``content_variables``) sent outside it, when the step has one."""
+
+    message_id: int
+    idempotency_key: str
+    contact_id: str
+    to_phone: str
+    text: str
+    content_sid: str | None = None
+    content_variables: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class SendResult:
     """What became of one message handed to a transport."""
 

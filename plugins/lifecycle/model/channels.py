@@ -20,7 +20,11 @@ from typing import Literal, Protocol
 from lifecycle.model.addresses import Address
 from lifecycle.model.schema import CHANNEL_NAME_LENGTH
 
-BUILTIN = {"email": "lifecycle.channels.email", "sms": "lifecycle.channels.sms"}
+BUILTIN = {
+    "email": "lifecycle.channels.email",
+    "sms": "lifecycle.channels.sms",
+    "whatsapp": "lifecycle.channels.whatsapp",
+}
 """The channels that ship with Lifecycle and their modules, imported on the first lookup."""
 NAME = re.compile(rf"^[a-z][a-z0-9_]{{0,{CHANNEL_NAME_LENGTH - 1}}}$")
 """A channel name: what the ledger's ``channel`` columns (32 characters) can hold."""
@@ -34,11 +38,13 @@ Layout = Literal["line", "block", "as_written"]
 class TemplatePart:
     """One file of a step's template on a channel: ``<template>.<suffix>``, rendered into the
     message's ``field`` and laid out as one ``line`` (whitespace collapsed), a text ``block``
-    (trimmed, ending in a newline) or ``as_written``."""
+    (trimmed, ending in a newline) or ``as_written``. An ``optional`` part may be left out of a
+    step's template; the message then has no such field."""
 
     field: str
     suffix: str
     layout: Layout
+    optional: bool = False
 
 
 class ChannelFacts(Protocol):

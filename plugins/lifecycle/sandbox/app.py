@@ -21,6 +21,7 @@ import json
 import re
 import threading
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -203,16 +204,21 @@ class SandboxApp:
         to = _query(request, "to")
         return {"messages": [message for message in self.recorder.sms_list() if to in (None, message["to"])]}
 
-    def inbound_sms(self, sender: str, body: str, to: str | None = None) -> dict[str, Any]:
-        """Receive an SMS from ``sender`` (STOP and its synonyms opt the number out, START back in)."""
+    def inbound_sms(self, sender: str, body: str, to: str | None = None, at: datetime | None = None) -> dict[str, Any]:
+        """Receive an SMS (a WhatsApp message from ``whatsapp:<number>``, received ``at``) from
+        ``sender`` (STOP and its synonyms opt the number out, START back in)."""
         try:
-            return self.twilio.inbound(sender, body, to)
+            return self.twilio.inbound(sender, body, to, at)
         except ValueError as error:
             raise ControlError(str(error)) from None
 
     def _post_inbound(self, request: Request) -> dict[str, Any]:
         payload = _json_body(request)
-        return self.inbound_sms(str(payload.get("from", "")), str(payload.get("body", "")), payload.get("to"))
+        try:
+            at = datetime.fromisoformat(payload["at"]) if payload.get("at") else None
+        except (TypeError, ValueError):
+            raise ControlError("'at' must be an ISO 8601 time") from None
+        return self.inbound_sms(str(payload.get("from", "")), str(payload.get("body", "")), payload.get("to"), at)
 
     def add_fault(self, request: dict[str, Any]) -> dict[str, Any]:
         """Queue the fault a ``POST /_sandbox/faults`` body describes; returns the pending faults."""

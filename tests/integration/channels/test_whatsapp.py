@@ -1,0 +1,302 @@
+"""The WhatsApp channel through the engine and the provider sandbox (Twilio's Messages API, real
+SDK): WhatsApp consent, its own STOP list, caps; free-form only inside the contact's 24-hour
+window, the approved content template outside it, and a failure with its reason when a step has
+no template; 429/5xx answers, a worker dying mid-batch and duplicate callbacks with no message
+sent twice."""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import yaml
+from sqlalchemy import insert, select
+
+from lifecycle import config
+from lifecycle.channels.providers import ProviderTransport
+from lifecycle.channels.twilio import TwilioHook
+from lifecycle.engine import dispatch, feedback, pipeline
+from lifecycle.messages.links import PublicLinks
+from lifecycle.model import schema
+from lifecycle.sandbox import SandboxServer
+from tests.conftest import AS_OF, FIXTURES
+from tests.support.invariants import DyingTransport, WorkerDied, deliveries, stage_run
+from tests.support.journey import messages, messages_already_sent, treatment_contact
+from tests.unit.channels.test_hooks import FAST, WHATSAPP_SENDER, connect_to_sandbox
+
+LINKS = PublicLinks("https://app.test/lifecycle", "test-secret")
+TEMPLATE_SID = "HX" + "a" * 32
+POLICY = {
+    "control_group": {"percent": 0, "salt": "test-control"},
+    "send_batch_size": 50,
+    "caps": {"email": {"max": 3, "per": "7d"}, "whatsapp": {"max": 1, "per": "7d"}, "all": {"max": 3, "per": "7d"}},
+}
+KPI = {"primary": "conversion", "label": "Conversion", "conversion": {"event": "purchase", "since": "enrollment"}}
+PROGRAMS = {
+    "chats": {"template": "simple/hello", "priority": 20},  # a free-form text and a content template
+    "notes": {"template": "simple/note", "priority": 10},  # a free-form text only
+}
+FREE_FORM = "{{ brand.name }}: hi {{ contact.first_name }}, thanks for writing to us.\n"
+CONTENT = (
+    '{"content_sid": "' + TEMPLATE_SID + '", "variables": {"1": {{ contact.first_name|tojson }}, "2": "Lifecycle"}}'
+)
+_numbers = itertools.count(2000)
+
+
+@pytest.fixture
+def sandbox(monkeypatch) -> Iterator[SandboxServer]:
+    with SandboxServer() as server:
+        connect_to_sandbox(monkeypatch, server, public_base_url="https://app.test/lifecycle")
+        server.approve_content(TEMPLATE_SID, "Hi {{1}}, news from {{2}} is waiting for you.")
+        yield server
+
+
+@pytest.fixture
+def whatsapp_config(tmp_path: Path, monkeypatch) -> Path:
+    """Programs that write on WhatsApp (a cap of 1 a week), one step each."""
+    root = tmp_path / "config"
+    (root / "programs").mkdir(parents=True)
+    (root / "segments.yml").write_text((FIXTURES / "config" / "segments.yml").read_text())
+    (root / "policy.yml").write_text(yaml.safe_dump(POLICY))
+    for program, fields in PROGRAMS.items():
+        body = {
+            "owner": "tests",
+            "schedule": None,
+            "kpi": KPI,
+            "name": program.title(),
+            "priority": fields["priority"],
+            "audience": {"segment": {"attribute": "industry", "eq": program}},
+            "steps": [{"id": "hello", "template": fields["template"], "channel": "whatsapp"}],
+            "holdout_percent": 0,
+        }
+        (root / "programs" / f"{program}.yml").write_text(yaml.safe_dump(body))
+    templates = tmp_path / "templates" / "simple"
+    templates.mkdir(parents=True)
+    (templates / "hello.whatsapp.j2").write_text(FREE_FORM)
+    (templates / "hello.whatsapp.json.j2").write_text(CONTENT)
+    (templates / "note.whatsapp.j2").write_text(FREE_FORM)
+    monkeypatch.setenv("LIFECYCLE_CONFIG_DIR", str(root))
+    monkeypatch.setenv("LIFECYCLE_TEMPLATES_DIR", str(tmp_path / "templates"))
+    return root
+
+
+def _links(message_id: int, contact_id: str, channel: str) -> dict[str, str]:
+    return {"unsubscribe": LINKS.unsubscribe_url(message_id, contact_id, channel)}
+
+
+def _run(engine, program: str, as_of: datetime = AS_OF) -> None:
+    scope, programs = pipeline.load_scope(program, f"{program}__{as_of.isoformat()}", as_of)
+    transport = ProviderTransport(TwilioHook(retry_policy=FAST), links=LINKS)
+    pipeline.run_program(engine, scope, programs, transport, links=_links)
+
+
+def _outcomes(engine, program: str) -> dict[str, tuple[str, str | None]]:
+    return {m["contact_id"]: (m["status"], m["reason"]) for m in messages(engine, program)}
+
+
+def _contact(c, program: str = "chats", consent: dict[str, str] | None = None, **fields) -> str:
+    phone = fields.pop("phone", f"+1415555{next(_numbers):04d}")
+    granted = {"whatsapp": "granted"} if consent is None else consent
+    return treatment_contact(c, program, consent=granted, phone=phone, industry=program, **fields)
+
+
+def _phone(engine, contact_id: str) -> str:
+    with engine.connect() as conn:
+        return conn.execute(select(schema.contacts.c.phone).where(schema.contacts.c.contact_id == contact_id)).scalar()
+
+
+def _wrote(sandbox: SandboxServer, engine, contact_id: str, ago: timedelta) -> None:
+    """The contact sent us a WhatsApp message ``ago`` before now (the window runs on the wall clock)."""
+    at = datetime.now(UTC) - ago
+    sandbox.inbound_sms(f"whatsapp:{_phone(engine, contact_id)}", "Hi, a question", at=at)
+
+
+def _sent_to(sandbox: SandboxServer) -> dict[str, dict]:
+    return {m["to"]: m for m in sandbox.twilio_messages() if m["direction"] != "inbound"}
+
+
+def test_whatsapp_goes_only_with_whatsapp_consent_and_off_its_stop_list(crm, whatsapp_config, sandbox):
+    engine, c = crm
+    written = _contact(c, first_name="Ada")
+    sms_only = _contact(c, consent={"sms": "granted", "email": "granted"})
+    withdrawn = _contact(c)
+    c.consent(withdrawn, "whatsapp", "withdrawn", at=AS_OF - timedelta(days=2))
+    stopped = _contact(c)
+    with engine.begin() as conn:
+        conn.execute(
+            insert(schema.suppressions).values(
+                contact_id=stopped, channel="whatsapp", reason="whatsapp_stop", source="test", created_at=AS_OF
+            )
+        )
+    sms_stopped = _contact(c)
+    with engine.begin() as conn:
+        conn.execute(
+            insert(schema.suppressions).values(
+                contact_id=sms_stopped, channel="sms", reason="sms_stop", source="test", created_at=AS_OF
+            )
+        )
+
+    _run(engine, "chats")
+
+    assert _outcomes(engine, "chats") == {
+        written: ("sent", None),
+        sms_only: ("suppressed", "no_consent"),
+        withdrawn: ("suppressed", "consent_withdrawn"),
+        stopped: ("suppressed", "whatsapp_stop"),
+        sms_stopped: ("sent", None),
+    }
+    sent = _sent_to(sandbox)
+    assert sorted(sent) == sorted(f"whatsapp:{_phone(engine, cid)}" for cid in (written, sms_stopped))
+    assert {m["from"] for m in sent.values()} == {f"whatsapp:{WHATSAPP_SENDER}"}
+
+
+def test_free_form_inside_the_window_the_template_outside_it_and_without_one_a_failure(crm, whatsapp_config, sandbox):
+    engine, c = crm
+    inside = _contact(c, first_name="Ada")
+    _wrote(sandbox, engine, inside, timedelta(hours=1))
+    outside = _contact(c, first_name="Grace")
+    _wrote(sandbox, engine, outside, timedelta(hours=25))
+    never = _contact(c, first_name="Linus")
+    note_inside = _contact(c, "notes", first_name="Barbara")
+    _wrote(sandbox, engine, note_inside, timedelta(hours=23))
+    note_outside = _contact(c, "notes", first_name="Edsger")
+    _wrote(sandbox, engine, note_outside, timedelta(days=3))
+
+    _run(engine, "chats")
+    _run(engine, "notes")
+
+    assert _outcomes(engine, "chats") == {inside: ("sent", None), outside: ("sent", None), never: ("sent", None)}
+    assert _outcomes(engine, "notes") == {
+        note_inside: ("sent", None),
+        note_outside: ("failed", "outside the WhatsApp 24-hour window and the step has no content template"),
+    }
+    sent = {to.removeprefix("whatsapp:"): m for to, m in _sent_to(sandbox).items()}
+    phone = {cid: _phone(engine, cid) for cid in (inside, outside, never, note_inside, note_outside)}
+    assert sent[phone[inside]]["body"] == "Lifecycle: hi Ada, thanks for writing to us."
+    assert sent[phone[note_inside]]["body"] == "Lifecycle: hi Barbara, thanks for writing to us."
+    assert sent[phone[outside]]["body"] == "Hi Grace, news from Lifecycle is waiting for you."
+    assert sent[phone[never]]["body"] == "Hi Linus, news from Lifecycle is waiting for you."
+    assert phone[note_outside] not in sent
+
+
+def test_the_sandbox_refuses_free_form_outside_the_window_and_unknown_templates(sandbox):
+    hook = TwilioHook(retry_policy=FAST)
+
+    with pytest.raises(Exception, match="twilio 63016"):
+        hook.send_whatsapp("+14155550177", body="Hello")
+    with pytest.raises(Exception, match="twilio 21655"):
+        hook.send_whatsapp("+14155550177", content_sid="HX" + "b" * 32, content_variables={"1": "Ada"})
+    sandbox.inbound_sms("whatsapp:+14155550177", "hello?")
+    assert hook.send_whatsapp("+14155550177", body="Hello").status == "queued"
+
+
+def test_whatsapp_cap_and_all_channels_cap_hold(crm, whatsapp_config, sandbox):
+    engine, c = crm
+    written_this_week = _contact(c)
+    messages_already_sent(engine, written_this_week, 1, channel="whatsapp")
+    busy = _contact(c)
+    messages_already_sent(engine, busy, 3, channel="email")
+    fresh = _contact(c)
+
+    _run(engine, "chats")
+
+    assert _outcomes(engine, "chats") == {
+        written_this_week: ("capped", "frequency_cap_whatsapp: 1 per 7d"),
+        busy: ("capped", "frequency_cap_all: 3 per 7d"),
+        fresh: ("sent", None),
+    }
+
+
+def _inbound(phone: str, body: str, sid: str) -> dict[str, str]:
+    return {
+        "MessageSid": sid,
+        "AccountSid": "AC" + "0" * 32,
+        "From": f"whatsapp:{phone}",
+        "To": f"whatsapp:{WHATSAPP_SENDER}",
+        "Body": body,
+    }
+
+
+def test_an_inbound_whatsapp_stop_lists_the_contact_and_is_recorded(crm, whatsapp_config, sandbox):
+    engine, c = crm
+    stopping = _contact(c)
+    chatting = _contact(c)
+    now = datetime(2026, 11, 16, 12, 0)
+    events = [
+        feedback.twilio_inbound_event(_inbound(_phone(engine, stopping), "STOP", "SM" + "1" * 32), now),
+        feedback.twilio_inbound_event(_inbound(_phone(engine, chatting), "Where is my order?", "SM" + "2" * 32), now),
+    ]
+    with engine.begin() as conn:
+        assert feedback.apply_events(conn, events, now) == 2
+        assert feedback.apply_events(conn, events, now) == 0  # a duplicate webhook changes nothing
+
+    _run(engine, "chats")
+
+    assert _outcomes(engine, "chats") == {stopping: ("suppressed", "whatsapp_stop"), chatting: ("sent", None)}
+    with engine.connect() as conn:
+        recorded = conn.execute(select(schema.provider_events.c.contact_id, schema.provider_events.c.event_type))
+        assert sorted(recorded) == sorted([(stopping, "whatsapp_inbound_stop"), (chatting, "whatsapp_inbound_message")])
+        listed = conn.execute(select(schema.suppressions.c.channel, schema.suppressions.c.reason)).all()
+    assert listed == [("whatsapp", "whatsapp_stop")]
+
+
+@pytest.mark.parametrize("fault", ["429", "500", "503"])
+def test_provider_429_and_5xx_are_retried_with_no_message_sent_twice(crm, whatsapp_config, sandbox, fault):
+    engine, c = crm
+    contacts = [_contact(c) for _ in range(3)]
+    sandbox.add_fault("twilio", fault, count=2, retry_after=0)
+
+    _run(engine, "chats")
+
+    assert {cid: status for cid, (status, _reason) in _outcomes(engine, "chats").items()} == dict.fromkeys(
+        contacts, "sent"
+    )
+    assert set(deliveries(sandbox).values()) == {1} and len(deliveries(sandbox)) == 3
+
+
+def test_a_worker_dying_mid_batch_then_retried_sends_no_message_twice(crm, whatsapp_config, sandbox, monkeypatch):
+    engine, c = crm
+    contacts = [_contact(c) for _ in range(3)]
+    run_id = "chats__crash"
+    (batch,) = stage_run(engine, "chats", run_id, AS_OF)
+    brand = config.load_policy().brand.model_dump()
+    monkeypatch.setattr(dispatch, "CLAIM_LEASE", timedelta(0))  # the dead worker's requests are long over
+
+    with pytest.raises(WorkerDied):
+        dispatch.send_batch(engine, run_id, batch, DyingTransport(survivors=2), links=_links, brand=brand)
+    transport = ProviderTransport(TwilioHook(retry_policy=FAST), links=LINKS)
+    dispatch.send_batch(engine, run_id, batch, transport, links=_links, brand=brand)
+
+    # WhatsApp cannot be looked up (a template's text is Twilio's), so what the dead worker left
+    # unsettled stays unknown and is never sent blindly.
+    accepted = deliveries(sandbox)
+    assert set(accepted.values()) == {1} and len(accepted) == 2
+    assert {cid: status for cid, (status, _reason) in _outcomes(engine, "chats").items()} == dict.fromkeys(
+        contacts, "unknown"
+    )
+
+
+def test_duplicate_status_callbacks_move_a_message_once(crm, whatsapp_config, sandbox):
+    engine, c = crm
+    contact = _contact(c)
+    _run(engine, "chats")
+    [message] = messages(engine, "chats")
+    callback = {
+        "MessageSid": message["provider_message_id"],
+        "MessageStatus": "delivered",
+        "AccountSid": "AC" + "0" * 32,
+        "To": f"whatsapp:{_phone(engine, contact)}",
+        "From": f"whatsapp:{WHATSAPP_SENDER}",
+    }
+    now = datetime(2026, 11, 16, 12, 0)
+    event = feedback.twilio_status_event(callback, now, message["message_id"])
+    with engine.begin() as conn:
+        applied = [feedback.apply_events(conn, [event], now) for _ in range(3)]
+
+    assert applied == [1, 0, 0]
+    assert _outcomes(engine, "chats") == {contact: ("delivered", None)}
+    assert Counter(deliveries(sandbox).values()) == {1: 1}
