@@ -80,7 +80,7 @@ def provider_connections(sandbox, public_base_url: str, link_secret: str) -> dic
             password=DEFAULT_TWILIO_TOKEN,
             host=sandbox.url,
             # The sandbox's test number has no carrier limit; a real long code sends 1 a second.
-            extra={"from_number": "+15005550006", "mps": SANDBOX_MPS},
+            extra={"from_number": "+15005550006", "whatsapp_from": "+14155238886", "mps": SANDBOX_MPS},
         ),
         "AIRFLOW_CONN_LIFECYCLE_DEFAULT": connection_json("generic", host=public_base_url, password=link_secret),
     }

@@ -6,14 +6,12 @@ sent twice."""
 
 from __future__ import annotations
 
-import itertools
 from collections import Counter
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
-import yaml
 from sqlalchemy import insert, select
 
 from lifecycle import config
@@ -23,65 +21,35 @@ from lifecycle.engine import dispatch, feedback, pipeline
 from lifecycle.messages.links import PublicLinks
 from lifecycle.model import schema
 from lifecycle.sandbox import SandboxServer
-from tests.conftest import AS_OF, FIXTURES
+from tests.conftest import AS_OF
 from tests.support.invariants import DyingTransport, WorkerDied, deliveries, stage_run
-from tests.support.journey import messages, messages_already_sent, treatment_contact
+from tests.support.journey import messages, messages_already_sent
+from tests.support.whatsapp import (
+    OUTSIDE_WINDOW,
+    TEMPLATE_SID,
+    TEMPLATE_TEXT,
+    outbound,
+    phone_of,
+    use_whatsapp_programs,
+    whatsapp_contact,
+    wrote,
+)
 from tests.unit.channels.test_hooks import FAST, WHATSAPP_SENDER, connect_to_sandbox
 
 LINKS = PublicLinks("https://app.test/lifecycle", "test-secret")
-TEMPLATE_SID = "HX" + "a" * 32
-POLICY = {
-    "control_group": {"percent": 0, "salt": "test-control"},
-    "send_batch_size": 50,
-    "caps": {"email": {"max": 3, "per": "7d"}, "whatsapp": {"max": 1, "per": "7d"}, "all": {"max": 3, "per": "7d"}},
-}
-KPI = {"primary": "conversion", "label": "Conversion", "conversion": {"event": "purchase", "since": "enrollment"}}
-PROGRAMS = {
-    "chats": {"template": "simple/hello", "priority": 20},  # a free-form text and a content template
-    "notes": {"template": "simple/note", "priority": 10},  # a free-form text only
-}
-FREE_FORM = "{{ brand.name }}: hi {{ contact.first_name }}, thanks for writing to us.\n"
-CONTENT = (
-    '{"content_sid": "' + TEMPLATE_SID + '", "variables": {"1": {{ contact.first_name|tojson }}, "2": "Lifecycle"}}'
-)
-_numbers = itertools.count(2000)
 
 
 @pytest.fixture
 def sandbox(monkeypatch) -> Iterator[SandboxServer]:
     with SandboxServer() as server:
         connect_to_sandbox(monkeypatch, server, public_base_url="https://app.test/lifecycle")
-        server.approve_content(TEMPLATE_SID, "Hi {{1}}, news from {{2}} is waiting for you.")
+        server.approve_content(TEMPLATE_SID, TEMPLATE_TEXT)
         yield server
 
 
 @pytest.fixture
 def whatsapp_config(tmp_path: Path, monkeypatch) -> Path:
-    """Programs that write on WhatsApp (a cap of 1 a week), one step each."""
-    root = tmp_path / "config"
-    (root / "programs").mkdir(parents=True)
-    (root / "segments.yml").write_text((FIXTURES / "config" / "segments.yml").read_text())
-    (root / "policy.yml").write_text(yaml.safe_dump(POLICY))
-    for program, fields in PROGRAMS.items():
-        body = {
-            "owner": "tests",
-            "schedule": None,
-            "kpi": KPI,
-            "name": program.title(),
-            "priority": fields["priority"],
-            "audience": {"segment": {"attribute": "industry", "eq": program}},
-            "steps": [{"id": "hello", "template": fields["template"], "channel": "whatsapp"}],
-            "holdout_percent": 0,
-        }
-        (root / "programs" / f"{program}.yml").write_text(yaml.safe_dump(body))
-    templates = tmp_path / "templates" / "simple"
-    templates.mkdir(parents=True)
-    (templates / "hello.whatsapp.j2").write_text(FREE_FORM)
-    (templates / "hello.whatsapp.json.j2").write_text(CONTENT)
-    (templates / "note.whatsapp.j2").write_text(FREE_FORM)
-    monkeypatch.setenv("LIFECYCLE_CONFIG_DIR", str(root))
-    monkeypatch.setenv("LIFECYCLE_TEMPLATES_DIR", str(tmp_path / "templates"))
-    return root
+    return use_whatsapp_programs(tmp_path, monkeypatch)
 
 
 def _links(message_id: int, contact_id: str, channel: str) -> dict[str, str]:
@@ -98,41 +66,20 @@ def _outcomes(engine, program: str) -> dict[str, tuple[str, str | None]]:
     return {m["contact_id"]: (m["status"], m["reason"]) for m in messages(engine, program)}
 
 
-def _contact(c, program: str = "chats", consent: dict[str, str] | None = None, **fields) -> str:
-    phone = fields.pop("phone", f"+1415555{next(_numbers):04d}")
-    granted = {"whatsapp": "granted"} if consent is None else consent
-    return treatment_contact(c, program, consent=granted, phone=phone, industry=program, **fields)
-
-
-def _phone(engine, contact_id: str) -> str:
-    with engine.connect() as conn:
-        return conn.execute(select(schema.contacts.c.phone).where(schema.contacts.c.contact_id == contact_id)).scalar()
-
-
-def _wrote(sandbox: SandboxServer, engine, contact_id: str, ago: timedelta) -> None:
-    """The contact sent us a WhatsApp message ``ago`` before now (the window runs on the wall clock)."""
-    at = datetime.now(UTC) - ago
-    sandbox.inbound_sms(f"whatsapp:{_phone(engine, contact_id)}", "Hi, a question", at=at)
-
-
-def _sent_to(sandbox: SandboxServer) -> dict[str, dict]:
-    return {m["to"]: m for m in sandbox.twilio_messages() if m["direction"] != "inbound"}
-
-
 def test_whatsapp_goes_only_with_whatsapp_consent_and_off_its_stop_list(crm, whatsapp_config, sandbox):
     engine, c = crm
-    written = _contact(c, first_name="Ada")
-    sms_only = _contact(c, consent={"sms": "granted", "email": "granted"})
-    withdrawn = _contact(c)
+    written = whatsapp_contact(c, first_name="Ada")
+    sms_only = whatsapp_contact(c, consent={"sms": "granted", "email": "granted"})
+    withdrawn = whatsapp_contact(c)
     c.consent(withdrawn, "whatsapp", "withdrawn", at=AS_OF - timedelta(days=2))
-    stopped = _contact(c)
+    stopped = whatsapp_contact(c)
     with engine.begin() as conn:
         conn.execute(
             insert(schema.suppressions).values(
                 contact_id=stopped, channel="whatsapp", reason="whatsapp_stop", source="test", created_at=AS_OF
             )
         )
-    sms_stopped = _contact(c)
+    sms_stopped = whatsapp_contact(c)
     with engine.begin() as conn:
         conn.execute(
             insert(schema.suppressions).values(
@@ -149,22 +96,22 @@ def test_whatsapp_goes_only_with_whatsapp_consent_and_off_its_stop_list(crm, wha
         stopped: ("suppressed", "whatsapp_stop"),
         sms_stopped: ("sent", None),
     }
-    sent = _sent_to(sandbox)
-    assert sorted(sent) == sorted(f"whatsapp:{_phone(engine, cid)}" for cid in (written, sms_stopped))
+    sent = outbound(sandbox)
+    assert sorted(sent) == sorted(phone_of(engine, cid) for cid in (written, sms_stopped))
     assert {m["from"] for m in sent.values()} == {f"whatsapp:{WHATSAPP_SENDER}"}
 
 
 def test_free_form_inside_the_window_the_template_outside_it_and_without_one_a_failure(crm, whatsapp_config, sandbox):
     engine, c = crm
-    inside = _contact(c, first_name="Ada")
-    _wrote(sandbox, engine, inside, timedelta(hours=1))
-    outside = _contact(c, first_name="Grace")
-    _wrote(sandbox, engine, outside, timedelta(hours=25))
-    never = _contact(c, first_name="Linus")
-    note_inside = _contact(c, "notes", first_name="Barbara")
-    _wrote(sandbox, engine, note_inside, timedelta(hours=23))
-    note_outside = _contact(c, "notes", first_name="Edsger")
-    _wrote(sandbox, engine, note_outside, timedelta(days=3))
+    inside = whatsapp_contact(c, first_name="Ada")
+    wrote(sandbox, engine, inside, timedelta(hours=1))
+    outside = whatsapp_contact(c, first_name="Grace")
+    wrote(sandbox, engine, outside, timedelta(hours=25))
+    never = whatsapp_contact(c, first_name="Linus")
+    note_inside = whatsapp_contact(c, "notes", first_name="Barbara")
+    wrote(sandbox, engine, note_inside, timedelta(hours=23))
+    note_outside = whatsapp_contact(c, "notes", first_name="Edsger")
+    wrote(sandbox, engine, note_outside, timedelta(days=3))
 
     _run(engine, "chats")
     _run(engine, "notes")
@@ -172,10 +119,10 @@ def test_free_form_inside_the_window_the_template_outside_it_and_without_one_a_f
     assert _outcomes(engine, "chats") == {inside: ("sent", None), outside: ("sent", None), never: ("sent", None)}
     assert _outcomes(engine, "notes") == {
         note_inside: ("sent", None),
-        note_outside: ("failed", "outside the WhatsApp 24-hour window and the step has no content template"),
+        note_outside: ("failed", OUTSIDE_WINDOW),
     }
-    sent = {to.removeprefix("whatsapp:"): m for to, m in _sent_to(sandbox).items()}
-    phone = {cid: _phone(engine, cid) for cid in (inside, outside, never, note_inside, note_outside)}
+    sent = outbound(sandbox)
+    phone = {cid: phone_of(engine, cid) for cid in (inside, outside, never, note_inside, note_outside)}
     assert sent[phone[inside]]["body"] == "Lifecycle: hi Ada, thanks for writing to us."
     assert sent[phone[note_inside]]["body"] == "Lifecycle: hi Barbara, thanks for writing to us."
     assert sent[phone[outside]]["body"] == "Hi Grace, news from Lifecycle is waiting for you."
@@ -196,11 +143,11 @@ def test_the_sandbox_refuses_free_form_outside_the_window_and_unknown_templates(
 
 def test_whatsapp_cap_and_all_channels_cap_hold(crm, whatsapp_config, sandbox):
     engine, c = crm
-    written_this_week = _contact(c)
+    written_this_week = whatsapp_contact(c)
     messages_already_sent(engine, written_this_week, 1, channel="whatsapp")
-    busy = _contact(c)
+    busy = whatsapp_contact(c)
     messages_already_sent(engine, busy, 3, channel="email")
-    fresh = _contact(c)
+    fresh = whatsapp_contact(c)
 
     _run(engine, "chats")
 
@@ -223,12 +170,12 @@ def _inbound(phone: str, body: str, sid: str) -> dict[str, str]:
 
 def test_an_inbound_whatsapp_stop_lists_the_contact_and_is_recorded(crm, whatsapp_config, sandbox):
     engine, c = crm
-    stopping = _contact(c)
-    chatting = _contact(c)
+    stopping = whatsapp_contact(c)
+    chatting = whatsapp_contact(c)
     now = datetime(2026, 11, 16, 12, 0)
     events = [
-        feedback.twilio_inbound_event(_inbound(_phone(engine, stopping), "STOP", "SM" + "1" * 32), now),
-        feedback.twilio_inbound_event(_inbound(_phone(engine, chatting), "Where is my order?", "SM" + "2" * 32), now),
+        feedback.twilio_inbound_event(_inbound(phone_of(engine, stopping), "STOP", "SM" + "1" * 32), now),
+        feedback.twilio_inbound_event(_inbound(phone_of(engine, chatting), "Where is my order?", "SM" + "2" * 32), now),
     ]
     with engine.begin() as conn:
         assert feedback.apply_events(conn, events, now) == 2
@@ -247,7 +194,7 @@ def test_an_inbound_whatsapp_stop_lists_the_contact_and_is_recorded(crm, whatsap
 @pytest.mark.parametrize("fault", ["429", "500", "503"])
 def test_provider_429_and_5xx_are_retried_with_no_message_sent_twice(crm, whatsapp_config, sandbox, fault):
     engine, c = crm
-    contacts = [_contact(c) for _ in range(3)]
+    contacts = [whatsapp_contact(c) for _ in range(3)]
     sandbox.add_fault("twilio", fault, count=2, retry_after=0)
 
     _run(engine, "chats")
@@ -260,7 +207,7 @@ def test_provider_429_and_5xx_are_retried_with_no_message_sent_twice(crm, whatsa
 
 def test_a_worker_dying_mid_batch_then_retried_sends_no_message_twice(crm, whatsapp_config, sandbox, monkeypatch):
     engine, c = crm
-    contacts = [_contact(c) for _ in range(3)]
+    contacts = [whatsapp_contact(c) for _ in range(3)]
     run_id = "chats__crash"
     (batch,) = stage_run(engine, "chats", run_id, AS_OF)
     brand = config.load_policy().brand.model_dump()
@@ -282,14 +229,14 @@ def test_a_worker_dying_mid_batch_then_retried_sends_no_message_twice(crm, whats
 
 def test_duplicate_status_callbacks_move_a_message_once(crm, whatsapp_config, sandbox):
     engine, c = crm
-    contact = _contact(c)
+    contact = whatsapp_contact(c)
     _run(engine, "chats")
     [message] = messages(engine, "chats")
     callback = {
         "MessageSid": message["provider_message_id"],
         "MessageStatus": "delivered",
         "AccountSid": "AC" + "0" * 32,
-        "To": f"whatsapp:{_phone(engine, contact)}",
+        "To": f"whatsapp:{phone_of(engine, contact)}",
         "From": f"whatsapp:{WHATSAPP_SENDER}",
     }
     now = datetime(2026, 11, 16, 12, 0)
