@@ -15,8 +15,9 @@ import pytest
 from sqlalchemy import insert, select
 
 from lifecycle import config
-from lifecycle.channels.providers import ProviderTransport
+from lifecycle.channels.providers import ProviderTransport, links_from_connection
 from lifecycle.channels.twilio import TwilioHook
+from lifecycle.devtools.local import WebApp, provider_connections
 from lifecycle.engine import dispatch, feedback, pipeline
 from lifecycle.messages.links import PublicLinks
 from lifecycle.model import schema
@@ -24,6 +25,7 @@ from lifecycle.sandbox import SandboxServer
 from tests.conftest import AS_OF
 from tests.support.invariants import DyingTransport, WorkerDied, deliveries, stage_run
 from tests.support.journey import messages, messages_already_sent
+from tests.support.local_crm import use_crm
 from tests.support.whatsapp import (
     OUTSIDE_WINDOW,
     TEMPLATE_SID,
@@ -247,3 +249,40 @@ def test_duplicate_status_callbacks_move_a_message_once(crm, whatsapp_config, sa
     assert applied == [1, 0, 0]
     assert _outcomes(engine, "chats") == {contact: ("delivered", None)}
     assert Counter(deliveries(sandbox).values()) == {1: 1}
+
+
+@pytest.fixture
+def loop(crm, db_url, monkeypatch, whatsapp_config):
+    """The webhook app on loopback, and the sandbox posting signed inbound messages and status
+    callbacks to it."""
+    use_crm(monkeypatch, db_url)
+    web = WebApp().start()
+    with SandboxServer(twilio_inbound_url=f"{web.base_url}/webhooks/twilio/inbound") as server:
+        for key, value in provider_connections(server, web.base_url, "loop-secret").items():
+            monkeypatch.setenv(key, value)
+        server.approve_content(TEMPLATE_SID, TEMPLATE_TEXT)
+        yield crm[0], crm[1], server
+    web.stop()
+
+
+def test_signed_inbound_messages_and_status_callbacks_reach_the_ledger(loop):
+    engine, c, sandbox = loop
+    stopping, chatting = whatsapp_contact(c), whatsapp_contact(c, first_name="Ada")
+    sandbox.inbound_sms(f"whatsapp:{phone_of(engine, stopping)}", "Stop please")
+    sandbox.inbound_sms(f"whatsapp:{phone_of(engine, chatting)}", "Is my order on its way?")
+    sandbox.flush()
+
+    scope, programs = pipeline.load_scope("chats", "chats__loop", AS_OF)
+    pipeline.run_program(engine, scope, programs, ProviderTransport(), links=links_from_connection())
+    sandbox.flush()
+
+    assert _outcomes(engine, "chats") == {stopping: ("suppressed", "whatsapp_stop"), chatting: ("delivered", None)}
+    assert outbound(sandbox)[phone_of(engine, chatting)]["body"] == "Lifecycle: hi Ada, thanks for writing to us."
+    with engine.connect() as conn:
+        events = Counter(conn.execute(select(schema.provider_events.c.event_type)).scalars())
+    assert events == {
+        "whatsapp_inbound_stop": 1,
+        "whatsapp_inbound_message": 1,
+        "status_sent": 1,
+        "status_delivered": 1,
+    }
