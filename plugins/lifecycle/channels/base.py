@@ -100,6 +100,16 @@ class OutboundWhatsApp:
 
 
 @dataclass(frozen=True)
+class OutboundWebhook:
+    """One rendered JSON payload about one contact, for a webhook endpoint (compact JSON text)."""
+
+    message_id: int
+    idempotency_key: str
+    contact_id: str
+    payload: str
+
+
+@dataclass(frozen=True)
 class SendResult:
     """What became of one message handed to a transport."""
 

@@ -24,6 +24,7 @@ BUILTIN = {
     "email": "lifecycle.channels.email",
     "sms": "lifecycle.channels.sms",
     "whatsapp": "lifecycle.channels.whatsapp",
+    "webhook": "lifecycle.channels.webhook",
 }
 """The channels that ship with Lifecycle and their modules, imported on the first lookup."""
 NAME = re.compile(rf"^[a-z][a-z0-9_]{{0,{CHANNEL_NAME_LENGTH - 1}}}$")

@@ -145,6 +145,7 @@ class OutcomeReason(_Vocabulary):
     INVALID_EMAIL = "invalid email address"  # the provider transport's own check, before SendGrid
     PHONE_NOT_E164 = "phone number is not in E.164 form"  # the same, before Twilio
     # WhatsApp: free-form only within 24 hours of the contact's last message, else an approved template
+    WEBHOOK_NOT_JSON = "the webhook payload is not JSON"  # a prefix: ``...: <why>``
     OUTSIDE_WHATSAPP_WINDOW = "outside the WhatsApp 24-hour window and the step has no content template"
     HARD_BOUNCE = "hard bounce"  # ``bounced``: the address does not exist (it also gets a hard_bounce suppression)
     BLOCKED = "blocked"  # ``bounced``: the receiving server refused it this time

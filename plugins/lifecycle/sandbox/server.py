@@ -275,6 +275,20 @@ class SandboxServer:
         from ``whatsapp:<number>``, a WhatsApp message received ``at`` (default now)."""
         return self.app.inbound_sms(sender, body, to, at)
 
+    def webhook_url(self, path: str = "lifecycle") -> str:
+        """The URL of the sandbox's webhook receiver (any ``path``), which checks signatures made
+        with ``webhook_secret``."""
+        return f"{self.url}/webhook/{path}"
+
+    @property
+    def webhook_secret(self) -> str:
+        """The secret the webhook receiver checks signatures with."""
+        return self.app.webhook.secret
+
+    def webhook_deliveries(self) -> list[dict[str, Any]]:
+        """The webhook deliveries received, oldest first, one per idempotency key."""
+        return self.app.webhook.deliveries()
+
     def approve_content(self, sid: str, text: str) -> None:
         """Know ``sid`` as an approved WhatsApp content template reading ``text`` (``{{1}}`` placeholders)."""
         self.app.twilio.approve_content(sid, text)

@@ -79,7 +79,7 @@ def pager(request):
     """The pager channel (or the variant a test parametrizes), registered for this test only."""
     with registered(getattr(request, "param", PagerChannel)()) as channel:
         yield channel
-    assert registry.names() == ("email", "sms", "whatsapp")
+    assert registry.names() == ("email", "sms", "whatsapp", "webhook")
 
 
 @pytest.fixture
@@ -272,7 +272,7 @@ def test_test_copies_and_previews_of_a_pager_step(crm, pager_config):
     assert (page.message_id, page.number) == (0, "+14155550111") and page.text.startswith("[TEST] ")
     with pytest.raises(
         ValueError,
-        match=r"E.164 numbers \(\+14155550100\) or WhatsApp numbers \(whatsapp:\+14155550100\) or pager numbers",
+        match=r"\(whatsapp:\+14155550100\) or webhook connections \(webhook:webhook_default\) or pager",
     ):
         send_test_copies(engine, scope, contact, ["someone"], transport, unsubscribe_url=unsubscribe)
     shown = preview(str(engine.url), "pages", contact, step=None, as_of=AS_OF)

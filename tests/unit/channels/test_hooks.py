@@ -44,6 +44,7 @@ def connect_to_sandbox(monkeypatch, sandbox: SandboxServer, public_base_url: str
             extra={"from_number": SENDER, "whatsapp_from": WHATSAPP_SENDER, "mps": SANDBOX_MPS},
         ),
         "LIFECYCLE_DEFAULT": connection_json("generic", host=public_base_url, password=LINK_SECRET),
+        "WEBHOOK_DEFAULT": connection_json("http", host=sandbox.webhook_url(), password=sandbox.webhook_secret),
     }
     for conn_id, value in connections.items():
         monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id}", value)
