@@ -270,7 +270,7 @@ class TwilioHook(BaseHook):
             sender["from_"] = self.settings["from_number"]
         else:
             raise ValueError(f"Connection {self.twilio_conn_id!r} needs extra.messaging_service_sid or from_number")
-        return self._create(dict(to=to, body=body, **sender), status_callback, before_attempt)
+        return self._create_message(dict(to=to, body=body, **sender), status_callback, before_attempt)
 
     def send_whatsapp(
         self,
@@ -295,9 +295,9 @@ class TwilioHook(BaseHook):
         content: dict[str, str] = {"body": body or ""}
         if content_sid:
             content = {"content_sid": content_sid, "content_variables": json.dumps(dict(content_variables or {}))}
-        return self._create(dict(to=WHATSAPP + to, **content, **sender), status_callback, before_attempt)
+        return self._create_message(dict(to=WHATSAPP + to, **content, **sender), status_callback, before_attempt)
 
-    def _create(
+    def _create_message(
         self, params: dict[str, Any], status_callback: str | None, before_attempt: Callable[[], bool] | None
     ) -> SmsReceipt:
         callback = status_callback or self.status_callback_url

@@ -50,7 +50,7 @@ def content_template(step: str, rendered: str | None) -> tuple[str | None, dict[
 class WhatsAppChannel(Channel[OutboundWhatsApp]):
     """WhatsApp: free-form text inside the contact's 24-hour window, else the step's approved
     content template, to the contact's E.164 phone number as ``whatsapp:<number>``. Its own opt-out
-    list (an inbound STOP on WhatsApp); no quiet hours in the policy's SMS sense unless given.
+    list (an inbound STOP on WhatsApp); quiet hours when the policy gives it some.
     An unknown outcome stays unknown (a template's text is Twilio's, so a lookup cannot match it),
     and each claim is renewed before every attempt."""
 
