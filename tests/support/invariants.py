@@ -102,6 +102,7 @@ def deliveries(sandbox) -> Counter[int]:
     texts = [
         int(parse_qs(urlsplit(record["status_callback"]).query)[MESSAGE_ID_PARAM][0])
         for record in sandbox.twilio_messages()
+        if record["direction"] != "inbound"
     ]
     return Counter(emails + texts)
 

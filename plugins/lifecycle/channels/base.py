@@ -85,6 +85,31 @@ class OutboundSms:
 
 
 @dataclass(frozen=True)
+class OutboundWhatsApp:
+    """One rendered WhatsApp message, addressed to one contact: its free-form ``text`` (sent inside
+    the 24-hour window) and the approved content template (``content_sid`` filled with
+    ``content_variables``) sent outside it, when the step has one."""
+
+    message_id: int
+    idempotency_key: str
+    contact_id: str
+    to_phone: str
+    text: str
+    content_sid: str | None = None
+    content_variables: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class OutboundWebhook:
+    """One rendered JSON payload about one contact, for a webhook endpoint (compact JSON text)."""
+
+    message_id: int
+    idempotency_key: str
+    contact_id: str
+    payload: str
+
+
+@dataclass(frozen=True)
 class SendResult:
     """What became of one message handed to a transport."""
 
@@ -185,7 +210,7 @@ class Addressed(Protocol):
 class Channel(ABC, Generic[OutT]):
     """One channel's descriptor (see :class:`lifecycle.model.channels.ChannelFacts` for each fact).
 
-    :param name: its name in program files, the policy and the ledger (at most 10 characters).
+    :param name: its name in program files, the policy and the ledger (at most 32 characters).
     :param address: the contact address it sends to (:data:`lifecycle.model.addresses.EMAIL`...).
     :param list_reasons: the suppression lists that block it, in the order they are reported.
     :param template_parts: the template files a message is rendered from.

@@ -16,7 +16,7 @@ C = TypeVar("C", bound=Channel)
 
 
 def register(channel: C) -> C:
-    """Register ``channel`` under its name (new, lowercase, at most 10 characters); returns it.
+    """Register ``channel`` under its name (new, lowercase, at most 32 characters); returns it.
     Every fact a :class:`Channel` declares must be set."""
     unset = [fact for fact in Channel.__annotations__ if not hasattr(channel, fact)]
     if unset:

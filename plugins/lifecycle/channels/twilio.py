@@ -1,5 +1,7 @@
 """TwilioHook: the ``twilio_default`` connection plus the official Twilio client; and
-:class:`TwilioSender`, how the SMS channel's messages go out through it and are looked up again."""
+:class:`TwilioSender`, how the SMS channel's messages go out through it and are looked up again.
+WhatsApp goes through the same hook (:mod:`lifecycle.channels.whatsapp`): the same Messages API,
+``whatsapp:`` addresses."""
 
 from __future__ import annotations
 
@@ -9,9 +11,9 @@ import threading
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from functools import cached_property
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 from urllib.parse import urlencode, urlsplit
 
 import requests
@@ -27,6 +29,7 @@ from lifecycle.channels.base import (
     REASON_LIMIT,
     ClaimCheck,
     OutboundSms,
+    OutboundWhatsApp,
     Providers,
     SendResult,
     results_for_error,
@@ -51,6 +54,7 @@ log = logging.getLogger(__name__)
 
 TWILIO_API_URL = "https://api.twilio.com"
 T = TypeVar("T")
+Out = TypeVar("Out", OutboundSms, OutboundWhatsApp)
 TWILIO_FAILED = frozenset({"failed", "undelivered", "canceled"})
 """Twilio's message statuses that mean it gave up: the message did not and will not go out."""
 DEFAULT_CONCURRENCY = 16
@@ -60,6 +64,8 @@ LONG_CODE_MPS = 1.0
 TOLL_FREE_MPS = 3.0
 SHORT_CODE_MPS = 100.0
 TOLL_FREE_PREFIXES = tuple(f"+1{code}" for code in ("800", "833", "844", "855", "866", "877", "888"))
+WHATSAPP = "whatsapp:"
+"""The prefix of a WhatsApp address at Twilio: ``whatsapp:+14155550100``."""
 
 
 def sender_mps(settings: Mapping[str, Any]) -> float:
@@ -134,8 +140,10 @@ class TwilioHook(BaseHook):
     """Sends and looks up SMS through Twilio's Messages API.
 
     Connection: login = Account SID, password = Auth Token, host = API base URL override (the
-    local sandbox); extra: ``messaging_service_sid`` or ``from_number``, ``status_callback_url``,
-    ``mps`` and ``concurrency``. Arguments given to the hook override the connection's extras.
+    local sandbox); extra: ``messaging_service_sid`` or ``from_number``, ``whatsapp_from`` (the
+    WhatsApp-enabled sender's E.164 number; else WhatsApp goes through the messaging service),
+    ``status_callback_url``, ``mps`` and ``concurrency``. Arguments given to the hook override the
+    connection's extras.
 
     Every thread sends through its own client and keep-alive session (the SDK's
     ``TwilioHttpClient``), and every attempt at creating a message takes the next slot of the
@@ -159,6 +167,7 @@ class TwilioHook(BaseHook):
         *,
         messaging_service_sid: str | None = None,
         from_number: str | None = None,
+        whatsapp_from: str | None = None,
         status_callback_url: str | None = None,
         timeout: float = 30.0,
         retry_policy: RetryPolicy | None = None,
@@ -170,6 +179,7 @@ class TwilioHook(BaseHook):
         self._overrides = {
             "messaging_service_sid": messaging_service_sid,
             "from_number": from_number,
+            "whatsapp_from": whatsapp_from,
             "status_callback_url": status_callback_url,
             "mps": mps,
             "concurrency": concurrency,
@@ -266,14 +276,51 @@ class TwilioHook(BaseHook):
             sender["from_"] = self.settings["from_number"]
         else:
             raise ValueError(f"Connection {self.twilio_conn_id!r} needs extra.messaging_service_sid or from_number")
+        return self._create_message(dict(to=to, body=body, **sender), status_callback, before_attempt)
+
+    def send_whatsapp(
+        self,
+        to: str,
+        *,
+        body: str | None = None,
+        content_sid: str | None = None,
+        content_variables: Mapping[str, str] | None = None,
+        status_callback: str | None = None,
+        before_attempt: Callable[[], bool] | None = None,
+    ) -> SmsReceipt:
+        """Create one WhatsApp message to ``to`` (E.164; sent to ``whatsapp:<to>``): free-form
+        ``body``, or the approved content template ``content_sid`` filled with ``content_variables``.
+        From extra ``whatsapp_from``, else the messaging service. Retries and errors as :meth:`send_sms`."""
+        sender: dict[str, str] = {}
+        if self.settings.get("whatsapp_from"):
+            sender["from_"] = WHATSAPP + str(self.settings["whatsapp_from"]).removeprefix(WHATSAPP)
+        elif self.settings.get("messaging_service_sid"):
+            sender["messaging_service_sid"] = self.settings["messaging_service_sid"]
+        else:
+            raise ValueError(f"Connection {self.twilio_conn_id!r} needs extra.whatsapp_from or messaging_service_sid")
+        content: dict[str, str] = {"body": body or ""}
+        if content_sid:
+            content = {"content_sid": content_sid, "content_variables": json.dumps(dict(content_variables or {}))}
+        return self._create_message(dict(to=WHATSAPP + to, **content, **sender), status_callback, before_attempt)
+
+    def _create_message(
+        self, params: dict[str, Any], status_callback: str | None, before_attempt: Callable[[], bool] | None
+    ) -> SmsReceipt:
         callback = status_callback or self.status_callback_url
         message = self._call(
-            lambda: self.client.messages.create(to=to, body=body, status_callback=callback, **sender),
+            lambda: self.client.messages.create(**params, status_callback=callback),
             idempotent=False,
             before_attempt=before_attempt,
             paced=True,
         )
         return SmsReceipt.from_instance(message)
+
+    def last_inbound_whatsapp(self, number: str) -> datetime | None:
+        """When the newest WhatsApp message from ``number`` (E.164) reached Twilio (naive UTC), or None."""
+        found = self._call(
+            lambda: self.client.messages.list(from_=WHATSAPP + number, limit=1, page_size=1), idempotent=True
+        )
+        return utc_naive(found[0].date_created) if found and found[0].date_created else None
 
     def fetch_message(self, sid: str) -> SmsReceipt:
         """Twilio's current record of one message."""
@@ -363,19 +410,17 @@ def _never_connected(exc: requests.RequestException) -> bool:
     return isinstance(getattr(cause, "reason", None), ConnectTimeoutError)
 
 
-class TwilioSender:
-    """Sends SMS through a :class:`TwilioHook`, one request each with a status callback URL that
-    names its message id, and looks up messages whose outcome is unknown.
+class TwilioRequests(Generic[Out]):
+    """Sends messages through a :class:`TwilioHook`, one request each with a status callback URL
+    that names its message id, concurrently at the sender's rate.
 
     :param hook: the Twilio hook.
     :param providers: where the app's public links come from, for the default status callback URL.
-    :param lookup_limit: how many of a number's newest messages a lookup reads.
     """
 
-    def __init__(self, hook: TwilioHook, providers: Providers, lookup_limit: int = 20) -> None:
+    def __init__(self, hook: TwilioHook, providers: Providers) -> None:
         self.hook = hook
         self.providers = providers
-        self.lookup_limit = lookup_limit
 
     def _status_callback(self, message_id: int) -> str:
         base = self.hook.status_callback_url or self.providers.links.url(TWILIO_STATUS_PATH)
@@ -387,9 +432,9 @@ class TwilioSender:
         """The threads that send this sender's requests (as many as the hook's concurrency)."""
         return ThreadPoolExecutor(self.hook.concurrency, thread_name_prefix="twilio")
 
-    def send(self, batch: Sequence[OutboundSms], still_claimed: ClaimCheck | None = None) -> Iterator[SendResult]:
-        """Send each SMS, with a status callback URL that names its message id, concurrently at the
-        sender's rate (all started before this returns); results come as each completes.
+    def send(self, batch: Sequence[Out], still_claimed: ClaimCheck | None = None) -> Iterator[SendResult]:
+        """Send each message, with a status callback URL that names its message id, concurrently at
+        the sender's rate (all started before this returns); results come as each completes.
 
         ``still_claimed(message_id)`` is asked before every attempt at a message (see
         :class:`~lifecycle.channels.base.Transport`); a message no longer claimed is not sent.
@@ -398,18 +443,36 @@ class TwilioSender:
         _ = self.hook.status_callback_url or self.providers.links
         return started(self.pool, lambda message: [self._send_one(message, still_claimed)], batch)
 
-    def _send_one(self, message: OutboundSms, still_claimed: ClaimCheck | None = None) -> SendResult:
+    def _send_one(self, message: Out, still_claimed: ClaimCheck | None = None) -> SendResult:
         if to_e164(message.to_phone) != message.to_phone:
             return SendResult(message.message_id, Status.FAILED, reason=OutcomeReason.PHONE_NOT_E164)
         before = None if still_claimed is None else (lambda: still_claimed(message.message_id))
         try:
-            receipt = self.hook.send_sms(
-                message.to_phone, message.body, self._status_callback(message.message_id), before_attempt=before
-            )
+            receipt = self._create(message, self._status_callback(message.message_id), before)
         except ProviderError as exc:
             log.warning("Twilio request for message %s ended: %s", message.message_id, exc.reason)
             return results_for_error([message.message_id], exc)[0]
+        if receipt is None:
+            return SendResult(message.message_id, Status.FAILED, reason=OutcomeReason.OUTSIDE_WHATSAPP_WINDOW)
         return _sms_result(message.message_id, receipt)
+
+    def _create(self, message: Out, callback: str, before: Callable[[], bool] | None) -> SmsReceipt | None:
+        """Create ``message`` at Twilio; None when it must not go (WhatsApp: outside the window, no template)."""
+        raise NotImplementedError
+
+
+class TwilioSender(TwilioRequests[OutboundSms]):
+    """Sends SMS through a :class:`TwilioHook` and looks up messages whose outcome is unknown.
+
+    :param lookup_limit: how many of a number's newest messages a lookup reads.
+    """
+
+    def __init__(self, hook: TwilioHook, providers: Providers, lookup_limit: int = 20) -> None:
+        super().__init__(hook, providers)
+        self.lookup_limit = lookup_limit
+
+    def _create(self, message: OutboundSms, callback: str, before: Callable[[], bool] | None) -> SmsReceipt:
+        return self.hook.send_sms(message.to_phone, message.body, callback, before_attempt=before)
 
     def reconcile(
         self, batch: Sequence[OutboundSms], since: datetime, exclude: Collection[str] = ()
@@ -455,3 +518,43 @@ def _sms_result(message_id: int, receipt: SmsReceipt) -> SendResult:
         reason = twilio_failure_reason(receipt.error_code, receipt.status)
         return SendResult(message_id, Status.FAILED, receipt.sid, reason=reason, segments=receipt.segments)
     return SendResult(message_id, Status.SENT, receipt.sid, segments=receipt.segments)
+
+
+WHATSAPP_WINDOW = timedelta(hours=24)
+"""How long after a contact's last WhatsApp message a business may answer free-form (WhatsApp's
+customer service window); outside it only an approved content template may go."""
+
+
+class WhatsAppSender(TwilioRequests[OutboundWhatsApp]):
+    """Sends WhatsApp messages through a :class:`TwilioHook`: the free-form text when the contact's
+    last WhatsApp message reached Twilio within :data:`WHATSAPP_WINDOW` of the attempt, else the
+    step's approved content template, else nothing (``failed``,
+    :attr:`~lifecycle.model.ledger.OutcomeReason.OUTSIDE_WHATSAPP_WINDOW`).
+
+    The window is read from Twilio's own record of the contact's inbound messages at each
+    attempt, on the wall clock: it is the record Twilio enforces (error 63016), and a window
+    that closed between planning and sending is not taken for open.
+    """
+
+    def __init__(self, hook: TwilioHook, providers: Providers, clock: Callable[[], datetime] | None = None) -> None:
+        super().__init__(hook, providers)
+        self.clock = clock or (lambda: datetime.now(UTC).replace(tzinfo=None))
+
+    def in_window(self, number: str) -> bool:
+        """Whether ``number``'s last WhatsApp message reached Twilio within the last 24 hours."""
+        last = self.hook.last_inbound_whatsapp(number)
+        return last is not None and self.clock() - last < WHATSAPP_WINDOW
+
+    def _create(self, message: OutboundWhatsApp, callback: str, before: Callable[[], bool] | None) -> SmsReceipt | None:
+        send = self.hook.send_whatsapp
+        if message.text.strip() and self.in_window(message.to_phone):
+            return send(message.to_phone, body=message.text, status_callback=callback, before_attempt=before)
+        if message.content_sid:
+            return send(
+                message.to_phone,
+                content_sid=message.content_sid,
+                content_variables=message.content_variables,
+                status_callback=callback,
+                before_attempt=before,
+            )
+        return None

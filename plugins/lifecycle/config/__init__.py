@@ -665,7 +665,7 @@ def load_program(path: Path, catalog: SegmentCatalog | None = None) -> Program:
 
 
 def _template_parts(channel: str) -> list[str]:
-    return [part.suffix for part in channels.get(channel).template_parts]
+    return [part.suffix for part in channels.get(channel).template_parts if not part.optional]
 
 
 def program_files_dir() -> Path:

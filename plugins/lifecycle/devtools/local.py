@@ -60,8 +60,8 @@ SANDBOX_MPS = 50
 
 
 def provider_connections(sandbox, public_base_url: str, link_secret: str) -> dict[str, str]:
-    """``AIRFLOW_CONN_*`` values pointing SendGrid and Twilio at a provider sandbox, and the
-    public links (unsubscribe, status callbacks) at ``public_base_url``."""
+    """``AIRFLOW_CONN_*`` values pointing SendGrid, Twilio and the webhook channel's endpoint at a
+    provider sandbox, and the public links (unsubscribe, status callbacks) at ``public_base_url``."""
     from lifecycle.sandbox import DEFAULT_SENDGRID_KEY, DEFAULT_TWILIO_SID, DEFAULT_TWILIO_TOKEN
 
     return {
@@ -82,9 +82,12 @@ def provider_connections(sandbox, public_base_url: str, link_secret: str) -> dic
             password=DEFAULT_TWILIO_TOKEN,
             host=sandbox.url,
             # The sandbox's test number has no carrier limit; a real long code sends 1 a second.
-            extra={"from_number": "+15005550006", "mps": SANDBOX_MPS},
+            extra={"from_number": "+15005550006", "whatsapp_from": "+14155238886", "mps": SANDBOX_MPS},
         ),
         "AIRFLOW_CONN_LIFECYCLE_DEFAULT": connection_json("generic", host=public_base_url, password=link_secret),
+        "AIRFLOW_CONN_WEBHOOK_DEFAULT": connection_json(
+            "http", host=sandbox.webhook_url(), password=sandbox.webhook_secret
+        ),
     }
 
 

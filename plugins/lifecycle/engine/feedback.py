@@ -31,7 +31,7 @@ from typing import Any
 from sqlalchemy import Connection, DateTime, Table, bindparam, case, delete, func, select, update
 
 from lifecycle.channels import registry
-from lifecycle.channels.twilio import TWILIO_FAILED, twilio_failure_reason
+from lifecycle.channels.twilio import TWILIO_FAILED, WHATSAPP, twilio_failure_reason
 from lifecycle.messages.links import MESSAGE_ID_PARAM, UnsubscribeToken
 from lifecycle.model.addresses import email_address, to_e164
 from lifecycle.model.db import Record, insert_ignore, utc_naive
@@ -257,7 +257,7 @@ def twilio_status_event(
         event_id=f"{sid}:{status}",
         event_type=f"status_{status}",
         occurred_at=utc_naive(received_at),
-        channel="sms",
+        channel="whatsapp" if params.get("To", "").startswith(WHATSAPP) else "sms",
         message_id=message_id,
         provider_message_id=sid or None,
         status=ledger_status,
@@ -305,20 +305,30 @@ def sms_keyword(body: str | None, opt_out_type: str | None = None) -> str | None
 
 
 def twilio_inbound_event(params: Mapping[str, str], received_at: datetime) -> FeedbackEvent:
-    """Parse a Twilio inbound message: STOP keywords opt the sender out, START opts them back in."""
+    """Parse a Twilio inbound message, SMS or WhatsApp (from ``whatsapp:<number>``): STOP keywords
+    opt the sender out of that channel, START opts them back in. Every inbound WhatsApp message is
+    recorded (``whatsapp_inbound_<keyword or message>``): each one opens the contact's 24-hour window."""
+    sender = params.get("From", "")
+    whatsapp = sender.startswith(WHATSAPP)
+    channel, stop, prefix = ("whatsapp", R.WHATSAPP_STOP, "whatsapp_") if whatsapp else ("sms", R.SMS_STOP, "")
     keyword = sms_keyword(params.get("Body"), params.get("OptOutType"))
     effects: dict[str, Any] = {}
     if keyword == "STOP":
-        effects = {"suppress": R.SMS_STOP, "consent": "withdrawn", "source": "twilio_stop"}
+        effects = {"suppress": stop, "consent": "withdrawn", "source": f"twilio_{prefix}stop"}
     elif keyword == "START":
-        effects = {"unsuppress": R.SMS_STOP, "consent": "granted", "source": "twilio_start", "restores": "twilio_stop"}
+        effects = {
+            "unsuppress": stop,
+            "consent": "granted",
+            "source": f"twilio_{prefix}start",
+            "restores": f"twilio_{prefix}stop",
+        }
     return FeedbackEvent(
         provider="twilio",
         event_id=params.get("MessageSid", ""),
-        event_type=f"inbound_{(keyword or 'message').lower()}",
+        event_type=f"{prefix}inbound_{(keyword or 'message').lower()}",
         occurred_at=utc_naive(received_at),
-        channel="sms",
-        phone=to_e164(params.get("From")),
+        channel=channel,
+        phone=to_e164(sender.removeprefix(WHATSAPP)),
         payload={"MessageSid": params.get("MessageSid"), "keyword": keyword},
         **effects,
     )

@@ -257,10 +257,12 @@ _LAYOUTS: dict[Layout, Callable[[str], str]] = {
 
 def render(template: str, channel: str, context: Mapping[str, Any], root: Path | None = None) -> Rendered:
     """Render a step's template parts for ``channel`` with ``context``, each laid out as its channel says."""
-    env = environment(str(root or templates_dir()))
+    folder = root or templates_dir()
+    env = environment(str(folder))
     return Rendered(
         {
             part.field: _LAYOUTS[part.layout](_render(env, f"{template}.{part.suffix}", context))
             for part in channels.get(channel).template_parts
+            if not part.optional or (folder / f"{template}.{part.suffix}").is_file()
         }
     )

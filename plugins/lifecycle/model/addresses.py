@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, null, select, true
 from sqlalchemy.sql.expression import ColumnElement, FromClause
 
 from lifecycle.model import schema
@@ -65,6 +65,9 @@ class Address:
 
 EMAIL = Address("email", email_address, valid_email, Q.c.email_valid, Q.c.email_problem)
 PHONE = Address("phone", phone_number, valid_e164, Q.c.phone_valid, Q.c.phone_problem)
+CONTACT_ID = Address("contact_id", lambda contacts: contacts.c.contact_id, lambda _id: true(), true(), null())
+"""The contact's own id, for channels that reach a system rather than an inbox (webhooks): always
+present, always valid."""
 
 
 def phone_region(country: str | None) -> str | None:

@@ -18,11 +18,17 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from lifecycle.model.addresses import Address
+from lifecycle.model.schema import CHANNEL_NAME_LENGTH
 
-BUILTIN = {"email": "lifecycle.channels.email", "sms": "lifecycle.channels.sms"}
+BUILTIN = {
+    "email": "lifecycle.channels.email",
+    "sms": "lifecycle.channels.sms",
+    "whatsapp": "lifecycle.channels.whatsapp",
+    "webhook": "lifecycle.channels.webhook",
+}
 """The channels that ship with Lifecycle and their modules, imported on the first lookup."""
-NAME = re.compile(r"^[a-z][a-z0-9_]{0,9}$")
-"""A channel name: what the ledger's ``channel`` columns (10 characters) can hold."""
+NAME = re.compile(rf"^[a-z][a-z0-9_]{{0,{CHANNEL_NAME_LENGTH - 1}}}$")
+"""A channel name: what the ledger's ``channel`` columns (32 characters) can hold."""
 RESERVED = frozenset({"all"})
 """Names a channel cannot have: ``all`` is the policy's cap over every channel."""
 
@@ -33,11 +39,13 @@ Layout = Literal["line", "block", "as_written"]
 class TemplatePart:
     """One file of a step's template on a channel: ``<template>.<suffix>``, rendered into the
     message's ``field`` and laid out as one ``line`` (whitespace collapsed), a text ``block``
-    (trimmed, ending in a newline) or ``as_written``."""
+    (trimmed, ending in a newline) or ``as_written``. An ``optional`` part may be left out of a
+    step's template; the message then has no such field."""
 
     field: str
     suffix: str
     layout: Layout
+    optional: bool = False
 
 
 class ChannelFacts(Protocol):
@@ -100,11 +108,11 @@ def _load_builtin() -> None:
 
 
 def register(channel: ChannelFacts) -> None:
-    """Add a channel; its name must be new, lowercase and at most 10 characters (not ``all``)."""
+    """Add a channel; its name must be new, lowercase and at most 32 characters (not ``all``)."""
     if not NAME.match(channel.name) or channel.name in RESERVED:
         raise ValueError(
-            f"channel name {channel.name!r} must be 1 to 10 lowercase letters, digits or underscores, "
-            f"starting with a letter, and not {sorted(RESERVED)}"
+            f"channel name {channel.name!r} must be 1 to {CHANNEL_NAME_LENGTH} lowercase letters, digits or "
+            f"underscores, starting with a letter, and not {sorted(RESERVED)}"
         )
     if _registered.get(channel.name, channel) is not channel:
         raise ValueError(f"a channel named {channel.name!r} is already registered")

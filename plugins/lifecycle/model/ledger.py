@@ -86,6 +86,7 @@ class SuppressionReason(_Vocabulary):
     HARD_BOUNCE = "hard_bounce"
     SPAM_REPORT = "spam_report"
     SMS_STOP = "sms_stop"
+    WHATSAPP_STOP = "whatsapp_stop"
     DUPLICATE_CONTACT = "duplicate_contact"
     CONSENT_WITHDRAWN = "consent_withdrawn"
     NO_CONSENT = "no_consent"  # also a prefix: ``no_consent: <region>`` when a region's rule decided
@@ -111,6 +112,7 @@ ADDRESS_LISTS: Final[tuple[SuppressionReason, ...]] = (
     SuppressionReason.HARD_BOUNCE,
     SuppressionReason.SPAM_REPORT,
     SuppressionReason.SMS_STOP,
+    SuppressionReason.WHATSAPP_STOP,
 )
 """The lists an address is on, not only a contact row: an opt-out, bounce or spam report holds for
 every contact with the same normalised address (feedback records it; suppression checks it)."""
@@ -157,6 +159,9 @@ class OutcomeReason(_Vocabulary):
     UNREADABLE_CRM_DATA = "unreadable CRM data"  # a prefix: ``unreadable CRM data: <what could not be read>``
     INVALID_EMAIL = "invalid email address"  # the provider transport's own check, before SendGrid
     PHONE_NOT_E164 = "phone number is not in E.164 form"  # the same, before Twilio
+    # WhatsApp: free-form only within 24 hours of the contact's last message, else an approved template
+    WEBHOOK_NOT_JSON = "the webhook payload is not JSON"  # a prefix: ``...: <why>``
+    OUTSIDE_WHATSAPP_WINDOW = "outside the WhatsApp 24-hour window and the step has no content template"
     HARD_BOUNCE = "hard bounce"  # ``bounced``: the address does not exist (it also gets a hard_bounce suppression)
     BLOCKED = "blocked"  # ``bounced``: the receiving server refused it this time
     DROPPED = "dropped"  # a prefix: ``dropped: <SendGrid's reason>``

@@ -40,6 +40,8 @@ OPPORTUNITY_STAGES = (
     "closed_lost",
 )
 TICKET_STATUSES = ("open", "pending", "solved")
+CHANNEL_NAME_LENGTH = 32
+"""How long a channel's name may be: the width of the ledger's and the suppression list's ``channel`` columns."""
 
 # --- CRM input model ------------------------------------------------------------------------
 
@@ -86,7 +88,7 @@ consents = Table(
     "consents",
     crm_metadata,
     Column("contact_id", String(64), nullable=False),
-    Column("channel", String(10), nullable=False),
+    Column("channel", String(CHANNEL_NAME_LENGTH), nullable=False),
     Column("purpose", String(20), nullable=False),
     Column("status", String(10), nullable=False),
     Column("source", String(50)),
@@ -202,9 +204,9 @@ messages = Table(
     Column("step", String(64), nullable=False),
     Column("step_index", Integer, nullable=False),
     Column("contact_id", String(64), nullable=False),
-    Column("channel", String(10), nullable=False),
-    Column("fallback_channel", String(10)),
-    Column("planned_channel", String(10), nullable=False),
+    Column("channel", String(CHANNEL_NAME_LENGTH), nullable=False),
+    Column("fallback_channel", String(CHANNEL_NAME_LENGTH)),
+    Column("planned_channel", String(CHANNEL_NAME_LENGTH), nullable=False),
     Column("template", String(200), nullable=False),
     Column("variant", String(32)),
     Column("group", String(16), nullable=False, default="treatment"),
@@ -252,7 +254,7 @@ suppressions = Table(
     engine_metadata,
     Column("suppression_id", Integer, primary_key=True, autoincrement=True),
     Column("contact_id", String(64), nullable=False),
-    Column("channel", String(10), nullable=False),  # email | sms
+    Column("channel", String(CHANNEL_NAME_LENGTH), nullable=False),
     Column("reason", String(40), nullable=False),
     Column("source", String(64), nullable=False),
     Column("proof", Text),

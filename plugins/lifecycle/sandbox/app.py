@@ -6,12 +6,14 @@ Provider endpoints:
 - ``POST /2010-04-01/Accounts/{AccountSid}/Messages.json`` (Twilio create, Basic SID/token)
 - ``GET /2010-04-01/Accounts/{AccountSid}/Messages.json`` (list: ``To``, ``From``, ``DateSent[<>]``)
 - ``GET /2010-04-01/Accounts/{AccountSid}/Messages/{Sid}.json`` (fetch)
+- ``POST /webhook/{path}`` (the webhook channel's receiver: :mod:`lifecycle.sandbox.webhook_endpoint`)
 
 Control endpoints (JSON, no auth): ``GET /_sandbox/health``, ``GET /_sandbox/sendgrid/messages``
 and ``GET /_sandbox/twilio/messages`` (optional ``?to=``), ``GET /_sandbox/sendgrid/public_key``,
 ``POST /_sandbox/sendgrid/events``, ``POST /_sandbox/twilio/inbound``, ``GET|POST /_sandbox/faults``,
 ``GET /_sandbox/stats``, ``GET /_sandbox/webhooks`` (optional ``?provider=``), ``POST /_sandbox/flush``
-and ``POST /_sandbox/reset``. Faults apply to the two send endpoints only.
+and ``POST /_sandbox/reset``. Faults apply to the three send endpoints only (targets ``sendgrid``,
+``twilio``, ``webhook``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import json
 import re
 import threading
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -33,6 +36,7 @@ from lifecycle.sandbox.signing import EventWebhookSigner
 from lifecycle.sandbox.twilio_api import TwilioApi
 from lifecycle.sandbox.twilio_api import error_reply as twilio_error_reply
 from lifecycle.sandbox.twilio_rules import TwilioError
+from lifecycle.sandbox.webhook_endpoint import WEBHOOK_PREFIX, WebhookEndpoint
 from lifecycle.sandbox.webhooks import WebhookDispatcher
 from lifecycle.sandbox.wire import Hangup, Reply, Request, json_reply
 
@@ -71,6 +75,7 @@ class SandboxApp:
         self.twilio = TwilioApi(
             twilio_account_sid, twilio_auth_token, self.recorder, self.dispatcher, twilio_inbound_url
         )
+        self.webhook = WebhookEndpoint()
         self._stopping = threading.Event()
         self._control_routes: dict[tuple[str, str], Callable[[Request], Any]] = {
             ("GET", "health"): lambda request: {"status": "ok"},
@@ -107,6 +112,8 @@ class SandboxApp:
             return self._send("sendgrid", "sendgrid.mail_send", request, self._mail_send)
         if (route := _twilio_route(request.path)) is not None:
             return self._twilio(request, *route)
+        if request.path.startswith(WEBHOOK_PREFIX):
+            return self._send("webhook", "webhook.deliver", request, self.webhook.receive)
         return json_reply(404, {"error": f"no sandbox endpoint for {request.method} {request.path}"})
 
     def _twilio(self, request: Request, account_sid: str, message_sid: str | None) -> Reply | Hangup:
@@ -139,7 +146,12 @@ class SandboxApp:
         if fault is None:
             return self._count(endpoint, process(request))
         self.recorder.count(endpoint, f"faults.{fault.kind}")
-        api = self.sendgrid if target == "sendgrid" else self.twilio
+        apis: dict[Target, SendGridApi | TwilioApi | WebhookEndpoint] = {
+            "sendgrid": self.sendgrid,
+            "twilio": self.twilio,
+            "webhook": self.webhook,
+        }
+        api = apis[target]
         if fault.status is not None:
             return self._count(endpoint, api.fault_reply(fault.status, fault.retry_after))
         if fault.kind in ("slow", "timeout"):
@@ -166,6 +178,7 @@ class SandboxApp:
     def reset(self) -> dict[str, bool]:
         """Forget records, pending faults, opt-outs, stats and the webhook log."""
         self.recorder.reset()
+        self.webhook.reset()
         self.faults.clear()
         self.dispatcher.clear_log()
         return {"reset": True}
@@ -203,16 +216,21 @@ class SandboxApp:
         to = _query(request, "to")
         return {"messages": [message for message in self.recorder.sms_list() if to in (None, message["to"])]}
 
-    def inbound_sms(self, sender: str, body: str, to: str | None = None) -> dict[str, Any]:
-        """Receive an SMS from ``sender`` (STOP and its synonyms opt the number out, START back in)."""
+    def inbound_sms(self, sender: str, body: str, to: str | None = None, at: datetime | None = None) -> dict[str, Any]:
+        """Receive an SMS (a WhatsApp message from ``whatsapp:<number>``, received ``at``) from
+        ``sender`` (STOP and its synonyms opt the number out, START back in)."""
         try:
-            return self.twilio.inbound(sender, body, to)
+            return self.twilio.inbound(sender, body, to, at)
         except ValueError as error:
             raise ControlError(str(error)) from None
 
     def _post_inbound(self, request: Request) -> dict[str, Any]:
         payload = _json_body(request)
-        return self.inbound_sms(str(payload.get("from", "")), str(payload.get("body", "")), payload.get("to"))
+        try:
+            at = datetime.fromisoformat(payload["at"]) if payload.get("at") else None
+        except (TypeError, ValueError):
+            raise ControlError("'at' must be an ISO 8601 time") from None
+        return self.inbound_sms(str(payload.get("from", "")), str(payload.get("body", "")), payload.get("to"), at)
 
     def add_fault(self, request: dict[str, Any]) -> dict[str, Any]:
         """Queue the fault a ``POST /_sandbox/faults`` body describes; returns the pending faults."""

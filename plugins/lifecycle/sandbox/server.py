@@ -22,6 +22,7 @@ import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from email.utils import formatdate
 from http import HTTPStatus
 from types import TracebackType
@@ -258,7 +259,8 @@ class SandboxServer:
         return self.app.recorder.emails(to)
 
     def twilio_messages(self) -> list[dict[str, Any]]:
-        """Accepted SMS, oldest first, with their current status."""
+        """Accepted SMS and WhatsApp messages (and inbound WhatsApp ones), oldest first, with their
+        current status."""
         return self.app.recorder.sms_list()
 
     def add_fault(
@@ -268,9 +270,28 @@ class SandboxServer:
         request = {"target": target, "kind": kind, "count": count, "retry_after": retry_after, "delay": delay}
         return self.app.add_fault(request)
 
-    def inbound_sms(self, sender: str, body: str, to: str | None = None) -> dict[str, Any]:
-        """Receive an SMS from ``sender`` (``STOP`` opts the number out) and post the inbound webhook."""
-        return self.app.inbound_sms(sender, body, to)
+    def inbound_sms(self, sender: str, body: str, to: str | None = None, at: datetime | None = None) -> dict[str, Any]:
+        """Receive an SMS from ``sender`` (``STOP`` opts the number out) and post the inbound webhook;
+        from ``whatsapp:<number>``, a WhatsApp message received ``at`` (default now)."""
+        return self.app.inbound_sms(sender, body, to, at)
+
+    def webhook_url(self, path: str = "lifecycle") -> str:
+        """The URL of the sandbox's webhook receiver (any ``path``), which checks signatures made
+        with ``webhook_secret``."""
+        return f"{self.url}/webhook/{path}"
+
+    @property
+    def webhook_secret(self) -> str:
+        """The secret the webhook receiver checks signatures with."""
+        return self.app.webhook.secret
+
+    def webhook_deliveries(self) -> list[dict[str, Any]]:
+        """The webhook deliveries received, oldest first, one per idempotency key."""
+        return self.app.webhook.deliveries()
+
+    def approve_content(self, sid: str, text: str) -> None:
+        """Know ``sid`` as an approved WhatsApp content template reading ``text`` (``{{1}}`` placeholders)."""
+        self.app.twilio.approve_content(sid, text)
 
     def sendgrid_event(
         self,

@@ -5,6 +5,13 @@ An accepted message is answered ``queued`` and then progresses at once to ``sent
 step is posted to the request's ``StatusCallback`` URL, signed with the Auth Token. Inbound
 messages posted through the control API apply Twilio's default opt-out keywords and reach the
 configured inbound URL as Twilio's signed inbound-message webhook.
+
+WhatsApp (``whatsapp:`` addresses) follows WhatsApp's rules as Twilio enforces them: free-form
+text only within 24 hours of the contact's last inbound WhatsApp message (else error 63016), any
+time from an approved content template (``ContentSid`` of one the sandbox knows, else error 21655;
+``ContentVariables`` fill its ``{{1}}``... placeholders). Inbound WhatsApp messages are kept in
+the message list (``direction`` ``inbound``), as Twilio lists them; an inbound one posted with an
+``at`` time stands for one received then.
 """
 
 from __future__ import annotations
@@ -12,9 +19,11 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+import json
+import re
 import uuid
 from collections.abc import Mapping
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from email.utils import format_datetime, parsedate_to_datetime
 from typing import Any
 from urllib.parse import parse_qs, urlencode
@@ -24,9 +33,13 @@ from lifecycle.sandbox.records import Recorder
 from lifecycle.sandbox.sms_segments import count_segments
 from lifecycle.sandbox.twilio_rules import (
     E164,
+    INVALID_CONTENT_SID,
+    OUTSIDE_WINDOW,
     UNSUBSCRIBED,
+    WHATSAPP,
     TwilioError,
     invalid_parameter,
+    is_whatsapp,
     parse_form,
     validate_create_message,
 )
@@ -46,6 +59,13 @@ OPT_IN_KEYWORDS = frozenset({"START", "YES", "UNSTOP"})
 HELP_KEYWORDS = frozenset({"HELP", "INFO"})
 DEFAULT_PAGE_SIZE = 50
 SANDBOX_ONLY_FIELDS = ("status_callback", "media_url")
+WHATSAPP_WINDOW = timedelta(hours=24)
+DEFAULT_CONTENT_TEMPLATES = {
+    "HX" + "0" * 31 + "1": "Hi {{1}}, there is news for you at {{2}}. Reply to hear more.",
+}
+"""The approved content templates the sandbox knows by SID (their text, with ``{{n}}`` placeholders)."""
+INVALID_CONTENT_VARIABLES = TwilioError(400, 21656, "The ContentVariables Parameter is invalid")
+_PLACEHOLDER = re.compile(r"\{\{\s*(\w+)\s*\}\}")
 
 AUTHENTICATE = TwilioError(401, 20003, "Authenticate")
 _FAULT_ERRORS = {
@@ -105,6 +125,11 @@ class TwilioApi:
         self.recorder = recorder
         self.dispatcher = dispatcher
         self.inbound_url = inbound_url
+        self.content_templates = dict(DEFAULT_CONTENT_TEMPLATES)
+
+    def approve_content(self, sid: str, text: str) -> None:
+        """Know ``sid`` as an approved content template reading ``text`` (``{{1}}`` placeholders)."""
+        self.content_templates[sid] = text
 
     def fault_reply(self, status: int, retry_after: int) -> Reply:
         """The response to an injected 429/500/503 fault."""
@@ -134,9 +159,11 @@ class TwilioApi:
         params, error = validate_create_message(parse_form(body))
         if error is None and self.recorder.is_stopped(params["To"]):
             error = UNSUBSCRIBED
+        now = datetime.now(UTC)
+        if error is None and is_whatsapp(params["To"]):
+            params, error = self._whatsapp(params, now)
         if error is not None:
             return error_reply(error)
-        now = datetime.now(UTC)
         sid = new_sid("SM")
         uri = f"/{API_VERSION}/Accounts/{self.account_sid}/Messages/{sid}.json"
         media = params.get("MediaUrl", [])
@@ -168,6 +195,29 @@ class TwilioApi:
         reply = json_reply(201, _public(message))
         self._progress(message)
         return reply
+
+    def _whatsapp(self, params: dict[str, Any], now: datetime) -> tuple[dict[str, Any], TwilioError | None]:
+        """A WhatsApp message's parameters (a template's filled in as its body), or why Twilio refuses it."""
+        sid = params.get("ContentSid")
+        if sid is None:
+            last = self._last_inbound(params["To"])
+            return params, None if last is not None and now - last < WHATSAPP_WINDOW else OUTSIDE_WINDOW
+        if sid not in self.content_templates:
+            return params, INVALID_CONTENT_SID
+        try:
+            variables = json.loads(params.get("ContentVariables") or "{}")
+        except ValueError:
+            variables = None
+        if not isinstance(variables, dict):
+            return params, INVALID_CONTENT_VARIABLES
+        text = _PLACEHOLDER.sub(lambda m: str(variables.get(m.group(1), m.group(0))), self.content_templates[sid])
+        return {**params, "Body": text}, None
+
+    def _last_inbound(self, number: str) -> datetime | None:
+        for message in reversed(self.recorder.sms_list()):
+            if message["direction"] == "inbound" and message["from"] == number:
+                return parsedate_to_datetime(message["date_created"])
+        return None
 
     def _progress(self, message: dict[str, Any]) -> None:
         now = format_datetime(datetime.now(UTC))
@@ -255,10 +305,12 @@ class TwilioApi:
             },
         )
 
-    def inbound(self, sender: str, body: str, to: str | None = None) -> dict[str, Any]:
-        """Receive an SMS from ``sender``: apply opt-out keywords and post the inbound-message webhook."""
-        if not E164.match(sender):
-            raise ValueError("'from' must be an E.164 phone number")
+    def inbound(self, sender: str, body: str, to: str | None = None, at: datetime | None = None) -> dict[str, Any]:
+        """Receive an SMS (or, from ``whatsapp:<number>``, a WhatsApp message, kept in the message
+        list as received ``at``, by default now) from ``sender``: apply opt-out keywords and post
+        the inbound-message webhook."""
+        if not E164.match(sender.removeprefix(WHATSAPP)):
+            raise ValueError("'from' must be an E.164 phone number, or whatsapp: and one")
         keyword = " ".join(body.split()).upper()
         opt_out_type = None
         if keyword in OPT_OUT_KEYWORDS:
@@ -270,7 +322,11 @@ class TwilioApi:
         elif keyword in HELP_KEYWORDS:
             opt_out_type = "HELP"
         recipient = to or self._last_sender_to(sender)
+        if is_whatsapp(sender) and not is_whatsapp(recipient):
+            recipient = WHATSAPP + recipient
         sid = new_sid("SM")
+        if is_whatsapp(sender):
+            self._keep_inbound(sid, sender, recipient, body, at or datetime.now(UTC))
         params = {
             "MessageSid": sid,
             "SmsMessageSid": sid,
@@ -288,6 +344,36 @@ class TwilioApi:
             params["OptOutType"] = opt_out_type
         self.dispatcher.enqueue("twilio", "inbound", self.inbound_url, params)
         return {"message_sid": sid, "opt_out_type": opt_out_type, "stopped": self.recorder.is_stopped(sender)}
+
+    def _keep_inbound(self, sid: str, sender: str, recipient: str, body: str, at: datetime) -> None:
+        received = format_datetime(at if at.tzinfo else at.replace(tzinfo=UTC))
+        uri = f"/{API_VERSION}/Accounts/{self.account_sid}/Messages/{sid}.json"
+        self.recorder.add_sms(
+            {
+                "account_sid": self.account_sid,
+                "api_version": API_VERSION,
+                "body": body,
+                "date_created": received,
+                "date_sent": received,
+                "date_updated": received,
+                "direction": "inbound",
+                "error_code": None,
+                "error_message": None,
+                "from": sender,
+                "messaging_service_sid": None,
+                "num_media": "0",
+                "num_segments": "1",
+                "price": None,
+                "price_unit": "USD",
+                "sid": sid,
+                "status": "received",
+                "subresource_uris": {"media": uri.replace(".json", "/Media.json")},
+                "to": recipient,
+                "uri": uri,
+                "status_callback": None,
+                "media_url": [],
+            }
+        )
 
     def _last_sender_to(self, number: str) -> str:
         for message in reversed(self.recorder.sms_list()):

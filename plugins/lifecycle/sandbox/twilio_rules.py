@@ -3,8 +3,9 @@
 Form values are coerced to the types the schema declares (booleans, integers, repeated keys as
 arrays), checked against it and against its ``x-twilio.conditional`` groups (``From`` or
 ``MessagingServiceSid``; ``Body``, ``MediaUrl`` or ``ContentSid``), then against the live rules:
-``To`` in E.164, a body of at most 1,600 characters, ``To`` different from ``From``. Like Twilio,
-only the first problem is reported, with Twilio's error code.
+``To`` in E.164, a body of at most 1,600 characters, ``To`` different from ``From``. A WhatsApp
+message is addressed ``whatsapp:<E.164>`` (``To``, and ``From`` when given). Like Twilio, only the
+first problem is reported, with Twilio's error code.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from lifecycle.sandbox import specs
 from lifecycle.sandbox.validation import SchemaValidator, resolve_ref
 
 E164 = re.compile(r"^\+[1-9]\d{1,14}$")
+WHATSAPP = "whatsapp:"
 SHORT_CODE = re.compile(r"^\d{5,6}$")
 ALPHANUMERIC_SENDER = re.compile(r"^(?=.*[A-Za-z])[A-Za-z0-9 ]{1,11}$")
 MAX_BODY_CHARS = 1600
@@ -55,6 +57,14 @@ INVALID_CALLBACK = TwilioError(400, 21609, "Invalid StatusCallback URL")
 INVALID_MEDIA = TwilioError(400, 21620, "Invalid media URL(s)")
 SAME_TO_FROM = TwilioError(400, 21266, "'To' and 'From' number cannot be the same")
 UNSUBSCRIBED = TwilioError(400, 21610, "Attempt to send to unsubscribed recipient")
+CHANNEL_MISMATCH = TwilioError(400, 63007, "Twilio could not find a Channel with the specified From address")
+INVALID_CONTENT_SID = TwilioError(400, 21655, "The ContentSid is Invalid")
+OUTSIDE_WINDOW = TwilioError(
+    400,
+    63016,
+    "Failed to send freeform message because you are outside the allowed window. "
+    "If you are using WhatsApp, please use a Message Template.",
+)
 
 _PARAMETER_ERRORS: dict[tuple[str, str], TwilioError] = {
     ("To", "required"): TO_REQUIRED,
@@ -75,8 +85,16 @@ def invalid_parameter(name: str) -> TwilioError:
 
 
 def is_sender(value: str) -> bool:
-    """Whether ``value`` is a phone number, short code or alphanumeric sender ID Twilio accepts."""
+    """Whether ``value`` is a phone number (``whatsapp:`` one too), short code or alphanumeric
+    sender ID Twilio accepts."""
+    if value.startswith(WHATSAPP):
+        return bool(E164.match(value.removeprefix(WHATSAPP)))
     return bool(E164.match(value) or SHORT_CODE.match(value) or ALPHANUMERIC_SENDER.match(value))
+
+
+def is_whatsapp(value: Any) -> bool:
+    """Whether an address is a WhatsApp one (``whatsapp:+14155550100``)."""
+    return isinstance(value, str) and value.startswith(WHATSAPP)
 
 
 def is_http_url(value: str) -> bool:
@@ -137,7 +155,7 @@ def validate_create_message(form: Mapping[str, list[str]]) -> tuple[dict[str, An
     for group in operation.one_of_groups:
         if not any(name in params for name in group):
             found.append((_order(group[0]), _GROUP_ERRORS.get(group[0]) or invalid_parameter(group[0])))
-    if "To" in params and isinstance(params["To"], str) and not E164.match(params["To"]):
+    if "To" in params and isinstance(params["To"], str) and not E164.match(params["To"].removeprefix(WHATSAPP)):
         found.append((_order("To"), INVALID_TO))
     if found:
         return params, min(found, key=lambda item: item[0])[1]
@@ -145,4 +163,6 @@ def validate_create_message(form: Mapping[str, list[str]]) -> tuple[dict[str, An
         return params, BODY_TOO_LONG
     if params["To"] == params.get("From"):
         return params, SAME_TO_FROM
+    if "From" in params and is_whatsapp(params["To"]) != is_whatsapp(params["From"]):
+        return params, CHANNEL_MISMATCH
     return params, None

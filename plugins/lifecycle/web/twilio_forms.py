@@ -8,7 +8,8 @@ form Twilio gives it, and the parameters that must be there are.
 
 Names: Twilio's documented inbound-message and status-callback parameters (the sandbox sends a
 subset, :mod:`lifecycle.sandbox.twilio_api`). SIDs are a two-letter prefix and 32 hex digits:
-``SM`` (``MM`` for a message with media), ``AC``, ``MG``.
+``SM`` (``MM`` for a message with media), ``AC``, ``MG``. A WhatsApp party is ``whatsapp:`` and its
+number.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ MAX_FIELDS = 100
 MAX_VALUE = 1_600  # Twilio's longest message body; no other value comes near it
 
 _SID = re.compile(r"(?:SM|MM)[0-9a-f]{32}")
-_E164 = re.compile(r"\+[1-9][0-9]{1,14}")
-_SENDER = re.compile(r"\+[1-9][0-9]{1,14}|[0-9]{5,6}|(?=.*[A-Za-z])[A-Za-z0-9 ]{1,11}")
+_E164 = re.compile(r"(?:whatsapp:)?\+[1-9][0-9]{1,14}")
+_SENDER = re.compile(r"(?:whatsapp:)?\+[1-9][0-9]{1,14}|[0-9]{5,6}|(?=.*[A-Za-z])[A-Za-z0-9 ]{1,11}")
 _COUNT = re.compile(r"[0-9]{1,3}")
 _STATUSES = (
     "accepted|scheduled|canceled|queued|sending|sent|failed|delivered|undelivered|receiving|received|read"

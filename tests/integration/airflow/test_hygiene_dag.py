@@ -95,8 +95,11 @@ def test_figures_match_the_planted_dirty_data(seeded, db_url, monkeypatch):
     assert flags == {
         "invalid_address:email": planted["invalid_email"],
         "invalid_address:sms": planted["invalid_phone"],
+        "invalid_address:whatsapp": planted["invalid_phone"],
         "duplicate_contact:email": planted["duplicate_contacts"],
         "duplicate_contact:sms": planted["duplicate_contacts"],
+        "duplicate_contact:whatsapp": planted["duplicate_contacts"],
+        "duplicate_contact:webhook": planted["duplicate_contacts"],
     }
 
 
@@ -107,7 +110,8 @@ def test_rerunning_the_dag_changes_nothing(crm, db_url, monkeypatch):
     c.contact("k3", email=None, phone="(415) 555-2672")
     assert run_dag(monkeypatch, db_url, "data_hygiene", AS_OF) == "success"
     first = _engine_tables(engine)
-    assert len(first["quality"]) == 3 and len(first["suppressions"]) == 3
+    # k2: an invalid phone (SMS, WhatsApp) and a duplicate (email, SMS, WhatsApp, webhook)
+    assert len(first["quality"]) == 3 and len(first["suppressions"]) == 6
     assert run_dag(monkeypatch, db_url, "data_hygiene", AS_OF) == "success"
     assert _engine_tables(engine) == first
 

@@ -68,12 +68,18 @@ class NamedLikeAColumn(PagerChannel):
     name = "channel"
 
 
+class NamedAtLength(PagerChannel):
+    """The pager channel under a long name (the ledger's channel columns hold 32 characters)."""
+
+    name = "paid_audience"
+
+
 @pytest.fixture
 def pager(request):
     """The pager channel (or the variant a test parametrizes), registered for this test only."""
     with registered(getattr(request, "param", PagerChannel)()) as channel:
         yield channel
-    assert registry.names() == ("email", "sms")
+    assert registry.names() == ("email", "sms", "whatsapp", "webhook")
 
 
 @pytest.fixture
@@ -173,7 +179,9 @@ def test_pages_go_only_where_consent_lists_and_addresses_allow(crm, pager_config
     assert {sent[cid]["provider_message_id"] for cid in pages} == {pid for pid, _page in hook.accepted}
 
 
-@pytest.mark.parametrize("pager", [PagerChannel, NamedLikeAColumn], indirect=True, ids=["pager", "channel"])
+@pytest.mark.parametrize(
+    "pager", [PagerChannel, NamedLikeAColumn, NamedAtLength], indirect=True, ids=["pager", "channel", "long-name"]
+)
 def test_the_pager_cap_and_the_all_channels_cap_both_hold(crm, pager_config, pager):
     engine, c = crm
     paged_this_week = _pager_contact(c, channel=pager.name)
@@ -262,7 +270,10 @@ def test_test_copies_and_previews_of_a_pager_step(crm, pager_config):
     assert report.sent == {"hello": 1} and report.not_sent == {}
     [(_pid, page)] = hook.accepted
     assert (page.message_id, page.number) == (0, "+14155550111") and page.text.startswith("[TEST] ")
-    with pytest.raises(ValueError, match=r"email addresses or E.164 numbers \(\+14155550100\) or pager numbers"):
+    with pytest.raises(
+        ValueError,
+        match=r"\(whatsapp:\+14155550100\) or webhook connections \(webhook:webhook_default\) or pager",
+    ):
         send_test_copies(engine, scope, contact, ["someone"], transport, unsubscribe_url=unsubscribe)
     shown = preview(str(engine.url), "pages", contact, step=None, as_of=AS_OF)
     assert shown == "PAGE Lifecycle page: hello Grace"

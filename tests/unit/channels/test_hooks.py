@@ -17,6 +17,7 @@ from lifecycle.sandbox import DEFAULT_SENDGRID_KEY, DEFAULT_TWILIO_SID, DEFAULT_
 FAST = RetryPolicy(attempts=4, base_delay=0.01, max_delay=0.05)
 LINK_SECRET = "link-signing-secret-for-tests"
 SENDER = "+15005550006"
+WHATSAPP_SENDER = "+14155238886"
 
 
 def connect_to_sandbox(monkeypatch, sandbox: SandboxServer, public_base_url: str = "http://127.0.0.1:9") -> None:
@@ -40,9 +41,10 @@ def connect_to_sandbox(monkeypatch, sandbox: SandboxServer, public_base_url: str
             login=DEFAULT_TWILIO_SID,
             password=DEFAULT_TWILIO_TOKEN,
             host=sandbox.url,
-            extra={"from_number": SENDER, "mps": SANDBOX_MPS},
+            extra={"from_number": SENDER, "whatsapp_from": WHATSAPP_SENDER, "mps": SANDBOX_MPS},
         ),
         "LIFECYCLE_DEFAULT": connection_json("generic", host=public_base_url, password=LINK_SECRET),
+        "WEBHOOK_DEFAULT": connection_json("http", host=sandbox.webhook_url(), password=sandbox.webhook_secret),
     }
     for conn_id, value in connections.items():
         monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id}", value)

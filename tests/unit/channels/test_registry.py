@@ -53,12 +53,13 @@ def _load(path: Path) -> config.Program:
     return config.load_program(path, config.load_segments(FIXTURES / "config" / "segments.yml"))
 
 
-def test_email_and_sms_ship_registered():
-    assert registry.names() == ("email", "sms")
+def test_email_sms_whatsapp_and_webhook_ship_registered():
+    assert registry.names() == ("email", "sms", "whatsapp", "webhook")
     assert registry.get("sms").reconcilable and not registry.get("email").reconcilable
+    assert not registry.get("whatsapp").reconcilable and registry.get("whatsapp").renews_claim
 
 
-@pytest.mark.parametrize("name", ["all", "Pager", "pager_with_a_long_name", "9lives", ""])
+@pytest.mark.parametrize("name", ["all", "Pager", "pager_with_a_name_of_thirty_three", "9lives", ""])
 def test_a_channel_name_must_fit_the_ledger(name):
     odd = type("Odd", (PagerChannel,), {"name": name})()
     with pytest.raises(ValueError, match="channel name"):
@@ -82,7 +83,7 @@ def test_a_name_is_registered_once(pager):
 
 
 def test_an_unknown_channel_is_named_with_the_registered_ones():
-    with pytest.raises(UnknownChannel, match=r"'fax'.*\['email', 'sms'\]"):
+    with pytest.raises(UnknownChannel, match=r"'fax'.*\['email', 'sms', 'whatsapp', 'webhook'\]"):
         registry.get("fax")
 
 
@@ -94,7 +95,8 @@ def test_a_step_on_an_unregistered_channel_names_the_file_the_field_and_the_chan
         _load(path)
     assert err.value.file == str(path)
     assert err.value.problems == [
-        f"steps[0].{field}: 'pager' is not a registered channel — fix: use one of ['email', 'sms']"
+        f"steps[0].{field}: 'pager' is not a registered channel — fix: use one of "
+        "['email', 'sms', 'whatsapp', 'webhook']"
     ]
 
 
@@ -115,7 +117,8 @@ def test_policy_caps_accept_any_registered_channel(tmp_path, pager):
     with pytest.raises(config.ConfigError) as err:
         config.load_policy(_policy(tmp_path, caps=caps))
     assert err.value.problems == [
-        "caps.pager[key]: 'pager' is not a registered channel or 'all' — fix: use one of ['email', 'sms', 'all']"
+        "caps.pager[key]: 'pager' is not a registered channel or 'all' — fix: use one of "
+        "['email', 'sms', 'whatsapp', 'webhook', 'all']"
     ]
 
 
@@ -129,7 +132,7 @@ def test_quiet_hours_only_for_channels_that_have_them(tmp_path, pager):
         config.load_policy(_policy(tmp_path, quiet_hours={"pager": window}))
     assert err.value.problems == [
         "quiet_hours.pager[key]: 'pager' is not a registered channel with quiet hours — fix: use one of "
-        "['email', 'sms']"
+        "['email', 'sms', 'whatsapp']"  # the webhook channel has no quiet hours
     ]
 
 

@@ -247,16 +247,22 @@ def test_suppressions_follow_the_snapshot_and_crm_rows_never_change(crm):
     assert flagged == {
         (bad_email, "email", "invalid_address", "data_hygiene", "An email address must have an @-sign."),
         (bad_phone, "sms", "invalid_address", "data_hygiene", "not a phone number"),
+        (bad_phone, "whatsapp", "invalid_address", "data_hygiene", "not a phone number"),
         (duplicate, "email", "duplicate_contact", "data_hygiene", f"duplicate of {fine}"),
         (duplicate, "sms", "duplicate_contact", "data_hygiene", f"duplicate of {fine}"),
+        (duplicate, "whatsapp", "duplicate_contact", "data_hygiene", f"duplicate of {fine}"),
+        (duplicate, "webhook", "duplicate_contact", "data_hygiene", f"duplicate of {fine}"),
         (other_source, "email", "invalid_address", "sendgrid", "bounce"),
     }
     assert hygiene.flag_suppressions(engine, RUN, AS_OF) == {
         "lifted": 0,
         "invalid_address_email": 0,
         "invalid_address_sms": 0,
+        "invalid_address_whatsapp": 0,
         "duplicate_contact_email": 0,
         "duplicate_contact_sms": 0,
+        "duplicate_contact_whatsapp": 0,
+        "duplicate_contact_webhook": 0,
     }
     assert suppression_list(engine) == flagged
     with engine.begin() as conn:
@@ -269,8 +275,11 @@ def test_suppressions_follow_the_snapshot_and_crm_rows_never_change(crm):
     run_hygiene(engine, "manual__next", AS_OF + timedelta(days=1))
     assert suppression_list(engine) == {
         (bad_phone, "sms", "invalid_address", "data_hygiene", "not a phone number"),
+        (bad_phone, "whatsapp", "invalid_address", "data_hygiene", "not a phone number"),
         (fine, "email", "duplicate_contact", "data_hygiene", f"duplicate of {duplicate}"),
         (fine, "sms", "duplicate_contact", "data_hygiene", f"duplicate of {duplicate}"),
+        (fine, "whatsapp", "duplicate_contact", "data_hygiene", f"duplicate of {duplicate}"),
+        (fine, "webhook", "duplicate_contact", "data_hygiene", f"duplicate of {duplicate}"),
         (other_source, "email", "invalid_address", "sendgrid", "bounce"),
     }
 
