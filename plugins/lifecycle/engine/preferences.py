@@ -20,6 +20,7 @@ from lifecycle.channels import registry
 from lifecycle.engine.feedback import FeedbackEvent, topic_preference, unsubscribe_event
 from lifecycle.messages.links import UnsubscribeToken
 from lifecycle.model import schema
+from lifecycle.model.addresses import CONTACT_ID
 from lifecycle.model.ledger import SuppressionReason as R
 
 SOURCE = "preference_centre"
@@ -61,8 +62,14 @@ def message_topic(conn: Connection, message_id: int, policy: config.Policy) -> s
 
 
 def opt_out_channels() -> list[str]:
-    """The channels a contact may unsubscribe from (those a marketing unsubscribe stops)."""
-    return [name for name in registry.names() if R.UNSUBSCRIBED in registry.get(name).list_reasons]
+    """The channels a contact may unsubscribe from: those a marketing unsubscribe stops that reach
+    an inbox of the person's own (a channel addressed by contact id, such as a webhook to another
+    system, is an integration, not an inbox)."""
+    return [
+        name
+        for name in registry.names()
+        if R.UNSUBSCRIBED in registry.get(name).list_reasons and registry.get(name).address is not CONTACT_ID
+    ]
 
 
 def _channel_subscribed(conn: Connection, contact_id: str, channel: str) -> bool:

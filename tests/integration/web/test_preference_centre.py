@@ -93,6 +93,7 @@ def test_the_page_shows_topics_and_channels_with_labels_and_changes_nothing(cent
         "topic:account_billing": True,
         "channel:email": True,
         "channel:sms": True,
+        "channel:whatsapp": True,
     }
     for box in ("topic-offers", "topic-education", "channel-email"):
         assert f'<label for="{box}">' in page.text
@@ -108,8 +109,8 @@ def test_the_form_changes_topics_and_channels_each_with_source_and_proof(centre)
     contact = crm.contact()
     path = link(add_message(engine, contact, program="guide"), contact).replace("/unsubscribe", "/preferences")
 
-    # Offers unticked, email unticked; education and sms kept.
-    saved = client.post(path, content="topic=education&channel=sms", headers=FORM)
+    # Offers unticked, email unticked; education, sms and whatsapp kept.
+    saved = client.post(path, content="topic=education&channel=sms&channel=whatsapp", headers=FORM)
 
     assert saved.status_code == 200 and "Your preferences are saved" in saved.text
     assert topic_rows(engine, contact) == [("offers", "withdrawn", "preference_centre")]
@@ -120,12 +121,13 @@ def test_the_form_changes_topics_and_channels_each_with_source_and_proof(centre)
         "topic:account_billing": True,
         "channel:email": False,
         "channel:sms": True,
+        "channel:whatsapp": True,
     }
 
     # The same form again changes nothing; ticking them back opts back in.
-    client.post(path, content="topic=education&channel=sms", headers=FORM)
+    client.post(path, content="topic=education&channel=sms&channel=whatsapp", headers=FORM)
     assert len(topic_rows(engine, contact)) == 1
-    client.post(path, content="topic=offers&topic=education&channel=email&channel=sms", headers=FORM)
+    client.post(path, content="topic=offers&topic=education&channel=email&channel=sms&channel=whatsapp", headers=FORM)
     assert topic_rows(engine, contact)[-1] == ("offers", "granted", "preference_centre")
     assert channel_state(engine, contact) == ([], "preference_centre")
 
