@@ -540,7 +540,7 @@ def test_task_logs_hold_no_address_and_no_secret(sqlite_url, monkeypatch, task_l
     seed_crm(sqlite_url, 300, AS_OF)
     engine = get_engine(sqlite_url)
     migrate(engine)
-    with provider_sandbox(sqlite_url, monkeypatch, LINK_SECRET) as server:
+    with provider_sandbox(sqlite_url, monkeypatch, LINK_SECRET, web_process=True) as server:
         assert run_dag(monkeypatch, sqlite_url, "welcome", datetime(2026, 11, 16, 15, tzinfo=UTC)) == "success"
         sent = [m["to"] for m in server.sendgrid_messages()] + [m["to"] for m in server.twilio_messages()]
 

@@ -346,15 +346,19 @@ def test_unknown_time_zones_fall_back_to_the_phone_numbers_zone(crm):
 
 
 @contextmanager
-def provider_sandbox(crm_url: str, monkeypatch, link_secret: str) -> Iterator[SandboxServer]:
+def provider_sandbox(
+    crm_url: str, monkeypatch, link_secret: str, *, web_process: bool = False
+) -> Iterator[SandboxServer]:
     """The provider sandbox, and the web app its webhooks go to, wired up as Airflow connections
-    (``crm_default`` at ``crm_url``): the real SDKs send to the sandbox."""
+    (``crm_default`` at ``crm_url``): the real SDKs send to the sandbox. With ``web_process`` the
+    app runs in a process of its own, as it must beside DAG tasks run in this process (dag.test)."""
     use_crm(monkeypatch, crm_url)
-    web = WebApp().start()
+    web = WebApp(process=web_process)
     try:
         with SandboxServer(sendgrid_webhook_url=f"{web.base_url}/webhooks/sendgrid") as server:
             for key, value in provider_connections(server, web.base_url, link_secret).items():
                 monkeypatch.setenv(key, value)
+            web.start()
             yield server
     finally:
         web.stop()
