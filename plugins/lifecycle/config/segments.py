@@ -122,11 +122,16 @@ def _parse_condition(table: str, column: str, spec: Any, path: str) -> Condition
     if len(spec) != 1:
         raise SegmentError(path, f"give exactly one operator for {column!r}, one of {list(OPERATORS)}")
     op, value = next(iter(spec.items()))
+    if op in TIME_WINDOWS and not _is_time_column(table, column):
+        raise SegmentError(path, f"{op} needs a timestamp column; {column!r} is not one")
+    return _condition(column, op, value, path)
+
+
+def _condition(column: str, op: Any, value: Any, path: str) -> Condition:
+    """``column op value`` once the operator is known and its value reads as that operator needs."""
     if op not in OPERATORS:
         raise SegmentError(path, f"unknown operator {op!r}; use one of {list(OPERATORS)}")
     if op in TIME_WINDOWS:
-        if not _is_time_column(table, column):
-            raise SegmentError(path, f"{op} needs a timestamp column; {column!r} is not one")
         try:
             value = parse_duration(value)
         except ValueError as exc:
@@ -147,17 +152,7 @@ def _parse_custom(column: str, spec: Any, path: str) -> Condition:
     if not isinstance(spec, Mapping):
         return Condition(column, "eq", spec)
     op, value = next(iter(spec.items()))
-    if op not in OPERATORS:
-        raise SegmentError(path, f"unknown operator {op!r}; use one of {list(OPERATORS)}")
-    if op in TIME_WINDOWS:
-        try:
-            value = parse_duration(value)
-        except ValueError as exc:
-            raise SegmentError(f"{path}.{op}", str(exc)) from None
-    elif op in JOURNEY_REFS and value not in ("enrollment", "anchor"):
-        raise SegmentError(f"{path}.{op}", "compare to 'enrollment' or 'anchor'")
-    _check_value(op, value, path)
-    return Condition(column, op, value)
+    return _condition(column, op, value, path)
 
 
 def _check_value(op: str, value: Any, path: str) -> None:
