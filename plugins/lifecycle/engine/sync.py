@@ -36,11 +36,13 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    TIMESTAMP,
     Connection,
     DateTime,
     Engine,
     Float,
     Integer,
+    bindparam,
     delete,
     func,
     literal_column,
@@ -124,24 +126,30 @@ class _Part:
         exprs += [self._expression(spec.source).label(f"x__{name}") for name, spec in self.custom.items()]
         return exprs
 
-    def select(self, since: Any = None) -> Any:
+    def select(self, since: Any = None, limit: int | None = None) -> Any:
+        """The part's rows (those at or past the watermark ``since``, when given; the first ``limit``)."""
         stmt = select(*self._selected()).select_from(self._from())
         if since is not None and self.mapping.watermark:
             wm = self._expression(self.mapping.watermark)
-            stmt = stmt.add_columns(wm.label("w__")).where(wm >= since)
+            stmt = stmt.add_columns(wm.label("w__")).where(wm >= _mark_param(since))
         elif self.mapping.watermark:
             stmt = stmt.add_columns(self._expression(self.mapping.watermark).label("w__"))
-        return stmt
+        return stmt if limit is None else stmt.limit(limit)
 
     def count(self) -> Any:
+        """The number of rows the part reads."""
         return select(func.count()).select_from(self._from())
+
+    def header(self) -> Any:
+        """No rows, only the table's column names (a missing table or column is named before any read)."""
+        return select(text("*")).select_from(self._from()).limit(0)
 
     def check_source(self, conn: Connection) -> None:
         """A missing table or column, named with the fix, before any row is read."""
         if self.mapping.table is None:
             return
         try:
-            header = conn.execute(select(text("*")).select_from(self._from()).limit(0))
+            header = conn.execute(self.header())
             present = {str(name).lower() for name in list(header.keys())}
         except DBAPIError:
             conn.rollback()
@@ -174,11 +182,8 @@ class _Part:
     ) -> Iterator[tuple[dict[str, Any], Any]]:
         """Canonical rows (with each row's watermark value) as the source yields them (the first
         ``limit`` only, when given: a sample)."""
-        stmt = self.select(since)
-        if limit is not None:
-            stmt = stmt.limit(limit)
         try:
-            result = conn.execution_options(stream_results=True, yield_per=CHUNK).execute(stmt)
+            result = conn.execution_options(stream_results=True, yield_per=CHUNK).execute(self.select(since, limit))
         except DBAPIError as exc:
             first = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
             self.fail(
@@ -289,6 +294,28 @@ class _Part:
             count, _example = self.unreadable.get(column, (0, value))
             self.unreadable[column] = (count + 1, _example)
             return None
+
+
+def _mark_param(since: Any) -> Any:
+    """The last copy's watermark, bound as the type the source gave it: an aware datetime (a
+    ``TIMESTAMP`` column on BigQuery, ``TIMESTAMP_TZ`` on Snowflake) as a timestamp with time zone, a
+    naive one (``DATETIME``, ``TIMESTAMP_NTZ``) as a datetime. BigQuery compares a ``TIMESTAMP`` only
+    with a ``TIMESTAMP``, and types each parameter by this."""
+    if isinstance(since, datetime) and since.tzinfo is not None:
+        return bindparam("since", since, type_=TIMESTAMP(timezone=True))
+    return bindparam("since", since)
+
+
+def entity_parts(entity: str, sources: Sources | None, file: Path) -> list[_Part]:
+    """How ``entity`` is read from the source: its mapping parts (``entity[i]`` when there are
+    several), or the canonical table itself when there is no mapping (``file`` names it in errors)."""
+    if sources is None:
+        return [_Part(entity, entity, identity_mapping(entity), file, strict=False)]
+    mappings = sources.entities[entity]
+    return [
+        _Part(entity, f"{entity}[{i}]" if len(mappings) > 1 else entity, m, sources.file, strict=True)
+        for i, m in enumerate(mappings)
+    ]
 
 
 def _kind_name(kind: Any) -> str:
@@ -546,20 +573,12 @@ def sync(
     problems: list[str] = []
     for entity in [*wanted, *extra]:
         required = entity in wanted
-        if sources is None:
-            parts = [_Part(entity, entity, identity_mapping(entity), file, strict=False)]
-        elif entity in sources.errors or entity not in sources.entities:
+        if sources is not None and (entity in sources.errors or entity not in sources.entities):
             # Left out or wrong in the file: the mirror stays as it is; programs that need it do not load.
             problems += sources.errors.get(entity, []) if required else []
             continue
-        else:
-            mappings = sources.entities[entity]
-            parts = [
-                _Part(entity, f"{entity}[{i}]" if len(mappings) > 1 else entity, m, file, strict=True)
-                for i, m in enumerate(mappings)
-            ]
         try:
-            results[entity] = sync_entity(source, state, entity, parts)
+            results[entity] = sync_entity(source, state, entity, entity_parts(entity, sources, file))
         except SourceError as exc:
             if required:
                 problems += exc.problems
