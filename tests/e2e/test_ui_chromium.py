@@ -216,14 +216,14 @@ def test_digest_renders_in_chromium(ui, artifacts):
     assert "What changed" in dom and "Data quality" in dom
 
 
-def test_campaigns_page_refuses_anonymous_requests():
+def test_campaigns_page_sends_anonymous_browsers_to_sign_in():
     from fastapi.testclient import TestClient
 
     from lifecycle.web import create_app
 
     with TestClient(create_app()) as client:
-        response = client.get("/campaigns")
-    assert response.status_code == 401 and response.json() == {"detail": "Not authenticated"}
+        response = client.get("/campaigns", follow_redirects=False)
+    assert response.status_code == 303 and response.headers["location"].endswith("?next=%2Fcampaigns")
 
 
 def test_campaigns_page_escapes_config_strings(ui, tmp_path, monkeypatch):

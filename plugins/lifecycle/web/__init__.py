@@ -6,6 +6,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from lifecycle.web.campaigns import router as campaigns_router
+from lifecycle.web.signin import SignInRequired, redirect_to_login
 from lifecycle.web.webhooks import router as webhooks_router
 
 
@@ -14,4 +15,5 @@ def create_app() -> FastAPI:
     app = FastAPI(title="Lifecycle", docs_url=None, redoc_url=None, openapi_url=None)
     app.include_router(webhooks_router)
     app.include_router(campaigns_router)
+    app.add_exception_handler(SignInRequired, redirect_to_login)
     return app

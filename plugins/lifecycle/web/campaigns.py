@@ -9,7 +9,7 @@ over time from ``lifecycle_kpis`` as a small server-rendered PNG chart: no scrip
 from elsewhere. Each program's figures are as of its own newest logged run, so a program that ran
 an hour ago and one that runs daily both show their latest week. Every string from the config or
 the CRM is escaped by the sandboxed, autoescaping template environment. Only a signed-in Airflow
-user sees the page.
+user sees the page (a browser without a session is sent to Airflow's login page).
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pandas as pd
-from airflow.api_fastapi.core_api.security import requires_authenticated
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import HTMLResponse
 from sqlalchemy import Engine, func, inspect, select
@@ -34,6 +33,7 @@ from lifecycle.model.db import get_engine, state_url, utc_naive
 from lifecycle.model.ledger import Status
 from lifecycle.reporting import charts, digest, display, measurement, performance, timeline
 from lifecycle.reporting.display import duration, segment, step_timing
+from lifecycle.web.signin import signed_in_page
 
 CAMPAIGNS_PATH = "/campaigns"
 CONTACT_PATH = "/campaigns/contact"
@@ -224,14 +224,15 @@ def contact_page(engine: Engine, contact_id: str) -> str:
     )
 
 
-@router.get(CAMPAIGNS_PATH, response_class=HTMLResponse, dependencies=[Depends(requires_authenticated())])
+@router.get(CAMPAIGNS_PATH, response_class=HTMLResponse, dependencies=[Depends(signed_in_page)])
 async def campaigns() -> HTMLResponse:
-    """The Campaigns page, for signed-in Airflow users (the UI's session cookie or a bearer token)."""
+    """The Campaigns page, for signed-in Airflow users (the UI's session cookie or a bearer token);
+    a browser without a valid session is sent to the login page."""
     html = await run_in_threadpool(lambda: campaigns_page(get_engine(state_url())))
     return HTMLResponse(html, headers={"Cache-Control": "no-store"})
 
 
-@router.get(CONTACT_PATH, response_class=HTMLResponse, dependencies=[Depends(requires_authenticated())])
+@router.get(CONTACT_PATH, response_class=HTMLResponse, dependencies=[Depends(signed_in_page)])
 async def contact(contact_id: str = Query("", max_length=64)) -> HTMLResponse:
     """Why a contact did or did not get a message: its timeline across every program, for
     signed-in Airflow users. Looked up by contact id only; addresses are shown masked."""
