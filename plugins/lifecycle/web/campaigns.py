@@ -17,10 +17,10 @@ from __future__ import annotations
 import base64
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
 import pandas as pd
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse
 from sqlalchemy import Engine, func, inspect, select
 from starlette.concurrency import run_in_threadpool
@@ -33,7 +33,8 @@ from lifecycle.model.db import get_engine, state_url, utc_naive
 from lifecycle.model.ledger import Status
 from lifecycle.reporting import charts, digest, display, measurement, performance, timeline
 from lifecycle.reporting.display import duration, segment, step_timing
-from lifecycle.web.signin import signed_in_page
+from lifecycle.web import actions
+from lifecycle.web.signin import SignedIn, signed_in_page
 
 CAMPAIGNS_PATH = "/campaigns"
 CONTACT_PATH = "/campaigns/contact"
@@ -171,9 +172,33 @@ def _measured_view(
     )
 
 
-def campaigns_page(engine: Engine, as_of: datetime | None = None) -> str:
+def notice(done: str, program_id: str, run_id: str, paused: Mapping[str, bool]) -> dict[str, Any] | None:
+    """What the action the user just took did (from the query of the redirect after it), or None
+    when the query names no known action and program."""
+    programs, _errors = config.load_all_programs()
+    if done not in actions.DONE or program_id not in programs:
+        return None
+    run = run_id if actions.RUN_ID.fullmatch(run_id) else None
+    return {
+        "program": programs[program_id].name,
+        "text": actions.DONE[done],
+        "dag": actions.TEST_SEND_DAG if done == actions.TEST_SEND else program_id,
+        "run": run,
+        "waits": done == actions.TEST_SEND and paused.get(actions.TEST_SEND_DAG, False),
+    }
+
+
+def campaigns_page(
+    engine: Engine,
+    as_of: datetime | None = None,
+    paused: Mapping[str, bool] | None = None,
+    done: Mapping[str, Any] | None = None,
+) -> str:
     """The page's HTML: catalog, KPIs, funnels and per-step figures of every program as of its own
-    newest run (or all as of ``as_of``); a program that never ran shows its catalog only."""
+    newest run (or all as of ``as_of``); a program that never ran shows its catalog only.
+
+    ``paused`` says which DAGs are paused (as Airflow's API told the user; a program missing from
+    it offers both pause and resume), ``done`` what the user's last action did (:func:`notice`)."""
     programs, errors = config.load_all_programs()
     programs = digest.ordered(programs)
     policy = config.load_policy()
@@ -203,6 +228,9 @@ def campaigns_page(engine: Engine, as_of: datetime | None = None) -> str:
             "outcomes": [o for o in performance.OUTCOMES if o.key != performance.SIMULATED],
             "errors": {pid: str(err) for pid, err in sorted(errors.items())},
             "min_sample": measurement.MIN_SAMPLE,
+            "paused": dict(paused or {}),
+            "done": done,
+            "test_send_dag": actions.TEST_SEND_DAG,
         }
     )
 
@@ -224,11 +252,21 @@ def contact_page(engine: Engine, contact_id: str) -> str:
     )
 
 
-@router.get(CAMPAIGNS_PATH, response_class=HTMLResponse, dependencies=[Depends(signed_in_page)])
-async def campaigns() -> HTMLResponse:
+@router.get(CAMPAIGNS_PATH, response_class=HTMLResponse)
+async def campaigns(
+    request: Request,
+    signed_in: Annotated[SignedIn, Depends(signed_in_page)],
+    done: Annotated[str, Query(max_length=32)] = "",
+    program: Annotated[str, Query(max_length=64)] = "",
+    run: Annotated[str, Query(max_length=250)] = "",
+) -> HTMLResponse:
     """The Campaigns page, for signed-in Airflow users (the UI's session cookie or a bearer token);
-    a browser without a valid session is sent to the login page."""
-    html = await run_in_threadpool(lambda: campaigns_page(get_engine(state_url())))
+    a browser without a valid session is sent to the login page. Which DAGs are paused is asked of
+    Airflow's API as the user."""
+    paused = await actions.api_for(request, signed_in).paused()
+    html = await run_in_threadpool(
+        lambda: campaigns_page(get_engine(state_url()), paused=paused, done=notice(done, program, run, paused))
+    )
     return HTMLResponse(html, headers={"Cache-Control": "no-store"})
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Annotated
+from urllib.parse import urlsplit
 
 from airflow.api_fastapi.app import create_auth_manager
 from airflow.api_fastapi.auth.managers.base_auth_manager import COOKIE_NAME_JWT_TOKEN
@@ -45,9 +46,10 @@ def _presented_bearer(credentials: HTTPAuthorizationCredentials | None) -> str |
 
 
 def return_path(request: Request) -> str:
-    """The path (with its query) of ``request`` as the browser asked for it, mount prefix included."""
-    query = request.url.query
-    return request.url.path + (f"?{query}" if query else "")
+    """Where to come back after signing in: the page asked for (its path and query, mount prefix
+    included), or for a form post the page that posted it (a post cannot be replayed by a link)."""
+    url = request.url if request.method == "GET" else urlsplit(request.headers.get("referer", "/"))
+    return (url.path or "/") + (f"?{url.query}" if url.query else "")
 
 
 async def signed_in_page(
