@@ -157,11 +157,12 @@ def _measured_view(
     at: datetime,
     weeks: tuple[performance.Funnel, performance.Funnel],
     history: pd.DataFrame,
+    currency: str,
 ) -> dict[str, Any]:
     trend = digest.period_trend(history, [program.id], at, TREND_WEEKS)
     figures = performance.step_performance(engine, program, at)
     return (
-        digest.program_view(program, row, trend, *weeks)
+        digest.program_view(program, row, trend, *weeks, currency=currency)
         | catalog_view(program)
         | {
             "as_of": at,
@@ -214,7 +215,9 @@ def campaigns_page(
         history = measurement.funnel_history(engine)
     for pid, program in programs.items():
         if pid in measured:
-            views.append(_measured_view(engine, program, kpis[pid], measured[pid], weeks[pid], history))
+            views.append(
+                _measured_view(engine, program, kpis[pid], measured[pid], weeks[pid], history, policy.currency)
+            )
         else:
             views.append(digest.program_facts(program) | catalog_view(program) | {"as_of": None})
     env = environment(str(paths.templates_dir() / "_web"))
