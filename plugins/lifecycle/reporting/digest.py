@@ -67,6 +67,7 @@ BUSINESS = (
 )
 DASH = "–"
 NOT_TRACKED = "not tracked"
+NOT_MEASURED = "not measured"
 MONEY_LOCALE = "en_US"
 """How amounts are written (the digest and the page are in English); the currency is the policy's."""
 _T = TypeVar("_T")
@@ -297,6 +298,15 @@ def _duration(hours: float | None) -> str:
     return DASH if hours is None else display.duration(timedelta(hours=hours))
 
 
+def state_tables(program: Program) -> list[str]:
+    """The CRM tables whose state the program's conversion is read from (an opportunity's stage,
+    a renewed subscription) when no event marks it; empty when events do. Such a conversion
+    counts when the state holds at the as-of time: it has no time, so no time to convert."""
+    if measurement.conversion_events(program):
+        return []
+    return list(dict.fromkeys(leaf.table for leaf in measurement.conversion_states(program)))
+
+
 def funnel_view(funnel: performance.Funnel) -> list[dict[str, str]]:
     """A funnel's outcomes as display items (label, count, the reasons behind it); simulated sends
     only when there are any. The items add up to the planned messages."""
@@ -350,6 +360,7 @@ def program_view(
         for name, v in (_present(row.get("variants")) or {}).items()
     ]
     groups = _groups(program)
+    states = state_tables(program)
     sent_now, sent_before = week.outcomes[Status.SENT], week_before.outcomes[Status.SENT]
     nobody_converted = all(row[f"{g}_conversions"] == 0 for g in groups) and any(row[f"{g}_n"] for g in groups)
     return program_facts(program) | {
@@ -374,7 +385,8 @@ def program_view(
         "verdict": _present(row.get("verdict")),
         "variants": variants,
         "value_property": program.kpi.value_property,
-        "time_to_convert": _duration(row.get("median_time_to_convert_hours")),
+        "time_to_convert": NOT_MEASURED if states else _duration(row.get("median_time_to_convert_hours")),
+        "measured_from": states,
         Status.PLANNED: count(week.planned),
         "funnel": funnel_view(week),
         "enrolled": count(this_week.get("enrolled", 0.0)),

@@ -257,6 +257,26 @@ def _event_leaves(node: segments.Segment, catalog: Mapping[str, segments.Segment
     return []
 
 
+def _related_leaves(node: segments.Segment, catalog: Mapping[str, segments.Segment]) -> list[segments.Related]:
+    if isinstance(node, segments.Related):
+        return [node]
+    if isinstance(node, segments.Combine):
+        return [leaf for child in node.children for leaf in _related_leaves(child, catalog)]
+    if isinstance(node, segments.Ref) and node.name in catalog:
+        return _related_leaves(catalog[node.name], catalog)
+    return []
+
+
+def conversion_states(
+    program: Program, catalog: Mapping[str, segments.Segment] | None = None
+) -> list[segments.Related]:
+    """The CRM-state conditions (an opportunity's stage, a subscription renewed) that can meet the
+    program's ``kpi.conversion``, in the order written (named segments followed, negated parts
+    left out)."""
+    catalog = config.load_segments().parsed if catalog is None else catalog
+    return _related_leaves(program.kpi.conversion.parsed, catalog)
+
+
 def conversion_events(program: Program, catalog: Mapping[str, segments.Segment] | None = None) -> list[segments.Event]:
     """The event conditions that can meet the program's ``kpi.conversion``, in the order written
     (named segments followed, negated parts left out); empty when the conversion is not about
