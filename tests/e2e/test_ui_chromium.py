@@ -29,7 +29,16 @@ from lifecycle.reporting import measurement
 from lifecycle.reporting.digest import build_digest
 from tests.conftest import AS_OF
 from tests.support.chromium import dump_dom, inline_cid_images, require_chromium, screenshot
-from tests.support.cluster import BIN, ClusterError, Service, airflow_argv, free_port, stop_all, wait_for
+from tests.support.cluster import (
+    BIN,
+    ClusterError,
+    Service,
+    airflow_argv,
+    free_port,
+    metadata_healthy,
+    stop_all,
+    wait_for,
+)
 from tests.support.kpi_crm import seed_with_runs, shown_points, shown_rate
 
 pytestmark = pytest.mark.e2e
@@ -104,21 +113,12 @@ def ui(tmp_path_factory) -> Iterator[UiServer]:
     )
     try:
         try:
-            wait_for("the api-server's health endpoint", lambda: _metadata_healthy(url), STARTUP_TIMEOUT, [server])
+            wait_for("the api-server's health endpoint", lambda: metadata_healthy(url), STARTUP_TIMEOUT, [server])
         except ClusterError as exc:
             pytest.fail(f"{exc}\n{server.tail()}")
         yield UiServer(url, engine, server)
     finally:
         stop_all([server])
-
-
-def _metadata_healthy(url: str) -> bool | None:
-    try:
-        response = httpx.get(f"{url}/api/v2/monitor/health", timeout=5)
-    except httpx.TransportError:
-        return None
-    healthy = response.status_code == 200 and response.json()["metadatabase"]["status"] == "healthy"
-    return True if healthy else None
 
 
 def _block(page: str, prefix: str, key: str) -> str:
@@ -216,14 +216,14 @@ def test_digest_renders_in_chromium(ui, artifacts):
     assert "What changed" in dom and "Data quality" in dom
 
 
-def test_campaigns_page_refuses_anonymous_requests():
+def test_campaigns_page_sends_anonymous_browsers_to_sign_in():
     from fastapi.testclient import TestClient
 
     from lifecycle.web import create_app
 
     with TestClient(create_app()) as client:
-        response = client.get("/campaigns")
-    assert response.status_code == 401 and response.json() == {"detail": "Not authenticated"}
+        response = client.get("/campaigns", follow_redirects=False)
+    assert response.status_code == 303 and response.headers["location"].endswith("?next=%2Fcampaigns")
 
 
 def test_campaigns_page_escapes_config_strings(ui, tmp_path, monkeypatch):

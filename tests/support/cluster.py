@@ -123,6 +123,17 @@ def wait_for(
         time.sleep(interval)
 
 
+def metadata_healthy(url: str) -> bool | None:
+    """True once the api-server at ``url`` answers its health check with a healthy metadata
+    database, else None (for :func:`wait_for`; the scheduler need not run)."""
+    try:
+        response = httpx.get(f"{url}/api/v2/monitor/health", timeout=5)
+    except httpx.TransportError:
+        return None
+    healthy = response.status_code == 200 and response.json()["metadatabase"]["status"] == "healthy"
+    return True if healthy else None
+
+
 @dataclass(frozen=True)
 class Topology:
     """Where every piece of one cluster lives and the secrets its processes share."""

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar, get_args
 
 import yaml
+from babel.numbers import list_currencies
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -418,6 +419,7 @@ STRICTEST = "strictest"
 """``unknown_country``: a contact without a country gets the strictest basis any rule gives."""
 DEFAULT_BASIS = "default"
 """``unknown_country``: a contact without a country gets the policy's ``legal_basis``."""
+DEFAULT_CURRENCY = "USD"
 
 
 # Policy suppression keys that were renamed to the reason they record.
@@ -454,6 +456,17 @@ class Policy(_Strict):
     # What a contact without a country is messaged on, when ``regions`` are set: ``strictest`` (the
     # strictest basis of any region or the default), ``default`` (``legal_basis``) or a region's name.
     unknown_country: str = STRICTEST
+    # The ISO 4217 currency of the money in the CRM (the events' ``kpi.value_property``, MRR): the
+    # page and the digest show revenue in it; nothing is converted.
+    currency: str = DEFAULT_CURRENCY
+
+    @field_validator("currency", mode="before")
+    @classmethod
+    def _iso_4217(cls, value: Any) -> Any:
+        code = str(value).strip().upper()
+        if code not in list_currencies():
+            raise ValueError(f"{value!r} is not an ISO 4217 currency code — fix: write one such as USD, EUR or GBP")
+        return code
 
     @model_validator(mode="after")
     def _regions_consistent(self) -> Policy:

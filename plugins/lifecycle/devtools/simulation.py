@@ -8,9 +8,10 @@ actually went out to it (``dry_run``/``sent``): holdout and control contacts, an
 contacts no message reached, get ``p0``. Responses happen on the days the enrollment's messages
 settle (go out, or are held out, suppressed, capped or skipped); a conversion is an event of the
 type the program's ``kpi.conversion`` names, written into the CRM ``events`` table later that
-day. The planted uplift is thus the effect on messaged contacts, the quantity
-:meth:`LiftResult.among_messaged` estimates from the treatment-vs-holdout lift. Everything is
-deterministic for a seed.
+day, or, for a program that converts through CRM state, that state change: lead nurture's
+opportunity at a qualified stage, renewal's subscription renewed past its anchor. The planted
+uplift is thus the effect on messaged contacts, the quantity :meth:`LiftResult.among_messaged`
+estimates from the treatment-vs-holdout lift. Everything is deterministic for a seed.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Engine, delete, insert, or_, select
+from sqlalchemy import Connection, Engine, delete, insert, or_, select, update
 
 from lifecycle import config
 from lifecycle.channels.simulated import SimulatedTransport
@@ -51,6 +52,32 @@ class Conversion:
     event_type: str
     properties: Mapping[str, Any]
     count: int = 1
+
+    @property
+    def label(self) -> str:
+        """What is planted, for the report."""
+        return self.event_type
+
+
+@dataclass(frozen=True)
+class StateChange:
+    """How to plant one conversion the CRM records as a state rather than an event: a new
+    opportunity with ``values`` (its stage), or the contact's subscriptions updated to ``values``
+    (active, renewed). A value :data:`PAST_ANCHOR` is a renewal date a year past the enrollment's
+    anchor (the old renewal date)."""
+
+    table: str
+    values: Mapping[str, Any]
+
+    @property
+    def label(self) -> str:
+        """What is planted, for the report."""
+        return f"{self.table} change"
+
+
+PAST_ANCHOR = "past the anchor"
+RENEWAL_TERM = timedelta(days=365)
+STATE_TABLES = ("opportunities", "subscriptions")
 
 
 @dataclass(frozen=True)
@@ -123,20 +150,41 @@ def _interval(result: LiftResult) -> str:
 _COUNT_NEEDED = {"eq": 0, "gte": 0, "gt": 1}
 
 
-def conversion_for(program: config.Program, catalog: Mapping[str, segments.Segment]) -> Conversion | str:
-    """The event that meets the program's ``kpi.conversion`` (its first event condition, with
-    its ``where`` values), or a note saying why the conversion cannot be planted as an event."""
+def _planted_values(conditions: Sequence[segments.Condition], what: str) -> dict[str, Any] | str:
+    values: dict[str, Any] = {}
+    for cond in conditions:
+        if cond.op == "eq":
+            values[cond.column] = cond.value
+        elif cond.op == "in":
+            values[cond.column] = cond.value[0]
+        elif cond.op == "after" and cond.value == "anchor":
+            values[cond.column] = PAST_ANCHOR
+        else:
+            return (
+                f"kpi.conversion {what} {cond.column!r} uses {cond.op!r}; only eq/in (and after: anchor) can be planted"
+            )
+    return values
+
+
+def _state_change(program: config.Program, catalog: Mapping[str, segments.Segment]) -> StateChange | str:
+    leaves = [leaf for leaf in measurement.conversion_states(program, catalog) if leaf.table in STATE_TABLES]
+    if not leaves:
+        return "kpi.conversion names no event, opportunity or subscription change; not simulated"
+    values = _planted_values(leaves[0].where, f"{leaves[0].table} column")
+    return values if isinstance(values, str) else StateChange(leaves[0].table, values)
+
+
+def conversion_for(program: config.Program, catalog: Mapping[str, segments.Segment]) -> Conversion | StateChange | str:
+    """What meets the program's ``kpi.conversion``: its first event condition, with its ``where``
+    values; else, for a conversion through CRM state, its first opportunity or subscription
+    condition; or a note saying why the conversion cannot be planted."""
     leaves = measurement.conversion_events(program, catalog)
     if not leaves:
-        return "kpi.conversion names no event (e.g. an opportunity or subscription change); not simulated"
-    leaf, properties = leaves[0], {}
-    for cond in leaf.where:
-        if cond.op == "eq":
-            properties[cond.column] = cond.value
-        elif cond.op == "in":
-            properties[cond.column] = cond.value[0]
-        else:
-            return f"kpi.conversion event property {cond.column!r} uses {cond.op!r}; only eq/in can be planted"
+        return _state_change(program, catalog)
+    leaf = leaves[0]
+    properties = _planted_values(leaf.where, "event property")
+    if isinstance(properties, str):
+        return properties
     count = 1
     if leaf.count is not None:
         op, n = leaf.count
@@ -192,7 +240,7 @@ class _Responder:
     """
 
     program: config.Program
-    conversion: Conversion
+    conversion: Conversion | StateChange
     p0: float
     uplift: float
     draws: dict[int, float] = field(default_factory=dict)
@@ -208,29 +256,66 @@ class _Responder:
         winners = [(e, c) for e, c, _ in touched if self.draws[e] < self.p0 + self.uplift * (e in self.messaged)]
         offsets = rng.integers(_MINUTE, int(DAY.total_seconds()) - _MINUTE, size=len(winners)).tolist()
         values = rng.uniform(20, 400, size=len(winners)).round(2).tolist()
-        rows = [
-            row
+        planted = [
+            (enrollment_id, contact_id, as_of + timedelta(seconds=offset), value)
             for (enrollment_id, contact_id), offset, value in zip(winners, offsets, values, strict=True)
-            for row in self._events(enrollment_id, contact_id, as_of + timedelta(seconds=offset), value)
         ]
-        if rows:
+        if planted:
             with engine.begin() as conn:
-                conn.execute(insert(schema.events), rows)
+                if isinstance(self.conversion, Conversion):
+                    rows = [row for p in planted for row in self._events(self.conversion, *p)]
+                    conn.execute(insert(schema.events), rows)
+                else:
+                    self._change_state(conn, self.conversion, planted)
         self.converted.update(e for e, _ in winners)
 
-    def _events(self, enrollment_id: int, contact_id: str, at: datetime, value: float) -> list[dict[str, Any]]:
-        properties = dict(self.conversion.properties)
+    def _change_state(
+        self, conn: Connection, change: StateChange, planted: Sequence[tuple[int, str, datetime, float]]
+    ) -> None:
+        """A new opportunity per winner (their account's, at the planted stage), or the winner's
+        subscriptions moved to the planted state (renewed a year past their anchor)."""
+        e, c = schema.enrollments, schema.contacts
+        ids = [enrollment_id for enrollment_id, _, _, _ in planted]
+        anchors = dict(conn.execute(select(e.c.enrollment_id, e.c.anchor_at).where(e.c.enrollment_id.in_(ids))).all())
+        if change.table == "opportunities":
+            contacts = [contact_id for _, contact_id, _, _ in planted]
+            accounts = dict(
+                conn.execute(select(c.c.contact_id, c.c.account_id).where(c.c.contact_id.in_(contacts))).all()
+            )
+            rows = [
+                {
+                    "opportunity_id": f"sim-{self.program.id}-{enrollment_id}",
+                    "account_id": accounts.get(contact_id),
+                    "contact_id": contact_id,
+                    "amount": value,
+                    "updated_at": at,
+                }
+                | dict(change.values)
+                for enrollment_id, contact_id, at, value in planted
+            ]
+            conn.execute(insert(schema.opportunities), rows)
+            return
+        s = schema.subscriptions
+        for enrollment_id, contact_id, at, _value in planted:
+            renewed = (anchors.get(enrollment_id) or at) + RENEWAL_TERM
+            values = {k: renewed if v == PAST_ANCHOR else v for k, v in change.values.items()}
+            conn.execute(update(s).where(s.c.contact_id == contact_id).values(values))
+
+    def _events(
+        self, conversion: Conversion, enrollment_id: int, contact_id: str, at: datetime, value: float
+    ) -> list[dict[str, Any]]:
+        properties = dict(conversion.properties)
         if self.program.kpi.value_property:
             properties[self.program.kpi.value_property] = value
         return [
             {
                 "event_id": f"sim-{self.program.id}-{enrollment_id}-{k}",
                 "contact_id": contact_id,
-                "event_type": self.conversion.event_type,
+                "event_type": conversion.event_type,
                 "occurred_at": at + timedelta(seconds=k),
                 "properties": properties,
             }
-            for k in range(self.conversion.count)
+            for k in range(conversion.count)
         ]
 
 
@@ -246,7 +331,7 @@ def _responders(
     for pid in sorted(programs):
         p0 = float(rng.uniform(*BASE_RATE_RANGE))
         found = conversion_for(programs[pid], catalog)
-        if isinstance(found, Conversion):
+        if not isinstance(found, str):
             responders[pid] = _Responder(programs[pid], found, p0, _uplift_for(planted_uplift, pid))
         else:
             skipped[pid] = found
@@ -262,7 +347,7 @@ def _measure(engine: Engine, responder: _Responder, end: datetime) -> ProgramRes
     exposure = float(treated["messaged"].mean()) if len(treated) else 0.0
     return ProgramResult(
         program=responder.program.id,
-        conversion_event=responder.conversion.event_type,
+        conversion_event=responder.conversion.label,
         base_rate=responder.p0,
         planted_uplift=responder.uplift,
         exposure=exposure,

@@ -22,6 +22,7 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar, cast
 
 import pandas as pd
+from babel.numbers import format_currency
 from sqlalchemy import Engine, inspect, select
 
 from lifecycle import paths
@@ -66,6 +67,9 @@ BUSINESS = (
 )
 DASH = "–"
 NOT_TRACKED = "not tracked"
+NOT_MEASURED = "not measured"
+MONEY_LOCALE = "en_US"
+"""How amounts are written (the digest and the page are in English); the currency is the policy's."""
 _T = TypeVar("_T")
 
 
@@ -111,6 +115,17 @@ def number(value: float | None) -> str:
     """A figure with one decimal."""
     value = _present(value)
     return DASH if value is None else f"{value:,.1f}"
+
+
+def money(value: float | None, currency: str, signed: bool = False) -> str:
+    """An amount in ``currency`` (ISO 4217): ``$1,234.50``; signed for a difference: ``+$3.20``."""
+    value = _present(value)
+    if value is None:
+        return DASH
+    if not signed:
+        return format_currency(value, currency, locale=MONEY_LOCALE)
+    sign = "+" if value > 0 else "-" if value < 0 else ""
+    return sign + format_currency(abs(value), currency, locale=MONEY_LOCALE)
 
 
 def change(now: float, before: float) -> str:
@@ -227,16 +242,33 @@ def business_figures(engine: Engine, as_of: datetime) -> list[dict[str, str]]:
 # --- views -------------------------------------------------------------------------------------
 
 
+def _verdict(row: Mapping[str, Any], prefix: str) -> tuple[bool, str]:
+    significant = bool(row[f"{prefix}_significant"])
+    if row[f"{prefix}_insufficient_data"]:
+        return significant, f"not enough data yet (under {measurement.MIN_SAMPLE} per group)"
+    return significant, "significant" if significant else "not significant yet"
+
+
 def _lift_view(row: Mapping[str, Any], other: str) -> dict[str, Any]:
     prefix = f"lift_vs_{other}"
-    significant = bool(row[f"{prefix}_significant"])
-    verdict = "significant" if significant else "not significant yet"
-    if row[f"{prefix}_insufficient_data"]:
-        verdict = f"not enough data yet (under {measurement.MIN_SAMPLE} per group)"
+    significant, verdict = _verdict(row, prefix)
     return {
         "against": other,
         "value": points(row[prefix]),
         "ci": interval(row[f"{prefix}_ci_low"], row[f"{prefix}_ci_high"]),
+        "significant": significant,
+        "verdict": verdict,
+    }
+
+
+def _value_lift_view(row: Mapping[str, Any], other: str, currency: str) -> dict[str, Any]:
+    prefix = f"value_lift_vs_{other}"
+    significant, verdict = _verdict(row, prefix)
+    low, high = (money(row[f"{prefix}_{end}"], currency, signed=True) for end in ("ci_low", "ci_high"))
+    return {
+        "against": other,
+        "value": money(row[prefix], currency, signed=True),
+        "ci": DASH if DASH in (low, high) else f"{low} to {high}",
         "significant": significant,
         "verdict": verdict,
     }
@@ -264,6 +296,15 @@ def _groups(program: Program) -> tuple[str, ...]:
 def _duration(hours: float | None) -> str:
     hours = _present(hours)
     return DASH if hours is None else display.duration(timedelta(hours=hours))
+
+
+def state_tables(program: Program) -> list[str]:
+    """The CRM tables whose state the program's conversion is read from (an opportunity's stage,
+    a renewed subscription) when no event marks it; empty when events do. Such a conversion
+    counts when the state holds at the as-of time: it has no time, so no time to convert."""
+    if measurement.conversion_events(program):
+        return []
+    return list(dict.fromkeys(leaf.table for leaf in measurement.conversion_states(program)))
 
 
 def funnel_view(funnel: performance.Funnel) -> list[dict[str, str]]:
@@ -305,11 +346,13 @@ def program_view(
     trend: pd.DataFrame,
     week: performance.Funnel,
     week_before: performance.Funnel,
+    currency: str,
 ) -> dict[str, Any]:
     """Everything shown about one program, as display strings: its facts, KPI per group (no global
-    control for a service program), lifts, converted value, time to convert, A/B verdict, the
-    week's funnel of planned messages by outcome, deliverability, and the week-over-week movement
-    of the messages that went out."""
+    control for a service program), lifts, time to convert, A/B verdict, the week's funnel of
+    planned messages by outcome, deliverability, and the week-over-week movement of the messages
+    that went out. Where the program has a ``kpi.value_property``: revenue per group and per
+    recipient in ``currency``, and the difference per recipient vs each comparison group."""
     weeks = program_weeks(trend, program.id)
     this_week = weeks.iloc[-1] if len(weeks) else pd.Series(dtype=float)
     variants = [
@@ -317,6 +360,7 @@ def program_view(
         for name, v in (_present(row.get("variants")) or {}).items()
     ]
     groups = _groups(program)
+    states = state_tables(program)
     sent_now, sent_before = week.outcomes[Status.SENT], week_before.outcomes[Status.SENT]
     nobody_converted = all(row[f"{g}_conversions"] == 0 for g in groups) and any(row[f"{g}_n"] for g in groups)
     return program_facts(program) | {
@@ -326,18 +370,23 @@ def program_view(
                 "rate": percent(row[f"{group}_rate"]),
                 "n": count(row[f"{group}_n"]),
                 "conversions": count(row[f"{group}_conversions"]),
-                "value": count(row[f"{group}_value"]),
-                "value_per_enrollment": number(row[f"{group}_value_per_enrollment"]),
+                "value": money(row[f"{group}_value"], currency),
+                "value_per_enrollment": money(row[f"{group}_value_per_enrollment"], currency),
             }
             for group in groups
         ],
+        "currency": currency,
+        "value_lifts": [_value_lift_view(row, other, currency) for other in groups if other != "treatment"]
+        if program.kpi.value_property
+        else [],
         "no_conversions": nobody_converted,
         "treatment_rate": percent(row["treatment_rate"]),
         "lifts": [_lift_view(row, other) for other in groups if other != "treatment"],
         "verdict": _present(row.get("verdict")),
         "variants": variants,
         "value_property": program.kpi.value_property,
-        "time_to_convert": _duration(row.get("median_time_to_convert_hours")),
+        "time_to_convert": NOT_MEASURED if states else _duration(row.get("median_time_to_convert_hours")),
+        "measured_from": states,
         Status.PLANNED: count(week.planned),
         "funnel": funnel_view(week),
         "enrolled": count(this_week.get("enrolled", 0.0)),
@@ -546,7 +595,10 @@ def build_digest(
     trend = period_trend(measurement.funnel_history(engine), programs, as_of)
     rows = {r["program"]: r for r in records(kpis)}
     weeks = weekly_funnels(engine, dict.fromkeys(programs, as_of))
-    views = [program_view(p, rows[pid], trend, *weeks[pid]) | {"chart": f"trend-{pid}"} for pid, p in programs.items()]
+    views = [
+        program_view(p, rows[pid], trend, *weeks[pid], currency=policy.currency) | {"chart": f"trend-{pid}"}
+        for pid, p in programs.items()
+    ]
     images = [InlineImage("overview", "overview.png", overview_chart(list(programs), trend))] if programs else []
     images += [InlineImage(f"trend-{pid}", f"trend-{pid}.png", trend_chart(pid, trend)) for pid in programs]
     context = {

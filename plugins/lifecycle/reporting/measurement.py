@@ -15,7 +15,7 @@ exposure counts only those.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timedelta
 from statistics import NormalDist
@@ -184,6 +184,44 @@ def lift(
     )
 
 
+@dataclass(frozen=True)
+class ValueLift:
+    """Treatment vs a comparison group in value per member (revenue per recipient): the difference
+    of the means, with a normal-approximation interval from Welch's standard error. Values are in
+    the CRM's currency; undefined figures are NaN."""
+
+    treatment_per_member: float
+    control_per_member: float
+    difference: float
+    ci_low: float
+    ci_high: float
+    confidence: float
+    insufficient_data: bool
+
+    @property
+    def significant(self) -> bool:
+        """Enough data, and the interval of the difference excludes zero."""
+        return not self.insufficient_data and (self.ci_low > 0 or self.ci_high < 0)
+
+
+def value_lift(
+    treatment: Sequence[float], control: Sequence[float], confidence: float = 0.95, *, min_n: int = MIN_SAMPLE
+) -> ValueLift:
+    """Difference in mean value per member (every member counts, a non-converter as 0) between the
+    treatment and a comparison group. Revenue per member is skewed (most are 0), so under
+    ``min_n`` members per group the figures are given but marked insufficient."""
+    t, c = pd.Series(treatment, dtype=float), pd.Series(control, dtype=float)
+    insufficient = min(len(t), len(c)) < max(min_n, 2)
+    t_mean = float(t.mean()) if len(t) else _NAN
+    c_mean = float(c.mean()) if len(c) else _NAN
+    if len(t) < 2 or len(c) < 2:
+        return ValueLift(t_mean, c_mean, t_mean - c_mean, _NAN, _NAN, confidence, True)
+    z = NormalDist().inv_cdf(0.5 + confidence / 2)
+    half = z * math.sqrt(float(t.var(ddof=1)) / len(t) + float(c.var(ddof=1)) / len(c))
+    diff = t_mean - c_mean
+    return ValueLift(t_mean, c_mean, diff, diff - half, diff + half, confidence, insufficient)
+
+
 def ab_verdict(counts: Mapping[str, tuple[int, int]], confidence: float = 0.95) -> str:
     """``"no winner yet"`` until the interval of the difference between the best variant and the
     runner-up excludes zero, then ``"<best> wins (+x pts)"``. ``counts`` maps variant to
@@ -217,6 +255,26 @@ def _event_leaves(node: segments.Segment, catalog: Mapping[str, segments.Segment
     if isinstance(node, segments.Ref) and node.name in catalog:
         return _event_leaves(catalog[node.name], catalog)
     return []
+
+
+def _related_leaves(node: segments.Segment, catalog: Mapping[str, segments.Segment]) -> list[segments.Related]:
+    if isinstance(node, segments.Related):
+        return [node]
+    if isinstance(node, segments.Combine):
+        return [leaf for child in node.children for leaf in _related_leaves(child, catalog)]
+    if isinstance(node, segments.Ref) and node.name in catalog:
+        return _related_leaves(catalog[node.name], catalog)
+    return []
+
+
+def conversion_states(
+    program: Program, catalog: Mapping[str, segments.Segment] | None = None
+) -> list[segments.Related]:
+    """The CRM-state conditions (an opportunity's stage, a subscription renewed) that can meet the
+    program's ``kpi.conversion``, in the order written (named segments followed, negated parts
+    left out)."""
+    catalog = config.load_segments().parsed if catalog is None else catalog
+    return _related_leaves(program.kpi.conversion.parsed, catalog)
 
 
 def conversion_events(program: Program, catalog: Mapping[str, segments.Segment] | None = None) -> list[segments.Event]:
@@ -400,6 +458,19 @@ def kpi_summary(program: Program, outcomes: pd.DataFrame, confidence: float = 0.
     row["exposure"] = float(treated["messaged"].mean()) if len(treated) else _NAN
     for other in ("holdout", "control"):
         row |= _lift_columns(f"lift_vs_{other}", lift(*counts["treatment"], *counts[other], confidence))
+        if program.kpi.value_property:
+            values = value_lift(
+                list(treated["conversion_value"]),
+                list(outcomes.loc[outcomes["group"] == other, "conversion_value"]),
+                confidence,
+            )
+            row |= {
+                f"value_lift_vs_{other}": values.difference,
+                f"value_lift_vs_{other}_ci_low": values.ci_low,
+                f"value_lift_vs_{other}_ci_high": values.ci_high,
+                f"value_lift_vs_{other}_significant": values.significant,
+                f"value_lift_vs_{other}_insufficient_data": values.insufficient_data,
+            }
     converted = treated[treated["converted"].astype(bool)]
     row["median_time_to_convert_hours"] = (
         cast("pd.Series[pd.Timedelta]", converted["time_to_convert"]).median() / pd.Timedelta(hours=1)
@@ -489,7 +560,9 @@ def program_kpis(
     confidence: float = 0.95,
 ) -> pd.DataFrame:
     """One row per program: treatment / holdout / control sizes, conversions, rates and converted
-    value (``*_value``, ``*_value_per_enrollment``) of the primary KPI; lift vs holdout and vs
+    value (``*_value``, ``*_value_per_enrollment``: revenue per recipient) of the primary KPI and,
+    for a program with a ``kpi.value_property``, the difference in value per recipient vs holdout
+    and vs control (``value_lift_vs_*`` with its interval, :func:`value_lift`); lift vs holdout and vs
     control (``lift_vs_*``, ``*_ci_low``, ``*_ci_high``, ``*_p_value``, ``*_significant``,
     ``*_insufficient_data``); ``exposure`` (share of treatment messaged); the median time to
     convert; the A/B ``variants`` and ``verdict``; and the deliverability diagnostics.

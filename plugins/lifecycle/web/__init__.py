@@ -1,11 +1,13 @@
-"""The Lifecycle web app, served by Airflow's api-server: provider webhooks, unsubscribe and the
-Campaigns page."""
+"""The Lifecycle web app, served by Airflow's api-server: provider webhooks, unsubscribe, and the
+Campaigns page with its contact lookup and actions."""
 
 from __future__ import annotations
 
 from fastapi import FastAPI
 
+from lifecycle.web.actions import router as actions_router
 from lifecycle.web.campaigns import router as campaigns_router
+from lifecycle.web.signin import SignInRequired, redirect_to_login
 from lifecycle.web.webhooks import router as webhooks_router
 
 
@@ -14,4 +16,6 @@ def create_app() -> FastAPI:
     app = FastAPI(title="Lifecycle", docs_url=None, redoc_url=None, openapi_url=None)
     app.include_router(webhooks_router)
     app.include_router(campaigns_router)
+    app.include_router(actions_router)
+    app.add_exception_handler(SignInRequired, redirect_to_login)
     return app

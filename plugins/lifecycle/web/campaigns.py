@@ -9,7 +9,7 @@ over time from ``lifecycle_kpis`` as a small server-rendered PNG chart: no scrip
 from elsewhere. Each program's figures are as of its own newest logged run, so a program that ran
 an hour ago and one that runs daily both show their latest week. Every string from the config or
 the CRM is escaped by the sandboxed, autoescaping template environment. Only a signed-in Airflow
-user sees the page.
+user sees the page (a browser without a session is sent to Airflow's login page).
 """
 
 from __future__ import annotations
@@ -17,11 +17,10 @@ from __future__ import annotations
 import base64
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
 import pandas as pd
-from airflow.api_fastapi.core_api.security import requires_authenticated
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse
 from sqlalchemy import Engine, func, inspect, select
 from starlette.concurrency import run_in_threadpool
@@ -34,6 +33,8 @@ from lifecycle.model.db import get_engine, state_url, utc_naive
 from lifecycle.model.ledger import Status
 from lifecycle.reporting import charts, digest, display, measurement, performance, timeline
 from lifecycle.reporting.display import duration, segment, step_timing
+from lifecycle.web import actions
+from lifecycle.web.signin import SignedIn, signed_in_page
 
 CAMPAIGNS_PATH = "/campaigns"
 CONTACT_PATH = "/campaigns/contact"
@@ -156,11 +157,12 @@ def _measured_view(
     at: datetime,
     weeks: tuple[performance.Funnel, performance.Funnel],
     history: pd.DataFrame,
+    currency: str,
 ) -> dict[str, Any]:
     trend = digest.period_trend(history, [program.id], at, TREND_WEEKS)
     figures = performance.step_performance(engine, program, at)
     return (
-        digest.program_view(program, row, trend, *weeks)
+        digest.program_view(program, row, trend, *weeks, currency=currency)
         | catalog_view(program)
         | {
             "as_of": at,
@@ -171,9 +173,33 @@ def _measured_view(
     )
 
 
-def campaigns_page(engine: Engine, as_of: datetime | None = None) -> str:
+def notice(done: str, program_id: str, run_id: str, paused: Mapping[str, bool]) -> dict[str, Any] | None:
+    """What the action the user just took did (from the query of the redirect after it), or None
+    when the query names no known action and program."""
+    programs, _errors = config.load_all_programs()
+    if done not in actions.DONE or program_id not in programs:
+        return None
+    run = run_id if actions.RUN_ID.fullmatch(run_id) else None
+    return {
+        "program": programs[program_id].name,
+        "text": actions.DONE[done],
+        "dag": actions.TEST_SEND_DAG if done == actions.TEST_SEND else program_id,
+        "run": run,
+        "waits": done == actions.TEST_SEND and paused.get(actions.TEST_SEND_DAG, False),
+    }
+
+
+def campaigns_page(
+    engine: Engine,
+    as_of: datetime | None = None,
+    paused: Mapping[str, bool] | None = None,
+    done: Mapping[str, Any] | None = None,
+) -> str:
     """The page's HTML: catalog, KPIs, funnels and per-step figures of every program as of its own
-    newest run (or all as of ``as_of``); a program that never ran shows its catalog only."""
+    newest run (or all as of ``as_of``); a program that never ran shows its catalog only.
+
+    ``paused`` says which DAGs are paused (as Airflow's API told the user; a program missing from
+    it offers both pause and resume), ``done`` what the user's last action did (:func:`notice`)."""
     programs, errors = config.load_all_programs()
     programs = digest.ordered(programs)
     policy = config.load_policy()
@@ -189,7 +215,9 @@ def campaigns_page(engine: Engine, as_of: datetime | None = None) -> str:
         history = measurement.funnel_history(engine)
     for pid, program in programs.items():
         if pid in measured:
-            views.append(_measured_view(engine, program, kpis[pid], measured[pid], weeks[pid], history))
+            views.append(
+                _measured_view(engine, program, kpis[pid], measured[pid], weeks[pid], history, policy.currency)
+            )
         else:
             views.append(digest.program_facts(program) | catalog_view(program) | {"as_of": None})
     env = environment(str(paths.templates_dir() / "_web"))
@@ -203,6 +231,9 @@ def campaigns_page(engine: Engine, as_of: datetime | None = None) -> str:
             "outcomes": [o for o in performance.OUTCOMES if o.key != performance.SIMULATED],
             "errors": {pid: str(err) for pid, err in sorted(errors.items())},
             "min_sample": measurement.MIN_SAMPLE,
+            "paused": dict(paused or {}),
+            "done": done,
+            "test_send_dag": actions.TEST_SEND_DAG,
         }
     )
 
@@ -224,14 +255,25 @@ def contact_page(engine: Engine, contact_id: str) -> str:
     )
 
 
-@router.get(CAMPAIGNS_PATH, response_class=HTMLResponse, dependencies=[Depends(requires_authenticated())])
-async def campaigns() -> HTMLResponse:
-    """The Campaigns page, for signed-in Airflow users (the UI's session cookie or a bearer token)."""
-    html = await run_in_threadpool(lambda: campaigns_page(get_engine(state_url())))
+@router.get(CAMPAIGNS_PATH, response_class=HTMLResponse)
+async def campaigns(
+    request: Request,
+    signed_in: Annotated[SignedIn, Depends(signed_in_page)],
+    done: Annotated[str, Query(max_length=32)] = "",
+    program: Annotated[str, Query(max_length=64)] = "",
+    run: Annotated[str, Query(max_length=250)] = "",
+) -> HTMLResponse:
+    """The Campaigns page, for signed-in Airflow users (the UI's session cookie or a bearer token);
+    a browser without a valid session is sent to the login page. Which DAGs are paused is asked of
+    Airflow's API as the user."""
+    paused = await actions.api_for(request, signed_in).paused()
+    html = await run_in_threadpool(
+        lambda: campaigns_page(get_engine(state_url()), paused=paused, done=notice(done, program, run, paused))
+    )
     return HTMLResponse(html, headers={"Cache-Control": "no-store"})
 
 
-@router.get(CONTACT_PATH, response_class=HTMLResponse, dependencies=[Depends(requires_authenticated())])
+@router.get(CONTACT_PATH, response_class=HTMLResponse, dependencies=[Depends(signed_in_page)])
 async def contact(contact_id: str = Query("", max_length=64)) -> HTMLResponse:
     """Why a contact did or did not get a message: its timeline across every program, for
     signed-in Airflow users. Looked up by contact id only; addresses are shown masked."""

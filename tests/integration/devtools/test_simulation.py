@@ -113,12 +113,13 @@ def test_the_planted_conversion_is_the_first_event_the_kpi_names(conversion, pla
 @pytest.mark.parametrize(
     ("conversion", "words"),
     [
-        ({"related": "opportunities", "where": {"stage": "closed_won"}}, "names no event"),
+        ({"related": "tickets", "where": {"status": "solved"}}, "names no event, opportunity or subscription"),
+        ({"related": "opportunities", "where": {"amount": {"gt": 10}}}, "only eq/in"),
         ({"event": "purchase", "where": {"amount": {"gt": 10}}}, "only eq/in"),
         ({"event": "purchase", "count": {"lt": 2}}, "counts events"),
     ],
 )
-def test_a_conversion_that_cannot_be_planted_as_an_event_says_why(conversion, words):
+def test_a_conversion_that_cannot_be_planted_says_why(conversion, words):
     note = simulation.conversion_for(_program_with_conversion(conversion), config.load_segments().parsed)
     assert isinstance(note, str) and words in note
 

@@ -135,8 +135,8 @@ def test_an_unknown_contact_says_so(shipped_crm):
 
 def test_the_lookup_is_for_signed_in_users_only():
     with TestClient(create_app()) as client:
-        response = client.get("/campaigns/contact", params={"contact_id": "ada"})
-    assert response.status_code == 401
+        response = client.get("/campaigns/contact", params={"contact_id": "ada"}, follow_redirects=False)
+    assert response.status_code == 303 and "/login" in response.headers["location"]
 
 
 def test_the_campaigns_page_offers_the_lookup(shipped_crm):

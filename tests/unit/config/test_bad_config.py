@@ -112,6 +112,7 @@ FULL_POLICY: dict[str, Any] = yaml.safe_load((FIXTURES / "config" / "policy.yml"
     },
     "regions": {"eu": {"countries": ["DE", "FR"], "legal_basis": {"email": {"marketing": "explicit"}}}},
     "unknown_country": "default",
+    "currency": "EUR",
 }
 
 

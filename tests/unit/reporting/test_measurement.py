@@ -4,6 +4,7 @@ cases, A/B verdicts, and program outcomes / KPIs on hand-made CRMs run through t
 from __future__ import annotations
 
 import math
+import statistics
 from datetime import timedelta
 
 import numpy as np
@@ -337,3 +338,18 @@ def test_a_conversion_without_a_value_of_its_own_takes_the_trigger_value():
     assert outcomes["conversion_value"].to_dict() == {"c1": 80.0, "c2": 12.5, "c3": 0.0}
     assert outcomes["messaged"].to_dict() == {"c1": True, "c2": False, "c3": True}
     assert outcomes.loc["c2", "time_to_convert"] == timedelta(hours=3)
+
+
+def test_value_lift_is_the_difference_in_revenue_per_member_with_welchs_interval():
+    treatment = [0.0] * 60 + [100.0] * 40
+    holdout = [0.0] * 80 + [100.0] * 20
+    result = measurement.value_lift(treatment, holdout)
+    assert (result.treatment_per_member, result.control_per_member, result.difference) == (40.0, 20.0, 20.0)
+    se = math.sqrt(statistics.variance(treatment) / 100 + statistics.variance(holdout) / 100)
+    assert result.ci_low == pytest.approx(20.0 - 1.959964 * se) and result.ci_high == pytest.approx(
+        20.0 + 1.959964 * se
+    )
+    assert result.significant and not result.insufficient_data
+    small = measurement.value_lift([10.0, 0.0], [0.0, 0.0])
+    assert small.insufficient_data and not small.significant
+    assert math.isnan(measurement.value_lift([5.0], []).ci_low)
