@@ -21,10 +21,9 @@ from lifecycle.config.sources import (
     SOURCES_FILE,
     Sources,
     entities_needed,
-    identity_mapping,
     load_sources,
 )
-from lifecycle.engine.sync import OPTIONAL, SourceError, _Part
+from lifecycle.engine.sync import OPTIONAL, SourceError, _Part, entity_parts
 from lifecycle.paths import config_dir
 from lifecycle.reporting.timeline import mask
 
@@ -124,7 +123,7 @@ def check_sources(source: Engine, sources: Sources | None, out: Callable[[str], 
         lines: list[str] = []
         problems: list[str] = []
         if sources is None:
-            parts = [_Part(entity, entity, identity_mapping(entity), config_dir() / file, strict=False)]
+            parts = entity_parts(entity, None, config_dir() / file)
         elif entity in sources.errors:
             problems = sources.errors[entity]
             parts = []
@@ -136,11 +135,7 @@ def check_sources(source: Engine, sources: Sources | None, out: Callable[[str], 
             broken += bool(needed_by)
             continue
         else:
-            mappings = sources.entities[entity]
-            parts = [
-                _Part(entity, f"{entity}[{i}]" if len(mappings) > 1 else entity, m, sources.file, strict=True)
-                for i, m in enumerate(mappings)
-            ]
+            parts = entity_parts(entity, sources, sources.file)
         if parts:
             lines, problems = check_entity(source, entity, parts)
         out(f"{entity}: {'WRONG' if problems else 'ok'}")
