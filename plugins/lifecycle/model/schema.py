@@ -348,3 +348,19 @@ contact_attributes = Table(
     Column("attributes", JSON, nullable=False),  # {name: value} of every custom attribute sources.yml declares
 )
 """The contacts' custom attributes (``contacts.custom`` in ``config/sources.yml``), beside the mirror."""
+
+# --- Event watch (written by the event trigger of realtime programs, in the triggerer) --------
+
+event_watch = Table(
+    "lifecycle_event_watch",
+    engine_metadata,
+    Column("program", String(64), primary_key=True),
+    Column("mapping", String(64), nullable=False),  # digest of the events mapping: a new mapping starts afresh
+    Column("marks", JSON, nullable=False),  # {"source": [highest watermark per mapping part], "inbox": received_at}
+    Column("started_at", DateTime, nullable=False),  # when the watch began: older events are the schedule's
+    Column("checked_at", DateTime, nullable=False),  # the last poll
+    Column("fired_at", DateTime),  # the last time it asked Airflow for a run
+    Column("waiting", Integer, nullable=False, default=0),  # trigger events no finished run has taken yet
+    Column("oldest_waiting", DateTime),  # the oldest of them (occurred_at)
+)
+"""Where each realtime program's watcher is (its watermarks survive a triggerer restart) and what waits."""
