@@ -233,6 +233,8 @@ class Topology:
                 "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(self.passwords_file),
                 "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(self.log_server_port),
                 "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
+                # An unpaused realtime program's watcher is registered at the DAG file's next parse.
+                "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "10",
                 "LIFECYCLE_CONFIG_DIR": str(self.config_dir),
                 "LIFECYCLE_TEMPLATES_DIR": str(self.templates_dir),
             }
@@ -295,7 +297,7 @@ class ApiClient:
         self.http.close()
 
     def health(self) -> dict[str, Any] | None:
-        """``/api/v2/monitor/health`` once metadata DB, scheduler and dag-processor are healthy."""
+        """``/api/v2/monitor/health`` once metadata DB, scheduler, dag-processor and triggerer are healthy."""
         try:
             response = self.http.get("/api/v2/monitor/health")
         except httpx.TransportError:
@@ -303,7 +305,7 @@ class ApiClient:
         if response.status_code != 200:
             return None
         body = response.json()
-        parts = ("metadatabase", "scheduler", "dag_processor")
+        parts = ("metadatabase", "scheduler", "dag_processor", "triggerer")
         healthy = all((body.get(part) or {}).get("status") == "healthy" for part in parts)
         return body if healthy else None
 

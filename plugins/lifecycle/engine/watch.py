@@ -208,7 +208,9 @@ class EventWatch:
                 marks = {"source": tops, "inbox": inbox}
                 started = row["started_at"]
             consumed = self.consumed(conn)
-            floor = max(started, consumed) if consumed is not None else started
+            # Waiting: what occurred after the newest finished run (a watch that starts after a pause or
+            # an outage catches up at once), else after the watch began.
+            floor = consumed if consumed is not None else started
             waiting, oldest = self._waiting(src, conn, floor, now)
             fire, reason = self._decide(arrived, waiting, consumed, now)
             if fire:
