@@ -14,7 +14,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import create_engine, insert, select
+from sqlalchemy import create_engine, insert, select, text
 from sqlalchemy.pool import NullPool
 
 from lifecycle import config
@@ -105,6 +105,19 @@ def _asset_runs(cluster: Cluster) -> list[dict]:
     return [run for run in runs["dag_runs"] if run["run_type"] == "asset_triggered"]
 
 
+def _airflow_state(cluster: Cluster) -> str:
+    """The asset events, the asset queue and the welcome runs in Airflow's metadata database."""
+    engine = create_engine(cluster.topology.metadata_url, poolclass=NullPool)
+    queries = {
+        "asset events": "SELECT id, asset_id, timestamp, extra FROM asset_event ORDER BY id",
+        "asset queue": "SELECT asset_id, target_dag_id, created_at FROM asset_dag_run_queue",
+        "welcome runs": "SELECT run_id, run_type, state, run_after FROM dag_run WHERE dag_id = 'welcome'",
+        "triggers": "SELECT id, classpath, triggerer_id FROM trigger",
+    }
+    with engine.connect() as conn:
+        return "\n".join(f"{name}: {[tuple(r) for r in conn.execute(text(sql))]}" for name, sql in queries.items())
+
+
 @pytest.fixture(scope="module")
 def watching(cluster: Cluster) -> float:
     """welcome unpaused and its watcher polling; returns how many seconds that took."""
@@ -136,7 +149,9 @@ def test_a_sign_up_gets_the_welcome_email_within_two_minutes_and_a_replay_sends_
             services,
         )
     except Exception:
-        pytest.fail(f"no welcome email within {WELCOME_WITHIN}s of the sign-up\n{cluster.logs()}")
+        pytest.fail(
+            f"no welcome email within {WELCOME_WITHIN}s of the sign-up\n{_airflow_state(cluster)}\n{cluster.logs()}"
+        )
     seconds = time.monotonic() - started
 
     with _engine(cluster).connect() as conn:

@@ -117,7 +117,8 @@ def _trigger_doc(program: config.Program) -> str:
     return (
         f"- **Trigger:** realtime — a new {events} event starts a run within seconds (the triggerer looks "
         f"every {POLL_SECONDS:g} s; events arriving while a run is active are taken by the next one), and the "
-        f"schedule {schedule}"
+        f"schedule {schedule}. The event lag (event → enrolled → sent) and the watcher's backlog are on the "
+        "Campaigns page."
     )
 
 

@@ -74,16 +74,19 @@ class ProgramEventTrigger(BaseEventTrigger):
         )
 
     async def _watch(self) -> EventWatch:
+        crm, state = await aurls(self.crm_conn_id, self.state_conn_id)
+        # Importing the engine, reading the mapping file and creating engines stay off the event loop.
+        return await asyncio.to_thread(self._open, crm, state)
+
+    def _open(self, crm: str, state: str) -> EventWatch:
         from lifecycle.config.sources import load_sources
         from lifecycle.engine.sync import same_database
         from lifecycle.engine.watch import EventWatch
 
-        crm, state = await aurls(self.crm_conn_id, self.state_conn_id)
-        sources = await asyncio.to_thread(load_sources)
         state_engine = get_engine(state)
         # One database for both: the canonical events are read where every stage reads them.
         source = state_engine if same_database(crm, state) else source_engine(crm)
-        return EventWatch(self.program_id, self.event_types, source, state_engine, sources)
+        return EventWatch(self.program_id, self.event_types, source, state_engine, load_sources())
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         watch: EventWatch | None = None
