@@ -96,3 +96,18 @@ def test_the_dag_serializes_with_its_watcher_as_the_dag_processor_stores_it(ship
     assert dag.timetable.summary == "Asset or 0 * * * *"
     text = str(serialized)
     assert "lifecycle.airflow.triggers.ProgramEventTrigger" in text and "lifecycle://events/welcome" in text
+
+
+def test_an_asset_triggered_run_is_decided_as_of_when_airflow_queued_it():
+    # Asset-triggered runs have no data interval and no logical date: their as-of is run_after, the
+    # time the asset queue took the first trigger event of the batch.
+    from datetime import UTC, datetime
+    from types import SimpleNamespace
+
+    from lifecycle.airflow.base import as_of_from_context
+
+    queued = datetime(2026, 11, 16, 15, 0, 3, tzinfo=UTC)
+    context = {"data_interval_end": None, "logical_date": None, "dag_run": SimpleNamespace(run_after=queued)}
+    assert as_of_from_context(context) == queued
+    cron = datetime(2026, 11, 16, 15, 0, tzinfo=UTC)
+    assert as_of_from_context({"data_interval_end": cron, "logical_date": cron}) == cron
