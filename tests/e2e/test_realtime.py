@@ -195,3 +195,26 @@ def test_a_sign_up_gets_the_welcome_email_within_two_minutes_and_a_replay_sends_
         rows = conn.execute(select(schema.messages.c.message_id).where(schema.messages.c.contact_id == contact_id))
         assert len(rows.all()) == 1
     print(f"replayed sign-up: run {run['dag_run_id']} {run['state']}, still one email ({email['subject']!r})")
+
+
+BURST = 40
+
+
+def test_a_burst_of_sign_ups_is_taken_by_a_few_runs_not_one_run_each(cluster: Cluster, watching: float):
+    services = list(cluster.services.values())
+    before = {run["dag_run_id"] for run in _asset_runs(cluster)}
+    contacts = []
+    for _ in range(BURST):
+        contact_id, _at = _sign_up(cluster)
+        contacts.append(contact_id)
+    started = time.monotonic()
+
+    def all_welcomed() -> bool | None:
+        return True if all(_emails_to(cluster, contact_id) for contact_id in contacts) else None
+
+    wait_for(f"the welcome emails of {BURST} sign-ups", all_welcomed, RUN_TIMEOUT, services, 2)
+    seconds = time.monotonic() - started
+    runs = [run for run in _asset_runs(cluster) if run["dag_run_id"] not in before]
+    assert 1 <= len(runs) <= 3, [(run["dag_run_id"], run["state"]) for run in runs]
+    assert all(len(_emails_to(cluster, contact_id)) == 1 for contact_id in contacts)
+    print(f"\n{BURST} sign-ups: every welcome email at the sandbox after {seconds:.1f}s, by {len(runs)} run(s)")
