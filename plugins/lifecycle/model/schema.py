@@ -375,10 +375,7 @@ tracked_events = Table(
 CRM's ``events`` through :func:`all_events`."""
 
 
-def all_events(
-    name: str,
-    where: Callable[[Table], Iterable[ColumnElement[bool]]] = lambda _table: (),
-) -> Subquery:
+def all_events(name: str, where: Callable[[Table], Iterable[ColumnElement[bool]]]) -> Subquery:
     """Every event the engine decides on, as one selectable with the columns of ``events``: the
     CRM's ``events`` (or their mirror) and the tracked events. A tracked event whose ``event_id``
     the CRM also holds counts once (the CRM's row).
