@@ -8,7 +8,7 @@ two feeds for new rows of the program's trigger event types:
   canonical ``events`` table), the same SELECT the sync stage copies with, ordered by each part's
   ``watermark`` (its ``occurred_at`` where the mapping names none);
 - the **inbox**, ``lifecycle_tracked_events`` in the state database (events posted to the track
-  endpoint), by ``received_at``, once that table exists.
+  endpoint), by ``received_at``.
 
 Its watermarks are stored in ``lifecycle_event_watch`` as it advances, so a restarted triggerer
 carries on where it stopped. A new row past them **fires** (the trigger tells Airflow, whose asset
@@ -32,27 +32,19 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, column, func, inspect, select, table
+from sqlalchemy import Connection, Engine, func, select
 
 from lifecycle.config.sources import SOURCES_FILE, Sources
 from lifecycle.engine.sync import _Part, dump_mark, entity_parts, load_mark
 from lifecycle.model import schema
 
 log = logging.getLogger(__name__)
-W = schema.event_watch
-INBOX = "lifecycle_tracked_events"
+W, T = schema.event_watch, schema.tracked_events
 REFIRE_AFTER = timedelta(minutes=5)
 """How long events may wait after a fire before the watch fires again though no run finished since."""
 HEARTBEAT = timedelta(seconds=30)
 """How often the watch's row is written when nothing changed (``checked_at``: the watcher is alive)."""
 CANONICAL = "canonical"
-
-_inbox = table(
-    INBOX,
-    column("event_type"),
-    column("occurred_at"),
-    column("received_at"),
-)
 
 
 @dataclass(frozen=True)
@@ -144,16 +136,11 @@ class EventWatch:
             tops.append(dump_mark(top) if top is not None else (marks[i] if marks is not None else None))
         return arrived, tops
 
-    def _inbox_present(self, conn: Connection) -> bool:
-        return inspect(conn).has_table(INBOX)
-
     def _inbox_top(self, conn: Connection, mark: Any, count: bool) -> tuple[int, Any]:
-        if not self._inbox_present(conn):
-            return 0, mark
         since = load_mark(mark)
-        stmt = select(func.count(), func.max(_inbox.c.received_at)).where(_inbox.c.event_type.in_(self.types))
+        stmt = select(func.count(), func.max(T.c.received_at)).where(T.c.event_type.in_(self.types))
         if since is not None:
-            stmt = stmt.where(_inbox.c.received_at > since)
+            stmt = stmt.where(T.c.received_at > since)
         arrived, top = conn.execute(stmt).one()
         return (arrived if count else 0), (dump_mark(top) if top is not None else mark)
 
@@ -166,8 +153,7 @@ class EventWatch:
         for part in self.parts:
             rows = part.select().subquery()
             feeds.append((src, rows.c.c__occurred_at, rows.c.c__event_type, _source_types(part, self.types)))
-        if self._inbox_present(conn):
-            feeds.append((conn, _inbox.c.occurred_at, _inbox.c.event_type, self.types))
+        feeds.append((conn, T.c.occurred_at, T.c.event_type, self.types))
         for db, occurred, kind, types in feeds:
             n, first = db.execute(
                 select(func.count(), func.min(occurred)).where(kind.in_(types), occurred > floor, occurred <= now)

@@ -1,11 +1,12 @@
-"""The Lifecycle web app, served by Airflow's api-server: provider webhooks, unsubscribe and the
-Campaigns page."""
+"""The Lifecycle web app, served by Airflow's api-server: provider webhooks, unsubscribe, the track
+endpoint and the Campaigns page."""
 
 from __future__ import annotations
 
 from fastapi import FastAPI
 
 from lifecycle.web.campaigns import router as campaigns_router
+from lifecycle.web.track import router as track_router
 from lifecycle.web.webhooks import router as webhooks_router
 
 
@@ -13,5 +14,6 @@ def create_app() -> FastAPI:
     """The FastAPI app the Airflow plugin mounts (other pages add their routers to it)."""
     app = FastAPI(title="Lifecycle", docs_url=None, redoc_url=None, openapi_url=None)
     app.include_router(webhooks_router)
+    app.include_router(track_router)
     app.include_router(campaigns_router)
     return app

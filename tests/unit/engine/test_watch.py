@@ -115,27 +115,23 @@ def test_events_still_waiting_without_a_run_fire_again_after_a_while(db):
 
 
 def test_events_tracked_into_the_inbox_fire_too(db):
-    inbox = Table(
-        "lifecycle_tracked_events",
-        MetaData(),
-        Column("event_id", String(64), primary_key=True),
-        Column("contact_id", String(64)),
-        Column("event_type", String(50)),
-        Column("occurred_at", DateTime),
-        Column("received_at", DateTime),
-    )
     watch = _watch(db)
     watch.poll(T0)
-    inbox.create(db)
     assert not watch.poll(T0 + timedelta(seconds=3)).fire
+
+    def tracked(event_id: str, kind: str) -> dict:
+        return {
+            "event_id": event_id,
+            "message_id": f"m-{event_id}",
+            "contact_id": "c9",
+            "event_type": kind,
+            "occurred_at": T0,
+            "received_at": T0 + timedelta(seconds=4),
+            "properties": {},
+        }
+
     with db.begin() as conn:
-        conn.execute(
-            inbox.insert(),
-            [
-                {"event_id": "t1", "contact_id": "c9", "event_type": "signed_up", "occurred_at": T0, "received_at": T0},
-                {"event_id": "t2", "contact_id": "c9", "event_type": "activated", "occurred_at": T0, "received_at": T0},
-            ],
-        )
+        conn.execute(schema.tracked_events.insert(), [tracked("t1", "signed_up"), tracked("t2", "activated")])
     poll = watch.poll(T0 + timedelta(seconds=6))
     assert (poll.fire, poll.arrived) == (True, 1)
 
