@@ -192,6 +192,7 @@ def cluster(tmp_path_factory) -> Iterator[Cluster]:
         jwt_secret=secrets.token_urlsafe(32),
         fernet_key=Fernet.generate_key().decode(),
         link_secret=secrets.token_urlsafe(24),
+        write_key=secrets.token_urlsafe(24),
         admin_password=secrets.token_urlsafe(12),
     )
     started: list[Service] = []

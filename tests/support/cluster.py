@@ -142,6 +142,7 @@ class Topology:
     jwt_secret: str
     fernet_key: str
     link_secret: str
+    write_key: str
     admin_password: str
 
     @property
@@ -182,7 +183,8 @@ class Topology:
         return self.work / "airflow" / "simple_auth_manager_passwords.json.generated"
 
     def connections(self, sandbox_url: str, sendgrid_public_key: str) -> dict[str, str]:
-        """``AIRFLOW_CONN_*`` variables for the CRM, both providers (the sandbox) and the web app."""
+        """``AIRFLOW_CONN_*`` variables for the CRM, both providers (the sandbox), the web app and the
+        track endpoint's write key."""
         from lifecycle.sandbox import DEFAULT_SENDGRID_KEY, DEFAULT_TWILIO_SID, DEFAULT_TWILIO_TOKEN
 
         return {
@@ -214,6 +216,7 @@ class Topology:
             "AIRFLOW_CONN_LIFECYCLE_DEFAULT": connection_json(
                 "generic", host=self.public_url, password=self.link_secret
             ),
+            "AIRFLOW_CONN_LIFECYCLE_TRACK": connection_json("generic", password=self.write_key),
         }
 
     def airflow_env(self, base: Mapping[str, str], connections: Mapping[str, str]) -> dict[str, str]:
