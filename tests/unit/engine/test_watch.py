@@ -171,3 +171,15 @@ def test_a_mapped_source_is_watched_through_its_mapping_and_watermark(tmp_path: 
     load("b", "user_created", T0 - timedelta(hours=1), T0 + timedelta(seconds=4))
     poll = watch.poll(T0 + timedelta(seconds=6))
     assert (poll.fire, poll.arrived) == (True, 1)
+
+
+def test_a_restart_after_storing_the_watermark_but_before_airflow_stored_the_fire_fires_at_once(db):
+    # The watch stored its watermark past e1, then the triggerer died before Airflow recorded the asset
+    # event: no run took e1. The next watch fires for it when it starts.
+    watch = _watch(db)
+    watch.poll(T0)
+    _run_finished(db, T0)
+    _event(db, "e1", "signed_up", T0 + timedelta(seconds=1))
+    assert watch.poll(T0 + timedelta(seconds=3)).fire  # this fire is lost with the triggerer
+    poll = _watch(db).poll(T0 + timedelta(seconds=30))
+    assert (poll.fire, poll.reason, poll.arrived, poll.waiting) == (True, "waiting_at_start", 0, 1)
