@@ -1,10 +1,11 @@
 """The end-to-end cluster: docker-compose.yml's topology on this machine's PostgreSQL and Redis.
 
 One session fixture creates fresh databases (Airflow metadata + CRM), seeds a small CRM, starts
-the provider sandbox, then ``airflow api-server``, ``scheduler``, ``dag-processor`` and
-``celery worker`` as real processes sharing one JWT secret and Fernet key, and logs in to the
-REST API. Teardown stops every process it started, drops the databases and flushes the Redis
-database it used. Without PostgreSQL or Redis the suite is skipped; under CI=true it fails.
+the provider sandbox, then ``airflow api-server``, ``scheduler``, ``dag-processor``, ``triggerer``
+(the realtime programs' event watchers) and ``celery worker`` as real processes sharing one JWT
+secret and Fernet key, and logs in to the REST API. Teardown stops every process it started,
+drops the databases and flushes the Redis database it used. Without PostgreSQL or Redis the suite
+is skipped; under CI=true it fails.
 """
 
 from __future__ import annotations
@@ -142,6 +143,7 @@ def _start_airflow(topology: Topology, env: dict[str, str], logs: Path) -> dict[
         "scheduler": ("scheduler",),
         "dag-processor": ("dag-processor",),
         "celery-worker": ("celery", "worker", "--concurrency", "2", "--queues", "default"),
+        "triggerer": ("triggerer",),
     }
     return {name: Service.start(name, airflow_argv(*argv), env, logs) for name, argv in commands.items()}
 
@@ -166,7 +168,7 @@ def _start_cluster(topology: Topology, api: ApiClient, started: list[Service]) -
     started.extend(airflow.values())
     services = {"provider-sandbox": sandbox} | airflow
     running = list(services.values())
-    wait_for("a healthy api-server, scheduler and dag-processor", api.health, STARTUP_TIMEOUT, running)
+    wait_for("a healthy api-server, scheduler, dag-processor and triggerer", api.health, STARTUP_TIMEOUT, running)
     api.login("admin", topology.admin_password)
     for dag_id in PROGRAMS:
         wait_for(f"DAG {dag_id} to be parsed", lambda d=dag_id: api.dag_loaded(d), STARTUP_TIMEOUT, running)
@@ -190,6 +192,7 @@ def cluster(tmp_path_factory) -> Iterator[Cluster]:
         jwt_secret=secrets.token_urlsafe(32),
         fernet_key=Fernet.generate_key().decode(),
         link_secret=secrets.token_urlsafe(24),
+        write_key=secrets.token_urlsafe(24),
         admin_password=secrets.token_urlsafe(12),
     )
     started: list[Service] = []

@@ -31,6 +31,11 @@ BIN = Path(sys.executable).parent
 STOP_GRACE_SECONDS = 20.0
 SANDBOX_URL_LINE = re.compile(r"Provider sandbox listening on (\S+)")
 SENDER_NUMBER = "+15005550006"
+SCHEDULE_LINE = re.compile(r'^schedule: "[^"\n]*"$', re.MULTILINE)
+NEVER_DURING_TESTS = "0 0 29 2 *"
+"""The cron the cluster's programs get: leap days only. Its last tick (2024-02-29) is before the
+programs' start date, so unpausing a DAG creates no run for it (as it would for the latest tick of a
+usual cron), and the next one is in 2028."""
 
 
 class ClusterError(RuntimeError):
@@ -148,6 +153,7 @@ class Topology:
     jwt_secret: str
     fernet_key: str
     link_secret: str
+    write_key: str
     admin_password: str
 
     @property
@@ -188,7 +194,8 @@ class Topology:
         return self.work / "airflow" / "simple_auth_manager_passwords.json.generated"
 
     def connections(self, sandbox_url: str, sendgrid_public_key: str) -> dict[str, str]:
-        """``AIRFLOW_CONN_*`` variables for the CRM, both providers (the sandbox) and the web app."""
+        """``AIRFLOW_CONN_*`` variables for the CRM, both providers (the sandbox), the web app and the
+        track endpoint's write key."""
         from lifecycle.sandbox import DEFAULT_SENDGRID_KEY, DEFAULT_TWILIO_SID, DEFAULT_TWILIO_TOKEN
 
         return {
@@ -220,6 +227,7 @@ class Topology:
             "AIRFLOW_CONN_LIFECYCLE_DEFAULT": connection_json(
                 "generic", host=self.public_url, password=self.link_secret
             ),
+            "AIRFLOW_CONN_LIFECYCLE_TRACK": connection_json("generic", password=self.write_key),
         }
 
     def airflow_env(self, base: Mapping[str, str], connections: Mapping[str, str]) -> dict[str, str]:
@@ -243,7 +251,8 @@ class Topology:
                 "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
                 "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(self.passwords_file),
                 "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(self.log_server_port),
-                "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
+                # An unpaused realtime program's watcher is registered at the DAG file's next parse.
+                "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "10",
                 "LIFECYCLE_CONFIG_DIR": str(self.config_dir),
                 "LIFECYCLE_TEMPLATES_DIR": str(self.templates_dir),
             }
@@ -252,12 +261,16 @@ class Topology:
 
     def write_files(self, programs: Mapping[str, Path], template_dirs: Sequence[Path]) -> None:
         """The Airflow home, the passwords file, and config/templates folders holding ``programs``
-        (id -> program file) with the project's policy, segments and the given template folders."""
+        (id -> program file, its cron replaced by :data:`NEVER_DURING_TESTS`) with the project's policy,
+        segments and the given template folders."""
         (self.config_dir / "programs").mkdir(parents=True)
         for name in ("policy.yml", "segments.yml"):
             (self.config_dir / name).symlink_to(PROJECT_ROOT / "config" / name)
         for program_id, path in programs.items():
-            (self.config_dir / "programs" / f"{program_id}.yml").symlink_to(path)
+            # The scheduler creates runs (asset-triggered ones need it), so no program's cron may come
+            # due while the suite runs: the tests trigger the runs they check.
+            text = SCHEDULE_LINE.sub(f'schedule: "{NEVER_DURING_TESTS}"', path.read_text())
+            (self.config_dir / "programs" / f"{program_id}.yml").write_text(text)
         self.templates_dir.mkdir()
         for folder in template_dirs:
             for entry in sorted(folder.iterdir()):
@@ -306,7 +319,7 @@ class ApiClient:
         self.http.close()
 
     def health(self) -> dict[str, Any] | None:
-        """``/api/v2/monitor/health`` once metadata DB, scheduler and dag-processor are healthy."""
+        """``/api/v2/monitor/health`` once metadata DB, scheduler, dag-processor and triggerer are healthy."""
         try:
             response = self.http.get("/api/v2/monitor/health")
         except httpx.TransportError:
@@ -314,7 +327,7 @@ class ApiClient:
         if response.status_code != 200:
             return None
         body = response.json()
-        parts = ("metadatabase", "scheduler", "dag_processor")
+        parts = ("metadatabase", "scheduler", "dag_processor", "triggerer")
         healthy = all((body.get(part) or {}).get("status") == "healthy" for part in parts)
         return body if healthy else None
 

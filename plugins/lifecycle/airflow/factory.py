@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 
-from airflow.sdk import DAG, Param, TriggerRule
+from airflow.sdk import DAG, Asset, AssetOrTimeSchedule, AssetWatcher, CronTriggerTimetable, Param, TriggerRule
 
 from lifecycle import config
 from lifecycle.airflow.manual_operators import DryRunOperator, SendTestCopiesOperator
@@ -29,6 +29,7 @@ from lifecycle.airflow.operators import (
     SuppressOperator,
     SyncSourceOperator,
 )
+from lifecycle.airflow.triggers import POLL_SECONDS, ProgramEventTrigger
 from lifecycle.reporting import display
 
 START = datetime(2026, 1, 1)
@@ -61,6 +62,7 @@ def _doc(program: config.Program, policy_caps: str) -> str:
 {program.description}
 
 - **Owner:** {program.owner} · **Priority:** {program.priority} · **Schedule:** `{program.schedule}`
+{_trigger_doc(program)}
 - **Primary KPI:** {program.kpi.label} (`{program.kpi.primary}`), attribution window
   {display.duration(program.kpi.attribution_window)}
 - **Holdout:** {program.holdout_percent:g}% · **A/B test:** {program.ab_test.name if program.ab_test else "none"}
@@ -83,6 +85,43 @@ sending a test leaves it paused.
 """
 
 
+def event_asset(program: config.Program) -> Asset:
+    """The asset a realtime program's DAG is scheduled on: updated by the triggerer when its trigger
+    events need a run (:class:`ProgramEventTrigger`)."""
+    trigger = ProgramEventTrigger(program_id=program.id, event_types=program.audience.trigger_event)
+    return Asset(
+        name=f"lifecycle_events_{program.id}",
+        uri=f"lifecycle://events/{program.id}",
+        watchers=[AssetWatcher(name=f"{program.id}_trigger_events", trigger=trigger)],
+    )
+
+
+def program_schedule(program: config.Program) -> str | Asset | AssetOrTimeSchedule | None:
+    """The program's cron; for a realtime program, its cron or its trigger events, whichever comes first."""
+    if not program.audience.realtime:
+        return program.schedule
+    if program.schedule is None:
+        return event_asset(program)
+    return AssetOrTimeSchedule(
+        timetable=CronTriggerTimetable(program.schedule, timezone="UTC"), assets=event_asset(program)
+    )
+
+
+def _trigger_doc(program: config.Program) -> str:
+    events = ", ".join(f"`{e}`" for e in program.audience.trigger_event)
+    schedule = f"`{program.schedule}` (UTC)" if program.schedule else "none"
+    if not program.audience.realtime:
+        if not program.audience.trigger_event:
+            return f"- **Trigger:** schedule {schedule}"
+        return f"- **Trigger:** schedule {schedule}; trigger events {events} are noticed by the scheduled runs"
+    return (
+        f"- **Trigger:** realtime — a new {events} event starts a run within seconds (the triggerer looks "
+        f"every {POLL_SECONDS:g} s; events arriving while a run is active are taken by the next one), and the "
+        f"schedule {schedule}. The event lag (event → enrolled → sent) and the watcher's backlog are on the "
+        "Campaigns page."
+    )
+
+
 def _params() -> dict[str, Param]:
     return {
         "limit": Param(
@@ -99,7 +138,7 @@ def build_program_dag(program: config.Program, caps: str = "") -> DAG:
     with DAG(
         dag_id=program.id,
         description=program.name,
-        schedule=program.schedule,
+        schedule=program_schedule(program),
         start_date=START,
         catchup=False,
         max_active_runs=1,

@@ -209,6 +209,18 @@ class Audience(_Strict):
     # only what the messages talk about, e.g. the last action of a dormant customer).
     timed_from: Literal["trigger_event", "enrollment"] | None = None
     anchor: Anchor | None = None
+    # True: a trigger event starts a run within seconds (the program's schedule still runs too), through
+    # an Airflow asset watched by the triggerer; False: only the schedule notices new trigger events.
+    realtime: bool = False
+
+    @model_validator(mode="after")
+    def _realtime_needs_events(self) -> Audience:
+        if self.realtime and not self.trigger_event:
+            raise ValueError(
+                "realtime: true needs the events that start the journey — fix: name them in "
+                "audience.trigger_event (e.g. signed_up), or remove realtime"
+            )
+        return self
 
     @property
     def trigger_timed(self) -> bool:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, and_, exists, false, func, not_, or_, select, true
+from sqlalchemy import Select, Table, and_, exists, false, func, not_, or_, select, true
 from sqlalchemy.sql.expression import ColumnElement
 
 from lifecycle.config.durations import parse_duration
@@ -413,18 +413,22 @@ def _custom_value(cond: Condition, ctx: Context) -> ColumnElement[Any]:
 
 
 def _event_clause(node: Event, ctx: Context) -> ColumnElement:
-    ev = schema.events.alias("ev")
-    filters = [ev.c.contact_id == ctx.contact_id, ev.c.event_type.in_(node.types), ev.c.occurred_at <= ctx.as_of]
-    if node.within_last is not None:
-        filters.append(ev.c.occurred_at >= ctx.as_of - node.within_last)
-    if node.since_enrollment:
-        if ctx.enrolled_at is None:
-            raise SegmentError("since", "'since: enrollment' only works inside a journey (exit goal or step)")
-        filters.append(ev.c.occurred_at >= ctx.enrolled_at)
-    filters.extend(_compare(_property(ev.c.properties, c), c, ctx) for c in node.where)
+    if node.since_enrollment and ctx.enrolled_at is None:
+        raise SegmentError("since", "'since: enrollment' only works inside a journey (exit goal or step)")
+
+    def filters(ev: Table) -> list[ColumnElement[bool]]:
+        matched = [ev.c.contact_id == ctx.contact_id, ev.c.event_type.in_(node.types), ev.c.occurred_at <= ctx.as_of]
+        if node.within_last is not None:
+            matched.append(ev.c.occurred_at >= ctx.as_of - node.within_last)
+        if ctx.enrolled_at is not None and node.since_enrollment:
+            matched.append(ev.c.occurred_at >= ctx.enrolled_at)
+        matched.extend(_compare(_property(ev.c.properties, c), c, ctx) for c in node.where)
+        return matched
+
+    ev = schema.all_events("ev", filters)
     if node.count is None:
-        return exists().where(*filters)
-    counted = select(func.count()).select_from(ev).where(*filters).scalar_subquery()
+        return exists().select_from(ev)
+    counted = select(func.count()).select_from(ev).scalar_subquery()
     return _count_clause(counted, node.count)
 
 

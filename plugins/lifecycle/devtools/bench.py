@@ -905,16 +905,12 @@ class NaiveEngine:
         """The latest trigger event's (properties, occurred_at), or (None, None)."""
         if not program.audience.trigger_event:
             return None, None
-        ev = schema.events
+        types = program.audience.trigger_event
+        ev = schema.all_events(
+            "trigger_ev", lambda t: (t.c.contact_id == cid, t.c.event_type.in_(types), t.c.occurred_at <= self.as_of)
+        )
         row = conn.execute(
-            select(ev.c.properties, ev.c.occurred_at)
-            .where(
-                ev.c.contact_id == cid,
-                ev.c.event_type.in_(program.audience.trigger_event),
-                ev.c.occurred_at <= self.as_of,
-            )
-            .order_by(ev.c.occurred_at.desc(), ev.c.event_id.desc())
-            .limit(1)
+            select(ev.c.properties, ev.c.occurred_at).order_by(ev.c.occurred_at.desc(), ev.c.event_id.desc()).limit(1)
         ).first()
         return (row.properties, row.occurred_at) if row is not None else (None, None)
 

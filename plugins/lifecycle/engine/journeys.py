@@ -176,14 +176,11 @@ def _trigger_expr(
     types = program.audience.trigger_event
     if not types:
         return literal(None)
-    ev = schema.events.alias("trigger_ev")
-    return (
-        select(ev.c[column])
-        .where(ev.c.contact_id == contact_id, ev.c.event_type.in_(types), ev.c.occurred_at <= as_of)
-        .order_by(ev.c.occurred_at.desc(), ev.c.event_id.desc())
-        .limit(1)
-        .scalar_subquery()
+    ev = schema.all_events(
+        "trigger_ev",
+        lambda t: (t.c.contact_id == contact_id, t.c.event_type.in_(types), t.c.occurred_at <= as_of),
     )
+    return select(ev.c[column]).order_by(ev.c.occurred_at.desc(), ev.c.event_id.desc()).limit(1).scalar_subquery()
 
 
 def entry_eligible(program: Program, contact_id: ColumnElement, as_of: datetime) -> ColumnElement:

@@ -391,7 +391,8 @@ def _row_hash(row: Mapping[str, Any]) -> int:
     return int.from_bytes(hashlib.blake2b(text_.encode(), digest_size=8).digest(), "big")
 
 
-def _dump_mark(value: Any) -> Any:
+def dump_mark(value: Any) -> Any:
+    """A watermark value as JSON (a timestamp, a number or text), for :func:`load_mark`."""
     if isinstance(value, datetime | date):
         return {"t": "datetime", "v": value.isoformat()}
     if isinstance(value, Decimal):
@@ -399,7 +400,8 @@ def _dump_mark(value: Any) -> Any:
     return {"t": "plain", "v": value}
 
 
-def _load_mark(mark: Mapping[str, Any] | None) -> Any:
+def load_mark(mark: Mapping[str, Any] | None) -> Any:
+    """The watermark value :func:`dump_mark` stored (None for none)."""
     if mark is None:
         return None
     return datetime.fromisoformat(mark["v"]) if mark["t"] == "datetime" else mark["v"]
@@ -479,12 +481,12 @@ def sync_entity(source: Engine, state: Engine, entity: str, parts: Sequence[_Par
                 new_marks = []
                 changed: list[dict[str, Any]] = []
                 for part, mark in zip(parts, marks or [], strict=True):
-                    since = _load_mark(mark)
+                    since = load_mark(mark)
                     top = since
                     for row, wm in part.rows(src, since):
                         changed.append(row)
                         top = wm if top is None or (wm is not None and wm > top) else top
-                    new_marks.append(_dump_mark(top) if top is not None else mark)
+                    new_marks.append(dump_mark(top) if top is not None else mark)
                 read = len(changed)
                 written = _write(conn, entity, _dedupe(changed, entity), replace_keys=True)
                 source_count = sum(src.execute(p.count()).scalar_one() for p in parts)
@@ -500,7 +502,7 @@ def sync_entity(source: Engine, state: Engine, entity: str, parts: Sequence[_Par
                     total = (total + _row_hash(row)) % (1 << 64)
                     count += 1
                     top = wm if top is None or (wm is not None and wm > top) else top
-                tops.append(_dump_mark(top) if top is not None else None)
+                tops.append(dump_mark(top) if top is not None else None)
             read += count
             checksum = f"{total:016x}"
             if last is not None and last["mapping"] == digest and last["checksum"] == checksum:

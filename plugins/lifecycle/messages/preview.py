@@ -29,23 +29,22 @@ def render_step(
     """Render ``step`` for ``contact_id`` from the same CRM reading and template context the send
     task uses. The trigger is the contact's newest enrollment's (else its newest trigger event up to
     ``as_of``), the variant that enrollment's (else the A/B test's first)."""
-    c, a, e, en = schema.contacts, schema.accounts, schema.events, schema.enrollments
+    c, a, en = schema.contacts, schema.accounts, schema.enrollments
     newest = en.c.program == program.id, en.c.contact_id == c.c.contact_id
     enrolled_trigger = select(en.c.trigger).where(*newest).order_by(en.c.entry.desc()).limit(1).scalar_subquery()
     variant = select(en.c.variant).where(*newest).order_by(en.c.entry.desc()).limit(1).scalar_subquery()
     trigger: Any = enrolled_trigger
     if program.audience.trigger_event:
-        last_event = (
-            select(e.c.properties)
-            .where(
-                e.c.contact_id == c.c.contact_id,
-                e.c.event_type.in_(program.audience.trigger_event),
-                e.c.occurred_at <= utc_naive(as_of),
-            )
-            .order_by(e.c.occurred_at.desc())
-            .limit(1)
-            .scalar_subquery()
+        types = program.audience.trigger_event
+        e = schema.all_events(
+            "trigger_ev",
+            lambda t: (
+                t.c.contact_id == c.c.contact_id,
+                t.c.event_type.in_(types),
+                t.c.occurred_at <= utc_naive(as_of),
+            ),
         )
+        last_event = select(e.c.properties).order_by(e.c.occurred_at.desc()).limit(1).scalar_subquery()
         trigger = func.coalesce(enrolled_trigger, last_event)
     with engine.connect() as conn:
         row = (

@@ -107,6 +107,27 @@ def state_url(conn_id: str = STATE_CONN_ID, crm_conn_id: str = CRM_CONN_ID) -> s
     return crm_url(crm_conn_id)
 
 
+async def aurls(crm_conn_id: str = CRM_CONN_ID, state_conn_id: str = STATE_CONN_ID) -> tuple[str, str]:
+    """The source and state URLs as :func:`crm_url` and :func:`state_url` give them, for code on an
+    event loop (the triggerer: a connection is fetched with ``aget_connection``, and read off the loop,
+    since reading its extras masks them through the supervisor)."""
+    from airflow.sdk import BaseHook
+    from airflow.sdk.exceptions import AirflowNotFoundException
+    from asgiref.sync import sync_to_async
+
+    async def url(conn_id: str) -> str:
+        return await sync_to_async(url_from_connection)(await BaseHook.aget_connection(conn_id))
+
+    crm = os.environ.get("LIFECYCLE_CRM_URL") or await url(crm_conn_id)
+    state = os.environ.get("LIFECYCLE_STATE_URL")
+    if not state and not os.environ.get("LIFECYCLE_CRM_URL"):
+        try:
+            state = await url(state_conn_id)
+        except AirflowNotFoundException:
+            state = None
+    return crm, state or crm
+
+
 def _sqlite_bucket(key: str) -> int:
     return int(hashlib.md5(key.encode()).hexdigest()[:8], 16) % BUCKETS
 

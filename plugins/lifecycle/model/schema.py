@@ -7,6 +7,8 @@ generator creates them for the demo). The engine tables are created by Alembic m
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+
 from sqlalchemy import (
     JSON,
     Boolean,
@@ -17,10 +19,15 @@ from sqlalchemy import (
     Integer,
     MetaData,
     String,
+    Subquery,
     Table,
     Text,
     UniqueConstraint,
+    exists,
+    select,
+    union_all,
 )
+from sqlalchemy.sql.expression import ColumnElement
 
 crm_metadata = MetaData()
 engine_metadata = MetaData()
@@ -348,3 +355,56 @@ contact_attributes = Table(
     Column("attributes", JSON, nullable=False),  # {name: value} of every custom attribute sources.yml declares
 )
 """The contacts' custom attributes (``contacts.custom`` in ``config/sources.yml``), beside the mirror."""
+
+# --- Tracked events (the track endpoint's inbox) ----------------------------------------------
+
+tracked_events = Table(
+    "lifecycle_tracked_events",
+    engine_metadata,
+    Column("event_id", String(64), primary_key=True),  # "trk_" + sha256(message_id)[:40]
+    Column("message_id", String(200), nullable=False, unique=True),
+    Column("contact_id", String(64), nullable=False),
+    Column("event_type", String(50), nullable=False),
+    Column("occurred_at", DateTime, nullable=False),
+    Column("received_at", DateTime, nullable=False),
+    Column("properties", JSON),
+    Index("ix_tracked_events_type_received", "event_type", "received_at"),
+    Index("ix_tracked_events_contact_type_time", "contact_id", "event_type", "occurred_at"),
+)
+"""Events received by ``POST /lifecycle/track``, in the state: the engine reads them beside the
+CRM's ``events`` through :func:`all_events`."""
+
+
+def all_events(name: str, where: Callable[[Table], Iterable[ColumnElement[bool]]]) -> Subquery:
+    """Every event the engine decides on, as one selectable with the columns of ``events``: the
+    CRM's ``events`` (or their mirror) and the tracked events. A tracked event whose ``event_id``
+    the CRM also holds counts once (the CRM's row).
+
+    ``where`` gives the filters for a table (correlated to the enclosing statement where they
+    name its columns); they are applied inside each half of the union, so each half reads its own
+    ``(contact_id, event_type, occurred_at)`` index: SQLite does not push correlated filters (nor
+    an enclosing ORDER BY ... LIMIT) into a UNION ALL, and would otherwise read every event."""
+    halves = []
+    for table in (events, tracked_events):
+        half = select(*(table.c[column.name] for column in events.columns)).where(*where(table))
+        if table is tracked_events:
+            half = half.where(~exists().where(events.c.event_id == table.c.event_id))
+        halves.append(half.correlate_except(table))
+    return union_all(*halves).subquery(name)
+
+
+# --- Event watch (written by the event trigger of realtime programs, in the triggerer) --------
+
+event_watch = Table(
+    "lifecycle_event_watch",
+    engine_metadata,
+    Column("program", String(64), primary_key=True),
+    Column("mapping", String(64), nullable=False),  # digest of the events mapping: a new mapping starts afresh
+    Column("marks", JSON, nullable=False),  # {"source": [highest watermark per mapping part], "inbox": received_at}
+    Column("started_at", DateTime, nullable=False),  # when the watch began: older events are the schedule's
+    Column("checked_at", DateTime, nullable=False),  # the last poll
+    Column("fired_at", DateTime),  # the last time it asked Airflow for a run
+    Column("waiting", Integer, nullable=False, default=0),  # trigger events no finished run has taken yet
+    Column("oldest_waiting", DateTime),  # the oldest of them (occurred_at)
+)
+"""Where each realtime program's watcher is (its watermarks survive a triggerer restart) and what waits."""

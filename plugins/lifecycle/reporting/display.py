@@ -23,6 +23,18 @@ def duration(value: timedelta) -> str:
     return " ".join(f"{n}{unit}" for n, unit in ((days, "d"), (hours, "h"), (minutes, "m")) if n) or "0m"
 
 
+def lag(value: timedelta) -> str:
+    """A short wait to the second: ``42s``, ``3m 05s``, ``1h 02m``, ``2d 3h``."""
+    seconds = max(int(value.total_seconds()), 0)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m {seconds % 60:02d}s"
+    if seconds < 86400:
+        return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m"
+    return f"{seconds // 86400}d {seconds % 86400 // 3600}h"
+
+
 def step_timing(step: Step) -> str:
     """When a step is due: ``2d after enrollment``, ``30d before the anchor date``, ``at enrollment``."""
     anchor = RELATIVE_TO[step.relative_to]

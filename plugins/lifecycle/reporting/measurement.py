@@ -312,16 +312,8 @@ def _outcome_rows_query(
     prop = program.kpi.value_property
     source = E.outerjoin(sent, sent.c.enrollment_id == E.c.enrollment_id)
     if types:
-        ev = schema.events.alias("conversion_ev")
-        source = source.outerjoin(
-            ev,
-            and_(
-                ev.c.contact_id == E.c.contact_id,
-                ev.c.event_type.in_(types),
-                ev.c.occurred_at >= E.c.enrolled_at,
-                ev.c.occurred_at <= as_of,
-            ),
-        )
+        ev = schema.all_events("conversion_ev", lambda t: (t.c.event_type.in_(types), t.c.occurred_at <= as_of))
+        source = source.outerjoin(ev, and_(ev.c.contact_id == E.c.contact_id, ev.c.occurred_at >= E.c.enrolled_at))
         event_columns = [
             ev.c.occurred_at.label("event_at"),
             (ev.c.properties[prop].as_float() if prop else literal(None)).label("event_value"),
@@ -591,18 +583,12 @@ def program_kpis(
 
 
 def _purchases_query(as_of: datetime) -> Select:
-    ev = schema.events
-    ranked = (
-        select(
-            ev.c.contact_id,
-            ev.c.occurred_at,
-            func.row_number()
-            .over(partition_by=ev.c.contact_id, order_by=(ev.c.occurred_at, ev.c.event_id))
-            .label("nth"),
-        )
-        .where(ev.c.event_type == "purchase", ev.c.occurred_at <= as_of)
-        .subquery()
-    )
+    ev = schema.all_events("purchase_ev", lambda t: (t.c.event_type == "purchase", t.c.occurred_at <= as_of))
+    ranked = select(
+        ev.c.contact_id,
+        ev.c.occurred_at,
+        func.row_number().over(partition_by=ev.c.contact_id, order_by=(ev.c.occurred_at, ev.c.event_id)).label("nth"),
+    ).subquery()
     return select(
         ranked.c.contact_id,
         func.max(ranked.c.nth).label("purchases"),

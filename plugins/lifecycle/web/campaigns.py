@@ -4,7 +4,8 @@ The journey catalog (every program's name, priority, schedule, channels, steps, 
 and A/B test, which programs are service programs, with the policy's caps, service caps and legal
 basis per consent purpose) next to each program's live KPIs from
 :func:`lifecycle.reporting.measurement.program_kpis`, the week's planned messages by outcome and
-the journey's per-step performance from :mod:`lifecycle.reporting.performance`, and its funnel
+the journey's per-step performance from :mod:`lifecycle.reporting.performance`, its trigger, event
+lag and backlog from :mod:`lifecycle.reporting.realtime`, and its funnel
 over time from ``lifecycle_kpis`` as a small server-rendered PNG chart: no script, nothing loaded
 from elsewhere. Each program's figures are as of its own newest logged run, so a program that ran
 an hour ago and one that runs daily both show their latest week. Every string from the config or
@@ -31,7 +32,7 @@ from lifecycle.messages.rendering import environment
 from lifecycle.model import schema
 from lifecycle.model.db import get_engine, state_url, utc_naive
 from lifecycle.model.ledger import Status
-from lifecycle.reporting import charts, digest, display, measurement, performance, timeline
+from lifecycle.reporting import charts, digest, display, measurement, performance, realtime, timeline
 from lifecycle.reporting.display import duration, segment, step_timing
 from lifecycle.web import actions
 from lifecycle.web.signin import SignedIn, signed_in_page
@@ -207,6 +208,7 @@ def campaigns_page(
     measured = {
         pid: utc_naive(as_of) if as_of else newest[pid] for pid in programs if as_of is not None or pid in newest
     }
+    now = utc_naive(datetime.now(UTC))
     views = []
     if measured:
         chosen = {pid: programs[pid] for pid in measured}
@@ -215,15 +217,14 @@ def campaigns_page(
         history = measurement.funnel_history(engine)
     for pid, program in programs.items():
         if pid in measured:
-            views.append(
-                _measured_view(engine, program, kpis[pid], measured[pid], weeks[pid], history, policy.currency)
-            )
+            view = _measured_view(engine, program, kpis[pid], measured[pid], weeks[pid], history, policy.currency)
         else:
-            views.append(digest.program_facts(program) | catalog_view(program) | {"as_of": None})
+            view = digest.program_facts(program) | catalog_view(program) | {"as_of": None}
+        views.append(view | realtime.realtime_view(engine, program, measured.get(pid), now))
     env = environment(str(paths.templates_dir() / "_web"))
     return env.get_template("campaigns.html.j2").render(
         {
-            "rendered_at": utc_naive(datetime.now(UTC)),
+            "rendered_at": now,
             "measured": bool(measured),
             "policy": policy_view(policy),
             "brand": policy.brand.model_dump(),

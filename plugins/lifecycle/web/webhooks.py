@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qsl, urlencode
 
-from airflow.sdk import BaseHook, Connection
+from airflow.sdk import Connection
 from airflow.sdk.exceptions import AirflowNotFoundException
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
@@ -68,6 +68,8 @@ from lifecycle.messages.links import (
     verify_unsubscribe_token,
 )
 from lifecycle.model.db import get_engine, state_url
+from lifecycle.web import guards
+from lifecycle.web.guards import BodyTooLarge, read_bounded
 from lifecycle.web.twilio_forms import MAX_FIELDS, FormKind, form_problem
 
 log = logging.getLogger(__name__)
@@ -80,27 +82,8 @@ TWILIO_SIGNATURE_HEADER = "X-Twilio-Signature"
 PREFERENCES_MAX_BODY = 16 * 1024  # a few checkboxes
 
 
-class BodyTooLarge(Exception):
-    """A request body over its route's limit."""
-
-
-async def read_bounded(request: Request, limit: int) -> bytes:
-    """The request body, read only while it stays within ``limit`` bytes (declared or streamed)."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise BodyTooLarge
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 def _too_large(limit: int) -> JSONResponse:
-    log.warning("Rejected webhook: body over %d bytes", limit)
-    return JSONResponse({"detail": f"body over {limit} bytes"}, status_code=413)
+    return guards.too_large(limit, "webhook")
 
 
 def _forbidden(why: str) -> JSONResponse:
@@ -109,16 +92,7 @@ def _forbidden(why: str) -> JSONResponse:
 
 
 def _not_configured(conn_id: str, what: str = "is not configured") -> JSONResponse:
-    log.error("Webhook refused with 503: the Airflow connection %s %s", conn_id, what)
-    return JSONResponse({"detail": f"connection {conn_id} {what}"}, status_code=503)
-
-
-def _connection(conn_id: str) -> Connection | None:
-    """The connection, or None when it is not configured (an alert, not a server error)."""
-    try:
-        return BaseHook.get_connection(conn_id)
-    except AirflowNotFoundException:
-        return None
+    return guards.not_configured(conn_id, "Webhook", what)
 
 
 def _record(events: list[FeedbackEvent], received_at: datetime) -> int:
@@ -134,7 +108,7 @@ def _receive_sendgrid(body: str, signature: str, timestamp: str) -> Response:
         return _forbidden("sendgrid timestamp malformed")
     if abs(now - signed_at) > SIGNATURE_MAX_AGE:
         return _forbidden("sendgrid signature is stale")
-    connection = _connection(SendGridHook.default_conn_name)
+    connection = guards.connection(SendGridHook.default_conn_name)
     if connection is None:
         return _not_configured(SendGridHook.default_conn_name)
     public_key = connection.extra_dejson.get("webhook_public_key")
@@ -236,7 +210,7 @@ async def _twilio_request(request: Request) -> _TwilioRequest | Response:
 
 def _verified_form(kind: FormKind, path: str, twilio: _TwilioRequest) -> Response | None:
     """None when the request is Twilio's own, else the answer that refuses it."""
-    connection = _connection(TwilioHook.default_conn_name)
+    connection = guards.connection(TwilioHook.default_conn_name)
     if connection is None:
         return _not_configured(TwilioHook.default_conn_name)
     token = connection.password or ""

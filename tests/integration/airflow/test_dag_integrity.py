@@ -30,6 +30,8 @@ ALLOWED_TAGS = {
     "email",
 }
 
+REALTIME = {"welcome"}
+
 
 @pytest.fixture
 def shipped_config(monkeypatch):
@@ -50,6 +52,10 @@ def test_shipped_dags_load_documented_and_owned(shipped_config):
         alerting = [task for task in dag.tasks if task.task_id != "check_run"]
         assert all(task.on_failure_callback for task in alerting), f"{dag_id} has a task without an owner alert"
         assert all(not task.on_failure_callback for task in dag.tasks if task.task_id == "check_run"), dag_id
+        if "program" in dag.tags:
+            # A realtime program runs on its cron or its trigger events; every other program on its cron.
+            kind = type(dag.timetable).__name__
+            assert kind == ("AssetOrTimeSchedule" if dag_id in REALTIME else "CronTriggerTimetable"), (dag_id, kind)
     assert {"lifecycle_test_send", "lifecycle_dry_run"} <= set(bag.dags)
 
 

@@ -46,6 +46,7 @@ FULL_PROGRAM: dict[str, Any] = {
         "segment": {"segment": "leads"},
         "trigger_event": ["signed_up"],
         "timed_from": "trigger_event",
+        "realtime": True,
         "anchor": {"table": "subscriptions", "column": "renews_at", "pick": "next"},
     },
     "re_entry": {"allowed": True, "cooldown": "30d"},
@@ -215,15 +216,22 @@ class Case:
     names: str | None
 
 
-def cases(model: type[BaseModel], full: dict, loader_fills: frozenset[Path_] = frozenset()) -> list[Case]:
-    """Wrong type, left out and unknown key beside it, for every spot of ``model`` in ``full``."""
+def cases(
+    model: type[BaseModel],
+    full: dict,
+    loader_fills: frozenset[Path_] = frozenset(),
+    needed_by: Mapping[Path_, str] | None = None,
+) -> list[Case]:
+    """Wrong type, left out and unknown key beside it, for every spot of ``model`` in ``full``.
+    ``needed_by``: optional fields another field set in ``full`` needs (left out, the error names that one)."""
     found = [Case("unknown-key:(top level)", _add_unknown(full, ()), UNKNOWN_KEY)]
     for spot in spots(model, full):
         where = display(spot.path)
         found.append(Case(f"wrong-type:{where}", _set(full, spot.path, wrong_value(spot.annotation)), where))
         if spot.is_field:
             must_fail = spot.required and spot.path not in loader_fills
-            found.append(Case(f"left-out:{where}", _remove(full, spot.path), where if must_fail else None))
+            names = (needed_by or {}).get(spot.path, where if must_fail else None)
+            found.append(Case(f"left-out:{where}", _remove(full, spot.path), names))
         if _is_model(_members(spot.annotation)[0]) and isinstance(_get(full, spot.path), Mapping):
             unknown = f"{where}.{UNKNOWN_KEY}"
             found.append(Case(f"unknown-key:{where}", _add_unknown(full, spot.path), unknown))
@@ -233,7 +241,13 @@ def cases(model: type[BaseModel], full: dict, loader_fills: frozenset[Path_] = f
     return found
 
 
-PROGRAM_CASES = cases(config.Program, FULL_PROGRAM, loader_fills=frozenset({("id",)}))
+# realtime: true needs the trigger events: without them the error names the audience (and the fix).
+PROGRAM_CASES = cases(
+    config.Program,
+    FULL_PROGRAM,
+    loader_fills=frozenset({("id",)}),
+    needed_by={("audience", "trigger_event"): "audience"},
+)
 POLICY_CASES = cases(config.Policy, FULL_POLICY)
 
 

@@ -14,11 +14,13 @@ from tests.conftest import AS_OF
 
 @pytest.fixture
 def crm_sqlite(sqlite_url):
-    from lifecycle.model.db import get_engine
+    """A CRM in a migrated state database: segments read the tracked events' inbox too."""
+    from lifecycle.model.db import get_engine, migrate
     from tests.support.crm_builder import CrmBuilder
 
     engine = get_engine(sqlite_url)
     schema.crm_metadata.create_all(engine)
+    migrate(engine)
     return engine, CrmBuilder(engine, AS_OF)
 
 

@@ -1,0 +1,282 @@
+"""A sign-up reaches the welcome program within seconds, on the distributed topology.
+
+``welcome`` is a realtime program: its DAG runs on its hourly cron or on its trigger events, through
+an asset whose watcher the triggerer runs. A contact who signs up gets the welcome email at the
+provider sandbox within :data:`WELCOME_WITHIN` seconds, by an asset-triggered run on the Celery
+worker, whether the sign-up comes through the track endpoint (``POST /lifecycle/track``) or as a row
+of the CRM's ``events``; replayed, it sends nothing more. A burst of sign-ups is taken by a few runs.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import create_engine, insert, select, text
+from sqlalchemy.pool import NullPool
+
+from lifecycle import config
+from lifecycle.model import schema
+from lifecycle.model.db import bucket_of, utc_naive
+from tests.e2e.conftest import PROGRAMS, Cluster, afternoon_zone
+from tests.support.cluster import wait_for
+
+pytestmark = pytest.mark.e2e
+
+WATCH_TIMEOUT = 120
+"""Seconds for an unpaused program's watcher to start (the DAG file's next parse, then the triggerer)."""
+WELCOME_WITHIN = 120
+"""Seconds from a sign-up to its welcome email at the sandbox."""
+RUN_TIMEOUT = 240
+QUIET_SECONDS = 20
+"""How long a replayed (duplicate) track call is watched for a run it must not start."""
+FINISHED = {"success", "failed"}
+
+
+def _engine(cluster: Cluster):
+    return create_engine(cluster.topology.crm_url, poolclass=NullPool)
+
+
+def _treatment_contact() -> str:
+    """A new contact id that is in neither the global control group nor welcome's holdout."""
+    policy = config.load_policy()
+    welcome = config.load_program(PROGRAMS["welcome"])
+    while True:
+        contact_id = f"rt{uuid.uuid4().hex[:10]}"
+        control = bucket_of(f"{policy.control_group.salt}:{contact_id}") < policy.control_group.percent * 100
+        holdout = bucket_of(f"{welcome.salt}:welcome:{contact_id}") < welcome.holdout_percent * 100
+        if not control and not holdout:
+            return contact_id
+
+
+def _new_contact(cluster: Cluster) -> str:
+    """A new trial contact with email consent, as the CRM holds it before its sign-up event."""
+    now = utc_naive(datetime.now(UTC))
+    contact_id = _treatment_contact()
+    with _engine(cluster).begin() as conn:
+        conn.execute(
+            insert(schema.contacts).values(
+                contact_id=contact_id,
+                email=f"{contact_id}@example.com",
+                first_name="Grace",
+                last_name="Hopper",
+                country="US",
+                timezone=afternoon_zone(now),
+                locale="en-US",
+                lifecycle_stage="trial",
+                created_at=now,
+                last_active_at=now,
+            )
+        )
+        conn.execute(
+            insert(schema.consents).values(
+                contact_id=contact_id,
+                channel="email",
+                purpose="marketing",
+                status="granted",
+                source="signup_form",
+                captured_at=now - timedelta(seconds=1),
+                proof="e2e",
+            )
+        )
+    return contact_id
+
+
+def _crm_sign_up(cluster: Cluster, contact_id: str) -> datetime:
+    """A ``signed_up`` event written into the CRM's ``events`` now; returns its time."""
+    now = utc_naive(datetime.now(UTC))
+    with _engine(cluster).begin() as conn:
+        conn.execute(
+            insert(schema.events).values(
+                event_id=f"ev{uuid.uuid4().hex[:12]}",
+                contact_id=contact_id,
+                event_type="signed_up",
+                occurred_at=now,
+                properties={},
+            )
+        )
+    return now
+
+
+def _track_call(contact_id: str, message_id: str, at: datetime) -> dict:
+    return {
+        "type": "track",
+        "userId": contact_id,
+        "event": "signed_up",
+        "messageId": message_id,
+        "timestamp": at.replace(tzinfo=UTC).isoformat(),
+        "properties": {"plan": "trial"},
+    }
+
+
+def _post(cluster: Cluster, path: str, body: dict) -> dict:
+    """A call to the track endpoint with the write key (Segment's way: HTTP Basic, the key as user)."""
+    response = cluster.api.http.post(
+        f"{cluster.topology.public_url}{path}", json=body, auth=(cluster.topology.write_key, "")
+    )
+    assert response.status_code == 202, response.text
+    return response.json()
+
+
+def _emails_to(cluster: Cluster, contact_id: str) -> list[dict]:
+    response = cluster.api.http.get(
+        f"{cluster.sandbox_url}/_sandbox/sendgrid/messages", params={"to": f"{contact_id}@example.com"}
+    )
+    return response.json()["messages"]
+
+
+def _asset_runs(cluster: Cluster) -> list[dict]:
+    runs = cluster.api.call("GET", "/dags/welcome/dagRuns", params={"limit": 100, "order_by": "-run_after"})
+    return [run for run in runs["dag_runs"] if run["run_type"] == "asset_triggered"]
+
+
+def _airflow_state(cluster: Cluster) -> str:
+    """The asset events, the asset queue and the welcome runs in Airflow's metadata database."""
+    engine = create_engine(cluster.topology.metadata_url, poolclass=NullPool)
+    queries = {
+        "asset events": "SELECT id, asset_id, timestamp, extra FROM asset_event ORDER BY id",
+        "asset queue": "SELECT asset_id, target_dag_id, created_at FROM asset_dag_run_queue",
+        "welcome runs": "SELECT run_id, run_type, state, run_after FROM dag_run WHERE dag_id = 'welcome'",
+        "triggers": "SELECT id, classpath, triggerer_id FROM trigger",
+    }
+    with engine.connect() as conn:
+        return "\n".join(f"{name}: {[tuple(r) for r in conn.execute(text(sql))]}" for name, sql in queries.items())
+
+
+@pytest.fixture(scope="module")
+def watching(cluster: Cluster) -> float:
+    """welcome unpaused and its watcher polling; returns how many seconds that took."""
+    started = time.monotonic()
+    cluster.api.call("PATCH", "/dags/welcome", json={"is_paused": False})
+
+    def watch_row():
+        with _engine(cluster).connect() as conn:
+            return conn.execute(
+                select(schema.event_watch.c.checked_at).where(schema.event_watch.c.program == "welcome")
+            ).first()
+
+    wait_for("welcome's event watcher to start", watch_row, WATCH_TIMEOUT, list(cluster.services.values()), 2)
+    return time.monotonic() - started
+
+
+def _welcome_email(cluster: Cluster, contact_id: str) -> tuple[dict, float]:
+    """The one welcome email to ``contact_id`` once the sandbox has it, and the seconds it took."""
+    started = time.monotonic()
+    try:
+        (email,) = wait_for(
+            f"the welcome email to {contact_id}",
+            lambda: _emails_to(cluster, contact_id) or None,
+            WELCOME_WITHIN,
+            list(cluster.services.values()),
+        )
+    except Exception:
+        state = _airflow_state(cluster)
+        pytest.fail(f"no welcome email within {WELCOME_WITHIN}s of the sign-up\n{state}\n{cluster.logs()}")
+    return email, time.monotonic() - started
+
+
+def _journey(cluster: Cluster, contact_id: str) -> tuple[dict, dict]:
+    """The contact's welcome enrollment and its one message."""
+    with _engine(cluster).connect() as conn:
+        enrollment = (
+            conn.execute(
+                select(schema.enrollments).where(
+                    schema.enrollments.c.program == "welcome", schema.enrollments.c.contact_id == contact_id
+                )
+            )
+            .mappings()
+            .one()
+        )
+        (message,) = conn.execute(select(schema.messages).where(schema.messages.c.contact_id == contact_id)).mappings()
+    return dict(enrollment), dict(message)
+
+
+def _check_and_report(cluster: Cluster, how: str, contact_id: str, signed_up_at: datetime, seconds: float) -> None:
+    enrollment, message = _journey(cluster, contact_id)
+    runs = {run["dag_run_id"] for run in _asset_runs(cluster)}
+    assert enrollment["run_id"] in runs, (enrollment["run_id"], sorted(runs))
+    assert abs((enrollment["triggered_at"] - signed_up_at).total_seconds()) < 1
+    assert enrollment["enrolled_at"] >= enrollment["triggered_at"]
+    assert message["step"] == "welcome" and message["sent_at"] is not None
+    print(
+        f"\n{how}: sign-up -> welcome email at the sandbox {seconds:.1f}s; event -> enrolled (the run's as-of) "
+        f"{(enrollment['enrolled_at'] - enrollment['triggered_at']).total_seconds():.1f}s, "
+        f"-> sent {(message['sent_at'] - enrollment['triggered_at']).total_seconds():.1f}s"
+    )
+
+
+def _finished_run_after(cluster: Cluster, moment: datetime) -> dict | None:
+    """A finished asset-triggered run queued at or after ``moment`` (naive UTC), else None."""
+    later = [
+        run
+        for run in _asset_runs(cluster)
+        if utc_naive(datetime.fromisoformat(run["run_after"])) >= moment and run["state"] in FINISHED
+    ]
+    return later[0] if later else None
+
+
+def test_a_sign_up_tracked_through_the_endpoint_is_welcomed_and_its_replay_is_not(cluster: Cluster, watching: float):
+    contact_id = _new_contact(cluster)
+    signed_up_at = utc_naive(datetime.now(UTC))
+    call = _track_call(contact_id, f"signup-{contact_id}", signed_up_at)
+    assert _post(cluster, "/track", call)["status"] == "accepted"
+    _email, seconds = _welcome_email(cluster, contact_id)
+    print(f"\nwatcher up {watching:.1f}s after unpausing")
+    _check_and_report(cluster, "POST /lifecycle/track", contact_id, signed_up_at, seconds)
+
+    # The same call again (a client retrying): a duplicate, no new event, so no run and no email.
+    runs = {run["dag_run_id"] for run in _asset_runs(cluster)}
+    assert _post(cluster, "/track", call)["status"] == "duplicate"
+    time.sleep(QUIET_SECONDS)
+    assert {run["dag_run_id"] for run in _asset_runs(cluster)} == runs
+    assert len(_emails_to(cluster, contact_id)) == 1
+
+
+def test_a_sign_up_written_to_the_crm_is_welcomed_and_written_again_sends_nothing_more(
+    cluster: Cluster, watching: float
+):
+    contact_id = _new_contact(cluster)
+    signed_up_at = _crm_sign_up(cluster, contact_id)
+    _email, seconds = _welcome_email(cluster, contact_id)
+    _check_and_report(cluster, "CRM events row", contact_id, signed_up_at, seconds)
+
+    # The CRM writes the sign-up again (a re-import under a new id): a run, and nothing more for the contact.
+    replayed_at = _crm_sign_up(cluster, contact_id)
+    run = wait_for(
+        "the replayed sign-up's run",
+        lambda: _finished_run_after(cluster, replayed_at),
+        RUN_TIMEOUT,
+        list(cluster.services.values()),
+        2,
+    )
+    assert run["state"] == "success", run
+    assert len(_emails_to(cluster, contact_id)) == 1
+    with _engine(cluster).connect() as conn:
+        rows = conn.execute(select(schema.messages.c.message_id).where(schema.messages.c.contact_id == contact_id))
+        assert len(rows.all()) == 1
+    print(f"written again: run {run['dag_run_id']} {run['state']}, still one email")
+
+
+BURST = 40
+
+
+def test_a_burst_of_sign_ups_is_taken_by_a_few_runs_not_one_run_each(cluster: Cluster, watching: float):
+    before = {run["dag_run_id"] for run in _asset_runs(cluster)}
+    contacts = [_new_contact(cluster) for _ in range(BURST)]
+    now = utc_naive(datetime.now(UTC))
+    answer = _post(cluster, "/batch", {"batch": [_track_call(c, f"burst-{c}", now) for c in contacts]})
+    assert answer["accepted"] == BURST, answer
+    started = time.monotonic()
+
+    def all_welcomed() -> bool | None:
+        return True if all(_emails_to(cluster, contact_id) for contact_id in contacts) else None
+
+    wait_for(f"the welcome emails of {BURST} sign-ups", all_welcomed, RUN_TIMEOUT, list(cluster.services.values()), 2)
+    seconds = time.monotonic() - started
+    runs = [run for run in _asset_runs(cluster) if run["dag_run_id"] not in before]
+    assert 1 <= len(runs) <= 3, [(run["dag_run_id"], run["state"]) for run in runs]
+    assert all(len(_emails_to(cluster, contact_id)) == 1 for contact_id in contacts)
+    print(f"\n{BURST} sign-ups in one POST /lifecycle/batch: every welcome email after {seconds:.1f}s", end="")
+    print(f", by {len(runs)} run(s)")
