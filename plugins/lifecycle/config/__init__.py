@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar, get_args
 import yaml
 from pydantic import (
     AfterValidator,
+    AliasChoices,
     BaseModel,
     ConfigDict,
     Field,
@@ -371,9 +372,12 @@ class Topic(_Strict):
 
     label: str
     description: str = ""
-    # The SendGrid unsubscribe group (ASM) of the topic: its emails carry it, and SendGrid's group
-    # unsubscribe and resubscribe events change the topic.
-    sendgrid_group: int | None = Field(default=None, ge=1)
+    # The SendGrid unsubscribe group (ASM) of the topic: its emails carry it (``asm.group_id``), and
+    # SendGrid's group unsubscribe and resubscribe events change the topic. ``asm_group_id`` is
+    # accepted as its other name (SendGrid's).
+    sendgrid_group: int | None = Field(
+        default=None, ge=1, validation_alias=AliasChoices("sendgrid_group", "asm_group_id")
+    )
     # False: the topic cannot be opted out of (account and billing notices); shown, not offered.
     optional: bool = True
 
@@ -418,6 +422,8 @@ STRICTEST = "strictest"
 """``unknown_country``: a contact without a country gets the strictest basis any rule gives."""
 DEFAULT_BASIS = "default"
 """``unknown_country``: a contact without a country gets the policy's ``legal_basis``."""
+MAX_SENDGRID_GROUPS = 25
+"""The unsubscribe groups one email may show on SendGrid's page (``asm.groups_to_display``)."""
 
 
 # Policy suppression keys that were renamed to the reason they record.
@@ -472,6 +478,26 @@ class Policy(_Strict):
                 seen[country] = name
         return self
 
+    @model_validator(mode="after")
+    def _topic_groups_distinct(self) -> Policy:
+        owner: dict[int, str] = {}
+        for name, topic in self.topics.items():
+            group = topic.sendgrid_group
+            if group is None:
+                continue
+            if group in owner:
+                raise ValueError(
+                    f"topics: {name} and {owner[group]} both name SendGrid group {group} — fix: give each topic "
+                    "its own unsubscribe group (a group unsubscribe must say which topic it leaves)"
+                )
+            owner[group] = name
+        if len(owner) > MAX_SENDGRID_GROUPS:
+            raise ValueError(
+                f"topics: {len(owner)} topics name a SendGrid group; an email can show at most "
+                f"{MAX_SENDGRID_GROUPS} (asm.groups_to_display) — fix: merge topics or drop some groups"
+            )
+        return self
+
     def region_bases(self, channel: str, purpose: str) -> tuple[RegionBasis, ...]:
         """What each region needs for ``channel`` and ``purpose``, then what contacts without a
         country need; empty without regions (every contact follows :meth:`basis_for`)."""
@@ -497,6 +523,14 @@ class Policy(_Strict):
     def topic_groups(self) -> dict[int, str]:
         """SendGrid unsubscribe group -> the topic it stands for."""
         return {t.sendgrid_group: name for name, t in self.topics.items() if t.sendgrid_group is not None}
+
+    def groups_to_display(self, program: Program) -> tuple[int, ...]:
+        """The SendGrid groups ``program``'s emails show on SendGrid's unsubscribe page: its topic's
+        group first, then every optional topic's (a contact may leave any of them there)."""
+        own = self.topic_of(program)
+        groups = [own.sendgrid_group] if own is not None and own.sendgrid_group else []
+        groups += [t.sendgrid_group for t in self.topics.values() if t.optional and t.sendgrid_group]
+        return tuple(dict.fromkeys(groups))
 
     @field_validator("legal_basis")
     @classmethod
