@@ -382,6 +382,34 @@ class Topic(_Strict):
     optional: bool = True
 
 
+class ConsentForm(_Strict):
+    """A signup form: the version and the exact consent text it shows, recorded as proof with every
+    subscription it captures (and every paper form imported under its id)."""
+
+    version: str = Field(min_length=1, max_length=32)
+    consent_text: str = Field(min_length=1)
+    label: str = "Subscribe to our emails"
+
+
+class RateLimit(_Strict):
+    """At most ``max`` subscription requests per ``per``."""
+
+    max: int = Field(ge=1)
+    per: Duration
+
+
+class Capture(_Strict):
+    """How subscriptions are captured (``POST /lifecycle/subscribe``): the forms, how long a
+    confirmation link stays valid, whether the IP address is kept as proof, and the rate limits."""
+
+    forms: dict[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,63}$")], ConsentForm] = Field(default_factory=dict)
+    confirm_within: Duration = Field(default_factory=lambda: Duration(days=2))
+    # Keep the requester's IP address with the proof (off by default: only where you need it).
+    record_ip: bool = False
+    per_ip: RateLimit = Field(default_factory=lambda: RateLimit(max=10, per=Duration(hours=1)))
+    per_address: RateLimit = Field(default_factory=lambda: RateLimit(max=3, per=Duration(hours=1)))
+
+
 _COUNTRY = re.compile(r"^[A-Z]{2}$")
 
 
@@ -460,6 +488,8 @@ class Policy(_Strict):
     # What a contact without a country is messaged on, when ``regions`` are set: ``strictest`` (the
     # strictest basis of any region or the default), ``default`` (``legal_basis``) or a region's name.
     unknown_country: str = STRICTEST
+    # Subscription capture: signup forms, double opt-in and rate limits.
+    capture: Capture = Field(default_factory=Capture)
 
     @model_validator(mode="after")
     def _regions_consistent(self) -> Policy:

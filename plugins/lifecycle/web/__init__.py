@@ -1,11 +1,12 @@
-"""The Lifecycle web app, served by Airflow's api-server: provider webhooks, unsubscribe and the
-Campaigns page."""
+"""The Lifecycle web app, served by Airflow's api-server: provider webhooks, unsubscribe, subscription
+capture and the Campaigns page."""
 
 from __future__ import annotations
 
 from fastapi import FastAPI
 
 from lifecycle.web.campaigns import router as campaigns_router
+from lifecycle.web.subscribe import router as subscribe_router
 from lifecycle.web.webhooks import router as webhooks_router
 
 
@@ -14,4 +15,5 @@ def create_app() -> FastAPI:
     app = FastAPI(title="Lifecycle", docs_url=None, redoc_url=None, openapi_url=None)
     app.include_router(webhooks_router)
     app.include_router(campaigns_router)
+    app.include_router(subscribe_router)
     return app
