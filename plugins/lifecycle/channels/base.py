@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Generic, Literal, Protocol, TypeVar, runtime_checkable
 
+from lifecycle import config
 from lifecycle.channels.retry import ClaimLost, OutcomeUnknown, ProviderError, Retryable
 from lifecycle.messages.links import PublicLinks
 from lifecycle.messages.rendering import Rendered
@@ -57,6 +58,31 @@ H = TypeVar("H")
 
 
 @dataclass(frozen=True)
+class Subscription:
+    """What a message is sent under, as a provider's own unsubscribe handling needs it: whether it
+    is marketing, its program's topic's SendGrid unsubscribe group and the groups SendGrid's
+    unsubscribe page shows (:meth:`lifecycle.config.Policy.groups_to_display`).
+
+    Marketing email without a topic group carries the connection's group (``asm_group_id``); a
+    service message carries a group only when its topic names one."""
+
+    marketing: bool = True
+    sendgrid_group: int | None = None
+    groups_to_display: tuple[int, ...] = ()
+
+    @classmethod
+    def of(cls, policy: config.Policy, program: config.Program) -> Subscription:
+        """What ``program``'s messages are sent under."""
+        topic = policy.topic_of(program)
+        group = topic.sendgrid_group if topic is not None else None
+        return cls(not program.is_service, group, policy.groups_to_display(program))
+
+
+MARKETING = Subscription()
+"""Marketing with no topic group: the connection's unsubscribe group, where it names one."""
+
+
+@dataclass(frozen=True)
 class OutboundEmail:
     """One rendered email, addressed to one contact."""
 
@@ -71,6 +97,7 @@ class OutboundEmail:
     categories: tuple[str, ...] = ()
     unsubscribe_url: str | None = None
     custom_args: dict[str, str] = field(default_factory=dict)
+    subscription: Subscription = MARKETING
 
 
 @dataclass(frozen=True)
@@ -188,8 +215,8 @@ class Providers(Protocol):
 
 
 class Addressed(Protocol):
-    """A ledger message being sent: which one, its program and step, and its contact's row with the
-    normalised addresses."""
+    """A ledger message being sent: which one, its program and step, its contact's row with the
+    normalised addresses, and what it is sent under (its program's :class:`Subscription`)."""
 
     @property
     def message_id(self) -> int: ...
@@ -205,6 +232,9 @@ class Addressed(Protocol):
 
     @property
     def contact(self) -> Mapping[str, Any]: ...
+
+    @property
+    def subscription(self) -> Subscription: ...
 
 
 class Channel(ABC, Generic[OutT]):

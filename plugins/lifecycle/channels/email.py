@@ -39,7 +39,8 @@ def display_name(contact: Mapping[str, object]) -> str | None:
 
 class EmailChannel(Channel[OutboundEmail]):
     """Email: a subject, an HTML part and a text part, to the contact's normalised email address,
-    categorised by program and step, with its one-click unsubscribe link. CRM text bound for a
+    categorised by program and step, with its one-click unsubscribe link and its topic's SendGrid
+    unsubscribe group. CRM text bound for a
     header (the display name, the subject) is one bounded line (:func:`header_text`)."""
 
     name = "email"
@@ -69,6 +70,7 @@ class EmailChannel(Channel[OutboundEmail]):
             categories=(message.program, message.step),
             unsubscribe_url=links.get("unsubscribe"),
             custom_args={MESSAGE_ID_PARAM: str(message.message_id)},
+            subscription=message.subscription,
         )
 
     def test_copy(self, key: str, contact_id: str, recipient: str, rendered: Rendered, program: str) -> OutboundEmail:

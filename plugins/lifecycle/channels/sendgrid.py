@@ -27,6 +27,7 @@ from sendgrid.helpers.mail import (
     Category,
     CustomArg,
     From,
+    GroupsToDisplay,
     Header,
     HtmlContent,
     Mail,
@@ -39,11 +40,13 @@ from sendgrid.helpers.mail import (
 )
 
 from lifecycle.channels.base import (
+    MARKETING,
     TEST_MESSAGE_ID,
     ClaimCheck,
     OutboundEmail,
     Providers,
     SendResult,
+    Subscription,
     results_for_error,
 )
 from lifecycle.channels.pacing import RateLimiter, limiter_for, started
@@ -248,10 +251,14 @@ class SendGridHook(BaseHook):
         text: str,
         recipients: Sequence[Recipient],
         categories: Sequence[str] = (),
+        subscription: Subscription = MARKETING,
     ) -> Mail:
         """One Mail Send request: the same content to every recipient, one personalization each.
 
-        Sender, reply-to, unsubscribe group and default categories come from the connection.
+        Sender, reply-to and default categories come from the connection. The unsubscribe group
+        (``asm``) is the ``subscription``'s topic group, shown with the policy's other groups; else,
+        for marketing, the connection's ``asm_group_id``; a service email without a topic group
+        carries none.
         """
         if not 1 <= len(recipients) <= MAX_PERSONALIZATIONS:
             raise ValueError(f"A Mail Send request takes 1 to {MAX_PERSONALIZATIONS} recipients")
@@ -266,8 +273,16 @@ class SendGridHook(BaseHook):
         )
         if settings.get("reply_to"):
             mail.reply_to = ReplyTo(settings["reply_to"])
-        if settings.get("asm_group_id"):
-            mail.asm = Asm(int(settings["asm_group_id"]))
+        group = subscription.sendgrid_group
+        if group is None and subscription.marketing and settings.get("asm_group_id"):
+            group = int(settings["asm_group_id"])
+        if group is not None:
+            shown = (
+                list(dict.fromkeys([group, *subscription.groups_to_display]))
+                if subscription.groups_to_display
+                else None
+            )
+            mail.asm = Asm(group, GroupsToDisplay(shown) if shown else None)
         all_categories = dict.fromkeys([*settings.get("categories", []), *categories])
         if all_categories:
             mail.category = [Category(name) for name in all_categories]
@@ -377,7 +392,7 @@ class SendGridSender:
             if not _valid_email(message.to_email):
                 results.append(SendResult(message.message_id, Status.FAILED, reason=OutcomeReason.INVALID_EMAIL))
                 continue
-            content = (message.subject, message.html, message.text, message.categories)
+            content = (message.subject, message.html, message.text, message.categories, message.subscription)
             address = (content, message.to_email.lower())
             repeats[address] += 1
             groups.setdefault((content, repeats[address]), []).append(message)
@@ -414,6 +429,7 @@ class SendGridSender:
             text=first.text,
             recipients=[self._recipient(m) for m in group],
             categories=first.categories,
+            subscription=first.subscription,
         )
         ids = [m.message_id for m in group]
         try:

@@ -19,6 +19,7 @@ import yaml
 from babel.numbers import list_currencies
 from pydantic import (
     AfterValidator,
+    AliasChoices,
     BaseModel,
     ConfigDict,
     Field,
@@ -384,11 +385,42 @@ class Topic(_Strict):
 
     label: str
     description: str = ""
-    # The SendGrid unsubscribe group (ASM) of the topic: its emails carry it, and SendGrid's group
-    # unsubscribe and resubscribe events change the topic.
-    sendgrid_group: int | None = Field(default=None, ge=1)
+    # The SendGrid unsubscribe group (ASM) of the topic: its emails carry it (``asm.group_id``), and
+    # SendGrid's group unsubscribe and resubscribe events change the topic. ``asm_group_id`` is
+    # accepted as its other name (SendGrid's).
+    sendgrid_group: int | None = Field(
+        default=None, ge=1, validation_alias=AliasChoices("sendgrid_group", "asm_group_id")
+    )
     # False: the topic cannot be opted out of (account and billing notices); shown, not offered.
     optional: bool = True
+
+
+class ConsentForm(_Strict):
+    """A signup form: the version and the exact consent text it shows, recorded as proof with every
+    subscription it captures (and every paper form imported under its id)."""
+
+    version: str = Field(min_length=1, max_length=32)
+    consent_text: str = Field(min_length=1)
+    label: str = "Subscribe to our emails"
+
+
+class RateLimit(_Strict):
+    """At most ``max`` subscription requests per ``per``."""
+
+    max: int = Field(ge=1)
+    per: Duration
+
+
+class Capture(_Strict):
+    """How subscriptions are captured (``POST /lifecycle/subscribe``): the forms, how long a
+    confirmation link stays valid, whether the IP address is kept as proof, and the rate limits."""
+
+    forms: dict[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,63}$")], ConsentForm] = Field(default_factory=dict)
+    confirm_within: Duration = Field(default_factory=lambda: Duration(days=2))
+    # Keep the requester's IP address with the proof (off by default: only where you need it).
+    record_ip: bool = False
+    per_ip: RateLimit = Field(default_factory=lambda: RateLimit(max=10, per=Duration(hours=1)))
+    per_address: RateLimit = Field(default_factory=lambda: RateLimit(max=3, per=Duration(hours=1)))
 
 
 _COUNTRY = re.compile(r"^[A-Z]{2}$")
@@ -432,6 +464,8 @@ STRICTEST = "strictest"
 DEFAULT_BASIS = "default"
 """``unknown_country``: a contact without a country gets the policy's ``legal_basis``."""
 DEFAULT_CURRENCY = "USD"
+MAX_SENDGRID_GROUPS = 25
+"""The unsubscribe groups one email may show on SendGrid's page (``asm.groups_to_display``)."""
 
 
 # Policy suppression keys that were renamed to the reason they record.
@@ -480,6 +514,9 @@ class Policy(_Strict):
             raise ValueError(f"{value!r} is not an ISO 4217 currency code — fix: write one such as USD, EUR or GBP")
         return code
 
+    # Subscription capture: signup forms, double opt-in and rate limits.
+    capture: Capture = Field(default_factory=Capture)
+
     @model_validator(mode="after")
     def _regions_consistent(self) -> Policy:
         choices = [STRICTEST, DEFAULT_BASIS, *self.regions]
@@ -495,6 +532,26 @@ class Policy(_Strict):
                         f"regions: {country} is in both {seen[country]} and {name} — fix: keep it in one region"
                     )
                 seen[country] = name
+        return self
+
+    @model_validator(mode="after")
+    def _topic_groups_distinct(self) -> Policy:
+        owner: dict[int, str] = {}
+        for name, topic in self.topics.items():
+            group = topic.sendgrid_group
+            if group is None:
+                continue
+            if group in owner:
+                raise ValueError(
+                    f"topics: {name} and {owner[group]} both name SendGrid group {group} — fix: give each topic "
+                    "its own unsubscribe group (a group unsubscribe must say which topic it leaves)"
+                )
+            owner[group] = name
+        if len(owner) > MAX_SENDGRID_GROUPS:
+            raise ValueError(
+                f"topics: {len(owner)} topics name a SendGrid group; an email can show at most "
+                f"{MAX_SENDGRID_GROUPS} (asm.groups_to_display) — fix: merge topics or drop some groups"
+            )
         return self
 
     def region_bases(self, channel: str, purpose: str) -> tuple[RegionBasis, ...]:
@@ -522,6 +579,14 @@ class Policy(_Strict):
     def topic_groups(self) -> dict[int, str]:
         """SendGrid unsubscribe group -> the topic it stands for."""
         return {t.sendgrid_group: name for name, t in self.topics.items() if t.sendgrid_group is not None}
+
+    def groups_to_display(self, program: Program) -> tuple[int, ...]:
+        """The SendGrid groups ``program``'s emails show on SendGrid's unsubscribe page: its topic's
+        group first, then every optional topic's (a contact may leave any of them there)."""
+        own = self.topic_of(program)
+        groups = [own.sendgrid_group] if own is not None and own.sendgrid_group else []
+        groups += [t.sendgrid_group for t in self.topics.values() if t.optional and t.sendgrid_group]
+        return tuple(dict.fromkeys(groups))
 
     @field_validator("legal_basis")
     @classmethod

@@ -1,4 +1,5 @@
-"""The ``lifecycle`` command: validate, sources check, migrate, seed, preview, sandbox, demo, simulate, bench."""
+"""The ``lifecycle`` command: validate, sources check, migrate, consents import, seed, preview, sandbox,
+demo, simulate, bench."""
 
 from __future__ import annotations
 
@@ -73,6 +74,28 @@ def _migrate(args: argparse.Namespace) -> int:
 
     migrate(get_engine(args.url or state_url()))
     print("engine tables are up to date")
+    return 0
+
+
+def _consents_import(args: argparse.Namespace) -> int:
+    """Import a CSV of paper forms: every row checked first; nothing imported while any is wrong."""
+    from lifecycle.engine import capture
+    from lifecycle.model.db import get_engine, state_url, utc_naive
+
+    try:
+        with open(args.file, encoding="utf-8-sig", newline="") as handle:
+            rows, problems = capture.read_import(handle, utc_naive(datetime.now(UTC)))
+    except (OSError, UnicodeDecodeError) as exc:
+        print(f"INVALID {args.file}: cannot be read as UTF-8 CSV ({exc})")
+        return 1
+    for problem in problems:
+        print(f"INVALID {args.file}: {problem}")
+    if problems:
+        print(f"nothing imported: {len(problems)} problem(s); fix them and run again")
+        return 1
+    with get_engine(args.url or state_url()).begin() as conn:
+        imported, skipped = capture.import_rows(conn, rows)
+    print(f"{imported} consent(s) imported, {skipped} already imported before")
     return 0
 
 
@@ -152,6 +175,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="SQLAlchemy URL of the state database (default: LIFECYCLE_STATE_URL, lifecycle_state, else crm_default)",
     )
     p.set_defaults(func=_migrate)
+
+    p = sub.add_parser("consents", help="consent captured outside the app")
+    consents = p.add_subparsers(dest="consents_command", required=True)
+    p = consents.add_parser(
+        "import",
+        help="import paper forms from a CSV (email, form_id, form_version, consent_text, captured_at, source=paper; "
+        "optional purpose); a re-run imports nothing twice",
+    )
+    p.add_argument("file")
+    p.add_argument("--url", help="state database URL (default: LIFECYCLE_STATE_URL, lifecycle_state, else crm_default)")
+    p.set_defaults(func=_consents_import)
 
     p = sub.add_parser("seed", help="write a synthetic CRM")
     p.add_argument("--url", required=True, help="SQLAlchemy URL of the CRM database to (re)create")

@@ -31,7 +31,7 @@ from sqlalchemy import Connection, Engine, and_, bindparam, func, literal, or_, 
 from sqlalchemy.sql.expression import ColumnElement
 
 from lifecycle.channels import registry
-from lifecycle.channels.base import ClaimCheck, Outbound, Reconciler, SendResult, Transport
+from lifecycle.channels.base import MARKETING, ClaimCheck, Outbound, Reconciler, SendResult, Subscription, Transport
 from lifecycle.config import QuietHours, RegionBasis
 from lifecycle.engine.quiet_hours import quiet_until
 from lifecycle.engine.suppression import claim_reasons, consent_rules, topic_rules
@@ -114,6 +114,7 @@ class Claimed(MessageData):
     claimed_at: datetime | None = None
     claim_token: str | None = None
     problem: str | None = None
+    subscription: Subscription = MARKETING
 
 
 def _in_batch(run_id: str, batch: int) -> ColumnElement[bool]:
@@ -541,6 +542,7 @@ def send_batch(
     service_programs: Collection[str] = (),
     rules: SendRules | None = None,
     max_segments: Mapping[str, int] | None = None,
+    subscription: Subscription = MARKETING,
 ) -> dict[str, int]:
     """Send one batch: settle stale claims, then claim, render, send and record chunk by chunk.
 
@@ -552,10 +554,12 @@ def send_batch(
     ``service_programs`` names the service programs among the batch's (a marketing unsubscribe
     does not stop their messages at claim time); a program left out is treated as marketing.
     ``rules`` (consent and quiet hours) are checked again as each message is claimed.
-    ``max_segments`` (channel -> limit): a message of more billable parts fails with its reason."""
+    ``max_segments`` (channel -> limit): a message of more billable parts fails with its reason.
+    ``subscription``: what the program's messages are sent under (their topic's unsubscribe group)."""
 
     def build(item: Claimed) -> Outbound:
-        return render_outbound(item, links(item.message_id, item.contact["contact_id"], item.channel), brand)
+        addressed = replace(item, subscription=subscription)
+        return render_outbound(addressed, links(item.message_id, item.contact["contact_id"], item.channel), brand)
 
     counts = recover_stale_claims(engine, run_id, batch, transport, build)
     previous: tuple[Iterable[SendResult], Mapping[int, str | None]] | None = None

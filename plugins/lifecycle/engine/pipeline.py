@@ -15,7 +15,7 @@ from sqlalchemy import Connection, Engine
 
 from lifecycle import config, paths
 from lifecycle.channels import registry
-from lifecycle.channels.base import Transport
+from lifecycle.channels.base import Subscription, Transport
 from lifecycle.channels.sms import SMS_CHANNEL
 from lifecycle.engine import capping, dispatch, funnel, journeys, suppression
 from lifecycle.engine.scope import RunScope
@@ -106,6 +106,7 @@ def send(
             topic=suppression.opted_out_topic(run),
         ),
         max_segments={SMS_CHANNEL.name: run.policy.sms_max_segments},
+        subscription=Subscription.of(run.policy, run.program),
     )
 
 

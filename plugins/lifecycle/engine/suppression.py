@@ -17,11 +17,12 @@ from datetime import datetime
 from itertools import permutations
 from typing import Any
 
-from sqlalchemy import Connection, and_, exists, func, not_, or_, select, true, update
+from sqlalchemy import Connection, and_, case, exists, func, not_, or_, select, true, union_all, update
 from sqlalchemy.sql.expression import ColumnElement
 
 from lifecycle.channels import registry
 from lifecycle.config import RegionBasis, segments
+from lifecycle.engine import capture
 from lifecycle.engine.scope import RunScope
 from lifecycle.model import schema
 from lifecycle.model.ledger import (
@@ -53,12 +54,19 @@ def _contact_has(contact_id: ColumnElement[Any], condition: Callable[[Any], Colu
 
 
 def _consent_status(contact_id: ColumnElement, channel: str, purpose: str, at: datetime) -> ColumnElement:
-    """The newest consent row's status at ``at``; of rows captured at the same moment, a non-granted one wins."""
+    """The status in force at ``at``: the newest of the contact's consent rows and granted captures
+    (double opt-in confirmed, a paper form; :mod:`lifecycle.engine.capture`); of rows at the same
+    moment, a non-granted one wins. A pending capture is no consent: it is not a row here."""
     k = schema.consents.alias("consent_now")
-    return (
-        select(k.c.status)
+    crm = (
+        select(k.c.status, k.c.captured_at.label("at"))
         .where(k.c.contact_id == contact_id, k.c.channel == channel, k.c.purpose == purpose, k.c.captured_at <= at)
-        .order_by(k.c.captured_at.desc(), k.c.status == "granted")
+        .correlate_except(k)
+    )
+    rows = union_all(crm, capture.granted_rows(contact_id, channel, purpose, at)).subquery("consent_rows")
+    return (
+        select(rows.c.status)
+        .order_by(rows.c.at.desc(), case((rows.c.status == "granted", 1), else_=0))
         .limit(1)
         .scalar_subquery()
     )
@@ -315,8 +323,10 @@ def apply_fallbacks(conn: Connection, run: RunScope) -> int:
 
 
 def suppress(conn: Connection, run: RunScope) -> dict[str, int]:
-    """Release due deferrals, apply fallbacks, then mark every suppressed message with its reason."""
-    counts = {"released": release_deferred(conn, run), "fallback": apply_fallbacks(conn, run)}
+    """Match newly granted captures to contacts, release due deferrals, apply fallbacks, then mark
+    every suppressed message with its reason."""
+    counts = {"captures_matched": capture.match_contacts(conn)}
+    counts |= {"released": release_deferred(conn, run), "fallback": apply_fallbacks(conn, run)}
     for reason in contact_reasons(run):
         counts[reason.name] = conn.execute(
             update(M)

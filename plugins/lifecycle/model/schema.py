@@ -36,6 +36,10 @@ LIFECYCLE_STAGES = ("subscriber", "lead", "trial", "customer", "churned")
 CHURN_REASONS = ("price", "fit", "complexity", "other")
 CONSENT_PURPOSES = ("marketing", "transactional")
 CONSENT_STATUSES = ("granted", "withdrawn", "denied")
+CAPTURE_PENDING = "pending"
+"""``lifecycle_consent_captures.status`` of a capture waiting for its confirmation link: no consent."""
+CAPTURE_GRANTED = "granted"
+"""``lifecycle_consent_captures.status`` of a confirmed capture (or a paper form): consent from ``confirmed_at``."""
 SUBSCRIPTION_STATUSES = ("trialing", "active", "past_due", "cancelled")
 BILLING_STATUSES = ("ok", "card_expiring", "failed")
 OPPORTUNITY_STAGES = (
@@ -287,6 +291,33 @@ topic_preferences = Table(
     Column("captured_at", DateTime, nullable=False),
     Column("proof", Text),
     Index("ix_topic_preferences_lookup", "contact_id", "topic", "captured_at"),
+)
+
+consent_captures = Table(
+    "lifecycle_consent_captures",
+    engine_metadata,
+    Column("capture_id", Integer, primary_key=True, autoincrement=True),
+    # The normalised address consent was given for (lower case, trimmed): a subscriber need not be a
+    # CRM contact yet; suppression matches it to contacts by address, and by contact_id once known.
+    Column("address", String(320), nullable=False),
+    Column("channel", String(CHANNEL_NAME_LENGTH), nullable=False),
+    Column("purpose", String(20), nullable=False),
+    # pending (waiting for its confirmation link; grants nothing) | granted (confirmed, or a paper form)
+    Column("status", String(10), nullable=False),
+    Column("source", String(50), nullable=False),  # web_form | paper
+    Column("form_id", String(64), nullable=False),
+    Column("form_version", String(32), nullable=False),
+    Column("consent_text", Text, nullable=False),  # the words the person agreed to, as shown
+    Column("captured_at", DateTime, nullable=False),
+    Column("confirmed_at", DateTime),  # when consent took effect: the confirmation, or a paper form's date
+    Column("ip_address", String(45)),  # only where the policy records it (capture.record_ip)
+    # A keyed hash of the IP address, for the per-IP rate limit only; never proof.
+    Column("ip_key", String(32)),
+    Column("contact_id", String(64)),  # the CRM contact with that address when it was confirmed, if any
+    Column("import_key", String(64), unique=True),  # an imported row's identity: a re-run skips it
+    Index("ix_consent_captures_address", "address", "channel", "purpose"),
+    Index("ix_consent_captures_contact", "contact_id", "channel", "purpose"),
+    Index("ix_consent_captures_ip", "ip_key", "captured_at"),
 )
 
 kpis = Table(

@@ -2,7 +2,8 @@
 
 Every event carries ``email``, ``timestamp``, ``event``, ``sg_event_id``, ``sg_message_id`` and
 ``smtp-id``, the email's ``category`` list when it has categories, its ``asm_group_id`` when it
-was sent with an unsubscribe group, and its custom args flattened at the top level. The outcome of
+was sent with an unsubscribe group (the group a ``group_unsubscribe`` or ``group_resubscribe``
+leaves or rejoins), and its custom args flattened at the top level. The outcome of
 an accepted email depends on the recipient's domain, so tests and demos can steer it.
 """
 
@@ -15,6 +16,7 @@ from typing import Any
 
 EVENT_TYPES = (
     "processed", "delivered", "bounce", "dropped", "open", "click", "spamreport", "unsubscribe", "deferred",
+    "group_unsubscribe", "group_resubscribe",
 )  # fmt: skip
 BOUNCE_TYPES = ("bounce", "blocked")
 DOMAIN_OUTCOMES: dict[str, tuple[tuple[str, str | None], ...]] = {

@@ -1,5 +1,5 @@
-"""The Lifecycle web app, served by Airflow's api-server: provider webhooks, unsubscribe, the track
-endpoint, and the Campaigns page with its contact lookup and actions."""
+"""The Lifecycle web app, served by Airflow's api-server: provider webhooks, unsubscribe, subscription
+capture, the track endpoint, and the Campaigns page with its contact lookup and actions."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from fastapi import FastAPI
 from lifecycle.web.actions import router as actions_router
 from lifecycle.web.campaigns import router as campaigns_router
 from lifecycle.web.signin import SignInRequired, redirect_to_login
+from lifecycle.web.subscribe import router as subscribe_router
 from lifecycle.web.track import router as track_router
 from lifecycle.web.webhooks import router as webhooks_router
 
@@ -20,4 +21,5 @@ def create_app() -> FastAPI:
     app.include_router(campaigns_router)
     app.include_router(actions_router)
     app.add_exception_handler(SignInRequired, redirect_to_login)
+    app.include_router(subscribe_router)
     return app

@@ -279,7 +279,8 @@ button.secondary{{background:#fff;color:#1f4fa3}}
 <body><main><h1>{title}</h1>{body}</main></body></html>"""
 
 
-def _page(title: str, body_html: str, status_code: int = 200) -> HTMLResponse:
+def page(title: str, body_html: str, status_code: int = 200) -> HTMLResponse:
+    """One of the app's plain, accessible pages (the preference centre's, subscription capture's)."""
     return HTMLResponse(_PAGE.format(title=html.escape(title), body=body_html), status_code=status_code)
 
 
@@ -289,7 +290,7 @@ def _verify_token(token: str) -> UnsubscribeToken | HTMLResponse:
     try:
         return verify_unsubscribe_token(secret, token)
     except InvalidToken:
-        return _page("Link not valid", "<p>This unsubscribe link is not valid. Use the link from the message.</p>", 400)
+        return page("Link not valid", "<p>This unsubscribe link is not valid. Use the link from the message.</p>", 400)
 
 
 _TEST_COPY_PAGE = (
@@ -302,7 +303,7 @@ _TEST_COPY_PAGE = (
 @router.post(TEST_COPY_UNSUBSCRIBE_PATH, response_class=HTMLResponse)
 def unsubscribe_from_test_copy() -> HTMLResponse:
     """Where a test copy's unsubscribe link leads: it says so and changes nothing."""
-    return _page("Test copy", _TEST_COPY_PAGE)
+    return page("Test copy", _TEST_COPY_PAGE)
 
 
 def _choice_html(kind: str, choice: preferences.Choice) -> str:
@@ -341,7 +342,7 @@ def _preference_centre(token: str, parsed: UnsubscribeToken, saved: bool = False
         body += "</fieldset>"
     body += "<fieldset><legend>Channels</legend>" + "".join(_choice_html("channel", c) for c in prefs.channels)
     body += '</fieldset><button type="submit">Save preferences</button></form>'
-    return _page("Your subscription preferences", body)
+    return page("Your subscription preferences", body)
 
 
 @router.get(UNSUBSCRIBE_PATH, response_class=HTMLResponse)
@@ -363,7 +364,7 @@ async def save_preferences(request: Request, token: str = "") -> HTMLResponse:
     try:
         body = (await read_bounded(request, PREFERENCES_MAX_BODY)).decode("utf-8", errors="replace")
     except BodyTooLarge:
-        return _page("Form too large", "<p>The form sent was too large.</p>", 413)
+        return page("Form too large", "<p>The form sent was too large.</p>", 413)
     form = parse_qsl(body, keep_blank_values=True, max_num_fields=200)
     return await run_in_threadpool(_save_preferences, token, parsed, form)
 
@@ -397,4 +398,4 @@ def unsubscribe_one_click(token: str = "") -> HTMLResponse:
         "Unsubscribed contact %s from %s (message %s)", parsed.contact_id, topic or parsed.channel, parsed.message_id
     )
     what = f"“{policy.topics[topic].label}” messages" if topic else f"marketing {parsed.channel} messages"
-    return _page("You are unsubscribed", f"<p>You will get no more {html.escape(what)}.</p>")
+    return page("You are unsubscribed", f"<p>You will get no more {html.escape(what)}.</p>")

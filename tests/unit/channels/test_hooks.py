@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from lifecycle.channels.base import Subscription
 from lifecycle.channels.retry import ClaimLost, OutcomeUnknown, Rejected, Retryable, RetryPolicy
 from lifecycle.channels.sendgrid import Recipient, SendGridHook
 from lifecycle.channels.twilio import TwilioHook
@@ -96,6 +97,29 @@ def test_sendgrid_sends_one_request_with_the_connection_settings(sandbox):
     assert (ada["html"], ada["text"]) == ("<p>Hello</p>", "Hello")
     assert records["bob@example.com"]["custom_args"] == {"lifecycle_message_id": "2"}
     assert sandbox.stats()["endpoints"]["sendgrid.mail_send"]["requests"] == 1
+
+
+@pytest.mark.parametrize(
+    ("subscription", "asm"),
+    [
+        (Subscription(), {"group_id": 4242}),
+        (Subscription(True, 101, (101, 102)), {"group_id": 101, "groups_to_display": [101, 102]}),
+        (Subscription(True, 102, (101, 102)), {"group_id": 102, "groups_to_display": [102, 101]}),
+        (Subscription(True, None, (101, 102)), {"group_id": 4242, "groups_to_display": [4242, 101, 102]}),
+        (Subscription(False, None, (101,)), None),
+        (Subscription(False, 103, (103, 101)), {"group_id": 103, "groups_to_display": [103, 101]}),
+    ],
+    ids=["no-topic", "topic", "topic-listed-second", "marketing-without-group", "service", "service-with-group"],
+)
+def test_sendgrid_unsubscribe_group_follows_the_topic_and_the_spec(sandbox, subscription, asm):
+    hook = SendGridHook(retry_policy=FAST)
+    mail = hook.build_mail(
+        subject="Hi", html="<p>Hi</p>", text="Hi", recipients=[Recipient("ada@example.com")], subscription=subscription
+    )
+    hook.send(mail)  # the sandbox validates the request against SendGrid's published Mail Send schema
+
+    (record,) = sandbox.sendgrid_messages()
+    assert record["asm"] == asm
 
 
 def test_sendgrid_hook_arguments_override_the_connection(sandbox):

@@ -448,3 +448,30 @@ def test_a_purpose_left_out_of_legal_basis_keeps_its_default(tmp_path):
     left_out = {key: value for key, value in FULL_POLICY.items() if key != "legal_basis"}
     policy = config.load_policy(write(tmp_path, left_out, "policy.yml"))
     assert policy.legal_basis == {"marketing": "explicit", "transactional": "implied"}
+
+
+def test_two_topics_with_one_sendgrid_group_name_both_and_the_fix(tmp_path):
+    topics = {"offers": {"label": "Offers", "sendgrid_group": 101}, "news": {"label": "News", "asm_group_id": 101}}
+    path = write(tmp_path, FULL_POLICY | {"topics": topics}, "policy.yml")
+    with pytest.raises(config.ConfigError, match="offers and news both name SendGrid group 101 — fix: give each"):
+        config.load_policy(path)
+
+
+def test_more_topic_groups_than_an_email_can_show_is_an_error(tmp_path):
+    topics = {f"t{n}": {"label": f"Topic {n}", "sendgrid_group": n} for n in range(1, 27)}
+    path = write(tmp_path, FULL_POLICY | {"topics": topics}, "policy.yml")
+    with pytest.raises(config.ConfigError, match="26 topics name a SendGrid group; an email can show at most 25"):
+        config.load_policy(path)
+
+
+def test_a_topic_group_may_be_written_under_sendgrids_name_and_emails_show_the_optional_ones(tmp_path):
+    topics = {
+        "offers": {"label": "Offers", "asm_group_id": 101},
+        "news": {"label": "News", "sendgrid_group": 102},
+        "billing": {"label": "Billing", "sendgrid_group": 103, "optional": False},
+    }
+    policy = config.load_policy(write(tmp_path, FULL_POLICY | {"topics": topics}, "policy.yml"))
+    assert policy.topic_groups() == {101: "offers", 102: "news", 103: "billing"}
+    renewal = load_program(write(tmp_path, FULL_PROGRAM | {"topic": "billing"}))
+    shown = policy.groups_to_display(renewal)
+    assert (shown[0], sorted(shown[1:])) == (103, [101, 102])
