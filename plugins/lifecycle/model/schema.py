@@ -414,12 +414,16 @@ def all_events(name: str, where: Callable[[Table], Iterable[ColumnElement[bool]]
     ``where`` gives the filters for a table (correlated to the enclosing statement where they
     name its columns); they are applied inside each half of the union, so each half reads its own
     ``(contact_id, event_type, occurred_at)`` index: SQLite does not push correlated filters (nor
-    an enclosing ORDER BY ... LIMIT) into a UNION ALL, and would otherwise read every event."""
+    an enclosing ORDER BY ... LIMIT) into a UNION ALL, and would otherwise read every event. The
+    inbox's half first asks, once per statement, whether the inbox holds any row: while it is
+    empty, its half costs nothing per contact."""
+    any_tracked = tracked_events.alias("any_tracked")
+    inbox_in_use = exists(select(any_tracked.c.event_id).correlate_except(any_tracked))
     halves = []
     for table in (events, tracked_events):
         half = select(*(table.c[column.name] for column in events.columns)).where(*where(table))
         if table is tracked_events:
-            half = half.where(~exists().where(events.c.event_id == table.c.event_id))
+            half = half.where(inbox_in_use, ~exists().where(events.c.event_id == table.c.event_id))
         halves.append(half.correlate_except(table))
     return union_all(*halves).subquery(name)
 
