@@ -28,6 +28,7 @@ ALLOWED_TAGS = {
     "tools",
     "sms",
     "email",
+    "due-steps",
 }
 
 
@@ -50,7 +51,7 @@ def test_shipped_dags_load_documented_and_owned(shipped_config):
         alerting = [task for task in dag.tasks if task.task_id != "check_run"]
         assert all(task.on_failure_callback for task in alerting), f"{dag_id} has a task without an owner alert"
         assert all(not task.on_failure_callback for task in dag.tasks if task.task_id == "check_run"), dag_id
-    assert {"lifecycle_test_send", "lifecycle_dry_run"} <= set(bag.dags)
+    assert {"lifecycle_test_send", "lifecycle_dry_run", "lifecycle_due_steps"} <= set(bag.dags)
 
 
 def test_broken_program_file_breaks_only_its_own_dag(tmp_path: Path, monkeypatch):
@@ -69,6 +70,10 @@ def test_broken_program_file_breaks_only_its_own_dag(tmp_path: Path, monkeypatch
     assert "invalid" in broken.tags and [t.task_id for t in broken.tasks] == ["invalid_program_file"]
     error = broken.tasks[0].error
     assert "broken.yml" in error and "priority" in error and "fix: write a whole number" in error
+    # The due-steps sweep skips it with the same error and sweeps the others.
+    sweep = {t.task_id: t for t in bag.dags["lifecycle_due_steps"].tasks}
+    assert sweep["broken.invalid_program_file"].error == error
+    assert {"alpha.sweep", "alpha.send", "beta.sweep"} <= set(sweep)
 
 
 def test_unparseable_yaml_names_the_line(tmp_path: Path, monkeypatch):
