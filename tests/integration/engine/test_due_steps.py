@@ -8,6 +8,7 @@ import shutil
 import tempfile
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from lifecycle.engine import pipeline
 from lifecycle.engine.scope import sweep_run_id
 from lifecycle.model import schema
 from lifecycle.model.db import get_engine, migrate
-from lifecycle.model.ledger import WENT_OUT, CapReason, Status
+from lifecycle.model.ledger import WENT_OUT, CapReason, ExitReason, Status
 from tests.conftest import AS_OF
 from tests.support.crm_builder import CrmBuilder
 from tests.support.journey import earlier_messages, messages, run_program, run_sweep, treatment_contact
@@ -228,3 +229,41 @@ def test_sweeps_and_runs_interleaved_in_any_order_never_send_a_step_twice_nor_pa
             for start in times:
                 assert sum(start <= t < start + 7 * DAY for t in times) <= cap, (contact, times)
     get_engine(url).dispose()
+
+
+@pytest.mark.usefixtures("test_config")
+def test_a_sweep_exits_a_contact_who_left_the_segment_of_a_program_that_exits_on_leaving(sqlite_url):
+    engine = get_engine(sqlite_url)
+    schema.crm_metadata.create_all(engine)
+    migrate(engine)
+    crm = CrmBuilder(engine, AS_OF)
+    crm.contact("stays", lifecycle_stage="trial")
+    crm.contact("leaves", lifecycle_stage="trial")
+
+    def sweep_or_run(at: datetime, *, sweep: bool) -> None:
+        run_id = f"test__{at.isoformat()}"
+        scope, programs = pipeline.load_scope("texts", sweep_run_id("texts", run_id) if sweep else run_id, at)
+        texts = scope.program.model_copy(
+            update={"exit": scope.program.exit.model_copy(update={"on_segment_leave": True})}
+        )
+        run = replace(scope, program=texts)
+        if sweep:
+            pipeline.run_sweep(engine, run, programs, SimulatedTransport(), links=_links, simulate=True)
+        else:
+            pipeline.run_program(engine, run, programs, SimulatedTransport(), links=_links, simulate=True)
+
+    sweep_or_run(AS_OF, sweep=False)  # both get the ping; the follow-up is due a day later
+    with engine.begin() as conn:
+        conn.execute(
+            schema.contacts.update().where(schema.contacts.c.contact_id == "leaves").values(lifecycle_stage="customer")
+        )
+    sweep_or_run(AS_OF + DAY, sweep=True)
+    assert {(c, s) for c, s, _at in _sent(engine, "texts")} == {
+        ("stays", "ping"),
+        ("leaves", "ping"),
+        ("stays", "follow_up"),
+    }
+    e = schema.enrollments
+    with engine.connect() as conn:
+        left = conn.execute(select(e.c.state, e.c.exit_reason).where(e.c.contact_id == "leaves")).one()
+    assert tuple(left) == ("exited", ExitReason.LEFT_SEGMENT)
