@@ -32,6 +32,16 @@ def dag_run(monkeypatch, crm_url: str, dag_id: str, as_of: datetime, /, **params
     return dag.test(logical_date=as_of.replace(tzinfo=UTC), run_conf=params or None)
 
 
+def set_paused(dag_id: str, paused: bool) -> None:
+    """Pause or resume a DAG in Airflow's metadata database, as the UI's toggle does."""
+    from airflow.models.dag import DagModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import update
+
+    with create_session() as session:
+        session.execute(update(DagModel).where(DagModel.dag_id == dag_id).values(is_paused=paused))
+
+
 @contextmanager
 def provider_sandbox(monkeypatch, public_base_url: str = PUBLIC_BASE_URL) -> Iterator[Any]:
     """A provider sandbox that ``sendgrid_default`` and ``twilio_default`` point at while it runs;

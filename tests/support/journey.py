@@ -23,6 +23,14 @@ def run_program(engine, program_id: str, as_of: datetime, run_id: str | None = N
     return pipeline.run_program(engine, scope, programs, SimulatedTransport(), links=_links, simulate=True)
 
 
+def run_sweep(engine, program_id: str, as_of: datetime) -> dict:
+    """The program's due-steps sweep for ``as_of`` through the simulated transport."""
+    from lifecycle.engine.scope import sweep_run_id
+
+    scope, programs = pipeline.load_scope(program_id, sweep_run_id(program_id, f"test__{as_of.isoformat()}"), as_of)
+    return pipeline.run_sweep(engine, scope, programs, SimulatedTransport(), links=_links, simulate=True)
+
+
 def messages(engine, program_id: str) -> list[dict]:
     """The program's ledger rows, oldest first, as dicts."""
     m = schema.messages

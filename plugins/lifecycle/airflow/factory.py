@@ -302,14 +302,19 @@ def _caps_text(caps: Mapping[str, config.Cap]) -> str:
     return ", ".join(f"{k} {v.max} per {display.duration(v.per)}" for k, v in caps.items()) or "none (uncapped)"
 
 
-def build_all() -> dict[str, DAG]:
-    """Every program DAG, in file order, keyed by DAG id."""
+def load_programs() -> tuple[dict[str, config.Program], dict[str, config.ConfigError], config.Policy | None]:
+    """Every valid program, every invalid file's error, and the policy; an invalid policy makes
+    every program invalid, with the policy's error."""
     programs, errors = config.load_all_programs()
     try:
-        policy = config.load_policy()
+        return programs, errors, config.load_policy()
     except config.ConfigError as exc:
-        errors = {pid: exc for pid in programs} | errors
-        programs = {}
-    dags = {pid: build_program_dag(p, _caps_text(policy.caps_for(p))) for pid, p in programs.items()}
+        return {}, {pid: exc for pid in programs} | errors, None
+
+
+def build_all() -> dict[str, DAG]:
+    """Every program DAG, in file order, keyed by DAG id."""
+    programs, errors, policy = load_programs()
+    dags = {pid: build_program_dag(p, _caps_text(policy.caps_for(p))) for pid, p in programs.items() if policy}
     dags |= {pid: build_invalid_dag(pid, err) for pid, err in errors.items()}
     return dict(sorted(dags.items()))

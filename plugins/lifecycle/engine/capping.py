@@ -1,7 +1,9 @@
 """Frequency capping across programs, priority between programs, and quiet hours.
 
 A cap (for example email 3 per 7 days) counts every message that holds a slot — sent, on its
-way, or deferred — across all programs under the same caps. Marketing programs are under the
+way, or deferred — across all programs under the same caps, within the cap's period before or
+after the as-of time: a run that executes minutes after its as-of (a slow segment) still sees what
+a due-steps sweep sent meanwhile, at a later as-of. Marketing programs are under the
 policy's ``caps`` and count only marketing messages (a ledger row of a program the loaded config
 does not know counts as marketing); service programs (:attr:`~lifecycle.config.Program.is_service`)
 are under its ``service_caps`` (none: uncapped) and count only service messages. A program yields
@@ -66,7 +68,7 @@ def _used(scope: str, cap: Cap, run: RunScope, service_programs: list[str]) -> C
         other.c.message_id != M.c.message_id,
         other.c.status.in_(SLOT_HOLDING),
         other.c.due_at > run.as_of - cap.per,
-        other.c.due_at <= run.as_of,
+        other.c.due_at < run.as_of + cap.per,
         same_caps,
     ]
     if scope != "all":

@@ -69,7 +69,9 @@ def unassigned(program: str) -> ColumnElement[bool]:
     return and_(M.c.program == program, M.c.status == Status.READY, M.c.send_run_id.is_(None))
 
 
-def prepare_batches(engine: Engine, program: str, run_id: str, batch_size: int, limit: int | None = None) -> list[int]:
+def prepare_batches(
+    engine: Engine, program: str, run_id: str, batch_size: int, limit: int | None = None, *, adopt: bool = True
+) -> list[int]:
     """Assign this run's messages to numbered batches; returns the batch numbers.
 
     A run takes the program's ready messages no run has taken yet, and adopts what earlier runs left
@@ -77,7 +79,10 @@ def prepare_batches(engine: Engine, program: str, run_id: str, batch_size: int, 
     settle (see :func:`_unsettled`), which its send task then reconciles or records ``unknown``. So
     no message waits for a retry that a killed run will never make. Idempotent: messages already
     assigned to this run keep their batch, new ones are appended. ``limit`` caps how many messages a
-    (manual) run takes; the rest wait for the next run.
+    (manual) run takes; the rest wait for the next run. ``adopt=False`` (a due-steps sweep, which
+    may run beside its program's run) takes only messages no run has taken, never another run's.
+    A message is taken by one run only, even when two prepare at once: the update checks again
+    that the row is still free to take.
     """
     with engine.begin() as conn:
         taken = conn.execute(select(M.c.batch).where(M.c.send_run_id == run_id).distinct()).scalars().all()
@@ -85,9 +90,10 @@ def prepare_batches(engine: Engine, program: str, run_id: str, batch_size: int, 
         room = None if limit is None else max(limit - len(already), 0)
         order = (M.c.priority.desc(), M.c.message_id)
         left_behind = and_(M.c.send_run_id != run_id, or_(M.c.status == Status.READY, _unsettled(_now() - CLAIM_LEASE)))
+        free = or_(unassigned(program), and_(M.c.program == program, left_behind)) if adopt else unassigned(program)
         ready = (
             select(M.c.message_id, func.row_number().over(order_by=order).label("position"))
-            .where(or_(unassigned(program), and_(M.c.program == program, left_behind)))
+            .where(free)
             .order_by(*order)
         )
         if room is not None:
@@ -98,7 +104,7 @@ def prepare_batches(engine: Engine, program: str, run_id: str, batch_size: int, 
         # division): a row-by-row update costs a round trip per message on PostgreSQL.
         batch = literal(start) + (ranked.c.position - 1).op("/", precedence=8)(batch_size)
         assigned = conn.execute(
-            update(M).where(M.c.message_id == ranked.c.message_id).values(send_run_id=run_id, batch=batch)
+            update(M).where(M.c.message_id == ranked.c.message_id, free).values(send_run_id=run_id, batch=batch)
         ).rowcount
         return sorted(set(taken) | set(range(start, start + -(-assigned // batch_size))))
 

@@ -27,6 +27,7 @@ from sqlalchemy import (
     or_,
     select,
     text,
+    true,
     update,
 )
 from sqlalchemy.sql.expression import ColumnElement
@@ -124,8 +125,11 @@ def _active(program_id: str) -> ColumnElement[bool]:
     return and_(E.c.program == program_id, E.c.state == EnrollmentState.ACTIVE)
 
 
-def exit_enrollments(conn: Connection, run: RunScope) -> dict[str, int]:
-    """Exit active enrollments that met the goal (``converted``) or an exit rule."""
+def exit_enrollments(conn: Connection, run: RunScope, among: ColumnElement[bool] | None = None) -> dict[str, int]:
+    """Exit active enrollments that met the goal (``converted``) or an exit rule.
+
+    ``among`` narrows the enrollments looked at (a due-steps sweep: those with a step due); the
+    entry segment is then read for them directly, since a sweep takes no audience snapshot."""
     program, as_of = run.program, run.as_of
     ctx = run.segment_context(E.c.contact_id, journey=True)
     rules: list[tuple[str, ColumnElement]] = []
@@ -134,21 +138,14 @@ def exit_enrollments(conn: Connection, run: RunScope) -> dict[str, int]:
     rules += [(r.reason, segments.compile_segment(r.segment.parsed, ctx)) for r in program.exit.rules]
     if program.exit.on_segment_leave:
         a = schema.audience
-        rules.append(
-            (
-                ExitReason.LEFT_SEGMENT,
-                not_(
-                    exists().where(
-                        a.c.program == program.id, a.c.run_id == run.run_id, a.c.contact_id == E.c.contact_id
-                    )
-                ),
-            )
-        )
+        snapshot = exists().where(a.c.program == program.id, a.c.run_id == run.run_id, a.c.contact_id == E.c.contact_id)
+        member = snapshot if among is None else segments.compile_segment(program.audience.segment.parsed, ctx)
+        rules.append((ExitReason.LEFT_SEGMENT, not_(member)))
     exited = {}
     for reason, clause in rules:
         result = conn.execute(
             update(E)
-            .where(_active(program.id), E.c.enrolled_at <= as_of, clause)
+            .where(_active(program.id), E.c.enrolled_at <= as_of, true() if among is None else among, clause)
             .values(state=EnrollmentState.EXITED, exit_reason=reason, exited_at=as_of)
         )
         exited[reason] = result.rowcount
@@ -270,6 +267,12 @@ def step_due(program: Program, index: int, as_of: datetime) -> ColumnElement:
         step_base(program, step) <= as_of - step.delay,
         or_(E.c.last_planned_at.is_(None), E.c.last_planned_at < as_of),
     )
+
+
+def any_step_due(program: Program, as_of: datetime) -> ColumnElement[bool]:
+    """Active enrollments with a step due at ``as_of`` that no run at ``as_of`` planned yet: all a
+    due-steps sweep looks at."""
+    return or_(*(step_due(program, index, as_of) for index in range(len(program.steps))))
 
 
 def step_late(program: Program, index: int, as_of: datetime) -> ColumnElement:

@@ -21,6 +21,7 @@ from lifecycle.engine import capping, dispatch, funnel, journeys, suppression
 from lifecycle.engine.scope import RunScope
 from lifecycle.messages.links import LinkBuilder
 from lifecycle.model.db import utc_naive
+from lifecycle.model.ledger import Status
 
 
 def load_scope(program_id: str, run_id: str, as_of: datetime) -> tuple[RunScope, dict[str, config.Program]]:
@@ -45,6 +46,26 @@ def decide(conn: Connection, run: RunScope, programs: Mapping[str, config.Progra
     journeys.plan_due_steps(conn, run)
     suppression.suppress(conn, run)
     capping.cap(conn, run, programs)
+
+
+def sweep(engine: Engine, run: RunScope, programs: Mapping[str, config.Program]) -> dict[str, int]:
+    """The due-steps sweep of one program at ``run.as_of``, in one transaction: the deciding stages
+    for the enrollments that have a step due, without the entry segment. Exits (goal, exit rules,
+    leaving the segment) are checked for those enrollments only; then planning, suppression (which
+    also releases deferrals whose quiet hours are over) and caps run unchanged, since each reads
+    only the program's planned messages. What is left ``ready`` is sent by :func:`prepare`
+    (``adopt=False``) and :func:`send` under the sweep's run id (:func:`~lifecycle.engine.scope.sweep_run_id`)."""
+    with engine.begin() as conn:
+        exited = journeys.exit_enrollments(conn, run, among=journeys.any_step_due(run.program, run.as_of))
+        planned = journeys.plan_due_steps(conn, run)
+        suppressed = suppression.suppress(conn, run)
+        capped = capping.cap(conn, run, programs)
+    return {
+        **{f"exited_{reason}": n for reason, n in exited.items()},
+        Status.PLANNED: planned,
+        "released": suppressed.get("released", 0),
+        **capped,
+    }
 
 
 def evaluate(engine: Engine, run: RunScope) -> int:
@@ -72,8 +93,8 @@ def cap(engine: Engine, run: RunScope, programs: Mapping[str, config.Program]) -
         return capping.cap(conn, run, programs)
 
 
-def prepare(engine: Engine, run: RunScope, limit: int | None = None) -> list[int]:
-    return dispatch.prepare_batches(engine, run.program.id, run.run_id, run.policy.send_batch_size, limit)
+def prepare(engine: Engine, run: RunScope, limit: int | None = None, *, adopt: bool = True) -> list[int]:
+    return dispatch.prepare_batches(engine, run.program.id, run.run_id, run.policy.send_batch_size, limit, adopt=adopt)
 
 
 def send(
@@ -131,3 +152,20 @@ def run_program(
     for batch in prepare(engine, run):
         send(engine, run, batch, transport, links=links, simulate=simulate)
     return log_kpis(engine, run)
+
+
+def run_sweep(
+    engine: Engine,
+    run: RunScope,
+    programs: Mapping[str, config.Program],
+    transport: Transport,
+    *,
+    links: LinkBuilder,
+    simulate: bool = False,
+) -> dict[str, int]:
+    """One program's due-steps sweep in-process (tests, benchmark): :func:`sweep`, then the batches
+    it prepares sent as its DAG's ``send`` tasks would. ``run.run_id`` is the sweep's ledger run id."""
+    decided = sweep(engine, run, programs)
+    for batch in prepare(engine, run, adopt=False):
+        send(engine, run, batch, transport, links=links, simulate=simulate)
+    return decided

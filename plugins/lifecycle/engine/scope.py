@@ -43,6 +43,18 @@ class RunScope:
         )
 
 
+SWEEP_RUN_PREFIX = "due_steps"
+
+
+def sweep_run_id(program_id: str, run_id: str) -> str:
+    """The ledger run id of a due-steps sweep of one program: ``due_steps:<program>:<Airflow run id>``.
+
+    One sweep DAG run covers every program and its Airflow run id names only the logical date, as a
+    program DAG's scheduled run does; naming the sweep and the program keeps each program's sweep
+    its own run in the ledger (``run_id``, ``send_run_id`` and send batches)."""
+    return f"{SWEEP_RUN_PREFIX}:{program_id}:{run_id}"
+
+
 def runs_of_as_of(conn: Connection, run: RunScope) -> list[str]:
     """The run ids of every run of this program at this run's as-of time, this one included.
 

@@ -28,6 +28,7 @@ ALLOWED_TAGS = {
     "tools",
     "sms",
     "email",
+    "due-steps",
 }
 
 REALTIME = {"welcome"}
@@ -56,7 +57,7 @@ def test_shipped_dags_load_documented_and_owned(shipped_config):
             # A realtime program runs on its cron or its trigger events; every other program on its cron.
             kind = type(dag.timetable).__name__
             assert kind == ("AssetOrTimeSchedule" if dag_id in REALTIME else "CronTriggerTimetable"), (dag_id, kind)
-    assert {"lifecycle_test_send", "lifecycle_dry_run"} <= set(bag.dags)
+    assert {"lifecycle_test_send", "lifecycle_dry_run", "lifecycle_due_steps"} <= set(bag.dags)
 
 
 def test_broken_program_file_breaks_only_its_own_dag(tmp_path: Path, monkeypatch):
@@ -75,6 +76,10 @@ def test_broken_program_file_breaks_only_its_own_dag(tmp_path: Path, monkeypatch
     assert "invalid" in broken.tags and [t.task_id for t in broken.tasks] == ["invalid_program_file"]
     error = broken.tasks[0].error
     assert "broken.yml" in error and "priority" in error and "fix: write a whole number" in error
+    # The due-steps sweep skips it with the same error and sweeps the others.
+    sweep = {t.task_id: t for t in bag.dags["lifecycle_due_steps"].tasks}
+    assert sweep["broken.invalid_program_file"].error == error
+    assert {"alpha.sweep", "alpha.send", "beta.sweep"} <= set(sweep)
 
 
 def test_unparseable_yaml_names_the_line(tmp_path: Path, monkeypatch):

@@ -11,7 +11,7 @@ from sqlalchemy import select
 
 from lifecycle.model import schema
 from tests.conftest import AS_OF
-from tests.support.dagrun import dag_run, run_dag
+from tests.support.dagrun import dag_run, run_dag, set_paused
 from tests.support.journey import messages_already_sent
 
 pytestmark = [pytest.mark.airflow, pytest.mark.usefixtures("airflow_db", "test_config", "sandbox")]
@@ -25,15 +25,6 @@ def _tables(engine) -> dict[str, list[tuple]]:
         return {
             t.name: [tuple(r) for r in conn.execute(select(t).order_by(*t.primary_key.columns))] for t in ENGINE_TABLES
         }
-
-
-def _set_paused(dag_id: str, paused: bool) -> None:
-    from airflow.models.dag import DagModel
-    from airflow.utils.session import create_session
-    from sqlalchemy import update
-
-    with create_session() as session:
-        session.execute(update(DagModel).where(DagModel.dag_id == dag_id).values(is_paused=paused))
 
 
 def _is_paused(dag_id: str) -> bool:
@@ -82,7 +73,7 @@ def test_a_test_send_reaches_only_the_test_recipient_and_changes_nothing_real(cr
     for _ in range(3):
         crm_rows.contact()
     assert run_dag(monkeypatch, db_url, "alpha", AS_OF) == "success"
-    _set_paused("alpha", True)
+    set_paused("alpha", True)
     before = _tables(engine)
     sandbox.reset()
 
@@ -161,7 +152,7 @@ def test_a_dry_run_reports_the_funnel_the_real_run_then_logs_and_changes_nothing
     crm_rows.contact(consent={})  # suppressed: no consent
     capped = crm_rows.contact()
     messages_already_sent(engine, capped, count=3)  # email 3 per 7 days: capped
-    _set_paused("alpha", True)
+    set_paused("alpha", True)
     before = _tables(engine)
 
     run = dag_run(monkeypatch, db_url, "lifecycle_dry_run", AS_OF, program="alpha", as_of=AS_OF.isoformat())
