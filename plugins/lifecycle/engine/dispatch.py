@@ -85,8 +85,11 @@ def prepare_batches(
     that the row is still free to take.
     """
     with engine.begin() as conn:
-        taken = conn.execute(select(M.c.batch).where(M.c.send_run_id == run_id).distinct()).scalars().all()
-        already = conn.execute(select(M.c.message_id).where(M.c.send_run_id == run_id)).scalars().all()
+        # Scheduled Airflow run ids name only the logical date, so two programs' runs at the same
+        # time share one: a run's batches are its program's messages under its run id.
+        mine = _in_run(run_id, program)
+        taken = conn.execute(select(M.c.batch).where(mine).distinct()).scalars().all()
+        already = conn.execute(select(M.c.message_id).where(mine)).scalars().all()
         room = None if limit is None else max(limit - len(already), 0)
         order = (M.c.priority.desc(), M.c.message_id)
         left_behind = and_(M.c.send_run_id != run_id, or_(M.c.status == Status.READY, _unsettled(_now() - CLAIM_LEASE)))
@@ -123,8 +126,15 @@ class Claimed(MessageData):
     subscription: Subscription = MARKETING
 
 
-def _in_batch(run_id: str, batch: int) -> ColumnElement[bool]:
-    return and_(M.c.send_run_id == run_id, M.c.batch == batch)
+def _in_run(run_id: str, program: str | None) -> ColumnElement[bool]:
+    """The messages a run sends: its send run id, of its program (two programs' scheduled runs at
+    the same time have the same Airflow run id); ``None`` is any program (a caller of one program)."""
+    mine = M.c.send_run_id == run_id
+    return mine if program is None else and_(mine, M.c.program == program)
+
+
+def _in_batch(run_id: str, batch: int, program: str | None = None) -> ColumnElement[bool]:
+    return and_(_in_run(run_id, program), M.c.batch == batch)
 
 
 def load_messages(conn: Connection, where: ColumnElement[bool]) -> list[Claimed]:
@@ -229,17 +239,18 @@ def claim(
     size: int,
     service_programs: Collection[str] = (),
     rules: SendRules | None = None,
+    program: str | None = None,
 ) -> list[Claimed]:
     """Atomically move up to ``size`` ready messages of the batch to ``sending`` and load them
     (after withholding those whose contact is now on a suppression list that stops them: every
     list for a marketing message, all but the marketing-only ones for a message of one of
-    ``service_programs``)."""
+    ``service_programs``). ``program``: the batch's program, which the run id alone may not tell."""
     token = uuid.uuid4().hex
     with engine.begin() as conn:
-        _withhold_listed(conn, _in_batch(run_id, batch), service_programs, rules)
+        _withhold_listed(conn, _in_batch(run_id, batch, program), service_programs, rules)
         chosen = (
             select(M.c.message_id)
-            .where(_in_batch(run_id, batch), M.c.status == Status.READY)
+            .where(_in_batch(run_id, batch, program), M.c.status == Status.READY)
             .order_by(M.c.message_id)
             .limit(size)
             # PostgreSQL: a concurrent claimer takes the next rows instead of queueing behind these
@@ -258,7 +269,7 @@ def claim(
         )
         # The batch's index finds the claimed rows; the token alone has none and would scan the ledger.
         return load_messages(
-            conn, and_(_in_batch(run_id, batch), M.c.status == Status.SENDING, M.c.claim_token == token)
+            conn, and_(_in_batch(run_id, batch, program), M.c.status == Status.SENDING, M.c.claim_token == token)
         )
 
 
@@ -298,7 +309,12 @@ def _unsettled(lease_over: datetime) -> ColumnElement[bool]:
 
 
 def recover_stale_claims(
-    engine: Engine, run_id: str, batch: int, transport: Transport, build: Callable[[Claimed], Outbound]
+    engine: Engine,
+    run_id: str,
+    batch: int,
+    transport: Transport,
+    build: Callable[[Claimed], Outbound],
+    program: str | None = None,
 ) -> Counter:
     """Settle the batch's messages that earlier attempts left claimed: their outcome is unknown.
 
@@ -313,7 +329,7 @@ def recover_stale_claims(
     # the attempt that claimed them.
     own = or_(M.c.status == Status.SENDING, _unsettled(lease_over))
     with engine.connect() as conn:
-        stale = load_messages(conn, and_(_in_batch(run_id, batch), own))
+        stale = load_messages(conn, and_(_in_batch(run_id, batch, program), own))
     if not stale:
         return Counter()
     reconciler = transport if isinstance(transport, Reconciler) else None
@@ -504,8 +520,9 @@ def _chunks(
     size: int,
     service_programs: Collection[str],
     rules: SendRules | None,
+    program: str | None,
 ) -> Iterator[list[Claimed]]:
-    while claimed := claim(engine, run_id, batch, size, service_programs, rules):
+    while claimed := claim(engine, run_id, batch, size, service_programs, rules, program):
         yield claimed
 
 
@@ -549,6 +566,7 @@ def send_batch(
     rules: SendRules | None = None,
     max_segments: Mapping[str, int] | None = None,
     subscription: Subscription = MARKETING,
+    program: str | None = None,
 ) -> dict[str, int]:
     """Send one batch: settle stale claims, then claim, render, send and record chunk by chunk.
 
@@ -561,15 +579,16 @@ def send_batch(
     does not stop their messages at claim time); a program left out is treated as marketing.
     ``rules`` (consent and quiet hours) are checked again as each message is claimed.
     ``max_segments`` (channel -> limit): a message of more billable parts fails with its reason.
-    ``subscription``: what the program's messages are sent under (their topic's unsubscribe group)."""
+    ``subscription``: what the program's messages are sent under (their topic's unsubscribe group).
+    ``program``: the batch's program (two programs' scheduled runs at one time share a run id)."""
 
     def build(item: Claimed) -> Outbound:
         addressed = replace(item, subscription=subscription)
         return render_outbound(addressed, links(item.message_id, item.contact["contact_id"], item.channel), brand)
 
-    counts = recover_stale_claims(engine, run_id, batch, transport, build)
+    counts = recover_stale_claims(engine, run_id, batch, transport, build, program)
     previous: tuple[Iterable[SendResult], Mapping[int, str | None]] | None = None
-    for claimed in _chunks(engine, run_id, batch, claim_size, service_programs, rules):
+    for claimed in _chunks(engine, run_id, batch, claim_size, service_programs, rules, program):
         tokens = {item.message_id: item.claim_token for item in claimed}
         chunk, deferred = _defer_quiet(engine, claimed, rules)
         counts[Status.DEFERRED] += deferred

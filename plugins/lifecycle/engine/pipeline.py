@@ -128,6 +128,7 @@ def send(
         ),
         max_segments={SMS_CHANNEL.name: run.policy.sms_max_segments},
         subscription=Subscription.of(run.policy, run.program),
+        program=run.program.id,
     )
 
 

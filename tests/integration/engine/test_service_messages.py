@@ -171,3 +171,30 @@ def test_the_claim_time_check_stops_service_messages_only_for_lists_that_stop_th
         unsubscribes: (Status.SUPPRESSED, R.UNSUBSCRIBED),
         bounces: (Status.SUPPRESSED, R.HARD_BOUNCE),
     }
+
+
+@pytest.mark.usefixtures("service")
+def test_two_programs_runs_with_one_airflow_run_id_each_send_only_their_own_messages(crm):
+    """Airflow's scheduled run id names only the logical date, so a service program and a marketing
+    program scheduled at the same time run under one run id: each run's batches, claims and rules
+    are still its program's (a marketing unsubscribe stops only the marketing program's message)."""
+    engine, c = crm
+    unsubscribed = c.contact()
+    shared = "scheduled__2026-11-16T09:00:00+00:00"
+    runs = {program: pipeline.load_scope(program, shared, AS_OF) for program in (SERVICE, MARKETING)}
+    for run, programs in runs.values():
+        with engine.begin() as conn:
+            pipeline.decide(conn, run, programs)
+    batches = {program: pipeline.prepare(engine, run) for program, (run, _) in runs.items()}
+    assert batches[SERVICE] == batches[MARKETING] == [0]
+    # Listed after planning: only the claim-time check can stop a message now.
+    _listed(engine, unsubscribed, R.UNSUBSCRIBED)
+
+    marketing_run = runs[MARKETING][0]
+    pipeline.send(engine, marketing_run, 0, SimulatedTransport(), links=_links, simulate=True)
+    assert {m["status"] for m in messages(engine, SERVICE)} == {Status.READY}
+    assert _outcomes(engine, MARKETING)[unsubscribed] == (Status.SUPPRESSED, R.UNSUBSCRIBED)
+
+    service_run = runs[SERVICE][0]
+    pipeline.send(engine, service_run, 0, SimulatedTransport(), links=_links, simulate=True)
+    assert _outcomes(engine, SERVICE)[unsubscribed] == (Status.DRY_RUN, None)
