@@ -6,6 +6,7 @@ never the clock) and returns the step's counts, which are small.
 
 from __future__ import annotations
 
+from lifecycle import config
 from lifecycle.airflow.base import LifecycleOperator, TaskRun
 from lifecycle.engine import hygiene
 
@@ -32,7 +33,8 @@ class FlagSuppressionsOperator(LifecycleOperator[dict[str, int]]):
 
 
 class ComputeFiguresOperator(LifecycleOperator[dict[str, float]]):
-    """Write the run's data-quality figures to ``lifecycle_data_quality``."""
+    """Write the run's data-quality figures to ``lifecycle_data_quality``, consent coverage by the
+    policy's regions and topics among them."""
 
     def run(self, run: TaskRun) -> dict[str, float]:
-        return hygiene.compute_figures(run.engine, run.run_id, run.as_of)
+        return hygiene.compute_figures(run.engine, run.run_id, run.as_of, config.load_policy())

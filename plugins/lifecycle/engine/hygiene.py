@@ -30,7 +30,13 @@ idempotent for its run; the run's as-of time is its data interval end.
    and channel as of the run is `granted`; on a tie the non-granted row wins), and
    `bounce_rate` (bounced / messages that went out by the as-of time, 0 when none), each with
    its count (`missing_<field>`, `invalid_email`, `duplicate_contacts`, `duplicate_groups`,
-   `consent_granted_<channel>`, `messages_out`, `bounced`...).
+   `consent_granted_<channel>`, `messages_out`, `bounced`...). Consent coverage of a part of the
+   CRM is a row whose `dimension` names it: per region (`region:eu`, `region:unknown_country`,
+   `region:*` for contacts in no region), `contacts` and, per channel a person is reached on,
+   `reachable_<channel>` / `reachable_rate_<channel>`: the contacts the marketing consent rule of
+   their region lets through (:func:`~lifecycle.engine.suppression.consent_rules`); per policy topic
+   (`topic:offers`), `opted_out` and `subscribed_rate` of all contacts. A rate over no contacts is
+   not written: not measured, which is not 0%.
 """
 
 from __future__ import annotations
@@ -53,9 +59,11 @@ from sqlalchemy import (
     case,
     delete,
     exists,
+    false,
     func,
     insert,
     literal,
+    or_,
     select,
     text,
     type_coerce,
@@ -64,6 +72,9 @@ from sqlalchemy import (
 from sqlalchemy.sql.expression import ColumnElement, Subquery
 
 from lifecycle.channels import registry
+from lifecycle.config import Policy
+from lifecycle.engine import suppression
+from lifecycle.engine.preferences import opt_out_channels
 from lifecycle.model import schema
 from lifecycle.model.addresses import parse_phone
 from lifecycle.model.db import Record, concat, insert_ignore
@@ -421,6 +432,11 @@ def _count_if(condition: ColumnElement) -> ColumnElement:
     return func.coalesce(func.sum(case((condition, 1), else_=0)), 0)
 
 
+def _count_unless(condition: ColumnElement) -> ColumnElement:
+    """Rows where ``condition`` is not true (NULL counts, as a rule that is NULL stops no message)."""
+    return func.coalesce(func.sum(case((condition, 0), else_=1)), 0)
+
+
 def _snapshot_counts(conn: Connection) -> dict[str, int]:
     lacks = {name: concat(",", Q.c.missing_fields, ",").like(f"%,{name},%") for name in REQUIRED_FIELDS}
     row = (
@@ -484,15 +500,85 @@ def figures(counts: Mapping[str, int]) -> dict[str, float]:
     return {name: float(value) for name, value in sorted({**counts, **rates}.items())}
 
 
-def compute_figures(engine: Engine, run_id: str, as_of: datetime) -> dict[str, float]:
+MARKETING = "marketing"
+REGION = "region"
+TOPIC = "topic"
+ELSEWHERE = "*"
+"""The region of the contacts in no policy region (every contact, without regions): ``region:*``."""
+
+
+def dimension(kind: str, name: str | None) -> str:
+    """The ``dimension`` of a region's or a topic's figures: ``region:eu``, ``topic:offers``."""
+    return f"{kind}:{name or ELSEWHERE}"
+
+
+def _region_counts(conn: Connection, policy: Policy, as_of: datetime) -> dict[tuple[str, str], int]:
+    """Per region, its contacts and, per channel, those its marketing consent rule lets through."""
+    counts: dict[tuple[str, str], int] = {}
+    basis = policy.basis_for(MARKETING)
+    for channel in opt_out_channels():
+        regions = policy.region_bases(channel, MARKETING)
+        rules = suppression.consent_rules(channel, MARKETING, basis, as_of, regions)
+        group = case(
+            *(
+                (g.member(Q.c.contact_id), literal(dimension(REGION, g.region)))
+                for g in suppression.consent_groups(basis, regions)
+            )
+        ).label("region")
+        blocked = or_(*(rule.predicate(Q.c.contact_id) for rule in rules))
+        for g in suppression.consent_groups(basis, regions):
+            counts[("contacts", dimension(REGION, g.region))] = 0
+            counts[(f"reachable_{channel}", dimension(REGION, g.region))] = 0
+        for region, contacts, reachable in conn.execute(
+            select(group, func.count(), _count_unless(blocked)).select_from(Q).group_by(group)
+        ):
+            counts[("contacts", region)] = int(contacts)
+            counts[(f"reachable_{channel}", region)] = int(reachable)
+    return counts
+
+
+def _topic_counts(conn: Connection, policy: Policy, as_of: datetime) -> dict[tuple[str, str], int]:
+    """Per policy topic, the contacts opted out of it (none for a topic that is not optional)."""
+    counts = {}
+    for topic in policy.topics:
+        rules = suppression.topic_rules(suppression.optional_topic(policy, topic), as_of)
+        opted_out = or_(false(), *(rule.predicate(Q.c.contact_id) for rule in rules))
+        counts[("opted_out", dimension(TOPIC, topic))] = int(
+            conn.execute(select(_count_if(opted_out)).select_from(Q)).scalar_one()
+        )
+    return counts
+
+
+def coverage_figures(counts: Mapping[tuple[str, str], int], contacts: int) -> dict[tuple[str, str], float]:
+    """Every (metric, dimension) count plus its rate: ``reachable_rate_<channel>`` of a region's
+    contacts, ``subscribed_rate`` of a topic (of all ``contacts``). A rate over no contacts is left
+    out: not measured, which is not 0%."""
+    rates = {}
+    for (metric, part), n in counts.items():
+        if metric.startswith("reachable_") and counts[("contacts", part)]:
+            rates[(metric.replace("reachable_", "reachable_rate_", 1), part)] = n / counts[("contacts", part)]
+        elif metric == "opted_out" and contacts:
+            rates[("subscribed_rate", part)] = 1 - n / contacts
+    return {key: float(value) for key, value in sorted({**counts, **rates}.items())}
+
+
+def compute_figures(engine: Engine, run_id: str, as_of: datetime, policy: Policy) -> dict[str, float]:
     """Measure the snapshot, consents and deliveries as of the run and (re)write the run's rows of
-    ``lifecycle_data_quality``; returns the figures."""
+    ``lifecycle_data_quality``, with consent coverage by region and by topic under ``policy``;
+    returns the figures of the whole CRM."""
     dq = schema.data_quality
     with engine.begin() as conn:
         result = figures(_snapshot_counts(conn) | _consent_counts(conn, as_of) | _delivery_counts(conn, as_of))
+        coverage = coverage_figures(
+            _region_counts(conn, policy, as_of) | _topic_counts(conn, policy, as_of), int(result["contacts"])
+        )
         conn.execute(delete(dq).where(dq.c.run_id == run_id))
+        rows = {(metric, ""): value for metric, value in result.items()} | coverage
         conn.execute(
             insert(dq),
-            [{"run_id": run_id, "as_of": as_of, "metric": k, "value": v} for k, v in result.items()],
+            [
+                {"run_id": run_id, "as_of": as_of, "metric": metric, "dimension": part, "value": value}
+                for (metric, part), value in rows.items()
+            ],
         )
     return result

@@ -21,7 +21,7 @@ from sqlalchemy import Connection, and_, case, exists, func, not_, or_, select, 
 from sqlalchemy.sql.expression import ColumnElement
 
 from lifecycle.channels import registry
-from lifecycle.config import RegionBasis, segments
+from lifecycle.config import Policy, RegionBasis, segments
 from lifecycle.engine import capture
 from lifecycle.engine.scope import RunScope
 from lifecycle.model import schema
@@ -150,6 +150,34 @@ def _in_region(contact_id: ColumnElement, rule: RegionBasis) -> ColumnElement[bo
     return _country(contact_id) == ""
 
 
+@dataclass(frozen=True)
+class ConsentGroup:
+    """Contacts one consent rule covers: a region's (``region`` None: those in no region, under the
+    policy's ``legal_basis``) and the basis they are messaged on."""
+
+    region: str | None
+    basis: str
+    member: Callable[[ColumnElement], ColumnElement[bool]]
+
+
+def consent_groups(basis: str, regions: Sequence[RegionBasis] = ()) -> list[ConsentGroup]:
+    """Who each consent rule covers, in the order the rules are checked: each region's contacts
+    (contacts without a country under ``unknown_country``), then every other contact on ``basis``.
+    Every contact is in exactly one group."""
+    listed = [country for rule in regions for country in rule.countries or ()]
+
+    def elsewhere(contact_id: ColumnElement) -> ColumnElement[bool]:
+        """In no region: a known country no region lists (every contact, without regions)."""
+        if not regions:
+            return true()
+        return and_(_country(contact_id) != "", _country(contact_id).not_in(listed))
+
+    def regional(rule: RegionBasis) -> ConsentGroup:
+        return ConsentGroup(rule.region, rule.basis, lambda cid: _in_region(cid, rule))
+
+    return [*(regional(rule) for rule in regions), ConsentGroup(None, basis, elsewhere)]
+
+
 def consent_rules(
     channel: str, purpose: str, basis: str, at: datetime, regions: Sequence[RegionBasis] = ()
 ) -> list[Reason]:
@@ -162,24 +190,12 @@ def consent_rules(
     def status(contact_id: ColumnElement) -> ColumnElement:
         return _consent_status(contact_id, channel, purpose, at)
 
-    rules = [Reason(R.CONSENT_WITHDRAWN, lambda cid: status(cid) == "withdrawn")]
-    listed = [country for rule in regions for country in rule.countries or ()]
+    def rule(group: ConsentGroup) -> Reason:
+        name = R.NO_CONSENT if group.region is None else regional_no_consent(group.region)
+        return Reason(name, lambda cid: and_(group.member(cid), _fails(group.basis, status(cid))))
 
-    def regional(rule: RegionBasis) -> Reason:
-        return Reason(
-            regional_no_consent(rule.region),
-            lambda cid: and_(_in_region(cid, rule), _fails(rule.basis, status(cid))),
-        )
-
-    def elsewhere(contact_id: ColumnElement) -> ColumnElement[bool]:
-        """In no region: a known country no region lists (every contact, without regions)."""
-        if not regions:
-            return true()
-        return and_(_country(contact_id) != "", _country(contact_id).not_in(listed))
-
-    rules += [regional(rule) for rule in regions]
-    rules.append(Reason(R.NO_CONSENT, lambda cid: and_(elsewhere(cid), _fails(basis, status(cid)))))
-    return rules
+    withdrawn = Reason(R.CONSENT_WITHDRAWN, lambda cid: status(cid) == "withdrawn")
+    return [withdrawn, *(rule(group) for group in consent_groups(basis, regions))]
 
 
 def topic_rules(topic: str | None, at: datetime) -> list[Reason]:
@@ -201,11 +217,16 @@ def topic_rules(topic: str | None, at: datetime) -> list[Reason]:
     return [Reason(topic_opt_out(topic), lambda cid: preference(cid) == "withdrawn")]
 
 
+def optional_topic(policy: Policy, topic: str | None) -> str | None:
+    """``topic``, when contacts may opt out of it: a policy topic that is optional (a topic that is
+    not optional, or none, stops no message)."""
+    described = policy.topics.get(topic) if topic else None
+    return topic if described is not None and described.optional else None
+
+
 def opted_out_topic(run: RunScope) -> str | None:
-    """The program's topic, when its contacts may opt out of it (a topic that is not optional, or
-    none, stops no message)."""
-    topic = run.policy.topic_of(run.program)
-    return run.program.topic if topic is not None and topic.optional else None
+    """The program's topic, when its contacts may opt out of it (see :func:`optional_topic`)."""
+    return optional_topic(run.policy, run.program.topic)
 
 
 def consent_reasons(channel: str, run: RunScope) -> list[Reason]:

@@ -362,6 +362,8 @@ data_quality = Table(
     Column("run_id", String(250), primary_key=True),
     Column("as_of", DateTime, nullable=False),
     Column("metric", String(64), primary_key=True),
+    # What the figure is of: '' for the whole CRM, ``region:<name>`` or ``topic:<name>`` for a part.
+    Column("dimension", String(64), primary_key=True, server_default=""),
     Column("value", Float, nullable=False),
     Index("ix_data_quality_metric_asof", "metric", "as_of"),
 )

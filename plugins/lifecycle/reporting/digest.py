@@ -26,11 +26,13 @@ from babel.numbers import format_currency
 from sqlalchemy import Engine, inspect, select
 
 from lifecycle import paths
+from lifecycle.channels import registry
 from lifecycle.config import Policy, Program
+from lifecycle.engine import hygiene
 from lifecycle.messages.rendering import environment
 from lifecycle.model import schema
 from lifecycle.model.db import utc_naive
-from lifecycle.model.ledger import EnrollmentState, Status
+from lifecycle.model.ledger import UNKNOWN_COUNTRY, EnrollmentState, Status
 from lifecycle.reporting import charts, display, measurement, performance
 
 WEEK = timedelta(days=7)
@@ -186,28 +188,38 @@ def period_trend(
     return table.reset_index()
 
 
-def data_quality(engine: Engine, as_of: datetime) -> list[dict[str, Any]]:
-    """The newest data-hygiene figures at or before ``as_of``, labelled rates first, each with its
-    change since the hygiene run before; empty when the hygiene job has not run yet."""
+def _hygiene_runs(engine: Engine, as_of: datetime) -> list[tuple[str, datetime]]:
+    """The newest two data-hygiene runs at or before ``as_of``, newest first."""
     dq = schema.data_quality
     if not inspect(engine).has_table(dq.name):
         return []
-    as_of = utc_naive(as_of)
     with engine.connect() as conn:
         runs = conn.execute(
             select(dq.c.run_id, dq.c.as_of)
-            .where(dq.c.as_of <= as_of)
+            .where(dq.c.as_of <= utc_naive(as_of))
             .group_by(dq.c.run_id, dq.c.as_of)
             .order_by(dq.c.as_of.desc())
             .limit(2)
         ).all()
-        if not runs:
-            return []
+    return [(run_id, run_as_of) for run_id, run_as_of in runs]
+
+
+def data_quality(engine: Engine, as_of: datetime) -> list[dict[str, Any]]:
+    """The newest data-hygiene figures of the whole CRM at or before ``as_of``, labelled rates
+    first, each with its change since the hygiene run before; empty when the hygiene job has not
+    run yet."""
+    dq = schema.data_quality
+    runs = _hygiene_runs(engine, as_of)
+    if not runs:
+        return []
+    with engine.connect() as conn:
         values = {
-            run_id: dict(conn.execute(select(dq.c.metric, dq.c.value).where(dq.c.run_id == run_id)).all())
+            run_id: dict(
+                conn.execute(select(dq.c.metric, dq.c.value).where(dq.c.run_id == run_id, dq.c.dimension == "")).all()
+            )
             for run_id, _ in runs
         }
-    latest, previous = values[runs[0].run_id], values[runs[1].run_id] if len(runs) > 1 else {}
+    latest, previous = values[runs[0][0]], values[runs[1][0]] if len(runs) > 1 else {}
     order = [m for m in QUALITY_RATES if m in latest] + sorted(m for m in latest if m not in QUALITY_RATES)
     figures = []
     for metric in order:
@@ -223,10 +235,66 @@ def data_quality(engine: Engine, as_of: datetime) -> list[dict[str, Any]]:
                 "value": DASH if undefined else (percent if rate else count)(latest[metric]),
                 "change": points(moved) if rate else (DASH if moved is None else f"{moved:+,.0f}"),
                 "headline": rate,
-                "checked_at": runs[0].as_of,
+                "checked_at": runs[0][1],
             }
         )
     return figures
+
+
+def _region_label(region: str, regions: Mapping[str, Any]) -> str:
+    if region == hygiene.ELSEWHERE:
+        return "Other countries" if regions else "All contacts"
+    return "Unknown country" if region == UNKNOWN_COUNTRY else region.upper()
+
+
+def consent_coverage(engine: Engine, as_of: datetime, policy: Policy) -> dict[str, Any]:
+    """Consent coverage from the newest data-hygiene run at or before ``as_of``: per region, its
+    contacts and the share reachable for marketing on each channel under its rule; per topic, the
+    share not opted out. A share over no contacts is "not measured", never 0%. Empty when the
+    hygiene job has not measured coverage."""
+    dq = schema.data_quality
+    runs = _hygiene_runs(engine, as_of)
+    if not runs:
+        return {}
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(dq.c.metric, dq.c.dimension, dq.c.value).where(dq.c.run_id == runs[0][0], dq.c.dimension != "")
+        ).all()
+    values = {(metric, part): value for metric, part, value in rows}
+    prefix = {kind: f"{kind}:" for kind in (hygiene.REGION, hygiene.TOPIC)}
+    regions = sorted(
+        (part.removeprefix(prefix[hygiene.REGION]) for metric, part in values if metric == "contacts"),
+        key=lambda r: (r in (hygiene.ELSEWHERE, UNKNOWN_COUNTRY), r == hygiene.ELSEWHERE, r),
+    )
+    measured = {m.removeprefix("reachable_") for m, _ in values if m.startswith("reachable_") and "_rate_" not in m}
+    channels = [c for c in registry.names() if c in measured] + sorted(measured - set(registry.names()))
+
+    def share(metric: str, part: str) -> str:
+        value = values.get((metric, part))
+        return NOT_MEASURED if value is None else percent(value)
+
+    if not regions and not any(part.startswith(prefix[hygiene.TOPIC]) for _, part in values):
+        return {}
+    return {
+        "channels": channels,
+        "regions": [
+            {
+                "label": _region_label(region, policy.regions),
+                "contacts": count(values[("contacts", hygiene.dimension(hygiene.REGION, region))]),
+                "shares": [share(f"reachable_rate_{c}", hygiene.dimension(hygiene.REGION, region)) for c in channels],
+            }
+            for region in regions
+        ],
+        "topics": [
+            {
+                "label": policy.topics[topic].label if topic in policy.topics else topic,
+                "share": share("subscribed_rate", hygiene.dimension(hygiene.TOPIC, topic)),
+            }
+            for topic in sorted(
+                part.removeprefix(prefix[hygiene.TOPIC]) for metric, part in values if metric == "opted_out"
+            )
+        ],
+    }
 
 
 def business_figures(engine: Engine, as_of: datetime) -> list[dict[str, str]]:
@@ -608,6 +676,7 @@ def build_digest(
         "programs": views,
         "changes": what_changed(programs, kpis, trend, errors, weeks),
         "quality": data_quality(engine, as_of),
+        "coverage": consent_coverage(engine, as_of, policy),
         "business": business_figures(engine, as_of),
         "limits": {DELIVERABILITY_LABELS[k]: percent(v, 1) for k, v in DELIVERABILITY_LIMITS.items()},
     }
