@@ -36,6 +36,9 @@ def _rebuild(with_dimension: bool) -> None:
     op.drop_index(INDEX, table_name=TABLE)
     op.drop_table(TABLE)
     op.rename_table(new, TABLE)
+    if op.get_bind().dialect.name == 'postgresql':
+        # PostgreSQL keeps the key's name from the table it was made on; give it the table's own.
+        op.execute(f'ALTER TABLE {TABLE} RENAME CONSTRAINT {new}_pkey TO {TABLE}_pkey')
     op.create_index(INDEX, TABLE, ['metric', 'as_of'], unique=False)
 
 
