@@ -39,7 +39,7 @@ def build(crm) -> None:
     (no consent rows, email denied, email withdrawn), one without a country; two opt-outs of
     offers, one opt-out and a later opt-in of education."""
     crm.contact("eu1", country="DE")
-    crm.contact("eu2", country=" fr ", consent={"email": "granted"})
+    crm.contact("eu2", country="fr", consent={"email": "granted"})
     crm.contact("eu3", country="DE", consent={})
     crm.contact("us1", consent={})
     crm.contact("us2", consent={"email": "denied"})
