@@ -114,6 +114,13 @@ FULL_POLICY: dict[str, Any] = yaml.safe_load((FIXTURES / "config" / "policy.yml"
     "regions": {"eu": {"countries": ["DE", "FR"], "legal_basis": {"email": {"marketing": "explicit"}}}},
     "unknown_country": "default",
     "currency": "EUR",
+    "capture": {
+        "forms": {"newsletter": {"version": "3", "consent_text": "Yes, send me news", "label": "Sign up"}},
+        "confirm_within": "2d",
+        "record_ip": False,
+        "per_ip": {"max": 10, "per": "1h"},
+        "per_address": {"max": 3, "per": "1h"},
+    },
 }
 
 
