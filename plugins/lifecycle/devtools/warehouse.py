@@ -1,10 +1,11 @@
 """The synthetic CRM in a warehouse's shape: what a Segment/RudderStack-fed warehouse would hold.
 
-:func:`write_warehouse` writes a canonical CRM as ``users`` (its own stage names, consent as
-booleans), ``companies``, ``tracks`` (``event`` + JSON ``properties``), ``orders`` (the purchases),
-``billing``, ``deals`` and ``support_tickets`` into SQLite, DuckDB or MariaDB; :func:`mapping` is its
-``config/sources.yml``, shipped as ``config/examples/warehouse/sources.yml``. ``lifecycle seed --shape
-warehouse`` and ``lifecycle demo --warehouse`` use it; the equivalence tests prove it decides the
+:func:`write_warehouse` writes a canonical CRM as ``users`` (its own stage names, the consent in
+force as booleans: true granted, false withdrawn, NULL none or denied), ``companies``, ``tracks``
+(``event`` + JSON ``properties``), ``orders`` (the purchases), ``billing``, ``deals`` and
+``support_tickets`` into SQLite, DuckDB or MariaDB; :func:`mapping` is its ``config/sources.yml``,
+shipped as ``config/examples/warehouse/sources.yml``. ``lifecycle seed --shape warehouse`` and
+``lifecycle demo --warehouse`` use it; the equivalence tests prove it decides the
 canonical ledger.
 """
 
@@ -85,9 +86,11 @@ def _frames(crm: Engine) -> dict[str, pd.DataFrame]:
             "updated_at": contacts.created_at,
         }
     )
+    consents = consents.sort_values("captured_at", kind="stable")  # the newest row is the one in force
     for (channel, purpose), name in CONSENT_COLUMNS.items():
         rows = consents[(consents.channel == channel) & (consents.purpose == purpose)].set_index("contact_id")
-        flags = {cid: status == "granted" for cid, status in rows.status.items()}
+        # A boolean says granted or withdrawn; a denied consent is no consent (NULL), as it decides.
+        flags = {cid: None if status == "denied" else status == "granted" for cid, status in rows.status.items()}
         users[name] = pd.array([flags.get(cid) for cid in users.id], dtype="boolean")
         moments = rows.captured_at.to_dict()
         users[f"{name}_at"] = pd.to_datetime(pd.Series([moments.get(cid) for cid in users.id], dtype="object"))
