@@ -663,8 +663,10 @@ def _rebuild(conn: Connection, entity: str, drop: bool) -> None:
 def _copy(
     conn: Connection, src: Connection, entity: str, parts: Sequence[_Part], first: bool
 ) -> tuple[int, int, str, list[Any]]:
-    """Replace the mirror with the source rows in one pass, hashing them on the way: (rows read, rows
-    written, checksum, watermarks)."""
+    """Replace the mirror with the source rows in one pass, hashing them on the way unless every part
+    has a watermark (later copies of those are incremental: no checksum is ever compared): (rows
+    read, rows written, checksum, watermarks)."""
+    hashed = not all(part.mapping.watermark for part in parts)
     conn.execute(delete(schema.CRM_TABLES[entity]))
     if entity == "contacts":
         conn.execute(delete(schema.contact_attributes))
@@ -676,13 +678,13 @@ def _copy(
     for part in parts:
         top = None
         for batch in part.batches(src):
-            total = (total + batch.checksum()) % (1 << 64)
+            total = (total + batch.checksum()) % (1 << 64) if hashed else 0
             read += batch.size
             top = batch.top(top)
             written += _write(conn, entity, _new_keys(batch, entity, seen), replace_keys=False)
         tops.append(_dump_mark(top) if top is not None else None)
     _rebuild(conn, entity, drop=False)
-    return read, written, f"{total:016x}", tops
+    return read, written, f"{total:016x}" if hashed else "", tops
 
 
 def _checksum(src: Connection, parts: Sequence[_Part]) -> tuple[int, str, list[Any]]:
