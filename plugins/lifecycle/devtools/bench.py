@@ -1254,6 +1254,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--contacts", type=int, help=f"contacts to seed (default {DEFAULT_CONTACTS:,})")
     parser.add_argument("--db", choices=("sqlite", "postgres", "both"), default="both")
     parser.add_argument(
+        "--source",
+        choices=("canonical", "warehouse"),
+        default="canonical",
+        help="canonical: the CRM in the state database (default); warehouse: the mapped path, a warehouse-shaped "
+        "DuckDB source copied into the state (decisions and data movement, no sending)",
+    )
+    parser.add_argument(
         "--postgres-url",
         default=os.environ.get("LIFECYCLE_BENCH_PG_URL", DEFAULT_POSTGRES),
         help="PostgreSQL server to create (and drop) fresh benchmark databases on",
@@ -1287,6 +1294,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     kinds = ("sqlite", "postgres") if args.db == "both" else (args.db,)
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="lifecycle-bench-"))
     work.mkdir(parents=True, exist_ok=True)
+    if args.source == "warehouse":
+        return _bench_source(args, kinds, work)
     report = Report(
         args.contacts, args.naive_subset, args.as_of, args.seed, machine(), {}, [], latency_ms=args.latency_ms
     )
@@ -1318,6 +1327,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(report.to_dict(), indent=2, default=str))
     return 0 if all(db.naive.equal for db in report.databases) else 1
+
+
+def _bench_source(args: argparse.Namespace, kinds: Sequence[str], work: Path) -> int:
+    """``--source warehouse``: the mapped path (:mod:`lifecycle.devtools.bench_source`)."""
+    from lifecycle.devtools import bench_source
+
+    try:
+        with _environment(_airflow_env(work)):
+            report = bench_source.run(args, kinds, work)
+    finally:
+        if not args.work_dir:
+            shutil.rmtree(work, ignore_errors=True)
+    print(report.render())
+    if args.json:
+        Path(args.json).write_text(json.dumps(report.to_dict(), indent=2, default=str))
+    return 0 if all(bench_source.same_ledger(db) for db in report.databases) else 1
 
 
 if __name__ == "__main__":

@@ -1,10 +1,11 @@
 """The synthetic CRM in a warehouse's shape: what a Segment/RudderStack-fed warehouse would hold.
 
-:func:`write_warehouse` writes a canonical CRM as ``users`` (its own stage names, consent as
-booleans), ``companies``, ``tracks`` (``event`` + JSON ``properties``), ``orders`` (the purchases),
-``billing``, ``deals`` and ``support_tickets`` into SQLite, DuckDB or MariaDB; :func:`mapping` is its
-``config/sources.yml``, shipped as ``config/examples/warehouse/sources.yml``. ``lifecycle seed --shape
-warehouse`` and ``lifecycle demo --warehouse`` use it; the equivalence tests prove it decides the
+:func:`write_warehouse` writes a canonical CRM as ``users`` (its own stage names, the consent in
+force as booleans: true granted, false withdrawn, NULL none or denied), ``companies``, ``tracks``
+(``event`` + JSON ``properties``), ``orders`` (the purchases), ``billing``, ``deals`` and
+``support_tickets`` into SQLite, DuckDB or MariaDB; :func:`mapping` is its ``config/sources.yml``,
+shipped as ``config/examples/warehouse/sources.yml``. ``lifecycle seed --shape warehouse`` and
+``lifecycle demo --warehouse`` use it; the equivalence tests prove it decides the
 canonical ledger.
 """
 
@@ -16,7 +17,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, String, cast, select
 
 from lifecycle.devtools.seed import EVENT_TYPES, SeedReport, seed_crm
 from lifecycle.model import schema
@@ -56,8 +57,11 @@ def segment_name(event_type: str) -> str:
 
 
 def _frames(crm: Engine) -> dict[str, pd.DataFrame]:
+    tables = schema.CRM_TABLES.items()
     with crm.connect() as conn:
-        read = {name: pd.read_sql(select(t), conn) for name, t in schema.CRM_TABLES.items()}
+        # Events' properties as the JSON text the database holds: only the purchases' are parsed.
+        columns = {name: [cast(c, String) if c.name == "properties" else c for c in t.columns] for name, t in tables}
+        read = {name: pd.read_sql(select(*columns[name]), conn) for name, _t in tables}
     contacts, consents, events = read["contacts"], read["consents"], read["events"]
     users = pd.DataFrame(
         {
@@ -85,13 +89,15 @@ def _frames(crm: Engine) -> dict[str, pd.DataFrame]:
             "updated_at": contacts.created_at,
         }
     )
+    consents = consents.sort_values("captured_at", kind="stable")  # the newest row is the one in force
     for (channel, purpose), name in CONSENT_COLUMNS.items():
         rows = consents[(consents.channel == channel) & (consents.purpose == purpose)].set_index("contact_id")
-        flags = {cid: status == "granted" for cid, status in rows.status.items()}
-        users[name] = pd.array([flags.get(cid) for cid in users.id], dtype="boolean")
-        moments = rows.captured_at.to_dict()
-        users[f"{name}_at"] = pd.to_datetime(pd.Series([moments.get(cid) for cid in users.id], dtype="object"))
-    props = events.properties.map(lambda p: p if isinstance(p, dict) else json.loads(p or "{}"))
+        latest = rows[~rows.index.duplicated(keep="last")]
+        # A boolean says granted or withdrawn; a denied consent is no consent (NULL), as it decides.
+        picked = latest.reindex(users.id.to_numpy())
+        flags = picked.status.map({"granted": True, "withdrawn": False})
+        users[name] = pd.array(flags.astype(object).where(flags.notna(), None).to_numpy(), dtype="boolean")
+        users[f"{name}_at"] = pd.to_datetime(picked.captured_at.to_numpy())
     purchases = events.event_type == "purchase"
     tracks = pd.DataFrame(
         {
@@ -99,10 +105,11 @@ def _frames(crm: Engine) -> dict[str, pd.DataFrame]:
             "user_id": events.contact_id,
             "event": events.event_type.map(segment_name),
             "timestamp": events.occurred_at,
-            "properties": props.map(json.dumps),
+            "properties": events.properties.fillna("{}"),
         }
     )[~purchases]
-    bought, bought_props = events[purchases], props[purchases]
+    bought = events[purchases]
+    bought_props = bought.properties.map(lambda p: json.loads(p or "{}"))
     orders = pd.DataFrame(
         {
             "id": bought.event_id,

@@ -24,6 +24,7 @@ vocabulary) raises :class:`SourceError`, naming the file, the entry, the field a
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import time
@@ -53,6 +54,7 @@ from sqlalchemy import (
 )
 from sqlalchemy import column as sql_column
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.schema import CreateIndex, DropIndex
 from sqlalchemy.sql.expression import ColumnElement
 
 from lifecycle.config import ConfigError
@@ -71,7 +73,8 @@ from lifecycle.model.db import utc_naive
 from lifecycle.paths import config_dir
 
 log = logging.getLogger(__name__)
-CHUNK = 5_000
+BATCH = 50_000
+"""Rows read, converted and written at a time."""
 CUSTOM = "__custom"
 """The key of a contact row's custom attributes (written to ``lifecycle_contact_attributes``)."""
 OPTIONAL = ("accounts",)
@@ -90,6 +93,56 @@ class SyncResult:
     rows_read: int
     rows_written: int
     seconds: float
+
+
+@dataclass
+class Batch:
+    """Canonical rows of one part, column by column: ``columns`` holds every mapped canonical column,
+    ``custom`` the contacts' custom attributes (one dict a row), ``marks`` each row's watermark."""
+
+    size: int
+    columns: dict[str, list[Any]]
+    custom: list[dict[str, Any]] | None = None
+    marks: list[Any] | None = None
+
+    def take(self, keep: Sequence[int]) -> Batch:
+        """Only the rows at ``keep``."""
+
+        def pick(values: Sequence[Any]) -> list[Any]:
+            return [values[i] for i in keep]
+
+        return Batch(
+            len(keep),
+            {name: pick(values) for name, values in self.columns.items()},
+            pick(self.custom) if self.custom is not None else None,
+            pick(self.marks) if self.marks is not None else None,
+        )
+
+    def checksum(self) -> int:
+        """The sum (mod 2**64) of the rows' hashes: the same rows in any order give the same sum."""
+        names = sorted(self.columns)
+        columns = [self.columns[name] for name in names] + ([self.custom] if self.custom is not None else [])
+        total = 0
+        for row in zip(*columns, strict=True):
+            total += int.from_bytes(hashlib.blake2b(repr(row).encode(), digest_size=8).digest(), "big")
+        return total % (1 << 64)
+
+    def top(self, top: Any) -> Any:
+        """The highest watermark of ``top`` and the batch's."""
+        marks = [m for m in self.marks or () if m is not None]
+        if not marks:
+            return top
+        high = max(marks)
+        return high if top is None or high > top else top
+
+    def dicts(self) -> Iterator[dict[str, Any]]:
+        """The rows as dicts (JSON text parsed; custom attributes under :data:`CUSTOM`)."""
+        names = list(self.columns)
+        for i, values in enumerate(zip(*self.columns.values(), strict=True)):
+            row = {name: _as_json(v) if is_json_name(name) else v for name, v in zip(names, values, strict=True)}
+            if self.custom is not None:
+                row[CUSTOM] = self.custom[i]
+            yield row
 
 
 class _Part:
@@ -177,13 +230,11 @@ class _Part:
     def fail(self, field: str, message: str) -> None:
         raise SourceError(self.file, [f"{self.where}.{field}: {message}"])
 
-    def rows(
-        self, conn: Connection, since: Any = None, limit: int | None = None
-    ) -> Iterator[tuple[dict[str, Any], Any]]:
-        """Canonical rows (with each row's watermark value) as the source yields them (the first
-        ``limit`` only, when given: a sample)."""
+    def batches(self, conn: Connection, since: Any = None, limit: int | None = None) -> Iterator[Batch]:
+        """The canonical rows as the source yields them, a batch at a time, converted column by column
+        (the first ``limit`` only, when given: a sample). Problems with the mapping raise at the end."""
         try:
-            result = conn.execution_options(stream_results=True, yield_per=CHUNK).execute(self.select(since, limit))
+            result = conn.execution_options(stream_results=True, yield_per=BATCH).execute(self.select(since, limit))
         except DBAPIError as exc:
             first = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
             self.fail(
@@ -193,22 +244,33 @@ class _Part:
         unmapped: dict[str, dict[Any, int]] = {}
         self.unreadable: dict[str, tuple[int, Any]] = {}
         self.readable: set[str] = set()
-        for raw in result.mappings():
-            row: dict[str, Any] = {}
+        labels = list(result.keys())
+        for rows in result.partitions(BATCH):
+            raw = dict(zip(labels, zip(*rows, strict=True), strict=True))
+            columns: dict[str, list[Any]] = {}
+            properties: dict[str, dict[str, list[Any]]] = {}
             for label, target in self.outputs:
-                value = raw[label]
                 if "." in target:
                     canonical, prop = target.split(".", 1)
-                    row.setdefault(canonical, {})[prop] = _plain(value)
-                    continue
-                row[target] = self.convert(target, value, raw, unmapped)
-            if self.custom:
-                custom = {name: self.convert_custom(name, raw[f"x__{name}"], raw) for name in self.custom}
-                if self.entity == "events":
-                    row["properties"] = {**(row.get("properties") or {}), **custom}
+                    properties.setdefault(canonical, {})[prop] = [_plain(v) for v in raw[label]]
                 else:
-                    row[CUSTOM] = custom
-            yield row, raw.get("w__")
+                    columns[target] = self.convert_column(target, raw[label], rows, unmapped)
+            for canonical, props in properties.items():
+                names = list(props)
+                columns[canonical] = [
+                    dict(zip(names, values, strict=True)) for values in zip(*props.values(), strict=True)
+                ]
+            custom = {name: self.convert_custom_column(name, raw[f"x__{name}"], rows) for name in self.custom}
+            attributes = (
+                [dict(zip(custom, values, strict=True)) for values in zip(*custom.values(), strict=True)]
+                if custom
+                else None
+            )
+            if attributes is not None and self.entity == "events":
+                merged = columns.get("properties") or [None] * len(rows)
+                columns["properties"] = [{**(_as_json(p) or {}), **a} for p, a in zip(merged, attributes, strict=True)]
+                attributes = None
+            yield Batch(len(rows), columns, attributes, list(raw["w__"]) if "w__" in raw else None)
         for column, (count, example) in self.unreadable.items():
             if column not in self.readable:  # not one value reads as the type: the mapping, not the rows
                 if column.startswith("custom."):
@@ -234,6 +296,99 @@ class _Part:
                 f"under values.{column}",
             )
 
+    def rows(
+        self, conn: Connection, since: Any = None, limit: int | None = None
+    ) -> Iterator[tuple[dict[str, Any], Any]]:
+        """Canonical rows one by one, as dicts (with each row's watermark value): for samples."""
+        for batch in self.batches(conn, since, limit):
+            for i, row in enumerate(batch.dicts()):
+                yield row, batch.marks[i] if batch.marks is not None else None
+
+    def convert_column(self, column: str, values: Sequence[Any], rows: Sequence[Any], unmapped: dict) -> list[Any]:
+        """One column of a batch as its canonical column holds it: values already of the column's
+        type pass as they are, vocabulary values are converted once per distinct value, the rest
+        one by one (:meth:`convert`)."""
+        slow = self.convert
+        if column in self.value_maps or (self.strict and (self.entity, column) in VOCABULARIES):
+            memo: dict[Any, Any] = {}
+            out: list[Any] = []
+            for i, value in enumerate(values):
+                if value is None:
+                    out.append(None)
+                    continue
+                key = (value.__class__, value)
+                try:
+                    hit = memo.get(key)
+                except TypeError:  # unhashable: convert it alone
+                    out.append(slow(column, value, rows[i]._mapping, unmapped))
+                    continue
+                if hit is None:
+                    hit = slow(column, value, rows[i]._mapping, unmapped)
+                    if hit is not None:  # unmapped and unreadable values are counted at every row
+                        memo[key] = hit
+                out.append(hit)
+            return out
+        kind = self.table.c[column].type
+        if is_json(self.entity, column):
+            return [self._json_text(column, v, rows, i, unmapped) for i, v in enumerate(values)]
+        if isinstance(kind, DateTime):
+            out = [
+                v
+                if v is None or (v.__class__ is datetime and v.tzinfo is None)
+                else slow(column, v, rows[i]._mapping, unmapped)
+                for i, v in enumerate(values)
+            ]
+        else:
+            exact = float if isinstance(kind, Float) else int if isinstance(kind, Integer) else str
+            out = [
+                v if v is None or v.__class__ is exact else slow(column, v, rows[i]._mapping, unmapped)
+                for i, v in enumerate(values)
+            ]
+        if column not in self.readable and any(v is not None for v in out):
+            self.readable.add(column)
+        return out
+
+    def _json_text(self, column: str, value: Any, rows: Sequence[Any], i: int, unmapped: dict) -> Any:
+        """A JSON column's source text is kept as it is once it parses (written without a second
+        encoding); other values go through :meth:`convert`."""
+        if value.__class__ is not str:
+            return None if value is None else self.convert(column, value, rows[i]._mapping, unmapped)
+        try:
+            json.loads(value)
+        except ValueError:
+            self._unreadable(column, value)
+            return None
+        self.readable.add(column)
+        return value
+
+    def convert_custom_column(self, name: str, values: Sequence[Any], rows: Sequence[Any]) -> list[Any]:
+        """One custom attribute of a batch as its declared type (:meth:`convert_custom` for the values
+        that are not of it already)."""
+        kind = self.custom[name].type
+        slow = self.convert_custom
+        if kind == "timestamp":
+            out = [
+                None
+                if v is None
+                else v.isoformat(sep=" ", timespec="microseconds")
+                if v.__class__ is datetime and v.tzinfo is None
+                else slow(name, v, rows[i]._mapping)
+                for i, v in enumerate(values)
+            ]
+        else:
+            exact = {"number": float, "boolean": bool}.get(kind, str)
+            out = [
+                v if v is None or v.__class__ is exact else slow(name, v, rows[i]._mapping)
+                for i, v in enumerate(values)
+            ]
+        if any(v is not None for v in out):
+            self.readable.add(f"custom.{name}")
+        return out
+
+    def _unreadable(self, column: str, value: Any) -> None:
+        count, example = self.unreadable.get(column, (0, value))
+        self.unreadable[column] = (count + 1, example)
+
     def convert_custom(self, name: str, value: Any, raw: Any) -> Any:
         """One source value of a custom attribute, as its declared type (JSON-ready)."""
         if value is None:
@@ -252,8 +407,7 @@ class _Part:
                 "expression that yields one",
             )
         except ValueError:
-            count, example = self.unreadable.get(f"custom.{name}", (0, value))
-            self.unreadable[f"custom.{name}"] = (count + 1, example)
+            self._unreadable(f"custom.{name}", value)
             return None
 
     def convert(self, column: str, value: Any, raw: Any, unmapped: dict[str, dict[Any, int]]) -> Any:
@@ -291,8 +445,7 @@ class _Part:
         except ValueError:
             # Unreadable text in a typed column: a bad CRM row, NULL in the mirror (counted; the whole
             # column unreadable is a wrong mapping).
-            count, _example = self.unreadable.get(column, (0, value))
-            self.unreadable[column] = (count + 1, _example)
+            self._unreadable(column, value)
             return None
 
 
@@ -329,6 +482,8 @@ def _kind_name(kind: Any) -> str:
 
 
 def _plain(value: Any) -> Any:
+    if value is None or value.__class__ in (str, int, float):
+        return value
     if isinstance(value, Decimal):
         return float(value)
     if isinstance(value, datetime | date):
@@ -386,11 +541,6 @@ def _coerce_custom(kind: str, value: Any) -> Any:
     return _coerce(schema.contacts.c.first_name.type, value, False)
 
 
-def _row_hash(row: Mapping[str, Any]) -> int:
-    text_ = json.dumps(row, sort_keys=True, default=str)
-    return int.from_bytes(hashlib.blake2b(text_.encode(), digest_size=8).digest(), "big")
-
-
 def dump_mark(value: Any) -> Any:
     """A watermark value as JSON (a timestamp, a number or text), for :func:`load_mark`."""
     if isinstance(value, datetime | date):
@@ -417,56 +567,174 @@ def _lock(conn: Connection, entity: str) -> None:
         conn.execute(s.update().where(s.c.entity == entity).values(entity=s.c.entity))
 
 
-def _write(conn: Connection, entity: str, rows: Iterable[dict[str, Any]], replace_keys: bool) -> int:
+def _as_json(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def is_json_name(column: str) -> bool:
+    """Whether a canonical column holds JSON (``properties``)."""
+    return column == "properties"
+
+
+def _json_cell(value: Any) -> Any:
+    return value if value is None or value.__class__ is str else json.dumps(value)
+
+
+def _sqlite_time(value: Any) -> Any:
+    # SQLAlchemy's SQLite DATETIME storage format, which every stage's bound parameters compare with.
+    return value.isoformat(sep=" ", timespec="microseconds") if value.__class__ is datetime else value
+
+
+def _copy_cell(value: Any) -> str:
+    """One value in PostgreSQL's COPY text format."""
+    if value is None:
+        return "\\N"
+    kind = value.__class__
+    if kind is datetime:
+        return str(value.isoformat(sep=" "))
+    if kind is dict or kind is list:
+        value = json.dumps(value)
+    elif kind is not str:
+        return str(value)
+    if "\\" in value or "\t" in value or "\n" in value or "\r" in value:
+        value = value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+    return str(value)
+
+
+def _bulk_insert(conn: Connection, table: Any, names: Sequence[str], columns: Sequence[Sequence[Any]]) -> None:
+    """Append rows given column by column: ``COPY`` on PostgreSQL, one ``executemany`` on SQLite
+    (values already in the form the database holds: timestamps as text on SQLite, JSON as text)."""
+    listed = ", ".join(names)
+    if conn.dialect.name == "postgresql":
+        body = "".join("\t".join(map(_copy_cell, row)) + "\n" for row in zip(*columns, strict=True))
+        statement = f"COPY {table.name} ({listed}) FROM STDIN"
+        cursor = conn.connection.cursor()
+        try:
+            if hasattr(cursor, "copy_expert"):
+                cursor.copy_expert(statement, io.StringIO(body))
+            else:
+                with cursor.copy(statement) as copy:
+                    copy.write(body)
+        finally:
+            cursor.close()
+        return
+    converted = []
+    for name, values in zip(names, columns, strict=True):
+        kind = table.c[name].type
+        if isinstance(kind, DateTime):
+            values = [_sqlite_time(v) for v in values]
+        elif isinstance(kind, JSON):
+            values = [_json_cell(v) for v in values]
+        converted.append(values)
+    marks = ", ".join("?" for _ in names)
+    conn.exec_driver_sql(f"INSERT INTO {table.name} ({listed}) VALUES ({marks})", list(zip(*converted, strict=True)))
+
+
+def _write(conn: Connection, entity: str, batch: Batch, replace_keys: bool) -> int:
+    """Write a batch into the mirror (replacing the mirror's rows with the same keys first, for an
+    incremental copy), with the contacts' custom attributes."""
+    if not batch.size:
+        return 0
     mirror = schema.CRM_TABLES[entity]
     keys = KEYS[entity]
-    columns = [c.name for c in mirror.columns]
-    written = 0
-    chunk: list[dict[str, Any]] = []
-
-    def flush() -> None:
-        nonlocal written
-        if not chunk:
-            return
-        if replace_keys:
+    if replace_keys:
+        for first in range(0, batch.size, 500):
             if len(keys) == 1:
-                conn.execute(delete(mirror).where(mirror.c[keys[0]].in_([r[keys[0]] for r in chunk])))
+                chosen = batch.columns[keys[0]][first : first + 500]
+                conn.execute(delete(mirror).where(mirror.c[keys[0]].in_(chosen)))
             else:
-                key_cols = tuple_(*(mirror.c[k] for k in keys))
-                conn.execute(delete(mirror).where(key_cols.in_([tuple(r[k] for k in keys) for r in chunk])))
-        conn.execute(mirror.insert(), [{c: r.get(c) for c in columns} for r in chunk])
-        if entity == "contacts":
-            attrs = schema.contact_attributes
-            if replace_keys:
-                conn.execute(delete(attrs).where(attrs.c.contact_id.in_([r["contact_id"] for r in chunk])))
-            custom = [{"contact_id": r["contact_id"], "attributes": r[CUSTOM]} for r in chunk if r.get(CUSTOM)]
-            if custom:
-                conn.execute(attrs.insert(), custom)
-        written += len(chunk)
-        chunk.clear()
-
-    for row in rows:
-        chunk.append(row)
-        if len(chunk) >= (500 if replace_keys else CHUNK):
-            flush()
-    flush()
-    return written
+                tuples = list(zip(*(batch.columns[k][first : first + 500] for k in keys), strict=True))
+                conn.execute(delete(mirror).where(tuple_(*(mirror.c[k] for k in keys)).in_(tuples)))
+    names = [c.name for c in mirror.columns]
+    empty = [None] * batch.size
+    _bulk_insert(conn, mirror, names, [batch.columns.get(name, empty) for name in names])
+    if entity == "contacts":
+        attrs = schema.contact_attributes
+        ids = batch.columns["contact_id"]
+        if replace_keys:
+            for first in range(0, batch.size, 500):
+                conn.execute(delete(attrs).where(attrs.c.contact_id.in_(ids[first : first + 500])))
+        if batch.custom is not None:
+            kept = [i for i, a in enumerate(batch.custom) if a]
+            values = [[ids[i] for i in kept], [json.dumps(batch.custom[i]) for i in kept]]
+            if kept:
+                _bulk_insert(conn, attrs, ["contact_id", "attributes"], values)
+    return batch.size
 
 
-def _dedupe(rows: Iterable[dict[str, Any]], entity: str) -> Iterator[dict[str, Any]]:
-    """Rows with a key seen before in the same copy are dropped: the mirror's key is unique."""
-    seen: set[tuple[Any, ...]] = set()
-    for row in rows:
-        key = tuple(row.get(k) for k in KEYS[entity])
+def _new_keys(batch: Batch, entity: str, seen: set[Any]) -> Batch:
+    """The batch without rows whose key was seen before in the same copy: the mirror's key is unique."""
+    keys = KEYS[entity]
+    if len(keys) == 1:
+        values: Sequence[Any] = batch.columns[keys[0]]
+    else:
+        values = list(zip(*(batch.columns[k] for k in keys), strict=True))
+    keep = []
+    for i, key in enumerate(values):
         if key not in seen:
             seen.add(key)
-            yield row
+            keep.append(i)
+    return batch if len(keep) == batch.size else batch.take(keep)
+
+
+def _rebuild(conn: Connection, entity: str, drop: bool) -> None:
+    """A first copy loads the mirror without its secondary indexes (``drop``), then builds them and
+    refreshes the planner's statistics, as the seeder does for the canonical tables."""
+    mirror = schema.CRM_TABLES[entity]
+    for index in sorted(mirror.indexes, key=lambda index: str(index.name)):
+        conn.execute(DropIndex(index, if_exists=True) if drop else CreateIndex(index, if_not_exists=True))
+    if not drop:
+        if conn.dialect.name == "sqlite":
+            conn.exec_driver_sql("PRAGMA analysis_limit=2000")
+        conn.exec_driver_sql(f"ANALYZE {mirror.name}")
+
+
+def _copy(
+    conn: Connection, src: Connection, entity: str, parts: Sequence[_Part], first: bool
+) -> tuple[int, int, str, list[Any]]:
+    """Replace the mirror with the source rows in one pass, hashing them on the way unless every part
+    has a watermark (later copies of those are incremental: no checksum is ever compared): (rows
+    read, rows written, checksum, watermarks)."""
+    hashed = not all(part.mapping.watermark for part in parts)
+    conn.execute(delete(schema.CRM_TABLES[entity]))
+    if entity == "contacts":
+        conn.execute(delete(schema.contact_attributes))
+    if first:
+        _rebuild(conn, entity, drop=True)
+    seen: set[Any] = set()
+    total = read = written = 0
+    tops: list[Any] = []
+    for part in parts:
+        top = None
+        for batch in part.batches(src):
+            total = (total + batch.checksum()) % (1 << 64) if hashed else 0
+            read += batch.size
+            top = batch.top(top)
+            written += _write(conn, entity, _new_keys(batch, entity, seen), replace_keys=False)
+        tops.append(dump_mark(top) if top is not None else None)
+    _rebuild(conn, entity, drop=False)
+    return read, written, f"{total:016x}" if hashed else "", tops
+
+
+def _checksum(src: Connection, parts: Sequence[_Part]) -> tuple[int, str, list[Any]]:
+    """Read the source rows only to hash them: (rows, checksum, watermarks)."""
+    total = count = 0
+    tops: list[Any] = []
+    for part in parts:
+        top = None
+        for batch in part.batches(src):
+            total = (total + batch.checksum()) % (1 << 64)
+            count += batch.size
+            top = batch.top(top)
+        tops.append(dump_mark(top) if top is not None else None)
+    return count, f"{total:016x}", tops
 
 
 def sync_entity(source: Engine, state: Engine, entity: str, parts: Sequence[_Part]) -> SyncResult:
     """Bring one entity's mirror up to date with the source (see the module docstring)."""
     started = time.perf_counter()
     s = schema.source_sync
+    mirror = schema.CRM_TABLES[entity]
     digest = hashlib.md5("".join(p.mapping.digest() for p in parts).encode()).hexdigest()[:16]
     with source.connect() as src:
         for part in parts:
@@ -474,49 +742,43 @@ def sync_entity(source: Engine, state: Engine, entity: str, parts: Sequence[_Par
         with state.begin() as conn:
             _lock(conn, entity)
             last = conn.execute(select(s).where(s.c.entity == entity)).mappings().first()
-            marks = (last["watermarks"] or []) if last is not None and last["mapping"] == digest else None
+            same_mapping = last is not None and last["mapping"] == digest
+            marks = (last["watermarks"] or []) if last is not None and same_mapping else None
             incremental = marks is not None and all(p.mapping.watermark for p in parts) and len(marks) == len(parts)
             read = written = 0
             if incremental:
                 new_marks = []
-                changed: list[dict[str, Any]] = []
+                seen: set[Any] = set()
+                changed: list[Batch] = []
                 for part, mark in zip(parts, marks or [], strict=True):
-                    since = load_mark(mark)
-                    top = since
-                    for row, wm in part.rows(src, since):
-                        changed.append(row)
-                        top = wm if top is None or (wm is not None and wm > top) else top
+                    top = load_mark(mark)
+                    for batch in part.batches(src, top):
+                        changed.append(batch)
+                        top = batch.top(top)
                     new_marks.append(dump_mark(top) if top is not None else mark)
-                read = len(changed)
-                written = _write(conn, entity, _dedupe(changed, entity), replace_keys=True)
+                for batch in changed:
+                    read += batch.size
+                    written += _write(conn, entity, _new_keys(batch, entity, seen), replace_keys=True)
                 source_count = sum(src.execute(p.count()).scalar_one() for p in parts)
-                mirror_count = conn.execute(select(func.count()).select_from(schema.CRM_TABLES[entity])).scalar_one()
+                mirror_count = conn.execute(select(func.count()).select_from(mirror)).scalar_one()
                 if source_count == mirror_count:
                     _record(conn, entity, digest, new_marks, mirror_count, last["checksum"] if last else "")
                     mode = "incremental" if written else "unchanged"
                     return SyncResult(mode, read, written, round(time.perf_counter() - started, 3))
-            total, count, tops = 0, 0, []
-            for part in parts:
-                top = None
-                for row, wm in part.rows(src):
-                    total = (total + _row_hash(row)) % (1 << 64)
-                    count += 1
-                    top = wm if top is None or (wm is not None and wm > top) else top
-                tops.append(dump_mark(top) if top is not None else None)
-            read += count
-            checksum = f"{total:016x}"
-            if last is not None and last["mapping"] == digest and last["checksum"] == checksum:
-                mirror_count = conn.execute(select(func.count()).select_from(schema.CRM_TABLES[entity])).scalar_one()
-                if mirror_count == last["row_count"] == count:
-                    _record(conn, entity, digest, tops, count, checksum)
-                    return SyncResult("unchanged", read, written, round(time.perf_counter() - started, 3))
-            conn.execute(delete(schema.CRM_TABLES[entity]))
-            if entity == "contacts":
-                conn.execute(delete(schema.contact_attributes))
-            fresh = (row for part in parts for row, _wm in part.rows(src))
-            written += _write(conn, entity, _dedupe(fresh, entity), replace_keys=False)
-            read += count
-            mirror_count = conn.execute(select(func.count()).select_from(schema.CRM_TABLES[entity])).scalar_one()
+            elif same_mapping:
+                # A previous copy of this mapping: hash first, and write only when the rows changed.
+                count, checksum, tops = _checksum(src, parts)
+                read += count
+                if last is not None and last["checksum"] == checksum:
+                    mirror_count = conn.execute(select(func.count()).select_from(mirror)).scalar_one()
+                    if mirror_count == last["row_count"] == count:
+                        _record(conn, entity, digest, tops, count, checksum)
+                        return SyncResult("unchanged", read, written, round(time.perf_counter() - started, 3))
+            # No previous copy, a changed mapping, changed rows or deleted ones: one pass that writes.
+            copied, copied_written, checksum, tops = _copy(conn, src, entity, parts, first=last is None)
+            read += copied
+            written += copied_written
+            mirror_count = conn.execute(select(func.count()).select_from(mirror)).scalar_one()
             _record(conn, entity, digest, tops, mirror_count, checksum)
     return SyncResult("full", read, written, round(time.perf_counter() - started, 3))
 

@@ -57,3 +57,23 @@ def test_quick_bench_reports_every_figure_and_the_naive_baseline_matches_the_eng
     for target in report["targets"]:
         assert f"{target['name']}" in printed and ("PASS" if target["passed"] else "MISS") in printed
     assert "same messages on the subset: yes" in printed
+
+
+def test_the_mapped_bench_reports_decisions_against_the_canonical_run_and_the_cost_of_each_copy(tmp_path, capsys):
+    report_file = tmp_path / "mapped.json"
+
+    status = bench.main(
+        ["--source", "warehouse", "--db", "sqlite", "--contacts", "300", "--work-dir", str(tmp_path / "work")]
+        + ["--json", str(report_file)]
+    )
+
+    printed = capsys.readouterr().out
+    (db,) = json.loads(report_file.read_text())["databases"]
+    assert status == 0
+    assert db["canonical"]["ledger"] == db["mapped"]["ledger"] and db["mapped"]["messages"] > 0
+    assert {r["mode"] for r in db["first"]["entities"].values()} == {"full"}
+    assert all(r["rows_written"] <= 2 for r in db["quiet"]["entities"].values())
+    changed = sum(db["change"].values())
+    assert changed <= sum(r["rows_written"] for r in db["daily"]["entities"].values()) <= changed + 6
+    for line in ("Sending is not run", "same ledger: yes", "first copy", "after a day of change", "decisions"):
+        assert line in printed
