@@ -5,12 +5,16 @@ an asset whose watcher the triggerer runs. A contact who signs up gets the welco
 provider sandbox within :data:`WELCOME_WITHIN` seconds, by an asset-triggered run on the Celery
 worker, whether the sign-up comes through the track endpoint (``POST /lifecycle/track``) or as a row
 of the CRM's ``events``; replayed, it sends nothing more. A burst of sign-ups is taken by a few runs.
+A stream of sign-ups loses none and sends none twice while a cron-style run interleaves with the
+event runs and the triggerer is killed (SIGKILL) and restarted in the middle: its watermarks are in
+the state database, so the restarted watcher resumes where the killed one stopped.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -18,10 +22,12 @@ from sqlalchemy import create_engine, insert, select, text
 from sqlalchemy.pool import NullPool
 
 from lifecycle import config
+from lifecycle.messages.links import MESSAGE_ID_PARAM
 from lifecycle.model import schema
 from lifecycle.model.db import bucket_of, utc_naive
 from tests.e2e.conftest import PROGRAMS, Cluster, afternoon_zone
-from tests.support.cluster import wait_for
+from tests.support.cluster import ClusterError, wait_for
+from tests.support.invariants import assert_outbox_invariants
 
 pytestmark = pytest.mark.e2e
 
@@ -280,3 +286,177 @@ def test_a_burst_of_sign_ups_is_taken_by_a_few_runs_not_one_run_each(cluster: Cl
     assert all(len(_emails_to(cluster, contact_id)) == 1 for contact_id in contacts)
     print(f"\n{BURST} sign-ups in one POST /lifecycle/batch: every welcome email after {seconds:.1f}s", end="")
     print(f", by {len(runs)} run(s)")
+
+
+STREAM_SECONDS = 15.0
+STREAM_RATE = 3
+"""Sign-ups a second in the stream (one ``POST /lifecycle/track`` each)."""
+CRON_RUN_AT, KILL_AT, RESTART_AT = 4.0, 6.0, 10.0
+"""Seconds into the stream: a manual run of the program (as its cron would make one, at the moment it
+is triggered), SIGKILL of the triggerer's process group, and its restart (once at least
+:data:`OUTAGE_SIGN_UPS` sign-ups came in while it was down)."""
+OUTAGE_SIGN_UPS = 5
+STREAM_TIMEOUT = 600
+"""Seconds from the stream's end until every sign-up in it has its welcome email. The restarted
+triggerer takes the watcher over only once the killed one's heartbeat is older than
+``[triggerer] triggerer_health_check_threshold`` (30 s), and the stream's runs (a few event runs and the
+cron-style one) go one at a time (``max_active_runs=1``): about 30 s each on an idle machine, minutes
+each on a loaded CI machine."""
+ACTIVE = {"queued", "running"}
+
+
+class _SandboxOverHttp:
+    """The sandbox's records through its control API, as :func:`assert_outbox_invariants` reads them."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+
+    def _get(self, path: str) -> list[dict]:
+        response = self.cluster.api.http.get(f"{self.cluster.sandbox_url}/_sandbox/{path}")
+        response.raise_for_status()
+        messages: list[dict] = response.json()["messages"]
+        return messages
+
+    def sendgrid_messages(self) -> list[dict]:
+        return self._get("sendgrid/messages")
+
+    def twilio_messages(self) -> list[dict]:
+        return self._get("twilio/messages")
+
+
+def _welcome_runs(cluster: Cluster) -> list[dict]:
+    runs = cluster.api.call("GET", "/dags/welcome/dagRuns", params={"limit": 100, "order_by": "-run_after"})
+    dag_runs: list[dict] = runs["dag_runs"]
+    return dag_runs
+
+
+def _settled(cluster: Cluster) -> bool | None:
+    """True once no welcome run is queued or running, else None (for :func:`wait_for`)."""
+    return True if not any(run["state"] in ACTIVE for run in _welcome_runs(cluster)) else None
+
+
+def _fail_with_state(cluster: Cluster, what: str) -> None:
+    pytest.fail(f"{what}\n{_airflow_state(cluster)}\n{cluster.logs()}")
+
+
+def test_a_stream_of_sign_ups_survives_a_triggerer_crash_and_a_cron_run_in_between(cluster: Cluster, watching: float):
+    triggerer = cluster.services["triggerer"]
+    others = [service for service in cluster.services.values() if service is not triggerer]
+    contacts = [_new_contact(cluster) for _ in range(int(STREAM_SECONDS * STREAM_RATE))]
+    # The earlier tests' runs first: the stream's runs are then only its own.
+    try:
+        wait_for("the earlier welcome runs to settle", lambda: _settled(cluster), RUN_TIMEOUT, others, 2)
+    except ClusterError as exc:
+        _fail_with_state(cluster, str(exc))
+    signed_up: dict[str, datetime] = {}
+    moments: dict[str, datetime] = {}
+    cron_run_id = f"e2e_cron__{uuid.uuid4().hex[:8]}"
+    started = time.monotonic()
+    try:
+        for i, contact_id in enumerate(contacts):
+            time.sleep(max(started + i / STREAM_RATE - time.monotonic(), 0))
+            if time.monotonic() - started >= CRON_RUN_AT and "cron run" not in moments:
+                moments["cron run"] = utc_naive(datetime.now(UTC))
+                cluster.api.call(
+                    "POST",
+                    "/dags/welcome/dagRuns",
+                    json={
+                        "dag_run_id": cron_run_id,
+                        "logical_date": moments["cron run"].replace(tzinfo=UTC).isoformat(),
+                    },
+                )
+            if time.monotonic() - started >= KILL_AT and "kill" not in moments:
+                moments["kill"] = utc_naive(datetime.now(UTC))
+                triggerer.kill()
+            # Restarted once some sign-ups came in while it was down, however late the stream runs.
+            down = [c for c in signed_up if "kill" in moments and signed_up[c] >= moments["kill"]]
+            if time.monotonic() - started >= RESTART_AT and len(down) >= OUTAGE_SIGN_UPS and "restart" not in moments:
+                moments["restart"] = utc_naive(datetime.now(UTC))
+                triggerer.restart()
+            signed_up[contact_id] = utc_naive(datetime.now(UTC))
+            assert (
+                _post(cluster, "/track", _track_call(contact_id, f"stream-{contact_id}", signed_up[contact_id]))[
+                    "status"
+                ]
+                == "accepted"
+            )
+    finally:
+        if not triggerer.alive:
+            triggerer.restart()
+    streamed = time.monotonic() - started
+    assert "restart" in moments, f"the stream ended before the triggerer's restart ({moments}, {streamed:.1f}s)"
+    sandbox = _SandboxOverHttp(cluster)
+    addresses = {f"{contact_id}@example.com": contact_id for contact_id in contacts}
+
+    def welcomed() -> Counter[str] | None:
+        received = Counter(m["to"] for m in sandbox.sendgrid_messages() if m["to"] in addresses)
+        return received if len(received) == len(contacts) else None
+
+    services = list(cluster.services.values())
+    try:
+        wait_for(f"the welcome emails of {len(contacts)} streamed sign-ups", welcomed, STREAM_TIMEOUT, services, 2)
+    except ClusterError as exc:
+        received = {m["to"] for m in sandbox.sendgrid_messages()}
+        missing = sorted(c for a, c in addresses.items() if a not in received)
+        _fail_with_state(cluster, f"{exc}; no welcome email for {len(missing)} sign-up(s): {missing}")
+    all_welcomed = time.monotonic() - started
+    # Settled: no welcome run is left queued or running (one could still plan or send a duplicate).
+    try:
+        wait_for("the welcome runs to settle", lambda: _settled(cluster), RUN_TIMEOUT, services, 2)
+    except ClusterError as exc:
+        _fail_with_state(cluster, str(exc))
+    assert others and all(service.alive for service in services)
+
+    # At the sandbox: exactly one email per streamed address.
+    received = Counter(m["to"] for m in sandbox.sendgrid_messages() if m["to"] in addresses)
+    assert {a: n for a, n in received.items() if n != 1} == {}, "addresses with more than one welcome email"
+    assert set(received) == set(addresses)
+    # In the ledger: one enrollment and one welcome message per contact, under distinct idempotency keys,
+    # and that message is the one the sandbox took.
+    with _engine(cluster).connect() as conn:
+        enrollments = (
+            conn.execute(
+                select(schema.enrollments).where(
+                    schema.enrollments.c.program == "welcome", schema.enrollments.c.contact_id.in_(contacts)
+                )
+            )
+            .mappings()
+            .all()
+        )
+        ledger = (
+            conn.execute(select(schema.messages).where(schema.messages.c.contact_id.in_(contacts))).mappings().all()
+        )
+    assert sorted(e["contact_id"] for e in enrollments) == sorted(contacts)
+    assert sorted(m["contact_id"] for m in ledger) == sorted(contacts), "a contact has more than one message"
+    assert len({m["idempotency_key"] for m in ledger}) == len(contacts)
+    assert {m["step"] for m in ledger} == {"welcome"} and all(m["sent_at"] is not None for m in ledger)
+    sent = {str(m["message_id"]) for m in ledger}
+    taken = {m["custom_args"][MESSAGE_ID_PARAM] for m in sandbox.sendgrid_messages() if m["to"] in addresses}
+    assert taken == sent
+    statuses = assert_outbox_invariants(_engine(cluster), sandbox)
+
+    # The runs: the cron-style one finished, and what arrived after it was taken by asset-triggered runs,
+    # including what arrived while the triggerer was down and after it came back.
+    runs = {run["dag_run_id"]: run for run in _welcome_runs(cluster)}
+    assert runs[cron_run_id]["state"] == "success", runs[cron_run_id]
+    failed = [run_id for run_id, run in runs.items() if run["state"] != "success"]
+    assert failed == [], failed
+    by_run = {e["contact_id"]: e["run_id"] for e in enrollments}
+    after_cron = [c for c in contacts if signed_up[c] > moments["cron run"]]
+    assert all(runs[by_run[c]]["run_type"] == "asset_triggered" for c in after_cron), {
+        c: by_run[c] for c in after_cron if runs[by_run[c]]["run_type"] != "asset_triggered"
+    }
+    during_outage = [c for c in contacts if moments["kill"] <= signed_up[c] < moments["restart"]]
+    assert len(during_outage) >= OUTAGE_SIGN_UPS, (moments, len(during_outage))
+
+    lags = sorted((m["sent_at"] - signed_up[m["contact_id"]]).total_seconds() for m in ledger)
+    stream_runs = [
+        run for run in runs.values() if utc_naive(datetime.fromisoformat(run["run_after"])) >= min(signed_up.values())
+    ]
+    kinds = Counter(run["run_type"] for run in stream_runs)
+    print(
+        f"\n{len(contacts)} sign-ups streamed over {streamed:.1f}s (cron-style run at {CRON_RUN_AT:.0f}s, triggerer "
+        f"killed at {KILL_AT:.0f}s, restarted at {RESTART_AT:.0f}s): every welcome email after {all_welcomed:.1f}s; "
+        f"sign-up -> sent p50 {lags[len(lags) // 2]:.1f}s, max {lags[-1]:.1f}s; "
+        f"{len(during_outage)} signed up during the outage; runs {dict(kinds)}; ledger {dict(statuses)}"
+    )

@@ -56,22 +56,26 @@ class Service:
     name: str
     process: subprocess.Popen
     log: Path
+    argv: tuple[str, ...] = ()
+    env: Mapping[str, str] | None = None
 
     @classmethod
     def start(cls, name: str, argv: Sequence[str], env: Mapping[str, str], logs: Path) -> Service:
         """Start ``argv`` in a new session (its own process group), output appended to ``logs/name.log``."""
         log = logs / f"{name}.log"
-        with log.open("ab") as out:
-            process = subprocess.Popen(
-                list(argv),
-                env=dict(env),
-                cwd=PROJECT_ROOT,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        return cls(name, process, log)
+        return cls(name, _spawn(argv, env, log), log, tuple(argv), dict(env))
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group (a crash: nothing gets to clean up) and reap the process."""
+        self.signal_group(signal.SIGKILL)
+        self.process.wait(10)
+
+    def restart(self) -> None:
+        """Start the same command again, in place (whoever holds this object stops the new process),
+        its output appended to the same log."""
+        if self.alive:
+            raise ClusterError(f"{self.name} is still running; kill it before restarting it")
+        self.process = _spawn(self.argv, self.env or {}, self.log)
 
     @property
     def alive(self) -> bool:
@@ -92,6 +96,19 @@ class Service:
         """Send ``signum`` to the whole process group (a no-op once it is gone)."""
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signum)
+
+
+def _spawn(argv: Sequence[str], env: Mapping[str, str], log: Path) -> subprocess.Popen:
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            list(argv),
+            env=dict(env),
+            cwd=PROJECT_ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
 
 def stop_all(services: Sequence[Service], grace: float = STOP_GRACE_SECONDS) -> None:
