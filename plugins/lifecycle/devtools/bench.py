@@ -385,6 +385,22 @@ def _render_database(db: DatabaseResult) -> list[str]:
 # --- processes, environment, databases ----------------------------------------------------------
 
 
+def usable_databases(kinds: Sequence[str], work: Path, postgres_url: str, report: Any) -> Iterator[Databases]:
+    """The benchmark's databases of ``kinds`` that can run here; one that cannot is recorded in
+    ``report.skipped``, or stops the benchmark when it was the only one asked for."""
+    for kind in kinds:
+        databases = Databases(kind, work, postgres_url)
+        problem = databases.unavailable()
+        if problem and len(kinds) == 1:
+            raise SystemExit(problem)
+        if problem:
+            report.skipped[databases.name] = problem
+            continue
+        if kind == "postgres":
+            report.machine["PostgreSQL"] = databases.version()
+        yield databases
+
+
 def _progress(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
@@ -1305,16 +1321,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with SandboxServer(latency=latency) as sandbox:
             env = _airflow_env(work) | provider_connections(sandbox, PUBLIC_BASE_URL, uuid.uuid4().hex)
             with _environment(env):
-                for kind in kinds:
-                    databases = Databases(kind, work, args.postgres_url)
-                    problem = databases.unavailable()
-                    if problem and args.db != "both":
-                        raise SystemExit(problem)
-                    if problem:
-                        report.skipped[databases.name] = problem
-                        continue
-                    if kind == "postgres":
-                        report.machine["PostgreSQL"] = databases.version()
+                for databases in usable_databases(kinds, work, args.postgres_url, report):
                     floor_url = f"http://{floor.host}:{floor.port}"
                     report.databases.append(bench_database(databases, args, sandbox.url, floor_url))
                 _progress("parsing the DAG folder")

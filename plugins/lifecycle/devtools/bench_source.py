@@ -33,7 +33,16 @@ from typing import Any
 from sqlalchemy import select
 
 from lifecycle.config.sources import ENTITIES
-from lifecycle.devtools.bench import DECISIONS, Databases, _progress, in_child, machine, run_stages, scopes_for
+from lifecycle.devtools.bench import (
+    DECISIONS,
+    Databases,
+    _progress,
+    in_child,
+    machine,
+    run_stages,
+    scopes_for,
+    usable_databases,
+)
 from lifecycle.devtools.seed import seed_crm
 from lifecycle.devtools.warehouse import EXAMPLE_MAPPING, write_warehouse
 from lifecycle.model import schema
@@ -394,16 +403,7 @@ def run(args: argparse.Namespace, kinds: Sequence[str], work: Path) -> SourceRep
     config = mapped_config(work)
     warehouse = work / "warehouse.duckdb"
     warehouse.unlink(missing_ok=True)
-    for kind in kinds:
-        databases = Databases(kind, work, args.postgres_url)
-        problem = databases.unavailable()
-        if problem and len(kinds) == 1:
-            raise SystemExit(problem)
-        if problem:
-            report.skipped[databases.name] = problem
-            continue
-        if kind == "postgres":
-            report.machine["PostgreSQL"] = databases.version()
+    for databases in usable_databases(kinds, work, args.postgres_url, report):
         report.databases.append(bench_state(databases, args, warehouse, config, report))
     warehouse.unlink(missing_ok=True)
     return report

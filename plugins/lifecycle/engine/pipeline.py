@@ -150,8 +150,7 @@ def run_program(
     what the transport accepted as ``dry_run`` (the developer tools' simulated sends)."""
     with engine.begin() as conn:
         decide(conn, run, programs)
-    for batch in prepare(engine, run):
-        send(engine, run, batch, transport, links=links, simulate=simulate)
+    _send_prepared(engine, run, transport, links=links, simulate=simulate, adopt=True)
     return log_kpis(engine, run)
 
 
@@ -167,6 +166,13 @@ def run_sweep(
     """One program's due-steps sweep in-process (tests, benchmark): :func:`sweep`, then the batches
     it prepares sent as its DAG's ``send`` tasks would. ``run.run_id`` is the sweep's ledger run id."""
     decided = sweep(engine, run, programs)
-    for batch in prepare(engine, run, adopt=False):
-        send(engine, run, batch, transport, links=links, simulate=simulate)
+    _send_prepared(engine, run, transport, links=links, simulate=simulate, adopt=False)
     return decided
+
+
+def _send_prepared(
+    engine: Engine, run: RunScope, transport: Transport, *, links: LinkBuilder, simulate: bool, adopt: bool
+) -> None:
+    """Prepare the run's batches and send each, as the DAG's ``send`` tasks would."""
+    for batch in prepare(engine, run, adopt=adopt):
+        send(engine, run, batch, transport, links=links, simulate=simulate)
