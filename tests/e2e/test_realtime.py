@@ -38,6 +38,8 @@ WELCOME_WITHIN = 120
 RUN_TIMEOUT = 240
 QUIET_SECONDS = 20
 """How long a replayed (duplicate) track call is watched for a run it must not start."""
+RECORDED_WITHIN = 60
+"""Seconds between the sandbox answering a send and the ledger recording it."""
 FINISHED = {"success", "failed"}
 
 
@@ -199,8 +201,21 @@ def _journey(cluster: Cluster, contact_id: str) -> tuple[dict, dict]:
     return dict(enrollment), dict(message)
 
 
-def _check_and_report(cluster: Cluster, how: str, contact_id: str, signed_up_at: datetime, seconds: float) -> None:
+def _recorded_journey(cluster: Cluster, contact_id: str) -> tuple[dict, dict] | None:
+    """The enrollment and message once the ledger has the message's send time, else None."""
     enrollment, message = _journey(cluster, contact_id)
+    return (enrollment, message) if message["sent_at"] is not None else None
+
+
+def _check_and_report(cluster: Cluster, how: str, contact_id: str, signed_up_at: datetime, seconds: float) -> None:
+    # The sandbox holds the email as soon as it answers; the ledger records the send once the
+    # send task has read that answer, a moment later.
+    enrollment, message = wait_for(
+        f"the ledger to record the welcome sent to {contact_id}",
+        lambda: _recorded_journey(cluster, contact_id),
+        RECORDED_WITHIN,
+        list(cluster.services.values()),
+    )
     runs = {run["dag_run_id"] for run in _asset_runs(cluster)}
     assert enrollment["run_id"] in runs, (enrollment["run_id"], sorted(runs))
     assert abs((enrollment["triggered_at"] - signed_up_at).total_seconds()) < 1
