@@ -29,7 +29,8 @@ from lifecycle.airflow.operators import (
     SuppressOperator,
     SyncSourceOperator,
 )
-from lifecycle.airflow.triggers import POLL_SECONDS, ProgramEventTrigger
+from lifecycle.airflow.triggers import POLL_SECONDS, QUEUE_POLL_SECONDS, ProgramEventTrigger
+from lifecycle.engine import event_queue
 from lifecycle.reporting import display
 
 START = datetime(2026, 1, 1)
@@ -47,7 +48,7 @@ SERVICE_DOC = (
 )
 
 
-def _doc(program: config.Program, policy_caps: str) -> str:
+def _doc(program: config.Program, policy_caps: str, queue: config.EventsQueue | None = None) -> str:
     steps = "\n".join(
         f"| {i + 1} | `{s.id}` | {s.channel}{' → ' + s.fallback if s.fallback else ''} | "
         f"{display.step_timing(s)}{' (sent to the holdout too)' if not s.holdout else ''} | `{s.template}` |"
@@ -62,7 +63,7 @@ def _doc(program: config.Program, policy_caps: str) -> str:
 {program.description}
 
 - **Owner:** {program.owner} · **Priority:** {program.priority} · **Schedule:** `{program.schedule}`
-{_trigger_doc(program)}
+{_trigger_doc(program, queue)}
 - **Primary KPI:** {program.kpi.label} (`{program.kpi.primary}`), attribution window
   {display.duration(program.kpi.attribution_window)}
 - **Holdout:** {program.holdout_percent:g}% · **A/B test:** {program.ab_test.name if program.ab_test else "none"}
@@ -85,40 +86,57 @@ sending a test leaves it paused.
 """
 
 
-def event_asset(program: config.Program) -> Asset:
+def event_asset(program: config.Program, queue: config.EventsQueue | None = None) -> Asset:
     """The asset a realtime program's DAG is scheduled on: updated by the triggerer when its trigger
-    events need a run (:class:`ProgramEventTrigger`)."""
-    trigger = ProgramEventTrigger(program_id=program.id, event_types=program.audience.trigger_event)
-    return Asset(
-        name=f"lifecycle_events_{program.id}",
-        uri=f"lifecycle://events/{program.id}",
-        watchers=[AssetWatcher(name=f"{program.id}_trigger_events", trigger=trigger)],
-    )
+    events need a run (:class:`ProgramEventTrigger`, looking every few seconds); with an events
+    queue, also as a wake-up arrives on the program's channel (Airflow's ``MessageQueueTrigger``),
+    the watermark watcher then looking only every ``queue.poll_seconds``."""
+    poll = queue.poll_seconds if queue else POLL_SECONDS
+    trigger = ProgramEventTrigger(program_id=program.id, event_types=program.audience.trigger_event, poll_interval=poll)
+    watchers = [AssetWatcher(name=f"{program.id}_trigger_events", trigger=trigger)]
+    if queue is not None:
+        from airflow.providers.common.messaging.triggers.msg_queue import MessageQueueTrigger
+
+        woken = MessageQueueTrigger(
+            scheme=queue.scheme,
+            channels=[event_queue.channel(queue, program.id)],
+            redis_conn_id=queue.conn_id,
+            poll_interval=QUEUE_POLL_SECONDS,
+        )
+        watchers.append(AssetWatcher(name=f"{program.id}_queue_wakeups", trigger=woken))
+    return Asset(name=f"lifecycle_events_{program.id}", uri=f"lifecycle://events/{program.id}", watchers=watchers)
 
 
-def program_schedule(program: config.Program) -> str | Asset | AssetOrTimeSchedule | None:
+def program_schedule(
+    program: config.Program, queue: config.EventsQueue | None = None
+) -> str | Asset | AssetOrTimeSchedule | None:
     """The program's cron; for a realtime program, its cron or its trigger events, whichever comes first."""
     if not program.audience.realtime:
         return program.schedule
     if program.schedule is None:
-        return event_asset(program)
+        return event_asset(program, queue)
     return AssetOrTimeSchedule(
-        timetable=CronTriggerTimetable(program.schedule, timezone="UTC"), assets=event_asset(program)
+        timetable=CronTriggerTimetable(program.schedule, timezone="UTC"), assets=event_asset(program, queue)
     )
 
 
-def _trigger_doc(program: config.Program) -> str:
+def _trigger_doc(program: config.Program, queue: config.EventsQueue | None = None) -> str:
     events = ", ".join(f"`{e}`" for e in program.audience.trigger_event)
     schedule = f"`{program.schedule}` (UTC)" if program.schedule else "none"
     if not program.audience.realtime:
         if not program.audience.trigger_event:
             return f"- **Trigger:** schedule {schedule}"
         return f"- **Trigger:** schedule {schedule}; trigger events {events} are noticed by the scheduled runs"
+    looks = (
+        f"woken through the events queue on `{event_queue.channel(queue, program.id)}` (connection "
+        f"`{queue.conn_id}`), and looking every {queue.poll_seconds:g} s for what no wake-up announced"
+        if queue
+        else f"the triggerer looks every {POLL_SECONDS:g} s"
+    )
     return (
-        f"- **Trigger:** realtime — a new {events} event starts a run within seconds (the triggerer looks "
-        f"every {POLL_SECONDS:g} s; events arriving while a run is active are taken by the next one), and the "
-        f"schedule {schedule}. The event lag (event → enrolled → sent) and the watcher's backlog are on the "
-        "Campaigns page."
+        f"- **Trigger:** realtime — a new {events} event starts a run within seconds ({looks}; events arriving "
+        f"while a run is active are taken by the next one), and the schedule {schedule}. The event lag "
+        "(event → enrolled → sent) and the watcher's backlog are on the Campaigns page."
     )
 
 
@@ -133,17 +151,17 @@ def _params() -> dict[str, Param]:
     }
 
 
-def build_program_dag(program: config.Program, caps: str = "") -> DAG:
+def build_program_dag(program: config.Program, caps: str = "", queue: config.EventsQueue | None = None) -> DAG:
     """The DAG of one program: source sync → segment → enroll/exit → plan → suppress → cap → send → KPIs → check."""
     with DAG(
         dag_id=program.id,
         description=program.name,
-        schedule=program_schedule(program),
+        schedule=program_schedule(program, queue),
         start_date=START,
         catchup=False,
         max_active_runs=1,
         tags=sorted({*BASE_TAGS, "program", *program.tags}),
-        doc_md=_doc(program, caps),
+        doc_md=_doc(program, caps, queue),
         params=_params(),
         default_args={
             "owner": program.owner,
@@ -315,6 +333,10 @@ def load_programs() -> tuple[dict[str, config.Program], dict[str, config.ConfigE
 def build_all() -> dict[str, DAG]:
     """Every program DAG, in file order, keyed by DAG id."""
     programs, errors, policy = load_programs()
-    dags = {pid: build_program_dag(p, _caps_text(policy.caps_for(p))) for pid, p in programs.items() if policy}
+    dags = {
+        pid: build_program_dag(p, _caps_text(policy.caps_for(p)), policy.events_queue)
+        for pid, p in programs.items()
+        if policy
+    }
     dags |= {pid: build_invalid_dag(pid, err) for pid, err in errors.items()}
     return dict(sorted(dags.items()))

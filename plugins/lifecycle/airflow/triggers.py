@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 POLL_SECONDS = 3.0
 """How often the trigger looks for new trigger events."""
+QUEUE_POLL_SECONDS = 0.5
+"""How often the events queue's watcher asks its subscription for a wake-up (``events_queue``)."""
 RETRY_SECONDS = 30.0
 """How long it waits after a failed look (the database or the mapping) before the next."""
 

@@ -468,6 +468,17 @@ MAX_SENDGRID_GROUPS = 25
 """The unsubscribe groups one email may show on SendGrid's page (``asm.groups_to_display``)."""
 
 
+class EventsQueue(_Strict):
+    """A message queue that wakes realtime programs (see :mod:`lifecycle.engine.event_queue`): the
+    track endpoint publishes on ``<channel_prefix><program>``, Airflow's ``MessageQueueTrigger``
+    listens; the watermark watcher still looks every ``poll_seconds`` for what no wake-up announced."""
+
+    scheme: Literal["redis+pubsub"] = "redis+pubsub"
+    conn_id: str = Field(default="lifecycle_events_queue", pattern=r"^[A-Za-z0-9_.-]{1,250}$")
+    channel_prefix: str = Field(default="lifecycle.events.", pattern=r"^[A-Za-z0-9_.:-]{1,100}$")
+    poll_seconds: float = Field(default=60.0, ge=3, le=3600)
+
+
 # Policy suppression keys that were renamed to the reason they record.
 RENAMED_SUPPRESSIONS = {
     "open_ticket": SuppressionReason.OPEN_SUPPORT_TICKET,
@@ -516,6 +527,8 @@ class Policy(_Strict):
 
     # Subscription capture: signup forms, double opt-in and rate limits.
     capture: Capture = Field(default_factory=Capture)
+    # A message queue that wakes realtime programs as events are tracked; None: the watchers poll.
+    events_queue: EventsQueue | None = None
 
     @model_validator(mode="after")
     def _regions_consistent(self) -> Policy:

@@ -28,6 +28,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from lifecycle.config import ConfigError
+from lifecycle.engine import event_queue
 from lifecycle.engine.tracking import Rejected, TrackedEvent, TrackStatus, parse_call, record
 from lifecycle.model.db import get_engine, state_url, utc_naive
 from lifecycle.web import guards
@@ -122,6 +124,7 @@ def _take(calls: list[Any]) -> list[tuple[Any, TrackStatus, Rejected | None]]:
         (call, TrackStatus.REJECTED, p) if isinstance(p, Rejected) else (call, next(statuses), None)
         for call, p in zip(calls, parsed, strict=True)
     ]
+    _wake([e for e, status in zip(events, written, strict=True) if status == TrackStatus.ACCEPTED])
     counts = Counter(status for _, status, _ in outcomes)
     rejected = Counter(r.field for _, _, r in outcomes if r is not None)
     log.info(
@@ -133,6 +136,21 @@ def _take(calls: list[Any]) -> list[tuple[Any, TrackStatus, Rejected | None]]:
         dict(rejected) if rejected else "",
     )
     return outcomes
+
+
+def _wake(taken: list[TrackedEvent]) -> None:
+    """With an events queue, one wake-up per realtime program the committed events trigger."""
+    if not taken:
+        return
+    try:
+        wiring = event_queue.wiring()
+    except ConfigError as exc:  # the events are taken; the watchers find them at their next look
+        log.warning("Track: no wake-ups published, the configuration does not load: %s", exc)
+        return
+    if wiring.queue is None:
+        return
+    counts = Counter(pid for event in taken for pid in wiring.programs([event.event_type]))
+    event_queue.publish(wiring.queue, counts)
 
 
 def _message_id(call: Any) -> Any:

@@ -111,3 +111,37 @@ def test_an_asset_triggered_run_is_decided_as_of_when_airflow_queued_it():
     assert as_of_from_context(context) == queued
     cron = datetime(2026, 11, 16, 15, 0, tzinfo=UTC)
     assert as_of_from_context({"data_interval_end": cron, "logical_date": cron}) == cron
+
+
+QUEUE = config.EventsQueue(conn_id="events_redis", channel_prefix="acme.events.", poll_seconds=45)
+
+
+def test_with_an_events_queue_welcome_is_also_woken_by_airflows_message_queue_trigger(shipped):
+    from airflow.providers.common.messaging.triggers.msg_queue import MessageQueueTrigger
+
+    asset = build_program_dag(shipped["welcome"], queue=QUEUE).timetable.asset_condition
+    polled, woken = asset.watchers
+    # The watermark watcher stays, looking less often: it finds what no wake-up announced.
+    assert isinstance(polled.trigger, ProgramEventTrigger) and polled.trigger.poll_interval == 45
+    assert isinstance(woken.trigger, MessageQueueTrigger)
+    assert woken.name == "welcome_queue_wakeups"
+    assert woken.trigger.serialize() == (
+        "airflow.providers.redis.triggers.redis_await_message.AwaitMessageTrigger",
+        {"channels": ["acme.events.welcome"], "redis_conn_id": "events_redis", "poll_interval": 0.5},
+    )
+
+
+def test_with_an_events_queue_the_dag_serializes_and_its_docs_name_the_channel(shipped):
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    dag = build_program_dag(shipped["welcome"], queue=QUEUE)
+    text = str(DagSerialization.to_dict(dag))
+    assert "AwaitMessageTrigger" in text and "acme.events.welcome" in text
+    assert "woken through the events queue on `acme.events.welcome` (connection `events_redis`)" in (dag.doc_md or "")
+    assert "looking every 45 s for what no wake-up announced" in (dag.doc_md or "")
+
+
+def test_an_events_queue_changes_nothing_for_programs_that_are_not_realtime(shipped):
+    for pid, program in shipped.items():
+        if not program.audience.realtime:
+            assert build_program_dag(program, queue=QUEUE).timetable.__class__.__name__ == "CronTriggerTimetable", pid

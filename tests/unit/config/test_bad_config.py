@@ -121,6 +121,12 @@ FULL_POLICY: dict[str, Any] = yaml.safe_load((FIXTURES / "config" / "policy.yml"
         "per_ip": {"max": 10, "per": "1h"},
         "per_address": {"max": 3, "per": "1h"},
     },
+    "events_queue": {
+        "scheme": "redis+pubsub",
+        "conn_id": "lifecycle_events_queue",
+        "channel_prefix": "lifecycle.events.",
+        "poll_seconds": 30,
+    },
 }
 
 
