@@ -12,12 +12,14 @@ the state database, so the restarted watcher resumes where the killed one stoppe
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 import pytest
+import redis
 from sqlalchemy import create_engine, insert, select, text
 from sqlalchemy.pool import NullPool
 
@@ -153,6 +155,18 @@ def _airflow_state(cluster: Cluster) -> str:
         return "\n".join(f"{name}: {[tuple(r) for r in conn.execute(text(sql))]}" for name, sql in queries.items())
 
 
+def _queue_wakeups(cluster: Cluster) -> list[dict]:
+    """The asset events the events queue's watcher (Airflow's MessageQueueTrigger) fired for welcome."""
+    engine = create_engine(cluster.topology.metadata_url, poolclass=NullPool)
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT timestamp, extra FROM asset_event ORDER BY id")).all()
+    channel = f"{cluster.topology.events_channel_prefix}welcome"
+    found = [
+        (json.loads(extra) if isinstance(extra, str) else extra or {}) | {"at": utc_naive(at)} for at, extra in rows
+    ]
+    return [e for e in found if e.get("payload", {}).get("channel") == channel]
+
+
 @pytest.fixture(scope="module")
 def watching(cluster: Cluster) -> float:
     """welcome unpaused and its watcher polling; returns how many seconds that took."""
@@ -165,8 +179,21 @@ def watching(cluster: Cluster) -> float:
                 select(schema.event_watch.c.checked_at).where(schema.event_watch.c.program == "welcome")
             ).first()
 
-    wait_for("welcome's event watcher to start", watch_row, WATCH_TIMEOUT, list(cluster.services.values()), 2)
+    services = list(cluster.services.values())
+    wait_for("welcome's event watcher to start", watch_row, WATCH_TIMEOUT, services, 2)
+    wait_for("welcome's events-queue watcher to subscribe", lambda: _queue_listeners(cluster), WATCH_TIMEOUT, services)
     return time.monotonic() - started
+
+
+def _queue_listeners(cluster: Cluster) -> int | None:
+    """How many subscribers welcome's events-queue channel has (None: none yet)."""
+    channel = f"{cluster.topology.events_channel_prefix}welcome"
+    client = redis.Redis.from_url(cluster.topology.broker_url)
+    try:
+        ((_name, listeners),) = client.pubsub_numsub(channel)
+    finally:
+        client.close()
+    return listeners or None
 
 
 def _welcome_email(cluster: Cluster, contact_id: str) -> tuple[dict, float]:
@@ -246,6 +273,12 @@ def test_a_sign_up_tracked_through_the_endpoint_is_welcomed_and_its_replay_is_no
     _email, seconds = _welcome_email(cluster, contact_id)
     print(f"\nwatcher up {watching:.1f}s after unpausing")
     _check_and_report(cluster, "POST /lifecycle/track", contact_id, signed_up_at, seconds)
+    # The track endpoint woke welcome through the events queue: the wake-up reached Airflow as an
+    # asset event of the message-queue watcher (the watermark watcher only looks every 20 s here).
+    wakeups = _queue_wakeups(cluster)
+    assert wakeups and json.loads(wakeups[-1]["payload"]["data"]) == {"program": "welcome", "events": 1}, (
+        _airflow_state(cluster)
+    )
 
     # The same call again (a client retrying): a duplicate, no new event, so no run and no email.
     runs = {run["dag_run_id"] for run in _asset_runs(cluster)}
@@ -469,9 +502,14 @@ def test_a_stream_of_sign_ups_survives_a_triggerer_crash_and_a_cron_run_in_betwe
         run for run in runs.values() if utc_naive(datetime.fromisoformat(run["run_after"])) >= min(signed_up.values())
     ]
     kinds = Counter(run["run_type"] for run in stream_runs)
+    # The events queue's watcher fired again and again (Airflow restarts it after each wake-up), and
+    # again once the killed triggerer was back.
+    wakeups = [w["at"] for w in _queue_wakeups(cluster) if w["at"] >= min(signed_up.values())]
+    assert len(wakeups) >= 2 and max(wakeups) >= moments["restart"], (wakeups, moments)
     print(
         f"\n{len(contacts)} sign-ups streamed over {streamed:.1f}s (cron-style run at {CRON_RUN_AT:.0f}s, triggerer "
         f"killed at {KILL_AT:.0f}s, restarted at {RESTART_AT:.0f}s): every welcome email after {all_welcomed:.1f}s; "
         f"sign-up -> sent p50 {lags[len(lags) // 2]:.1f}s, max {lags[-1]:.1f}s; "
-        f"{len(during_outage)} signed up during the outage; runs {dict(kinds)}; ledger {dict(statuses)}"
+        f"{len(during_outage)} signed up during the outage; runs {dict(kinds)}; {len(wakeups)} queue wake-ups "
+        f"reached Airflow; ledger {dict(statuses)}"
     )

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+import yaml
 from sqlalchemy.engine import URL
 
 from lifecycle.devtools.local import SANDBOX_MPS, airflow_env, connection_json
@@ -172,6 +173,14 @@ class Topology:
     link_secret: str
     write_key: str
     admin_password: str
+    events_poll_seconds: float = 20.0
+    """The realtime watchers' safety-net look: the track endpoint wakes them through the events queue
+    (the broker's Redis) on channels under :attr:`events_channel_prefix`."""
+
+    @property
+    def events_channel_prefix(self) -> str:
+        """This cluster's own channels (pub/sub channels are shared by every Redis database)."""
+        return f"lifecycle.e2e.{self.crm_db}."
 
     @property
     def api_url(self) -> str:
@@ -245,6 +254,7 @@ class Topology:
                 "generic", host=self.public_url, password=self.link_secret
             ),
             "AIRFLOW_CONN_LIFECYCLE_TRACK": connection_json("generic", password=self.write_key),
+            "AIRFLOW_CONN_LIFECYCLE_EVENTS_QUEUE": self.broker_url,
         }
 
     def airflow_env(self, base: Mapping[str, str], connections: Mapping[str, str]) -> dict[str, str]:
@@ -278,11 +288,17 @@ class Topology:
 
     def write_files(self, programs: Mapping[str, Path], template_dirs: Sequence[Path]) -> None:
         """The Airflow home, the passwords file, and config/templates folders holding ``programs``
-        (id -> program file, its cron replaced by :data:`NEVER_DURING_TESTS`) with the project's policy,
-        segments and the given template folders."""
+        (id -> program file, its cron replaced by :data:`NEVER_DURING_TESTS`) with the project's policy
+        (plus the events queue), segments and the given template folders."""
         (self.config_dir / "programs").mkdir(parents=True)
-        for name in ("policy.yml", "segments.yml"):
-            (self.config_dir / name).symlink_to(PROJECT_ROOT / "config" / name)
+        (self.config_dir / "segments.yml").symlink_to(PROJECT_ROOT / "config" / "segments.yml")
+        policy = yaml.safe_load((PROJECT_ROOT / "config" / "policy.yml").read_text())
+        policy["events_queue"] = {
+            "conn_id": "lifecycle_events_queue",
+            "channel_prefix": self.events_channel_prefix,
+            "poll_seconds": self.events_poll_seconds,
+        }
+        (self.config_dir / "policy.yml").write_text(yaml.safe_dump(policy, allow_unicode=True, sort_keys=False))
         for program_id, path in programs.items():
             # The scheduler creates runs (asset-triggered ones need it), so no program's cron may come
             # due while the suite runs: the tests trigger the runs they check.

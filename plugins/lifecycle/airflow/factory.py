@@ -92,7 +92,12 @@ def event_asset(program: config.Program, queue: config.EventsQueue | None = None
     queue, also as a wake-up arrives on the program's channel (Airflow's ``MessageQueueTrigger``),
     the watermark watcher then looking only every ``queue.poll_seconds``."""
     poll = queue.poll_seconds if queue else POLL_SECONDS
-    trigger = ProgramEventTrigger(program_id=program.id, event_types=program.audience.trigger_event, poll_interval=poll)
+    trigger = ProgramEventTrigger(
+        program_id=program.id,
+        event_types=program.audience.trigger_event,
+        poll_interval=poll,
+        announced=queue is not None,
+    )
     watchers = [AssetWatcher(name=f"{program.id}_trigger_events", trigger=trigger)]
     if queue is not None:
         from airflow.providers.common.messaging.triggers.msg_queue import MessageQueueTrigger

@@ -45,6 +45,8 @@ class ProgramEventTrigger(BaseEventTrigger):
     :param poll_interval: seconds between looks.
     :param crm_conn_id: the source CRM's connection (read only).
     :param state_conn_id: the state database's connection (the watch's row, the inbox).
+    :param announced: the track endpoint announces inbox events through the events queue (a second
+        watcher runs the program on them), so new inbox rows alone do not fire here.
     """
 
     def __init__(
@@ -55,8 +57,10 @@ class ProgramEventTrigger(BaseEventTrigger):
         poll_interval: float = POLL_SECONDS,
         crm_conn_id: str = CRM_CONN_ID,
         state_conn_id: str = STATE_CONN_ID,
+        announced: bool = False,
     ) -> None:
         super().__init__()
+        self.announced = announced
         self.program_id = program_id
         self.event_types = sorted(event_types)
         self.poll_interval = poll_interval
@@ -72,6 +76,7 @@ class ProgramEventTrigger(BaseEventTrigger):
                 "poll_interval": self.poll_interval,
                 "crm_conn_id": self.crm_conn_id,
                 "state_conn_id": self.state_conn_id,
+                "announced": self.announced,
             },
         )
 
@@ -88,7 +93,9 @@ class ProgramEventTrigger(BaseEventTrigger):
         state_engine = get_engine(state)
         # One database for both: the canonical events are read where every stage reads them.
         source = state_engine if same_database(crm, state) else source_engine(crm)
-        return EventWatch(self.program_id, self.event_types, source, state_engine, load_sources())
+        return EventWatch(
+            self.program_id, self.event_types, source, state_engine, load_sources(), announced=self.announced
+        )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         watch: EventWatch | None = None

@@ -19,6 +19,12 @@ run was created, an event stamped a few seconds ahead of the run's as-of (clock 
 before a triggerer crash — and they fire again once a run finished without them, or after
 :data:`REFIRE_AFTER` without a run, so none waits for the next scheduled run. The count and the oldest
 of them are kept in the watch's row for the Campaigns page (the backlog).
+
+With an events queue (``announced``), the track endpoint announces the inbox's new rows itself (a
+wake-up per program, :mod:`lifecycle.engine.event_queue`), so a new inbox row does not fire here: it
+would only queue a second run for an event the announced run takes. The watch still fires for new
+source rows (nothing announces them) and, like any waiting event, for an inbox event a run has not
+taken :data:`ANNOUNCED_GRACE` after it occurred (its wake-up was lost, or its run failed).
 """
 
 from __future__ import annotations
@@ -42,6 +48,8 @@ log = logging.getLogger(__name__)
 W, T = schema.event_watch, schema.tracked_events
 REFIRE_AFTER = timedelta(minutes=5)
 """How long events may wait after a fire before the watch fires again though no run finished since."""
+ANNOUNCED_GRACE = timedelta(minutes=2)
+"""With an events queue: how long an announced event may wait for a run before the watch fires for it."""
 HEARTBEAT = timedelta(seconds=30)
 """How often the watch's row is written when nothing changed (``checked_at``: the watcher is alive)."""
 CANONICAL = "canonical"
@@ -105,16 +113,23 @@ class EventWatch:
     database); ``state``: where the watch's row, the inbox and the runs' funnel live."""
 
     def __init__(
-        self, program_id: str, event_types: Sequence[str], source: Engine, state: Engine, sources: Sources | None
+        self,
+        program_id: str,
+        event_types: Sequence[str],
+        source: Engine,
+        state: Engine,
+        sources: Sources | None,
+        announced: bool = False,
     ) -> None:
         self.program_id = program_id
+        self.announced = announced
         self.types = list(event_types)
         self.source, self.state = source, state
         self.parts = watched_parts(sources)
         self.mapping = _digest(sources)
         self.fired_at: datetime | None = None
         self.consumed_at_fire: datetime | None = None
-        self.fired_once = False
+        self.looked = False
         self.written: tuple[Any, ...] | None = None
         self.written_at: datetime | None = None
 
@@ -184,12 +199,13 @@ class EventWatch:
                 _none, inbox = self._inbox_top(conn, None, count=False)
                 marks = {"source": tops, "inbox": inbox}
                 started = row["started_at"] if row is not None else now
-                arrived = 0
+                arrived = unannounced = 0
             else:
                 marks = dict(row["marks"])
                 source_marks = marks.get("source") or [None] * len(self.parts)
                 arrived, tops = self._source_tops(src, source_marks)
                 inbox_arrived, inbox = self._inbox_top(conn, marks.get("inbox"), count=True)
+                unannounced = arrived + (0 if self.announced else inbox_arrived)
                 arrived += inbox_arrived
                 marks = {"source": tops, "inbox": inbox}
                 started = row["started_at"]
@@ -198,9 +214,10 @@ class EventWatch:
             # an outage catches up at once), else after the watch began.
             floor = consumed if consumed is not None else started
             waiting, oldest = self._waiting(src, conn, floor, now)
-            fire, reason = self._decide(arrived, waiting, consumed, now)
+            fire, reason = self._decide(unannounced, waiting, oldest, consumed, now)
+            self.looked = True
             if fire:
-                self.fired_at, self.consumed_at_fire, self.fired_once = now, consumed, True
+                self.fired_at, self.consumed_at_fire = now, consumed
             values = {
                 "mapping": self.mapping,
                 "marks": marks,
@@ -220,13 +237,22 @@ class EventWatch:
                 self.written, self.written_at = state, now
         return Poll(arrived, waiting, oldest, consumed, fire, reason)
 
-    def _decide(self, arrived: int, waiting: int, consumed: datetime | None, now: datetime) -> tuple[bool, str]:
+    def _decide(
+        self, arrived: int, waiting: int, oldest: datetime | None, consumed: datetime | None, now: datetime
+    ) -> tuple[bool, str]:
+        """Whether to fire. ``arrived``: new rows nothing else announces (with an events queue, the
+        source's only)."""
         if arrived:
             return True, "new_events"
         if not waiting:
             return False, ""
-        if not self.fired_once:
+        if not self.looked:
             return True, "waiting_at_start"
+        if self.announced:
+            # The announced run is likely under way: fire only for what it left waiting past the grace.
+            overdue = oldest is not None and now - oldest >= ANNOUNCED_GRACE
+            recent = self.fired_at is not None and now - self.fired_at < ANNOUNCED_GRACE
+            return (True, "waiting_unannounced") if overdue and not recent else (False, "")
         if consumed != self.consumed_at_fire:
             return True, "waiting_after_run"
         if self.fired_at is None or now - self.fired_at >= REFIRE_AFTER:

@@ -45,6 +45,7 @@ def test_welcome_runs_on_its_cron_or_on_sign_ups(shipped):
             "poll_interval": 3.0,
             "crm_conn_id": "crm_default",
             "state_conn_id": "lifecycle_state",
+            "announced": False,
         },
     )
 
@@ -123,6 +124,7 @@ def test_with_an_events_queue_welcome_is_also_woken_by_airflows_message_queue_tr
     polled, woken = asset.watchers
     # The watermark watcher stays, looking less often: it finds what no wake-up announced.
     assert isinstance(polled.trigger, ProgramEventTrigger) and polled.trigger.poll_interval == 45
+    assert polled.trigger.announced  # new inbox rows are the queue's to announce
     assert isinstance(woken.trigger, MessageQueueTrigger)
     assert woken.name == "welcome_queue_wakeups"
     assert woken.trigger.serialize() == (

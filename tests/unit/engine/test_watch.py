@@ -183,3 +183,55 @@ def test_a_restart_after_storing_the_watermark_but_before_airflow_stored_the_fir
     assert watch.poll(T0 + timedelta(seconds=3)).fire  # this fire is lost with the triggerer
     poll = _watch(db).poll(T0 + timedelta(seconds=30))
     assert (poll.fire, poll.reason, poll.arrived, poll.waiting) == (True, "waiting_at_start", 0, 1)
+
+
+def _tracked(engine, event_id: str, occurred_at: datetime, received_at: datetime) -> None:
+    row = {
+        "event_id": event_id,
+        "message_id": f"m-{event_id}",
+        "contact_id": "c9",
+        "event_type": "signed_up",
+        "occurred_at": occurred_at,
+        "received_at": received_at,
+        "properties": {},
+    }
+    with engine.begin() as conn:
+        conn.execute(schema.tracked_events.insert(), [row])
+
+
+def test_with_an_events_queue_a_tracked_event_is_the_queues_to_announce_and_fires_nothing_here(db):
+    # The endpoint's wake-up runs the program; a fire here would queue a second run that finds nothing.
+    watch = EventWatch("welcome", ["signed_up"], db, db, None, announced=True)
+    watch.poll(T0)
+    assert not watch.poll(T0 + timedelta(seconds=3)).fire
+    _tracked(db, "t1", T0 + timedelta(seconds=4), T0 + timedelta(seconds=4))
+    poll = watch.poll(T0 + timedelta(seconds=6))
+    assert (poll.fire, poll.arrived, poll.waiting) == (False, 1, 1)
+    _run_finished(db, T0 + timedelta(seconds=5))  # the announced run took it
+    assert watch.poll(T0 + timedelta(seconds=30)).waiting == 0
+    assert not watch.poll(T0 + timedelta(minutes=10)).fire
+
+
+def test_with_an_events_queue_a_lost_wake_up_still_gets_its_run_after_the_grace(db):
+    from lifecycle.engine.watch import ANNOUNCED_GRACE
+
+    watch = EventWatch("welcome", ["signed_up"], db, db, None, announced=True)
+    watch.poll(T0)
+    _tracked(db, "t1", T0 + timedelta(seconds=4), T0 + timedelta(seconds=4))  # its wake-up is lost
+    assert not watch.poll(T0 + timedelta(seconds=6)).fire
+    assert not watch.poll(T0 + timedelta(seconds=3) + ANNOUNCED_GRACE).fire
+    poll = watch.poll(T0 + timedelta(seconds=4) + ANNOUNCED_GRACE)
+    assert (poll.fire, poll.reason, poll.waiting) == (True, "waiting_unannounced", 1)
+    assert not watch.poll(T0 + timedelta(seconds=30) + ANNOUNCED_GRACE).fire  # once per grace, not every look
+    # A triggerer that restarts with events waiting fires at its first look, whatever announced them.
+    restarted = EventWatch("welcome", ["signed_up"], db, db, None, announced=True)
+    poll = restarted.poll(T0 + timedelta(seconds=40) + ANNOUNCED_GRACE)
+    assert (poll.fire, poll.reason) == (True, "waiting_at_start")
+
+
+def test_with_an_events_queue_new_source_rows_still_fire_nothing_announces_them(db):
+    watch = EventWatch("welcome", ["signed_up"], db, db, None, announced=True)
+    watch.poll(T0)
+    _event(db, "e1", "signed_up", T0 + timedelta(seconds=1))
+    poll = watch.poll(T0 + timedelta(seconds=3))
+    assert (poll.fire, poll.reason) == (True, "new_events")
