@@ -152,7 +152,13 @@ def _airflow_state(cluster: Cluster) -> str:
         "triggers": "SELECT id, classpath, triggerer_id FROM trigger",
     }
     with engine.connect() as conn:
-        return "\n".join(f"{name}: {[tuple(r) for r in conn.execute(text(sql))]}" for name, sql in queries.items())
+        airflow = [f"{name}: {[tuple(r) for r in conn.execute(text(sql))]}" for name, sql in queries.items()]
+    with _engine(cluster).connect() as conn:
+        watch = conn.execute(select(schema.event_watch)).mappings().all()
+        funnels = conn.execute(
+            select(schema.kpis.c.run_id, schema.kpis.c.as_of).where(schema.kpis.c.program == "welcome").distinct()
+        ).all()
+    return "\n".join([*airflow, f"event watch: {[dict(r) for r in watch]}", f"welcome funnels: {funnels}"])
 
 
 def _queue_wakeups(cluster: Cluster) -> list[dict]:
@@ -274,7 +280,7 @@ def test_a_sign_up_tracked_through_the_endpoint_is_welcomed_and_its_replay_is_no
     print(f"\nwatcher up {watching:.1f}s after unpausing")
     _check_and_report(cluster, "POST /lifecycle/track", contact_id, signed_up_at, seconds)
     # The track endpoint woke welcome through the events queue: the wake-up reached Airflow as an
-    # asset event of the message-queue watcher (the watermark watcher only looks every 20 s here).
+    # asset event of the message-queue watcher (the watermark watcher only looks every 10 s here).
     wakeups = _queue_wakeups(cluster)
     assert wakeups and json.loads(wakeups[-1]["payload"]["data"]) == {"program": "welcome", "events": 1}, (
         _airflow_state(cluster)

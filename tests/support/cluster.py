@@ -173,7 +173,7 @@ class Topology:
     link_secret: str
     write_key: str
     admin_password: str
-    events_poll_seconds: float = 20.0
+    events_poll_seconds: float = 10.0
     """The realtime watchers' safety-net look: the track endpoint wakes them through the events queue
     (the broker's Redis) on channels under :attr:`events_channel_prefix`."""
 
