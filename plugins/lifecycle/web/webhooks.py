@@ -8,7 +8,7 @@
 - ``GET /unsubscribe?token=...`` opens the preference centre (the contact's topics and channels, a
   plain form posted to ``/preferences?token=...``); ``POST`` is the RFC 8058 one-click, from the
   message's topic when its program has one, else from the channel's marketing. These pages speak the
-  contact's language (``contacts.locale``; :mod:`lifecycle.web.i18n`), ``?lang=`` overriding it.
+  contact's language (``contacts.locale``; :mod:`lifecycle.messages.i18n`), ``?lang=`` overriding it.
 
 A request that fails verification gets 403 and changes nothing; a route whose provider
 connection is not configured answers 503 (the provider retries later) and logs the connection's
@@ -55,6 +55,7 @@ from lifecycle.engine.feedback import (
     twilio_status_event,
     unsubscribe_event,
 )
+from lifecycle.messages import i18n
 from lifecycle.messages.links import (
     MESSAGE_ID_PARAM,
     PREFERENCES_PATH,
@@ -69,7 +70,7 @@ from lifecycle.messages.links import (
     verify_unsubscribe_token,
 )
 from lifecycle.model.db import get_engine, state_url
-from lifecycle.web import guards, i18n
+from lifecycle.web import guards
 from lifecycle.web.guards import BodyTooLarge, read_bounded
 from lifecycle.web.twilio_forms import MAX_FIELDS, FormKind, form_problem
 
