@@ -29,7 +29,7 @@ import binascii
 import html
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qsl, urlencode
 
@@ -373,6 +373,15 @@ class _Visit:
         return "?" + urlencode({"token": self.token} | ({"lang": chosen} if chosen else {}))
 
 
+def _in_language(choice: preferences.Choice, policy: config.Policy, language: str) -> preferences.Choice:
+    """A topic's line with the policy's label and description in ``language``, where it has them."""
+    topic = policy.topics.get(choice.key)
+    if topic is None:
+        return choice
+    label, description = topic.words(language)
+    return replace(choice, label=label, description=description)
+
+
 def _preference_centre(visit: _Visit, parsed: UnsubscribeToken, saved: bool = False) -> HTMLResponse:
     policy = config.load_policy()
     with get_engine(state_url()).connect() as conn:
@@ -382,7 +391,7 @@ def _preference_centre(visit: _Visit, parsed: UnsubscribeToken, saved: bool = Fa
     topic = policy.topics.get(prefs.topic) if prefs.topic else None
     channel = i18n.channel_name(language, parsed.channel)
     what = (
-        i18n.text(language, "one_click_topic", topic=topic.label)
+        i18n.text(language, "one_click_topic", topic=topic.words(language)[0])
         if topic
         else i18n.text(language, "one_click_channel", channel=channel)
     )
@@ -398,7 +407,8 @@ def _preference_centre(visit: _Visit, parsed: UnsubscribeToken, saved: bool = Fa
     )
     if prefs.topics:
         body += f"<fieldset><legend>{html.escape(i18n.text(language, 'topics_legend'))}</legend>"
-        body += "".join(_choice_html("topic", c, language) for c in prefs.topics) + "</fieldset>"
+        topics = [_in_language(c, policy, language) for c in prefs.topics]
+        body += "".join(_choice_html("topic", c, language) for c in topics) + "</fieldset>"
     body += f"<fieldset><legend>{html.escape(i18n.text(language, 'channels_legend'))}</legend>"
     body += "".join(_choice_html("channel", c, language) for c in prefs.channels)
     body += f'</fieldset><button type="submit">{html.escape(i18n.text(language, "save_button"))}</button></form>'
@@ -462,7 +472,7 @@ def unsubscribe_one_click(request: Request, token: str = "", lang: str = "") -> 
         "Unsubscribed contact %s from %s (message %s)", parsed.contact_id, topic or parsed.channel, parsed.message_id
     )
     done = (
-        i18n.text(language, "unsubscribed_topic", topic=policy.topics[topic].label)
+        i18n.text(language, "unsubscribed_topic", topic=policy.topics[topic].words(language)[0])
         if topic
         else i18n.text(language, "unsubscribed_channel", channel=i18n.channel_name(language, parsed.channel))
     )

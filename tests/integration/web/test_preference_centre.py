@@ -194,7 +194,11 @@ def test_a_german_contact_sees_the_centre_in_german_and_saving_records_the_same_
     assert "<legend>Themen</legend>" in page and "<legend>Kanäle</legend>" in page
     assert '<button type="submit">Einstellungen speichern</button>' in page
     assert '<button type="submit" class="secondary">Abmelden</button>' in page
-    assert "Sofort von Nachrichten zu „Tips and guides“ abmelden:" in page
+    # A topic's label in German where the policy has one (education), else as written (offers).
+    assert "Sofort von Nachrichten zu „Tipps und Anleitungen“ abmelden:" in page
+    assert '<label for="topic-education">Tipps und Anleitungen</label>' in page
+    assert '<label for="topic-offers">Offers and discounts<span class="hint"' in page
+    assert "Tips and guides" not in page
     assert '<label for="channel-email">Marketing per E-Mail</label>' in page
     assert "Wird immer gesendet: Wir sind verpflichtet, Sie zu informieren." in page
     # The contact's locale wins over the browser's (French here), for the en-US contact too.
@@ -327,6 +331,7 @@ def test_the_preference_centre_in_chromium_walked_with_the_keyboard(centre, tmp_
     for shown in (
         "Ihre Abonnement-Einstellungen",
         "Themen",
+        "Tipps und Anleitungen",
         "Kanäle",
         "Marketing per E-Mail",
         "Einstellungen speichern",
