@@ -328,7 +328,7 @@ def unsubscribe_from_test_copy() -> HTMLResponse:
 def _choice_html(kind: str, choice: preferences.Choice, language: str) -> str:
     """One checkbox with its label (and its description, read out with it); a topic that cannot be
     opted out of is shown checked and disabled, saying why. A channel's label is in ``language``; a
-    topic's is the policy's."""
+    topic's is the policy's (:func:`_in_language`)."""
     key = html.escape(choice.key)
     label = choice.label
     if kind == "channel":
