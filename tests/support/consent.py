@@ -8,7 +8,7 @@ from pathlib import Path
 TOPICS_AND_REGIONS = """
 topics:
   offers: {label: Offers and discounts, description: Deals on plans and add-ons., sendgrid_group: 101}
-  education: {label: Tips and guides, sendgrid_group: 102}
+  education: {label: Tips and guides, sendgrid_group: 102, translations: {de: {label: Tipps und Anleitungen}}}
   account_billing: {label: Account and billing, optional: false}
 regions:
   eu: {countries: [DE, FR, IE], legal_basis: {email: {marketing: explicit}, sms: {marketing: explicit}}}

@@ -379,6 +379,13 @@ class Brand(_Strict):
     postal_address: str = ""
 
 
+class TopicWords(_Strict):
+    """A topic's label and description in one language, for the preference centre."""
+
+    label: str = Field(min_length=1)
+    description: str = ""
+
+
 class Topic(_Strict):
     """A subscription topic (product news, offers...): what programs' messages are about, which a
     contact may opt out of and keep the rest."""
@@ -393,6 +400,17 @@ class Topic(_Strict):
     )
     # False: the topic cannot be opted out of (account and billing notices); shown, not offered.
     optional: bool = True
+    # The label and description in other languages, by ISO 639-1 code (de, fr...): a preference
+    # centre shown in that language uses them; every other one shows label and description.
+    translations: dict[Annotated[str, Field(pattern=r"^[a-z]{2}$")], TopicWords] = Field(default_factory=dict)
+
+    def words(self, language: str) -> tuple[str, str]:
+        """The topic's label and description in ``language`` (the description as written when the
+        translation has none), else as written."""
+        translated = self.translations.get(language)
+        if translated is None:
+            return self.label, self.description
+        return translated.label, translated.description or self.description
 
 
 class ConsentForm(_Strict):

@@ -26,6 +26,7 @@ from sqlalchemy import Connection, Select, func, insert, literal, select, update
 from lifecycle import config
 from lifecycle.channels import registry
 from lifecycle.channels.email import EMAIL_CHANNEL
+from lifecycle.messages import i18n
 from lifecycle.model import schema
 from lifecycle.model.db import utc_naive
 from lifecycle.model.schema import CAPTURE_GRANTED, CAPTURE_PENDING, CONSENT_PURPOSES
@@ -133,21 +134,29 @@ def confirm(conn: Connection, capture_id: int, now: datetime) -> Confirmation:
     return Confirmation.CONFIRMED if granted else Confirmation.ALREADY_USED
 
 
-def confirmation_email(brand: config.Brand, form: config.ConsentForm, url: str) -> tuple[str, str, str]:
-    """The confirmation email's subject, HTML and text: the consent text agreed to and the link."""
-    subject = f"Confirm your subscription to {brand.name}"
+def confirmation_email(
+    brand: config.Brand, form: config.ConsentForm, url: str, language: str = i18n.DEFAULT
+) -> tuple[str, str, str]:
+    """The confirmation email's subject, HTML and text in ``language`` (the form's): the consent text
+    agreed to (the operator's words, as shown) and the link."""
+
+    def say(key: str, **values: str) -> str:
+        return i18n.text(language, key, **values)
+
+    subject = say("email_subject", brand=brand.name)
     text = (
-        f"Please confirm that you want to receive emails from {brand.name}.\n\n"
-        f"You agreed to: {form.consent_text}\n\nConfirm: {url}\n\n"
-        "If you did not ask for this, ignore this email: nothing will be sent to you.\n"
+        f"{say('email_intro', brand=brand.name)}\n\n"
+        f"{say('email_agreed', consent=form.consent_text)}\n\n{say('email_confirm')}: {url}\n\n"
+        f"{say('email_ignore')}\n"
         f"{brand.postal_address}\n"
     )
     body = (
-        f"<p>Please confirm that you want to receive emails from {html.escape(brand.name)}.</p>"
-        f"<p>You agreed to: {html.escape(form.consent_text)}</p>"
-        f'<p><a href="{html.escape(url)}">Confirm my subscription</a></p>'
-        "<p>If you did not ask for this, ignore this email: nothing will be sent to you.</p>"
-        f"<p>{html.escape(brand.postal_address)}</p>"
+        f'<div lang="{html.escape(language)}">'
+        f"<p>{html.escape(say('email_intro', brand=brand.name))}</p>"
+        f"<p>{html.escape(say('email_agreed', consent=form.consent_text))}</p>"
+        f'<p><a href="{html.escape(url)}">{html.escape(say("confirm_button"))}</a></p>'
+        f"<p>{html.escape(say('email_ignore'))}</p>"
+        f"<p>{html.escape(brand.postal_address)}</p></div>"
     )
     return subject, body, text
 

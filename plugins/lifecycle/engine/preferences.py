@@ -86,6 +86,14 @@ def _channel_subscribed(conn: Connection, contact_id: str, channel: str) -> bool
     return listed is None and newest not in ("withdrawn", "denied")
 
 
+def contact_locale(conn: Connection, contact_id: str) -> str | None:
+    """The contact's ``locale`` from the CRM (``de-DE``), for the language of its pages; None when
+    the contact is not there or has none."""
+    c = schema.contacts
+    found = conn.execute(select(c.c.locale).where(c.c.contact_id == contact_id).limit(1)).scalar_one_or_none()
+    return found if isinstance(found, str) else None
+
+
 def read_preferences(conn: Connection, token: UnsubscribeToken, policy: config.Policy) -> Preferences:
     """The contact's topics and channels as they stand now."""
     contact = token.contact_id

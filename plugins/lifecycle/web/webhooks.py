@@ -7,7 +7,8 @@
   (``lifecycle_default`` host + path, else the URL the request arrived on).
 - ``GET /unsubscribe?token=...`` opens the preference centre (the contact's topics and channels, a
   plain form posted to ``/preferences?token=...``); ``POST`` is the RFC 8058 one-click, from the
-  message's topic when its program has one, else from the channel's marketing.
+  message's topic when its program has one, else from the channel's marketing. These pages speak the
+  contact's language (``contacts.locale``; :mod:`lifecycle.messages.i18n`), ``?lang=`` overriding it.
 
 A request that fails verification gets 403 and changes nothing; a route whose provider
 connection is not configured answers 503 (the provider retries later) and logs the connection's
@@ -28,7 +29,7 @@ import binascii
 import html
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qsl, urlencode
 
@@ -54,6 +55,7 @@ from lifecycle.engine.feedback import (
     twilio_status_event,
     unsubscribe_event,
 )
+from lifecycle.messages import i18n
 from lifecycle.messages.links import (
     MESSAGE_ID_PARAM,
     PREFERENCES_PATH,
@@ -263,7 +265,7 @@ async def twilio_inbound(request: Request) -> Response:
 
 
 _PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width">
+<html lang="{lang}"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width">
 <title>{title}</title><style>
 body{{font-family:sans-serif;max-width:34rem;margin:3rem auto;padding:0 1rem;line-height:1.5;color:#1a1a1a}}
 fieldset{{border:1px solid #767676;border-radius:6px;margin:1rem 0;padding:.5rem 1rem 1rem}}
@@ -279,18 +281,35 @@ button.secondary{{background:#fff;color:#1f4fa3}}
 <body><main><h1>{title}</h1>{body}</main></body></html>"""
 
 
-def page(title: str, body_html: str, status_code: int = 200) -> HTMLResponse:
-    """One of the app's plain, accessible pages (the preference centre's, subscription capture's)."""
-    return HTMLResponse(_PAGE.format(title=html.escape(title), body=body_html), status_code=status_code)
+def page(title: str, body_html: str, status_code: int = 200, language: str = i18n.DEFAULT) -> HTMLResponse:
+    """One of the app's plain, accessible pages (the preference centre's, subscription capture's), in
+    ``language`` (its ``<html lang>``)."""
+    return HTMLResponse(
+        _PAGE.format(title=html.escape(title), body=body_html, lang=html.escape(language)),
+        status_code=status_code,
+        headers={"Content-Language": language, "Vary": "Accept-Language"},
+    )
 
 
-def _verify_token(token: str) -> UnsubscribeToken | HTMLResponse:
+def text_page(language: str, title_key: str, text_key: str, status_code: int = 200, role: str = "") -> HTMLResponse:
+    """A page of one paragraph, both from the catalogue; ``role`` (``status``, ``alert``) announces it."""
+    attribute = f' role="{role}"' if role else ""
+    paragraph = f"<p{attribute}>{html.escape(i18n.text(language, text_key))}</p>"
+    return page(i18n.text(language, title_key), paragraph, status_code, language)
+
+
+def request_language(request: Request, lang: str = "") -> str:
+    """The language of a page that does not know the person: ``?lang=``, else ``Accept-Language``."""
+    return i18n.negotiate(override=lang, accept_language=request.headers.get("accept-language"))
+
+
+def _verify_token(token: str, language: str) -> UnsubscribeToken | HTMLResponse:
     """The token's contents, or the error page for a link that is not ours."""
     secret = PublicLinks.load().secret
     try:
         return verify_unsubscribe_token(secret, token)
     except InvalidToken:
-        return page("Link not valid", "<p>This unsubscribe link is not valid. Use the link from the message.</p>", 400)
+        return text_page(language, "link_invalid_title", "unsubscribe_link_invalid", 400)
 
 
 _TEST_COPY_PAGE = (
@@ -306,70 +325,123 @@ def unsubscribe_from_test_copy() -> HTMLResponse:
     return page("Test copy", _TEST_COPY_PAGE)
 
 
-def _choice_html(kind: str, choice: preferences.Choice) -> str:
+def _choice_html(kind: str, choice: preferences.Choice, language: str) -> str:
     """One checkbox with its label (and its description, read out with it); a topic that cannot be
-    opted out of is shown checked and disabled, saying why."""
+    opted out of is shown checked and disabled, saying why. A channel's label is in ``language``; a
+    topic's is the policy's (:func:`_in_language`)."""
     key = html.escape(choice.key)
-    hint = choice.description if choice.optional else f"{choice.description} Always sent: we must tell you.".strip()
+    label = choice.label
+    if kind == "channel":
+        label = i18n.text(language, "channel_choice", channel=i18n.channel_name(language, choice.key))
+    always = i18n.text(language, "always_sent")
+    hint = choice.description if choice.optional else f"{choice.description} {always}".strip()
     described = f' aria-describedby="{kind}-{key}-hint"' if hint else ""
     state = (" checked" if choice.subscribed or not choice.optional else "") + ("" if choice.optional else " disabled")
     return (
         f'<div class="choice"><input type="checkbox" id="{kind}-{key}" name="{kind}" value="{key}"{state}{described}>'
-        f'<label for="{kind}-{key}">{html.escape(choice.label)}'
+        f'<label for="{kind}-{key}">{html.escape(label)}'
         + (f'<span class="hint" id="{kind}-{key}-hint">{html.escape(hint)}</span>' if hint else "")
         + "</label></div>"
     )
 
 
-def _preference_centre(token: str, parsed: UnsubscribeToken, saved: bool = False) -> HTMLResponse:
+@dataclass(frozen=True)
+class _Visit:
+    """How a preference-centre request asked for its page: the link's token, its ``?lang=`` (empty:
+    none) and the browser's ``Accept-Language``."""
+
+    token: str
+    lang: str
+    accept_language: str | None
+
+    @classmethod
+    def of(cls, request: Request, token: str, lang: str) -> _Visit:
+        return cls(token, lang, request.headers.get("accept-language"))
+
+    @property
+    def fallback(self) -> str:
+        """The language before the contact is known (a link that is not valid)."""
+        return i18n.negotiate(override=self.lang, accept_language=self.accept_language)
+
+    def language(self, contact_locale: object) -> str:
+        return i18n.negotiate(override=self.lang, contact_locale=contact_locale, accept_language=self.accept_language)
+
+    @property
+    def query(self) -> str:
+        """The query the page's forms post to: the token, and ``lang`` when one was asked for."""
+        chosen = i18n.language_of(self.lang)
+        return "?" + urlencode({"token": self.token} | ({"lang": chosen} if chosen else {}))
+
+
+def _in_language(choice: preferences.Choice, policy: config.Policy, language: str) -> preferences.Choice:
+    """A topic's line with the policy's label and description in ``language``, where it has them."""
+    topic = policy.topics.get(choice.key)
+    if topic is None:
+        return choice
+    label, description = topic.words(language)
+    return replace(choice, label=label, description=description)
+
+
+def _preference_centre(visit: _Visit, parsed: UnsubscribeToken, saved: bool = False) -> HTMLResponse:
     policy = config.load_policy()
     with get_engine(state_url()).connect() as conn:
         prefs = preferences.read_preferences(conn, parsed, policy)
-    query = html.escape("?" + urlencode({"token": token}))
+        language = visit.language(preferences.contact_locale(conn, parsed.contact_id))
+    query = html.escape(visit.query)
     topic = policy.topics.get(prefs.topic) if prefs.topic else None
-    what = f"“{topic.label}” messages" if topic else f"all marketing {parsed.channel} messages"
-    body = '<p role="status">Your preferences are saved. They apply from our next send.</p>' if saved else ""
+    channel = i18n.channel_name(language, parsed.channel)
+    what = (
+        i18n.text(language, "one_click_topic", topic=topic.words(language)[0])
+        if topic
+        else i18n.text(language, "one_click_channel", channel=channel)
+    )
+    body = f'<p role="status">{html.escape(i18n.text(language, "preferences_saved"))}</p>' if saved else ""
     body += (
         f'<form method="post" action="{query}">'
         '<input type="hidden" name="List-Unsubscribe" value="One-Click">'
-        f"<p>Unsubscribe from {html.escape(what)} at once:</p>"
-        '<button type="submit" class="secondary">Unsubscribe</button></form>'
+        f"<p>{html.escape(what)}</p>"
+        f'<button type="submit" class="secondary">{html.escape(i18n.text(language, "unsubscribe_button"))}</button>'
+        "</form>"
         f'<form method="post" action="{html.escape(PREFERENCES_PATH)}{query}">'
-        "<p>Or choose what you get from us:</p>"
+        f"<p>{html.escape(i18n.text(language, 'choose'))}</p>"
     )
     if prefs.topics:
-        body += "<fieldset><legend>Topics</legend>" + "".join(_choice_html("topic", c) for c in prefs.topics)
-        body += "</fieldset>"
-    body += "<fieldset><legend>Channels</legend>" + "".join(_choice_html("channel", c) for c in prefs.channels)
-    body += '</fieldset><button type="submit">Save preferences</button></form>'
-    return page("Your subscription preferences", body)
+        body += f"<fieldset><legend>{html.escape(i18n.text(language, 'topics_legend'))}</legend>"
+        topics = [_in_language(c, policy, language) for c in prefs.topics]
+        body += "".join(_choice_html("topic", c, language) for c in topics) + "</fieldset>"
+    body += f"<fieldset><legend>{html.escape(i18n.text(language, 'channels_legend'))}</legend>"
+    body += "".join(_choice_html("channel", c, language) for c in prefs.channels)
+    body += f'</fieldset><button type="submit">{html.escape(i18n.text(language, "save_button"))}</button></form>'
+    return page(i18n.text(language, "preferences_title"), body, language=language)
 
 
 @router.get(UNSUBSCRIBE_PATH, response_class=HTMLResponse)
-def unsubscribe_page(token: str = "") -> HTMLResponse:
+def unsubscribe_page(request: Request, token: str = "", lang: str = "") -> HTMLResponse:
     """The preference centre an unsubscribe link opens; nothing changes until a form is sent."""
-    parsed = _verify_token(token)
+    visit = _Visit.of(request, token, lang)
+    parsed = _verify_token(token, visit.fallback)
     if isinstance(parsed, HTMLResponse):
         return parsed
-    return _preference_centre(token, parsed)
+    return _preference_centre(visit, parsed)
 
 
 @router.post(PREFERENCES_PATH, response_class=HTMLResponse)
-async def save_preferences(request: Request, token: str = "") -> HTMLResponse:
+async def save_preferences(request: Request, token: str = "", lang: str = "") -> HTMLResponse:
     """The preference centre's form: every topic and channel whose box changed is opted out of or
     back into, each with its own row (source ``preference_centre``, the link as proof)."""
-    parsed = _verify_token(token)
+    visit = _Visit.of(request, token, lang)
+    parsed = _verify_token(token, visit.fallback)
     if isinstance(parsed, HTMLResponse):
         return parsed
     try:
         body = (await read_bounded(request, PREFERENCES_MAX_BODY)).decode("utf-8", errors="replace")
     except BodyTooLarge:
-        return page("Form too large", "<p>The form sent was too large.</p>", 413)
+        return text_page(visit.fallback, "form_too_large_title", "form_too_large", 413)
     form = parse_qsl(body, keep_blank_values=True, max_num_fields=200)
-    return await run_in_threadpool(_save_preferences, token, parsed, form)
+    return await run_in_threadpool(_save_preferences, visit, parsed, form)
 
 
-def _save_preferences(token: str, parsed: UnsubscribeToken, form: list[tuple[str, str]]) -> HTMLResponse:
+def _save_preferences(visit: _Visit, parsed: UnsubscribeToken, form: list[tuple[str, str]]) -> HTMLResponse:
     policy = config.load_policy()
     now = datetime.now(UTC)
     with get_engine(state_url()).connect() as conn:
@@ -379,23 +451,29 @@ def _save_preferences(token: str, parsed: UnsubscribeToken, form: list[tuple[str
     events = preferences.changes(prefs, parsed, topics_on, channels_on, now)
     _record(events, now)
     log.info("Preference centre: contact %s changed %d preferences", parsed.contact_id, len(events))
-    return _preference_centre(token, parsed, saved=True)
+    return _preference_centre(visit, parsed, saved=True)
 
 
 @router.post(UNSUBSCRIBE_PATH, response_class=HTMLResponse)
-def unsubscribe_one_click(token: str = "") -> HTMLResponse:
+def unsubscribe_one_click(request: Request, token: str = "", lang: str = "") -> HTMLResponse:
     """One-click unsubscribe (RFC 8058 ``List-Unsubscribe=One-Click``, or the page's button): from
     the message's topic when its program has one, else from the channel's marketing."""
-    parsed = _verify_token(token)
+    visit = _Visit.of(request, token, lang)
+    parsed = _verify_token(token, visit.fallback)
     if isinstance(parsed, HTMLResponse):
         return parsed
     now = datetime.now(UTC)
     policy = config.load_policy()
     with get_engine(state_url()).connect() as conn:
         topic = preferences.message_topic(conn, parsed.message_id, policy)
+        language = visit.language(preferences.contact_locale(conn, parsed.contact_id))
     _record([unsubscribe_event(parsed, now, topic)], now)
     log.info(
         "Unsubscribed contact %s from %s (message %s)", parsed.contact_id, topic or parsed.channel, parsed.message_id
     )
-    what = f"“{policy.topics[topic].label}” messages" if topic else f"marketing {parsed.channel} messages"
-    return page("You are unsubscribed", f"<p>You will get no more {html.escape(what)}.</p>")
+    done = (
+        i18n.text(language, "unsubscribed_topic", topic=policy.topics[topic].words(language)[0])
+        if topic
+        else i18n.text(language, "unsubscribed_channel", channel=i18n.channel_name(language, parsed.channel))
+    )
+    return page(i18n.text(language, "unsubscribed_title"), f"<p>{html.escape(done)}</p>", language=language)

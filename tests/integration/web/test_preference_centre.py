@@ -1,7 +1,7 @@
 """The preference centre an unsubscribe link opens: topics and channels as they stand, a plain form
 that changes them (each change a row with source and proof), one-click still unsubscribing from the
-message's topic, SendGrid's topic groups, refused links; and the page in headless Chromium, walked
-with the keyboard only."""
+message's topic, SendGrid's topic groups, refused links; the page in the contact's language; and the
+page in headless Chromium, walked with the keyboard only, in English and in German."""
 
 from __future__ import annotations
 
@@ -180,6 +180,91 @@ def test_forged_links_are_refused_and_change_nothing(centre, path):
     assert topic_rows(engine, contact) == [] and channel_state(engine, contact) == ([], "test")
 
 
+def test_a_german_contact_sees_the_centre_in_german_and_saving_records_the_same_rows(centre):
+    engine, crm, client, _ = centre
+    german, english = crm.contact(locale="de-DE"), crm.contact()
+    pages = {
+        who: client.get(link(add_message(engine, who, program="guide"), who), headers={"Accept-Language": "fr"})
+        for who in (german, english)
+    }
+
+    page = pages[german].text
+    assert '<html lang="de">' in page and pages[german].headers["content-language"] == "de"
+    assert "<title>Ihre Abonnement-Einstellungen</title>" in page
+    assert "<legend>Themen</legend>" in page and "<legend>Kanäle</legend>" in page
+    assert '<button type="submit">Einstellungen speichern</button>' in page
+    assert '<button type="submit" class="secondary">Abmelden</button>' in page
+    # A topic's label in German where the policy has one (education), else as written (offers).
+    assert "Sofort von Nachrichten zu „Tipps und Anleitungen“ abmelden:" in page
+    assert '<label for="topic-education">Tipps und Anleitungen</label>' in page
+    assert '<label for="topic-offers">Offers and discounts<span class="hint"' in page
+    assert "Tips and guides" not in page
+    assert '<label for="channel-email">Marketing per E-Mail</label>' in page
+    assert "Wird immer gesendet: Wir sind verpflichtet, Sie zu informieren." in page
+    # The contact's locale wins over the browser's (French here), for the en-US contact too.
+    assert '<html lang="en">' in pages[english].text and "Save preferences" in pages[english].text
+    assert checked(page) == checked(pages[english].text)
+
+    form = "topic=education&channel=sms&channel=whatsapp"  # offers and email unticked
+    saved = {
+        who: client.post(
+            link(add_message(engine, who, program="guide"), who).replace("/unsubscribe", "/preferences"),
+            content=form,
+            headers=FORM,
+        )
+        for who in (german, english)
+    }
+    assert saved[german].status_code == saved[english].status_code == 200
+    assert '<html lang="de">' in saved[german].text
+    assert "Ihre Einstellungen sind gespeichert. Sie gelten ab unserem nächsten Versand." in saved[german].text
+    assert checked(saved[german].text) == checked(saved[english].text)
+    assert topic_rows(engine, german) == topic_rows(engine, english) == [("offers", "withdrawn", "preference_centre")]
+    assert channel_state(engine, german) == channel_state(engine, english) == (["unsubscribed"], "preference_centre")
+
+
+@pytest.mark.parametrize(
+    ("locale", "query", "header", "language", "says"),
+    [
+        ("fr_FR", "", None, "fr", "Vos préférences d’abonnement"),
+        ("pt-BR", "", "de", "pt", "Suas preferências de inscrição"),
+        ("nl-BE", "", None, "nl", "Uw abonnementsvoorkeuren"),
+        ("it-IT", "", None, "it", "Preferenze di iscrizione"),
+        ("es-ES", "", None, "es", "Sus preferencias de suscripción"),
+        ("de-DE", "&lang=en", None, "en", "Your subscription preferences"),
+        ("xx-YY", "", None, "en", "Your subscription preferences"),
+        ("hi-IN", "", "es-MX;q=0.7, en;q=0.2", "es", "Sus preferencias de suscripción"),
+        (None, "", ";;q=garbage,,", "en", "Your subscription preferences"),
+        ("", "&lang=%3Cscript%3E", None, "en", "Your subscription preferences"),
+    ],
+)
+def test_the_centres_language_comes_from_the_locale_then_the_browser_then_english(
+    centre, locale, query, header, language, says
+):
+    engine, crm, client, _ = centre
+    contact = crm.contact(locale=locale)
+    headers = {"Accept-Language": header} if header is not None else {}
+    page = client.get(link(add_message(engine, contact, program="promo"), contact) + query, headers=headers)
+    assert page.status_code == 200 and f'<html lang="{language}">' in page.text and says in page.text
+    assert "<script>" not in page.text
+    if query == "&lang=en":  # the forms keep the chosen language
+        assert "&amp;lang=en" in page.text
+
+
+def test_one_click_and_a_forged_link_answer_in_the_contacts_or_browsers_language(centre):
+    engine, crm, client, _ = centre
+    contact = crm.contact(locale="de_DE")
+    done = client.post(link(add_message(engine, contact, program="promo"), contact), **ONE_CLICK)
+    assert done.status_code == 200 and '<html lang="de">' in done.text
+    assert "Sie erhalten keine Nachrichten zu „Offers and discounts“ mehr." in done.text
+    assert topic_rows(engine, contact) == [("offers", "withdrawn", "one_click_unsubscribe")]
+    channel = client.post(link(add_message(engine, contact, program="alpha"), contact), **ONE_CLICK)
+    assert "Sie erhalten keine Marketing-Nachrichten per E-Mail mehr." in channel.text
+
+    forged = client.get("/unsubscribe?token=forged", headers={"Accept-Language": "nl-NL, en;q=0.5"})
+    assert forged.status_code == 400 and '<html lang="nl">' in forged.text
+    assert "Deze afmeldlink is niet geldig." in forged.text
+
+
 def test_sendgrid_group_unsubscribes_and_resubscribes_change_the_matching_topic(centre):
     engine, crm, client, signer = centre
     contact = crm.contact()
@@ -207,6 +292,8 @@ def test_the_preference_centre_in_chromium_walked_with_the_keyboard(centre, tmp_
     engine, crm, _client, _ = centre
     contact = crm.contact()
     message = add_message(engine, contact, program="promo")
+    german = crm.contact(locale="de-DE")
+    german_message = add_message(engine, german, program="promo")
     server = uvicorn.Server(uvicorn.Config(create_app(), host="127.0.0.1", port=0, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -223,6 +310,13 @@ def test_the_preference_centre_in_chromium_walked_with_the_keyboard(centre, tmp_
             before=tmp_path / "preference-centre.png",
             after=tmp_path / "preference-centre-saved.png",
         )
+        # The same walk on a German contact's page (locale de-DE), as rendered.
+        german_walk = keyboard_walk(
+            base + link(german_message, german),
+            ["Tab", "Tab", "Space", "Enter"],
+            before=tmp_path / "preference-centre-de.png",
+            after=tmp_path / "preference-centre-de-saved.png",
+        )
     finally:
         server.should_exit = True
         thread.join(5)
@@ -232,3 +326,17 @@ def test_the_preference_centre_in_chromium_walked_with_the_keyboard(centre, tmp_
     assert (tmp_path / "preference-centre.png").stat().st_size > 0
     assert (tmp_path / "preference-centre-saved.png").stat().st_size > 0
     assert topic_rows(engine, contact) == [("offers", "withdrawn", "preference_centre")]
+
+    assert german_walk.focused == ["Abmelden", "topic-offers"]
+    for shown in (
+        "Ihre Abonnement-Einstellungen",
+        "Themen",
+        "Tipps und Anleitungen",
+        "Kanäle",
+        "Marketing per E-Mail",
+        "Einstellungen speichern",
+    ):
+        assert shown in german_walk.final_text
+    assert "Ihre Einstellungen sind gespeichert" in german_walk.final_text
+    assert (tmp_path / "preference-centre-de.png").stat().st_size > 0
+    assert topic_rows(engine, german) == [("offers", "withdrawn", "preference_centre")]

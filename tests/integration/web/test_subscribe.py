@@ -167,6 +167,96 @@ def test_the_answer_is_the_same_for_a_known_and_an_unknown_address_and_json_work
     }
 
 
+GERMAN = {"Accept-Language": "de-DE,de;q=0.9,en-US;q=0.8,en;q=0.7"}
+
+
+def test_the_form_follows_accept_language_and_says_which(signup):
+    _engine, _c, client, _sandbox = signup
+    german = client.get("/subscribe", params={"form": "newsletter"}, headers=GERMAN)
+    assert german.status_code == 200 and '<html lang="de">' in german.text
+    assert '<label for="email">E-Mail-Adresse</label>' in german.text
+    assert '<button type="submit">Abonnieren</button>' in german.text
+    assert 'name="lang" value="de"' in german.text  # sent back, for the confirmation email
+    # The operator's words (the consent text) are shown as configured.
+    assert "Send me Northwind&#x27;s offers" in german.text
+    assert german.headers["content-language"] == "de"
+
+    french_first = client.get(
+        "/subscribe", params={"form": "newsletter"}, headers={"Accept-Language": "da, fr;q=0.9, de;q=0.5"}
+    )
+    assert '<html lang="fr">' in french_first.text and "Adresse e-mail" in french_first.text
+    chosen = client.get("/subscribe", params={"form": "newsletter", "lang": "nl"}, headers=GERMAN)
+    assert '<html lang="nl">' in chosen.text and "E-mailadres" in chosen.text
+    for header in ("", "tlh, x-pig-latin;q=0.5", ";;q=;,*", "de;q=0"):
+        plain = client.get("/subscribe", params={"form": "newsletter"}, headers={"Accept-Language": header})
+        assert plain.status_code == 200 and '<html lang="en">' in plain.text and "Email address" in plain.text
+    missing = client.get("/subscribe", params={"form": "nope"}, headers={"Accept-Language": "es"})
+    assert missing.status_code == 404 and "No existe ningún formulario" in missing.text
+
+
+def test_a_subscription_in_german_gets_a_german_email_and_german_confirmation_pages(signup):
+    engine, _c, client, sandbox = signup
+    answer = client.post(
+        "/subscribe",
+        data={"email": "grete@example.com", "form": "newsletter", "version": "3", "consent": "yes", "lang": "de"},
+    )
+    assert answer.status_code == 200 and '<html lang="de">' in answer.text
+    assert "Bitte prüfen Sie Ihr Postfach" in answer.text
+    (mail,) = sandbox.sendgrid_messages(to="grete@example.com")
+    assert mail["subject"] == "Bestätigen Sie Ihr Abonnement bei Lifecycle"
+    assert "Bitte bestätigen Sie, dass Sie E-Mails von Lifecycle erhalten möchten." in mail["text"]
+    assert "Sie haben zugestimmt: Send me Northwind's offers" in mail["text"]
+    assert '<div lang="de">' in mail["html"] and ">Mein Abonnement bestätigen</a>" in mail["html"]
+    url = re.search(r"Bestätigen: (\S+)", mail["text"]).group(1)
+    assert url.startswith(f"{PUBLIC_BASE}/subscribe/confirm?token=") and url.endswith("&lang=de")
+    path = url.removeprefix(PUBLIC_BASE)
+
+    # The link carries the form's language, whatever the browser that opens it says.
+    shown = client.get(path, headers={"Accept-Language": "fr"})
+    assert shown.status_code == 200 and '<html lang="de">' in shown.text
+    assert ">Mein Abonnement bestätigen</button>" in shown.text and "lang=de" in shown.text
+    confirmed = client.post(path)
+    assert confirmed.status_code == 200 and "Vielen Dank: Ihr Abonnement ist bestätigt." in confirmed.text
+    again = client.post(path)
+    assert again.status_code == 409 and "bereits verwendet" in again.text
+    assert [row["status"] for row in captures(engine)] == ["granted"]
+
+
+def test_the_confirmation_pages_follow_accept_language_when_the_link_names_no_language(signup):
+    engine, _c, client, sandbox = signup
+    subscribe(client, "pierre@example.com")
+    (mail,) = sandbox.sendgrid_messages(to="pierre@example.com")
+    assert mail["subject"] == "Confirm your subscription to Lifecycle"  # no language asked: English
+    path = confirmation_path(sandbox, "pierre@example.com")
+    assert "lang=" not in path
+    french = {"Accept-Language": "fr-FR,fr;q=0.9"}
+    shown = client.get(path, headers=french)
+    assert '<html lang="fr">' in shown.text and ">Confirmer mon abonnement</button>" in shown.text
+    assert "Merci : votre abonnement est confirmé." in client.post(path, headers=french).text
+    forged = client.get(path[:-3] + ("AAA" if not path.endswith("AAA") else "BBB"), headers={"Accept-Language": "it"})
+    assert forged.status_code == 400 and "Questo link di conferma non è valido" in forged.text
+    expired = make_confirmation_token(LINK_SECRET, captures(engine)[0]["capture_id"], datetime(2020, 1, 1))
+    answer = client.get("/subscribe/confirm", params={"token": expired}, headers={"Accept-Language": "pt-BR"})
+    assert answer.status_code == 410 and "Este link de confirmação expirou" in answer.text
+
+
+def test_refusals_and_json_answers_are_in_the_requests_language(signup):
+    engine, _c, client, _sandbox = signup
+    refused = client.post(
+        "/subscribe",
+        data={"email": "x@example.com", "form": "newsletter", "version": "3", "lang": "es"},
+    )
+    assert refused.status_code == 400 and '<html lang="es">' in refused.text
+    assert "Marque la casilla" in refused.text
+    as_json = client.post(
+        "/subscribe",
+        json={"email": "json@example.com", "form": "newsletter", "version": "3", "consent": True},
+        headers={"Accept-Language": "it-IT"},
+    )
+    assert as_json.status_code == 202 and as_json.json()["detail"].startswith("Se l’indirizzo")
+    assert [row["status"] for row in captures(engine)] == ["pending"]
+
+
 @pytest.mark.parametrize(
     ("fields", "status", "says"),
     [

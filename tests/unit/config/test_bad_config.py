@@ -109,7 +109,13 @@ FULL_POLICY: dict[str, Any] = yaml.safe_load((FIXTURES / "config" / "policy.yml"
         "postal_address": "1 Harbour Street",
     },
     "topics": {
-        "offers": {"label": "Offers", "description": "Discounts and deals", "sendgrid_group": 101, "optional": True}
+        "offers": {
+            "label": "Offers",
+            "description": "Discounts and deals",
+            "sendgrid_group": 101,
+            "optional": True,
+            "translations": {"de": {"label": "Angebote", "description": "Rabatte und Aktionen"}},
+        }
     },
     "regions": {"eu": {"countries": ["DE", "FR"], "legal_basis": {"email": {"marketing": "explicit"}}}},
     "unknown_country": "default",
@@ -461,6 +467,21 @@ def test_a_purpose_left_out_of_legal_basis_keeps_its_default(tmp_path):
     left_out = {key: value for key, value in FULL_POLICY.items() if key != "legal_basis"}
     policy = config.load_policy(write(tmp_path, left_out, "policy.yml"))
     assert policy.legal_basis == {"marketing": "explicit", "transactional": "implied"}
+
+
+def test_topic_translations_are_by_language_code_and_fall_back_to_the_words_as_written(tmp_path):
+    offers = FULL_POLICY["topics"]["offers"]
+    policy = config.load_policy(write(tmp_path, FULL_POLICY, "policy.yml"))
+    assert policy.topics["offers"].words("de") == ("Angebote", "Rabatte und Aktionen")
+    assert policy.topics["offers"].words("fr") == ("Offers", "Discounts and deals")
+    label_only = FULL_POLICY | {"topics": {"offers": offers | {"translations": {"nl": {"label": "Aanbiedingen"}}}}}
+    policy = config.load_policy(write(tmp_path, label_only, "policy.yml"))
+    assert policy.topics["offers"].words("nl") == ("Aanbiedingen", "Discounts and deals")
+    german = FULL_POLICY | {"topics": {"offers": offers | {"translations": {"German": {"label": "Angebote"}}}}}
+    path = write(tmp_path, german, "policy.yml")
+    with pytest.raises(config.ConfigError) as err:
+        config.load_policy(path)
+    assert_names(err.value, path, "topics.offers.translations.German")
 
 
 def test_two_topics_with_one_sendgrid_group_name_both_and_the_fix(tmp_path):
