@@ -427,6 +427,7 @@ def record_results(
             }
         )
     if rows:
+        rows.sort(key=lambda row: row["mid"])  # in message id order, as feedback.apply_events locks them
         with engine.begin() as conn:
             conn.execute(
                 update(M)

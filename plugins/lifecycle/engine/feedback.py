@@ -662,5 +662,14 @@ def apply_event(conn: Connection, event: FeedbackEvent, received_at: datetime) -
 
 
 def apply_events(conn: Connection, events: Iterable[FeedbackEvent], received_at: datetime) -> int:
-    """Apply a batch of events on one connection (one transaction); returns how many were new."""
+    """Apply a batch of events on one connection (one transaction); returns how many were new.
+
+    The ledger messages the events name are locked first, in message id order, the order a send
+    task writes its outcomes in: a webhook batch and a send task recording some of the same
+    messages (a delivery reported before its send was recorded) then wait for each other on
+    PostgreSQL instead of deadlocking, which failed the send task until its retry."""
+    events = list(events)
+    if named := sorted({event.message_id for event in events if event.message_id is not None}):
+        locked = select(messages.c.message_id).where(messages.c.message_id.in_(named))
+        conn.execute(locked.order_by(messages.c.message_id).with_for_update())
     return sum(apply_event(conn, event, received_at) for event in events)

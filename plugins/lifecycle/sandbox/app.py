@@ -11,15 +11,17 @@ Provider endpoints:
 Control endpoints (JSON, no auth): ``GET /_sandbox/health``, ``GET /_sandbox/sendgrid/messages``
 and ``GET /_sandbox/twilio/messages`` (optional ``?to=``), ``GET /_sandbox/sendgrid/public_key``,
 ``POST /_sandbox/sendgrid/events``, ``POST /_sandbox/twilio/inbound``, ``GET|POST /_sandbox/faults``,
-``GET /_sandbox/stats``, ``GET /_sandbox/webhooks`` (optional ``?provider=``), ``POST /_sandbox/flush``
-and ``POST /_sandbox/reset``. Faults apply to the three send endpoints only (targets ``sendgrid``,
-``twilio``, ``webhook``).
+``GET /_sandbox/stats``, ``GET /_sandbox/webhooks`` (optional ``?provider=``), ``POST /_sandbox/flush``,
+``POST /_sandbox/reset`` and ``GET|POST /_sandbox/latency`` (``{"median_ms": 150, "sigma": 0.4}``:
+the provider latency from now on; ``median_ms`` 0 is none; a reset leaves it as it is). Faults apply
+to the three send endpoints only (targets ``sendgrid``, ``twilio``, ``webhook``).
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import math
 import re
 import threading
 from collections.abc import Callable
@@ -28,6 +30,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from lifecycle.sandbox.faults import FaultPlan, FaultRequestError, Target, parse_fault_request
+from lifecycle.sandbox.latency import DEFAULT_SIGMA, Latency
 from lifecycle.sandbox.records import Recorder
 from lifecycle.sandbox.sendgrid_api import SendGridApi, errors_reply
 from lifecycle.sandbox.sendgrid_events import BOUNCE_TYPES, EVENT_TYPES
@@ -66,7 +69,9 @@ class SandboxApp:
         twilio_auth_token: str,
         sendgrid_webhook_url: str | None,
         twilio_inbound_url: str | None,
+        latency: Latency | None = None,
     ) -> None:
+        self.latency = latency or Latency()
         self.recorder = Recorder()
         self.faults = FaultPlan()
         self.signer = EventWebhookSigner()
@@ -90,6 +95,8 @@ class SandboxApp:
             ("GET", "webhooks"): lambda request: {"webhooks": self.dispatcher.entries(_query(request, "provider"))},
             ("POST", "flush"): self._post_flush,
             ("POST", "reset"): lambda request: self.reset(),
+            ("GET", "latency"): lambda request: _describe_latency(self.latency),
+            ("POST", "latency"): self._post_latency,
         }
 
     def start(self) -> None:
@@ -241,9 +248,25 @@ class SandboxApp:
         self.faults.add(targets, fault, count)
         return {"pending": self.faults.pending()}
 
+    def _post_latency(self, request: Request) -> dict[str, Any]:
+        payload = _json_body(request)
+        try:
+            median_ms, sigma = float(payload.get("median_ms", 0)), float(payload.get("sigma", DEFAULT_SIGMA))
+            if not (math.isfinite(median_ms) and math.isfinite(sigma)):
+                raise ValueError("not a finite number")
+            latency = Latency(median_ms, sigma)
+        except (TypeError, ValueError) as error:
+            raise ControlError(f"median_ms and sigma must be non-negative numbers: {error}") from None
+        self.latency = latency
+        return _describe_latency(latency)
+
     def _post_flush(self, request: Request) -> dict[str, int]:
         timeout = _json_body(request).get("timeout", DEFAULT_FLUSH_TIMEOUT)
         return self.dispatcher.flush(float(timeout))
+
+
+def _describe_latency(latency: Latency) -> dict[str, Any]:
+    return {"median_ms": latency.median_ms, "sigma": latency.sigma, "description": latency.describe()}
 
 
 def _twilio_route(path: str) -> tuple[str, str | None] | None:

@@ -49,7 +49,8 @@ Handler = Callable[[Request], Reply | Hangup]
 class HttpServer:
     """HTTP/1.1 keep-alive server on an asyncio loop in a background thread, answering each request
     with ``handle`` (run in a pool of ``threads``). A request that is not a control request
-    (``/_sandbox/...``) first waits a sample of ``latency``.
+    (``/_sandbox/...``) first waits a sample of ``latency`` (a :class:`Latency`, or a callable read
+    at every request, so that the latency can change while the server runs).
 
     ``port=0`` picks a free port; :attr:`port` tells which once started.
     """
@@ -59,19 +60,25 @@ class HttpServer:
         handle: Handler,
         host: str = "127.0.0.1",
         port: int = 0,
-        latency: Latency | None = None,
+        latency: Latency | Callable[[], Latency] | None = None,
         threads: int = APP_THREADS,
     ) -> None:
         self.handle = handle
         self.host = host
         self.port = port
-        self.latency = latency or Latency()
+        fixed = latency if isinstance(latency, Latency) else Latency()
+        self._latency: Callable[[], Latency] = latency if callable(latency) else lambda: fixed
         self._threads = threads
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
+
+    @property
+    def latency(self) -> Latency:
+        """The latency provider requests wait now."""
+        return self._latency()
 
     def start(self) -> HttpServer:
         """Bind, then serve in a background thread; returns self."""
@@ -193,7 +200,8 @@ class SandboxServer:
     to each request's ``StatusCallback``; SendGrid events to ``sendgrid_webhook_url``; inbound SMS
     (``/_sandbox/twilio/inbound``) to ``twilio_inbound_url``. Without a URL, webhooks are logged
     (``webhooks()``) but not posted. ``latency`` is how long each provider request takes to answer
-    (none by default: loopback speed).
+    (none by default: loopback speed); :meth:`set_latency` (``POST /_sandbox/latency``) changes it
+    while the sandbox runs.
     """
 
     def __init__(
@@ -209,13 +217,13 @@ class SandboxServer:
     ) -> None:
         self.host = host
         self.port = port
-        self.latency = latency or Latency()
         self.app = SandboxApp(
             sendgrid_api_key=sendgrid_api_key,
             twilio_account_sid=twilio_account_sid,
             twilio_auth_token=twilio_auth_token,
             sendgrid_webhook_url=sendgrid_webhook_url,
             twilio_inbound_url=twilio_inbound_url,
+            latency=latency,
         )
         self._http: HttpServer | None = None
 
@@ -223,7 +231,7 @@ class SandboxServer:
         """Bind, then serve in a background thread; returns self."""
         if self._http is not None:
             raise RuntimeError("the sandbox is already running")
-        self._http = HttpServer(self.app.handle, self.host, self.port, self.latency).start()
+        self._http = HttpServer(self.app.handle, self.host, self.port, lambda: self.app.latency).start()
         self.port = self._http.port
         self.app.start()
         return self
@@ -248,6 +256,15 @@ class SandboxServer:
     def url(self) -> str:
         """The base URL clients use as the provider host (``http://127.0.0.1:<port>``)."""
         return f"http://{self.host}:{self.port}"
+
+    @property
+    def latency(self) -> Latency:
+        """How long each provider request waits before it is answered, now."""
+        return self.app.latency
+
+    def set_latency(self, latency: Latency) -> None:
+        """Make every provider request from now on wait a sample of ``latency``."""
+        self.app.latency = latency
 
     @property
     def public_key(self) -> str:

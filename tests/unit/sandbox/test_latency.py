@@ -73,3 +73,45 @@ def test_four_hundred_requests_in_flight_take_about_one_round_trip() -> None:
     assert control_seconds < 0.1, "control requests are not delayed"
     # One thread per request, or a pool that sleeps, would take many round trips for 400 requests.
     assert elapsed < 1.5, f"400 concurrent requests at 150 ms took {elapsed:.2f} s"
+
+
+def _timed_create(sandbox: SandboxServer, session: requests.Session) -> float:
+    started = time.monotonic()
+    response = session.post(
+        f"{sandbox.url}/2010-04-01/Accounts/{DEFAULT_TWILIO_SID}/Messages.json",
+        data={"To": "+15555550100", "From": "+15017122661", "Body": "Hi"},
+        auth=(DEFAULT_TWILIO_SID, DEFAULT_TWILIO_TOKEN),
+        timeout=5,
+    )
+    assert response.status_code == 201, response.text
+    return time.monotonic() - started
+
+
+def test_the_latency_is_set_through_the_control_api_while_the_sandbox_runs() -> None:
+    with SandboxServer() as sandbox, requests.Session() as session:
+        control = f"{sandbox.url}/_sandbox/latency"
+        assert session.get(control, timeout=5).json() == {"median_ms": 0.0, "sigma": 0.4, "description": "none"}
+        fast = _timed_create(sandbox, session)
+
+        answer = session.post(control, json={"median_ms": 300, "sigma": 0.1}, timeout=5).json()
+        assert answer == {"median_ms": 300.0, "sigma": 0.1, "description": "median 300 ms, p99 379 ms (lognormal)"}
+        assert sandbox.latency == Latency(300, 0.1)
+        slow = _timed_create(sandbox, session)
+        # Lognormal around 300 ms with sigma 0.1: below e^(-5 sigma) x 300 ms one request in 3.5 million.
+        assert slow >= 0.3 * math.exp(-0.5) > fast
+
+        sandbox.reset()
+        assert sandbox.latency == Latency(300, 0.1), "a reset forgets records, not the latency"
+        session.post(control, json={"median_ms": 0}, timeout=5).raise_for_status()
+        assert _timed_create(sandbox, session) < 0.1
+
+
+@pytest.mark.parametrize(
+    "body", [{"median_ms": -1}, {"median_ms": "slow"}, {"median_ms": 100, "sigma": -0.1}, {"median_ms": "nan"}]
+)
+def test_a_bad_latency_is_refused_and_changes_nothing(body: dict) -> None:
+    with SandboxServer(latency=Latency(50)) as sandbox:
+        response = requests.post(f"{sandbox.url}/_sandbox/latency", json=body, timeout=5)
+        assert response.status_code == 400
+        assert "median_ms and sigma must be non-negative numbers" in response.json()["error"]
+        assert sandbox.latency == Latency(50)
