@@ -31,7 +31,6 @@ from sqlalchemy.pool import NullPool
 
 from lifecycle.messages.links import MESSAGE_ID_PARAM
 from lifecycle.model import schema
-from lifecycle.paths import PROJECT_ROOT
 from tests.e2e.conftest import E2E_AS_OF, Cluster
 from tests.support.cluster import ClusterError, Service, free_port, stop_all, wait_for
 from tests.support.invariants import GONE_OUT, inconsistent, lost, sent_twice
@@ -134,12 +133,11 @@ def _seed_contacts(cluster: Cluster, segment: str) -> None:
 @pytest.fixture(scope="module")
 def programs(cluster: Cluster) -> Iterator[list[str]]:
     """Two copies of one email program, each with its own contacts, sending in batches of
-    ``BATCH_SIZE``; parsed and unpaused. Removed afterwards, with the shipped policy put back."""
+    ``BATCH_SIZE``; parsed and unpaused. Removed afterwards, with the cluster's policy put back."""
     config = cluster.topology.config_dir
     policy = config / "policy.yml"
-    shipped = PROJECT_ROOT / "config" / "policy.yml"
-    text = shipped.read_text()
-    assert re.search(r"^send_batch_size: \d+$", text, re.MULTILINE), "the shipped policy sets send_batch_size"
+    text = policy.read_text()  # the cluster's policy (the shipped one with the events queue)
+    assert re.search(r"^send_batch_size: \d+$", text, re.MULTILINE), "the cluster's policy sets send_batch_size"
     policy.unlink()
     policy.write_text(re.sub(r"^send_batch_size: \d+$", f"send_batch_size: {BATCH_SIZE}", text, flags=re.MULTILINE))
     dag_ids = ["scale_one", "scale_two"]
@@ -161,8 +159,7 @@ def programs(cluster: Cluster) -> Iterator[list[str]]:
                 cluster.api.call("PATCH", f"/dags/{dag_id}", json={"is_paused": True})
         for path in files:
             path.unlink(missing_ok=True)
-        policy.unlink()
-        policy.symlink_to(shipped)
+        policy.write_text(text)
 
 
 @pytest.fixture(scope="module")
