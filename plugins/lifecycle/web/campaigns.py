@@ -15,44 +15,28 @@ user sees the page (a browser without a session is sent to Airflow's login page)
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-import pandas as pd
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse
-from sqlalchemy import Engine, func, inspect, select
+from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 
 from lifecycle import config, paths
 from lifecycle.config import Cap, Policy, Program
 from lifecycle.messages.rendering import environment
-from lifecycle.model import schema
 from lifecycle.model.db import get_engine, state_url, utc_naive
 from lifecycle.model.ledger import Status
-from lifecycle.reporting import charts, digest, display, measurement, performance, realtime, timeline
+from lifecycle.reporting import digest, display, figures, measurement, performance, realtime, timeline
 from lifecycle.reporting.display import duration, segment, step_timing
 from lifecycle.web import actions
 from lifecycle.web.signin import SignedIn, signed_in_page
 
 CAMPAIGNS_PATH = "/campaigns"
 CONTACT_PATH = "/campaigns/contact"
-TREND_WEEKS = 12
-CHART_SIZE = (560, 170)
 router = APIRouter()
-
-
-def latest_runs(engine: Engine) -> dict[str, datetime]:
-    """Each program's newest logged run (its as-of time); empty before the first run."""
-    if not inspect(engine).has_table(schema.kpis.name):
-        return {}
-    k = schema.kpis
-    with engine.connect() as conn:
-        return {
-            program: at for program, at in conn.execute(select(k.c.program, func.max(k.c.as_of)).group_by(k.c.program))
-        }
 
 
 SERVICE_NOTE = "service message: not counted by marketing caps, not stopped by a marketing unsubscribe"
@@ -105,23 +89,6 @@ def catalog_view(program: Program) -> dict[str, Any]:
     }
 
 
-def funnel_chart(program_id: str, trend: pd.DataFrame) -> str:
-    """The program's funnel per week (entered, planned, blocked, messages) and its KPI rate vs
-    holdout, as a PNG data URI."""
-    weeks = digest.program_weeks(trend, program_id)
-    funnel = charts.Panel(
-        "Funnel per week",
-        [
-            charts.Series("enrolled", list(weeks["enrolled"])),
-            charts.Series("planned", list(weeks[Status.PLANNED])),
-            charts.Series("suppressed or capped", list(weeks[Status.SUPPRESSED] + weeks[Status.CAPPED]), dashed=True),
-            charts.Series("messages", list(weeks["messages"])),
-        ],
-    )
-    png = charts.render(digest.week_labels(weeks), [funnel, digest.kpi_panel(weeks)], CHART_SIZE)
-    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
-
-
 def _step_row(figures: performance.StepFigures, step: dict[str, Any] | None) -> dict[str, Any]:
     funnel = figures.funnel
     return {
@@ -151,25 +118,26 @@ def steps_view(program: Program, figures: list[performance.StepFigures]) -> list
     return sorted(rows, key=lambda r: (order.get(r["id"], len(order)), r["id"], r["variant"] or ""))
 
 
-def _measured_view(
-    engine: Engine,
-    program: Program,
-    row: Mapping[str, Any],
-    at: datetime,
-    weeks: tuple[performance.Funnel, performance.Funnel],
-    history: pd.DataFrame,
-    currency: str,
-) -> dict[str, Any]:
-    trend = digest.period_trend(history, [program.id], at, TREND_WEEKS)
-    figures = performance.step_performance(engine, program, at)
+def _measured_view(program: Program, stored: figures.Stored, currency: str) -> dict[str, Any]:
+    """One program's card from its figures (stored, or just computed: the same payload)."""
+    payload = stored.payload
+    steps = figures.steps_of(payload)
     return (
-        digest.program_view(program, row, trend, *weeks, currency=currency)
+        digest.program_view(
+            program,
+            payload["kpis"],
+            figures.trend_of(payload),
+            figures.funnel_of(payload["week"]),
+            figures.funnel_of(payload["week_before"]),
+            currency=currency,
+        )
         | catalog_view(program)
         | {
-            "as_of": at,
-            "chart": funnel_chart(program.id, trend),
-            "performance": steps_view(program, figures),
-            "simulated": any(f.funnel.outcomes[performance.SIMULATED] for f in figures),
+            "as_of": stored.as_of,
+            "computed_at": stored.computed_at,
+            "chart": payload["chart"],
+            "performance": steps_view(program, steps),
+            "simulated": any(f.funnel.outcomes[performance.SIMULATED] for f in steps),
         }
     )
 
@@ -204,28 +172,32 @@ def campaigns_page(
     programs, errors = config.load_all_programs()
     programs = digest.ordered(programs)
     policy = config.load_policy()
-    newest = latest_runs(engine)
-    measured = {
-        pid: utc_naive(as_of) if as_of else newest[pid] for pid in programs if as_of is not None or pid in newest
-    }
     now = utc_naive(datetime.now(UTC))
+    if as_of is None:
+        found = figures.current(engine, programs)
+    else:
+        at = utc_naive(as_of)
+        payloads = figures.compute(engine, programs, dict.fromkeys(programs, at))
+        found = {
+            pid: figures.Stored(pid, at, "", now.replace(microsecond=0), figures.VERSION, payload)
+            for pid, payload in payloads.items()
+        }
     views = []
-    if measured:
-        chosen = {pid: programs[pid] for pid in measured}
-        kpis = {r["program"]: r for r in digest.records(measurement.program_kpis(engine, chosen, measured))}
-        weeks = digest.weekly_funnels(engine, measured)
-        history = measurement.funnel_history(engine)
     for pid, program in programs.items():
-        if pid in measured:
-            view = _measured_view(engine, program, kpis[pid], measured[pid], weeks[pid], history, policy.currency)
+        if pid in found:
+            view = _measured_view(program, found[pid], policy.currency)
+            lag = figures.lag_of(found[pid].payload)
         else:
             view = digest.program_facts(program) | catalog_view(program) | {"as_of": None}
-        views.append(view | realtime.realtime_view(engine, program, measured.get(pid), now))
+            lag = None
+        backlog = realtime.backlog(engine, pid, now) if program.audience.realtime else None
+        views.append(view | realtime.realtime_view(program, lag, backlog, now))
+    measured = bool(found)
     env = environment(str(paths.templates_dir() / "_web"))
     return env.get_template("campaigns.html.j2").render(
         {
             "rendered_at": now,
-            "measured": bool(measured),
+            "measured": measured,
             "policy": policy_view(policy),
             "brand": policy.brand.model_dump(),
             "programs": views,
