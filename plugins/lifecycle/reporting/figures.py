@@ -159,18 +159,7 @@ def compute(
                 "week_before": _funnel(weeks[pid][1]),
                 "trend": digest.records(trend),
                 "chart": funnel_chart(pid, trend),
-                "steps": [
-                    {
-                        "step": f.step,
-                        "variant": f.variant,
-                        "funnel": _funnel(f.funnel),
-                        "delivered": f.delivered,
-                        "bounced": f.bounced,
-                        "unsubscribed": f.unsubscribed,
-                        "converted_after": f.converted_after,
-                    }
-                    for f in steps
-                ],
+                "steps": [asdict(f) for f in steps],  # the funnel as {"outcomes", "reasons"}
                 "lag": asdict(lag) if lag else None,
             }
         )
@@ -185,18 +174,7 @@ def funnel_of(stored: Mapping[str, Any]) -> performance.Funnel:
 
 
 def steps_of(payload: Mapping[str, Any]) -> list[performance.StepFigures]:
-    return [
-        performance.StepFigures(
-            s["step"],
-            s["variant"],
-            funnel_of(s["funnel"]),
-            s["delivered"],
-            s["bounced"],
-            s["unsubscribed"],
-            s["converted_after"],
-        )
-        for s in payload["steps"]
-    ]
+    return [performance.StepFigures(**{**s, "funnel": funnel_of(s["funnel"])}) for s in payload["steps"]]
 
 
 def trend_of(payload: Mapping[str, Any]) -> pd.DataFrame:
