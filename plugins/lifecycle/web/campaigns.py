@@ -60,6 +60,23 @@ def policy_view(policy: Policy) -> dict[str, Any]:
     }
 
 
+def journey_steps(program: Program) -> list[dict[str, Any]]:
+    """The program's steps as configured, in order, as display fields."""
+    return [
+        {
+            "id": s.id,
+            "position": position,
+            "channel": s.channel,
+            "fallback": s.fallback,
+            "when": step_timing(s),
+            "template": s.template,
+            "conditional": s.when is not None,
+            "to_holdout_too": not s.holdout,
+        }
+        for position, s in enumerate(program.steps, start=1)
+    ]
+
+
 def catalog_view(program: Program) -> dict[str, Any]:
     """One program's journey as configured: description, consent purpose (and whether it is a
     service program), steps, holdout, A/B test and KPI."""
@@ -68,19 +85,7 @@ def catalog_view(program: Program) -> dict[str, Any]:
         "purpose": program.consent_purpose,
         "service": SERVICE_NOTE if program.is_service else None,
         "holdout": f"{program.holdout_percent:g}%",
-        "steps": [
-            {
-                "id": s.id,
-                "position": position,
-                "channel": s.channel,
-                "fallback": s.fallback,
-                "when": step_timing(s),
-                "template": s.template,
-                "conditional": s.when is not None,
-                "to_holdout_too": not s.holdout,
-            }
-            for position, s in enumerate(program.steps, start=1)
-        ],
+        "steps": journey_steps(program),
         "ab_variants": [f"{v.name} ({v.weight})" for v in program.ab_test.variants] if program.ab_test else [],
         "segment": segment(program.audience.segment.raw),
         "goal": segment(program.exit.goal.raw if program.exit.goal else None),
@@ -108,7 +113,7 @@ def _step_row(figures: performance.StepFigures, step: dict[str, Any] | None) -> 
 def steps_view(program: Program, figures: list[performance.StepFigures]) -> list[dict[str, Any]]:
     """The journey in order with its figures: one row per step and A/B variant (a step without a
     planned message yet gets a row of zeros; a step no longer in the program file comes last)."""
-    configured = {s["id"]: s for s in catalog_view(program)["steps"]}
+    configured = {s["id"]: s for s in journey_steps(program)}
     seen = {f.step for f in figures}
     rows = [_step_row(f, configured.get(f.step)) for f in figures]
     for position, step in enumerate(program.steps):
@@ -118,7 +123,9 @@ def steps_view(program: Program, figures: list[performance.StepFigures]) -> list
     return sorted(rows, key=lambda r: (order.get(r["id"], len(order)), r["id"], r["variant"] or ""))
 
 
-def _measured_view(program: Program, stored: figures.Stored, currency: str) -> dict[str, Any]:
+def _measured_view(
+    program: Program, stored: figures.Stored, currency: str, catalog: Mapping[str, Any]
+) -> dict[str, Any]:
     """One program's card from its figures (stored, or just computed: the same payload)."""
     payload = stored.payload
     steps = figures.steps_of(payload)
@@ -130,6 +137,7 @@ def _measured_view(program: Program, stored: figures.Stored, currency: str) -> d
             figures.funnel_of(payload["week"]),
             figures.funnel_of(payload["week_before"]),
             currency=currency,
+            catalog=catalog,
         )
         | catalog_view(program)
         | {
@@ -182,10 +190,11 @@ def campaigns_page(
             pid: figures.Stored(pid, at, "", now.replace(microsecond=0), figures.VERSION, payload)
             for pid, payload in payloads.items()
         }
+    catalog = config.load_segments().parsed
     views = []
     for pid, program in programs.items():
         if pid in found:
-            view = _measured_view(program, found[pid], policy.currency)
+            view = _measured_view(program, found[pid], policy.currency, catalog)
             lag = figures.lag_of(found[pid].payload)
         else:
             view = digest.program_facts(program) | catalog_view(program) | {"as_of": None}
