@@ -206,14 +206,32 @@ def store(
     runs: Mapping[str, NewestRun],
     computed_at: datetime | None = None,
 ) -> dict[str, Stored]:
-    """Replace the stored figures of the programs in ``payloads`` (one transaction)."""
+    """Upsert the figures of the programs in ``payloads`` (one statement). Two refreshes at once
+    (a run's and a sweep's) both land; stored figures of a newer run are never replaced by those
+    of an older one."""
     computed_at = utc_naive(computed_at or datetime.now(UTC)).replace(microsecond=0)
     rows = [
         Stored(pid, runs[pid].as_of, runs[pid].run_id, computed_at, VERSION, payload)
         for pid, payload in payloads.items()
     ]
-    if rows:
-        with engine.begin() as conn:
+    if not rows:
+        return {}
+    with engine.begin() as conn:
+        if conn.dialect.name in ("postgresql", "sqlite"):
+            from sqlalchemy.dialects import postgresql, sqlite
+
+            dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+            statement = dialect_insert(F)
+            changed = [c.name for c in F.columns if c.name != "program"]
+            conn.execute(
+                statement.on_conflict_do_update(
+                    index_elements=[F.c.program],
+                    set_={name: statement.excluded[name] for name in changed},
+                    where=F.c.as_of <= statement.excluded.as_of,
+                ),
+                [asdict(r) for r in rows],
+            )
+        else:
             conn.execute(delete(F).where(F.c.program.in_([r.program for r in rows])))
             conn.execute(insert(F), [asdict(r) for r in rows])
     return {r.program: r for r in rows}

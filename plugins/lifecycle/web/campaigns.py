@@ -2,13 +2,14 @@
 
 The journey catalog (every program's name, priority, schedule, channels, steps, owner, holdout
 and A/B test, which programs are service programs, with the policy's caps, service caps and legal
-basis per consent purpose) next to each program's live KPIs from
-:func:`lifecycle.reporting.measurement.program_kpis`, the week's planned messages by outcome and
-the journey's per-step performance from :mod:`lifecycle.reporting.performance`, its trigger, event
-lag and backlog from :mod:`lifecycle.reporting.realtime`, and its funnel
-over time from ``lifecycle_kpis`` as a small server-rendered PNG chart: no script, nothing loaded
-from elsewhere. Each program's figures are as of its own newest logged run, so a program that ran
-an hour ago and one that runs daily both show their latest week. Every string from the config or
+basis per consent purpose) next to each program's KPIs, the week's planned messages by outcome,
+the journey's per-step performance, its event lag and its funnel over time as a small
+server-rendered PNG chart (no script, nothing loaded from elsewhere), read from the figures the
+runs precomputed (:mod:`lifecycle.reporting.figures`, ``lifecycle_campaign_figures``; computed
+here only where none of the program's newest run are stored), with its trigger and a realtime
+program's backlog read live (:mod:`lifecycle.reporting.realtime`). Each program's figures are
+as of its own newest logged run, so a program that ran an hour ago and one that runs daily both
+show their latest week. Every string from the config or
 the CRM is escaped by the sandboxed, autoescaping template environment. Only a signed-in Airflow
 user sees the page (a browser without a session is sent to Airflow's login page).
 """
