@@ -14,6 +14,7 @@ from lifecycle.airflow.hygiene_operators import (
     ComputeFiguresOperator,
     FlagSuppressionsOperator,
     NormaliseAndValidateOperator,
+    RefreshCampaignFiguresOperator,
     ResolveDuplicatesOperator,
 )
 from lifecycle.airflow.notifications import OwnerAlert
@@ -42,4 +43,5 @@ with DAG(
         >> ResolveDuplicatesOperator(task_id="resolve_duplicates")
         >> FlagSuppressionsOperator(task_id="flag_suppressions")
         >> ComputeFiguresOperator(task_id="compute_figures")
+        >> RefreshCampaignFiguresOperator(task_id="refresh_campaign_figures")
     )

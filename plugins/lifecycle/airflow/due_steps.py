@@ -1,6 +1,7 @@
 """The ``lifecycle_due_steps`` DAG: every program's due steps, every five minutes.
 
-One task group per program (``<program>.sweep >> <program>.send[batch]``), owned by the program's
+One task group per program (``<program>.sweep >> <program>.send[batch] >> <program>.refresh_figures``,
+the last skipped when nothing was sent), owned by the program's
 owner and alerting it on failure like the program's own tasks; an invalid program file gets a task
 that is skipped with the file's error.
 """
@@ -13,6 +14,7 @@ from airflow.sdk import DAG, TaskGroup
 
 from lifecycle import config
 from lifecycle.airflow.due_steps_operators import (
+    RefreshDueFiguresOperator,
     SendDueBatchOperator,
     SkipInvalidProgramOperator,
     SweepDueStepsOperator,
@@ -35,7 +37,8 @@ Every five minutes, as of its logical date, for each program whose DAG is not pa
 - plans those steps, suppresses, applies the caps with priority between programs, defers what falls
   in quiet hours (and releases deferrals whose quiet hours are over);
 - sends, through the same ledger, idempotency keys and claims as the program's runs, so a sweep
-  and a program run never send one step twice.
+  and a program run never send one step twice;
+- when it sent anything, stores the program's Campaigns page figures again (`refresh_figures`).
 
 It reads only the ledger and the active enrollments (and, for the contacts with a step due, the CRM
 rows their exits and suppressions need); it never evaluates an entry segment over the CRM nor
@@ -67,9 +70,10 @@ def build_due_steps_dag(programs: dict[str, config.Program], errors: dict[str, c
             with TaskGroup(group_id=program.id):
                 common = {"program_id": program.id, "owner": program.owner}
                 sweep = SweepDueStepsOperator(task_id="sweep", **common)
-                SendDueBatchOperator.partial(
+                send = SendDueBatchOperator.partial(
                     task_id="send", max_active_tis_per_dag=4, retry_delay=timedelta(seconds=90), **common
                 ).expand(batch=sweep.output)
+                send >> RefreshDueFiguresOperator(task_id="refresh_figures", **common)
         for program_id, error in sorted(errors.items()):
             with TaskGroup(group_id=program_id):
                 SkipInvalidProgramOperator(task_id="invalid_program_file", error=str(error))

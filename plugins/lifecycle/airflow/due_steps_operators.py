@@ -69,6 +69,15 @@ class SendDueBatchOperator(SweepScope, SendBatchOperator):
     """Claim, render and send one batch of the program's sweep."""
 
 
+class RefreshDueFiguresOperator(SweepScope, ProgramOperator[None]):
+    """After the sweep's batches were sent, store the program's Campaigns page figures again
+    (messages sent between runs change the outcomes counted up to its newest run). Skipped, with
+    the sends, when the sweep had nothing to send."""
+
+    def run(self, run: TaskRun) -> None:
+        pipeline.refresh_figures(run.engine, self.scope(run)[0])
+
+
 class SkipInvalidProgramOperator(LifecycleOperator[None]):
     """Stands in for a program whose file is wrong: the sweep skips it, with the file's error.
 

@@ -38,3 +38,15 @@ class ComputeFiguresOperator(LifecycleOperator[dict[str, float]]):
 
     def run(self, run: TaskRun) -> dict[str, float]:
         return hygiene.compute_figures(run.engine, run.run_id, run.as_of, config.load_policy())
+
+
+class RefreshCampaignFiguresOperator(LifecycleOperator[dict[str, str]]):
+    """Store every program's Campaigns page figures again, as of each one's newest run: provider
+    feedback (delivered, bounced, unsubscribed) changes them between runs. Returns each program's
+    as-of time."""
+
+    def run(self, run: TaskRun) -> dict[str, str]:
+        from lifecycle.reporting import figures
+
+        programs, _errors = config.load_all_programs()
+        return {pid: stored.as_of.isoformat() for pid, stored in figures.refresh(run.engine, programs).items()}

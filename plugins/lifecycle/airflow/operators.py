@@ -157,10 +157,14 @@ class SendBatchOperator(ProgramOperator[dict[str, int]]):
 
 
 class LogKpisOperator(ProgramOperator[dict[str, float]]):
-    """Write the run's funnel and primary-KPI counts to ``lifecycle_kpis``."""
+    """Write the run's funnel and primary-KPI counts to ``lifecycle_kpis``, then store the
+    Campaigns page's figures of the program as of this run (``lifecycle_campaign_figures``)."""
 
     def run(self, run: TaskRun) -> dict[str, float]:
-        return pipeline.log_kpis(run.engine, self.scope(run)[0])
+        scope = self.scope(run)[0]
+        logged = pipeline.log_kpis(run.engine, scope)
+        pipeline.refresh_figures(run.engine, scope)
+        return logged
 
 
 class CheckRunOperator(LifecycleOperator[None]):

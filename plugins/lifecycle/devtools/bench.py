@@ -75,6 +75,7 @@ from sqlalchemy.sql.elements import ColumnClause
 from lifecycle import config
 from lifecycle.channels.sendgrid import DEFAULT_CONCURRENCY
 from lifecycle.config import segments
+from lifecycle.devtools import bench_page
 from lifecycle.devtools.local import provider_connections
 from lifecycle.devtools.seed import seed_crm
 from lifecycle.engine import capping, dispatch, journeys, pipeline, quiet_hours, suppression
@@ -213,6 +214,7 @@ class DatabaseResult:
     floors: Floors
     naive: NaiveBaseline
     small: EngineRun | None = None
+    page: bench_page.PageTimes | None = None
 
 
 @dataclass(frozen=True)
@@ -292,6 +294,8 @@ class Report:
             if db.small is not None:
                 growth = run.seconds / max(db.small.seconds, 1e-9)
                 found.append(Target(db.name, "time(N) / time(N/10)", growth, 11.0, f"{growth:.2f}x", "<= 11x"))
+            if db.page is not None:
+                found.append(bench_page.target(db.name, db.page))
         seconds = self.dag_parse["seconds"]
         found.append(Target("-", "all DAG files parse", seconds, 0.5, f"{seconds:.2f} s", "< 0.5 s"))
         return found
@@ -374,6 +378,8 @@ def _render_database(db: DatabaseResult) -> list[str]:
     ]
     for label, extra in (("only naive", naive.only_naive), ("only engine", naive.only_engine)):
         lines += [f"        {label}: {row}" for row in extra]
+    if db.page is not None:
+        lines.append(bench_page.describe(db.page))
     if db.small is not None:
         lines.append(
             f"scale: {db.small.contacts:,} contacts: engine {db.small.seconds:.2f} s; {run.contacts:,}: "
@@ -1256,13 +1262,14 @@ def bench_database(databases: Databases, args: argparse.Namespace, sandbox_url: 
     with seeded_run(databases, "main", args.contacts, args, sandbox_url) as (url, run):
         _progress(f"{databases.name}: measuring the floors")
         floors = in_child(measure_floors, url, args.as_of, floor_url, run)
+        page = in_child(bench_page.measure_page, url)
     small = None
     if args.scale_check:
         with seeded_run(databases, "tenth", max(args.contacts // 10, 1), args, sandbox_url) as (_url, small):
             pass
     _progress(f"{databases.name}: naive baseline on {args.naive_subset:,} contacts")
     naive = compare_naive(databases, args.naive_subset, args.as_of, args.seed)
-    return DatabaseResult(databases.name, databases.version(), run, floors, naive, small)
+    return DatabaseResult(databases.name, databases.version(), run, floors, naive, small, page)
 
 
 def _parser() -> argparse.ArgumentParser:

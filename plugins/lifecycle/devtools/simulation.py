@@ -36,7 +36,7 @@ from lifecycle.engine import pipeline
 from lifecycle.model import schema
 from lifecycle.model.db import get_engine, migrate, utc_naive
 from lifecycle.model.ledger import MESSAGED, Status
-from lifecycle.reporting import measurement
+from lifecycle.reporting import figures, measurement
 from lifecycle.reporting.measurement import LiftResult
 
 M = schema.messages
@@ -390,9 +390,10 @@ def simulate(
         run_id = f"simulation__{as_of.isoformat()}"
         for scope in scopes:
             run = replace(scope, run_id=run_id, as_of=as_of)
-            pipeline.run_program(engine, run, programs, transport, links=_links, simulate=True)
+            pipeline.run_program(engine, run, programs, transport, links=_links, simulate=True, figures=False)
         for responder in responders.values():
             responder.respond(engine, rng, run_id, as_of)
+    figures.refresh(engine, programs)
     results = {pid: _measure(engine, r, start + days * DAY) for pid, r in responders.items()}
     return SimulationReport(contacts, days, start, seed, url, results, skipped, time.perf_counter() - started)
 

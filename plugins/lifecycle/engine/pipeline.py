@@ -137,6 +137,14 @@ def log_kpis(engine: Engine, run: RunScope) -> dict[str, float]:
         return funnel.summarize(funnel.log_funnel(conn, run))
 
 
+def refresh_figures(engine: Engine, run: RunScope) -> None:
+    """Store the Campaigns page's figures of the run's program as of its newest logged run
+    (:mod:`lifecycle.reporting.figures`): after ``log_kpis``, and after a sweep that sent."""
+    from lifecycle.reporting import figures
+
+    figures.refresh(engine, {run.program.id: run.program})
+
+
 def run_program(
     engine: Engine,
     run: RunScope,
@@ -145,13 +153,19 @@ def run_program(
     *,
     links: LinkBuilder,
     simulate: bool = False,
+    figures: bool = True,
 ) -> dict[str, Any]:
     """Every stage of one run in order, in-process (simulation, benchmark). ``simulate`` records
-    what the transport accepted as ``dry_run`` (the developer tools' simulated sends)."""
+    what the transport accepted as ``dry_run`` (the developer tools' simulated sends); ``figures``
+    stores the Campaigns page's figures after ``log_kpis``, as the DAG's ``log_kpis`` task does
+    (a caller running many runs in a row may refresh once at the end instead)."""
     with engine.begin() as conn:
         decide(conn, run, programs)
     _send_prepared(engine, run, transport, links=links, simulate=simulate, adopt=True)
-    return log_kpis(engine, run)
+    logged = log_kpis(engine, run)
+    if figures:
+        refresh_figures(engine, run)
+    return logged
 
 
 def run_sweep(
@@ -166,13 +180,17 @@ def run_sweep(
     """One program's due-steps sweep in-process (tests, benchmark): :func:`sweep`, then the batches
     it prepares sent as its DAG's ``send`` tasks would. ``run.run_id`` is the sweep's ledger run id."""
     decided = sweep(engine, run, programs)
-    _send_prepared(engine, run, transport, links=links, simulate=simulate, adopt=False)
+    if _send_prepared(engine, run, transport, links=links, simulate=simulate, adopt=False):
+        refresh_figures(engine, run)
     return decided
 
 
 def _send_prepared(
     engine: Engine, run: RunScope, transport: Transport, *, links: LinkBuilder, simulate: bool, adopt: bool
-) -> None:
-    """Prepare the run's batches and send each, as the DAG's ``send`` tasks would."""
-    for batch in prepare(engine, run, adopt=adopt):
+) -> int:
+    """Prepare the run's batches and send each, as the DAG's ``send`` tasks would; returns how
+    many batches were sent."""
+    batches = prepare(engine, run, adopt=adopt)
+    for batch in batches:
         send(engine, run, batch, transport, links=links, simulate=simulate)
+    return len(batches)

@@ -334,6 +334,19 @@ kpis = Table(
     Index("ix_kpis_program_asof", "program", "as_of"),
 )
 
+campaign_figures = Table(
+    "lifecycle_campaign_figures",
+    engine_metadata,
+    Column("program", String(64), primary_key=True),
+    Column("as_of", DateTime, nullable=False),  # the program's newest run the figures are of
+    Column("run_id", String(250), nullable=False),
+    Column("computed_at", DateTime, nullable=False),
+    Column("version", Integer, nullable=False),  # the payload's format (reporting/figures.py VERSION)
+    Column("payload", JSON, nullable=False),
+)
+"""The Campaigns page's figures per program as of its newest run, refreshed by the runs, the
+due-steps sweep and data hygiene (:mod:`lifecycle.reporting.figures`); the page only reads them."""
+
 # --- Data hygiene (written by the data_hygiene DAG; never the CRM's own rows) ----------------
 
 contact_quality = Table(

@@ -25,7 +25,7 @@ import pandas as pd
 from babel.numbers import format_currency
 from sqlalchemy import Engine, inspect, select
 
-from lifecycle import paths
+from lifecycle import config, paths
 from lifecycle.channels import registry
 from lifecycle.config import Policy, Program
 from lifecycle.engine import hygiene
@@ -366,13 +366,15 @@ def _duration(hours: float | None) -> str:
     return DASH if hours is None else display.duration(timedelta(hours=hours))
 
 
-def state_tables(program: Program) -> list[str]:
+def state_tables(program: Program, catalog: Mapping[str, Any] | None = None) -> list[str]:
     """The CRM tables whose state the program's conversion is read from (an opportunity's stage,
     a renewed subscription) when no event marks it; empty when events do. Such a conversion
-    counts when the state holds at the as-of time: it has no time, so no time to convert."""
-    if measurement.conversion_events(program):
+    counts when the state holds at the as-of time: it has no time, so no time to convert.
+    ``catalog``: the named segments (read from the config when not given)."""
+    catalog = config.load_segments().parsed if catalog is None else catalog
+    if measurement.conversion_events(program, catalog):
         return []
-    return list(dict.fromkeys(leaf.table for leaf in measurement.conversion_states(program)))
+    return list(dict.fromkeys(leaf.table for leaf in measurement.conversion_states(program, catalog)))
 
 
 def funnel_view(funnel: performance.Funnel) -> list[dict[str, str]]:
@@ -415,6 +417,7 @@ def program_view(
     week: performance.Funnel,
     week_before: performance.Funnel,
     currency: str,
+    catalog: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Everything shown about one program, as display strings: its facts, KPI per group (no global
     control for a service program), lifts, time to convert, A/B verdict, the week's funnel of
@@ -428,7 +431,7 @@ def program_view(
         for name, v in (_present(row.get("variants")) or {}).items()
     ]
     groups = _groups(program)
-    states = state_tables(program)
+    states = state_tables(program, catalog)
     sent_now, sent_before = week.outcomes[Status.SENT], week_before.outcomes[Status.SENT]
     nobody_converted = all(row[f"{g}_conversions"] == 0 for g in groups) and any(row[f"{g}_n"] for g in groups)
     return program_facts(program) | {

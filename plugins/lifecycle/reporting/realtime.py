@@ -130,19 +130,17 @@ def backlog(engine: Engine, program_id: str, now: datetime) -> Backlog | None:
     )
 
 
-def realtime_view(engine: Engine, program: Program, until: datetime | None, now: datetime) -> dict[str, Any]:
-    """The page's trigger, event lag (a day up to ``until``, the program's newest run) and backlog figures."""
+def realtime_view(program: Program, lag: EventLag | None, found: Backlog | None, now: datetime) -> dict[str, Any]:
+    """The page's trigger, event lag (:func:`event_lag`: a day up to the program's newest run,
+    stored with its figures) and backlog (:func:`backlog`, read live) figures."""
     view: dict[str, Any] = {
         "trigger": trigger_text(program),
         "realtime": program.audience.realtime,
-        "lag": None,
+        "lag": lag if program.audience.trigger_event else None,
         "backlog": None,
         "backlog_behind": False,
     }
-    if program.audience.trigger_event and until is not None:
-        view["lag"] = event_lag(engine, program.id, until)
     if program.audience.realtime:
-        found = backlog(engine, program.id, now)
         view["backlog"] = found.text(now) if found else "the watcher has not looked yet (is the program unpaused?)"
         view["backlog_behind"] = bool(found and found.behind(now))
     return view

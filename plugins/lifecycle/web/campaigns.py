@@ -2,57 +2,42 @@
 
 The journey catalog (every program's name, priority, schedule, channels, steps, owner, holdout
 and A/B test, which programs are service programs, with the policy's caps, service caps and legal
-basis per consent purpose) next to each program's live KPIs from
-:func:`lifecycle.reporting.measurement.program_kpis`, the week's planned messages by outcome and
-the journey's per-step performance from :mod:`lifecycle.reporting.performance`, its trigger, event
-lag and backlog from :mod:`lifecycle.reporting.realtime`, and its funnel
-over time from ``lifecycle_kpis`` as a small server-rendered PNG chart: no script, nothing loaded
-from elsewhere. Each program's figures are as of its own newest logged run, so a program that ran
-an hour ago and one that runs daily both show their latest week. Every string from the config or
+basis per consent purpose) next to each program's KPIs, the week's planned messages by outcome,
+the journey's per-step performance, its event lag and its funnel over time as a small
+server-rendered PNG chart (no script, nothing loaded from elsewhere), read from the figures the
+runs precomputed (:mod:`lifecycle.reporting.figures`, ``lifecycle_campaign_figures``; computed
+here only where none of the program's newest run are stored), with its trigger and a realtime
+program's backlog read live (:mod:`lifecycle.reporting.realtime`). Each program's figures are
+as of its own newest logged run, so a program that ran an hour ago and one that runs daily both
+show their latest week. Every string from the config or
 the CRM is escaped by the sandboxed, autoescaping template environment. Only a signed-in Airflow
 user sees the page (a browser without a session is sent to Airflow's login page).
 """
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-import pandas as pd
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse
-from sqlalchemy import Engine, func, inspect, select
+from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 
 from lifecycle import config, paths
 from lifecycle.config import Cap, Policy, Program
 from lifecycle.messages.rendering import environment
-from lifecycle.model import schema
 from lifecycle.model.db import get_engine, state_url, utc_naive
 from lifecycle.model.ledger import Status
-from lifecycle.reporting import charts, digest, display, measurement, performance, realtime, timeline
+from lifecycle.reporting import digest, display, figures, measurement, performance, realtime, timeline
 from lifecycle.reporting.display import duration, segment, step_timing
 from lifecycle.web import actions
 from lifecycle.web.signin import SignedIn, signed_in_page
 
 CAMPAIGNS_PATH = "/campaigns"
 CONTACT_PATH = "/campaigns/contact"
-TREND_WEEKS = 12
-CHART_SIZE = (560, 170)
 router = APIRouter()
-
-
-def latest_runs(engine: Engine) -> dict[str, datetime]:
-    """Each program's newest logged run (its as-of time); empty before the first run."""
-    if not inspect(engine).has_table(schema.kpis.name):
-        return {}
-    k = schema.kpis
-    with engine.connect() as conn:
-        return {
-            program: at for program, at in conn.execute(select(k.c.program, func.max(k.c.as_of)).group_by(k.c.program))
-        }
 
 
 SERVICE_NOTE = "service message: not counted by marketing caps, not stopped by a marketing unsubscribe"
@@ -76,6 +61,23 @@ def policy_view(policy: Policy) -> dict[str, Any]:
     }
 
 
+def journey_steps(program: Program) -> list[dict[str, Any]]:
+    """The program's steps as configured, in order, as display fields."""
+    return [
+        {
+            "id": s.id,
+            "position": position,
+            "channel": s.channel,
+            "fallback": s.fallback,
+            "when": step_timing(s),
+            "template": s.template,
+            "conditional": s.when is not None,
+            "to_holdout_too": not s.holdout,
+        }
+        for position, s in enumerate(program.steps, start=1)
+    ]
+
+
 def catalog_view(program: Program) -> dict[str, Any]:
     """One program's journey as configured: description, consent purpose (and whether it is a
     service program), steps, holdout, A/B test and KPI."""
@@ -84,42 +86,13 @@ def catalog_view(program: Program) -> dict[str, Any]:
         "purpose": program.consent_purpose,
         "service": SERVICE_NOTE if program.is_service else None,
         "holdout": f"{program.holdout_percent:g}%",
-        "steps": [
-            {
-                "id": s.id,
-                "position": position,
-                "channel": s.channel,
-                "fallback": s.fallback,
-                "when": step_timing(s),
-                "template": s.template,
-                "conditional": s.when is not None,
-                "to_holdout_too": not s.holdout,
-            }
-            for position, s in enumerate(program.steps, start=1)
-        ],
+        "steps": journey_steps(program),
         "ab_variants": [f"{v.name} ({v.weight})" for v in program.ab_test.variants] if program.ab_test else [],
         "segment": segment(program.audience.segment.raw),
         "goal": segment(program.exit.goal.raw if program.exit.goal else None),
         "ab_variable": program.ab_test.variable if program.ab_test else None,
         "attribution_window": duration(program.kpi.attribution_window),
     }
-
-
-def funnel_chart(program_id: str, trend: pd.DataFrame) -> str:
-    """The program's funnel per week (entered, planned, blocked, messages) and its KPI rate vs
-    holdout, as a PNG data URI."""
-    weeks = digest.program_weeks(trend, program_id)
-    funnel = charts.Panel(
-        "Funnel per week",
-        [
-            charts.Series("enrolled", list(weeks["enrolled"])),
-            charts.Series("planned", list(weeks[Status.PLANNED])),
-            charts.Series("suppressed or capped", list(weeks[Status.SUPPRESSED] + weeks[Status.CAPPED]), dashed=True),
-            charts.Series("messages", list(weeks["messages"])),
-        ],
-    )
-    png = charts.render(digest.week_labels(weeks), [funnel, digest.kpi_panel(weeks)], CHART_SIZE)
-    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
 def _step_row(figures: performance.StepFigures, step: dict[str, Any] | None) -> dict[str, Any]:
@@ -141,7 +114,7 @@ def _step_row(figures: performance.StepFigures, step: dict[str, Any] | None) -> 
 def steps_view(program: Program, figures: list[performance.StepFigures]) -> list[dict[str, Any]]:
     """The journey in order with its figures: one row per step and A/B variant (a step without a
     planned message yet gets a row of zeros; a step no longer in the program file comes last)."""
-    configured = {s["id"]: s for s in catalog_view(program)["steps"]}
+    configured = {s["id"]: s for s in journey_steps(program)}
     seen = {f.step for f in figures}
     rows = [_step_row(f, configured.get(f.step)) for f in figures]
     for position, step in enumerate(program.steps):
@@ -152,24 +125,28 @@ def steps_view(program: Program, figures: list[performance.StepFigures]) -> list
 
 
 def _measured_view(
-    engine: Engine,
-    program: Program,
-    row: Mapping[str, Any],
-    at: datetime,
-    weeks: tuple[performance.Funnel, performance.Funnel],
-    history: pd.DataFrame,
-    currency: str,
+    program: Program, stored: figures.Stored, currency: str, catalog: Mapping[str, Any]
 ) -> dict[str, Any]:
-    trend = digest.period_trend(history, [program.id], at, TREND_WEEKS)
-    figures = performance.step_performance(engine, program, at)
+    """One program's card from its figures (stored, or just computed: the same payload)."""
+    payload = stored.payload
+    steps = figures.steps_of(payload)
     return (
-        digest.program_view(program, row, trend, *weeks, currency=currency)
+        digest.program_view(
+            program,
+            payload["kpis"],
+            figures.trend_of(payload),
+            figures.funnel_of(payload["week"]),
+            figures.funnel_of(payload["week_before"]),
+            currency=currency,
+            catalog=catalog,
+        )
         | catalog_view(program)
         | {
-            "as_of": at,
-            "chart": funnel_chart(program.id, trend),
-            "performance": steps_view(program, figures),
-            "simulated": any(f.funnel.outcomes[performance.SIMULATED] for f in figures),
+            "as_of": stored.as_of,
+            "computed_at": stored.computed_at,
+            "chart": payload["chart"],
+            "performance": steps_view(program, steps),
+            "simulated": any(f.funnel.outcomes[performance.SIMULATED] for f in steps),
         }
     )
 
@@ -204,28 +181,33 @@ def campaigns_page(
     programs, errors = config.load_all_programs()
     programs = digest.ordered(programs)
     policy = config.load_policy()
-    newest = latest_runs(engine)
-    measured = {
-        pid: utc_naive(as_of) if as_of else newest[pid] for pid in programs if as_of is not None or pid in newest
-    }
     now = utc_naive(datetime.now(UTC))
+    if as_of is None:
+        found = figures.current(engine, programs)
+    else:
+        at = utc_naive(as_of)
+        payloads = figures.compute(engine, programs, dict.fromkeys(programs, at))
+        found = {
+            pid: figures.Stored(pid, at, "", now.replace(microsecond=0), figures.VERSION, payload)
+            for pid, payload in payloads.items()
+        }
+    catalog = config.load_segments().parsed
     views = []
-    if measured:
-        chosen = {pid: programs[pid] for pid in measured}
-        kpis = {r["program"]: r for r in digest.records(measurement.program_kpis(engine, chosen, measured))}
-        weeks = digest.weekly_funnels(engine, measured)
-        history = measurement.funnel_history(engine)
     for pid, program in programs.items():
-        if pid in measured:
-            view = _measured_view(engine, program, kpis[pid], measured[pid], weeks[pid], history, policy.currency)
+        if pid in found:
+            view = _measured_view(program, found[pid], policy.currency, catalog)
+            lag = figures.lag_of(found[pid].payload)
         else:
             view = digest.program_facts(program) | catalog_view(program) | {"as_of": None}
-        views.append(view | realtime.realtime_view(engine, program, measured.get(pid), now))
+            lag = None
+        backlog = realtime.backlog(engine, pid, now) if program.audience.realtime else None
+        views.append(view | realtime.realtime_view(program, lag, backlog, now))
+    measured = bool(found)
     env = environment(str(paths.templates_dir() / "_web"))
     return env.get_template("campaigns.html.j2").render(
         {
             "rendered_at": now,
-            "measured": bool(measured),
+            "measured": measured,
             "policy": policy_view(policy),
             "brand": policy.brand.model_dump(),
             "programs": views,

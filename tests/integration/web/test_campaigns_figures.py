@@ -16,6 +16,7 @@ from sqlalchemy import func, insert, select, update
 from lifecycle import config
 from lifecycle.model import schema
 from lifecycle.model.ledger import IN_FLIGHT, WENT_OUT, Status
+from lifecycle.reporting import figures
 from lifecycle.web.campaigns import campaigns_page
 from tests.conftest import AS_OF
 from tests.support.journey import run_program
@@ -70,6 +71,11 @@ def crm(tmp_path_factory):
                 "received_at": AS_OF + timedelta(minutes=5),
             },
         )
+    # Provider feedback changed the figures after the runs stored them: refresh them as the
+    # data_hygiene DAG's refresh_campaign_figures task does.
+    with pytest.MonkeyPatch.context() as env:
+        env.delenv("LIFECYCLE_CONFIG_DIR", raising=False)
+        figures.refresh(engine, config.load_all_programs()[0])
     return engine
 
 

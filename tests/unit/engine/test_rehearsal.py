@@ -14,7 +14,7 @@ from lifecycle.model import schema
 from tests.conftest import AS_OF, FIXTURES
 
 pytestmark = pytest.mark.usefixtures("test_config")
-TABLES = (schema.messages, schema.enrollments, schema.kpis, schema.audience)
+TABLES = (schema.messages, schema.enrollments, schema.kpis, schema.audience, schema.campaign_figures)
 
 
 def _tables(engine) -> dict[str, list[tuple]]:

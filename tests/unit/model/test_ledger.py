@@ -87,7 +87,7 @@ ALLOWED = {
     ("devtools/simulation.py", "_measure", "converted"): "the outcomes column (KPI met)",
     ("reporting/digest.py", "program_view", "sent"): "the view field the digest templates read as p.sent",
     ("web/campaigns.py", "policy_view", "quiet_hours"): "the view field named after the policy's quiet_hours",
-    ("web/campaigns.py", "funnel_chart", "planned"): "a chart legend's text",
+    ("reporting/figures.py", "funnel_chart", "planned"): "a chart legend's text",
     ("airflow/notifications.py", "text", "unknown"): "alert text for a run id or try number Airflow did not give",
     ("engine/capture.py", "Confirmation", "unknown"): "a confirmation link's outcome (no such capture), not a status",
     ("devtools/demo.py", "_run_dags", "unknown"): "printed when a DAG run has no state",
