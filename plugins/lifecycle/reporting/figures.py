@@ -1,5 +1,5 @@
 """The Campaigns page's precomputed figures: per program, everything its card shows as of the
-program's newest run, in ``lifecycle_campaign_figures`` (migration 0014).
+program's newest run, in ``lifecycle_campaign_figures`` (migration 0013).
 
 Computing a program's figures reads the ledger, the enrollments, the provider events and the
 events (:func:`measurement.program_kpis`, the week's funnels, the funnel history, the per-step
@@ -190,7 +190,7 @@ def lag_of(payload: Mapping[str, Any]) -> realtime.EventLag | None:
 
 
 def load(engine: Engine) -> dict[str, Stored]:
-    """Every program's stored figures (none before migration 0014 or the first store)."""
+    """Every program's stored figures (none before migration 0013 or the first store)."""
     if not inspect(engine).has_table(F.name):
         return {}
     with engine.connect() as conn:
