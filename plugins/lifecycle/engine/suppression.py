@@ -251,7 +251,8 @@ def channel_reasons(channel: str, run: RunScope) -> list[Reason]:
         ),
     ]
     rules += list_reasons(channel, service=run.program.is_service)
-    rules += consent_reasons(channel, run)
+    if registry.get(channel).consent:
+        rules += consent_reasons(channel, run)
     return rules
 
 
