@@ -61,7 +61,8 @@ SANDBOX_MPS = 50
 
 def provider_connections(sandbox, public_base_url: str, link_secret: str) -> dict[str, str]:
     """``AIRFLOW_CONN_*`` values pointing SendGrid, Twilio, the webhook channel's endpoint and the
-    CRM's task and activity APIs at a provider sandbox, and the public links (unsubscribe, status callbacks) at ``public_base_url``."""
+    CRM's task and activity APIs at a provider sandbox, and the public links (unsubscribe, status
+    callbacks) at ``public_base_url``."""
     from lifecycle.sandbox import DEFAULT_SENDGRID_KEY, DEFAULT_TWILIO_SID, DEFAULT_TWILIO_TOKEN
 
     return {
