@@ -79,7 +79,7 @@ def pager(request):
     """The pager channel (or the variant a test parametrizes), registered for this test only."""
     with registered(getattr(request, "param", PagerChannel)()) as channel:
         yield channel
-    assert registry.names() == ("email", "sms", "whatsapp", "webhook")
+    assert registry.names() == ("email", "sms", "whatsapp", "webhook", "sales_task")
 
 
 @pytest.fixture
