@@ -88,7 +88,7 @@ def due_within(program: str, step: str) -> timedelta:
 def _due_within(path: str, stamp: int, step: str) -> timedelta:
     try:
         program = config.load_program(Path(path))
-    except config.ConfigError:
+    except (config.ConfigError, OSError):
         return DEFAULT_DUE_WITHIN
     found = next((s.due_within for s in program.steps if s.id == step), None)
     return found if found is not None else DEFAULT_DUE_WITHIN
