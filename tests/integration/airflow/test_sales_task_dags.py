@@ -9,7 +9,7 @@ from collections import Counter
 from datetime import datetime, timedelta
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import insert, select
 
 from lifecycle.model import schema
 from lifecycle.model.ledger import Status
@@ -46,6 +46,25 @@ def test_a_task_for_each_owner_once_through_faults_and_reruns_and_none_without_a
     }
     ownerless = treatment_contact(c, "calls", consent={}, industry="calls", owner=None)
     blank = treatment_contact(c, "calls", consent={}, industry="calls", owner="  ")
+    # Opted out of everything ("unsubscribe from all"): no task; out of email only: a task.
+    opted_out = treatment_contact(c, "calls", consent={}, industry="calls", owner="owner-x")
+    owned[treatment_contact(c, "calls", consent={}, industry="calls", owner="owner-e")] = "owner-e"
+    email_only = list(owned)[-1]
+    with engine.begin() as conn:
+        listed = [(opted_out, ch) for ch in ("email", "sms", "whatsapp")] + [(email_only, "email")]
+        conn.execute(
+            insert(schema.suppressions),
+            [
+                {
+                    "contact_id": cid,
+                    "channel": ch,
+                    "reason": R.UNSUBSCRIBED,
+                    "source": "preference_centre",
+                    "created_at": AS_OF,
+                }
+                for cid, ch in listed
+            ],
+        )
     sandbox.add_fault("sales_tasks", "503", count=1)
     sandbox.add_fault("sales_tasks", "drop_after_accept", count=1)  # recorded, answer lost: retried, replayed
 
@@ -56,6 +75,7 @@ def test_a_task_for_each_owner_once_through_faults_and_reruns_and_none_without_a
     assert {cid: ledger[cid]["status"] for cid in owned} == dict.fromkeys(owned, Status.SENT)
     for cid in (ownerless, blank):
         assert (ledger[cid]["status"], ledger[cid]["reason"]) == (Status.SUPPRESSED, R.MISSING_ADDRESS)
+    assert (ledger[opted_out]["status"], ledger[opted_out]["reason"]) == (Status.SUPPRESSED, R.UNSUBSCRIBED)
     tasks = sandbox.sales_tasks()
     assert Counter(t["idempotency_key"] for t in tasks) == Counter(ledger[cid]["idempotency_key"] for cid in owned)
     assert sandbox.app.sales_tasks.replays >= 1
