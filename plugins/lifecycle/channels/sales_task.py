@@ -14,8 +14,9 @@ checked (no CRM records consent to "be called by your account manager"; the basi
 follow-up is the sales relationship the owner stands for). What still stops it: the program's
 rules (holdouts and the global control group, an opted-out topic, a met goal, the policy's
 open-ticket, negotiation and recent-purchase rules), a duplicate contact (the survivor gets the
-task), and the ``unsubscribed`` list on this channel (a do-not-call for sales tasks; a service
-program's tasks ignore it like any marketing unsubscribe). Caps and priority count it like any
+task), a contact who opted out of everything (unsubscribed on every inbox channel:
+:func:`lifecycle.engine.suppression.list_reasons`), and the ``unsubscribed`` list on this channel (a
+do-not-call for sales tasks); a service program's tasks ignore both, like any marketing unsubscribe. Caps and priority count it like any
 channel's message.
 """
 
