@@ -16,8 +16,8 @@ rules (holdouts and the global control group, an opted-out topic, a met goal, th
 open-ticket, negotiation and recent-purchase rules), a duplicate contact (the survivor gets the
 task), a contact who opted out of everything (unsubscribed on every inbox channel:
 :func:`lifecycle.engine.suppression.list_reasons`), and the ``unsubscribed`` list on this channel (a
-do-not-call for sales tasks); a service program's tasks ignore both, like any marketing unsubscribe. Caps and priority count it like any
-channel's message.
+do-not-call for sales tasks); a service program's tasks ignore both, like any marketing
+unsubscribe. Caps and priority count it like any channel's message.
 """
 
 from __future__ import annotations
