@@ -1,7 +1,7 @@
 """Programs for the sales-task channel and the activity write-back, and their contacts.
 
 ``calls`` takes the contacts whose ``industry`` is ``calls`` and creates one task each for the
-contact's owner, due within 24 hours; ``touches`` emails the contacts whose ``industry`` is
+contact's owner, due within 4 hours; ``touches`` emails the contacts whose ``industry`` is
 ``touches`` (a 50% holdout). The policy writes sent email and SMS back to the CRM as activities.
 """
 
@@ -21,7 +21,7 @@ POLICY = {
 }
 KPI = {"primary": "conversion", "label": "Conversion", "conversion": {"event": "purchase", "since": "enrollment"}}
 TASK = (
-    '{"subject": {{ ("High-intent lead: call " ~ contact.first_name ~ " within 24h")|tojson }}, '
+    '{"subject": {{ ("High-intent lead: call " ~ contact.first_name ~ " within 4h")|tojson }}, '
     '"body": "Pricing page and a demo request.", "priority": "high", "type": "call"}\n'
 )
 
@@ -46,7 +46,7 @@ def use_sales_programs(tmp_path: Path, monkeypatch, policy: dict | None = None) 
     (root / "programs").mkdir(parents=True)
     (root / "segments.yml").write_text((FIXTURES / "config" / "segments.yml").read_text())
     (root / "policy.yml").write_text(yaml.safe_dump(POLICY if policy is None else policy))
-    call = {"id": "call", "template": "sales/call", "channel": "sales_task", "due_within": "24h"}
+    call = {"id": "call", "template": "sales/call", "channel": "sales_task", "due_within": "4h"}
     hello = {"id": "hello", "template": "simple/hello", "channel": "email"}
     (root / "programs" / "calls.yml").write_text(yaml.safe_dump(_program("Calls", "calls", call)))
     (root / "programs" / "touches.yml").write_text(yaml.safe_dump(_program("Touches", "touches", hello, 50)))

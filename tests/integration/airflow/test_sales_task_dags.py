@@ -83,14 +83,14 @@ def test_a_task_for_each_owner_once_through_faults_and_reruns_and_none_without_a
         payload = task["payload"]
         cid = payload["contact_id"]
         assert payload["owner_id"] == owned[cid]
-        assert payload["subject"] == "High-intent lead: call Ada within 24h"
+        assert payload["subject"] == "High-intent lead: call Ada within 4h"
         assert (payload["priority"], payload["type"], payload["idempotency_key"]) == (
             "high",
             "call",
             task["idempotency_key"],
         )
         due = datetime.fromisoformat(payload["due_at"]).replace(tzinfo=None)
-        assert timedelta(hours=23) < due - ledger[cid]["sent_at"] <= timedelta(hours=24, minutes=1)
+        assert timedelta(hours=3) < due - ledger[cid]["sent_at"] <= timedelta(hours=4, minutes=1)  # due_within: 4h
         assert ledger[cid]["provider_message_id"] == task["id"]
 
 
