@@ -28,6 +28,7 @@ from lifecycle.airflow.operators import (
     SendBatchOperator,
     SuppressOperator,
     SyncSourceOperator,
+    WriteBackOperator,
 )
 from lifecycle.airflow.triggers import POLL_SECONDS, QUEUE_POLL_SECONDS, ProgramEventTrigger
 from lifecycle.engine import event_queue
@@ -157,7 +158,8 @@ def _params() -> dict[str, Param]:
 
 
 def build_program_dag(program: config.Program, caps: str = "", queue: config.EventsQueue | None = None) -> DAG:
-    """The DAG of one program: source sync → segment → enroll/exit → plan → suppress → cap → send → KPIs → check."""
+    """The DAG of one program: source sync → segment → enroll/exit → plan → suppress → cap → send →
+    write-back → KPIs → check."""
     with DAG(
         dag_id=program.id,
         description=program.name,
@@ -186,6 +188,9 @@ def build_program_dag(program: config.Program, caps: str = "", queue: config.Eve
         send = SendBatchOperator.partial(
             task_id="send", max_active_tis_per_dag=4, retry_delay=timedelta(seconds=90), **common
         ).expand(batch=batches.output)
+        # Activities for the touches that went out, whatever became of the batches (ALL_DONE); its
+        # failure fails neither a send nor the run.
+        written = WriteBackOperator(task_id="write_back", trigger_rule=TriggerRule.ALL_DONE, **common)
         kpis = LogKpisOperator(task_id="log_kpis", trigger_rule=TriggerRule.ALL_DONE, **common)
         # The run's state follows its last task: log_kpis runs whatever happened (ALL_DONE) and
         # succeeds, so check_run, after it, fails the run when a send batch or the funnel failed.
@@ -197,7 +202,7 @@ def build_program_dag(program: config.Program, caps: str = "", queue: config.Eve
             retries=0,
             on_failure_callback=None,
         )
-        source >> evaluate >> enroll >> plan >> suppress >> cap >> batches >> send >> kpis >> check
+        source >> evaluate >> enroll >> plan >> suppress >> cap >> batches >> send >> written >> kpis >> check
     return dag
 
 

@@ -167,6 +167,22 @@ class LogKpisOperator(ProgramOperator[dict[str, float]]):
         return logged
 
 
+class WriteBackOperator(ProgramOperator[dict[str, int]]):
+    """Post the program's sent touches to the CRM as activities (policy ``write_back``), each once;
+    an endpoint that refuses or is down is logged and counted, and the next run tries again."""
+
+    def run(self, run: TaskRun) -> dict[str, int]:
+        from lifecycle.channels.http_webhook import WebhookHook
+
+        scope = self.scope(run)[0]
+        rule = scope.policy.write_back
+        if rule is None:
+            log.info("The policy has no write_back: no activity is posted")
+            return {}
+        hook = WebhookHook(rule.connection)
+        return pipeline.write_back(run.engine, scope, lambda payload, key: hook.deliver(payload, key))
+
+
 class CheckRunOperator(LifecycleOperator[None]):
     """The run's last task (after ``log_kpis``, whatever happened upstream): fails when a send
     batch or ``log_kpis`` failed (a failed earlier stage leaves the sends

@@ -249,6 +249,8 @@ class Channel(ABC, Generic[OutT]):
         is then a :class:`ReconcilingSender`).
     :param renews_claim: whether the claim is renewed before every provider attempt.
     :param test_recipients: how its test recipients are written, for the error naming wrong ones.
+    :param consent: whether the contact's consent on the channel is checked (False for a channel
+        that reaches someone else about the contact, such as a task for its sales owner).
     """
 
     name: str
@@ -259,6 +261,7 @@ class Channel(ABC, Generic[OutT]):
     reconcilable: bool
     renews_claim: bool
     test_recipients: str
+    consent: bool = True
 
     @abstractmethod
     def outbound(self, message: Addressed, rendered: Rendered, links: Mapping[str, str]) -> OutT:

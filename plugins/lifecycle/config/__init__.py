@@ -169,6 +169,9 @@ class Step(_Strict):
     # False: the step goes to the program holdout and the global control group too (a billing-failure
     # notice nobody may miss); lift is then measured on the other steps.
     holdout: bool = True
+    # A sales task's due time: this long after it is created (only on a step whose channel or
+    # fallback creates tasks, such as ``sales_task``). Unset: the channel's default (24 hours).
+    due_within: Duration | None = None
 
     _registered = field_validator("channel", "fallback")(_registered_channel)
 
@@ -176,6 +179,19 @@ class Step(_Strict):
     def _fallback_differs(self) -> Step:
         if self.fallback == self.channel:
             raise ValueError(f"fallback must be the other channel than {self.channel!r}, or left out")
+        return self
+
+    @model_validator(mode="after")
+    def _due_within_for_tasks(self) -> Step:
+        if self.due_within is None:
+            return self
+        if self.due_within <= timedelta(0):
+            raise ValueError("due_within must be positive, e.g. '24h'")
+        if not any(getattr(channels.get(c), "creates_tasks", False) for c in (self.channel, self.fallback) if c):
+            raise ValueError(
+                f"due_within is only for a step whose channel or fallback creates tasks (sales_task), not "
+                f"{self.channel!r} — fix: remove it or use channel: sales_task"
+            )
         return self
 
 
@@ -429,6 +445,24 @@ class RateLimit(_Strict):
     per: Duration
 
 
+class WriteBack(_Strict):
+    """Sent touches posted to the CRM as activities on the contact (policy ``write_back``), so sales
+    sees marketing's touches: the messages of ``channels`` that went out (the provider accepted
+    them) and were sent within ``within`` before a run's as-of time, each posted once to the
+    endpoint of Airflow connection ``connection``."""
+
+    connection: str = "crm_activities_default"
+    channels: list[str] = Field(min_length=1)
+    within: Duration = Field(default_factory=lambda: Duration(days=7))
+
+    @field_validator("channels")
+    @classmethod
+    def _registered_channels(cls, names: list[str]) -> list[str]:
+        for name in names:
+            _registered_channel(name)
+        return names
+
+
 class Capture(_Strict):
     """How subscriptions are captured (``POST /lifecycle/subscribe``): the forms, how long a
     confirmation link stays valid, whether the IP address is kept as proof, and the rate limits."""
@@ -547,6 +581,8 @@ class Policy(_Strict):
     capture: Capture = Field(default_factory=Capture)
     # A message queue that wakes realtime programs as events are tracked; None: the watchers poll.
     events_queue: EventsQueue | None = None
+    # Sent touches posted to the CRM as activities (left out: none are).
+    write_back: WriteBack | None = None
 
     @model_validator(mode="after")
     def _regions_consistent(self) -> Policy:

@@ -60,8 +60,9 @@ SANDBOX_MPS = 50
 
 
 def provider_connections(sandbox, public_base_url: str, link_secret: str) -> dict[str, str]:
-    """``AIRFLOW_CONN_*`` values pointing SendGrid, Twilio and the webhook channel's endpoint at a
-    provider sandbox, and the public links (unsubscribe, status callbacks) at ``public_base_url``."""
+    """``AIRFLOW_CONN_*`` values pointing SendGrid, Twilio, the webhook channel's endpoint and the
+    CRM's task and activity APIs at a provider sandbox, and the public links (unsubscribe, status
+    callbacks) at ``public_base_url``."""
     from lifecycle.sandbox import DEFAULT_SENDGRID_KEY, DEFAULT_TWILIO_SID, DEFAULT_TWILIO_TOKEN
 
     return {
@@ -87,6 +88,13 @@ def provider_connections(sandbox, public_base_url: str, link_secret: str) -> dic
         "AIRFLOW_CONN_LIFECYCLE_DEFAULT": connection_json("generic", host=public_base_url, password=link_secret),
         "AIRFLOW_CONN_WEBHOOK_DEFAULT": connection_json(
             "http", host=sandbox.webhook_url(), password=sandbox.webhook_secret
+        ),
+        # The sandbox CRM's task and activity APIs (sales_task channel, policy write_back).
+        "AIRFLOW_CONN_SALES_TASKS_DEFAULT": connection_json(
+            "http", host=f"{sandbox.url}/sales/tasks", password=sandbox.webhook_secret
+        ),
+        "AIRFLOW_CONN_CRM_ACTIVITIES_DEFAULT": connection_json(
+            "http", host=f"{sandbox.url}/sales/activities", password=sandbox.webhook_secret
         ),
     }
 

@@ -223,7 +223,8 @@ def _withhold_listed(
         if rules is not None:
             at = rules.at or now
             reasons += topic_rules(rules.topic, at)
-            reasons += consent_rules(channel, rules.purpose, rules.basis, at, rules.regions.get(channel, ()))
+            if registry.get(channel).consent:
+                reasons += consent_rules(channel, rules.purpose, rules.basis, at, rules.regions.get(channel, ()))
         for reason in reasons:
             conn.execute(
                 update(M)

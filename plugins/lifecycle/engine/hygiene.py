@@ -459,13 +459,18 @@ def _snapshot_counts(conn: Connection) -> dict[str, int]:
     return {name: int(value) for name, value in row.items()}
 
 
+def consent_channels() -> list[str]:
+    """The channels that ask the contact's consent (a sales task does not): those with a coverage figure."""
+    return [name for name in registry.names() if registry.get(name).consent]
+
+
 def _consent_counts(conn: Connection, as_of: datetime) -> dict[str, int]:
     in_force = consent_in_force(as_of)
-    granted = dict.fromkeys(registry.names(), 0) | dict(
+    granted = dict.fromkeys(consent_channels(), 0) | dict(
         conn.execute(
             select(in_force.c.channel, func.count())
             .select_from(in_force.join(Q, Q.c.contact_id == in_force.c.contact_id))
-            .where(in_force.c.status == "granted", in_force.c.channel.in_(registry.names()))
+            .where(in_force.c.status == "granted", in_force.c.channel.in_(consent_channels()))
             .group_by(in_force.c.channel)
         ).all()
     )
@@ -496,7 +501,7 @@ def figures(counts: Mapping[str, int]) -> dict[str, float]:
         "invalid_phone_rate": _share(counts["invalid_phone"], contacts),
         "bounce_rate": _share(counts[Status.BOUNCED], counts["messages_out"]),
     }
-    rates |= {f"consent_coverage_{c}": _share(counts[f"consent_granted_{c}"], contacts) for c in registry.names()}
+    rates |= {f"consent_coverage_{c}": _share(counts[f"consent_granted_{c}"], contacts) for c in consent_channels()}
     return {name: float(value) for name, value in sorted({**counts, **rates}.items())}
 
 

@@ -18,6 +18,7 @@ from lifecycle.channels import registry
 from lifecycle.channels.base import Subscription, Transport
 from lifecycle.channels.sms import SMS_CHANNEL
 from lifecycle.engine import capping, dispatch, funnel, journeys, suppression
+from lifecycle.engine import write_back as activities
 from lifecycle.engine.scope import RunScope
 from lifecycle.messages.links import LinkBuilder
 from lifecycle.model.db import utc_naive
@@ -143,6 +144,16 @@ def refresh_figures(engine: Engine, run: RunScope) -> None:
     from lifecycle.reporting import figures
 
     figures.refresh(engine, {run.program.id: run.program})
+
+
+def write_back(engine: Engine, run: RunScope, post: activities.Post) -> dict[str, int]:
+    """Post the program's sent touches as CRM activities under the policy's ``write_back`` (nothing
+    without one); see :mod:`lifecycle.engine.write_back`."""
+    rule = run.policy.write_back
+    if rule is None:
+        return {}
+    program = run.program
+    return activities.write_back(engine, program.id, program.name, rule.channels, run.as_of, rule.within, post)
 
 
 def run_program(

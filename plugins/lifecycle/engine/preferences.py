@@ -68,7 +68,9 @@ def opt_out_channels() -> list[str]:
     return [
         name
         for name in registry.names()
-        if R.UNSUBSCRIBED in registry.get(name).list_reasons and registry.get(name).address is not CONTACT_ID
+        if R.UNSUBSCRIBED in registry.get(name).list_reasons
+        and registry.get(name).address is not CONTACT_ID
+        and registry.get(name).consent
     ]
 
 

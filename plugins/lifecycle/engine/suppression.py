@@ -17,7 +17,7 @@ from datetime import datetime
 from itertools import permutations
 from typing import Any
 
-from sqlalchemy import Connection, and_, case, exists, func, not_, or_, select, true, union_all, update
+from sqlalchemy import Connection, and_, case, exists, false, func, not_, or_, select, true, union_all, update
 from sqlalchemy.sql.expression import ColumnElement
 
 from lifecycle.channels import registry
@@ -25,6 +25,7 @@ from lifecycle.config import Policy, RegionBasis, segments
 from lifecycle.engine import capture
 from lifecycle.engine.scope import RunScope
 from lifecycle.model import schema
+from lifecycle.model.addresses import CONTACT_ID
 from lifecycle.model.ledger import (
     ADDRESS_LISTS,
     MARKETING_ONLY,
@@ -99,14 +100,37 @@ def _list_predicate(channel: str, name: str) -> Callable[[ColumnElement[Any]], C
 def list_reasons(channel: str, *, service: bool = False) -> list[Reason]:
     """The suppression-list rules for ``channel`` (opt-outs, bounces, bad or duplicate addresses);
     for a ``service`` message, without the lists that stop marketing only (a marketing unsubscribe).
+    A channel that asks no consent of the contact (a sales task) is also stopped, for marketing, by
+    a contact who opted out of everything.
 
     They hold whatever the as-of, so the outbox checks them again when it claims a message
     (:func:`claim_reasons`).
     """
-    reasons = registry.get(channel).list_reasons
-    return [
-        Reason(name, _list_predicate(channel, name)) for name in reasons if not (service and name in MARKETING_ONLY)
+    facts = registry.get(channel)
+    reasons = [
+        Reason(name, _list_predicate(channel, name))
+        for name in facts.list_reasons
+        if not (service and name in MARKETING_ONLY)
     ]
+    if not facts.consent and not service:
+        reasons.append(Reason(R.UNSUBSCRIBED, _unsubscribed_everywhere))
+    return reasons
+
+
+def _unsubscribed_everywhere(contact_id: ColumnElement[Any]) -> ColumnElement[bool]:
+    """The contact opted out of everything: it is listed ``unsubscribed`` on every channel that
+    reaches an inbox of its own and asks its consent (what "unsubscribe from all" records). It stops
+    the marketing of a channel that reaches someone else about the contact (a sales task)."""
+    inboxes = [
+        name
+        for name in registry.names()
+        if R.UNSUBSCRIBED in registry.get(name).list_reasons
+        and registry.get(name).consent
+        and registry.get(name).address is not CONTACT_ID
+    ]
+    if not inboxes:
+        return false()
+    return and_(*(_on_list(contact_id, name, R.UNSUBSCRIBED) for name in inboxes))
 
 
 def claim_reasons(channel: str, service_programs: Collection[str]) -> list[Reason]:
@@ -251,7 +275,8 @@ def channel_reasons(channel: str, run: RunScope) -> list[Reason]:
         ),
     ]
     rules += list_reasons(channel, service=run.program.is_service)
-    rules += consent_reasons(channel, run)
+    if registry.get(channel).consent:
+        rules += consent_reasons(channel, run)
     return rules
 
 

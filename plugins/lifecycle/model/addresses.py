@@ -68,6 +68,11 @@ PHONE = Address("phone", phone_number, valid_e164, Q.c.phone_valid, Q.c.phone_pr
 CONTACT_ID = Address("contact_id", lambda contacts: contacts.c.contact_id, lambda _id: true(), true(), null())
 """The contact's own id, for channels that reach a system rather than an inbox (webhooks): always
 present, always valid."""
+OWNER = Address(
+    "owner", lambda contacts: func.nullif(func.trim(contacts.c.owner), ""), lambda _owner: true(), true(), null()
+)
+"""The contact's owner in the CRM (``contacts.owner``, a salesperson's user id), for channels that
+reach the owner about the contact (sales tasks): a contact without one has no address."""
 
 
 def phone_region(country: str | None) -> str | None:

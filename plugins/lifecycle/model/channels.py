@@ -25,6 +25,7 @@ BUILTIN = {
     "sms": "lifecycle.channels.sms",
     "whatsapp": "lifecycle.channels.whatsapp",
     "webhook": "lifecycle.channels.webhook",
+    "sales_task": "lifecycle.channels.sales_task",
 }
 """The channels that ship with Lifecycle and their modules, imported on the first lookup."""
 NAME = re.compile(rf"^[a-z][a-z0-9_]{{0,{CHANNEL_NAME_LENGTH - 1}}}$")
@@ -84,6 +85,12 @@ class ChannelFacts(Protocol):
     @property
     def renews_claim(self) -> bool:
         """Whether the sender renews a message's claim before every provider attempt."""
+        ...
+
+    @property
+    def consent(self) -> bool:
+        """Whether the contact's consent on the channel is checked: False for a channel that reaches
+        someone else about the contact (a task for its sales owner), which no contact opts out of."""
         ...
 
     def describe(self, parts: Mapping[str, str]) -> str:

@@ -458,3 +458,16 @@ event_watch = Table(
     Column("oldest_waiting", DateTime),  # the oldest of them (occurred_at)
 )
 """Where each realtime program's watcher is (its watermarks survive a triggerer restart) and what waits."""
+
+
+# --- Activity write-back (written by the write_back stage) ------------------------------------
+
+activity_writebacks = Table(
+    "lifecycle_activity_writebacks",
+    engine_metadata,
+    Column("message_id", Integer, primary_key=True),  # the ledger's message, posted once
+    Column("program", String(64), nullable=False),
+    Column("activity_id", String(128)),  # the CRM's id for the activity, when it answered one
+    Column("posted_at", DateTime, nullable=False),
+)
+"""Sent messages posted to the CRM as activities (policy ``write_back``): a re-run posts none twice."""

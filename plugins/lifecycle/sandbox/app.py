@@ -7,14 +7,18 @@ Provider endpoints:
 - ``GET /2010-04-01/Accounts/{AccountSid}/Messages.json`` (list: ``To``, ``From``, ``DateSent[<>]``)
 - ``GET /2010-04-01/Accounts/{AccountSid}/Messages/{Sid}.json`` (fetch)
 - ``POST /webhook/{path}`` (the webhook channel's receiver: :mod:`lifecycle.sandbox.webhook_endpoint`)
+- ``POST /sales/tasks`` and ``POST /sales/activities`` (the CRM's task and activity APIs:
+  :mod:`lifecycle.sandbox.crm_endpoint`)
 
 Control endpoints (JSON, no auth): ``GET /_sandbox/health``, ``GET /_sandbox/sendgrid/messages``
 and ``GET /_sandbox/twilio/messages`` (optional ``?to=``), ``GET /_sandbox/sendgrid/public_key``,
 ``POST /_sandbox/sendgrid/events``, ``POST /_sandbox/twilio/inbound``, ``GET|POST /_sandbox/faults``,
-``GET /_sandbox/stats``, ``GET /_sandbox/webhooks`` (optional ``?provider=``), ``POST /_sandbox/flush``,
-``POST /_sandbox/reset`` and ``GET|POST /_sandbox/latency`` (``{"median_ms": 150, "sigma": 0.4}``:
-the provider latency from now on; ``median_ms`` 0 is none; a reset leaves it as it is). Faults apply
-to the three send endpoints only (targets ``sendgrid``, ``twilio``, ``webhook``).
+``GET /_sandbox/stats``, ``GET /_sandbox/webhooks`` (optional ``?provider=``), ``GET
+/_sandbox/sales/tasks``, ``GET /_sandbox/sales/activities``, ``POST /_sandbox/flush``, ``POST
+/_sandbox/reset`` and ``GET|POST /_sandbox/latency`` (``{"median_ms": 150, "sigma": 0.4}``: the
+provider latency from now on; ``median_ms`` 0 is none; a reset leaves it as it is). Faults apply to
+the send endpoints only (targets ``sendgrid``, ``twilio``, ``webhook``, ``sales_tasks``,
+``crm_activities``).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qs
 
+from lifecycle.sandbox.crm_endpoint import ACTIVITIES_PATH, TASKS_PATH, activities_endpoint, tasks_endpoint
 from lifecycle.sandbox.faults import FaultPlan, FaultRequestError, Target, parse_fault_request
 from lifecycle.sandbox.latency import DEFAULT_SIGMA, Latency
 from lifecycle.sandbox.records import Recorder
@@ -81,6 +86,8 @@ class SandboxApp:
             twilio_account_sid, twilio_auth_token, self.recorder, self.dispatcher, twilio_inbound_url
         )
         self.webhook = WebhookEndpoint()
+        self.sales_tasks = tasks_endpoint()
+        self.crm_activities = activities_endpoint()
         self._stopping = threading.Event()
         self._control_routes: dict[tuple[str, str], Callable[[Request], Any]] = {
             ("GET", "health"): lambda request: {"status": "ok"},
@@ -93,6 +100,8 @@ class SandboxApp:
             ("POST", "faults"): lambda request: self.add_fault(_json_body(request)),
             ("GET", "stats"): lambda request: self.stats(),
             ("GET", "webhooks"): lambda request: {"webhooks": self.dispatcher.entries(_query(request, "provider"))},
+            ("GET", "sales/tasks"): lambda request: {"tasks": self.sales_tasks.deliveries()},
+            ("GET", "sales/activities"): lambda request: {"activities": self.crm_activities.deliveries()},
             ("POST", "flush"): self._post_flush,
             ("POST", "reset"): lambda request: self.reset(),
             ("GET", "latency"): lambda request: _describe_latency(self.latency),
@@ -121,6 +130,10 @@ class SandboxApp:
             return self._twilio(request, *route)
         if request.path.startswith(WEBHOOK_PREFIX):
             return self._send("webhook", "webhook.deliver", request, self.webhook.receive)
+        if request.path == TASKS_PATH:
+            return self._send("sales_tasks", "sales.create_task", request, self.sales_tasks.receive)
+        if request.path == ACTIVITIES_PATH:
+            return self._send("crm_activities", "sales.create_activity", request, self.crm_activities.receive)
         return json_reply(404, {"error": f"no sandbox endpoint for {request.method} {request.path}"})
 
     def _twilio(self, request: Request, account_sid: str, message_sid: str | None) -> Reply | Hangup:
@@ -157,6 +170,8 @@ class SandboxApp:
             "sendgrid": self.sendgrid,
             "twilio": self.twilio,
             "webhook": self.webhook,
+            "sales_tasks": self.sales_tasks,
+            "crm_activities": self.crm_activities,
         }
         api = apis[target]
         if fault.status is not None:
@@ -186,6 +201,8 @@ class SandboxApp:
         """Forget records, pending faults, opt-outs, stats and the webhook log."""
         self.recorder.reset()
         self.webhook.reset()
+        self.sales_tasks.reset()
+        self.crm_activities.reset()
         self.faults.clear()
         self.dispatcher.clear_log()
         return {"reset": True}

@@ -306,6 +306,22 @@ class SandboxServer:
         """The webhook deliveries received, oldest first, one per idempotency key."""
         return self.app.webhook.deliveries()
 
+    def sales_tasks_url(self) -> str:
+        """The URL of the sandbox CRM's task API (signatures checked with ``webhook_secret``)."""
+        return f"{self.url}/sales/tasks"
+
+    def activities_url(self) -> str:
+        """The URL of the sandbox CRM's activity API (signatures checked with ``webhook_secret``)."""
+        return f"{self.url}/sales/activities"
+
+    def sales_tasks(self) -> list[dict[str, Any]]:
+        """The tasks the CRM received, oldest first, one per idempotency key."""
+        return self.app.sales_tasks.deliveries()
+
+    def activities(self) -> list[dict[str, Any]]:
+        """The activities the CRM received, oldest first, one per idempotency key."""
+        return self.app.crm_activities.deliveries()
+
     def approve_content(self, sid: str, text: str) -> None:
         """Know ``sid`` as an approved WhatsApp content template reading ``text`` (``{{1}}`` placeholders)."""
         self.app.twilio.approve_content(sid, text)

@@ -30,9 +30,20 @@ MAX_AGE = 300
 class WebhookEndpoint:
     """Receives signed webhook deliveries, keeps each (by idempotency key) once, counts replays."""
 
-    def __init__(self, secret: str = DEFAULT_WEBHOOK_SECRET, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        secret: str = DEFAULT_WEBHOOK_SECRET,
+        clock: Callable[[], float] = time.time,
+        *,
+        prefix: str = WEBHOOK_PREFIX,
+        id_prefix: str = "wh_",
+        check: Callable[[Any], str | None] | None = None,
+    ) -> None:
         self.secret = secret
         self.clock = clock
+        self.prefix = prefix
+        self.id_prefix = id_prefix
+        self.check = check
         self._lock = threading.Lock()
         self._deliveries: list[dict[str, Any]] = []
         self._by_key: dict[str, dict[str, Any]] = {}
@@ -54,7 +65,8 @@ class WebhookEndpoint:
         return None if hmac.compare_digest(expected, given) else "signature does not match"
 
     def receive(self, request: Request) -> Reply:
-        """``POST /webhook/<path>``: verify, then record a new delivery or recognise a retried one."""
+        """``POST <prefix><path>``: verify, check the payload (422 with ``check``'s problem), then
+        record a new delivery or recognise a retried one."""
         if request.method != "POST":
             return json_reply(405, {"error": "method not allowed"})
         problem = self._signature_problem(request.headers.get("lifecycle-signature", ""), request.body)
@@ -67,6 +79,8 @@ class WebhookEndpoint:
             payload = json.loads(request.body)
         except ValueError:
             return json_reply(400, {"error": "the body is not JSON"})
+        if self.check is not None and (invalid := self.check(payload)) is not None:
+            return json_reply(422, {"error": invalid})
         with self._lock:
             known = self._by_key.get(key)
             if known is not None:
@@ -75,8 +89,8 @@ class WebhookEndpoint:
                     200, {"id": known["id"]}, {"X-Delivery-Id": known["id"], "Idempotent-Replayed": "true"}
                 )
             delivery = {
-                "id": "wh_" + uuid.uuid4().hex,
-                "path": request.path.removeprefix(WEBHOOK_PREFIX),
+                "id": self.id_prefix + uuid.uuid4().hex,
+                "path": request.path.removeprefix(self.prefix),
                 "idempotency_key": key,
                 "payload": payload,
                 "received_at": self.clock(),

@@ -100,6 +100,7 @@ def test_figures_match_the_planted_dirty_data(seeded, db_url, monkeypatch):
         "duplicate_contact:sms": planted["duplicate_contacts"],
         "duplicate_contact:whatsapp": planted["duplicate_contacts"],
         "duplicate_contact:webhook": planted["duplicate_contacts"],
+        "duplicate_contact:sales_task": planted["duplicate_contacts"],
     }
 
 
@@ -110,8 +111,8 @@ def test_rerunning_the_dag_changes_nothing(crm, db_url, monkeypatch):
     c.contact("k3", email=None, phone="(415) 555-2672")
     assert run_dag(monkeypatch, db_url, "data_hygiene", AS_OF) == "success"
     first = _engine_tables(engine)
-    # k2: an invalid phone (SMS, WhatsApp) and a duplicate (email, SMS, WhatsApp, webhook)
-    assert len(first["quality"]) == 3 and len(first["suppressions"]) == 6
+    # k2: an invalid phone (SMS, WhatsApp) and a duplicate (email, SMS, WhatsApp, webhook, sales task)
+    assert len(first["quality"]) == 3 and len(first["suppressions"]) == 7
     assert run_dag(monkeypatch, db_url, "data_hygiene", AS_OF) == "success"
     assert _engine_tables(engine) == first
 

@@ -79,7 +79,7 @@ def pager(request):
     """The pager channel (or the variant a test parametrizes), registered for this test only."""
     with registered(getattr(request, "param", PagerChannel)()) as channel:
         yield channel
-    assert registry.names() == ("email", "sms", "whatsapp", "webhook")
+    assert registry.names() == ("email", "sms", "whatsapp", "webhook", "sales_task")
 
 
 @pytest.fixture
@@ -272,7 +272,7 @@ def test_test_copies_and_previews_of_a_pager_step(crm, pager_config):
     assert (page.message_id, page.number) == (0, "+14155550111") and page.text.startswith("[TEST] ")
     with pytest.raises(
         ValueError,
-        match=r"\(whatsapp:\+14155550100\) or webhook connections \(webhook:webhook_default\) or pager",
+        match=r"\(webhook:webhook_default\) or sales task connections \(webhook:sales_tasks_default\) or pager",
     ):
         send_test_copies(engine, scope, contact, ["someone"], transport, unsubscribe_url=unsubscribe)
     shown = preview(str(engine.url), "pages", contact, step=None, as_of=AS_OF)

@@ -53,8 +53,8 @@ def _load(path: Path) -> config.Program:
     return config.load_program(path, config.load_segments(FIXTURES / "config" / "segments.yml"))
 
 
-def test_email_sms_whatsapp_and_webhook_ship_registered():
-    assert registry.names() == ("email", "sms", "whatsapp", "webhook")
+def test_email_sms_whatsapp_webhook_and_sales_task_ship_registered():
+    assert registry.names() == ("email", "sms", "whatsapp", "webhook", "sales_task")
     assert registry.get("sms").reconcilable and not registry.get("email").reconcilable
     assert not registry.get("whatsapp").reconcilable and registry.get("whatsapp").renews_claim
 
@@ -83,7 +83,7 @@ def test_a_name_is_registered_once(pager):
 
 
 def test_an_unknown_channel_is_named_with_the_registered_ones():
-    with pytest.raises(UnknownChannel, match=r"'fax'.*\['email', 'sms', 'whatsapp', 'webhook'\]"):
+    with pytest.raises(UnknownChannel, match=r"'fax'.*\['email', 'sms', 'whatsapp', 'webhook', 'sales_task'\]"):
         registry.get("fax")
 
 
@@ -96,7 +96,7 @@ def test_a_step_on_an_unregistered_channel_names_the_file_the_field_and_the_chan
     assert err.value.file == str(path)
     assert err.value.problems == [
         f"steps[0].{field}: 'pager' is not a registered channel — fix: use one of "
-        "['email', 'sms', 'whatsapp', 'webhook']"
+        "['email', 'sms', 'whatsapp', 'webhook', 'sales_task']"
     ]
 
 
@@ -118,7 +118,7 @@ def test_policy_caps_accept_any_registered_channel(tmp_path, pager):
         config.load_policy(_policy(tmp_path, caps=caps))
     assert err.value.problems == [
         "caps.pager[key]: 'pager' is not a registered channel or 'all' — fix: use one of "
-        "['email', 'sms', 'whatsapp', 'webhook', 'all']"
+        "['email', 'sms', 'whatsapp', 'webhook', 'sales_task', 'all']"
     ]
 
 

@@ -59,13 +59,14 @@ FULL_PROGRAM: dict[str, Any] = {
         {
             "id": "hello",
             "channel": "email",
-            "fallback": "sms",
+            "fallback": "sales_task",
             "delay": "1d",
             "relative_to": "enrollment",
             "template": "simple/hello",
             "when": {"not": {"event": "purchase", "since": "enrollment"}},
             "late_after": "12h",
             "holdout": False,
+            "due_within": "24h",
         }
     ],
     "late_after": "24h",
@@ -133,6 +134,7 @@ FULL_POLICY: dict[str, Any] = yaml.safe_load((FIXTURES / "config" / "policy.yml"
         "channel_prefix": "lifecycle.events.",
         "poll_seconds": 30,
     },
+    "write_back": {"connection": "crm_activities_default", "channels": ["email", "sms"], "within": "3d"},
 }
 
 
@@ -261,11 +263,12 @@ def cases(
 
 
 # realtime: true needs the trigger events: without them the error names the audience (and the fix).
+# due_within needs a channel that creates tasks: the step's fallback is its sales_task.
 PROGRAM_CASES = cases(
     config.Program,
     FULL_PROGRAM,
     loader_fills=frozenset({("id",)}),
-    needed_by={("audience", "trigger_event"): "audience"},
+    needed_by={("audience", "trigger_event"): "audience", ("steps", 0, "fallback"): "steps[0]"},
 )
 POLICY_CASES = cases(config.Policy, FULL_POLICY)
 

@@ -253,6 +253,7 @@ def test_suppressions_follow_the_snapshot_and_crm_rows_never_change(crm):
         (duplicate, "sms", "duplicate_contact", "data_hygiene", f"duplicate of {fine}"),
         (duplicate, "whatsapp", "duplicate_contact", "data_hygiene", f"duplicate of {fine}"),
         (duplicate, "webhook", "duplicate_contact", "data_hygiene", f"duplicate of {fine}"),
+        (duplicate, "sales_task", "duplicate_contact", "data_hygiene", f"duplicate of {fine}"),
         (other_source, "email", "invalid_address", "sendgrid", "bounce"),
     }
     assert hygiene.flag_suppressions(engine, RUN, AS_OF) == {
@@ -264,6 +265,7 @@ def test_suppressions_follow_the_snapshot_and_crm_rows_never_change(crm):
         "duplicate_contact_sms": 0,
         "duplicate_contact_whatsapp": 0,
         "duplicate_contact_webhook": 0,
+        "duplicate_contact_sales_task": 0,
     }
     assert suppression_list(engine) == flagged
     with engine.begin() as conn:
@@ -281,6 +283,7 @@ def test_suppressions_follow_the_snapshot_and_crm_rows_never_change(crm):
         (fine, "sms", "duplicate_contact", "data_hygiene", f"duplicate of {duplicate}"),
         (fine, "whatsapp", "duplicate_contact", "data_hygiene", f"duplicate of {duplicate}"),
         (fine, "webhook", "duplicate_contact", "data_hygiene", f"duplicate of {duplicate}"),
+        (fine, "sales_task", "duplicate_contact", "data_hygiene", f"duplicate of {duplicate}"),
         (other_source, "email", "invalid_address", "sendgrid", "bounce"),
     }
 
