@@ -591,7 +591,9 @@ def _send_worker_start(url: str, as_of: datetime) -> None:
     task process has them before its first message (not counted in the send stage)."""
     import lifecycle.channels.sendgrid  # noqa: F401 - Airflow and the SDKs, loaded before the clock starts as in a task
     import lifecycle.channels.twilio  # noqa: F401
+    from lifecycle.channels.selection import provider_transport
 
+    provider_transport()  # reads a connection: Airflow's settings and secrets are set up, as when a task starts
     _worker["engine"] = get_engine(url)
     _worker["scopes"] = {pid: scope for pid, (scope, _programs) in scopes_for(as_of).items()}
 
@@ -833,7 +835,7 @@ def render_floor(engine: Engine, groups: Sequence[RenderGroup], brand: Mapping[s
     started = time.perf_counter()
     for group, contexts in work:
         for i in range(group.count):
-            render(group.template, group.channel, contexts[i % len(contexts)])
+            render(group.template, group.channel, contexts[i % len(contexts)], reload=False)
         count += group.count
     return time.perf_counter() - started, count
 
