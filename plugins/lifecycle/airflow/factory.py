@@ -29,6 +29,7 @@ from lifecycle.airflow.operators import (
     SuppressOperator,
     SyncSourceOperator,
 )
+from lifecycle.airflow.pools import SEND_POOL
 from lifecycle.airflow.triggers import POLL_SECONDS, ProgramEventTrigger
 from lifecycle.reporting import display
 
@@ -161,7 +162,11 @@ def build_program_dag(program: config.Program, caps: str = "") -> DAG:
         cap = CapOperator(task_id="cap", **common)
         batches = PrepareBatchesOperator(task_id="prepare_batches", **common)
         send = SendBatchOperator.partial(
-            task_id="send", max_active_tis_per_dag=4, retry_delay=timedelta(seconds=90), **common
+            task_id="send",
+            max_active_tis_per_dag=4,
+            pool=SEND_POOL,
+            retry_delay=timedelta(seconds=90),
+            **common,
         ).expand(batch=batches.output)
         kpis = LogKpisOperator(task_id="log_kpis", trigger_rule=TriggerRule.ALL_DONE, **common)
         # The run's state follows its last task: log_kpis runs whatever happened (ALL_DONE) and

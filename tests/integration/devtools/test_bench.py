@@ -58,7 +58,15 @@ def test_quick_bench_reports_every_figure_and_the_naive_baseline_matches_the_eng
         "send stage / dispatch floor",
         "time(N) / time(N/10)",
         "all DAG files parse",
+        *(f"SMS rate / configured {mps:g} MPS" for mps in bench.PACING_MPS),
     }
+    # The SMS figure: every send went out through the real hook, never faster than configured (1%: a
+    # request's time is taken in its thread after the limiter's slot, so the first may be a little late).
+    assert [p["mps"] for p in report["sms_pacing"]] == list(bench.PACING_MPS)
+    for pacing in report["sms_pacing"]:
+        assert pacing["sends"] == pacing["sent"] == bench.QUICK_PACING_SENDS
+        assert 0 < pacing["rate"] <= pacing["mps"] * 1.01, pacing
+    assert "SMS pacing: Twilio sends through the real hook" in printed
     assert report["dag_parse"]["dags"] >= 8 and report["dag_parse"]["errors"] == 0
     for target in report["targets"]:
         assert f"{target['name']}" in printed and ("PASS" if target["passed"] else "MISS") in printed
