@@ -132,7 +132,10 @@ def airflow_db() -> None:
     """Airflow's metadata database, created once per test session."""
     from airflow.utils.db import initdb
 
+    from lifecycle.airflow.pools import ensure_send_pool
+
     initdb()
+    ensure_send_pool()  # every send task runs in it: a task in a missing pool is never run
 
 
 @pytest.fixture

@@ -24,6 +24,7 @@ from cryptography.fernet import Fernet
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from lifecycle.airflow.pools import pool_set_args
 from lifecycle.paths import PROJECT_ROOT
 from tests.conftest import FIXTURES, PG_ADMIN_URL, require_postgres
 from tests.support.cluster import (
@@ -164,6 +165,10 @@ def _start_cluster(topology: Topology, api: ApiClient, started: list[Service]) -
     _prepare_crm(topology.crm_url)
     if wait_for("airflow db migrate", migrate.process.poll, MIGRATE_TIMEOUT, [], 0.5) != 0:
         raise ClusterError("airflow db migrate failed")
+    pools = Service.start("send-pool", airflow_argv(*pool_set_args()), env, logs)
+    started.append(pools)
+    if wait_for("airflow pools set", pools.process.poll, MIGRATE_TIMEOUT, [], 0.5) != 0:
+        raise ClusterError("airflow pools set (the send tasks' pool) failed")
     airflow = _start_airflow(topology, env, logs)
     started.extend(airflow.values())
     services = {"provider-sandbox": sandbox} | airflow

@@ -21,6 +21,7 @@ from lifecycle.airflow.due_steps_operators import (
 )
 from lifecycle.airflow.factory import load_programs
 from lifecycle.airflow.notifications import OwnerAlert
+from lifecycle.airflow.pools import SEND_POOL
 
 DUE_STEPS_DAG = "lifecycle_due_steps"
 DUE_STEPS_SCHEDULE = "*/5 * * * *"
@@ -71,7 +72,11 @@ def build_due_steps_dag(programs: dict[str, config.Program], errors: dict[str, c
                 common = {"program_id": program.id, "owner": program.owner}
                 sweep = SweepDueStepsOperator(task_id="sweep", **common)
                 send = SendDueBatchOperator.partial(
-                    task_id="send", max_active_tis_per_dag=4, retry_delay=timedelta(seconds=90), **common
+                    task_id="send",
+                    max_active_tis_per_dag=4,
+                    pool=SEND_POOL,
+                    retry_delay=timedelta(seconds=90),
+                    **common,
                 ).expand(batch=sweep.output)
                 send >> RefreshDueFiguresOperator(task_id="refresh_figures", **common)
         for program_id, error in sorted(errors.items()):

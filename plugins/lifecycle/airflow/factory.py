@@ -30,6 +30,7 @@ from lifecycle.airflow.operators import (
     SyncSourceOperator,
     WriteBackOperator,
 )
+from lifecycle.airflow.pools import SEND_POOL
 from lifecycle.airflow.triggers import POLL_SECONDS, QUEUE_POLL_SECONDS, ProgramEventTrigger
 from lifecycle.engine import event_queue
 from lifecycle.reporting import display
@@ -186,7 +187,11 @@ def build_program_dag(program: config.Program, caps: str = "", queue: config.Eve
         cap = CapOperator(task_id="cap", **common)
         batches = PrepareBatchesOperator(task_id="prepare_batches", **common)
         send = SendBatchOperator.partial(
-            task_id="send", max_active_tis_per_dag=4, retry_delay=timedelta(seconds=90), **common
+            task_id="send",
+            max_active_tis_per_dag=4,
+            pool=SEND_POOL,
+            retry_delay=timedelta(seconds=90),
+            **common,
         ).expand(batch=batches.output)
         # Activities for the touches that went out, whatever became of the batches (ALL_DONE); its
         # failure fails neither a send nor the run.

@@ -43,11 +43,10 @@ import traceback
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -147,6 +146,15 @@ class EngineRun:
     migrate_seconds: float
     seed_seconds: float = 0.0
     rows: dict[str, int] = field(default_factory=dict)
+    accepted: dict[str, int] = field(default_factory=dict)
+    send_workers: int = 0
+    send_peak_rss: int = 0
+    send_peak_rss_sum: int = 0
+
+    @property
+    def total_peak_rss(self) -> int:
+        """The engine process's peak plus every send worker's: the most the run can hold at once."""
+        return self.peak_rss + self.send_peak_rss_sum
 
     @property
     def seconds(self) -> float:
@@ -162,6 +170,12 @@ class EngineRun:
     def sent(self) -> int:
         """Messages the providers accepted."""
         return self.statuses.get(Status.SENT, 0)
+
+    @property
+    def provider_sent(self) -> int:
+        """Mail Send and Twilio create requests the sandbox accepted: one message each (every email
+        carries its own unsubscribe link, so no two share a Mail Send request)."""
+        return self.accepted.get(MAIL_SEND, 0) + self.accepted.get(CREATE_MESSAGE, 0)
 
 
 @dataclass
@@ -180,6 +194,22 @@ class Floors:
     def total(self) -> float:
         """The sum of the three floors."""
         return self.database + self.render + self.dispatch
+
+
+@dataclass
+class SmsPacing:
+    """Twilio sends through the real hook and sender at one configured MPS: when each request went
+    out (the limiter's slots, seen where the hook's HTTP client is called)."""
+
+    mps: float
+    sends: int
+    sent: int
+    seconds: float  # from the first request to the last
+
+    @property
+    def rate(self) -> float:
+        """Messages a second: the requests after the first over the time they took."""
+        return (self.sends - 1) / max(self.seconds, 1e-9)
 
 
 @dataclass
@@ -228,11 +258,13 @@ class Target:
     shown: str
     goal: str
     at_least: bool = False
+    floor: float | None = None
 
     @property
     def passed(self) -> bool:
-        """PASS when the figure is on the right side of the limit."""
-        return self.value >= self.limit if self.at_least else self.value <= self.limit
+        """PASS when the figure is on the right side of the limit (and, given a floor, not under it)."""
+        within = self.value >= self.limit if self.at_least else self.value <= self.limit
+        return within and (self.floor is None or self.value >= self.floor)
 
 
 @dataclass
@@ -248,6 +280,7 @@ class Report:
     databases: list[DatabaseResult]
     skipped: dict[str, str] = field(default_factory=dict)
     latency_ms: float = 0.0
+    sms_pacing: list[SmsPacing] = field(default_factory=list)
 
     def targets(self) -> list[Target]:
         """Every target with its figure, per database, then the DAG parse time."""
@@ -269,11 +302,20 @@ class Report:
                 ),
                 Target(
                     db.name,
-                    "peak memory of the engine process",
-                    run.peak_rss / MIB,
+                    "peak memory, engine + send processes",
+                    run.total_peak_rss / MIB,
                     1024.0,
-                    f"{run.peak_rss / MIB:,.0f} MiB",
+                    f"{run.total_peak_rss / MIB:,.0f} MiB",
                     "< 1 GiB",
+                ),
+                Target(
+                    db.name,
+                    "messages sent / provider requests",
+                    float(run.sent == run.provider_sent),
+                    1.0,
+                    f"{run.sent:,}/{run.provider_sent:,}",
+                    "equal",
+                    at_least=True,
                 ),
             ]
             send = run.stages["send"] / max(floors.dispatch, 1e-9)
@@ -296,6 +338,19 @@ class Report:
                 found.append(Target(db.name, "time(N) / time(N/10)", growth, 11.0, f"{growth:.2f}x", "<= 11x"))
             if db.page is not None:
                 found.append(bench_page.target(db.name, db.page))
+        for pacing in self.sms_pacing:
+            ratio = pacing.rate / pacing.mps
+            found.append(
+                Target(
+                    "-",
+                    f"SMS rate / configured {pacing.mps:g} MPS",
+                    ratio,
+                    1.0,
+                    f"{pacing.rate:.3f}/s",
+                    "0.95-1x",
+                    floor=0.95,
+                )
+            )
         seconds = self.dag_parse["seconds"]
         found.append(Target("-", "all DAG files parse", seconds, 0.5, f"{seconds:.2f} s", "< 0.5 s"))
         return found
@@ -311,6 +366,8 @@ class Report:
             entry["floors"]["total"] = db.floors.total
             entry["naive"]["equal"] = db.naive.equal
             entry["naive"]["extrapolated_seconds"] = db.naive.per_contact * db.run.contacts
+        for pacing, entry in zip(self.sms_pacing, data["sms_pacing"], strict=True):
+            entry["rate"] = pacing.rate
         data["targets"] = [asdict(t) | {"passed": t.passed} for t in self.targets()]
         return data
 
@@ -327,6 +384,13 @@ class Report:
             lines += ["", *_render_database(db)]
         for name, why in self.skipped.items():
             lines += ["", f"== {name}: skipped ({why})"]
+        if self.sms_pacing:
+            lines += ["", "SMS pacing: Twilio sends through the real hook and sender (16 in flight) to the sandbox"]
+            lines += [
+                f"        {p.mps:g} MPS configured: {p.sends} sends, {p.sent} sent, first to last request "
+                f"{p.seconds:.2f} s: {p.rate:.3f} messages/s ({p.rate / p.mps:.1%} of the MPS)"
+                for p in self.sms_pacing
+            ]
         lines += [
             "",
             f"DAG files: {self.dag_parse['dags']:.0f} DAGs parsed by Airflow's DagBag in "
@@ -359,7 +423,9 @@ def _render_database(db: DatabaseResult) -> list[str]:
         f"send stage: {run.sent:,} messages in {run.stages['send']:.1f} s: "
         f"{run.sent / max(run.stages['send'], 1e-9):,.0f} messages/s; dispatch floor {floors.dispatch:.1f} s "
         f"({floors.requests / max(floors.dispatch, 1e-9):,.0f} requests/s)",
-        f"peak memory of the engine process: {run.peak_rss / MIB:,.0f} MiB",
+        f"peak memory: engine process {run.peak_rss / MIB:,.0f} MiB; {run.send_workers} send processes "
+        f"{run.send_peak_rss / MIB:,.0f} MiB each at most, {run.send_peak_rss_sum / MIB:,.0f} MiB together; "
+        f"all at once at most {run.total_peak_rss / MIB:,.0f} MiB",
         "",
         f"floors: database {floors.database:.2f} s (one scan of {floors.rows_scanned:,} rows: "
         + "; ".join(f"{t}({', '.join(c)})" for t, c in floors.columns.items())
@@ -563,14 +629,87 @@ def _send_batch(engine: Engine, scope: RunScope, batch: int) -> dict[str, int]:
     return pipeline.send(engine, scope, batch, transport, links=links)
 
 
+# The send worker's state, made once per worker process by :func:`_send_worker_start`.
+_worker: dict[str, Any] = {}
+
+
+def _send_worker_start(url: str, as_of: datetime) -> None:
+    """A send worker's start: the SDKs and Airflow imported, its own engine and the run scopes, as a
+    task process has them before its first message (not counted in the send stage)."""
+    import lifecycle.channels.sendgrid  # noqa: F401 - Airflow and the SDKs, loaded before the clock starts as in a task
+    import lifecycle.channels.twilio  # noqa: F401
+    from lifecycle.channels.selection import provider_transport
+
+    provider_transport()  # reads a connection: Airflow's settings and secrets are set up, as when a task starts
+    _worker["engine"] = get_engine(url)
+    _worker["scopes"] = {pid: scope for pid, (scope, _programs) in scopes_for(as_of).items()}
+
+
+def _send_worker_ready(wait: float) -> int:
+    """A started worker's process id (after ``wait`` seconds, so that every worker takes one)."""
+    time.sleep(wait)
+    return os.getpid()
+
+
+def _send_in_worker(program_id: str, batch: int) -> tuple[int, int, dict[str, int]]:
+    """One batch sent in a worker process: (its process id, its peak memory, the counts)."""
+    counts = _send_batch(_worker["engine"], _worker["scopes"][program_id], batch)
+    return os.getpid(), _peak_rss(), counts
+
+
+class SendWorkers:
+    """The send stage as Airflow runs it: every batch in a worker process of its own interpreter
+    (no lock shared with the engine or the other batches), at most :data:`SEND_CONCURRENCY` at once
+    like the send task's ``max_active_tis_per_dag``. Each worker makes its own engine from the URL.
+    The workers live for the whole run (a task process is started once per batch; that start-up is
+    Airflow's, not the engine's, and is left out); each reports its peak memory with every batch."""
+
+    def __init__(self, url: str, as_of: datetime, workers: int = SEND_CONCURRENCY) -> None:
+        self.workers = workers
+        self.peaks: dict[int, int] = {}
+        self.pool = ProcessPoolExecutor(
+            workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_send_worker_start,
+            initargs=(url, as_of),
+        )
+
+    def __enter__(self) -> SendWorkers:
+        seen: set[int] = set()
+        while len(seen) < self.workers:  # every worker started and ready before any clock starts
+            seen.update(self.pool.map(_send_worker_ready, [0.2] * self.workers))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def send(self, program_id: str, batches: Sequence[int]) -> list[dict[str, int]]:
+        """Send ``batches`` of the program, each in a worker; their counts in batch order."""
+        done = []
+        for pid, peak, counts in self.pool.map(_send_in_worker, [program_id] * len(batches), batches):
+            self.peaks[pid] = max(self.peaks.get(pid, 0), peak)
+            done.append(counts)
+        return done
+
+    @property
+    def peak_rss(self) -> int:
+        """The highest peak memory of one worker."""
+        return max(self.peaks.values(), default=0)
+
+    @property
+    def peak_rss_sum(self) -> int:
+        """The workers' peaks added up: the most they can hold at once."""
+        return sum(self.peaks.values())
+
+
 def run_stages(
     engine: Engine,
     scope: RunScope,
     programs: Mapping[str, config.Program],
     times: dict[str, float],
-    pool: ThreadPoolExecutor | None = None,
+    workers: SendWorkers | None = None,
 ) -> None:
-    """One program's stages in DAG order, each timed into ``times``; without a send pool, only
+    """One program's stages in DAG order, each timed into ``times``; without send workers, only
     the decisions (evaluate to cap)."""
 
     def timed(stage: str, fn: Callable[..., Any], *args: Any) -> Any:
@@ -584,18 +723,26 @@ def run_stages(
     timed("plan", pipeline.plan, engine, scope)
     timed("suppress", pipeline.suppress, engine, scope)
     timed("cap", pipeline.cap, engine, scope, programs)
-    if pool is None:
+    if workers is None:
         return
     batches = timed("prepare", pipeline.prepare, engine, scope)
-    timed("send", lambda: list(pool.map(partial(_send_batch, engine, scope), batches)))
+    timed("send", workers.send, scope.program.id, batches)
     timed("log_kpis", pipeline.log_kpis, engine, scope)
 
 
-def _drain_sandbox(session: requests.Session, sandbox_url: str) -> Counter:
-    """The provider requests the sandbox counted, then clear it so its records do not pile up."""
+def _drain_sandbox(session: requests.Session, sandbox_url: str) -> tuple[Counter, Counter]:
+    """The provider requests the sandbox counted, and those it accepted (answered 2xx), per
+    endpoint; then clear it so its records do not pile up."""
     stats = session.get(f"{sandbox_url}/_sandbox/stats", timeout=60).json()["endpoints"]
     session.post(f"{sandbox_url}/_sandbox/reset", timeout=60).raise_for_status()
-    return Counter({endpoint: entry["requests"] for endpoint, entry in stats.items()})
+    requests_made = Counter({endpoint: entry["requests"] for endpoint, entry in stats.items()})
+    accepted = Counter(
+        {
+            endpoint: sum(n for status, n in entry["responses"].items() if status.startswith("2"))
+            for endpoint, entry in stats.items()
+        }
+    )
+    return requests_made, accepted
 
 
 def _render_groups(engine: Engine) -> list[RenderGroup]:
@@ -635,12 +782,15 @@ def run_engine(url: str, contacts: int, as_of: datetime, sandbox_url: str) -> En
     times = dict.fromkeys(STAGES, 0.0)
     per_program: dict[str, float] = {}
     sent_requests: Counter = Counter()
-    with ThreadPoolExecutor(SEND_CONCURRENCY, thread_name_prefix="send") as pool, requests.Session() as session:
+    accepted_requests: Counter = Counter()
+    with SendWorkers(url, as_of) as workers, requests.Session() as session:
         for program_id, (scope, programs) in scopes_for(as_of).items():
             before = sum(times.values())
-            run_stages(engine, scope, programs, times, pool)
+            run_stages(engine, scope, programs, times, workers)
             per_program[program_id] = sum(times.values()) - before
-            sent_requests.update(_drain_sandbox(session, sandbox_url))
+            made, accepted = _drain_sandbox(session, sandbox_url)
+            sent_requests.update(made)
+            accepted_requests.update(accepted)
     with engine.connect() as conn:
         statuses: dict[str, int] = dict(conn.execute(select(M.c.status, func.count()).group_by(M.c.status)).all())
     return EngineRun(
@@ -652,7 +802,52 @@ def run_engine(url: str, contacts: int, as_of: datetime, sandbox_url: str) -> En
         renders=_render_groups(engine),
         peak_rss=_peak_rss(),
         migrate_seconds=migrate_seconds,
+        accepted=dict(accepted_requests),
+        send_workers=workers.workers,
+        send_peak_rss=workers.peak_rss,
+        send_peak_rss_sum=workers.peak_rss_sum,
     )
+
+
+# --- SMS pacing ------------------------------------------------------------------------------------
+
+PACING_MPS = (1.0, 3.0, 10.0)
+DEFAULT_PACING_SENDS = 50
+QUICK_PACING_SENDS = 6
+
+
+def measure_sms_pacing(rates: Sequence[float], sends: int) -> list[SmsPacing]:
+    """``sends`` SMS at each configured MPS through :class:`~lifecycle.channels.twilio.TwilioHook` and
+    the SMS channel's sender (its thread pool, its rate limiter) to the sandbox the ``twilio_default``
+    connection names; the time of every request is taken where the hook's HTTP client sends it (run
+    this in a child process: it wraps that client's class)."""
+    from lifecycle.channels.base import OutboundSms
+    from lifecycle.channels.providers import ProviderTransport
+    from lifecycle.channels.twilio import BaseUrlHttpClient, TwilioHook
+
+    starts: list[float] = []
+    request = BaseUrlHttpClient.request
+
+    def timed(self: BaseUrlHttpClient, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+        if method == "POST":
+            starts.append(time.monotonic())
+        return request(self, method, url, *args, **kwargs)
+
+    BaseUrlHttpClient.request = timed  # type: ignore[method-assign]
+    found = []
+    try:
+        for mps in rates:
+            starts.clear()
+            batch = [
+                OutboundSms(i + 1, f"pacing-{mps:g}-{i}", f"pacing-{i}", f"+1415555{100 + i % 100:04d}", "Pacing check")
+                for i in range(sends)
+            ]
+            results = list(ProviderTransport(TwilioHook(mps=mps)).send("sms", batch))
+            sent = sum(1 for result in results if result.status == Status.SENT)
+            found.append(SmsPacing(mps, len(starts), sent, max(starts) - min(starts) if starts else 0.0))
+    finally:
+        BaseUrlHttpClient.request = request  # type: ignore[method-assign]
+    return found
 
 
 # --- floors -----------------------------------------------------------------------------------
@@ -728,7 +923,7 @@ def render_floor(engine: Engine, groups: Sequence[RenderGroup], brand: Mapping[s
     started = time.perf_counter()
     for group, contexts in work:
         for i in range(group.count):
-            render(group.template, group.channel, contexts[i % len(contexts)])
+            render(group.template, group.channel, contexts[i % len(contexts)], reload=False)
         count += group.count
     return time.perf_counter() - started, count
 
@@ -1301,6 +1496,12 @@ def _parser() -> argparse.ArgumentParser:
         help="median provider round trip in milliseconds, lognormal (default: none, loopback speed)",
     )
     parser.add_argument(
+        "--sms-pacing",
+        type=int,
+        help=f"Twilio sends per configured MPS ({', '.join(f'{r:g}' for r in PACING_MPS)}) for the SMS pacing "
+        f"figure (default {DEFAULT_PACING_SENDS}, {QUICK_PACING_SENDS} with --quick; 0: not measured)",
+    )
+    parser.add_argument(
         "--quick", action="store_true", help=f"smoke run: {QUICK_CONTACTS} contacts, naive on {QUICK_NAIVE_SUBSET}"
     )
     parser.add_argument("--work-dir", help="folder for SQLite files and the Airflow home (default: a temp dir)")
@@ -1313,6 +1514,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     args.contacts = args.contacts or (QUICK_CONTACTS if args.quick else DEFAULT_CONTACTS)
     args.naive_subset = args.naive_subset or (QUICK_NAIVE_SUBSET if args.quick else DEFAULT_NAIVE_SUBSET)
+    if args.sms_pacing is None:
+        args.sms_pacing = QUICK_PACING_SENDS if args.quick else DEFAULT_PACING_SENDS
     args.as_of = utc_naive(datetime.fromisoformat(args.as_of))
     kinds = ("sqlite", "postgres") if args.db == "both" else (args.db,)
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="lifecycle-bench-"))
@@ -1331,6 +1534,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for databases in usable_databases(kinds, work, args.postgres_url, report):
                     floor_url = f"http://{floor.host}:{floor.port}"
                     report.databases.append(bench_database(databases, args, sandbox.url, floor_url))
+                if args.sms_pacing:
+                    _progress(f"SMS pacing: {args.sms_pacing} Twilio sends at each of {PACING_MPS} MPS")
+                    report.sms_pacing = in_child(measure_sms_pacing, PACING_MPS, args.sms_pacing)
                 _progress("parsing the DAG folder")
                 report.dag_parse = dag_parse_time()
     finally:

@@ -21,6 +21,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from lifecycle.airflow.pools import pool_set_args
 from lifecycle.devtools import local
 from lifecycle.model.ledger import EnrollmentState, Status
 from lifecycle.paths import PROJECT_ROOT
@@ -127,6 +128,7 @@ def run_demo(contacts: int, days: int, as_of: datetime, sim_days: int = 6, wareh
     started = time.perf_counter()
     print(f"[demo] Airflow metadata database in {env['AIRFLOW_HOME']}")
     subprocess.run([_airflow_bin(), "db", "migrate"], check=True, capture_output=True)
+    subprocess.run([_airflow_bin(), *pool_set_args()], check=True, capture_output=True)  # the send tasks' pool
 
     from lifecycle.devtools.simulation import simulate
     from lifecycle.model.db import get_engine

@@ -27,7 +27,7 @@ from datetime import UTC, datetime, timedelta
 from itertools import chain
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, bindparam, func, literal, or_, select, true, update
+from sqlalchemy import Connection, Engine, and_, bindparam, case, func, literal, or_, select, true, update
 from sqlalchemy.sql.expression import ColumnElement
 
 from lifecycle.channels import registry
@@ -209,28 +209,39 @@ def quiet_hours_clock() -> datetime:
 
 
 def _withhold_listed(
-    conn: Connection, where: ColumnElement[bool], service_programs: Collection[str], rules: SendRules | None
+    conn: Connection,
+    where: ColumnElement[bool],
+    channels: Collection[str],
+    service_programs: Collection[str],
+    rules: SendRules | None,
 ) -> None:
     """Ready messages that must no longer go are suppressed with the reason, not claimed: their
     contact joined a suppression list for their channel since planning (an opt-out or a bounce that
     came in between; a marketing unsubscribe does not stop a message of one of
     ``service_programs``), or, with ``rules``, the consent in force now no longer allows them (a
     withdrawal captured after the run's as-of, or a re-run of an old date for someone who withdrew
-    since)."""
+    since). ``channels``: those of the messages ``where`` selects (no statement for the others).
+
+    One statement per channel: a message takes the first of its channel's reasons that holds, in
+    their order, as one update per reason in turn would give it."""
     now = _now()
     for channel in registry.names():
+        if channel not in channels:
+            continue
         reasons = claim_reasons(channel, service_programs)
         if rules is not None:
             at = rules.at or now
             reasons += topic_rules(rules.topic, at)
             if registry.get(channel).consent:
                 reasons += consent_rules(channel, rules.purpose, rules.basis, at, rules.regions.get(channel, ()))
-        for reason in reasons:
-            conn.execute(
-                update(M)
-                .where(where, M.c.status == Status.READY, M.c.channel == channel, reason.predicate(M.c.contact_id))
-                .values(status=Status.SUPPRESSED, reason=reason.name, updated_at=now)
-            )
+        if not reasons:
+            continue
+        holds = [(reason.predicate(M.c.contact_id), reason.name) for reason in reasons]
+        conn.execute(
+            update(M)
+            .where(where, M.c.status == Status.READY, M.c.channel == channel, or_(*(p for p, _name in holds)))
+            .values(status=Status.SUPPRESSED, reason=case(*holds), updated_at=now)
+        )
 
 
 def claim(
@@ -245,29 +256,36 @@ def claim(
     """Atomically move up to ``size`` ready messages of the batch to ``sending`` and load them
     (after withholding those whose contact is now on a suppression list that stops them: every
     list for a marketing message, all but the marketing-only ones for a message of one of
-    ``service_programs``). ``program``: the batch's program, which the run id alone may not tell."""
+    ``service_programs``). ``program``: the batch's program, which the run id alone may not tell.
+
+    Only the chunk about to be claimed is checked, in the claim's transaction: each message is
+    checked as it is claimed (the rest of the batch when its own chunk comes), and the check costs
+    the chunk, not the batch left. Empty only when the batch has no ready message left."""
     token = uuid.uuid4().hex
     with engine.begin() as conn:
-        _withhold_listed(conn, _in_batch(run_id, batch, program), service_programs, rules)
-        chosen = (
-            select(M.c.message_id)
-            .where(_in_batch(run_id, batch, program), M.c.status == Status.READY)
-            .order_by(M.c.message_id)
-            .limit(size)
-            # PostgreSQL: a concurrent claimer takes the next rows instead of queueing behind these
-            # and finding them gone (SQLite, which locks the whole file, renders no clause).
-            .with_for_update(skip_locked=True)
-            # Chosen once: as a subquery, PostgreSQL may run it again for every row it updates (a
-            # nested-loop semi join over a small batch), each time finding the next rows, and so
-            # claim the whole batch in one chunk.
-            .cte("chosen")
-            .prefix_with("MATERIALIZED", dialect="postgresql")
-        )
-        conn.execute(
-            update(M)
-            .where(M.c.message_id.in_(select(chosen.c.message_id)), M.c.status == Status.READY)
-            .values(status=Status.SENDING, claim_token=token, claimed_at=_now(), attempts=M.c.attempts + 1)
-        )
+        while True:
+            chosen = conn.execute(
+                select(M.c.message_id, M.c.channel)
+                .where(_in_batch(run_id, batch, program), M.c.status == Status.READY)
+                .order_by(M.c.message_id)
+                .limit(size)
+                # PostgreSQL: a concurrent claimer takes the next rows instead of queueing behind these
+                # and finding them gone (SQLite, which locks the whole file, renders no clause).
+                .with_for_update(skip_locked=True)
+            ).all()
+            if not chosen:
+                return []
+            picked = M.c.message_id.in_([row.message_id for row in chosen])
+            _withhold_listed(conn, picked, {row.channel for row in chosen}, service_programs, rules)
+            # Still ready: not withheld, and (SQLite, which locks nothing until it writes) not taken
+            # by another claimer since they were chosen. None left: choose again.
+            taken = conn.execute(
+                update(M)
+                .where(picked, M.c.status == Status.READY)
+                .values(status=Status.SENDING, claim_token=token, claimed_at=_now(), attempts=M.c.attempts + 1)
+            ).rowcount
+            if taken:
+                break
         # The batch's index finds the claimed rows; the token alone has none and would scan the ledger.
         return load_messages(
             conn, and_(_in_batch(run_id, batch, program), M.c.status == Status.SENDING, M.c.claim_token == token)
@@ -387,9 +405,13 @@ def renew_claim(engine: Engine, message_id: int, token: str | None) -> bool:
     return held == 1
 
 
-def render_outbound(item: Claimed, links: Mapping[str, str], brand: Mapping[str, Any]) -> Outbound:
-    """Render a loaded message with ``links`` into its channel's outbound message (raises :class:`RenderError`)."""
-    rendered = render(item.template, item.channel, template_context(item, links, brand))
+def render_outbound(
+    item: Claimed, links: Mapping[str, str], brand: Mapping[str, Any], *, reload: bool = True
+) -> Outbound:
+    """Render a loaded message with ``links`` into its channel's outbound message (raises
+    :class:`RenderError`); ``reload=False``: templates already loaded are not checked against their
+    files again (a send task's many renders)."""
+    rendered = render(item.template, item.channel, template_context(item, links, brand), reload=reload)
     outbound: Outbound = registry.get(item.channel).outbound(item, rendered, links)
     return outbound
 
@@ -586,7 +608,10 @@ def send_batch(
 
     def build(item: Claimed) -> Outbound:
         addressed = replace(item, subscription=subscription)
-        return render_outbound(addressed, links(item.message_id, item.contact["contact_id"], item.channel), brand)
+        # A send task renders the whole batch from the templates as they were when it began.
+        return render_outbound(
+            addressed, links(item.message_id, item.contact["contact_id"], item.channel), brand, reload=False
+        )
 
     counts = recover_stale_claims(engine, run_id, batch, transport, build, program)
     previous: tuple[Iterable[SendResult], Mapping[int, str | None]] | None = None

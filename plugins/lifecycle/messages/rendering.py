@@ -183,11 +183,14 @@ class _BoundedSandbox(ImmutableSandboxedEnvironment):
 
 
 @cache
-def environment(root: str) -> ImmutableSandboxedEnvironment:
+def environment(root: str, reload: bool = True) -> ImmutableSandboxedEnvironment:
     """One sandboxed environment per templates folder: no attribute escapes, no mutation, and
-    bounds on what an expression may allocate (see :class:`_BoundedSandbox`)."""
+    bounds on what an expression may allocate (see :class:`_BoundedSandbox`). ``reload=False``:
+    a template once loaded is not checked again against its file (no ``stat`` per render), for a
+    process that renders many messages from templates that do not change under it (a send task)."""
     env = _BoundedSandbox(
         loader=FileSystemLoader(root),
+        auto_reload=reload,
         undefined=StrictUndefined,
         autoescape=select_autoescape(enabled_extensions=("html", "html.j2"), default_for_string=False),
         finalize=_finalize,
@@ -255,10 +258,13 @@ _LAYOUTS: dict[Layout, Callable[[str], str]] = {
 }
 
 
-def render(template: str, channel: str, context: Mapping[str, Any], root: Path | None = None) -> Rendered:
-    """Render a step's template parts for ``channel`` with ``context``, each laid out as its channel says."""
+def render(
+    template: str, channel: str, context: Mapping[str, Any], root: Path | None = None, *, reload: bool = True
+) -> Rendered:
+    """Render a step's template parts for ``channel`` with ``context``, each laid out as its channel
+    says; ``reload=False``: templates already loaded are used as they are (see :func:`environment`)."""
     folder = root or templates_dir()
-    env = environment(str(folder))
+    env = environment(str(folder), reload)
     return Rendered(
         {
             part.field: _LAYOUTS[part.layout](_render(env, f"{template}.{part.suffix}", context))

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from lifecycle.airflow.pools import DEFAULT_SEND_SLOTS, SEND_POOL, SLOTS_VARIABLE, pool_set_args, send_pool_slots
 from tests.conftest import FIXTURES
 from tests.support.dagrun import load_dags
 
@@ -58,6 +59,46 @@ def test_shipped_dags_load_documented_and_owned(shipped_config):
             kind = type(dag.timetable).__name__
             assert kind == ("AssetOrTimeSchedule" if dag_id in REALTIME else "CronTriggerTimetable"), (dag_id, kind)
     assert {"lifecycle_test_send", "lifecycle_dry_run", "lifecycle_due_steps"} <= set(bag.dags)
+
+
+def test_every_send_task_runs_in_the_send_pool(shipped_config):
+    """One Airflow pool bounds the batches sending at once across every program, the due-steps
+    sweep and every worker; each DAG still sends at most 4 of its batches at once."""
+    bag = load_dags()
+    sends = [
+        (dag_id, task)
+        for dag_id, dag in bag.dags.items()
+        for task in dag.tasks
+        if task.task_id == "send" or task.task_id.endswith(".send")
+    ]
+    programs = {dag_id for dag_id, dag in bag.dags.items() if "program" in dag.tags}
+    assert programs and programs <= {dag_id for dag_id, _task in sends}
+    swept = {task.task_id for dag_id, task in sends if dag_id == "lifecycle_due_steps"}
+    assert swept >= {f"{program}.send" for program in programs}
+    for dag_id, task in sends:
+        assert task.pool == SEND_POOL, (dag_id, task.task_id, task.pool)
+        assert task.max_active_tis_per_dag == 4, (dag_id, task.task_id)
+    others = [t for dag in bag.dags.values() for t in dag.tasks if t.task_id.split(".")[-1] != "send"]
+    assert others and all(t.pool != SEND_POOL for t in others), "only send tasks take the pool's slots"
+
+
+def test_the_send_pool_exists_in_the_tests_airflow_database_with_its_slots(airflow_db):
+    from airflow.models.pool import Pool
+
+    pool = Pool.get_pool(SEND_POOL)
+    assert pool is not None and pool.slots == send_pool_slots() == DEFAULT_SEND_SLOTS
+
+
+@pytest.mark.parametrize(("value", "slots"), [("", DEFAULT_SEND_SLOTS), ("16", 16), (" 3 ", 3)])
+def test_the_send_pool_slots_come_from_the_environment(value, slots):
+    assert send_pool_slots({SLOTS_VARIABLE: value}) == slots
+    assert pool_set_args(slots)[:4] == ["pools", "set", SEND_POOL, str(slots)]
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "many"])
+def test_a_send_pool_of_no_slots_is_refused_naming_the_variable(value):
+    with pytest.raises(ValueError, match=SLOTS_VARIABLE):
+        send_pool_slots({SLOTS_VARIABLE: value})
 
 
 def test_broken_program_file_breaks_only_its_own_dag(tmp_path: Path, monkeypatch):

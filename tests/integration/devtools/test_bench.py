@@ -39,6 +39,11 @@ def test_quick_bench_reports_every_figure_and_the_naive_baseline_matches_the_eng
     assert run["contacts"] == 300 and set(run["stages"]) == set(bench.STAGES)
     assert run["statuses"]["sent"] > 0 and run["peak_rss"] > 0
     assert run["requests"][bench.MAIL_SEND] > 0
+    # Every batch went out from a send worker process, each reporting its peak memory.
+    assert run["send_workers"] == bench.SEND_CONCURRENCY
+    assert 0 < run["send_peak_rss"] <= run["send_peak_rss_sum"] <= bench.SEND_CONCURRENCY * run["send_peak_rss"]
+    assert run["statuses"]["sent"] == sum(run["accepted"].values())
+    assert run["statuses"].get("sending", 0) == 0 and run["statuses"].get("ready", 0) == 0
     floors = db["floors"]
     assert floors["renders"] == sum(group["count"] for group in run["renders"]) > 0
     assert floors["requests"] == sum(run["requests"].values())
@@ -48,11 +53,20 @@ def test_quick_bench_reports_every_figure_and_the_naive_baseline_matches_the_eng
     assert names == {
         "engine time / sum of floors",
         "naive (extrapolated) / engine decisions",
-        "peak memory of the engine process",
+        "peak memory, engine + send processes",
+        "messages sent / provider requests",
         "send stage / dispatch floor",
         "time(N) / time(N/10)",
         "all DAG files parse",
+        *(f"SMS rate / configured {mps:g} MPS" for mps in bench.PACING_MPS),
     }
+    # The SMS figure: every send went out through the real hook, never faster than configured (1%: a
+    # request's time is taken in its thread after the limiter's slot, so the first may be a little late).
+    assert [p["mps"] for p in report["sms_pacing"]] == list(bench.PACING_MPS)
+    for pacing in report["sms_pacing"]:
+        assert pacing["sends"] == pacing["sent"] == bench.QUICK_PACING_SENDS
+        assert 0 < pacing["rate"] <= pacing["mps"] * 1.01, pacing
+    assert "SMS pacing: Twilio sends through the real hook" in printed
     assert report["dag_parse"]["dags"] >= 8 and report["dag_parse"]["errors"] == 0
     for target in report["targets"]:
         assert f"{target['name']}" in printed and ("PASS" if target["passed"] else "MISS") in printed
