@@ -11,6 +11,7 @@ from lifecycle import paths
 from lifecycle.channels.simulated import SimulatedTransport
 from lifecycle.engine import pipeline
 from lifecycle.model import schema
+from lifecycle.reporting import figures
 
 
 def _links(message_id: int, contact_id: str, channel: str) -> dict[str, str]:
@@ -20,7 +21,9 @@ def _links(message_id: int, contact_id: str, channel: str) -> dict[str, str]:
 def run_program(engine, program_id: str, as_of: datetime, run_id: str | None = None) -> dict:
     """Every stage of ``program_id`` for ``as_of`` through the simulated transport; returns the funnel."""
     scope, programs = pipeline.load_scope(program_id, run_id or f"test__{as_of.isoformat()}", as_of)
-    return pipeline.run_program(engine, scope, programs, SimulatedTransport(), links=_links, simulate=True)
+    return pipeline.run_program(
+        engine, scope, programs, SimulatedTransport(), links=_links, simulate=True, then=figures.refresh_run
+    )
 
 
 def run_sweep(engine, program_id: str, as_of: datetime) -> dict:
@@ -28,7 +31,9 @@ def run_sweep(engine, program_id: str, as_of: datetime) -> dict:
     from lifecycle.engine.scope import sweep_run_id
 
     scope, programs = pipeline.load_scope(program_id, sweep_run_id(program_id, f"test__{as_of.isoformat()}"), as_of)
-    return pipeline.run_sweep(engine, scope, programs, SimulatedTransport(), links=_links, simulate=True)
+    return pipeline.run_sweep(
+        engine, scope, programs, SimulatedTransport(), links=_links, simulate=True, then=figures.refresh_run
+    )
 
 
 def messages(engine, program_id: str) -> list[dict]:

@@ -75,7 +75,9 @@ class RefreshDueFiguresOperator(SweepScope, ProgramOperator[None]):
     the sends, when the sweep had nothing to send."""
 
     def run(self, run: TaskRun) -> None:
-        pipeline.refresh_figures(run.engine, self.scope(run)[0])
+        from lifecycle.reporting import figures
+
+        figures.refresh_run(run.engine, self.scope(run)[0])
 
 
 class SkipInvalidProgramOperator(LifecycleOperator[None]):

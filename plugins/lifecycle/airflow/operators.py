@@ -161,9 +161,11 @@ class LogKpisOperator(ProgramOperator[dict[str, float]]):
     Campaigns page's figures of the program as of this run (``lifecycle_campaign_figures``)."""
 
     def run(self, run: TaskRun) -> dict[str, float]:
+        from lifecycle.reporting import figures  # pandas and the charts: not at DAG parse
+
         scope = self.scope(run)[0]
         logged = pipeline.log_kpis(run.engine, scope)
-        pipeline.refresh_figures(run.engine, scope)
+        figures.refresh_run(run.engine, scope)
         return logged
 
 

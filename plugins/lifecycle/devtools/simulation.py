@@ -390,7 +390,7 @@ def simulate(
         run_id = f"simulation__{as_of.isoformat()}"
         for scope in scopes:
             run = replace(scope, run_id=run_id, as_of=as_of)
-            pipeline.run_program(engine, run, programs, transport, links=_links, simulate=True, figures=False)
+            pipeline.run_program(engine, run, programs, transport, links=_links, simulate=True)
         for responder in responders.values():
             responder.respond(engine, rng, run_id, as_of)
     figures.refresh(engine, programs)

@@ -7,7 +7,7 @@ idempotent; :func:`decide` runs the deciding stages on one connection, in the ca
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -23,6 +23,9 @@ from lifecycle.engine.scope import RunScope
 from lifecycle.messages.links import LinkBuilder
 from lifecycle.model.db import utc_naive
 from lifecycle.model.ledger import Status
+
+AfterRun = Callable[[Engine, RunScope], object]
+"""What an in-process run does after its last stage (e.g. store the Campaigns page's figures)."""
 
 
 def load_scope(program_id: str, run_id: str, as_of: datetime) -> tuple[RunScope, dict[str, config.Program]]:
@@ -138,14 +141,6 @@ def log_kpis(engine: Engine, run: RunScope) -> dict[str, float]:
         return funnel.summarize(funnel.log_funnel(conn, run))
 
 
-def refresh_figures(engine: Engine, run: RunScope) -> None:
-    """Store the Campaigns page's figures of the run's program as of its newest logged run
-    (:mod:`lifecycle.reporting.figures`): after ``log_kpis``, and after a sweep that sent."""
-    from lifecycle.reporting import figures
-
-    figures.refresh(engine, {run.program.id: run.program})
-
-
 def write_back(engine: Engine, run: RunScope, post: activities.Post) -> dict[str, int]:
     """Post the program's sent touches as CRM activities under the policy's ``write_back`` (nothing
     without one); see :mod:`lifecycle.engine.write_back`."""
@@ -164,18 +159,19 @@ def run_program(
     *,
     links: LinkBuilder,
     simulate: bool = False,
-    figures: bool = True,
+    then: AfterRun | None = None,
 ) -> dict[str, Any]:
     """Every stage of one run in order, in-process (simulation, benchmark). ``simulate`` records
-    what the transport accepted as ``dry_run`` (the developer tools' simulated sends); ``figures``
-    stores the Campaigns page's figures after ``log_kpis``, as the DAG's ``log_kpis`` task does
-    (a caller running many runs in a row may refresh once at the end instead)."""
+    what the transport accepted as ``dry_run`` (the developer tools' simulated sends); ``then`` runs
+    after ``log_kpis`` (the DAG's ``log_kpis`` task then stores the program's Campaigns page figures:
+    pass :func:`lifecycle.reporting.figures.refresh_run` to do the same; the engine does not reach
+    up into reporting)."""
     with engine.begin() as conn:
         decide(conn, run, programs)
     _send_prepared(engine, run, transport, links=links, simulate=simulate, adopt=True)
     logged = log_kpis(engine, run)
-    if figures:
-        refresh_figures(engine, run)
+    if then is not None:
+        then(engine, run)
     return logged
 
 
@@ -187,12 +183,14 @@ def run_sweep(
     *,
     links: LinkBuilder,
     simulate: bool = False,
+    then: AfterRun | None = None,
 ) -> dict[str, int]:
     """One program's due-steps sweep in-process (tests, benchmark): :func:`sweep`, then the batches
-    it prepares sent as its DAG's ``send`` tasks would. ``run.run_id`` is the sweep's ledger run id."""
+    it prepares sent as its DAG's ``send`` tasks would, then ``then`` when it sent any (as the DAG's
+    ``refresh_figures`` task). ``run.run_id`` is the sweep's ledger run id."""
     decided = sweep(engine, run, programs)
-    if _send_prepared(engine, run, transport, links=links, simulate=simulate, adopt=False):
-        refresh_figures(engine, run)
+    if _send_prepared(engine, run, transport, links=links, simulate=simulate, adopt=False) and then is not None:
+        then(engine, run)
     return decided
 
 

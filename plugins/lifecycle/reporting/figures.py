@@ -7,8 +7,8 @@ figures, the event lag) and draws its chart: seconds per program on a large CRM.
 compute them and the page only reads them:
 
 - a program run's ``log_kpis`` task stores its program's figures after logging the funnel
-  (:func:`lifecycle.engine.pipeline.refresh_figures`), as does the in-process run
-  (:func:`lifecycle.engine.pipeline.run_program`);
+  (:func:`refresh_run`), as does an in-process run given ``then=refresh_run``
+  (:func:`lifecycle.engine.pipeline.run_program`; the simulation refreshes once at its end);
 - the due-steps sweep refreshes its program's figures after it sent anything (deferred messages
   released, steps sent between runs change the outcomes counted up to the run);
 - the ``data_hygiene`` DAG refreshes every program's, daily: provider feedback (delivered,
@@ -34,7 +34,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -45,6 +45,9 @@ from lifecycle.model import schema
 from lifecycle.model.db import utc_naive
 from lifecycle.model.ledger import Status
 from lifecycle.reporting import charts, digest, measurement, performance, realtime
+
+if TYPE_CHECKING:
+    from lifecycle.engine.scope import RunScope
 
 VERSION = 1
 """The payload's format: stored figures of another version are computed again on the next view."""
@@ -244,6 +247,12 @@ def refresh(engine: Engine, programs: Mapping[str, Program], only: set[str] | No
     chosen = {pid: p for pid, p in programs.items() if pid in runs and (only is None or pid in only)}
     payloads = compute(engine, chosen, {pid: runs[pid].as_of for pid in chosen})
     return store(engine, payloads, runs)
+
+
+def refresh_run(engine: Engine, run: RunScope) -> None:
+    """Store the figures of the run's program as of its newest logged run: after ``log_kpis``, and
+    after a due-steps sweep that sent (the DAGs' tasks; ``then=`` of the in-process runs)."""
+    refresh(engine, {run.program.id: run.program})
 
 
 def current(engine: Engine, programs: Mapping[str, Program]) -> dict[str, Stored]:

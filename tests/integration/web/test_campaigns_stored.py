@@ -11,7 +11,6 @@ import pytest
 from sqlalchemy import delete, func, select, update
 
 from lifecycle import config
-from lifecycle.engine import pipeline
 from lifecycle.engine.scope import sweep_run_id
 from lifecycle.model import schema
 from lifecycle.reporting import figures
@@ -79,13 +78,13 @@ def test_the_page_from_stored_figures_is_the_page_computed_live(crm, monkeypatch
 @pytest.mark.usefixtures("shipped")
 def test_a_sweep_that_sends_refreshes_and_one_that_sends_nothing_does_not(crm, monkeypatch):
     calls: list[str] = []
-    refresh = pipeline.refresh_figures
+    refresh = figures.refresh_run
 
     def counted(engine, run):
         calls.append(run.program.id)
         return refresh(engine, run)
 
-    monkeypatch.setattr(pipeline, "refresh_figures", counted)
+    monkeypatch.setattr(figures, "refresh_run", counted)
     sent = []
     for at in (AS_OF + timedelta(days=2, hours=1), AS_OF + timedelta(days=2, hours=1, minutes=5)):
         run_sweep(crm, "welcome", at)
