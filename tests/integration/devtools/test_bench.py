@@ -58,8 +58,10 @@ def test_quick_bench_reports_every_figure_and_the_naive_baseline_matches_the_eng
         "send stage / dispatch floor",
         "time(N) / time(N/10)",
         "all DAG files parse",
+        "Campaigns page, warm (stored figures)",
         *(f"SMS rate / configured {mps:g} MPS" for mps in bench.PACING_MPS),
     }
+    assert db["page"]["warm"] > 0 and db["page"]["cold"] > 0 and db["page"]["same_page"]
     # The SMS figure: every send went out through the real hook, never faster than configured (1%: a
     # request's time is taken in its thread after the limiter's slot, so the first may be a little late).
     assert [p["mps"] for p in report["sms_pacing"]] == list(bench.PACING_MPS)
