@@ -30,14 +30,11 @@ from pathlib import Path
 from typing import Any
 
 from lifecycle import config
-from lifecycle.channels.base import TEST_MESSAGE_ID, Addressed, Channel, OutboundWebhook, Providers, Sender
+from lifecycle.channels.base import TEST_MESSAGE_ID, Addressed, OutboundWebhook
 from lifecycle.channels.registry import register
-from lifecycle.channels.webhook import SUFFIX, TEST_PREFIX
+from lifecycle.channels.webhook import SUFFIX, WebhookChannel, parsed_payload
 from lifecycle.messages.rendering import Rendered, RenderError
 from lifecycle.model.addresses import OWNER
-from lifecycle.model.channels import TemplatePart
-from lifecycle.model.ledger import OutcomeReason
-from lifecycle.model.ledger import SuppressionReason as R
 
 DEFAULT_DUE_WITHIN = timedelta(hours=24)
 CONN_ID = "sales_tasks_default"
@@ -45,13 +42,7 @@ CONN_ID = "sales_tasks_default"
 
 def task_content(step: str, rendered: str) -> dict[str, Any]:
     """The rendered task content as a JSON object; :class:`RenderError` naming the step when it is not one."""
-    try:
-        value = json.loads(rendered)
-    except json.JSONDecodeError as exc:
-        raise RenderError(
-            f"step {step}'s .{SUFFIX}",
-            f"{OutcomeReason.WEBHOOK_NOT_JSON}: {exc.msg} (line {exc.lineno}) — fix: write values with |tojson",
-        ) from None
+    value = parsed_payload(step, rendered)
     if not isinstance(value, dict):
         raise RenderError(f"step {step}'s .{SUFFIX}", "a sales task must be a JSON object (subject, body, priority...)")
     return value
@@ -95,7 +86,7 @@ def _due_within(path: str, stamp: int, step: str) -> timedelta:
     return found if found is not None else DEFAULT_DUE_WITHIN
 
 
-class SalesTaskChannel(Channel[OutboundWebhook]):
+class SalesTaskChannel(WebhookChannel):
     """A task for the contact's owner, POSTed to the CRM task endpoint of connection ``conn_id``
     (signed, with the idempotency key, as a webhook). No quiet hours, no consent of the contact's
     (it reaches a salesperson); an unknown outcome stays unknown.
@@ -106,11 +97,6 @@ class SalesTaskChannel(Channel[OutboundWebhook]):
     """
 
     address = OWNER
-    list_reasons = (R.UNSUBSCRIBED, R.DUPLICATE_CONTACT)
-    template_parts = (TemplatePart("payload", SUFFIX, "as_written"),)
-    quiet_hours = False
-    reconcilable = False
-    renews_claim = True
     consent = False
     creates_tasks = True
     test_recipients = "sales task connections (webhook:sales_tasks_default)"
@@ -118,8 +104,7 @@ class SalesTaskChannel(Channel[OutboundWebhook]):
     def __init__(
         self, name: str = "sales_task", conn_id: str = CONN_ID, clock: Callable[[], datetime] | None = None
     ) -> None:
-        self.name = name
-        self.conn_id = conn_id
+        super().__init__(name, conn_id)
         self.clock = clock or (lambda: datetime.now(UTC))
 
     def outbound(self, message: Addressed, rendered: Rendered, links: Mapping[str, str]) -> OutboundWebhook:
@@ -140,16 +125,8 @@ class SalesTaskChannel(Channel[OutboundWebhook]):
         payload = task_payload(content, owner="test", contact_id=contact_id, due_at=due_at, idempotency_key=key)
         return OutboundWebhook(TEST_MESSAGE_ID, key, contact_id, payload)
 
-    def is_test_recipient(self, recipient: str) -> bool:
-        return recipient.strip() == f"{TEST_PREFIX}{self.conn_id}"
-
     def describe(self, parts: Mapping[str, str]) -> str:
         return f"task for the contact's owner, POST to connection {self.conn_id}\n{parts['payload']}"
-
-    def sender(self, providers: Providers) -> Sender[OutboundWebhook]:
-        from lifecycle.channels.http_webhook import WebhookHook, WebhookSender
-
-        return WebhookSender(providers.hook(WebhookHook).for_connection(self.conn_id))
 
 
 SALES_TASK_CHANNEL = register(SalesTaskChannel())

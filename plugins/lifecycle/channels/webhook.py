@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from typing import Any
 
 from lifecycle.channels.base import TEST_MESSAGE_ID, Addressed, Channel, OutboundWebhook, Providers, Sender
 from lifecycle.channels.registry import register
@@ -25,16 +26,20 @@ SUFFIX = "json.j2"
 TEST_PREFIX = "webhook:"
 
 
-def payload_json(step: str, rendered: str) -> str:
-    """The rendered payload as compact JSON text; :class:`RenderError` naming the step when it is not JSON."""
+def parsed_payload(step: str, rendered: str) -> Any:
+    """The rendered payload's JSON value; :class:`RenderError` naming the step when it is not JSON."""
     try:
-        value = json.loads(rendered)
+        return json.loads(rendered)
     except json.JSONDecodeError as exc:
         raise RenderError(
             f"step {step}'s .{SUFFIX}",
             f"{OutcomeReason.WEBHOOK_NOT_JSON}: {exc.msg} (line {exc.lineno}) — fix: write values with |tojson",
         ) from None
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def payload_json(step: str, rendered: str) -> str:
+    """The rendered payload as compact JSON text; :class:`RenderError` naming the step when it is not JSON."""
+    return json.dumps(parsed_payload(step, rendered), separators=(",", ":"), ensure_ascii=False)
 
 
 class WebhookChannel(Channel[OutboundWebhook]):
