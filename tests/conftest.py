@@ -50,6 +50,25 @@ def require_postgres() -> None:
     pytest.skip(message)
 
 
+REDIS_URL = os.environ.get("LIFECYCLE_TEST_REDIS_URL", "redis://127.0.0.1:6379")
+
+
+def require_redis() -> None:
+    """Skip with the reason when Redis is down; under CI it must be up, so fail instead."""
+    import redis
+
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3).ping()
+    except redis.RedisError as exc:
+        message = (
+            f"Redis is not reachable at {REDIS_URL} ({type(exc).__name__}: {exc}); start it with "
+            "'redis-server --daemonize yes'"
+        )
+        if os.environ.get("CI") == "true":
+            pytest.fail(message + " — CI=true, so Redis tests must run")
+        pytest.skip(message)
+
+
 @pytest.fixture
 def postgres_url() -> Iterator[str]:
     """A fresh PostgreSQL database for one test, dropped afterwards."""

@@ -26,7 +26,7 @@ from sqlalchemy.engine import make_url
 
 from lifecycle.airflow.pools import pool_set_args
 from lifecycle.paths import PROJECT_ROOT
-from tests.conftest import FIXTURES, PG_ADMIN_URL, require_postgres
+from tests.conftest import FIXTURES, PG_ADMIN_URL, REDIS_URL, require_postgres, require_redis
 from tests.support.cluster import (
     ApiClient,
     ClusterError,
@@ -53,7 +53,6 @@ def afternoon_zone(moment: datetime) -> str:
     return "Etc/GMT" if offset == 0 else f"Etc/GMT{'-' if offset > 0 else '+'}{abs(offset)}"
 
 
-REDIS_URL = os.environ.get("LIFECYCLE_TEST_REDIS_URL", "redis://127.0.0.1:6379")
 REDIS_CLAIM_KEY = "lifecycle:e2e:claimed-by"
 SEED_CONTACTS = 300
 PROGRAMS = {
@@ -64,23 +63,6 @@ TEMPLATE_DIRS = (PROJECT_ROOT / "include" / "templates", FIXTURES / "templates")
 SANDBOX_TIMEOUT = 30
 STARTUP_TIMEOUT = 150
 MIGRATE_TIMEOUT = 240
-
-
-def _fail_or_skip(message: str) -> None:
-    if os.environ.get("CI") == "true":
-        pytest.fail(message + " — CI=true, so the end-to-end suite must run")
-    pytest.skip(message)
-
-
-def require_redis() -> None:
-    """Skip with the reason when Redis is down; under CI it must be up, so fail instead."""
-    try:
-        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3).ping()
-    except redis.RedisError as exc:
-        _fail_or_skip(
-            f"Redis is not reachable at {REDIS_URL} ({type(exc).__name__}: {exc}); start it with "
-            "'redis-server --daemonize yes'"
-        )
 
 
 def claim_redis_db(owner: str) -> int:

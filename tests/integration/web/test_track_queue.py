@@ -26,25 +26,15 @@ from lifecycle.engine import event_queue
 from lifecycle.paths import PROJECT_ROOT
 from lifecycle.web import create_app
 from lifecycle.web.track import TRACK_CONN_ID
+from tests.conftest import REDIS_URL, require_redis
 from tests.integration.web.test_track import BEARER, WRITE_KEY, call, tracked
 
-REDIS_URL = os.environ.get("LIFECYCLE_TEST_REDIS_URL", "redis://127.0.0.1:6379")
 QUEUE_CONN_ID = "lifecycle_events_queue"
 
 
 def _redis_up() -> redis.Redis:
-    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3)
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        message = (
-            f"Redis is not reachable at {REDIS_URL} ({type(exc).__name__}); "
-            "start it with 'redis-server --daemonize yes'"
-        )
-        if os.environ.get("CI") == "true":
-            pytest.fail(message + " — CI=true, so these tests must run")
-        pytest.skip(message)
-    return client
+    require_redis()
+    return redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3)
 
 
 @pytest.fixture
