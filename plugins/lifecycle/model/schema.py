@@ -471,3 +471,39 @@ activity_writebacks = Table(
     Column("posted_at", DateTime, nullable=False),
 )
 """Sent messages posted to the CRM as activities (policy ``write_back``): a re-run posts none twice."""
+
+
+# --- Predictive scores (written by the lifecycle_scoring DAG) ---------------------------------
+
+score_models = Table(
+    "lifecycle_score_models",
+    engine_metadata,
+    Column("score", String(64), primary_key=True),  # e.g. churn_risk, purchase_propensity
+    Column("model_version", String(64), primary_key=True),
+    Column("trained_at", DateTime, nullable=False),
+    Column("as_of", DateTime, nullable=False),  # the features' as-of time (the split's end)
+    Column("algorithm", String(64), nullable=False),
+    Column("features", JSON, nullable=False),  # the feature names, in order
+    Column("n_train", Integer, nullable=False),
+    Column("n_valid", Integer, nullable=False),
+    Column("auc", Float),  # validation AUC of the model
+    Column("baseline_auc", Float),  # validation AUC of the simple baseline it must beat
+    Column("brier", Float),
+    Column("calibration", JSON),  # [{"band": k, "predicted": p, "observed": o, "n": n}, ...]
+    Column("published", Boolean, nullable=False),  # False: worse than the baseline, not applied
+    Column("reason", Text),  # why it was not published, in words
+)
+"""Every trained model with its validation figures; only published ones write scores."""
+
+scores = Table(
+    "lifecycle_scores",
+    engine_metadata,
+    Column("contact_id", String(64), primary_key=True),
+    Column("score", String(64), primary_key=True),
+    Column("value", Float, nullable=False),  # a probability in [0, 1]
+    Column("decile", Integer, nullable=False),  # 1 (lowest) .. 10 (highest) among scored contacts
+    Column("model_version", String(64), nullable=False),
+    Column("as_of", DateTime, nullable=False),
+    Index("ix_lifecycle_scores_score_value", "score", "value"),
+)
+"""Each contact's newest published score per score name (one row per contact and score)."""
