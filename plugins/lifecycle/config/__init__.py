@@ -538,6 +538,35 @@ RENAMED_SUPPRESSIONS = {
 }
 
 
+class Decision(_Strict):
+    """How a capped slot is arbitrated between marketing programs that want the same contact.
+
+    ``priority`` (the default): the program of higher ``priority`` wins. ``next_best_action``: the
+    program with the highest expected incremental value wins, its measured lift (treatment vs
+    holdout) in the contact's ``score`` band times its ``value`` per conversion, the band's lift
+    shrunk toward the program's overall lift; a program with fewer than ``min_evidence`` holdout
+    enrollments keeps its place in priority order. Service programs are never out-bid.
+    """
+
+    mode: Literal["priority", "next_best_action"] = "priority"
+    score: str = Field(default="churn_risk", pattern=r"^[a-z][a-z0-9_]{0,63}$")
+    bands: int = Field(default=5, ge=1, le=10, description="score deciles grouped into this many bands")
+    min_evidence: int = Field(default=200, ge=1, description="holdout enrollments a program needs to be ranked")
+    # Value of one conversion per program id; a program left out is worth 1.
+    value: dict[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")], Annotated[float, Field(ge=0)]] = Field(
+        default_factory=dict
+    )
+
+    @property
+    def next_best_action(self) -> bool:
+        """Whether competing marketing programs are ordered by expected incremental value."""
+        return self.mode == "next_best_action"
+
+    def value_of(self, program_id: str) -> float:
+        """The value of one conversion of ``program_id`` (1 when the policy names none)."""
+        return float(self.value.get(program_id, 1.0))
+
+
 class Policy(_Strict):
     """Rules every program shares."""
 
@@ -583,6 +612,8 @@ class Policy(_Strict):
     events_queue: EventsQueue | None = None
     # Sent touches posted to the CRM as activities (left out: none are).
     write_back: WriteBack | None = None
+    # How a capped slot is arbitrated between marketing programs (README "Next-best-action").
+    decision: Decision = Field(default_factory=Decision)
 
     @model_validator(mode="after")
     def _regions_consistent(self) -> Policy:

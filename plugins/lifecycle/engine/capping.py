@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -27,6 +28,7 @@ from sqlalchemy.sql.expression import ColumnElement
 
 from lifecycle.channels import registry
 from lifecycle.config import Cap, Program, QuietHours, segments
+from lifecycle.engine import decision
 from lifecycle.engine.journeys import E, entry_eligible, group_expr, step_due
 from lifecycle.engine.quiet_hours import quiet_until
 from lifecycle.engine.scope import RunScope
@@ -38,6 +40,7 @@ from lifecycle.model.ledger import SLOT_HOLDING, CapReason, Status, SuppressionR
 M = schema.messages
 C = schema.contacts
 _CAP_LOCK_KEY = 7_412_001
+REASON_LENGTH = 200  # lifecycle_messages.reason is String(200)
 
 
 def lock_caps(conn: Connection) -> None:
@@ -200,6 +203,23 @@ def _demand_queries(other: RunScope, targets: Any) -> list[Any]:
     return queries
 
 
+def _program_demand(conn: Connection, run: RunScope, other: Program, targets: Any) -> list[tuple[str, str]]:
+    """(contact id, channel) of the messages ``other`` will send at this as-of to ``targets``, sorted."""
+    scope = RunScope(other, run.policy, run.catalog, run.run_id, run.as_of)
+    return sorted(
+        (contact_id, channel) for contact_id, channel in conn.execute(union_all(*_demand_queries(scope, targets)))
+    )
+
+
+def _targets(run: RunScope) -> Any:
+    mine = M.alias("mine")
+    return (
+        select(mine.c.contact_id)
+        .where(mine.c.program == run.program.id, mine.c.status == Status.PLANNED)
+        .scalar_subquery()
+    )
+
+
 def higher_priority_demand(conn: Connection, run: RunScope, programs: Mapping[str, Program]) -> dict[str, list[str]]:
     """Per contact of this run's pending messages: the channels of the messages programs of higher
     priority will send at this as-of time (planned, due, or about to enroll), highest priority
@@ -207,8 +227,7 @@ def higher_priority_demand(conn: Connection, run: RunScope, programs: Mapping[st
     not what their own suppressions (contact rules, consent, lists, addresses) stop, and on the
     channel their fallback moves a message to. Only programs under the same caps count: a service
     program's demand never reserves a marketing slot, nor the reverse."""
-    mine = M.alias("mine")
-    targets = select(mine.c.contact_id).where(mine.c.program == run.program.id, mine.c.status == Status.PLANNED)
+    targets = _targets(run)
     ranked = sorted(
         (
             p
@@ -219,11 +238,88 @@ def higher_priority_demand(conn: Connection, run: RunScope, programs: Mapping[st
     )
     demand: dict[str, list[str]] = defaultdict(list)
     for other in ranked:
-        scope = RunScope(other, run.policy, run.catalog, run.run_id, run.as_of)
-        rows = conn.execute(union_all(*_demand_queries(scope, targets.scalar_subquery()))).all()
-        for contact_id, channel in sorted(rows):
+        for contact_id, channel in _program_demand(conn, run, other, targets):
             demand[contact_id].append(channel)
     return demand
+
+
+@dataclass(frozen=True)
+class Ranked:
+    """What next-best-action found for a run's pending messages, per contact: the messages
+    (rank, program, channel) the programs ranked ahead of this one will send at this as-of,
+    first-ranked first; those (rank, program, channel) they already sent or hold from this as-of;
+    and the contact's band with each contest program's expected value, for the ledger."""
+
+    wanted: dict[str, list[tuple[int, str, str]]] = field(default_factory=dict)
+    decided: dict[str, list[tuple[int, str, str]]] = field(default_factory=dict)
+    values: dict[str, tuple[int, dict[str, float | None]]] = field(default_factory=dict)
+
+    def demand(self, contact_id: str) -> list[str]:
+        """The channels of :attr:`wanted`, first-ranked first (:func:`higher_priority_demand`'s shape)."""
+        return [channel for _, _, channel in self.wanted.get(contact_id, ())]
+
+    def yielded_to(self, contact_id: str, used: Mapping[str, int], caps: Mapping[str, Cap]) -> str | None:
+        """The first-ranked program ahead that takes or took a slot of this contact at this as-of:
+        its message already went, or its cap decision (as :func:`accepted_demand` makes it) lets
+        it through; ``None`` when there is none."""
+        taken: Counter[str] = Counter()
+        takers = [(rank, program) for rank, program, _ in self.decided.get(contact_id, ())]
+        for rank, program, channel in self.wanted.get(contact_id, ()):
+            if cap_decision(channel, used, taken, caps) is None:
+                taken[channel] += 1
+                taken["all"] += 1
+                takers.append((rank, program))
+        return min(takers)[1] if takers else None
+
+    def slots_before(self, contact_id: str, used: Mapping[str, int]) -> dict[str, int]:
+        """``used`` without the slots the programs ahead took at this as-of."""
+        held: Counter[str] = Counter()
+        for _, _, channel in self.decided.get(contact_id, ()):
+            held[channel] += 1
+            held["all"] += 1
+        return {scope: n - held[scope] for scope, n in used.items()}
+
+
+def ranked_demand(conn: Connection, run: RunScope, programs: Mapping[str, Program]) -> Ranked:
+    """Next-best-action's :func:`higher_priority_demand`: the marketing programs ranked ahead of
+    this (marketing) one for each contact of its pending messages
+    (:func:`lifecycle.engine.decision.ranking` in the contact's score band), what they will send
+    at this as-of and what they already sent (or hold) from this as-of, so that neither the
+    decision nor the reason it records depends on which program ran first."""
+    targets = _targets(run)
+    contest = [run.program, *(p for p in programs.values() if p.id != run.program.id and not p.is_service)]
+    found = decision.estimates(conn, run, contest)
+    bands = decision.contact_bands(conn, run, targets)
+    policy = run.policy.decision
+    orders = {band: decision.ranking(contest, found, policy, band) for band in {decision.UNSCORED, *bands.values()}}
+    ahead = {band: order[: order.index(run.program.id)] for band, order in orders.items()}
+    rivals = sorted({p for band_ahead in ahead.values() for p in band_ahead})
+    ranked = Ranked()
+
+    def add(into: dict[str, list[tuple[int, str, str]]], contact_id: str, other: str, channel: str) -> None:
+        band_ahead = ahead[bands.get(contact_id, decision.UNSCORED)]
+        if other in band_ahead:
+            into.setdefault(contact_id, []).append((band_ahead.index(other), other, channel))
+
+    for other in rivals:
+        for contact_id, channel in _program_demand(conn, run, programs[other], targets):
+            add(ranked.wanted, contact_id, other, channel)
+    decided = conn.execute(
+        select(M.c.contact_id, M.c.program, M.c.channel).where(
+            M.c.program.in_(rivals),
+            M.c.contact_id.in_(targets),
+            M.c.planned_at == run.as_of,
+            M.c.status.in_(SLOT_HOLDING),
+        )
+    ).all()
+    for contact_id, other, channel in sorted(decided):
+        add(ranked.decided, contact_id, other, channel)
+    for rows in (*ranked.wanted.values(), *ranked.decided.values()):
+        rows.sort()
+    for contact_id in {*ranked.wanted, *ranked.decided}:
+        band = bands.get(contact_id, decision.UNSCORED)
+        ranked.values[contact_id] = (band, {p.id: decision.expected_value(found[p.id], policy, band) for p in contest})
+    return ranked
 
 
 def cap(conn: Connection, run: RunScope, programs: Mapping[str, Program]) -> dict[str, int]:
@@ -234,13 +330,21 @@ def cap(conn: Connection, run: RunScope, programs: Mapping[str, Program]) -> dic
     service = _service_programs(run, programs)
     used_columns = (_used(s, caps[s], run, service).label(f"used_{s}") for s in scopes)
     rows = conn.execute(select(M.c.message_id, M.c.contact_id, M.c.channel, *used_columns).where(_pending(run))).all()
-    demand = higher_priority_demand(conn, run, programs) if rows else {}
+    nba = run.policy.decision.next_best_action and not run.program.is_service
+    ranked = ranked_demand(conn, run, programs) if rows and nba else Ranked()
+    demand = higher_priority_demand(conn, run, programs) if rows and not nba else {}
     decisions: list[dict[str, Any]] = []
     counts: Counter[str] = Counter()
     for row in rows:
         used: dict[str, int] = {scope: getattr(row, f"used_{scope}") for scope in scopes}
-        wanted = accepted_demand(demand.get(row.contact_id, ()), used, caps)
+        wanted = accepted_demand(ranked.demand(row.contact_id) if nba else demand.get(row.contact_id, ()), used, caps)
         reason = cap_decision(row.channel, used, wanted, caps, service=run.program.is_service)
+        if reason and nba and cap_decision(row.channel, ranked.slots_before(row.contact_id, used), {}, caps) is None:
+            # The last slot went to a program ranked ahead at this as-of: say which, and why.
+            winner = ranked.yielded_to(row.contact_id, used, caps)
+            if winner is not None:
+                band, values = ranked.values[row.contact_id]
+                reason = (reason + decision.why(winner, run.program.id, values, band))[:REASON_LENGTH]
         status = Status.CAPPED if reason else Status.READY
         counts[status] += 1
         decisions.append({"mid": row.message_id, "st": status, "rs": reason})

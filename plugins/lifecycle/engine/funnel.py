@@ -14,7 +14,7 @@ from sqlalchemy import Connection, delete, func, insert, or_, select
 
 from lifecycle.engine.scope import RunScope, runs_of_as_of
 from lifecycle.model import schema
-from lifecycle.model.ledger import WENT_OUT, WITHHELD, EnrollmentState, ExitReason, Status
+from lifecycle.model.ledger import WENT_OUT, WITHHELD, EnrollmentState, ExitReason, Status, reason_kind
 
 M = schema.messages
 E = schema.enrollments
@@ -54,7 +54,7 @@ def run_funnel(conn: Connection, run: RunScope) -> dict[tuple[str, str], float]:
         )
         .group_by(M.c.status, M.c.reason)
     ):
-        key = (status, reason or "")
+        key = (status, reason_kind(reason) or "")
         figures[key] = figures.get(key, 0) + n
     for status, channel, n in conn.execute(
         select(M.c.status, M.c.channel, func.count())

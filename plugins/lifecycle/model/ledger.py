@@ -150,6 +150,16 @@ class CapReason(_Vocabulary):
     QUIET_HOURS = "quiet_hours"
 
 
+NEXT_BEST_ACTION_DETAIL: Final = "; next-best-action: "
+"""Joins a capped message's cap reason and, under next-best-action, why the slot went to another
+program (``frequency_cap_email: 3 per 7d; next-best-action: winback (EV 0.03) over upsell ...``)."""
+
+
+def reason_kind(reason: str | None) -> str | None:
+    """A recorded reason without next-best-action's detail: what the funnel figures group by."""
+    return None if reason is None else reason.split(NEXT_BEST_ACTION_DETAIL, 1)[0]
+
+
 class OutcomeReason(_Vocabulary):
     """Why a claimed message is ``failed``, ``bounced`` or ``unknown`` rather than sent, when the
     engine names it (the rest are the provider's or the template's own words)."""

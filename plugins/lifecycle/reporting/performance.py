@@ -22,7 +22,7 @@ from sqlalchemy import Engine, and_, exists, func, or_, select
 from lifecycle.config import Program
 from lifecycle.model import schema
 from lifecycle.model.db import utc_naive
-from lifecycle.model.ledger import DELIVERED_OR_LATER, IN_FLIGHT, MESSAGED, WENT_OUT, ExitReason, Status
+from lifecycle.model.ledger import DELIVERED_OR_LATER, IN_FLIGHT, MESSAGED, WENT_OUT, ExitReason, Status, reason_kind
 from lifecycle.reporting.measurement import UNSUBSCRIBE_EVENTS
 
 M = schema.messages
@@ -81,7 +81,7 @@ class Funnel:
         self.outcomes[key] += n
         if status in REASONED:
             per = self.reasons.setdefault(key, {})
-            name = reason or "unspecified"
+            name = reason_kind(reason) or "unspecified"
             per[name] = per.get(name, 0) + n
 
 

@@ -121,6 +121,13 @@ FULL_POLICY: dict[str, Any] = yaml.safe_load((FIXTURES / "config" / "policy.yml"
     "regions": {"eu": {"countries": ["DE", "FR"], "legal_basis": {"email": {"marketing": "explicit"}}}},
     "unknown_country": "default",
     "currency": "EUR",
+    "decision": {
+        "mode": "next_best_action",
+        "score": "churn_risk",
+        "bands": 4,
+        "min_evidence": 100,
+        "value": {"winback": 40.0},
+    },
     "capture": {
         "forms": {"newsletter": {"version": "3", "consent_text": "Yes, send me news", "label": "Sign up"}},
         "confirm_within": "2d",
