@@ -55,6 +55,8 @@ log = logging.getLogger(__name__)
 
 SCORE_NAMES = ("churn_risk", "purchase_propensity")
 """Every score the engine computes, in the order it computes them."""
+ENTITIES = ("contacts", "accounts", "events", "tickets", "opportunities")
+"""The CRM entities the features and labels read (what the scoring DAG copies from a mapped source)."""
 HORIZON = timedelta(days=30)
 """How far ahead a score predicts; also the length of each window of the time-based split."""
 SHORT = timedelta(days=30)
