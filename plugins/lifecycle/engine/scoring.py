@@ -53,7 +53,7 @@ from lifecycle.model.db import json_number, json_value
 
 log = logging.getLogger(__name__)
 
-SCORE_NAMES = ("churn_risk", "purchase_propensity")
+SCORE_NAMES = schema.SCORE_NAMES
 """Every score the engine computes, in the order it computes them."""
 ENTITIES = ("contacts", "accounts", "events", "tickets", "opportunities")
 """The CRM entities the features and labels read (what the scoring DAG copies from a mapped source)."""
