@@ -476,6 +476,22 @@ def run_scoring(
     return reports
 
 
+def report_table(reports: Sequence[ModelReport]) -> str:
+    """The reports as a text table: one line per model with its validation figures."""
+    lines = [
+        f"{'score':<20} {'train':>6} {'pos':>4} {'valid':>6} {'pos':>4} {'AUC':>6} {'base':>6} {'Brier':>7} "
+        f"{'scored':>7}  published"
+    ]
+    for r in reports:
+        auc, base = ("–" if v is None else f"{v:.3f}" for v in (r.auc, r.baseline_auc))
+        brier = "–" if r.brier is None else f"{r.brier:.4f}"
+        lines.append(
+            f"{r.score:<20} {r.n_train:>6} {r.positives_train:>4} {r.n_valid:>6} {r.positives_valid:>4} {auc:>6} "
+            f"{base:>6} {brier:>7} {r.scored:>7}  {'yes' if r.published else 'no: ' + (r.reason or '')}"
+        )
+    return "\n".join(lines)
+
+
 def known_scores() -> tuple[str, ...]:
     """The score names segments and templates may name."""
     return SCORE_NAMES
