@@ -193,3 +193,17 @@ def test_features_read_nothing_after_their_as_of(seeded):
 def test_an_unknown_score_is_named():
     with pytest.raises(ValueError, match=r"unknown score 'clv': the scores are churn_risk, purchase_propensity"):
         scoring.run_scoring(None, AS_OF, names=["clv"])  # type: ignore[arg-type]
+
+
+def test_the_score_command_prints_the_figures(seeded, capsys):
+    from lifecycle.devtools.cli import main
+
+    url = seeded.url.render_as_string(hide_password=False)
+    assert main(["score", "--url", url, "--as-of", AS_OF.isoformat(), "--score", "purchase_propensity"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:6] == ["score", "train", "pos", "valid", "pos", "AUC"]
+    (row,) = lines[1:]
+    with seeded.connect() as conn:
+        model = conn.execute(select(M)).one()
+    assert row.startswith("purchase_propensity") and row.endswith("yes")
+    assert f"{model.auc:.3f}" in row and f"{model.baseline_auc:.3f}" in row

@@ -19,9 +19,9 @@ from tests.conftest import AS_OF
 
 
 @pytest.fixture
-def seeded(sqlite_url, shipped_config):
-    seed.seed_crm(sqlite_url, 3_000, AS_OF)
-    engine = get_engine(sqlite_url)
+def seeded(db_url, shipped_config):
+    seed.seed_crm(db_url, 3_000, AS_OF)
+    engine = get_engine(db_url)
     migrate(engine)
     return engine
 

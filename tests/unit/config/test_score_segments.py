@@ -13,12 +13,12 @@ from tests.unit.config.test_segments import members
 
 
 @pytest.fixture
-def crm_sqlite(sqlite_url):
+def crm_db(db_url):
     """A CRM in a migrated state database (where lifecycle_scores lives)."""
     from lifecycle.model.db import get_engine, migrate
     from tests.support.crm_builder import CrmBuilder
 
-    engine = get_engine(sqlite_url)
+    engine = get_engine(db_url)
     schema.crm_metadata.create_all(engine)
     migrate(engine)
     return engine, CrmBuilder(engine, AS_OF)
@@ -33,8 +33,8 @@ def _score(engine, contact_id: str, name: str, value: float, decile: int) -> Non
         )
 
 
-def test_score_values_and_deciles_select_the_right_contacts(crm_sqlite):
-    engine, crm = crm_sqlite
+def test_score_values_and_deciles_select_the_right_contacts(crm_db):
+    engine, crm = crm_db
     for cid in ("high", "mid", "low", "unscored"):
         crm.contact(cid, lifecycle_stage="customer")
     _score(engine, "high", "churn_risk", 0.82, 10)
