@@ -492,9 +492,14 @@ def report_table(reports: Sequence[ModelReport]) -> str:
     return "\n".join(lines)
 
 
-def known_scores() -> tuple[str, ...]:
-    """The score names segments and templates may name."""
-    return SCORE_NAMES
-
-
-__all__ = ["SCORE_NAMES", "ModelReport", "run_scoring", "known_scores", "deciles", "feature_frame"]
+__all__ = [
+    "SCORE_NAMES",
+    "ModelReport",
+    "deciles",
+    "feature_frame",
+    "label_ids",
+    "model_version",
+    "report_table",
+    "run_scoring",
+    "train",
+]

@@ -207,3 +207,17 @@ def test_the_score_command_prints_the_figures(seeded, capsys):
         model = conn.execute(select(M)).one()
     assert row.startswith("purchase_propensity") and row.endswith("yes")
     assert f"{model.auc:.3f}" in row and f"{model.baseline_auc:.3f}" in row
+
+
+def test_an_empty_crm_is_refused_in_words(sqlite_url):
+    engine = get_engine(sqlite_url)
+    schema.crm_metadata.create_all(engine)
+    migrate(engine)
+    with engine.begin() as conn:
+        reports = scoring.run_scoring(conn, AS_OF)
+    for report in reports:
+        assert not report.published and report.n_train == 0 and report.scored == 0
+        assert report.reason is not None and "has 0 of 0 contacts" in report.reason
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(M)).scalar_one() == len(scoring.SCORE_NAMES)
+        assert conn.execute(select(func.count()).select_from(S)).scalar_one() == 0
