@@ -17,6 +17,7 @@ estimates from the treatment-vs-holdout lift. Everything is deterministic for a 
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -416,7 +417,13 @@ def uplift_arguments(values: Sequence[str], program_ids: Sequence[str]) -> Mappi
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``lifecycle simulate --days N --contacts M --uplift 0.08 [--uplift welcome=0.15]``."""
+    """``lifecycle simulate --days N --contacts M --uplift 0.08 [--uplift welcome=0.15]``;
+    ``lifecycle simulate --next-best-action ...`` runs the next-best-action comparison instead."""
+    argv = list(argv) if argv is not None else sys.argv[1:]
+    if "--next-best-action" in argv:
+        from lifecycle.devtools import nba_simulation
+
+        return nba_simulation.main([a for a in argv if a != "--next-best-action"])
     parser = argparse.ArgumentParser(prog="lifecycle simulate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--days", type=int, default=7)
     parser.add_argument("--contacts", type=int, default=20_000)
