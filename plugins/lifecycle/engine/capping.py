@@ -11,7 +11,11 @@ the last slots to programs of higher priority under the same caps that want the 
 the same as-of time, whether or not those programs have run yet: their demand is computed from
 their journey state and entry segment, counting only the messages they would send (their holdout,
 suppressions, fallbacks and own caps applied), so the higher priority program wins in either run
-order and never takes a slot with a message that never goes. Quiet hours defer a message to the
+order and never takes a slot with a message that never goes. Under the policy's
+``decision.mode: next_best_action`` the marketing programs ahead of a program for a contact are
+those :mod:`lifecycle.engine.decision` ranks ahead in the contact's score band (expected
+incremental value), instead of those of higher priority; a message that yields records which
+program took the slot and their expected values after its cap reason. Quiet hours defer a message to the
 end of the window in the recipient's time zone instead of dropping it, service messages too.
 """
 

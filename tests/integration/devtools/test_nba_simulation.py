@@ -25,9 +25,10 @@ def test_next_best_action_causes_more_incremental_conversions_with_the_interval_
     assert comparison.difference == pytest.approx(sum(nba.incremental.values()) - sum(priority.incremental.values()))
     assert comparison.ci_low > 0, report
     assert comparison.ci_low <= comparison.difference <= comparison.ci_high
-    # Fixed priority gives retain every contested slot; next-best-action hands many to upsell.
-    assert priority.sent[RETAIN] > priority.sent[UPSELL]
-    assert nba.sent[UPSELL] > 2 * priority.sent[UPSELL], report
+    # Fixed priority gives retain every contested slot (upsell gets retain's holdout);
+    # next-best-action hands contested slots to upsell where it measures the higher value.
+    assert priority.sent[RETAIN] > 4 * priority.sent[UPSELL]
+    assert nba.sent[UPSELL] > priority.sent[UPSELL], report
     # The same cap: about as many messages go out in both arms.
     assert sum(nba.sent.values()) == pytest.approx(sum(priority.sent.values()), rel=0.05)
 

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from lifecycle import config
 from lifecycle.config import Decision, Program
 from lifecycle.engine.decision import UNSCORED, Counts, Estimate, band_of, expected_value, ranking, shrink, why
+from lifecycle.model.ledger import reason_kind
 from lifecycle.paths import PROJECT_ROOT
 
 NBA = Decision(mode="next_best_action", bands=5, min_evidence=200)
@@ -151,3 +152,10 @@ def test_the_lift_is_the_effect_on_messaged_contacts():
     assert half.variance == pytest.approx(4 * counts.variance)
     assert not Counts(1000, 150, 1000, 100, treatment_messaged=0).measured
     assert (half + half).messaged == 1000 and (half + half).lift == pytest.approx(0.10)
+
+
+def test_the_figures_group_a_yielded_message_under_its_cap_reason():
+    detail = why("winback", "upsell", {"winback": 0.03, "upsell": 0.01}, 2)
+    assert reason_kind("frequency_cap_email: 3 per 7d" + detail) == "frequency_cap_email: 3 per 7d"
+    assert reason_kind("frequency_cap_email: 3 per 7d") == "frequency_cap_email: 3 per 7d"
+    assert reason_kind(None) is None
