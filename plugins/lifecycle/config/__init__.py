@@ -557,6 +557,13 @@ class Decision(_Strict):
         default_factory=dict
     )
 
+    @field_validator("score")
+    @classmethod
+    def _known_score(cls, value: str) -> str:
+        if value not in schema.SCORE_NAMES:
+            raise ValueError(f"unknown score {value!r} — fix: use one of {list(schema.SCORE_NAMES)}")
+        return value
+
     @property
     def next_best_action(self) -> bool:
         """Whether competing marketing programs are ordered by expected incremental value."""

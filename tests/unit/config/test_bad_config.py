@@ -519,3 +519,18 @@ def test_a_topic_group_may_be_written_under_sendgrids_name_and_emails_show_the_o
     renewal = load_program(write(tmp_path, FULL_PROGRAM | {"topic": "billing"}))
     shown = policy.groups_to_display(renewal)
     assert (shown[0], sorted(shown[1:])) == (103, [101, 102])
+
+
+def test_the_decision_mode_is_priority_unless_set_and_an_unknown_score_is_refused(tmp_path):
+    left_out = {key: value for key, value in FULL_POLICY.items() if key != "decision"}
+    decision = config.load_policy(write(tmp_path, left_out, "policy.yml")).decision
+    assert decision.mode == "priority" and not decision.next_best_action and decision.value_of("winback") == 1.0
+    path = write(tmp_path, FULL_POLICY | {"decision": {"mode": "next_best_action", "score": "churn"}}, "policy.yml")
+    with pytest.raises(config.ConfigError) as err:
+        config.load_policy(path)
+    assert_names(err.value, path, "decision.score")
+    assert "unknown score 'churn'" in str(err.value) and "churn_risk" in str(err.value)
+    path = write(tmp_path, FULL_POLICY | {"decision": {"mode": "best"}}, "policy.yml")
+    with pytest.raises(config.ConfigError) as err:
+        config.load_policy(path)
+    assert_names(err.value, path, "decision.mode")
