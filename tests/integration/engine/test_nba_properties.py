@@ -11,6 +11,7 @@ the as-of in several orders, each on its own copy of the database, up to capping
 
 from __future__ import annotations
 
+import html
 import tempfile
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -26,6 +27,7 @@ from lifecycle.engine import pipeline
 from lifecycle.model import schema
 from lifecycle.model.db import get_engine
 from lifecycle.model.ledger import EnrollmentState, Status
+from lifecycle.web.campaigns import contact_page
 from tests.conftest import AS_OF
 from tests.integration.engine.test_priority_properties import (
     DAY_BEFORE,
@@ -206,6 +208,10 @@ def test_a_lower_priority_program_with_the_higher_expected_value_takes_the_last_
             )
         ).all()
     assert [(dimension, int(value)) for dimension, value in capped] == [("frequency_cap_email: 3 per 7d", 1)]
+    # The operator's contact lookup shows why (the page's templates are the shipped ones).
+    monkeypatch.delenv("LIFECYCLE_TEMPLATES_DIR")
+    page = html.unescape(contact_page(engine, contested))
+    assert "next-best-action: alpha (EV 0.5) over beta (EV 0.1), unscored" in page
 
 
 @pytest.mark.parametrize("order", [(SERVICE, "alpha"), ("alpha", SERVICE)])
