@@ -221,3 +221,50 @@ def test_an_empty_crm_is_refused_in_words(sqlite_url):
     with engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(M)).scalar_one() == len(scoring.SCORE_NAMES)
         assert conn.execute(select(func.count()).select_from(S)).scalar_one() == 0
+
+
+def test_a_program_enters_the_top_decile_of_churn_risk(seeded, tmp_path, monkeypatch, test_config):
+    """A real program run whose entry segment is a score condition takes exactly the contacts whose
+    published score meets it: none without a score, none below."""
+    import shutil
+
+    from tests.support.journey import enrollments, run_program
+
+    cfg = tmp_path / "config"
+    shutil.copytree(test_config, cfg)
+    (cfg / "programs" / "save.yml").write_text(
+        "name: Save the risky\n"
+        "owner: tests\n"
+        "priority: 50\n"
+        "schedule: null\n"
+        "audience:\n"
+        "  segment: {all: [{score: churn_risk, decile_gte: 10}, {score: churn_risk, gte: 0.05}]}\n"
+        "steps:\n"
+        "  - {id: hello, channel: email, template: simple/hello}\n"
+        "holdout_percent: 0\n"
+        "kpi:\n"
+        "  primary: conversion\n"
+        "  label: Conversion\n"
+        "  conversion: {event: purchase, since: enrollment}\n"
+    )
+    monkeypatch.setenv("LIFECYCLE_CONFIG_DIR", str(cfg))
+    with seeded.begin() as conn:
+        scoring.run_scoring(conn, AS_OF, names=["churn_risk"])
+    with seeded.connect() as conn:
+        expected = set(
+            conn.execute(
+                select(S.c.contact_id).where(S.c.score == "churn_risk", S.c.decile >= 10, S.c.value >= 0.05)
+            ).scalars()
+        )
+        audience = set(
+            conn.execute(select(schema.audience.c.contact_id).where(schema.audience.c.program == "save")).scalars()
+        )
+    assert audience == set()
+    run_program(seeded, "save", AS_OF)
+    with seeded.connect() as conn:
+        audience = set(
+            conn.execute(select(schema.audience.c.contact_id).where(schema.audience.c.program == "save")).scalars()
+        )
+    assert 0 < len(expected) < 300 and audience == expected
+    enrolled = {e["contact_id"] for e in enrollments(seeded, "save")}
+    assert enrolled and enrolled <= expected
