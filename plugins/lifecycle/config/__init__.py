@@ -316,7 +316,7 @@ class AudienceSync(_Strict):
     # The platform whose API the connection reaches: Meta's Custom Audience users API.
     platform: Literal["meta"] = "meta"
     # The platform's audience id (the custom audience's numeric id on Meta).
-    audience: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    audience: str
     # The Airflow connection: host = the API's base URL with its version, password = the access token.
     conn_id: str = Field(default="ads_default", pattern=r"^[A-Za-z0-9_.-]{1,250}$")
     # enrolled: the contacts in an active treatment enrollment (a conversion or exit removes them);
@@ -326,6 +326,16 @@ class AudienceSync(_Strict):
     identifiers: list[Identifier] = Field(default_factory=lambda: list(IDENTIFIERS), min_length=1)
     # Rows per request (Meta takes at most 10,000).
     batch_size: int = Field(default=10_000, ge=1, le=10_000)
+
+    @field_validator("audience")
+    @classmethod
+    def _audience_id(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", value):
+            raise ValueError(
+                f"{value!r} is not an audience id — fix: write the ad platform's id of the audience "
+                "(letters, digits, - or _, at most 64; a Meta custom audience's is its number, quoted)"
+            )
+        return value
 
     @field_validator("identifiers")
     @classmethod

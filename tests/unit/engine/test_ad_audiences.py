@@ -89,3 +89,45 @@ def test_batches_hold_at_most_the_batch_size_in_order():
     assert batches(rows, 2) == [rows[0:2], rows[2:4], rows[4:5]]
     assert batches(rows, 10_000) == [rows]
     assert batches([], 2) == []
+
+
+def test_the_shipped_example_loads_with_its_audience_sync():
+    from lifecycle import config
+    from lifecycle.paths import PROJECT_ROOT
+
+    example = PROJECT_ROOT / "config" / "examples" / "paid_audiences" / "programs" / "cart_retargeting.yml"
+    program = config.load_program(example, config.load_segments(PROJECT_ROOT / "config" / "segments.yml"))
+    sync = program.audience_sync
+    assert sync is not None
+    assert (sync.platform, sync.audience, sync.conn_id, sync.members) == (
+        "meta",
+        "23850000000001",
+        "ads_default",
+        "enrolled",
+    )
+    assert (sync.identifiers, sync.batch_size) == (["email", "phone"], 10_000)
+
+
+@pytest.mark.parametrize(
+    ("sync", "problem"),
+    [
+        ({"audience": "x y"}, "audience_sync.audience"),
+        ({"audience": "1", "batch_size": 10_001}, "audience_sync.batch_size"),
+        ({"audience": "1", "identifiers": ["email", "email"]}, "name one twice"),
+        ({"audience": "1", "identifiers": []}, "audience_sync.identifiers"),
+        ({"audience": "1", "platform": "tiktok"}, "audience_sync.platform"),
+        ({"audience": "1", "members": "everyone"}, "audience_sync.members"),
+    ],
+)
+def test_a_bad_audience_sync_names_the_field(tmp_path, sync, problem):
+    import yaml
+
+    from lifecycle import config
+    from lifecycle.paths import PROJECT_ROOT
+    from tests.support.audience import program
+
+    path = tmp_path / "retarget.yml"
+    path.write_text(yaml.safe_dump(program() | {"audience_sync": sync}))
+    with pytest.raises(config.ConfigError) as error:
+        config.load_program(path, config.load_segments(PROJECT_ROOT / "config" / "segments.yml"))
+    assert problem in str(error.value)
