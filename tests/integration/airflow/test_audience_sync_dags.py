@@ -181,3 +181,27 @@ def test_a_wrong_token_fails_the_run_naming_the_connection(crm, db_url, monkeypa
     assert run_dag(monkeypatch, db_url, "retarget", AS_OF) == "failed"
     assert sandbox.audience(AUDIENCE) == [] and _recorded(engine) == []
     assert sandbox.stats()["endpoints"]["ads.audience_users"]["responses"] == {"401": 1}
+
+
+def test_segment_members_leave_when_they_leave_the_segment_and_the_holdout_never_joins(
+    crm, db_url, monkeypatch, sandbox, tmp_path
+):
+    from sqlalchemy import update
+
+    use_audience_program(tmp_path, monkeypatch, members="segment", identifiers=["email"])
+    engine, c = crm
+    _member(c, email="stays@example.com")
+    leaves = _member(c, email="leaves@example.com")
+    held = holdout_contact(c, "retarget", industry="retarget")
+    c.consent(held, ADS, "granted", purpose=ADS)
+    control = control_contact(c, industry="retarget")
+    c.consent(control, ADS, "granted", purpose=ADS)
+
+    assert run_dag(monkeypatch, db_url, "retarget", AS_OF) == "success"
+    assert sandbox.audience(AUDIENCE) == rows(row("stays@example.com", None), row("leaves@example.com", None))
+    assert {tuple(r["schema"]) for r in sandbox.audience_requests(AUDIENCE)} == {("EMAIL_SHA256",)}
+
+    with engine.begin() as conn:  # no longer in the entry segment
+        conn.execute(update(schema.contacts).where(schema.contacts.c.contact_id == leaves).values(industry="other"))
+    assert run_dag(monkeypatch, db_url, "retarget", AS_OF + timedelta(hours=1)) == "success"
+    assert sandbox.audience(AUDIENCE) == [row("stays@example.com", None)] == _recorded(engine)
