@@ -899,6 +899,26 @@ def topic_problem(program: Program, policy: Policy | None) -> str | None:
     )
 
 
+def shared_audience_problems(programs: Mapping[str, Program]) -> dict[str, str]:
+    """Programs whose ``audience_sync`` names an audience another program syncs too (same
+    connection and audience id): each sync would remove the other's members, so none of them loads."""
+    owners: dict[tuple[str, str, str], list[str]] = {}
+    for pid, program in programs.items():
+        sync = program.audience_sync
+        if sync is not None:
+            owners.setdefault((sync.platform, sync.conn_id, sync.audience), []).append(pid)
+    problems = {}
+    for (_platform, conn_id, audience), pids in owners.items():
+        if len(pids) > 1:
+            for pid in pids:
+                others = ", ".join(p for p in sorted(pids) if p != pid)
+                problems[pid] = (
+                    f"audience_sync.audience: {audience} (connection {conn_id}) is synced by {others} too — "
+                    "fix: give each program an audience of its own (each sync removes what it did not add)"
+                )
+    return problems
+
+
 def load_all_programs() -> tuple[dict[str, Program], dict[str, ConfigError]]:
     """Every program that loads, and the error of every one that does not.
 
@@ -923,6 +943,9 @@ def load_all_programs() -> tuple[dict[str, Program], dict[str, ConfigError]]:
         if problem:
             errors[pid] = ConfigError(program_files_dir() / f"{pid}.yml", [problem])
             del programs[pid]
+    for pid, problem in shared_audience_problems(programs).items():
+        errors[pid] = ConfigError(program_files_dir() / f"{pid}.yml", [problem])
+        del programs[pid]
     try:
         mapping = source_mapping.load_sources()
     except ConfigError as exc:

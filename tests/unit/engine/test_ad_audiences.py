@@ -131,3 +131,17 @@ def test_a_bad_audience_sync_names_the_field(tmp_path, sync, problem):
     with pytest.raises(config.ConfigError) as error:
         config.load_program(path, config.load_segments(PROJECT_ROOT / "config" / "segments.yml"))
     assert problem in str(error.value)
+
+
+def test_two_programs_syncing_one_audience_are_both_errors_naming_each_other(tmp_path, monkeypatch):
+    import yaml
+
+    from lifecycle import config
+    from tests.support.audience import program, use_audience_program
+
+    root = use_audience_program(tmp_path, monkeypatch)
+    (root / "programs" / "other.yml").write_text(yaml.safe_dump(program()))
+    (root / "programs" / "own.yml").write_text(yaml.safe_dump(program(audience="999")))
+    programs, errors = config.load_all_programs()
+    assert "own" in programs and not {"retarget", "other"} & set(programs)
+    assert "synced by retarget too" in str(errors["other"]) and "synced by other too" in str(errors["retarget"])
