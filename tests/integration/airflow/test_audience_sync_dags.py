@@ -205,3 +205,38 @@ def test_segment_members_leave_when_they_leave_the_segment_and_the_holdout_never
         conn.execute(update(schema.contacts).where(schema.contacts.c.contact_id == leaves).values(industry="other"))
     assert run_dag(monkeypatch, db_url, "retarget", AS_OF + timedelta(hours=1)) == "success"
     assert sandbox.audience(AUDIENCE) == [row("stays@example.com", None)] == _recorded(engine)
+
+
+@pytest.fixture
+def task_log(monkeypatch):
+    """Airflow's task-log pipeline (JSON lines, secrets masker) writing INFO and up to a file, as
+    the task supervisor does for every task it runs."""
+    import os
+    import time
+    from pathlib import Path
+
+    from airflow.sdk.log import configure_logging
+
+    path = Path(os.environ["AIRFLOW_HOME"]) / "logs" / "dag_id=retarget" / f"audience-{time.time_ns()}.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("ab") as sink:
+        configure_logging.cache_clear()
+        configure_logging(json_output=True, log_level="INFO", output=sink)
+        try:
+            yield path
+        finally:
+            configure_logging.cache_clear()
+            configure_logging()
+
+
+def test_the_sync_logs_no_address_no_hash_and_no_token(db_url, crm, monkeypatch, sandbox, tmp_path, task_log):
+    use_audience_program(tmp_path, monkeypatch)
+    engine, c = crm
+    _member(c, email="Secret.Person@Example.com", phone="+14155550999")
+    assert run_dag(monkeypatch, db_url, "retarget", AS_OF) == "success"
+    members = sandbox.audience(AUDIENCE)
+    assert len(members) == 1
+    text = task_log.read_text(errors="replace").lower()
+    assert "sync_audience retarget" in text and "1 added, 0 removed in 1 requests" in text
+    for secret in ("secret.person@example.com", "4155550999", sandbox.ads_token, *members[0].values()):
+        assert secret.lower() not in text, secret
