@@ -8,6 +8,8 @@ A segment is a mapping with exactly one of these keys::
     {event: [cart_abandoned, quote_sent], count: {gte: 2}, where: {product: Pro}}
     {event: activated, since: enrollment}                   # inside journeys: after enrolling
     {related: subscriptions, where: {status: active, renews_at: {within_next: 30d}}}
+    {score: churn_risk, gte: 0.7}                          # a published predictive score
+    {score: purchase_propensity, decile_gte: 8}            # its decile, 1 (lowest) .. 10
     {all: [...]}, {any: [...]}, {not: {...}}, {segment: core_customers}
 
 Times are relative to the run's as-of time, never to the clock. Every value becomes a bound
@@ -36,7 +38,9 @@ JOURNEY_REFS = ("after", "before")
 OPERATORS = COMPARISONS + TIME_WINDOWS + JOURNEY_REFS
 RELATED_TABLES = ("subscriptions", "opportunities", "tickets", "accounts")
 COMPOSITES = ("all", "any", "not", "segment")
-LEAF_KEYS = ("attribute", "event", "related")
+LEAF_KEYS = ("attribute", "event", "related", "score")
+SCORE_VALUE_OPS = ("gt", "gte", "lt", "lte")
+SCORE_DECILE_OPS = ("decile", "decile_gt", "decile_gte", "decile_lt", "decile_lte")
 PROPERTY_NAME = re.compile(r"\w[\w.:/-]{0,63}")
 CUSTOM_PREFIX = "custom."
 CUSTOM_NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
@@ -82,6 +86,16 @@ class Related:
 
 
 @dataclass(frozen=True)
+class Score:
+    """A published predictive score (``lifecycle_scores``): its value (``gte``...) or decile
+    (``decile: [9, 10]``, ``decile_gte: 8``...). A contact with no score never matches."""
+
+    name: str
+    op: str
+    value: float | int | tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class Combine:
     op: str  # all | any
     children: tuple[Segment, ...]
@@ -97,7 +111,7 @@ class Ref:
     name: str
 
 
-Segment = Attribute | Event | Related | Combine | Not | Ref
+Segment = Attribute | Event | Related | Score | Combine | Not | Ref
 
 
 # --- parsing ---------------------------------------------------------------------------------
@@ -221,7 +235,36 @@ def parse(expr: Any, path: str = "segment") -> Segment:
         return Attribute(_parse_condition("contacts", str(expr["attribute"]), {op: expr[op]}, path))
     if kind == "event":
         return _parse_event(expr, path)
+    if kind == "score":
+        return _parse_score(expr, path)
     return _parse_related(expr, path)
+
+
+def _parse_score(expr: Mapping, path: str) -> Score:
+    name = expr["score"]
+    if name not in schema.SCORE_NAMES:
+        raise SegmentError(f"{path}.score", f"unknown score {name!r}; use one of {list(schema.SCORE_NAMES)}")
+    ops = set(expr) - {"score"}
+    allowed = SCORE_VALUE_OPS + SCORE_DECILE_OPS
+    if len(ops) != 1 or not ops <= set(allowed):
+        raise SegmentError(
+            path,
+            f"give the score one operator, one of {list(allowed)}: e.g. {{score: {name}, gte: 0.7}} "
+            f"or {{score: {name}, decile_gte: 8}}",
+        )
+    op = ops.pop()
+    value = expr[op]
+    if op in SCORE_VALUE_OPS:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+            raise SegmentError(f"{path}.{op}", f"a score is a probability: give a number from 0 to 1, not {value!r}")
+        return Score(name, op, float(value))
+    deciles = value if op == "decile" and isinstance(value, list) else [value]
+    if not deciles or not all(isinstance(d, int) and not isinstance(d, bool) and 1 <= d <= 10 for d in deciles):
+        raise SegmentError(
+            f"{path}.{op}",
+            f"a decile is a whole number from 1 (lowest) to 10 (highest), or a list of them; not {value!r}",
+        )
+    return Score(name, op, tuple(deciles) if op == "decile" else deciles[0])
 
 
 def _parse_event(expr: Mapping, path: str) -> Event:
@@ -281,6 +324,8 @@ def tables_used(segment: Segment, catalog: Mapping[str, Segment]) -> set[str]:
         return {"events"}
     if isinstance(segment, Related):
         return {"contacts", segment.table} if segment.table == "accounts" else {segment.table}
+    if isinstance(segment, Score):
+        return set()  # the engine's own lifecycle_scores
     if isinstance(segment, Combine):
         return set().union(*(tables_used(c, catalog) for c in segment.children))
     if isinstance(segment, Not):
@@ -315,6 +360,8 @@ def uses_journey(segment: Segment, catalog: Mapping[str, Segment] | None = None)
         return segment.condition.op in JOURNEY_REFS
     if isinstance(segment, Related):
         return any(c.op in JOURNEY_REFS for c in segment.where)
+    if isinstance(segment, Score):
+        return False
     if isinstance(segment, Combine):
         return any(uses_journey(c, catalog) for c in segment.children)
     if isinstance(segment, Not):
@@ -448,6 +495,18 @@ def _related_clause(node: Related, ctx: Context) -> ColumnElement:
     return _count_clause(counted, node.count)
 
 
+def _score_clause(node: Score, ctx: Context) -> ColumnElement:
+    s = schema.scores.alias("seg_score")
+    test: ColumnElement[bool]
+    if isinstance(node.value, tuple):
+        test = s.c.decile.in_(node.value)
+    elif node.op in SCORE_DECILE_OPS:
+        test = _COUNT_OPS[node.op.removeprefix("decile_")](s.c.decile, node.value)
+    else:
+        test = _COUNT_OPS[node.op](s.c.value, node.value)
+    return exists().where(s.c.contact_id == ctx.contact_id, s.c.score == node.name, test)
+
+
 def compile_segment(node: Segment, ctx: Context) -> ColumnElement:
     """The SQL boolean clause for ``node``, correlated to ``ctx.contact_id``."""
     if isinstance(node, Combine):
@@ -463,6 +522,8 @@ def compile_segment(node: Segment, ctx: Context) -> ColumnElement:
         return _event_clause(node, ctx)
     if isinstance(node, Related):
         return _related_clause(node, ctx)
+    if isinstance(node, Score):
+        return _score_clause(node, ctx)
     if node.condition.column.startswith(CUSTOM_PREFIX):
         return _compare(_custom_value(node.condition, ctx), node.condition, ctx)
     if ctx.contacts_in_scope:

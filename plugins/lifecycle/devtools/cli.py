@@ -115,6 +115,18 @@ def _seed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _score(args: argparse.Namespace) -> int:
+    from lifecycle.engine import scoring
+    from lifecycle.model.db import get_engine, migrate, state_url
+
+    engine = get_engine(args.url or state_url())
+    migrate(engine)
+    with engine.begin() as conn:
+        reports = scoring.run_scoring(conn, _as_of(args.as_of), names=args.score or scoring.SCORE_NAMES, seed=args.seed)
+    print(scoring.report_table(reports))
+    return 0 if all(r.published for r in reports) else 1
+
+
 def _preview(args: argparse.Namespace) -> int:
     from lifecycle.messages.preview import preview
 
@@ -200,6 +212,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--url duckdb:///crm.duckdb) mapped by config/examples/warehouse/sources.yml",
     )
     p.set_defaults(func=_seed)
+
+    from lifecycle.model.schema import SCORE_NAMES
+
+    p = sub.add_parser("score", help="train, validate and publish the predictive scores (as the lifecycle_scoring DAG)")
+    p.add_argument("--url", help="state database URL (default: LIFECYCLE_STATE_URL, lifecycle_state, else crm_default)")
+    p.add_argument("--as-of", default=datetime.now(UTC).replace(microsecond=0).isoformat())
+    p.add_argument("--score", action="append", choices=SCORE_NAMES, help="default: every score")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_score)
 
     p = sub.add_parser("preview", help="render a program's step for one contact")
     p.add_argument("program")

@@ -79,6 +79,14 @@ def crm_columns(contacts: Table, accounts: Table, trigger: ColumnElement[Any]) -
             .scalar_subquery(),
             Text,
         ).label("contact_custom"),
+        *(
+            select(schema.scores.c[column])
+            .where(schema.scores.c.contact_id == contacts.c.contact_id, schema.scores.c.score == name)
+            .scalar_subquery()
+            .label(f"score__{name}__{column}")
+            for name in schema.SCORE_NAMES
+            for column in ("value", "decile")
+        ),
     ]
 
 
@@ -121,6 +129,8 @@ def read_crm(
     except ValueError:
         contact["custom"] = {}
         problems.append("the contact's custom attributes are not a JSON object")
+    contact["scores"] = {name: row[f"score__{name}__value"] for name in schema.SCORE_NAMES}
+    contact["score_deciles"] = {name: row[f"score__{name}__decile"] for name in schema.SCORE_NAMES}
     account = {name: row[f"account__{name}"] for name in ACCOUNT_FIELDS}
     try:
         trigger = _json_object(row["trigger"])
@@ -134,7 +144,11 @@ def read_crm(
 def template_context(data: MessageData, links: Mapping[str, str], brand: Mapping[str, Any]) -> dict[str, Any]:
     """The variables a template sees: the contact's non-address fields (its custom attributes under
     ``contact.custom``), the account, the trigger
-    event's properties, the A/B variant, the program and step, links and the brand."""
+    event's properties, the A/B variant, the program and step, links, the brand, and the contact's
+    published predictive scores (``scores.churn_risk``: a probability, ``score_deciles.churn_risk``:
+    1..10; None where the contact has none)."""
+    scores = data.contact.get("scores") or {}
+    deciles = data.contact.get("score_deciles") or {}
     return {
         "contact": {k: data.contact.get(k) for k in CONTACT_FIELDS}
         | {"custom": dict(data.contact.get("custom") or {})},
@@ -145,4 +159,6 @@ def template_context(data: MessageData, links: Mapping[str, str], brand: Mapping
         "step": data.step,
         "links": dict(links),
         "brand": dict(brand),
+        "scores": {name: scores.get(name) for name in schema.SCORE_NAMES},
+        "score_deciles": {name: deciles.get(name) for name in schema.SCORE_NAMES},
     }

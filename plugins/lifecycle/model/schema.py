@@ -507,6 +507,9 @@ ad_audience_syncs = Table(
 
 # --- Predictive scores (written by the lifecycle_scoring DAG) ---------------------------------
 
+SCORE_NAMES = ("churn_risk", "purchase_propensity")
+"""Every predictive score the engine computes (``lifecycle.engine.scoring``); segments and templates name them."""
+
 score_models = Table(
     "lifecycle_score_models",
     engine_metadata,

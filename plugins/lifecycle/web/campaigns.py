@@ -7,7 +7,8 @@ the journey's per-step performance, its event lag and its funnel over time as a 
 server-rendered PNG chart (no script, nothing loaded from elsewhere), read from the figures the
 runs precomputed (:mod:`lifecycle.reporting.figures`, ``lifecycle_campaign_figures``; computed
 here only where none of the program's newest run are stored), with its trigger and a realtime
-program's backlog read live (:mod:`lifecycle.reporting.realtime`). Each program's figures are
+program's backlog read live (:mod:`lifecycle.reporting.realtime`), and the predictive scores'
+models and distributions (:mod:`lifecycle.reporting.scores`). Each program's figures are
 as of its own newest logged run, so a program that ran an hour ago and one that runs daily both
 show their latest week. Every string from the config or
 the CRM is escaped by the sandboxed, autoescaping template environment. Only a signed-in Airflow
@@ -30,7 +31,7 @@ from lifecycle.config import Cap, Policy, Program
 from lifecycle.messages.rendering import environment
 from lifecycle.model.db import get_engine, state_url, utc_naive
 from lifecycle.model.ledger import Status
-from lifecycle.reporting import digest, display, figures, measurement, performance, realtime, timeline
+from lifecycle.reporting import digest, display, figures, measurement, performance, realtime, scores, timeline
 from lifecycle.reporting.display import duration, segment, step_timing
 from lifecycle.web import actions
 from lifecycle.web.signin import SignedIn, signed_in_page
@@ -217,6 +218,7 @@ def campaigns_page(
             "paused": dict(paused or {}),
             "done": done,
             "test_send_dag": actions.TEST_SEND_DAG,
+            "scores": scores.score_views(engine),
         }
     )
 

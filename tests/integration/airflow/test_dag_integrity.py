@@ -30,6 +30,7 @@ ALLOWED_TAGS = {
     "sms",
     "email",
     "due-steps",
+    "scoring",
 }
 
 REALTIME = {"welcome"}
