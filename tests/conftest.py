@@ -120,6 +120,17 @@ def _pinned_send_clock(monkeypatch) -> None:
     monkeypatch.setattr(dispatch, "quiet_hours_clock", lambda: SEND_CLOCK)
 
 
+@pytest.fixture(autouse=True)
+def _no_engine_outlives_its_test() -> Iterator[None]:
+    """Forget the engines a test made (``get_engine`` keeps one per URL per process): each keeps a
+    pool and a statement cache, and a session of thousands of per-test databases would otherwise
+    hold every one of them to the end."""
+    yield
+    from lifecycle.model.db import get_engine
+
+    get_engine.cache_clear()
+
+
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'crm.db'}"

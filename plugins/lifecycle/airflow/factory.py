@@ -27,6 +27,7 @@ from lifecycle.airflow.operators import (
     PrepareBatchesOperator,
     SendBatchOperator,
     SuppressOperator,
+    SyncAudienceOperator,
     SyncSourceOperator,
     WriteBackOperator,
 )
@@ -197,17 +198,30 @@ def build_program_dag(program: config.Program, caps: str = "", queue: config.Eve
         # failure fails neither a send nor the run.
         written = WriteBackOperator(task_id="write_back", trigger_rule=TriggerRule.ALL_DONE, **common)
         kpis = LogKpisOperator(task_id="log_kpis", trigger_rule=TriggerRule.ALL_DONE, **common)
+        watched = ["send", "log_kpis"]
+        before_kpis: WriteBackOperator | SyncAudienceOperator = written
+        if program.audience_sync is not None:
+            # The ad audience, after the run's exits and enrollments, whatever the sends did. A
+            # batch the platform did not take fails it (and the run); the next run sends the rest,
+            # so it is not retried within the run.
+            audience = SyncAudienceOperator(
+                task_id="sync_audience", trigger_rule=TriggerRule.ALL_DONE, retries=0, **common
+            )
+            written >> audience
+            before_kpis = audience
+            watched.append("sync_audience")
         # The run's state follows its last task: log_kpis runs whatever happened (ALL_DONE) and
-        # succeeds, so check_run, after it, fails the run when a send batch or the funnel failed.
-        # It alerts no one: the task that failed has alerted the owner, with its error.
+        # succeeds, so check_run, after it, fails the run when a send batch, the audience sync or
+        # the funnel failed. It alerts no one: the task that failed has alerted the owner, with its error.
         check = CheckRunOperator(
             task_id="check_run",
-            task_ids=["send", "log_kpis"],
+            task_ids=watched,
             trigger_rule=TriggerRule.ALL_DONE,
             retries=0,
             on_failure_callback=None,
         )
-        source >> evaluate >> enroll >> plan >> suppress >> cap >> batches >> send >> written >> kpis >> check
+        source >> evaluate >> enroll >> plan >> suppress >> cap >> batches >> send >> written
+        before_kpis >> kpis >> check
     return dag
 
 

@@ -185,6 +185,25 @@ class WriteBackOperator(ProgramOperator[dict[str, int]]):
         return pipeline.write_back(run.engine, scope, lambda payload, key: hook.deliver(payload, key))
 
 
+class SyncAudienceOperator(ProgramOperator[dict[str, int]]):
+    """Send the program's ad audience (``audience_sync``) the adds and removes since its last sync;
+    fails, after recording what the platform took, when a batch was not taken (the next run or a
+    retry sends the rest)."""
+
+    def run(self, run: TaskRun) -> dict[str, int]:
+        from lifecycle.channels.ad_audience import MetaAudienceHook
+
+        scope = self.scope(run)[0]
+        sync = scope.program.audience_sync
+        if sync is None:
+            log.info("The program has no audience_sync: no audience is synced")
+            return {}
+        hook = MetaAudienceHook(sync.conn_id)
+        return pipeline.sync_audience(
+            run.engine, scope, lambda action, names, rows: hook.upload(sync.audience, action, names, rows)
+        )
+
+
 class CheckRunOperator(LifecycleOperator[None]):
     """The run's last task (after ``log_kpis``, whatever happened upstream): fails when a send
     batch or ``log_kpis`` failed (a failed earlier stage leaves the sends

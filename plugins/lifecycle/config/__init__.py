@@ -303,6 +303,48 @@ class Kpi(_Strict):
     value_property: str | None = None
 
 
+Identifier = Literal["email", "phone"]
+IDENTIFIERS: tuple[Identifier, ...] = ("email", "phone")
+
+
+class AudienceSync(_Strict):
+    """The program's members synced as a paid-advertising audience (``audience_sync``): each run
+    sends the ad platform the adds and removes since the last sync, as SHA-256 hashes of the
+    normalised email and phone, of the contacts with a granted ``ads`` consent (never holdout or
+    global-control members); see :mod:`lifecycle.engine.ad_audiences`."""
+
+    # The platform whose API the connection reaches: Meta's Custom Audience users API.
+    platform: Literal["meta"] = "meta"
+    # The platform's audience id (the custom audience's numeric id on Meta).
+    audience: str
+    # The Airflow connection: host = the API's base URL with its version, password = the access token.
+    conn_id: str = Field(default="ads_default", pattern=r"^[A-Za-z0-9_.-]{1,250}$")
+    # enrolled: the contacts in an active treatment enrollment (a conversion or exit removes them);
+    # segment: the entry segment's members as of the run, less the holdout and global control group.
+    members: Literal["enrolled", "segment"] = "enrolled"
+    # The identifiers uploaded, in the schema's order.
+    identifiers: list[Identifier] = Field(default_factory=lambda: list(IDENTIFIERS), min_length=1)
+    # Rows per request (Meta takes at most 10,000).
+    batch_size: int = Field(default=10_000, ge=1, le=10_000)
+
+    @field_validator("audience")
+    @classmethod
+    def _audience_id(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", value):
+            raise ValueError(
+                f"{value!r} is not an audience id — fix: write the ad platform's id of the audience "
+                "(letters, digits, - or _, at most 64; a Meta custom audience's is its number, quoted)"
+            )
+        return value
+
+    @field_validator("identifiers")
+    @classmethod
+    def _distinct(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"identifiers {value} name one twice — fix: list email and phone at most once each")
+        return value
+
+
 class Program(_Strict):
     """One lifecycle program: a DAG with a journey."""
 
@@ -328,6 +370,8 @@ class Program(_Strict):
     # The subscription topic its messages belong to (a key of the policy's ``topics``): a contact who
     # opted out of it gets none of them, and keeps the other topics. Left out: no topic.
     topic: str | None = Field(default=None, pattern=r"^[a-z][a-z0-9_]{0,31}$")
+    # The program's members synced as a paid-advertising audience (left out: none is).
+    audience_sync: AudienceSync | None = None
 
     @model_validator(mode="after")
     def _steps_consistent(self) -> Program:
@@ -893,6 +937,26 @@ def topic_problem(program: Program, policy: Policy | None) -> str | None:
     )
 
 
+def shared_audience_problems(programs: Mapping[str, Program]) -> dict[str, str]:
+    """Programs whose ``audience_sync`` names an audience another program syncs too (same
+    connection and audience id): each sync would remove the other's members, so none of them loads."""
+    owners: dict[tuple[str, str, str], list[str]] = {}
+    for pid, program in programs.items():
+        sync = program.audience_sync
+        if sync is not None:
+            owners.setdefault((sync.platform, sync.conn_id, sync.audience), []).append(pid)
+    problems = {}
+    for (_platform, conn_id, audience), pids in owners.items():
+        if len(pids) > 1:
+            for pid in pids:
+                others = ", ".join(p for p in sorted(pids) if p != pid)
+                problems[pid] = (
+                    f"audience_sync.audience: {audience} (connection {conn_id}) is synced by {others} too — "
+                    "fix: give each program an audience of its own (each sync removes what it did not add)"
+                )
+    return problems
+
+
 def load_all_programs() -> tuple[dict[str, Program], dict[str, ConfigError]]:
     """Every program that loads, and the error of every one that does not.
 
@@ -917,6 +981,9 @@ def load_all_programs() -> tuple[dict[str, Program], dict[str, ConfigError]]:
         if problem:
             errors[pid] = ConfigError(program_files_dir() / f"{pid}.yml", [problem])
             del programs[pid]
+    for pid, problem in shared_audience_problems(programs).items():
+        errors[pid] = ConfigError(program_files_dir() / f"{pid}.yml", [problem])
+        del programs[pid]
     try:
         mapping = source_mapping.load_sources()
     except ConfigError as exc:

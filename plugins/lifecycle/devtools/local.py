@@ -96,6 +96,8 @@ def provider_connections(sandbox, public_base_url: str, link_secret: str) -> dic
         "AIRFLOW_CONN_CRM_ACTIVITIES_DEFAULT": connection_json(
             "http", host=f"{sandbox.url}/sales/activities", password=sandbox.webhook_secret
         ),
+        # The sandbox's ad platform (audience_sync): Meta's Graph API base URL and access token.
+        "AIRFLOW_CONN_ADS_DEFAULT": connection_json("http", host=sandbox.ads_url(), password=sandbox.ads_token),
     }
 
 

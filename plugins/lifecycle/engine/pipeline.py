@@ -17,7 +17,7 @@ from lifecycle import config, paths
 from lifecycle.channels import registry
 from lifecycle.channels.base import Subscription, Transport
 from lifecycle.channels.sms import SMS_CHANNEL
-from lifecycle.engine import capping, dispatch, funnel, journeys, suppression
+from lifecycle.engine import ad_audiences, capping, dispatch, funnel, journeys, suppression
 from lifecycle.engine import write_back as activities
 from lifecycle.engine.scope import RunScope
 from lifecycle.messages.links import LinkBuilder
@@ -149,6 +149,12 @@ def write_back(engine: Engine, run: RunScope, post: activities.Post) -> dict[str
         return {}
     program = run.program
     return activities.write_back(engine, program.id, program.name, rule.channels, run.as_of, rule.within, post)
+
+
+def sync_audience(engine: Engine, run: RunScope, upload: ad_audiences.Upload) -> dict[str, int]:
+    """Bring the program's ad audience (``audience_sync``) to its eligible members (nothing without
+    one); see :mod:`lifecycle.engine.ad_audiences`."""
+    return ad_audiences.sync_audience(engine, run, upload)
 
 
 def run_program(

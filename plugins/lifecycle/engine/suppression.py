@@ -133,6 +133,10 @@ def _unsubscribed_everywhere(contact_id: ColumnElement[Any]) -> ColumnElement[bo
     return and_(*(_on_list(contact_id, name, R.UNSUBSCRIBED) for name in inboxes))
 
 
+unsubscribed_everywhere = _unsubscribed_everywhere
+"""Public name of :func:`_unsubscribed_everywhere` (the paid-audience sync leaves such contacts out)."""
+
+
 def claim_reasons(channel: str, service_programs: Collection[str]) -> list[Reason]:
     """:func:`list_reasons` for ledger messages of any program, as the outbox checks them when it
     claims a message: a marketing-only list stops a message unless its program is one of

@@ -34,7 +34,8 @@ engine_metadata = MetaData()
 
 LIFECYCLE_STAGES = ("subscriber", "lead", "trial", "customer", "churned")
 CHURN_REASONS = ("price", "fit", "complexity", "other")
-CONSENT_PURPOSES = ("marketing", "transactional")
+CONSENT_PURPOSES = ("marketing", "transactional", "ads")
+"""``ads``: the contact may be matched into paid-advertising audiences (``audience_sync``)."""
 CONSENT_STATUSES = ("granted", "withdrawn", "denied")
 CAPTURE_PENDING = "pending"
 """``lifecycle_consent_captures.status`` of a capture waiting for its confirmation link: no consent."""
@@ -471,6 +472,37 @@ activity_writebacks = Table(
     Column("posted_at", DateTime, nullable=False),
 )
 """Sent messages posted to the CRM as activities (policy ``write_back``): a re-run posts none twice."""
+
+
+# --- Paid-audience sync (written by the sync_audience stage) ---------------------------------
+
+ad_audience_members = Table(
+    "lifecycle_ad_audience_members",
+    engine_metadata,
+    Column("program", String(64), primary_key=True),
+    Column("audience", String(64), primary_key=True),  # the ad platform's audience id
+    # One uploaded row: the SHA-256 hex of the normalised email and phone ('' for one not sent).
+    Column("email_sha256", String(64), primary_key=True),
+    Column("phone_sha256", String(64), primary_key=True),
+    Column("added_at", DateTime, nullable=False),
+)
+"""What the ad platform's audience holds, as last synced: each run sends only the difference."""
+
+ad_audience_syncs = Table(
+    "lifecycle_ad_audience_syncs",
+    engine_metadata,
+    Column("sync_id", Integer, primary_key=True, autoincrement=True),
+    Column("program", String(64), nullable=False),
+    Column("audience", String(64), nullable=False),
+    Column("run_id", String(250), nullable=False),
+    Column("as_of", DateTime, nullable=False),
+    Column("synced_at", DateTime, nullable=False),
+    Column("added", Integer, nullable=False),
+    Column("removed", Integer, nullable=False),
+    Column("size", Integer, nullable=False),  # rows in the audience after the sync
+    Index("ix_ad_audience_syncs_program", "program", "audience", "synced_at"),
+)
+"""One row per completed audience sync: its adds, removes and the audience's size after it."""
 
 
 # --- Predictive scores (written by the lifecycle_scoring DAG) ---------------------------------

@@ -9,16 +9,19 @@ Provider endpoints:
 - ``POST /webhook/{path}`` (the webhook channel's receiver: :mod:`lifecycle.sandbox.webhook_endpoint`)
 - ``POST /sales/tasks`` and ``POST /sales/activities`` (the CRM's task and activity APIs:
   :mod:`lifecycle.sandbox.crm_endpoint`)
+- ``POST|DELETE /{version}/{audience_id}/users`` (Meta's Custom Audience users API, Bearer access
+  token: :mod:`lifecycle.sandbox.ads_endpoint`)
 
 Control endpoints (JSON, no auth): ``GET /_sandbox/health``, ``GET /_sandbox/sendgrid/messages``
 and ``GET /_sandbox/twilio/messages`` (optional ``?to=``), ``GET /_sandbox/sendgrid/public_key``,
 ``POST /_sandbox/sendgrid/events``, ``POST /_sandbox/twilio/inbound``, ``GET|POST /_sandbox/faults``,
 ``GET /_sandbox/stats``, ``GET /_sandbox/webhooks`` (optional ``?provider=``), ``GET
-/_sandbox/sales/tasks``, ``GET /_sandbox/sales/activities``, ``POST /_sandbox/flush``, ``POST
+/_sandbox/sales/tasks``, ``GET /_sandbox/sales/activities``, ``GET /_sandbox/audiences`` (optional
+``?id=``), ``POST /_sandbox/flush``, ``POST
 /_sandbox/reset`` and ``GET|POST /_sandbox/latency`` (``{"median_ms": 150, "sigma": 0.4}``: the
 provider latency from now on; ``median_ms`` 0 is none; a reset leaves it as it is). Faults apply to
 the send endpoints only (targets ``sendgrid``, ``twilio``, ``webhook``, ``sales_tasks``,
-``crm_activities``).
+``crm_activities``, ``ads``).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qs
 
+from lifecycle.sandbox.ads_endpoint import USERS_PATH, AdsEndpoint
 from lifecycle.sandbox.crm_endpoint import ACTIVITIES_PATH, TASKS_PATH, activities_endpoint, tasks_endpoint
 from lifecycle.sandbox.faults import FaultPlan, FaultRequestError, Target, parse_fault_request
 from lifecycle.sandbox.latency import DEFAULT_SIGMA, Latency
@@ -88,6 +92,7 @@ class SandboxApp:
         self.webhook = WebhookEndpoint()
         self.sales_tasks = tasks_endpoint()
         self.crm_activities = activities_endpoint()
+        self.ads = AdsEndpoint()
         self._stopping = threading.Event()
         self._control_routes: dict[tuple[str, str], Callable[[Request], Any]] = {
             ("GET", "health"): lambda request: {"status": "ok"},
@@ -102,6 +107,7 @@ class SandboxApp:
             ("GET", "webhooks"): lambda request: {"webhooks": self.dispatcher.entries(_query(request, "provider"))},
             ("GET", "sales/tasks"): lambda request: {"tasks": self.sales_tasks.deliveries()},
             ("GET", "sales/activities"): lambda request: {"activities": self.crm_activities.deliveries()},
+            ("GET", "audiences"): lambda request: {"audiences": self.ads.describe(_query(request, "id"))},
             ("POST", "flush"): self._post_flush,
             ("POST", "reset"): lambda request: self.reset(),
             ("GET", "latency"): lambda request: _describe_latency(self.latency),
@@ -134,6 +140,8 @@ class SandboxApp:
             return self._send("sales_tasks", "sales.create_task", request, self.sales_tasks.receive)
         if request.path == ACTIVITIES_PATH:
             return self._send("crm_activities", "sales.create_activity", request, self.crm_activities.receive)
+        if USERS_PATH.match(request.path):
+            return self._send("ads", "ads.audience_users", request, self.ads.receive)
         return json_reply(404, {"error": f"no sandbox endpoint for {request.method} {request.path}"})
 
     def _twilio(self, request: Request, account_sid: str, message_sid: str | None) -> Reply | Hangup:
@@ -166,12 +174,13 @@ class SandboxApp:
         if fault is None:
             return self._count(endpoint, process(request))
         self.recorder.count(endpoint, f"faults.{fault.kind}")
-        apis: dict[Target, SendGridApi | TwilioApi | WebhookEndpoint] = {
+        apis: dict[Target, SendGridApi | TwilioApi | WebhookEndpoint | AdsEndpoint] = {
             "sendgrid": self.sendgrid,
             "twilio": self.twilio,
             "webhook": self.webhook,
             "sales_tasks": self.sales_tasks,
             "crm_activities": self.crm_activities,
+            "ads": self.ads,
         }
         api = apis[target]
         if fault.status is not None:
@@ -203,6 +212,7 @@ class SandboxApp:
         self.webhook.reset()
         self.sales_tasks.reset()
         self.crm_activities.reset()
+        self.ads.reset()
         self.faults.clear()
         self.dispatcher.clear_log()
         return {"reset": True}

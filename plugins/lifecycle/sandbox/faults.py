@@ -7,8 +7,8 @@ from collections import deque
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-Target = Literal["sendgrid", "twilio", "webhook", "sales_tasks", "crm_activities"]
-TARGETS: tuple[Target, ...] = ("sendgrid", "twilio", "webhook", "sales_tasks", "crm_activities")
+Target = Literal["sendgrid", "twilio", "webhook", "sales_tasks", "crm_activities", "ads"]
+TARGETS: tuple[Target, ...] = ("sendgrid", "twilio", "webhook", "sales_tasks", "crm_activities", "ads")
 STATUS_FAULTS = {"429": 429, "500": 500, "503": 503}
 FAULT_KINDS = (*STATUS_FAULTS, "slow", "drop", "timeout", "drop_after_accept")
 DEFAULT_RETRY_AFTER = 1

@@ -29,6 +29,7 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
+from lifecycle.sandbox.ads_endpoint import ADS_VERSION
 from lifecycle.sandbox.app import CONTROL_PREFIX, SandboxApp
 from lifecycle.sandbox.latency import Latency
 from lifecycle.sandbox.wire import Hangup, Reply, Request, json_reply
@@ -321,6 +322,24 @@ class SandboxServer:
     def activities(self) -> list[dict[str, Any]]:
         """The activities the CRM received, oldest first, one per idempotency key."""
         return self.app.crm_activities.deliveries()
+
+    def ads_url(self) -> str:
+        """The base URL of the sandbox's ad platform (Meta's Graph API with its version): an ads
+        connection's host; its access token is ``ads_token``."""
+        return f"{self.url}/{ADS_VERSION}"
+
+    @property
+    def ads_token(self) -> str:
+        """The access token the ad platform accepts."""
+        return self.app.ads.token
+
+    def audience(self, audience_id: str) -> list[dict[str, str]]:
+        """The rows custom audience ``audience_id`` holds (``EMAIL_SHA256``/``PHONE_SHA256`` → hash), sorted."""
+        return self.app.ads.members(audience_id)
+
+    def audience_requests(self, audience_id: str) -> list[dict[str, Any]]:
+        """The add and remove requests the audience took (action, schema, rows), oldest first."""
+        return self.app.ads.requests(audience_id)
 
     def approve_content(self, sid: str, text: str) -> None:
         """Know ``sid`` as an approved WhatsApp content template reading ``text`` (``{{1}}`` placeholders)."""

@@ -86,6 +86,14 @@ FULL_PROGRAM: dict[str, Any] = {
         "value_property": "amount",
     },
     "topic": "offers",
+    "audience_sync": {
+        "platform": "meta",
+        "audience": "23851234567890",
+        "conn_id": "ads_default",
+        "members": "enrolled",
+        "identifiers": ["email", "phone"],
+        "batch_size": 5000,
+    },
 }
 
 FULL_POLICY: dict[str, Any] = yaml.safe_load((FIXTURES / "config" / "policy.yml").read_text()) | {
