@@ -26,11 +26,11 @@ from sqlalchemy import Connection, and_, bindparam, func, literal, not_, select,
 from sqlalchemy.sql.expression import ColumnElement
 
 from lifecycle.channels import registry
-from lifecycle.config import Cap, Program, QuietHours, segments
+from lifecycle.config import Cap, Program, QuietHours, Step, segments
 from lifecycle.engine.journeys import E, entry_eligible, group_expr, step_due
 from lifecycle.engine.quiet_hours import quiet_until
 from lifecycle.engine.scope import RunScope
-from lifecycle.engine.suppression import channel_blocked, contact_reasons
+from lifecycle.engine.suppression import channel_blocked, choice_routes, choice_steps, contact_reasons
 from lifecycle.model import schema
 from lifecycle.model.addresses import phone_number
 from lifecycle.model.ledger import SLOT_HOLDING, CapReason, Status, SuppressionReason
@@ -123,6 +123,14 @@ def _routes(channel: str, fallback: str | None, run: RunScope, contact_id: Colum
     return routes
 
 
+def _step_routes(step: Step, run: RunScope, contact_id: ColumnElement) -> list[tuple[str, Any]]:
+    """Where a message of ``step`` goes: its channel choice (a step with ``channels``), else its
+    channel or fallback; each with the clause that sends it there."""
+    if step.channels is not None:
+        return [(route.channel, route.when) for route in choice_routes(step, run, contact_id)]
+    return _routes(step.channel, step.fallback, run, contact_id)
+
+
 def _not_suppressed(run: RunScope, contact_id: ColumnElement, *, planned: bool) -> list[ColumnElement]:
     """The program's contact rules (open ticket, negotiation, recent purchase...) do not stop it.
     ``already_converted`` reads the message's enrollment, so it applies to planned messages only;
@@ -151,7 +159,18 @@ def _demand_queries(other: RunScope, targets: Any) -> list[Any]:
     channel fallbacks have had their say."""
     program, as_of = other.program, other.as_of
     queries = []
-    channels = {s.channel for s in program.steps} | {s.fallback for s in program.steps if s.fallback}
+    channels = {c for s in program.steps for c in s.reach}
+    choosing = choice_steps(program)
+    for step in choosing:
+        planned = [
+            M.c.program == program.id,
+            M.c.status == Status.PLANNED,
+            M.c.step == step.id,
+            M.c.contact_id.in_(targets),
+            *_not_suppressed(other, M.c.contact_id, planned=True),
+        ]
+        for sent_on, route in _step_routes(step, other, M.c.contact_id):
+            queries.append(select(M.c.contact_id, literal(sent_on)).where(*planned, route))
     for channel in sorted(channels):
         planned = [
             M.c.program == program.id,
@@ -160,6 +179,8 @@ def _demand_queries(other: RunScope, targets: Any) -> list[Any]:
             M.c.contact_id.in_(targets),
             *_not_suppressed(other, M.c.contact_id, planned=True),
         ]
+        if choosing:
+            planned.append(M.c.step.not_in([step.id for step in choosing]))
         for fallback in [None, *sorted(channels - {channel})]:
             sent_on, route = _routes(channel, fallback, other, M.c.contact_id)[-1]
             if fallback is not None:
@@ -177,7 +198,7 @@ def _demand_queries(other: RunScope, targets: Any) -> list[Any]:
             where.append(
                 segments.compile_segment(step.when.parsed, other.segment_context(E.c.contact_id, journey=True))
             )
-        for sent_on, route in _routes(step.channel, step.fallback, other, E.c.contact_id):
+        for sent_on, route in _step_routes(step, other, E.c.contact_id):
             queries.append(select(E.c.contact_id, literal(sent_on)).where(*where, route))
     first = program.steps[0]
     if first.relative_to != "anchor" and not first.delay and first.when is None:
@@ -195,7 +216,7 @@ def _demand_queries(other: RunScope, targets: Any) -> list[Any]:
                 as_of, C.c.contact_id, catalog=other.catalog, enrolled_at=literal(as_of), anchor_at=literal(None)
             )
             where.append(not_(segments.compile_segment(program.exit.goal.parsed, entering)))
-        for sent_on, route in _routes(first.channel, first.fallback, other, C.c.contact_id):
+        for sent_on, route in _step_routes(first, other, C.c.contact_id):
             queries.append(select(C.c.contact_id, literal(sent_on)).where(*where, route))
     return queries
 

@@ -203,6 +203,9 @@ enrollments = Table(
     Index("ix_enrollments_contact", "contact_id", "state"),
 )
 
+CHANNEL_REASON_LENGTH = 200
+"""``lifecycle_messages.channel_reason``'s width: a longer fallback reason is cut to it."""
+
 messages = Table(
     "lifecycle_messages",
     engine_metadata,
@@ -218,6 +221,7 @@ messages = Table(
     Column("channel", String(CHANNEL_NAME_LENGTH), nullable=False),
     Column("fallback_channel", String(CHANNEL_NAME_LENGTH)),
     Column("planned_channel", String(CHANNEL_NAME_LENGTH), nullable=False),
+    Column("channel_reason", String(CHANNEL_REASON_LENGTH)),  # why this channel (ChannelReason)
     Column("template", String(200), nullable=False),
     Column("variant", String(32)),
     Column("group", String(16), nullable=False, default="treatment"),

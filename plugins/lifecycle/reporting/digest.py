@@ -350,7 +350,7 @@ def program_facts(program: Program) -> dict[str, Any]:
         "owner": program.owner,
         "priority": program.priority,
         "schedule": program.schedule or "manual",
-        "channels": sorted({s.channel for s in program.steps} | {s.fallback for s in program.steps if s.fallback}),
+        "channels": sorted({c for s in program.steps for c in s.reach}),
         "kpi_label": program.kpi.label,
         "ab_test": program.ab_test.name if program.ab_test else None,
     }
