@@ -141,6 +141,7 @@ def _measured_view(
             figures.funnel_of(payload["week_before"]),
             currency=currency,
             catalog=catalog,
+            channels=figures.channels_of(payload),
         )
         | catalog_view(program)
         | {
