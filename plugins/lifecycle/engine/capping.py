@@ -18,7 +18,7 @@ end of the window in the recipient's time zone instead of dropping it, service m
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -30,10 +30,16 @@ from lifecycle.config import Cap, Program, QuietHours, Step, segments
 from lifecycle.engine.journeys import E, entry_eligible, group_expr, step_due
 from lifecycle.engine.quiet_hours import quiet_until
 from lifecycle.engine.scope import RunScope
-from lifecycle.engine.suppression import channel_blocked, choice_routes, choice_steps, contact_reasons
+from lifecycle.engine.suppression import (
+    channel_blocked,
+    choice_routes,
+    choice_steps,
+    contact_reasons,
+    reachable_orders,
+)
 from lifecycle.model import schema
 from lifecycle.model.addresses import phone_number
-from lifecycle.model.ledger import SLOT_HOLDING, CapReason, Status, SuppressionReason
+from lifecycle.model.ledger import SLOT_HOLDING, CapReason, ChannelReason, Status, SuppressionReason
 
 M = schema.messages
 C = schema.contacts
@@ -247,27 +253,72 @@ def higher_priority_demand(conn: Connection, run: RunScope, programs: Mapping[st
     return demand
 
 
+def _next_with_room(
+    channel: str,
+    reason: str,
+    prior: str | None,
+    order: list[str],
+    decide: Callable[[str], str | None],
+) -> tuple[str, str] | None:
+    """For a message of a step with ``channels`` capped on ``channel``: the next channel of the
+    contact's reachable ``order`` whose caps have room, and the channel reason that says so
+    (``fallback: sms capped (frequency_cap_sms: 2 per 7d)``, after the channels ``prior`` passed
+    over); None when every one is full."""
+    if channel not in order:
+        return None
+    clauses = [f"{channel} capped ({reason})"]
+    for other in order[order.index(channel) + 1 :]:
+        full = decide(other)
+        if full is None:
+            fell_back = f"{ChannelReason.FALLBACK}: "
+            passed = f"{prior}, " if prior and prior.startswith(fell_back) else fell_back
+            return other, (passed + ", ".join(clauses))[: schema.CHANNEL_REASON_LENGTH]
+        clauses.append(f"{other} capped ({full})")
+    return None
+
+
 def cap(conn: Connection, run: RunScope, programs: Mapping[str, Program]) -> dict[str, int]:
-    """Mark this program's pending messages ``capped`` (with the cap as reason) or ``ready``."""
+    """Mark this program's pending messages ``capped`` (with the cap as reason) or ``ready``. A
+    message of a step with ``channels`` whose channel is full moves to the next channel in the
+    contact's order that can reach it and has room (the channel reason says why)."""
     lock_caps(conn)
     caps = run.policy.caps_for(run.program)
     scopes = [s for s in (*registry.names(), "all") if s in caps]
     service = _service_programs(run, programs)
     used_columns = (_used(s, caps[s], run, service).label(f"used_{s}") for s in scopes)
-    rows = conn.execute(select(M.c.message_id, M.c.contact_id, M.c.channel, *used_columns).where(_pending(run))).all()
+    rows = conn.execute(
+        select(M.c.message_id, M.c.contact_id, M.c.channel, M.c.channel_reason, *used_columns).where(_pending(run))
+    ).all()
     demand = higher_priority_demand(conn, run, programs) if rows else {}
+    orders = reachable_orders(conn, run) if rows and choice_steps(run.program) else {}
     decisions: list[dict[str, Any]] = []
     counts: Counter[str] = Counter()
     for row in rows:
         used: dict[str, int] = {scope: getattr(row, f"used_{scope}") for scope in scopes}
         wanted = accepted_demand(demand.get(row.contact_id, ()), used, caps)
-        reason = cap_decision(row.channel, used, wanted, caps, service=run.program.is_service)
+
+        def decide(channel: str, used: dict[str, int] = used, wanted: Counter[str] = wanted) -> str | None:
+            return cap_decision(channel, used, wanted, caps, service=run.program.is_service)
+
+        channel, channel_reason = row.channel, row.channel_reason
+        reason = decide(channel)
+        if reason and row.message_id in orders:
+            moved = _next_with_room(channel, reason, channel_reason, orders[row.message_id], decide)
+            if moved:
+                (channel, channel_reason), reason = moved, None
         status = Status.CAPPED if reason else Status.READY
         counts[status] += 1
-        decisions.append({"mid": row.message_id, "st": status, "rs": reason})
+        decisions.append({"mid": row.message_id, "st": status, "rs": reason, "ch": channel, "cr": channel_reason})
     if decisions:
         conn.execute(
-            update(M).where(M.c.message_id == bindparam("mid")).values(status=bindparam("st"), reason=bindparam("rs")),
+            update(M)
+            .where(M.c.message_id == bindparam("mid"))
+            .values(
+                status=bindparam("st"),
+                reason=bindparam("rs"),
+                channel=bindparam("ch"),
+                channel_reason=bindparam("cr"),
+            ),
             decisions,
         )
     counts[Status.DEFERRED] = defer_quiet_hours(conn, run)

@@ -486,6 +486,25 @@ def choice_routes(step: Step, run: RunScope, contact_id: ColumnElement) -> list[
     return routes
 
 
+def reachable_orders(conn: Connection, run: RunScope) -> dict[int, list[str]]:
+    """Per pending message of a step with ``channels``: the step's channels in the contact's order
+    (its rule's first, then the listed order) that can reach the contact. Capping moves a message
+    whose channel's cap is full to the next of them that has room."""
+    found: dict[int, list[str]] = {}
+    for step in choice_steps(run.program):
+        listed = step.reach
+        first = first_choice(step, run, M.c.contact_id)
+        head = (first if first is not None else null()).label("head")
+        reachable = [not_(channel_blocked(c, run, M.c.contact_id)).label(f"open_{i}") for i, c in enumerate(listed)]
+        query = select(M.c.message_id, head, *reachable).where(_pending(run), M.c.step == step.id)
+        for row in conn.execute(query):
+            chosen = row.head if row.head in listed else None
+            order = [chosen, *(c for c in listed if c != chosen)] if chosen else list(listed)
+            is_open = {c: bool(row._mapping[f"open_{i}"]) for i, c in enumerate(listed)}
+            found[row.message_id] = [c for c in order if is_open[c]]
+    return found
+
+
 def choice_steps(program: Program) -> list[Step]:
     """The program's steps that list channels to choose from."""
     return [step for step in program.steps if step.channels is not None]

@@ -1,6 +1,7 @@
-"""A step that lists channels sends each contact on the first one that reaches it, in the order its
-rule gives (the contact's preferred channel, the channel it last engaged on, or the listed order),
-and the ledger records why; consent, suppression lists, caps and a plain fallback step work as before."""
+"""A step that lists channels sends each contact on the first one that reaches it and has room under
+the caps, in the order its rule gives (the contact's preferred channel, the channel it last engaged
+on, or the listed order), and the ledger records why; a higher-priority program's demand counts on
+the channel its choice will take."""
 
 from __future__ import annotations
 
@@ -116,28 +117,39 @@ def test_last_engaged_channel_is_the_latest_open_click_read_or_reply(choosing):
     }
 
 
-def test_the_listed_order_and_caps_on_the_chosen_channel(choosing):
+def test_the_listed_order_and_a_full_cap_moves_the_message_to_the_next_channel_with_room(choosing):
     engine, c = choosing
     program = "by_order"
     first = choice_contact(c, program)
     second = choice_contact(c, program, consent={"sms": "granted", "email": "granted"})
-    # Its SMS cap (2 a week) is full: the choice is made on reach, the cap then applies as to any message.
-    capped = choice_contact(c, program, consent={"sms": "granted", "email": "granted"})
-    messages_already_sent(engine, capped, 2, channel="sms")
+    # Its SMS cap (2 a week) is full: on to email, the next channel that reaches it.
+    sms_full = choice_contact(c, program, consent={"sms": "granted", "email": "granted"})
+    messages_already_sent(engine, sms_full, 2, channel="sms")
+    # WhatsApp is uncapped in the test policy, so a full SMS cap does not touch it.
+    whatsapp_open = choice_contact(c, program)
+    messages_already_sent(engine, whatsapp_open, 2, channel="sms")
+    # Two texts and three emails: the all-channels cap (5) is full, so every channel is: capped where it was.
+    all_full = choice_contact(c, program, consent={"sms": "granted", "email": "granted"})
+    messages_already_sent(engine, all_full, 2, channel="sms")
+    messages_already_sent(engine, all_full, 3, channel="email")
 
     run_program(engine, program, AS_OF)
     run_program(engine, program, AS_OF)  # the same as-of again: nothing new, nothing moved
 
+    no_whatsapp = "fallback: whatsapp unreachable (no_consent)"
     assert _ledger(engine, program) == {
         first: ("whatsapp", Status.DRY_RUN, "order", None),
-        second: ("sms", Status.DRY_RUN, "fallback: whatsapp unreachable (no_consent)", None),
-        capped: ("sms", Status.CAPPED, "fallback: whatsapp unreachable (no_consent)", "frequency_cap_sms: 2 per 7d"),
+        second: ("sms", Status.DRY_RUN, no_whatsapp, None),
+        sms_full: ("email", Status.DRY_RUN, f"{no_whatsapp}, sms capped (frequency_cap_sms: 2 per 7d)", None),
+        whatsapp_open: ("whatsapp", Status.DRY_RUN, "order", None),
+        all_full: ("sms", Status.CAPPED, no_whatsapp, "frequency_cap_sms: 2 per 7d"),
     }
 
 
 def test_a_higher_priority_choice_step_reserves_the_slot_on_the_channel_it_will_choose(choosing):
     """``by_order`` (priority 12) outranks ``by_preference`` (10): its planned message for a shared
-    contact lands on SMS (no WhatsApp consent), so it takes the contact's last SMS slot first."""
+        contact lands on SMS (no WhatsApp consent), so it takes the contact's last SMS slot first and
+    ``by_preference``'s message goes by email."""
     engine, c = choosing
     shared = choice_contact(c, "by_preference", consent={"sms": "granted", "email": "granted"})
     prefers(engine, shared, "sms")
@@ -166,4 +178,9 @@ def test_a_higher_priority_choice_step_reserves_the_slot_on_the_channel_it_will_
         )
     run_program(engine, "by_preference", AS_OF)
     [mine] = messages(engine, "by_preference")
-    assert (mine["channel"], mine["status"], mine["reason"]) == ("sms", Status.CAPPED, "frequency_cap_sms: 2 per 7d")
+    # Its preferred SMS has no room left after by_order's message: on to email, the next with room.
+    assert (mine["channel"], mine["status"], mine["channel_reason"]) == (
+        "email",
+        Status.DRY_RUN,
+        "fallback: sms capped (frequency_cap_sms: 2 per 7d)",
+    )
