@@ -16,6 +16,7 @@ from sqlalchemy import insert
 from lifecycle.model import schema
 from tests.conftest import FIXTURES
 from tests.support.journey import treatment_contact
+from tests.support.whatsapp import CONTENT
 
 CHANNELS = ["whatsapp", "sms", "email"]
 RULES = {"by_preference": "preferred_channel", "by_engagement": "last_engaged", "by_order": None}
@@ -51,6 +52,7 @@ def use_choice_programs(tmp_path: Path, monkeypatch, policy: dict | None = None)
     templates = tmp_path / "templates"
     shutil.copytree(FIXTURES / "templates", templates)
     (templates / "simple" / "hello.whatsapp.j2").write_text("Hi {{ contact.first_name }}, news from us.\n")
+    (templates / "simple" / "hello.whatsapp.json.j2").write_text(CONTENT)
     monkeypatch.setenv("LIFECYCLE_CONFIG_DIR", str(root))
     monkeypatch.setenv("LIFECYCLE_TEMPLATES_DIR", str(templates))
     return root
