@@ -262,6 +262,8 @@ provider_events = Table(
     Column("payload", JSON),
     UniqueConstraint("provider", "event_id", name="uq_provider_event"),
     Index("ix_provider_events_message", "message_id"),
+    # A contact's latest engagement (channel choice's ``last_engaged``).
+    Index("ix_provider_events_contact_time", "contact_id", "occurred_at"),
 )
 
 suppressions = Table(
