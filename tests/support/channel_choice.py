@@ -14,6 +14,7 @@ import yaml
 from sqlalchemy import insert
 
 from lifecycle.model import schema
+from lifecycle.paths import PROJECT_ROOT
 from tests.conftest import FIXTURES
 from tests.support.journey import treatment_contact
 from tests.support.whatsapp import CONTENT
@@ -50,7 +51,8 @@ def use_choice_programs(tmp_path: Path, monkeypatch, policy: dict | None = None)
         }
         (root / "programs" / f"{program}.yml").write_text(yaml.safe_dump(body))
     templates = tmp_path / "templates"
-    shutil.copytree(FIXTURES / "templates", templates)
+    shutil.copytree(PROJECT_ROOT / "include" / "templates" / "_web", templates / "_web")  # the pages'
+    shutil.copytree(FIXTURES / "templates", templates, dirs_exist_ok=True)
     (templates / "simple" / "hello.whatsapp.j2").write_text("Hi {{ contact.first_name }}, news from us.\n")
     (templates / "simple" / "hello.whatsapp.json.j2").write_text(CONTENT)
     monkeypatch.setenv("LIFECYCLE_CONFIG_DIR", str(root))

@@ -5,6 +5,7 @@ again, and the contact lookup shows why each went where it went."""
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 
 import pytest
@@ -12,7 +13,7 @@ from sqlalchemy import select
 
 from lifecycle.model import schema
 from lifecycle.model.ledger import Status
-from lifecycle.web.campaigns import contact_page
+from lifecycle.web.campaigns import campaigns_page, contact_page
 from tests.conftest import AS_OF
 from tests.support.channel_choice import choice_contact, prefers, use_choice_programs
 from tests.support.dagrun import run_dag
@@ -59,6 +60,12 @@ def test_each_contact_gets_one_message_on_the_channel_chosen_for_it(crm, db_url,
     assert whatsapp["to"].startswith("whatsapp:")
     assert whatsapp["body"] == "Hi Barbara, news from Lifecycle is waiting for you."  # the approved template
     assert len(choosing.sendgrid_messages()) == len(choosing.sendgrid_messages(f"{by_email}@example.com")) == 1
-    monkeypatch.delenv("LIFECYCLE_TEMPLATES_DIR")  # the page's own templates
     assert "(fallback: whatsapp unreachable (no_consent))" in contact_page(engine, by_sms)
     assert "(preferred_channel)" in contact_page(engine, by_email)
+    # The Campaigns page: the step's channels and rule, and the program's figures per channel.
+    page = campaigns_page(engine, as_of=AS_OF)
+    assert "(by preferred_channel)" in page
+    table = re.search(r'<table class="steps small channels" data-program="by_preference">(.*?)</table>', page, re.S)
+    assert table, "no per-channel table for by_preference"
+    sent = dict(re.findall(r'<tr data-channel="(\w+)">.*?data-figure="sent">(\d+)<', table.group(1), re.S))
+    assert sent == {"email": "1", "sms": "1", "whatsapp": "1"}
