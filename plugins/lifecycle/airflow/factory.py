@@ -53,7 +53,7 @@ SERVICE_DOC = (
 
 def _doc(program: config.Program, policy_caps: str, queue: config.EventsQueue | None = None) -> str:
     steps = "\n".join(
-        f"| {i + 1} | `{s.id}` | {s.channel}{' → ' + s.fallback if s.fallback else ''} | "
+        f"| {i + 1} | `{s.id}` | {' → '.join(s.reach)}{f' (by {s.rule})' if s.channels else ''} | "
         f"{display.step_timing(s)}{' (sent to the holdout too)' if not s.holdout else ''} | `{s.template}` |"
         for i, s in enumerate(program.steps)
     )

@@ -34,7 +34,14 @@ from lifecycle.config import segments
 from lifecycle.config.durations import parse_duration
 from lifecycle.config.segments import Segment
 from lifecycle.model import channels, schema
-from lifecycle.model.ledger import UNKNOWN_COUNTRY, ExitReason, PolicyRule, SuppressionReason
+from lifecycle.model.ledger import (
+    UNKNOWN_COUNTRY,
+    ChannelReason,
+    ChannelRule,
+    ExitReason,
+    PolicyRule,
+    SuppressionReason,
+)
 from lifecycle.paths import config_dir, templates_dir
 
 if TYPE_CHECKING:
@@ -159,6 +166,11 @@ class Step(_Strict):
     id: str = Field(pattern=r"^[a-z][a-z0-9_]{0,62}$")
     channel: str
     fallback: str | None = None
+    # Several channels in order of preference, instead of ``channel`` (and ``fallback``): each
+    # contact gets the first one that can reach it, in the order ``choose_by`` gives.
+    channels: list[str] | None = None
+    # Unset: the order given.
+    choose_by: ChannelRule | None = None
     delay: Duration = Field(default_factory=lambda: Duration(0))
     relative_to: Literal["enrollment", "previous", "anchor"] = "previous"
     template: str
@@ -175,6 +187,33 @@ class Step(_Strict):
 
     _registered = field_validator("channel", "fallback")(_registered_channel)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _channel_from_channels(cls, data: Any) -> Any:
+        """A step with ``channels`` plans on its first one: ``channel`` is that, for everything
+        that reads a step's channel (previews, the DAG's docs)."""
+        if isinstance(data, Mapping) and data.get("channels") and "channel" not in data:
+            listed = data["channels"]
+            if isinstance(listed, list | tuple):
+                return {**data, "channel": listed[0]}
+        return data
+
+    @field_validator("channels")
+    @classmethod
+    def _channels_listed(cls, listed: list[str] | None) -> list[str] | None:
+        if listed is None:
+            return None
+        for name in listed:
+            _registered_channel(name)
+        if len(listed) < 2:
+            raise ValueError(
+                f"channels needs two or more channels in order of preference, got {list(listed)} — fix: "
+                "add a channel, or use channel: for a single one"
+            )
+        if len(set(listed)) != len(listed):
+            raise ValueError(f"channels lists a channel twice: {list(listed)} — fix: list each channel once")
+        return listed
+
     @model_validator(mode="after")
     def _fallback_differs(self) -> Step:
         if self.fallback == self.channel:
@@ -182,12 +221,42 @@ class Step(_Strict):
         return self
 
     @model_validator(mode="after")
+    def _one_way_to_choose(self) -> Step:
+        if self.channels is None:
+            if self.choose_by is not None:
+                raise ValueError(
+                    "choose_by is only for a step that lists channels — fix: list them, e.g. "
+                    "channels: [whatsapp, sms, email], or remove choose_by"
+                )
+            return self
+        if self.fallback is not None:
+            fix = "remove fallback" if self.fallback in self.channels else f"add {self.fallback!r} to channels"
+            raise ValueError(f"a step with channels has no fallback: every channel after the first is one — fix: {fix}")
+        if self.channel != self.channels[0]:
+            raise ValueError(
+                f"channel {self.channel!r} and channels {list(self.channels)} disagree — fix: give channels alone"
+            )
+        return self
+
+    @property
+    def reach(self) -> tuple[str, ...]:
+        """Every channel the step may send on, in its order: ``channels``, or the channel and its fallback."""
+        if self.channels is not None:
+            return tuple(self.channels)
+        return (self.channel, self.fallback) if self.fallback else (self.channel,)
+
+    @property
+    def rule(self) -> ChannelRule:
+        """How the step orders its ``channels`` for a contact (``order`` when ``choose_by`` is unset)."""
+        return self.choose_by or ChannelReason.ORDER
+
+    @model_validator(mode="after")
     def _due_within_for_tasks(self) -> Step:
         if self.due_within is None:
             return self
         if self.due_within <= timedelta(0):
             raise ValueError("due_within must be positive, e.g. '24h'")
-        if not any(getattr(channels.get(c), "creates_tasks", False) for c in (self.channel, self.fallback) if c):
+        if not any(getattr(channels.get(c), "creates_tasks", False) for c in self.reach):
             raise ValueError(
                 f"due_within is only for a step whose channel or fallback creates tasks (sales_task), not "
                 f"{self.channel!r} — fix: remove it or use channel: sales_task"
@@ -903,7 +972,7 @@ def load_program(path: Path, catalog: SegmentCatalog | None = None) -> Program:
             problems.append(f"{where}: 'since/after/before enrollment' only works in exit.goal, steps and kpi")
     templates = templates_dir()
     for i, step in enumerate(program.steps):
-        for part in _template_parts(step.channel) + (_template_parts(step.fallback) if step.fallback else []):
+        for part in [part for channel in step.reach for part in _template_parts(channel)]:
             if not (templates / f"{step.template}.{part}").exists():
                 problems.append(
                     f"steps[{i}].template: {step.template}.{part} not found in {templates} — fix: create it"

@@ -6,8 +6,11 @@ DuckDB file (``.demo/warehouse.duckdb``) through ``config/examples/warehouse/sou
 the engine's state is a SQLite file of its own (``.demo/crm.db``).
 
 Each program DAG runs with ``dag.test()`` for several consecutive as-of days, so multi-step
-journeys advance, deferred messages are released and caps bite. The demo ends with a per-program
-funnel table read back from ``lifecycle_kpis``.
+journeys advance, deferred messages are released and caps bite. After the simulation the demo adds
+the channel tour (``config/examples/demo_channels/``: WhatsApp, SMS or email chosen per contact, an
+in-app message through the webhook channel, sales tasks), so every channel sends through the
+sandbox. The demo ends with a per-program funnel table read back from ``lifecycle_kpis`` and the
+figures per channel.
 """
 
 from __future__ import annotations
@@ -94,6 +97,65 @@ def _print_reasons(engine) -> None:
             print(f"  {status:<10} {reason:<48} {n:>7}")
 
 
+CHANNEL_TOUR = PROJECT_ROOT / "config" / "examples" / "demo_channels"
+CONTENT_SID = "HX" + "d" * 32  # the approved WhatsApp content template demo_channels/thank_you names
+CONTENT_TEXT = "Hi {{1}}, thank you for being with {{2}}. A thank-you offer is waiting in your account."
+WHATSAPP_OPT_IN_PERCENT = 60
+"""The share of the contacts with SMS marketing consent that the demo also opts in to WhatsApp
+(the synthetic CRM records no WhatsApp opt-in): the rest get the tour's offer by SMS or email."""
+
+
+def _add_channel_tour(engine) -> None:
+    """Add the channel tour's programs and templates to copies of the config and the templates
+    (``.demo/config``, ``.demo/templates``) and point the DAGs and the web app at them; opt a share
+    of the contacts in to WhatsApp and every contact with email consent in to in-app messages."""
+    from sqlalchemy import insert, select
+
+    from lifecycle.model import schema
+    from lifecycle.model.db import bucket_of
+
+    config = WORK / "config"
+    if not config.exists():
+        shutil.copytree(PROJECT_ROOT / "config", config)
+    for program in sorted((CHANNEL_TOUR / "programs").glob("*.yml")):
+        shutil.copy(program, config / "programs" / program.name)
+    templates = WORK / "templates"
+    shutil.copytree(PROJECT_ROOT / "include" / "templates", templates)
+    shutil.copytree(CHANNEL_TOUR / "templates", templates, dirs_exist_ok=True)
+    local.apply({"LIFECYCLE_CONFIG_DIR": str(config), "LIFECYCLE_TEMPLATES_DIR": str(templates)})
+    c = schema.consents
+    opted: dict[str, int] = {}
+    with engine.begin() as conn:
+        for channel, source, share in (("whatsapp", "sms", WHATSAPP_OPT_IN_PERCENT), ("webhook", "email", 100)):
+            newest: dict[str, tuple[datetime, str]] = {}
+            for contact_id, status, at in conn.execute(
+                select(c.c.contact_id, c.c.status, c.c.captured_at)
+                .where(c.c.channel == source, c.c.purpose == "marketing")
+                .order_by(c.c.captured_at)
+            ):
+                newest[contact_id] = (at, status)
+            rows = [
+                {
+                    "contact_id": contact_id,
+                    "channel": channel,
+                    "purpose": "marketing",
+                    "status": "granted",
+                    "source": "demo_opt_in",
+                    "captured_at": at,
+                }
+                for contact_id, (at, status) in sorted(newest.items())
+                if status == "granted" and bucket_of(f"demo-opt-in:{channel}:{contact_id}") < share * 100
+            ]
+            if rows:
+                conn.execute(insert(c), rows)
+            opted[channel] = len(rows)
+    names = ", ".join(sorted(p.stem for p in (CHANNEL_TOUR / "programs").glob("*.yml")))
+    print(
+        f"[demo] channel tour added from {CHANNEL_TOUR}: {names}; {opted['whatsapp']:,} contacts opted in "
+        f"to WhatsApp, {opted['webhook']:,} to in-app messages"
+    )
+
+
 PLANTED_UPLIFT = {
     "welcome": 0.35,
     "reactivation": 0.25,
@@ -143,6 +205,7 @@ def run_demo(contacts: int, days: int, as_of: datetime, sim_days: int = 6, wareh
     engine = get_engine(url)
     if warehouse:
         _use_warehouse(engine, crm_db)
+    _add_channel_tour(engine)
 
     from lifecycle.sandbox import SandboxServer
 
@@ -153,23 +216,73 @@ def run_demo(contacts: int, days: int, as_of: datetime, sim_days: int = 6, wareh
         twilio_inbound_url=f"{web.base_url}/webhooks/twilio/inbound",
     ).start()
     local.apply(local.provider_connections(sandbox, web.base_url, link_secret=secrets.token_urlsafe(32)))
+    sandbox.approve_content(CONTENT_SID, CONTENT_TEXT)
     web.start()
     print(f"[demo] provider sandbox at {sandbox.url}; webhooks and unsubscribe at {web.base_url}")
     try:
         failures = _run_dags(as_of, days)
         flushed = sandbox.flush()
         print(f"[demo] provider webhooks delivered back into the ledger: {flushed}")
-        print(
-            f"[demo] sandbox accepted {len(sandbox.sendgrid_messages())} emails and "
-            f"{len(sandbox.twilio_messages())} SMS"
-        )
+        accepted = sandbox_counts(sandbox)
+        print("[demo] sandbox accepted " + ", ".join(f"{n} {what}" for what, n in accepted.items()))
     finally:
         sandbox.stop()
         web.stop()
     _print_table(engine)
+    _print_channels(engine, as_of + timedelta(days=days))
     _write_digest(engine, as_of + timedelta(days=days - 1))
     print(f"\n[demo] done in {time.perf_counter() - started:.0f}s; {len(failures)} failed run(s)")
     return 1 if failures else 0
+
+
+def sandbox_counts(sandbox) -> dict[str, int]:
+    """What the sandbox accepted, per channel: emails, SMS, WhatsApp messages, webhook posts
+    (in-app messages) and sales tasks."""
+    outbound = [m for m in sandbox.twilio_messages() if m.get("direction") != "inbound"]
+    whatsapp = sum(str(m.get("to", "")).startswith("whatsapp:") for m in outbound)
+    return {
+        "emails": len(sandbox.sendgrid_messages()),
+        "SMS": len(outbound) - whatsapp,
+        "WhatsApp messages": whatsapp,
+        "webhook posts": len(sandbox.webhook_deliveries()),
+        "sales tasks": len(sandbox.sales_tasks()),
+    }
+
+
+def _print_channels(engine, end: datetime) -> None:
+    """Every program's messages per channel (the channel each went on), summed, and why the
+    channel-choosing steps chose as they did."""
+    from sqlalchemy import func, select
+
+    from lifecycle import config
+    from lifecycle.model import schema
+    from lifecycle.reporting import performance
+
+    programs, _errors = config.load_all_programs()
+    totals: dict[str, performance.ChannelFigures] = {}
+    for rows in performance.channel_figures(engine, dict.fromkeys(programs, (None, end))).values():
+        for row in rows:
+            total = totals.setdefault(row.channel, performance.ChannelFigures(row.channel))
+            for name in performance.CHANNEL_FIGURES:
+                setattr(total, name, getattr(total, name) + getattr(row, name))
+    header = f"{'channel':<12}" + "".join(f"{name:>11}" for name in performance.CHANNEL_FIGURES)
+    print(f"\nMessages per channel, all programs (simulated: the simulation's sends)\n{header}\n" + "-" * len(header))
+    for channel in sorted(totals):
+        row = totals[channel]
+        print(f"{channel:<12}" + "".join(f"{getattr(row, name):>11}" for name in performance.CHANNEL_FIGURES))
+    m = schema.messages
+    query = (
+        select(m.c.channel, m.c.channel_reason, func.count())
+        .where(m.c.channel_reason.is_not(None))
+        .group_by(m.c.channel, m.c.channel_reason)
+        .order_by(func.count().desc())
+    )
+    with engine.connect() as conn:
+        reasons = conn.execute(query).all()
+    if reasons:
+        print("\nWhy a message went on its channel (steps that choose, and fallbacks)")
+        for channel, reason, n in reasons:
+            print(f"  {channel:<10} {reason:<88} {n:>7}")
 
 
 def _use_warehouse(crm, state_db: Path) -> None:

@@ -22,7 +22,7 @@ end of the window in the recipient's time zone instead of dropping it, service m
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -31,15 +31,21 @@ from sqlalchemy import Connection, and_, bindparam, func, literal, not_, select,
 from sqlalchemy.sql.expression import ColumnElement
 
 from lifecycle.channels import registry
-from lifecycle.config import Cap, Program, QuietHours, segments
+from lifecycle.config import Cap, Program, QuietHours, Step, segments
 from lifecycle.engine import decision
 from lifecycle.engine.journeys import E, entry_eligible, group_expr, step_due
 from lifecycle.engine.quiet_hours import quiet_until
 from lifecycle.engine.scope import RunScope
-from lifecycle.engine.suppression import channel_blocked, contact_reasons
+from lifecycle.engine.suppression import (
+    channel_blocked,
+    choice_routes,
+    choice_steps,
+    contact_reasons,
+    reachable_orders,
+)
 from lifecycle.model import schema
 from lifecycle.model.addresses import phone_number
-from lifecycle.model.ledger import SLOT_HOLDING, CapReason, Status, SuppressionReason
+from lifecycle.model.ledger import SLOT_HOLDING, CapReason, ChannelReason, Status, SuppressionReason
 
 M = schema.messages
 C = schema.contacts
@@ -130,6 +136,14 @@ def _routes(channel: str, fallback: str | None, run: RunScope, contact_id: Colum
     return routes
 
 
+def _step_routes(step: Step, run: RunScope, contact_id: ColumnElement) -> list[tuple[str, Any]]:
+    """Where a message of ``step`` goes: its channel choice (a step with ``channels``), else its
+    channel or fallback; each with the clause that sends it there."""
+    if step.channels is not None:
+        return [(route.channel, route.when) for route in choice_routes(step, run, contact_id)]
+    return _routes(step.channel, step.fallback, run, contact_id)
+
+
 def _not_suppressed(run: RunScope, contact_id: ColumnElement, *, planned: bool) -> list[ColumnElement]:
     """The program's contact rules (open ticket, negotiation, recent purchase...) do not stop it.
     ``already_converted`` reads the message's enrollment, so it applies to planned messages only;
@@ -158,7 +172,18 @@ def _demand_queries(other: RunScope, targets: Any) -> list[Any]:
     channel fallbacks have had their say."""
     program, as_of = other.program, other.as_of
     queries = []
-    channels = {s.channel for s in program.steps} | {s.fallback for s in program.steps if s.fallback}
+    channels = {c for s in program.steps for c in s.reach}
+    choosing = choice_steps(program)
+    for step in choosing:
+        planned = [
+            M.c.program == program.id,
+            M.c.status == Status.PLANNED,
+            M.c.step == step.id,
+            M.c.contact_id.in_(targets),
+            *_not_suppressed(other, M.c.contact_id, planned=True),
+        ]
+        for sent_on, route in _step_routes(step, other, M.c.contact_id):
+            queries.append(select(M.c.contact_id, literal(sent_on)).where(*planned, route))
     for channel in sorted(channels):
         planned = [
             M.c.program == program.id,
@@ -167,6 +192,8 @@ def _demand_queries(other: RunScope, targets: Any) -> list[Any]:
             M.c.contact_id.in_(targets),
             *_not_suppressed(other, M.c.contact_id, planned=True),
         ]
+        if choosing:
+            planned.append(M.c.step.not_in([step.id for step in choosing]))
         for fallback in [None, *sorted(channels - {channel})]:
             sent_on, route = _routes(channel, fallback, other, M.c.contact_id)[-1]
             if fallback is not None:
@@ -184,7 +211,7 @@ def _demand_queries(other: RunScope, targets: Any) -> list[Any]:
             where.append(
                 segments.compile_segment(step.when.parsed, other.segment_context(E.c.contact_id, journey=True))
             )
-        for sent_on, route in _routes(step.channel, step.fallback, other, E.c.contact_id):
+        for sent_on, route in _step_routes(step, other, E.c.contact_id):
             queries.append(select(E.c.contact_id, literal(sent_on)).where(*where, route))
     first = program.steps[0]
     if first.relative_to != "anchor" and not first.delay and first.when is None:
@@ -202,7 +229,7 @@ def _demand_queries(other: RunScope, targets: Any) -> list[Any]:
                 as_of, C.c.contact_id, catalog=other.catalog, enrolled_at=literal(as_of), anchor_at=literal(None)
             )
             where.append(not_(segments.compile_segment(program.exit.goal.parsed, entering)))
-        for sent_on, route in _routes(first.channel, first.fallback, other, C.c.contact_id):
+        for sent_on, route in _step_routes(first, other, C.c.contact_id):
             queries.append(select(C.c.contact_id, literal(sent_on)).where(*where, route))
     return queries
 
@@ -326,24 +353,62 @@ def ranked_demand(conn: Connection, run: RunScope, programs: Mapping[str, Progra
     return ranked
 
 
+def _next_with_room(
+    channel: str,
+    reason: str,
+    prior: str | None,
+    order: list[str],
+    decide: Callable[[str], str | None],
+) -> tuple[str, str] | None:
+    """For a message of a step with ``channels`` capped on ``channel``: the next channel of the
+    contact's reachable ``order`` whose caps have room, and the channel reason that says so
+    (``fallback: sms capped (frequency_cap_sms: 2 per 7d)``, after the channels ``prior`` passed
+    over); None when every one is full."""
+    if channel not in order:
+        return None
+    clauses = [f"{channel} capped ({reason})"]
+    for other in order[order.index(channel) + 1 :]:
+        full = decide(other)
+        if full is None:
+            fell_back = f"{ChannelReason.FALLBACK}: "
+            passed = f"{prior}, " if prior and prior.startswith(fell_back) else fell_back
+            return other, (passed + ", ".join(clauses))[: schema.CHANNEL_REASON_LENGTH]
+        clauses.append(f"{other} capped ({full})")
+    return None
+
+
 def cap(conn: Connection, run: RunScope, programs: Mapping[str, Program]) -> dict[str, int]:
-    """Mark this program's pending messages ``capped`` (with the cap as reason) or ``ready``."""
+    """Mark this program's pending messages ``capped`` (with the cap as reason) or ``ready``. A
+    message of a step with ``channels`` whose channel is full moves to the next channel in the
+    contact's order that can reach it and has room (the channel reason says why)."""
     lock_caps(conn)
     caps = run.policy.caps_for(run.program)
     scopes = [s for s in (*registry.names(), "all") if s in caps]
     service = _service_programs(run, programs)
     used_columns = (_used(s, caps[s], run, service).label(f"used_{s}") for s in scopes)
-    rows = conn.execute(select(M.c.message_id, M.c.contact_id, M.c.channel, *used_columns).where(_pending(run))).all()
+    rows = conn.execute(
+        select(M.c.message_id, M.c.contact_id, M.c.channel, M.c.channel_reason, *used_columns).where(_pending(run))
+    ).all()
     nba = run.policy.decision.next_best_action and not run.program.is_service
     ranked = ranked_demand(conn, run, programs) if rows and nba else Ranked()
     demand = higher_priority_demand(conn, run, programs) if rows and not nba else {}
+    orders = reachable_orders(conn, run) if rows and choice_steps(run.program) else {}
     decisions: list[dict[str, Any]] = []
     counts: Counter[str] = Counter()
     for row in rows:
         used: dict[str, int] = {scope: getattr(row, f"used_{scope}") for scope in scopes}
         wanted = accepted_demand(ranked.demand(row.contact_id) if nba else demand.get(row.contact_id, ()), used, caps)
-        reason = cap_decision(row.channel, used, wanted, caps, service=run.program.is_service)
-        if reason and nba and cap_decision(row.channel, ranked.slots_before(row.contact_id, used), {}, caps) is None:
+
+        def decide(channel: str, used: dict[str, int] = used, wanted: Counter[str] = wanted) -> str | None:
+            return cap_decision(channel, used, wanted, caps, service=run.program.is_service)
+
+        channel, channel_reason = row.channel, row.channel_reason
+        reason = decide(channel)
+        if reason and row.message_id in orders:
+            moved = _next_with_room(channel, reason, channel_reason, orders[row.message_id], decide)
+            if moved:
+                (channel, channel_reason), reason = moved, None
+        if reason and nba and cap_decision(channel, ranked.slots_before(row.contact_id, used), {}, caps) is None:
             # The last slot went to a program ranked ahead at this as-of: say which, and why.
             winner = ranked.yielded_to(row.contact_id, used, caps)
             if winner is not None:
@@ -351,10 +416,17 @@ def cap(conn: Connection, run: RunScope, programs: Mapping[str, Program]) -> dic
                 reason = (reason + decision.why(winner, run.program.id, values, band))[:REASON_LENGTH]
         status = Status.CAPPED if reason else Status.READY
         counts[status] += 1
-        decisions.append({"mid": row.message_id, "st": status, "rs": reason})
+        decisions.append({"mid": row.message_id, "st": status, "rs": reason, "ch": channel, "cr": channel_reason})
     if decisions:
         conn.execute(
-            update(M).where(M.c.message_id == bindparam("mid")).values(status=bindparam("st"), reason=bindparam("rs")),
+            update(M)
+            .where(M.c.message_id == bindparam("mid"))
+            .values(
+                status=bindparam("st"),
+                reason=bindparam("rs"),
+                channel=bindparam("ch"),
+                channel_reason=bindparam("cr"),
+            ),
             decisions,
         )
     counts[Status.DEFERRED] = defer_quiet_hours(conn, run)

@@ -17,18 +17,35 @@ from datetime import datetime
 from itertools import permutations
 from typing import Any
 
-from sqlalchemy import Connection, and_, case, exists, false, func, not_, or_, select, true, union_all, update
+from sqlalchemy import (
+    Connection,
+    and_,
+    case,
+    exists,
+    false,
+    func,
+    literal,
+    not_,
+    null,
+    or_,
+    select,
+    true,
+    union_all,
+    update,
+)
 from sqlalchemy.sql.expression import ColumnElement
 
 from lifecycle.channels import registry
-from lifecycle.config import Policy, RegionBasis, segments
+from lifecycle.config import Policy, Program, RegionBasis, Step, segments
 from lifecycle.engine import capture
 from lifecycle.engine.scope import RunScope
 from lifecycle.model import schema
 from lifecycle.model.addresses import CONTACT_ID
+from lifecycle.model.db import concat, json_value
 from lifecycle.model.ledger import (
     ADDRESS_LISTS,
     MARKETING_ONLY,
+    ChannelReason,
     PolicyRule,
     Status,
     regional_no_consent,
@@ -354,8 +371,24 @@ def release_deferred(conn: Connection, run: RunScope) -> int:
     ).rowcount
 
 
+def blocked_reason(channel: str, run: RunScope, contact_id: ColumnElement) -> ColumnElement[str]:
+    """The first channel rule that stops ``channel`` for the contact, as the reason it records
+    (NULL when none does)."""
+    return case(*((r.predicate(contact_id), literal(r.name)) for r in channel_reasons(channel, run)), else_=null())
+
+
+def _passed_over(passed: Sequence[str], run: RunScope, contact_id: ColumnElement) -> ColumnElement[str]:
+    """The channel reason of a message that fell back past ``passed``:
+    ``fallback: whatsapp unreachable (no_consent), sms unreachable (missing_address)``."""
+    parts: list[Any] = [f"{ChannelReason.FALLBACK}: "]
+    for n, channel in enumerate(passed):
+        parts += [", " * bool(n) + f"{channel} unreachable (", blocked_reason(channel, run, contact_id), ")"]
+    return func.substr(concat(*parts), 1, schema.CHANNEL_REASON_LENGTH)
+
+
 def apply_fallbacks(conn: Connection, run: RunScope) -> int:
-    """Move messages whose channel is blocked to their step's fallback channel when it is open."""
+    """Move messages whose channel is blocked to their step's fallback channel when it is open,
+    recording why (``fallback: <channel> unreachable (<reason>)``)."""
     moved = 0
     for primary, fallback in permutations(registry.names(), 2):
         moved += conn.execute(
@@ -367,16 +400,143 @@ def apply_fallbacks(conn: Connection, run: RunScope) -> int:
                 channel_blocked(primary, run, M.c.contact_id),
                 not_(channel_blocked(fallback, run, M.c.contact_id)),
             )
-            .values(channel=fallback)
+            .values(channel=fallback, channel_reason=_passed_over([primary], run, M.c.contact_id))
         ).rowcount
     return moved
 
 
+# --- channel choice: a step that lists channels ------------------------------------------------
+
+_ENGAGED = ("open", "click", "status_read")  # provider events on a message: SendGrid's open/click, a WhatsApp read
+_STOPS = ("inbound_stop", "whatsapp_inbound_stop")
+
+
+def last_engaged_channel(contact_id: ColumnElement, as_of: datetime) -> ColumnElement[str]:
+    """The channel the contact last engaged on by ``as_of``, from the provider events: the channel
+    of the message it last opened, clicked or read, or the channel of its last inbound reply (an
+    SMS, a WhatsApp message; not a STOP). NULL when it has none."""
+    pe, sent = schema.provider_events.alias("engaged"), M.alias("engaged_message")
+    whatsapp_reply = pe.c.event_type.like("whatsapp_inbound%")
+    reply = and_(pe.c.event_type.like("%inbound%"), pe.c.event_type.not_in(_STOPS))
+    channel = case((whatsapp_reply, literal("whatsapp")), (reply, literal("sms")), else_=sent.c.channel)
+    return (
+        select(channel)
+        .select_from(pe.outerjoin(sent, sent.c.message_id == pe.c.message_id))
+        .where(
+            pe.c.contact_id == contact_id,
+            pe.c.occurred_at <= as_of,
+            or_(and_(pe.c.event_type.in_(_ENGAGED), sent.c.message_id.is_not(None)), reply),
+        )
+        .order_by(pe.c.occurred_at.desc(), pe.c.event_pk.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
+
+
+PREFERRED_CHANNEL_ATTRIBUTE = "preferred_channel"
+"""The custom contact attribute (``contacts.custom`` in ``config/sources.yml``) ``choose_by:
+preferred_channel`` reads: a channel name, e.g. ``whatsapp``."""
+
+
+def first_choice(step: Step, run: RunScope, contact_id: ColumnElement) -> ColumnElement[str] | None:
+    """The channel the step's rule puts first for the contact, lower-cased (NULL: no data, so the
+    step's own order); None for ``choose_by: order``."""
+    if step.rule == ChannelReason.PREFERRED_CHANNEL:
+        attrs = schema.contact_attributes.alias("preference")
+        chosen: ColumnElement[str] = (
+            select(json_value(attrs.c.attributes, PREFERRED_CHANNEL_ATTRIBUTE))
+            .where(attrs.c.contact_id == contact_id)
+            .scalar_subquery()
+        )
+        return func.lower(func.trim(chosen))
+    if step.rule == ChannelReason.LAST_ENGAGED:
+        return last_engaged_channel(contact_id, run.as_of)
+    return None
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where a message of a step goes for the contacts ``when`` holds for, and the reason it records."""
+
+    channel: str
+    when: ColumnElement[bool]
+    reason: ColumnElement[str]
+
+
+def choice_routes(step: Step, run: RunScope, contact_id: ColumnElement) -> list[Route]:
+    """Every way a message of a step with ``channels`` can go: for each channel the rule may put
+    first (or none: the listed order), the first channel in that order that can reach the contact
+    (address, consent for the channel and the program's purpose, suppression lists). The routes
+    exclude each other; a contact no channel reaches has none (suppression then records why the
+    first one cannot)."""
+    listed = step.reach
+    first = first_choice(step, run, contact_id)
+    heads: list[tuple[str | None, ColumnElement[bool]]] = [(None, true())]
+    if first is not None:
+        heads = [(h, first == h) for h in listed]
+        heads.append((None, or_(first.is_(None), first.not_in(listed))))
+    routes = []
+    for head, chosen in heads:
+        order = [head, *(c for c in listed if c != head)] if head else list(listed)
+        rule = step.rule if head else ChannelReason.ORDER
+        for k, channel in enumerate(order):
+            when = and_(
+                chosen,
+                *(channel_blocked(c, run, contact_id) for c in order[:k]),
+                not_(channel_blocked(channel, run, contact_id)),
+            )
+            reason = _passed_over(order[:k], run, contact_id) if k else literal(str(rule))
+            routes.append(Route(channel, when, reason))
+    return routes
+
+
+def reachable_orders(conn: Connection, run: RunScope) -> dict[int, list[str]]:
+    """Per pending message of a step with ``channels``: the step's channels in the contact's order
+    (its rule's first, then the listed order) that can reach the contact. Capping moves a message
+    whose channel's cap is full to the next of them that has room."""
+    found: dict[int, list[str]] = {}
+    for step in choice_steps(run.program):
+        listed = step.reach
+        first = first_choice(step, run, M.c.contact_id)
+        head = (first if first is not None else null()).label("head")
+        reachable = [not_(channel_blocked(c, run, M.c.contact_id)).label(f"open_{i}") for i, c in enumerate(listed)]
+        query = select(M.c.message_id, head, *reachable).where(_pending(run), M.c.step == step.id)
+        for row in conn.execute(query):
+            chosen = row.head if row.head in listed else None
+            order = [chosen, *(c for c in listed if c != chosen)] if chosen else list(listed)
+            is_open = {c: bool(row._mapping[f"open_{i}"]) for i, c in enumerate(listed)}
+            found[row.message_id] = [c for c in order if is_open[c]]
+    return found
+
+
+def choice_steps(program: Program) -> list[Step]:
+    """The program's steps that list channels to choose from."""
+    return [step for step in program.steps if step.channels is not None]
+
+
+def apply_channel_choice(conn: Connection, run: RunScope) -> int:
+    """Put each pending message of a step with ``channels`` on the channel its rule chooses for the
+    contact, recording why; returns the messages placed."""
+    placed = 0
+    for step in choice_steps(run.program):
+        for route in choice_routes(step, run, M.c.contact_id):
+            placed += conn.execute(
+                update(M)
+                .where(_pending(run), M.c.step == step.id, route.when)
+                .values(channel=route.channel, channel_reason=route.reason)
+            ).rowcount
+    return placed
+
+
 def suppress(conn: Connection, run: RunScope) -> dict[str, int]:
-    """Match newly granted captures to contacts, release due deferrals, apply fallbacks, then mark
-    every suppressed message with its reason."""
+    """Match newly granted captures to contacts, release due deferrals, choose channels and apply
+    fallbacks, then mark every suppressed message with its reason."""
     counts = {"captures_matched": capture.match_contacts(conn)}
-    counts |= {"released": release_deferred(conn, run), "fallback": apply_fallbacks(conn, run)}
+    counts |= {
+        "released": release_deferred(conn, run),
+        "channel_choice": apply_channel_choice(conn, run),
+        "fallback": apply_fallbacks(conn, run),
+    }
     for reason in contact_reasons(run):
         counts[reason.name] = conn.execute(
             update(M)

@@ -184,6 +184,23 @@ class OutcomeReason(_Vocabulary):
     CLAIM_LOST = "claim passed to another attempt; not sent by this one"  # that attempt records the outcome
 
 
+class ChannelReason(_Vocabulary):
+    """``lifecycle_messages.channel_reason``: why a message went on its channel. A step that lists
+    ``channels`` records the rule that put the channel first (``choose_by``), or ``fallback: ...``
+    when the channels before it could not reach the contact; a step with a ``fallback`` records the
+    fallback when it moves a message. NULL: the step's one channel, nothing to choose."""
+
+    PREFERRED_CHANNEL = "preferred_channel"  # the contact's ``preferred_channel`` custom attribute
+    LAST_ENGAGED = "last_engaged"  # the channel of the contact's latest open, click, read or reply
+    ORDER = "order"  # the step's own order (the rule, or the contact has no data for it)
+    # a prefix: ``fallback: <channel> unreachable (<reason>)``, one clause per channel passed over
+    FALLBACK = "fallback"
+
+
+ChannelRule = Literal[ChannelReason.PREFERRED_CHANNEL, ChannelReason.LAST_ENGAGED, ChannelReason.ORDER]
+"""The rules a step's ``choose_by`` names: which of its ``channels`` comes first for a contact."""
+
+
 # --- status groups ------------------------------------------------------------------------------
 
 

@@ -204,6 +204,9 @@ enrollments = Table(
     Index("ix_enrollments_contact", "contact_id", "state"),
 )
 
+CHANNEL_REASON_LENGTH = 200
+"""``lifecycle_messages.channel_reason``'s width: a longer fallback reason is cut to it."""
+
 messages = Table(
     "lifecycle_messages",
     engine_metadata,
@@ -219,6 +222,7 @@ messages = Table(
     Column("channel", String(CHANNEL_NAME_LENGTH), nullable=False),
     Column("fallback_channel", String(CHANNEL_NAME_LENGTH)),
     Column("planned_channel", String(CHANNEL_NAME_LENGTH), nullable=False),
+    Column("channel_reason", String(CHANNEL_REASON_LENGTH)),  # why this channel (ChannelReason)
     Column("template", String(200), nullable=False),
     Column("variant", String(32)),
     Column("group", String(16), nullable=False, default="treatment"),
@@ -259,6 +263,8 @@ provider_events = Table(
     Column("payload", JSON),
     UniqueConstraint("provider", "event_id", name="uq_provider_event"),
     Index("ix_provider_events_message", "message_id"),
+    # A contact's latest engagement (channel choice's ``last_engaged``).
+    Index("ix_provider_events_contact_time", "contact_id", "occurred_at"),
 )
 
 suppressions = Table(

@@ -350,7 +350,7 @@ def program_facts(program: Program) -> dict[str, Any]:
         "owner": program.owner,
         "priority": program.priority,
         "schedule": program.schedule or "manual",
-        "channels": sorted({s.channel for s in program.steps} | {s.fallback for s in program.steps if s.fallback}),
+        "channels": sorted({c for s in program.steps for c in s.reach}),
         "kpi_label": program.kpi.label,
         "ab_test": program.ab_test.name if program.ab_test else None,
     }
@@ -418,12 +418,14 @@ def program_view(
     week_before: performance.Funnel,
     currency: str,
     catalog: Mapping[str, Any] | None = None,
+    channels: Sequence[performance.ChannelFigures] = (),
 ) -> dict[str, Any]:
     """Everything shown about one program, as display strings: its facts, KPI per group (no global
     control for a service program), lifts, time to convert, A/B verdict, the week's funnel of
-    planned messages by outcome, deliverability, and the week-over-week movement of the messages
-    that went out. Where the program has a ``kpi.value_property``: revenue per group and per
-    recipient in ``currency``, and the difference per recipient vs each comparison group."""
+    planned messages by outcome, deliverability, the week-over-week movement of the messages
+    that went out, and ``channels``' figures per channel. Where the program has a
+    ``kpi.value_property``: revenue per group and per recipient in ``currency``, and the
+    difference per recipient vs each comparison group."""
     weeks = program_weeks(trend, program.id)
     this_week = weeks.iloc[-1] if len(weeks) else pd.Series(dtype=float)
     variants = [
@@ -466,7 +468,15 @@ def program_view(
         "messages_change": change(sent_now, sent_before),
         "sent": count(row.get(Status.SENT, 0)),
         "deliverability": _deliverability_view(row),
+        "per_channel": channel_view(channels),
     }
+
+
+def channel_view(channels: Sequence[performance.ChannelFigures]) -> list[dict[str, str]]:
+    """One row per channel as display strings, the figures in :data:`performance.CHANNEL_FIGURES`'s
+    order (``simulated`` left out when no channel has one)."""
+    shown = [f for f in performance.CHANNEL_FIGURES if f != "simulated" or any(c.simulated for c in channels)]
+    return [{"channel": c.channel} | {f: count(getattr(c, f)) for f in shown} for c in channels]
 
 
 def _item(kind: str, text: str) -> dict[str, str]:
@@ -666,8 +676,10 @@ def build_digest(
     trend = period_trend(measurement.funnel_history(engine), programs, as_of)
     rows = {r["program"]: r for r in records(kpis)}
     weeks = weekly_funnels(engine, dict.fromkeys(programs, as_of))
+    per_channel = performance.channel_figures(engine, dict.fromkeys(programs, (as_of - WEEK, as_of)))
     views = [
-        program_view(p, rows[pid], trend, *weeks[pid], currency=policy.currency) | {"chart": f"trend-{pid}"}
+        program_view(p, rows[pid], trend, *weeks[pid], currency=policy.currency, channels=per_channel[pid])
+        | {"chart": f"trend-{pid}"}
         for pid, p in programs.items()
     ]
     images = [InlineImage("overview", "overview.png", overview_chart(list(programs), trend))] if programs else []

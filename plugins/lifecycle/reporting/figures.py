@@ -49,8 +49,9 @@ from lifecycle.reporting import charts, digest, measurement, performance, realti
 if TYPE_CHECKING:
     from lifecycle.engine.scope import RunScope
 
-VERSION = 1
-"""The payload's format: stored figures of another version are computed again on the next view."""
+VERSION = 2
+"""The payload's format: stored figures of another version are computed again on the next view.
+2: per-channel figures (``channels``)."""
 TREND_WEEKS = 12
 CHART_SIZE = (560, 170)
 F = schema.campaign_figures
@@ -141,14 +142,15 @@ def compute(
     engine: Engine, programs: Mapping[str, Program], as_of: Mapping[str, datetime]
 ) -> dict[str, dict[str, Any]]:
     """Every figure the page shows of each of ``programs`` as of its time in ``as_of``: the KPI
-    row, this week's and last week's funnels, the weekly trend and its chart, the per-step
-    figures and the event lag. The heavy part of the page; JSON-ready payloads."""
+    row, this week's and last week's funnels, the weekly trend and its chart, the per-step and
+    per-channel figures and the event lag. The heavy part of the page; JSON-ready payloads."""
     times = {pid: utc_naive(as_of[pid]) for pid in programs}
     if not times:
         return {}
     kpis = {r["program"]: r for r in digest.records(measurement.program_kpis(engine, programs, times))}
     weeks = digest.weekly_funnels(engine, times)
     history = measurement.funnel_history(engine)
+    per_channel = performance.channel_figures(engine, {pid: (None, at) for pid, at in times.items()})
     payloads = {}
     for pid, program in programs.items():
         at = times[pid]
@@ -163,6 +165,7 @@ def compute(
                 "trend": digest.records(trend),
                 "chart": funnel_chart(pid, trend),
                 "steps": [asdict(f) for f in steps],  # the funnel as {"outcomes", "reasons"}
+                "channels": [asdict(c) for c in per_channel[pid]],
                 "lag": asdict(lag) if lag else None,
             }
         )
@@ -178,6 +181,10 @@ def funnel_of(stored: Mapping[str, Any]) -> performance.Funnel:
 
 def steps_of(payload: Mapping[str, Any]) -> list[performance.StepFigures]:
     return [performance.StepFigures(**{**s, "funnel": funnel_of(s["funnel"])}) for s in payload["steps"]]
+
+
+def channels_of(payload: Mapping[str, Any]) -> list[performance.ChannelFigures]:
+    return [performance.ChannelFigures(**c) for c in payload.get("channels", [])]
 
 
 def trend_of(payload: Mapping[str, Any]) -> pd.DataFrame:

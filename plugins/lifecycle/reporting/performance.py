@@ -6,6 +6,10 @@ a funnel's outcomes always add up to what was planned. Figures count messages by
 were planned (``planned_at``, the as-of time of the run that planned them) and by their status
 now: a message deferred by quiet hours and sent by a later run counts as sent.
 
+Per channel: planned, sent, delivered, opened (or read), clicked, failed, simulated and converted,
+for every channel a program's messages went on (the channel each went on, after any choice or
+fallback).
+
 Per step (and A/B variant): planned and every outcome, the suppression and skip reasons,
 delivered and bounced (within sent), unsubscribes from provider events, and "converted after":
 enrollments that reached the program's goal whose last message before leaving was this step.
@@ -14,15 +18,25 @@ enrollments that reached the program's goal whose last message before leaving wa
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 
-from sqlalchemy import Engine, and_, exists, func, or_, select
+from sqlalchemy import Engine, and_, case, exists, func, literal, or_, select, true
+from sqlalchemy.sql.expression import ColumnElement
 
 from lifecycle.config import Program
 from lifecycle.model import schema
 from lifecycle.model.db import utc_naive
-from lifecycle.model.ledger import DELIVERED_OR_LATER, IN_FLIGHT, MESSAGED, WENT_OUT, ExitReason, Status, reason_kind
+from lifecycle.model.ledger import (
+    DELIVERED_OR_LATER,
+    IN_FLIGHT,
+    MESSAGED,
+    OPENED_OR_LATER,
+    WENT_OUT,
+    ExitReason,
+    Status,
+    reason_kind,
+)
 from lifecycle.reporting.measurement import UNSUBSCRIBE_EVENTS
 
 M = schema.messages
@@ -180,3 +194,79 @@ def step_performance(engine: Engine, program: Program, as_of: datetime) -> list[
             of(step, variant).converted_after = n
     order = {s.id: i for i, s in enumerate(program.steps)}
     return sorted(figures.values(), key=lambda f: (order.get(f.step, len(order)), f.step, f.variant or ""))
+
+
+@dataclass
+class ChannelFigures:
+    """What became of one program's messages on one channel (the channel each went on)."""
+
+    channel: str
+    planned: int = 0
+    sent: int = 0  # went out: sent, delivered, opened, clicked or bounced
+    delivered: int = 0  # delivered, whatever engagement followed
+    opened: int = 0  # opened (an email) or read (a WhatsApp message), or clicked
+    clicked: int = 0
+    failed: int = 0
+    simulated: int = 0  # the developer tools' simulated sends
+    converted: int = 0  # enrollments that reached the goal after a message on this channel went out
+
+
+CHANNEL_FIGURES: tuple[str, ...] = tuple(f.name for f in fields(ChannelFigures) if f.name != "channel")
+"""The per-channel figures, in the order the tables show them."""
+
+
+def channel_figures(
+    engine: Engine, windows: Mapping[str, tuple[datetime | None, datetime]]
+) -> dict[str, list[ChannelFigures]]:
+    """Per program, its messages planned in its window ``(start, end]`` (``start`` None: from the
+    first) per channel, by channel name. ``converted`` counts the enrollments that reached the
+    program's goal by ``end`` after such a message went out (or was simulated) on the channel
+    before they left: an enrollment messaged on two channels counts for both."""
+    result: dict[str, dict[str, ChannelFigures]] = {pid: {} for pid in windows}
+    if not windows:
+        return {}
+
+    def within(table) -> ColumnElement[bool]:
+        return or_(
+            *(
+                and_(
+                    table.c.program == pid,
+                    table.c.planned_at <= utc_naive(end),
+                    table.c.planned_at > utc_naive(start) if start is not None else true(),
+                )
+                for pid, (start, end) in windows.items()
+            )
+        )
+
+    def of(program: str, channel: str) -> ChannelFigures:
+        return result[program].setdefault(channel, ChannelFigures(channel))
+
+    ends = case(*((E.c.program == pid, literal(utc_naive(end))) for pid, (_start, end) in windows.items()))
+    with engine.connect() as conn:
+        for program, channel, status, n in conn.execute(
+            select(M.c.program, M.c.channel, M.c.status, func.count())
+            .where(within(M))
+            .group_by(M.c.program, M.c.channel, M.c.status)
+        ):
+            row = of(program, channel)
+            row.planned += n
+            row.sent += n if status in WENT_OUT else 0
+            row.delivered += n if status in DELIVERED_OR_LATER else 0
+            row.opened += n if status in OPENED_OR_LATER else 0
+            row.clicked += n if status == Status.CLICKED else 0
+            row.failed += n if status == Status.FAILED else 0
+            row.simulated += n if status == Status.DRY_RUN else 0
+        for program, channel, n in conn.execute(
+            select(M.c.program, M.c.channel, func.count(func.distinct(M.c.enrollment_id)))
+            .select_from(M.join(E, E.c.enrollment_id == M.c.enrollment_id))
+            .where(
+                within(M),
+                M.c.status.in_(MESSAGED),
+                E.c.exit_reason == ExitReason.CONVERTED,
+                E.c.exited_at <= ends,
+                M.c.planned_at < E.c.exited_at,
+            )
+            .group_by(M.c.program, M.c.channel)
+        ):
+            of(program, channel).converted = n
+    return {pid: [per[c] for c in sorted(per)] for pid, per in result.items()}

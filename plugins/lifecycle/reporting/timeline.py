@@ -137,6 +137,7 @@ def contact_timeline(
                 "step": row["step"],
                 "channel": row["channel"],
                 "planned_channel": row["planned_channel"],
+                "channel_reason": row["channel_reason"],
                 "status": row["status"],
                 "outcome": OUTCOME_LABELS[OUTCOME_OF.get(row["status"], IN_PROGRESS)],
                 "reason": row["reason"],

@@ -70,6 +70,8 @@ def journey_steps(program: Program) -> list[dict[str, Any]]:
             "position": position,
             "channel": s.channel,
             "fallback": s.fallback,
+            "channels": list(s.channels or ()),
+            "choose_by": str(s.rule) if s.channels else None,
             "when": step_timing(s),
             "template": s.template,
             "conditional": s.when is not None,
@@ -140,6 +142,7 @@ def _measured_view(
             figures.funnel_of(payload["week_before"]),
             currency=currency,
             catalog=catalog,
+            channels=figures.channels_of(payload),
         )
         | catalog_view(program)
         | {

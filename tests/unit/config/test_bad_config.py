@@ -67,7 +67,20 @@ FULL_PROGRAM: dict[str, Any] = {
             "late_after": "12h",
             "holdout": False,
             "due_within": "24h",
-        }
+        },
+        {
+            "id": "nudge",
+            "channel": "sms",
+            "channels": ["sms", "email", "sales_task"],
+            "choose_by": "preferred_channel",
+            "delay": "2d",
+            "relative_to": "previous",
+            "template": "simple/hello",
+            "when": {"not": {"event": "purchase", "since": "enrollment"}},
+            "late_after": "12h",
+            "holdout": True,
+            "due_within": "48h",
+        },
     ],
     "late_after": "24h",
     "holdout_percent": 10,
@@ -264,7 +277,7 @@ def cases(
     for spot in spots(model, full):
         where = display(spot.path)
         found.append(Case(f"wrong-type:{where}", _set(full, spot.path, wrong_value(spot.annotation)), where))
-        if spot.is_field:
+        if spot.is_field and spot.path[-1] in _get(full, spot.path[:-1]):
             must_fail = spot.required and spot.path not in loader_fills
             names = (needed_by or {}).get(spot.path, where if must_fail else None)
             found.append(Case(f"left-out:{where}", _remove(full, spot.path), names))
@@ -278,12 +291,17 @@ def cases(
 
 
 # realtime: true needs the trigger events: without them the error names the audience (and the fix).
-# due_within needs a channel that creates tasks: the step's fallback is its sales_task.
+# due_within needs a channel that creates tasks: the step's fallback is its sales_task, or one of its channels.
+# A step that lists channels has them instead of a fallback; its channel, when left out, is the first of them.
 PROGRAM_CASES = cases(
     config.Program,
     FULL_PROGRAM,
-    loader_fills=frozenset({("id",)}),
-    needed_by={("audience", "trigger_event"): "audience", ("steps", 0, "fallback"): "steps[0]"},
+    loader_fills=frozenset({("id",), ("steps", 1, "channel")}),
+    needed_by={
+        ("audience", "trigger_event"): "audience",
+        ("steps", 0, "fallback"): "steps[0]",
+        ("steps", 1, "channels"): "steps[1]",
+    },
 )
 POLICY_CASES = cases(config.Policy, FULL_POLICY)
 
@@ -306,7 +324,15 @@ def assert_names(error: config.ConfigError, path: Path, field: str) -> None:
 
 
 def _every_field_is_set(model: type[BaseModel], full: dict) -> list[str]:
-    return [display(s.path) for s in spots(model, full) if s.is_field and s.path[-1] not in _get(full, s.path[:-1])]
+    """The fields no item sets: a field of a list's items counts as set when one item sets it (a step
+    has either a fallback or channels to choose from, so no one step sets both)."""
+
+    def shape(path: Path_) -> Path_:
+        return tuple("*" if isinstance(part, int) else part for part in path)
+
+    spotted = [s for s in spots(model, full) if s.is_field]
+    given = {shape(s.path) for s in spotted if s.path[-1] in _get(full, s.path[:-1])}
+    return [display(s.path) for s in spotted if shape(s.path) not in given]
 
 
 def test_the_complete_examples_load_and_set_every_field(tmp_path):

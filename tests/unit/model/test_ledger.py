@@ -43,6 +43,7 @@ from lifecycle.model.ledger import (
     WENT_OUT,
     WITHHELD,
     CapReason,
+    ChannelReason,
     EnrollmentState,
     ExitReason,
     OutcomeReason,
@@ -60,7 +61,12 @@ FAMILIES = [
 ]
 VOCABULARY = {member.value for family in FAMILIES for member in family}
 # Reasons recorded as ``<name>: <detail>`` or ``frequency_cap_<scope>: ...``: a string starting so spells one too.
-PREFIXES = (f"{OutcomeReason.UNREADABLE_CRM_DATA}:", f"{OutcomeReason.DROPPED}:", f"{CapReason.FREQUENCY_CAP}_")
+PREFIXES = (
+    f"{OutcomeReason.UNREADABLE_CRM_DATA}:",
+    f"{OutcomeReason.DROPPED}:",
+    f"{CapReason.FREQUENCY_CAP}_",
+    f"{ChannelReason.FALLBACK}:",
+)
 
 # (module, enclosing function / class / module-level name, string) -> why that string is not ours.
 ALLOWED = {
@@ -91,6 +97,11 @@ ALLOWED = {
     ("airflow/notifications.py", "text", "unknown"): "alert text for a run id or try number Airflow did not give",
     ("engine/capture.py", "Confirmation", "unknown"): "a confirmation link's outcome (no such capture), not a status",
     ("devtools/demo.py", "_run_dags", "unknown"): "printed when a DAG run has no state",
+    # A step's fallback field and what reads it share a word with ChannelReason.FALLBACK.
+    ("config/__init__.py", "Step", "fallback"): "the step's fallback field, validated",
+    ("engine/suppression.py", "suppress", "fallback"): "the count of messages moved to their fallback",
+    ("web/campaigns.py", "journey_steps", "fallback"): "the view field named after the step's fallback",
+    ("engine/suppression.py", "PREFERRED_CHANNEL_ATTRIBUTE", "preferred_channel"): "the custom attribute's name",
 }
 
 

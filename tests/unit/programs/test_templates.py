@@ -84,7 +84,7 @@ def _program(program_id: str) -> config.Program:
 def _cases(program: config.Program, contact: dict, account: dict | None, triggers: list[dict]) -> Iterator[tuple]:
     variants = [None] + [v.name for v in program.ab_test.variants] if program.ab_test else [None]
     for step in program.steps:
-        for channel in filter(None, (step.channel, step.fallback)):
+        for channel in step.reach:
             for variant in variants:
                 for trigger in triggers:
                     rendered = render_step(
