@@ -165,6 +165,7 @@ PLANTED_UPLIFT = {
     "abandoned_cart": 0.10,
 }
 REPORT_DAGS = ("data_hygiene", "kpi_digest")
+SCORING_DAGS = ("lifecycle_scoring",)
 
 
 def run_demo(contacts: int, days: int, as_of: datetime, sim_days: int = 6, warehouse: bool = False) -> int:
@@ -173,7 +174,8 @@ def run_demo(contacts: int, days: int, as_of: datetime, sim_days: int = 6, wareh
     1. A simulation of the ``sim_days`` days before ``as_of`` through the same pipeline as the
        DAGs (simulated sends, recorded as ``dry_run``), where simulated contacts respond with a
        planted uplift over the holdout.
-    2. Every program DAG through real Airflow for ``days`` days from ``as_of``, sending through
+    2. ``lifecycle_scoring`` (the predictive scores), then every program DAG through real Airflow
+       for ``days`` days from ``as_of``, sending through
        the provider sandbox, whose signed webhooks come back into the ledger.
     3. ``data_hygiene`` and ``kpi_digest`` through Airflow; the digest goes to the sandbox and to
        ``.demo/digest.html``.
@@ -230,6 +232,7 @@ def run_demo(contacts: int, days: int, as_of: datetime, sim_days: int = 6, wareh
         web.stop()
     _print_table(engine)
     _print_channels(engine, as_of + timedelta(days=days))
+    _print_scores(engine)
     _write_digest(engine, as_of + timedelta(days=days - 1))
     print(f"\n[demo] done in {time.perf_counter() - started:.0f}s; {len(failures)} failed run(s)")
     return 1 if failures else 0
@@ -314,7 +317,10 @@ def _run_dags(as_of: datetime, days: int) -> list[tuple[str, datetime]]:
         raise SystemExit(f"[demo] DAG import errors: {bag.import_errors}")
     programs = sorted(d for d, dag in bag.dags.items() if "program" in dag.tags)
     last = as_of + timedelta(days=days - 1)
-    schedule = [(as_of + timedelta(days=day), dag_id) for day in range(days) for dag_id in programs]
+    # The scores first (as of the hour before the first program runs), so segments, templates and a
+    # next-best-action policy can read them; then the programs day by day; then the reports.
+    schedule = [(as_of - timedelta(hours=1), dag_id) for dag_id in SCORING_DAGS if dag_id in bag.dags]
+    schedule += [(as_of + timedelta(days=day), dag_id) for day in range(days) for dag_id in programs]
     schedule += [(last + timedelta(hours=1), dag_id) for dag_id in REPORT_DAGS if dag_id in bag.dags]
     failures = []
     for when, dag_id in schedule:
@@ -326,6 +332,24 @@ def _run_dags(as_of: datetime, days: int) -> list[tuple[str, datetime]]:
         if not state.endswith("success"):
             failures.append((dag_id, logical))
     return failures
+
+
+def _print_scores(engine) -> None:
+    """The scoring DAG's models (validation AUC against the baseline, published or why not) and how
+    many contacts each published score covers."""
+    from lifecycle.reporting.scores import score_views
+
+    print("\nPredictive scores (lifecycle_scoring; validation on the most recent 30 days)")
+    for view in score_views(engine):
+        model = view["model"]
+        if model is None:
+            print(f"  {view['name']:<20} not trained")
+            continue
+        verdict = "published" if model["published"] else f"not published: {model['reason']}"
+        print(
+            f"  {view['name']:<20} AUC {model['auc']} vs baseline {model['baseline_auc']}  Brier {model['brier']}  "
+            f"{view['scored']:,} contacts scored  {verdict}"
+        )
 
 
 def _write_digest(engine, as_of: datetime) -> None:

@@ -66,3 +66,7 @@ def test_the_demo_sends_on_every_channel(tmp_path) -> None:
         assert re.search(rf"^{channel}\s+\d+\s+[1-9]", table, re.M), (channel, table[:1500])
     assert re.search(r"^  whatsapp\s+order\s+[1-9]", table, re.M)
     assert re.search(r"^  sms\s+fallback: whatsapp unreachable \(no_consent\)\s+[1-9]", table, re.M)
+    # The scoring DAG ran before the programs: each score's model is trained and says what it found.
+    scores = out[out.index("Predictive scores") :]
+    for name in ("churn_risk", "purchase_propensity"):
+        assert re.search(rf"^  {name}\s+AUC \S+ vs baseline \S+ .* contacts scored", scores, re.M), scores[:800]
