@@ -13,8 +13,9 @@ def _validate(_args: argparse.Namespace) -> int:
     from lifecycle import config, paths
 
     problems = 0
+    policy = None
     try:
-        config.load_policy()
+        policy = config.load_policy()
         print(f"ok      {paths.config_dir() / 'policy.yml'}")
     except config.ConfigError as exc:
         problems += 1
@@ -34,6 +35,16 @@ def _validate(_args: argparse.Namespace) -> int:
         print(f"INVALID {pid}:")
         for problem in error.problems:
             print(f"          {problem}")
+    if policy is not None:
+        # A value for a program id no file has would silently leave that program worth 1.
+        files = sorted({*programs, *errors})
+        unknown = sorted(set(policy.decision.value) - set(files))
+        if unknown:
+            problems += 1
+            print(
+                f"INVALID {paths.config_dir() / 'policy.yml'}: decision.value names no program: {unknown} — fix: "
+                f"use the program ids of config/programs/ ({files})"
+            )
     print(f"{len(programs)} programs valid, {problems} file(s) with problems")
     return 1 if problems else 0
 

@@ -489,6 +489,22 @@ def test_a_renamed_policy_key_fails_validate_naming_the_file_and_the_new_key(tmp
     assert str(configs / "policy.yml") in invalid[0] and f"rename {old} to {new}" in invalid[0]
 
 
+def test_a_decision_value_for_an_unknown_program_fails_validate_naming_it(tmp_path, monkeypatch, capsys):
+    from lifecycle.devtools.cli import main
+
+    configs = tmp_path / "config"
+    shutil.copytree(FIXTURES / "config", configs)
+    policy = yaml.safe_load((configs / "policy.yml").read_text())
+    policy["decision"] = {"mode": "next_best_action", "value": {"alpha": 3, "alhpa": 5}}
+    (configs / "policy.yml").write_text(yaml.safe_dump(policy))
+    monkeypatch.setenv("LIFECYCLE_CONFIG_DIR", str(configs))
+
+    assert main(["validate"]) == 1
+    invalid = [line for line in capsys.readouterr().out.splitlines() if line.startswith("INVALID")]
+    assert len(invalid) == 1 and "decision.value names no program: ['alhpa']" in invalid[0], invalid
+    assert str(configs / "policy.yml") in invalid[0] and "'alpha'" in invalid[0]
+
+
 @pytest.mark.parametrize(
     ("legal_basis", "field", "expected"),
     [
