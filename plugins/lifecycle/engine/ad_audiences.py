@@ -318,3 +318,15 @@ def audience_status(engine: Engine, program: str) -> list[AudienceStatus]:
         )
         for audience in sorted(set(sizes) | set(last))
     ]
+
+
+def sync_totals(engine: Engine, program: str, start: datetime, end: datetime) -> dict[str, tuple[int, int]]:
+    """Rows added and removed per audience of ``program`` by the syncs of the runs as of
+    ``start`` (excluded) to ``end`` (included): the digest's week."""
+    query = (
+        select(S.c.audience, func.sum(S.c.added), func.sum(S.c.removed))
+        .where(S.c.program == program, S.c.as_of > start, S.c.as_of <= end)
+        .group_by(S.c.audience)
+    )
+    with engine.connect() as conn:
+        return {audience: (int(added or 0), int(removed or 0)) for audience, added, removed in conn.execute(query)}

@@ -28,7 +28,7 @@ from sqlalchemy import Engine, inspect, select
 from lifecycle import config, paths
 from lifecycle.channels import registry
 from lifecycle.config import Policy, Program
-from lifecycle.engine import hygiene
+from lifecycle.engine import ad_audiences, hygiene
 from lifecycle.messages.rendering import environment
 from lifecycle.model import schema
 from lifecycle.model.db import utc_naive
@@ -419,11 +419,14 @@ def program_view(
     currency: str,
     catalog: Mapping[str, Any] | None = None,
     channels: Sequence[performance.ChannelFigures] = (),
+    audiences: Sequence[ad_audiences.AudienceStatus] = (),
+    audience_week: Mapping[str, tuple[int, int]] | None = None,
 ) -> dict[str, Any]:
     """Everything shown about one program, as display strings: its facts, KPI per group (no global
     control for a service program), lifts, time to convert, A/B verdict, the week's funnel of
     planned messages by outcome, deliverability, the week-over-week movement of the messages
-    that went out, and ``channels``' figures per channel. Where the program has a
+    that went out, ``channels``' figures per channel and ``audiences`` (its ad audiences as last
+    synced, with ``audience_week``'s adds and removes per audience when given). Where the program has a
     ``kpi.value_property``: revenue per group and per recipient in ``currency``, and the
     difference per recipient vs each comparison group."""
     weeks = program_weeks(trend, program.id)
@@ -469,6 +472,7 @@ def program_view(
         "sent": count(row.get(Status.SENT, 0)),
         "deliverability": _deliverability_view(row),
         "per_channel": channel_view(channels),
+        "audiences": audience_view(program, audiences, audience_week),
     }
 
 
@@ -477,6 +481,37 @@ def channel_view(channels: Sequence[performance.ChannelFigures]) -> list[dict[st
     order (``simulated`` left out when no channel has one)."""
     shown = [f for f in performance.CHANNEL_FIGURES if f != "simulated" or any(c.simulated for c in channels)]
     return [{"channel": c.channel} | {f: count(getattr(c, f)) for f in shown} for c in channels]
+
+
+def audience_view(
+    program: Program,
+    audiences: Sequence[ad_audiences.AudienceStatus],
+    week: Mapping[str, tuple[int, int]] | None = None,
+) -> list[dict[str, str]]:
+    """One row per ad audience of the program as display strings: its id and platform, its size,
+    when it was last synced and that sync's adds and removes (and, given ``week``, the adds and
+    removes of the period). The configured audience shows as never synced before its first sync;
+    one synced before but no longer configured still shows what the platform holds."""
+    sync = program.audience_sync
+    shown = {a.audience: a for a in audiences}
+    if sync is not None and sync.audience not in shown:
+        shown[sync.audience] = ad_audiences.AudienceStatus(sync.audience, 0, None, 0, 0)
+    rows = []
+    for audience, status in sorted(shown.items()):
+        platform = sync.platform if sync is not None and sync.audience == audience else "no longer synced"
+        row = {
+            "audience": audience,
+            "platform": platform,
+            "size": count(status.size),
+            "last_synced": f"{status.last_synced_at:%Y-%m-%d %H:%M} UTC" if status.last_synced_at else "never",
+            "last_added": count(status.last_added),
+            "last_removed": count(status.last_removed),
+        }
+        if week is not None:
+            added, removed = week.get(audience, (0, 0))
+            row |= {"week_added": count(added), "week_removed": count(removed)}
+        rows.append(row)
+    return rows
 
 
 def _item(kind: str, text: str) -> dict[str, str]:
@@ -678,7 +713,16 @@ def build_digest(
     weeks = weekly_funnels(engine, dict.fromkeys(programs, as_of))
     per_channel = performance.channel_figures(engine, dict.fromkeys(programs, (as_of - WEEK, as_of)))
     views = [
-        program_view(p, rows[pid], trend, *weeks[pid], currency=policy.currency, channels=per_channel[pid])
+        program_view(
+            p,
+            rows[pid],
+            trend,
+            *weeks[pid],
+            currency=policy.currency,
+            channels=per_channel[pid],
+            audiences=ad_audiences.audience_status(engine, pid),
+            audience_week=ad_audiences.sync_totals(engine, pid, as_of - WEEK, as_of),
+        )
         | {"chart": f"trend-{pid}"}
         for pid, p in programs.items()
     ]

@@ -7,7 +7,8 @@ figures, the event lag) and draws its chart: seconds per program on a large CRM.
 compute them and the page only reads them:
 
 - a program run's ``log_kpis`` task stores its program's figures after logging the funnel
-  (:func:`refresh_run`), as does an in-process run given ``then=refresh_run``
+  (:func:`refresh_run`; its ``sync_audience`` task runs before, so the ad audiences show as just
+  synced), as does an in-process run given ``then=refresh_run``
   (:func:`lifecycle.engine.pipeline.run_program`; the simulation refreshes once at its end);
 - the due-steps sweep refreshes its program's figures after it sent anything (deferred messages
   released, steps sent between runs change the outcomes counted up to the run);
@@ -41,6 +42,7 @@ import pandas as pd
 from sqlalchemy import Engine, and_, delete, func, insert, inspect, select
 
 from lifecycle.config import Program
+from lifecycle.engine import ad_audiences
 from lifecycle.model import schema
 from lifecycle.model.db import utc_naive
 from lifecycle.model.ledger import Status
@@ -49,9 +51,9 @@ from lifecycle.reporting import charts, digest, measurement, performance, realti
 if TYPE_CHECKING:
     from lifecycle.engine.scope import RunScope
 
-VERSION = 2
+VERSION = 3
 """The payload's format: stored figures of another version are computed again on the next view.
-2: per-channel figures (``channels``)."""
+2: per-channel figures (``channels``); 3: the program's ad audiences (``audiences``)."""
 TREND_WEEKS = 12
 CHART_SIZE = (560, 170)
 F = schema.campaign_figures
@@ -143,7 +145,8 @@ def compute(
 ) -> dict[str, dict[str, Any]]:
     """Every figure the page shows of each of ``programs`` as of its time in ``as_of``: the KPI
     row, this week's and last week's funnels, the weekly trend and its chart, the per-step and
-    per-channel figures and the event lag. The heavy part of the page; JSON-ready payloads."""
+    per-channel figures, the event lag and the program's ad audiences as last synced. The heavy
+    part of the page; JSON-ready payloads."""
     times = {pid: utc_naive(as_of[pid]) for pid in programs}
     if not times:
         return {}
@@ -167,6 +170,7 @@ def compute(
                 "steps": [asdict(f) for f in steps],  # the funnel as {"outcomes", "reasons"}
                 "channels": [asdict(c) for c in per_channel[pid]],
                 "lag": asdict(lag) if lag else None,
+                "audiences": [asdict(a) for a in ad_audiences.audience_status(engine, pid)],
             }
         )
     return payloads
@@ -185,6 +189,15 @@ def steps_of(payload: Mapping[str, Any]) -> list[performance.StepFigures]:
 
 def channels_of(payload: Mapping[str, Any]) -> list[performance.ChannelFigures]:
     return [performance.ChannelFigures(**c) for c in payload.get("channels", [])]
+
+
+def audiences_of(payload: Mapping[str, Any]) -> list[ad_audiences.AudienceStatus]:
+    return [
+        ad_audiences.AudienceStatus(
+            **{**a, "last_synced_at": datetime.fromisoformat(a["last_synced_at"]) if a["last_synced_at"] else None}
+        )
+        for a in payload.get("audiences", [])
+    ]
 
 
 def trend_of(payload: Mapping[str, Any]) -> pd.DataFrame:

@@ -143,6 +143,7 @@ def _measured_view(
             currency=currency,
             catalog=catalog,
             channels=figures.channels_of(payload),
+            audiences=figures.audiences_of(payload),
         )
         | catalog_view(program)
         | {
