@@ -103,14 +103,19 @@ CONTENT_TEXT = "Hi {{1}}, thank you for being with {{2}}. A thank-you offer is w
 WHATSAPP_OPT_IN_PERCENT = 60
 """The share of the contacts with SMS marketing consent that the demo also opts in to WhatsApp
 (the synthetic CRM records no WhatsApp opt-in): the rest get the tour's offer by SMS or email."""
+ADS_OPT_IN_PERCENT = 50
+"""The share of the contacts with email marketing consent that the demo opts in to the ``ads``
+purpose (the synthetic CRM records none), so the tour's ad audience has members."""
 
 
 def _add_channel_tour(engine) -> None:
     """Add the channel tour's programs and templates to copies of the config and the templates
     (``.demo/config``, ``.demo/templates``) and point the DAGs and the web app at them; opt a share
-    of the contacts in to WhatsApp and every contact with email consent in to in-app messages."""
+    of the contacts in to WhatsApp, every contact with email consent in to in-app messages and a
+    share of them in to the ``ads`` purpose (the tour's paid audience)."""
     from sqlalchemy import insert, select
 
+    from lifecycle.engine.ad_audiences import ADS_PURPOSE
     from lifecycle.model import schema
     from lifecycle.model.db import bucket_of
 
@@ -126,7 +131,11 @@ def _add_channel_tour(engine) -> None:
     c = schema.consents
     opted: dict[str, int] = {}
     with engine.begin() as conn:
-        for channel, source, share in (("whatsapp", "sms", WHATSAPP_OPT_IN_PERCENT), ("webhook", "email", 100)):
+        for channel, source, share, purpose in (
+            ("whatsapp", "sms", WHATSAPP_OPT_IN_PERCENT, "marketing"),
+            ("webhook", "email", 100, "marketing"),
+            (ADS_PURPOSE, "email", ADS_OPT_IN_PERCENT, ADS_PURPOSE),
+        ):
             newest: dict[str, tuple[datetime, str]] = {}
             for contact_id, status, at in conn.execute(
                 select(c.c.contact_id, c.c.status, c.c.captured_at)
@@ -138,7 +147,7 @@ def _add_channel_tour(engine) -> None:
                 {
                     "contact_id": contact_id,
                     "channel": channel,
-                    "purpose": "marketing",
+                    "purpose": purpose,
                     "status": "granted",
                     "source": "demo_opt_in",
                     "captured_at": at,
@@ -152,7 +161,7 @@ def _add_channel_tour(engine) -> None:
     names = ", ".join(sorted(p.stem for p in (CHANNEL_TOUR / "programs").glob("*.yml")))
     print(
         f"[demo] channel tour added from {CHANNEL_TOUR}: {names}; {opted['whatsapp']:,} contacts opted in "
-        f"to WhatsApp, {opted['webhook']:,} to in-app messages"
+        f"to WhatsApp, {opted['webhook']:,} to in-app messages, {opted[ADS_PURPOSE]:,} to ads"
     )
 
 
@@ -227,6 +236,7 @@ def run_demo(contacts: int, days: int, as_of: datetime, sim_days: int = 6, wareh
         print(f"[demo] provider webhooks delivered back into the ledger: {flushed}")
         accepted = sandbox_counts(sandbox)
         print("[demo] sandbox accepted " + ", ".join(f"{n} {what}" for what, n in accepted.items()))
+        _print_audiences(engine, sandbox)
     finally:
         sandbox.stop()
         web.stop()
@@ -250,6 +260,23 @@ def sandbox_counts(sandbox) -> dict[str, int]:
         "webhook posts": len(sandbox.webhook_deliveries()),
         "sales tasks": len(sandbox.sales_tasks()),
     }
+
+
+def _print_audiences(engine, sandbox) -> None:
+    """Each program's ad audience: the rows the sandbox's ad platform holds, the rows the state
+    records as synced (the two agree), and the last sync's adds and removes."""
+    from lifecycle import config
+    from lifecycle.engine.ad_audiences import audience_status
+
+    for pid, program in sorted(config.load_all_programs()[0].items()):
+        if program.audience_sync is None:
+            continue
+        held = len(sandbox.audience(program.audience_sync.audience))
+        for status in audience_status(engine, pid):
+            print(
+                f"[demo] ad audience {status.audience} of {pid}: {held:,} rows in the sandbox, {status.size:,} "
+                f"recorded as synced; last sync added {status.last_added:,}, removed {status.last_removed:,}"
+            )
 
 
 def _print_channels(engine, end: datetime) -> None:

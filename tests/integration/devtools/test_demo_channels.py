@@ -1,7 +1,8 @@
 """``lifecycle demo`` sends on every channel through the provider sandbox: email, SMS, WhatsApp
 (the approved content template), the webhook channel (in-app messages) and sales tasks, with the
 channel tour of config/examples/demo_channels/ added after the simulation; its summary prints the
-figures per channel and why the choosing step chose each channel."""
+figures per channel, why the choosing step chose each channel, and the tour's ad audience as the
+sandbox's ad platform holds it and as the state records it."""
 
 from __future__ import annotations
 
@@ -33,6 +34,8 @@ def test_the_channel_tour_programs_load_beside_the_shipped_ones(tmp_path, monkey
     tour = {pid: programs[pid] for pid in ("thank_you_offer", "in_app_tips", "high_intent_calls")}
     reach = {c for p in tour.values() for s in p.steps for c in s.reach}
     assert reach == {"whatsapp", "sms", "email", "webhook", "sales_task"}
+    synced = {pid: p.audience_sync for pid, p in tour.items() if p.audience_sync is not None}
+    assert list(synced) == ["thank_you_offer"] and synced["thank_you_offer"].conn_id == "ads_default"
     content = (demo.CHANNEL_TOUR / "templates" / "demo_channels" / "thank_you.whatsapp.json.j2").read_text()
     assert demo.CONTENT_SID in content, "the WhatsApp template names the content the demo approves"
 
@@ -70,3 +73,14 @@ def test_the_demo_sends_on_every_channel(tmp_path) -> None:
     scores = out[out.index("Predictive scores") :]
     for name in ("churn_risk", "purchase_propensity"):
         assert re.search(rf"^  {name}\s+AUC \S+ vs baseline \S+ .* contacts scored", scores, re.M), scores[:800]
+    audience = re.search(
+        r"^\[demo\] ad audience (\d+) of thank_you_offer: ([\d,]+) rows in the sandbox, ([\d,]+) recorded as synced; "
+        r"last sync added ([\d,]+), removed ([\d,]+)$",
+        out,
+        re.M,
+    )
+    assert audience, out[-3000:]
+    held, recorded, added, removed = (int(n.replace(",", "")) for n in audience.groups()[1:])
+    assert held > 0 and held == recorded, (held, recorded)
+    # One run of the program (--days 1): its only sync added every row.
+    assert (added, removed) == (held, 0)
