@@ -53,6 +53,7 @@ from tests.integration.engine.test_pipeline_bad_input import (
 from tests.integration.web.test_webhooks import OPT_OUT_WORDINGS, EventSigner, add_message, recut, sg_event
 from tests.support.dagrun import run_dag
 from tests.support.journey import run_program
+from tests.support.task_log import task_log_file
 from tests.support.twilio_forms import inbound_form, message_sid, status_form
 
 pytestmark = pytest.mark.usefixtures("test_config")
@@ -518,18 +519,8 @@ def test_a_database_error_shows_no_address(crm, caplog):
 def task_log(monkeypatch) -> Iterator[Path]:
     """Airflow's task-log pipeline (JSON lines, secrets masker) writing INFO and up to a file under
     ``$AIRFLOW_HOME/logs``, as the task supervisor does for every task it runs."""
-    from airflow.sdk.log import configure_logging
-
-    path = Path(os.environ["AIRFLOW_HOME"]) / "logs" / "dag_id=welcome" / f"security-{time.time_ns()}.log"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("ab") as sink:
-        configure_logging.cache_clear()
-        configure_logging(json_output=True, log_level="INFO", output=sink)
-        try:
-            yield path
-        finally:
-            configure_logging.cache_clear()
-            configure_logging()
+    with task_log_file("welcome", "security") as path:
+        yield path
 
 
 @pytest.mark.airflow

@@ -20,6 +20,7 @@ from tests.conftest import AS_OF
 from tests.support.audience import AUDIENCE, control_contact, row, rows, use_audience_program
 from tests.support.dagrun import run_dag
 from tests.support.journey import holdout_contact, treatment_contact
+from tests.support.task_log import task_log_file
 
 pytestmark = [pytest.mark.airflow, pytest.mark.usefixtures("airflow_db")]
 ADS = "ads"
@@ -209,24 +210,9 @@ def test_segment_members_leave_when_they_leave_the_segment_and_the_holdout_never
 
 @pytest.fixture
 def task_log(monkeypatch):
-    """Airflow's task-log pipeline (JSON lines, secrets masker) writing INFO and up to a file, as
-    the task supervisor does for every task it runs."""
-    import os
-    import time
-    from pathlib import Path
-
-    from airflow.sdk.log import configure_logging
-
-    path = Path(os.environ["AIRFLOW_HOME"]) / "logs" / "dag_id=retarget" / f"audience-{time.time_ns()}.log"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("ab") as sink:
-        configure_logging.cache_clear()
-        configure_logging(json_output=True, log_level="INFO", output=sink)
-        try:
-            yield path
-        finally:
-            configure_logging.cache_clear()
-            configure_logging()
+    """Airflow's task-log pipeline writing to a file, as for every task the supervisor runs."""
+    with task_log_file("retarget", "audience") as path:
+        yield path
 
 
 def test_the_sync_logs_no_address_no_hash_and_no_token(db_url, crm, monkeypatch, sandbox, tmp_path, task_log):
