@@ -5,26 +5,16 @@ provider sandbox). The email and SMS cases are in ``test_dispatch_crash``."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import textwrap
-import time
 from collections import Counter
 from collections.abc import Callable
-from datetime import timedelta
 from typing import Any
 
 import pytest
 from sqlalchemy import select
 
-from lifecycle.channels.providers import ProviderTransport, links_from_connection
-from lifecycle.devtools.local import provider_connections
-from lifecycle.engine import dispatch, pipeline
 from lifecycle.model import schema
 from lifecycle.sandbox import SandboxServer
-from tests.conftest import AS_OF, ROOT
+from tests.support.crash import crash_sandbox, kill_mid_batch, prepare, retry_after_lease
 from tests.support.journey import treatment_contact
 from tests.support.sales import use_sales_programs
 from tests.support.webhook import use_webhook_program, webhook_contact
@@ -32,26 +22,11 @@ from tests.support.whatsapp import TEMPLATE_SID, TEMPLATE_TEXT, outbound, use_wh
 
 M = schema.messages
 CONTACTS = 24
-CHILD = textwrap.dedent(
-    """
-    import sys
-    from datetime import datetime
-    from lifecycle.engine import dispatch, pipeline
-    from lifecycle.channels.providers import ProviderTransport, links_from_connection
-    from lifecycle.model.db import get_engine
-    url, program, run_id, as_of = sys.argv[1:5]
-    scope, _ = pipeline.load_scope(program, run_id, datetime.fromisoformat(as_of))
-    dispatch.send_batch(get_engine(url), run_id, 0, ProviderTransport(), links=links_from_connection(),
-                        brand=scope.policy.brand.model_dump(), claim_size=4)
-    """
-)
 
 
 @pytest.fixture
 def sandbox(monkeypatch):
-    with SandboxServer() as server:
-        for key, value in provider_connections(server, "http://127.0.0.1:9/lifecycle", "crash-test").items():
-            monkeypatch.setenv(key, value)
+    with crash_sandbox(monkeypatch) as server:
         yield server
 
 
@@ -90,36 +65,14 @@ def test_sigkill_mid_batch_then_retry_delivers_each_message_at_most_once(
     engine, c = crm
     program, accepted = CHANNELS[channel](tmp_path, monkeypatch, c, sandbox)
     run_id = f"crash_{channel}"
-    scope, programs = pipeline.load_scope(program, run_id, AS_OF)
-    pipeline.evaluate(engine, scope)
-    pipeline.enroll_and_exit(engine, scope)
-    pipeline.plan(engine, scope)
-    pipeline.suppress(engine, scope)
-    pipeline.cap(engine, scope, programs)
-    assert len(dispatch.prepare_batches(engine, program, run_id, batch_size=1000)) == 1
+    assert prepare(engine, program, run_id) == 1
     sandbox.add_fault("all", "slow", count=10_000, delay=0.15)
-
-    child = subprocess.Popen(
-        [sys.executable, "-c", CHILD, db_url, program, run_id, AS_OF.isoformat()],
-        env=os.environ | {"PYTHONPATH": str(ROOT / "plugins")},
-    )
-    deadline = time.monotonic() + 60
-    while len(accepted()) < 6:
-        assert child.poll() is None, "the send task finished before it could be killed"
-        assert time.monotonic() < deadline, "the send task never got going"
-        time.sleep(0.02)
-    os.kill(child.pid, signal.SIGKILL)
-    child.wait()
+    kill_mid_batch(db_url, program, run_id, accepted)
     with engine.connect() as conn:
         mid = Counter(conn.execute(select(M.c.status).where(M.c.run_id == run_id)).scalars())
     assert mid["sending"] > 0, f"the kill should land mid-batch: {mid}"
 
-    # Airflow retries after the claim lease; here it is one second, longer than the sandbox takes
-    # to answer a request that was in flight at the kill.
-    monkeypatch.setattr(dispatch, "CLAIM_LEASE", timedelta(seconds=1))
-    time.sleep(1.2)
-    scope, _ = pipeline.load_scope(program, run_id, AS_OF)
-    pipeline.send(engine, scope, 0, ProviderTransport(), links=links_from_connection())
+    retry_after_lease(engine, program, run_id, monkeypatch)
 
     with engine.connect() as conn:
         rows = conn.execute(
