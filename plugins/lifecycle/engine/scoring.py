@@ -45,7 +45,7 @@ import pandas as pd
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import brier_score_loss, roc_auc_score
-from sqlalchemy import Connection, and_, case, delete, func, insert, or_, select
+from sqlalchemy import Connection, and_, case, delete, func, insert, or_, select, update
 from sqlalchemy.sql.expression import ColumnElement
 
 from lifecycle.model import schema
@@ -441,6 +441,33 @@ def _publish(conn: Connection, report: ModelReport, scored: pd.DataFrame) -> Non
     ]
     for start in range(0, len(rows), 5_000):
         conn.execute(insert(s), rows[start : start + 5_000])
+    m = schema.score_models
+    conn.execute(
+        update(m)
+        .where(m.c.score == report.score, m.c.model_version == report.model_version)
+        .values(distribution=distribution(scored["value"].to_numpy(), scored["decile"].to_numpy()))
+    )
+
+
+def distribution(values: np.ndarray, deciles: np.ndarray) -> dict[str, list[Any]]:
+    """What the Campaigns page shows of published scores, computed once as they are published:
+    per decile the contacts and the lowest, highest and mean value; per band of probability
+    (``[k/10, (k+1)/10)``, the last closed) the contacts."""
+    per_decile = []
+    for decile in sorted({int(d) for d in deciles}):
+        chosen = values[deciles == decile]
+        per_decile.append(
+            {
+                "decile": decile,
+                "contacts": int(chosen.size),
+                "low": float(chosen.min()),
+                "high": float(chosen.max()),
+                "mean": float(chosen.mean()),
+            }
+        )
+    edges = [(b + 1) / schema.SCORE_BANDS for b in range(schema.SCORE_BANDS - 1)]
+    bands = np.bincount(np.searchsorted(edges, values, side="right"), minlength=schema.SCORE_BANDS)
+    return {"deciles": per_decile, "bands": [int(n) for n in bands]}
 
 
 def run_scoring(

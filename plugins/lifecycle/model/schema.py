@@ -515,6 +515,8 @@ ad_audience_syncs = Table(
 
 SCORE_NAMES = ("churn_risk", "purchase_propensity")
 """Every predictive score the engine computes (``lifecycle.engine.scoring``); segments and templates name them."""
+SCORE_BANDS = 10
+"""Bands of probability ([k/10, (k+1)/10), the last closed) the published scores are counted in."""
 
 score_models = Table(
     "lifecycle_score_models",
@@ -531,6 +533,9 @@ score_models = Table(
     Column("baseline_auc", Float),  # validation AUC of the simple baseline it must beat
     Column("brier", Float),
     Column("calibration", JSON),  # [{"band": k, "predicted": p, "observed": o, "n": n}, ...]
+    # The published scores when it published them: {"deciles": [{"decile", "contacts", "low", "high",
+    # "mean"}, ...], "bands": [contacts with a value in [k/10, (k+1)/10), k = 0..9]}.
+    Column("distribution", JSON),
     Column("published", Boolean, nullable=False),  # False: worse than the baseline, not applied
     Column("reason", Text),  # why it was not published, in words
 )

@@ -1,18 +1,19 @@
 """The predictive scores as the Campaigns page shows them: each score's newest model with its
 validation figures (AUC against the baseline's, Brier score, calibration by band, published or
 why not) and the distribution of the published scores (contacts and value range per decile, and
-per band of probability). Two small reads: the newest row of ``lifecycle_score_models`` per score
-and a grouped count of ``lifecycle_scores``; nothing is trained or computed here."""
+per band of probability). One small read of ``lifecycle_score_models``: the distribution is the one
+the scoring DAG stored as it published (``lifecycle.engine.scoring.distribution``), so a view
+never scans ``lifecycle_scores``; nothing is trained or computed here."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Engine, case, func, select
+from sqlalchemy import Engine, select
 
 from lifecycle.model import schema
 
-BANDS = 10
+BANDS = schema.SCORE_BANDS
 
 
 def _percent(value: float | None) -> str:
@@ -27,41 +28,34 @@ def score_views(engine: Engine) -> list[dict[str, Any]]:
     """One view per known score (in :data:`~lifecycle.model.schema.SCORE_NAMES` order): ``model`` is
     None until the scoring DAG has trained it; ``deciles`` and ``bands`` are empty until a model
     has been published."""
-    m, s = schema.score_models, schema.scores
+    m = schema.score_models
     with engine.connect() as conn:
         models = conn.execute(select(m).order_by(m.c.score, m.c.trained_at.desc(), m.c.as_of.desc())).all()
-        by_decile = conn.execute(
-            select(s.c.score, s.c.decile, func.count(), func.min(s.c.value), func.max(s.c.value), func.avg(s.c.value))
-            .group_by(s.c.score, s.c.decile)
-            .order_by(s.c.score, s.c.decile)
-        ).all()
-        band = case(*((s.c.value < (b + 1) / BANDS, b) for b in range(BANDS - 1)), else_=BANDS - 1)
-        by_band = dict(
-            ((score, int(b)), n)
-            for score, b, n in conn.execute(select(s.c.score, band, func.count()).group_by(s.c.score, band))
-        )
-        current = dict(conn.execute(select(s.c.score, func.max(s.c.model_version)).group_by(s.c.score)).all())
     newest: dict[str, Any] = {}
+    current: dict[str, Any] = {}  # the newest published model: the one whose scores are in force
     for found in models:
         newest.setdefault(found.score, found)
+        if found.published and found.distribution is not None:
+            current.setdefault(found.score, found)
     views = []
     for name in schema.SCORE_NAMES:
         row = newest.get(name)
+        published = current.get(name)
+        shown = published.distribution if published is not None else {"deciles": [], "bands": []}
         deciles = [
             {
-                "decile": decile,
-                "contacts": n,
-                "low": _percent(low),
-                "high": _percent(high),
-                "mean": _percent(mean),
+                "decile": d["decile"],
+                "contacts": d["contacts"],
+                "low": _percent(d["low"]),
+                "high": _percent(d["high"]),
+                "mean": _percent(d["mean"]),
             }
-            for score, decile, n, low, high, mean in by_decile
-            if score == name
+            for d in shown["deciles"]
         ]
         total = sum(d["contacts"] for d in deciles)
         bands = [
-            {"band": f"{b * 100 // BANDS}–{(b + 1) * 100 // BANDS}%", "contacts": by_band.get((name, b), 0)}
-            for b in range(BANDS)
+            {"band": f"{b * 100 // BANDS}–{(b + 1) * 100 // BANDS}%", "contacts": n}
+            for b, n in enumerate(shown["bands"] or [0] * BANDS)
         ]
         peak = max((b["contacts"] for b in bands), default=0)
         for b in bands:
@@ -96,7 +90,7 @@ def score_views(engine: Engine) -> list[dict[str, Any]]:
                 "name": name,
                 "model": model,
                 "scored": total,
-                "current_version": current.get(name),
+                "current_version": published.model_version if published is not None else None,
                 "deciles": deciles,
                 "bands": bands if total else [],
             }

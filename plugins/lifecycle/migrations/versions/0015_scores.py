@@ -28,6 +28,7 @@ def upgrade() -> None:
         sa.Column('baseline_auc', sa.Float(), nullable=True),
         sa.Column('brier', sa.Float(), nullable=True),
         sa.Column('calibration', sa.JSON(), nullable=True),
+        sa.Column('distribution', sa.JSON(), nullable=True),
         sa.Column('published', sa.Boolean(), nullable=False),
         sa.Column('reason', sa.Text(), nullable=True),
     )
