@@ -38,18 +38,19 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from sklearn.ensemble import HistGradientBoostingClassifier
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import brier_score_loss, roc_auc_score
 from sqlalchemy import Connection, and_, case, delete, func, insert, or_, select, update
 from sqlalchemy.sql.expression import ColumnElement
 
 from lifecycle.model import schema
 from lifecycle.model.db import json_number, json_value
+
+if TYPE_CHECKING:  # scikit-learn is imported where a model is trained, not when a DAG file is parsed
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.linear_model import LogisticRegression
 
 log = logging.getLogger(__name__)
 
@@ -256,6 +257,8 @@ def _matrix(frame: pd.DataFrame, plans: Sequence[str]) -> np.ndarray:
 
 
 def _model(seed: int) -> HistGradientBoostingClassifier:
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
     return HistGradientBoostingClassifier(
         max_iter=150,
         learning_rate=0.05,
@@ -268,6 +271,8 @@ def _model(seed: int) -> HistGradientBoostingClassifier:
 
 
 def _baseline() -> LogisticRegression:
+    from sklearn.linear_model import LogisticRegression
+
     return LogisticRegression()
 
 
@@ -305,6 +310,8 @@ def deciles(values: np.ndarray) -> np.ndarray:
 
 def _bootstrap(y: np.ndarray, p: np.ndarray, base: np.ndarray, seed: int) -> tuple[float, float]:
     """Shares of bootstrap resamples where the model's AUC beats the baseline's, and beats 0.5."""
+    from sklearn.metrics import roc_auc_score
+
     rng = np.random.default_rng(seed)
     beats_baseline = beats_chance = total = 0
     for _ in range(BOOTSTRAP):
@@ -328,6 +335,8 @@ def train(
 ) -> tuple[ModelReport, pd.DataFrame | None]:
     """Train and validate score ``name`` as of ``as_of``; returns its report and, when it may be
     published, the scored contacts (``contact_id``, ``value``, ``decile``) as of ``as_of``."""
+    from sklearn.metrics import brier_score_loss, roc_auc_score
+
     if name not in SCORE_NAMES:
         raise ValueError(f"unknown score {name!r}: the scores are {', '.join(SCORE_NAMES)}")
     train_at, valid_at = as_of - 2 * horizon, as_of - horizon
