@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
 
-from sqlalchemy import Connection, Engine, and_, case, delete, func, insert, select
+from sqlalchemy import Connection, Engine, and_, bindparam, case, delete, func, insert, select
 from sqlalchemy.sql.expression import ColumnElement
 
 from lifecycle.channels.retry import ProviderError
@@ -207,9 +207,9 @@ def _record(engine: Engine, program: str, sync: AudienceSync, action: str, rows:
     stored = [_stored(row, sync.identifiers) for row in rows]
     mine = and_(A.c.program == program, A.c.audience == sync.audience)
     with engine.begin() as conn:
-        for values in stored:
-            same = and_(mine, A.c.email_sha256 == values["email_sha256"], A.c.phone_sha256 == values["phone_sha256"])
-            conn.execute(delete(A).where(same))  # a replayed batch's rows are recorded once
+        if stored:  # a replayed batch's rows are recorded once: one executemany, not a statement a row
+            same = and_(mine, A.c.email_sha256 == bindparam("e"), A.c.phone_sha256 == bindparam("p"))
+            conn.execute(delete(A).where(same), [{"e": v["email_sha256"], "p": v["phone_sha256"]} for v in stored])
         if action == ADD and stored:
             conn.execute(
                 insert(A), [{"program": program, "audience": sync.audience, "added_at": at, **v} for v in stored]
